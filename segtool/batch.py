@@ -1,0 +1,265 @@
+"""Running one task over many input files without losing work.
+
+Each command describes its per-file work as a :class:`Task`: the outputs it
+will write for an input, and a ``run`` method that writes them and returns a
+few figures (object count, threshold, ...). :func:`run_batch` applies it to
+every input, sequentially or in worker processes, and turns each outcome into
+an :class:`ItemResult`: a bad file becomes a ``failed`` result with a one-line
+reason and the batch goes on (unless asked to stop), an input whose outputs all
+exist is ``skipped`` with ``skip_existing``, and every result is handed to a
+callback as soon as it is known, so the caller can print or log it.
+
+The module prints nothing: reporting belongs to the caller.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import time
+import traceback
+from collections.abc import Callable, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from segtool.errors import SegtoolError
+
+__all__ = [
+    "EXIT_OK",
+    "EXIT_FAILED",
+    "EXIT_USAGE",
+    "EXIT_INTERRUPTED",
+    "EXIT_TERMINATED",
+    "Task",
+    "ItemResult",
+    "BatchSummary",
+    "run_batch",
+]
+
+EXIT_OK = 0  #: every input succeeded or was skipped
+EXIT_FAILED = 1  #: at least one input failed; the others were processed
+EXIT_USAGE = 2  #: the command line itself was wrong (nothing was processed)
+EXIT_INTERRUPTED = 130  #: stopped by Ctrl-C (SIGINT)
+EXIT_TERMINATED = 143  #: stopped by SIGTERM
+
+
+class Task(Protocol):
+    """Per-file work of a command. Must be picklable to run with ``jobs > 1``."""
+
+    def planned_outputs(self, path: Path) -> dict[str, Path]:
+        """Outputs ``run`` will write for ``path``, by kind (e.g. ``{"labels": ...}``)."""
+
+    def run(self, path: Path) -> dict[str, Any]:
+        """Do the work for ``path``, write the outputs, return JSON-safe figures."""
+
+
+@dataclass
+class ItemResult:
+    """What happened to one input.
+
+    Attributes
+    ----------
+    input : str
+        The input path as given.
+    status : {"done", "skipped", "failed"}
+    outputs : dict of str to str
+        Files written (or, when skipped, already there).
+    figures : dict
+        Numbers the task reported (object count, threshold, ...).
+    error : str or None
+        One-line reason when failed.
+    seconds : float
+        Wall time spent on this input.
+    """
+
+    input: str
+    status: str
+    outputs: dict[str, str] = field(default_factory=dict)
+    figures: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None
+    seconds: float = 0.0
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-safe dict: input, status, outputs, error, seconds, then the figures."""
+        record = asdict(self)
+        figures = record.pop("figures")
+        record["seconds"] = round(self.seconds, 4)
+        record.update({k: v for k, v in figures.items() if k not in record})
+        return record
+
+
+@dataclass
+class BatchSummary:
+    """Counts over a batch and the exit code they imply."""
+
+    done: int = 0
+    skipped: int = 0
+    failed: int = 0
+    not_started: int = 0
+    results: list[ItemResult] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_FAILED if self.failed else EXIT_OK
+
+    def add(self, result: ItemResult) -> None:
+        self.results.append(result)
+        setattr(self, result.status, getattr(self, result.status) + 1)
+
+
+def _existing_outputs(task: Task, path: Path) -> tuple[dict[str, Path], list[Path]]:
+    planned = task.planned_outputs(path)
+    return planned, [p for p in planned.values() if p.exists()]
+
+
+def _run_one(task: Task, path: Path, debug: bool = False) -> ItemResult:
+    """Run ``task`` on one input, turning every error into a failed result."""
+    start = time.perf_counter()
+    try:
+        figures = task.run(path) or {}
+        outputs = {k: str(v) for k, v in figures.pop("_outputs", task.planned_outputs(path)).items()}
+        return ItemResult(str(path), "done", outputs, figures, None, time.perf_counter() - start)
+    except SegtoolError as err:
+        return ItemResult(str(path), "failed", error=_message(err), seconds=time.perf_counter() - start)
+    except MemoryError:
+        return ItemResult(str(path), "failed", error="out of memory", seconds=time.perf_counter() - start)
+    except Exception as err:  # a bug: keep the batch going, but say so plainly
+        if debug:
+            raise
+        detail = traceback.format_exception_only(type(err), err)[-1].strip()
+        return ItemResult(
+            str(path),
+            "failed",
+            error=f"internal error ({detail}); this is a bug in segtool, rerun with --debug for the traceback",
+            seconds=time.perf_counter() - start,
+        )
+
+
+def _message(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
+
+
+def _precheck(task: Task, path: Path, *, skip_existing: bool, overwrite: bool) -> ItemResult | None:
+    """Decide before any work whether ``path`` is skipped or must fail on its outputs."""
+    try:
+        planned, existing = _existing_outputs(task, path)
+    except SegtoolError as err:
+        return ItemResult(str(path), "failed", error=_message(err))
+    if not planned or not existing or overwrite:
+        return None
+    if skip_existing and len(existing) == len(planned):
+        return ItemResult(str(path), "skipped", {k: str(v) for k, v in planned.items()})
+    if skip_existing:
+        return None  # partly done: redo it, replacing only what this run writes
+    names = ", ".join(str(p) for p in existing)
+    return ItemResult(str(path), "failed", error=f"output exists: {names}; use --overwrite or --skip-existing")
+
+
+def run_batch(
+    paths: Sequence[Path],
+    task: Task,
+    *,
+    on_error: str = "skip",
+    skip_existing: bool = False,
+    overwrite: bool = False,
+    jobs: int = 1,
+    on_result: Callable[[ItemResult], None] | None = None,
+    debug: bool = False,
+) -> BatchSummary:
+    """Apply ``task`` to every path and collect what happened.
+
+    Parameters
+    ----------
+    paths : sequence of Path
+        Input files, in the order results are preferred.
+    task : Task
+        The per-file work.
+    on_error : {"skip", "stop"}, optional
+        ``"skip"`` records a failed input and goes on; ``"stop"`` starts no
+        new input after the first failure.
+    skip_existing : bool, optional
+        Inputs whose planned outputs all exist are ``skipped`` (resume a run).
+    overwrite : bool, optional
+        Replace existing outputs; otherwise an existing output fails the input
+        before any work is done.
+    jobs : int, optional
+        Worker processes; 1 runs in this process.
+    on_result : callable, optional
+        Called with each :class:`ItemResult` as soon as it is known.
+    debug : bool, optional
+        Let unexpected exceptions propagate with their traceback.
+
+    Returns
+    -------
+    BatchSummary
+        Also when interrupted: ``KeyboardInterrupt`` propagates after pending
+        work is cancelled, and the summary so far is attached to it as
+        ``err.summary``.
+    """
+    if on_error not in ("skip", "stop"):
+        raise ValueError(f"on_error must be 'skip' or 'stop', got {on_error!r}")
+    summary = BatchSummary()
+
+    def record(result: ItemResult) -> None:
+        summary.add(result)
+        if on_result is not None:
+            on_result(result)
+
+    try:
+        if jobs <= 1 or len(paths) <= 1:
+            _run_sequential(paths, task, summary, record, on_error, skip_existing, overwrite, debug)
+        else:
+            _run_parallel(paths, task, summary, record, on_error, skip_existing, overwrite, debug, jobs)
+    except KeyboardInterrupt as err:
+        summary.not_started = len(paths) - len(summary.results)
+        err.summary = summary  # type: ignore[attr-defined]
+        raise
+    summary.not_started = len(paths) - len(summary.results)
+    return summary
+
+
+def _run_sequential(paths, task, summary, record, on_error, skip_existing, overwrite, debug):
+    for path in paths:
+        result = _precheck(task, path, skip_existing=skip_existing, overwrite=overwrite) or _run_one(task, path, debug)
+        record(result)
+        if result.status == "failed" and on_error == "stop":
+            break
+
+
+def _run_parallel(paths, task, summary, record, on_error, skip_existing, overwrite, debug, jobs):
+    # "spawn" keeps workers independent of the parent's threads (torch, BLAS), which fork can deadlock.
+    context = multiprocessing.get_context("spawn")
+    pending_paths = list(paths)
+    stop = False
+    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
+        running = {}
+        try:
+            while (pending_paths and not stop) or running:
+                while pending_paths and not stop and len(running) < 2 * jobs:
+                    path = pending_paths.pop(0)
+                    early = _precheck(task, path, skip_existing=skip_existing, overwrite=overwrite)
+                    if early is not None:
+                        record(early)
+                        stop = stop or (early.status == "failed" and on_error == "stop")
+                        continue
+                    running[pool.submit(_run_one, task, path, debug)] = path
+                if not running:
+                    continue
+                finished, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in finished:
+                    path = running.pop(future)
+                    try:
+                        result = future.result()
+                    except Exception as err:  # a worker died (killed, out of memory)
+                        if debug:
+                            raise
+                        result = ItemResult(str(path), "failed", error=f"worker process failed: {_message(err)}")
+                    record(result)
+                    stop = stop or (result.status == "failed" and on_error == "stop")
+        except KeyboardInterrupt:
+            for future in running:
+                future.cancel()
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise

@@ -1,0 +1,48 @@
+"""Command-line interface: a thin layer that parses options, calls the library and reports.
+
+Each command lives in its own module and registers itself on :data:`app`.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+from segtool.batch import EXIT_TERMINATED
+from segtool.cli._app import app
+
+# Importing the command modules registers their commands on ``app`` (order = order in --help).
+from segtool.cli import baseline  # noqa: E402,F401  isort:skip
+
+for _name in ("train", "predict", "export", "evaluate", "model"):
+    try:
+        __import__(f"segtool.cli.{_name}")
+    except ModuleNotFoundError as _err:  # a command whose module is not written yet
+        if _err.name != f"segtool.cli.{_name}":
+            raise
+
+__all__ = ["app", "main"]
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, delivered like Ctrl-C so the same clean-up runs; exit code 143."""
+
+    exit_code = EXIT_TERMINATED
+
+
+def _on_sigterm(signum, frame):
+    raise Terminated()
+
+
+def main() -> None:
+    """Entry point of the ``segtool`` console script."""
+    # tifffile logs recoverable oddities of damaged files; segtool reports such files itself, in one line.
+    logging.getLogger("tifffile").setLevel(logging.ERROR)
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        app()
+    except BrokenPipeError:
+        # The reader of our stdout went away (e.g. `| head`): stop quietly, as Unix tools do.
+        sys.stderr.close()
+        sys.exit(1)

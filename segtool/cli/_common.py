@@ -1,0 +1,334 @@
+"""Options and reporting shared by every command that processes many files.
+
+A command module declares its options with the ``Annotated`` aliases below,
+builds a picklable :class:`segtool.batch.Task`, and calls :func:`run_files`,
+which expands the inputs, runs the batch, prints results and exits with the
+documented code:
+
+* 0 — every input succeeded (or was skipped with ``--skip-existing``);
+* 1 — at least one input failed (each reported on stderr, the rest processed);
+* 2 — the command line itself was wrong;
+* 130 / 143 — interrupted by Ctrl-C / SIGTERM (finished outputs are kept,
+  nothing half-written is left behind).
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from segtool.batch import EXIT_INTERRUPTED, EXIT_USAGE, BatchSummary, ItemResult, Task, run_batch
+from segtool.errors import SegtoolError
+from segtool.inputs import expand_inputs
+
+__all__ = [
+    "stderr",
+    "error_line",
+    "fail",
+    "OnError",
+    "Inputs",
+    "OutputDir",
+    "Overwrite",
+    "SkipExisting",
+    "Recursive",
+    "JsonOut",
+    "Manifest",
+    "OnErrorOpt",
+    "Jobs",
+    "Quiet",
+    "Debug",
+    "Channel",
+    "Plane",
+    "run_files",
+    "exit_on_error",
+]
+
+PANEL_IO = "Inputs and outputs"
+PANEL_BATCH = "Batch behaviour"
+
+
+def _stderr() -> Console:
+    # Built per call, not at import: tests swap sys.stderr, and no state should outlive a command.
+    return Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+def stderr() -> Console:
+    """A Rich console on the current ``sys.stderr``."""
+    return _stderr()
+
+
+def error_line(where: str | None, message: str) -> str:
+    """The one-line error format: ``segtool: error: <file>: <message>``."""
+    return f"segtool: error: {where}: {message}" if where else f"segtool: error: {message}"
+
+
+def fail(message: str, *, where: str | None = None, code: int = 1) -> None:
+    """Print one error line on stderr and exit with ``code``."""
+    print(error_line(where, message), file=sys.stderr)
+    raise typer.Exit(code)
+
+
+class OnError(str, Enum):
+    skip = "skip"
+    stop = "stop"
+
+
+Inputs = Annotated[
+    list[str],
+    typer.Argument(
+        help="Image files, folders, glob patterns (quote them), or '-' to read paths from stdin, one per line.",
+        show_default=False,
+    ),
+]
+OutputDir = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--output",
+        "-o",
+        help="Folder for the results (created if missing). Default: beside each input.",
+        rich_help_panel=PANEL_IO,
+        file_okay=False,
+    ),
+]
+Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace existing results.", rich_help_panel=PANEL_IO)]
+SkipExisting = Annotated[
+    bool,
+    typer.Option(
+        "--skip-existing",
+        help="Skip inputs whose results all exist already (resume an interrupted run).",
+        rich_help_panel=PANEL_BATCH,
+    ),
+]
+Recursive = Annotated[
+    bool, typer.Option("--recursive", "-r", help="Look into sub-folders of folder inputs.", rich_help_panel=PANEL_IO)
+]
+JsonOut = Annotated[
+    bool,
+    typer.Option("--json", help="Print one JSON object per input on stdout (and nothing else).", rich_help_panel=PANEL_IO),
+]
+Manifest = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--manifest",
+        help="Append one JSON line per input to this file as each finishes.",
+        rich_help_panel=PANEL_BATCH,
+        dir_okay=False,
+    ),
+]
+OnErrorOpt = Annotated[
+    OnError,
+    typer.Option(
+        "--on-error",
+        help="On a bad input: 'skip' reports it and goes on; 'stop' starts no further input.",
+        rich_help_panel=PANEL_BATCH,
+        case_sensitive=False,
+    ),
+]
+Jobs = Annotated[
+    int, typer.Option("--jobs", "-j", min=1, help="Process this many images in parallel (processes).", rich_help_panel=PANEL_BATCH)
+]
+Quiet = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or summary on stderr; errors still shown.", rich_help_panel=PANEL_BATCH)]
+Debug = Annotated[bool, typer.Option("--debug", help="Show the full traceback of unexpected errors.", rich_help_panel=PANEL_BATCH)]
+Channel = Annotated[
+    Optional[int],
+    typer.Option(
+        "--channel",
+        "-c",
+        min=0,
+        help="Channel of a multi-channel image to use (0-based). Default: RGB is averaged; other multi-channel images need it.",
+        rich_help_panel=PANEL_IO,
+    ),
+]
+Plane = Annotated[
+    Optional[int],
+    typer.Option("--plane", min=0, help="Plane of a Z or T stack to use (0-based); stacks need it.", rich_help_panel=PANEL_IO),
+]
+
+
+def _read_stdin_lines() -> list[str] | None:
+    if sys.stdin is None or sys.stdin.closed:
+        return None
+    try:
+        if sys.stdin.isatty():
+            return None
+    except (AttributeError, ValueError):
+        pass
+    return sys.stdin.read().splitlines()
+
+
+def run_files(
+    specs: Sequence[str],
+    task: Task,
+    *,
+    kind: str = "image",
+    recursive: bool = False,
+    on_error: OnError | str = OnError.skip,
+    skip_existing: bool = False,
+    overwrite: bool = False,
+    jobs: int = 1,
+    json_out: bool = False,
+    manifest: Path | None = None,
+    quiet: bool = False,
+    debug: bool = False,
+    columns: Sequence[tuple[str, Callable[[ItemResult], Any]]] = (),
+    verb: str = "Processing",
+) -> BatchSummary:
+    """Expand ``specs``, run ``task`` on each file, report, and exit with the batch's code.
+
+    Results go to stdout: one JSON line per input with ``--json``; otherwise a
+    table when stdout is a terminal, or the main output path per line when it
+    is piped (so ``segtool baseline imgs/ | segtool export - ...`` works).
+    Errors go to stderr as ``segtool: error: <file>: <reason>``, progress and
+    the final summary too (unless ``quiet``).
+
+    Raises
+    ------
+    typer.Exit
+        Always, with the batch's exit code.
+    """
+    on_error = OnError(on_error)
+    stdin_lines = _read_stdin_lines() if "-" in specs else None
+    expanded = expand_inputs(specs, recursive=recursive, kind=kind, stdin_lines=stdin_lines)
+    err_console = stderr()
+    table_mode = not json_out and sys.stdout.isatty()
+    rows: list[ItemResult] = []
+    summary_problems = BatchSummary()
+
+    with ExitStack() as stack:
+        manifest_file = None
+        if manifest is not None:
+            try:
+                manifest.parent.mkdir(parents=True, exist_ok=True)
+                manifest_file = stack.enter_context(open(manifest, "a", encoding="utf-8"))
+            except OSError as err:
+                fail(f"cannot open manifest: {err.strerror or err}", where=str(manifest), code=EXIT_USAGE)
+
+        def emit(result: ItemResult) -> None:
+            record = result.to_json()
+            if manifest_file is not None:
+                manifest_file.write(json.dumps(record) + "\n")
+                manifest_file.flush()
+            if result.status == "failed":
+                progress.console.print(error_line(result.input, result.error or "failed"), markup=False, highlight=False)
+            if json_out:
+                print(json.dumps(record), flush=True)
+            elif table_mode:
+                rows.append(result)
+            elif result.status != "failed" and result.outputs:
+                print(next(iter(result.outputs.values())), flush=True)
+            if task_id is not None:
+                progress.advance(task_id)
+
+        show_progress = not quiet and err_console.is_terminal
+        progress = Progress(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=err_console,
+            transient=True,
+            disable=not show_progress,
+        )
+        task_id = None
+        with progress:
+            for spec, message in expanded.problems:
+                result = ItemResult(spec, "failed", error=message)
+                summary_problems.add(result)
+                emit(result)
+            if summary_problems.failed and on_error == OnError.stop:
+                expanded.files = []
+            task_id = progress.add_task(verb, total=len(expanded.files)) if expanded.files else None
+            try:
+                summary = run_batch(
+                    expanded.files,
+                    task,
+                    on_error=on_error.value,
+                    skip_existing=skip_existing,
+                    overwrite=overwrite,
+                    jobs=jobs,
+                    on_result=emit,
+                    debug=debug,
+                )
+            except KeyboardInterrupt as interrupt:
+                summary = getattr(interrupt, "summary", BatchSummary())
+                code = getattr(interrupt, "exit_code", EXIT_INTERRUPTED)
+                progress.stop()
+                _print_summary(err_console, summary, summary_problems, interrupted=True)
+                raise typer.Exit(code) from None
+
+    summary.failed += summary_problems.failed
+    if table_mode and rows:
+        _print_table(rows, columns)
+    if not quiet:
+        _print_summary(err_console, summary, BatchSummary())
+    if not expanded.files and not summary_problems.failed:
+        fail("no input files given")
+    raise typer.Exit(summary.exit_code)
+
+
+def _print_table(rows: list[ItemResult], columns) -> None:
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    table.add_column("input", overflow="fold")
+    table.add_column("status")
+    for header, _ in columns:
+        table.add_column(header, justify="right")
+    table.add_column("output", overflow="fold")
+    table.add_column("s", justify="right")
+    for row in rows:
+        cells = [row.input, row.status]
+        for _, getter in columns:
+            try:
+                value = getter(row) if row.status == "done" else ""
+            except (KeyError, TypeError, ValueError):
+                value = ""
+            cells.append("" if value is None else str(value))
+        cells.append(next(iter(row.outputs.values()), "") if row.outputs else (row.error or ""))
+        cells.append(f"{row.seconds:.2f}")
+        table.add_row(*cells)
+    Console(highlight=False).print(table)
+
+
+def _print_summary(console: Console, summary: BatchSummary, extra: BatchSummary, *, interrupted: bool = False) -> None:
+    failed = summary.failed + extra.failed
+    parts = [f"{summary.done} done", f"{summary.skipped} skipped", f"{failed} failed"]
+    if summary.not_started:
+        parts.append(f"{summary.not_started} not started")
+    prefix = "interrupted: " if interrupted else ""
+    console.print(f"segtool: {prefix}{', '.join(parts)}", markup=False, highlight=False)
+
+
+def exit_on_error(debug: bool = False):
+    """Context manager for single-shot commands: a SegtoolError becomes one line and exit 1.
+
+    Examples
+    --------
+    ``with exit_on_error(debug): model = load_model(path)``
+    """
+    return _ErrorExit(debug)
+
+
+class _ErrorExit:
+    def __init__(self, debug: bool):
+        self.debug = debug
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc is None or not isinstance(exc, SegtoolError):
+            return False
+        if self.debug:
+            traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
+        print(error_line(None, str(exc).strip().splitlines()[0] if str(exc).strip() else exc_type.__name__), file=sys.stderr)
+        raise typer.Exit(1)

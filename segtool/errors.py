@@ -1,0 +1,32 @@
+"""Exceptions raised by segtool.
+
+Every error a user can cause (a bad file, a bad option value, a model file that
+is not a model) is a :class:`SegtoolError`. The command line prints these as a
+single line naming the file and the problem; anything else is a bug and keeps
+its traceback.
+"""
+
+from __future__ import annotations
+
+__all__ = ["SegtoolError", "InputError", "OutputError", "ModelError"]
+
+
+class SegtoolError(Exception):
+    """Base class for errors caused by the user's input or environment.
+
+    The message should be one line that says what is wrong and, where it
+    helps, what to do about it. The file it concerns is added by the caller
+    (the CLI prefixes ``<file>: ``), so messages need not repeat it.
+    """
+
+
+class InputError(SegtoolError, ValueError):
+    """An input image, mask, list of paths or option value cannot be used."""
+
+
+class OutputError(SegtoolError, OSError):
+    """An output cannot be written (exists already, folder not writable, disk full)."""
+
+
+class ModelError(SegtoolError):
+    """A model file is missing, truncated, foreign or incompatible with the input."""

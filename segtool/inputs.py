@@ -1,0 +1,183 @@
+"""Turning command-line inputs into a list of files, and naming outputs.
+
+Inputs may mix files, folders, glob patterns and ``-`` (a newline-separated
+list of paths on standard input). Folder expansion is sorted, non-recursive
+unless asked, skips hidden files and, for commands that take raw images, skips
+the files segtool itself writes, so re-running a command on a folder that
+holds earlier results does not segment the results.
+"""
+
+from __future__ import annotations
+
+import glob
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from segtool.io import IMAGE_SUFFIXES
+
+__all__ = [
+    "OUTPUT_SUFFIXES",
+    "LABEL_SUFFIXES",
+    "ExpandedInputs",
+    "expand_inputs",
+    "output_path",
+    "base_stem",
+]
+
+#: Name endings of every file segtool writes next to an image (see README, "Output names").
+OUTPUT_SUFFIXES = (
+    "_labels.tif",
+    "_background.tif",
+    "_corrected.tif",
+    "_prob.tif",
+    "_overlay.png",
+    "_binary.tif",
+    "_labels.png",
+    "_rois.zip",
+    "_objects.csv",
+    ".geojson",
+)
+
+#: Name endings of label images made by segtool or other tools; stripped to pair masks with images.
+LABEL_SUFFIXES = ("_labels", "_label", "_masks", "_mask", "_cp_masks", "_seg")
+
+# Outputs that are never label images, skipped even when a command reads labels.
+_NON_LABEL_OUTPUTS = ("_background.tif", "_corrected.tif", "_prob.tif", "_overlay.png", "_labels.png")
+
+
+@dataclass
+class ExpandedInputs:
+    """Files found for a command, and the input specs that matched nothing.
+
+    Attributes
+    ----------
+    files : list of Path
+        Files in the order given (folders and globs sorted), without duplicates.
+    problems : list of (str, str)
+        ``(spec, message)`` for each input that names nothing usable; the CLI
+        reports each as a failed input and carries on with the rest.
+    """
+
+    files: list[Path] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
+
+
+def expand_inputs(
+    specs: Sequence[str],
+    *,
+    recursive: bool = False,
+    kind: str = "image",
+    stdin_lines: Iterable[str] | None = None,
+) -> ExpandedInputs:
+    """Expand files, folders, glob patterns and ``-`` into a list of files.
+
+    Parameters
+    ----------
+    specs : sequence of str
+        What the user typed. ``-`` stands for the lines of ``stdin_lines``.
+    recursive : bool, optional
+        Descend into sub-folders of folder inputs (and let ``**`` in globs
+        match across folders).
+    kind : {"image", "labels"}, optional
+        What the command reads. For ``"image"`` folder and glob expansion skip
+        segtool's own outputs; for ``"labels"`` they keep label images
+        (``*_labels.tif``) and skip only outputs that are not labels.
+    stdin_lines : iterable of str, optional
+        Lines read from standard input; required when ``-`` is among ``specs``.
+
+    Returns
+    -------
+    ExpandedInputs
+
+    Examples
+    --------
+    >>> expand_inputs(["does-not-exist.tif"]).files
+    [PosixPath('does-not-exist.tif')]
+    """
+    if kind not in ("image", "labels"):
+        raise ValueError(f"kind must be 'image' or 'labels', got {kind!r}")
+    found = ExpandedInputs()
+    seen: set[Path] = set()
+
+    def add(path: Path) -> None:
+        key = path.resolve() if path.exists() else path.absolute()
+        if key not in seen:
+            seen.add(key)
+            found.files.append(path)
+
+    for spec in specs:
+        if spec == "-":
+            if stdin_lines is None:
+                found.problems.append(("-", "no list of paths on standard input"))
+                continue
+            for line in stdin_lines:
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    # Each listed path is taken literally (no globbing) but folders still expand.
+                    _expand_one(line, recursive, kind, add, found, allow_glob=False)
+            continue
+        _expand_one(spec, recursive, kind, add, found, allow_glob=True)
+    return found
+
+
+def _expand_one(spec, recursive, kind, add, found, *, allow_glob):
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        pattern = "**/*" if recursive else "*"
+        matches = [p for p in sorted(path.glob(pattern)) if p.is_file() and _is_candidate(p, kind)]
+        if not matches:
+            found.problems.append((spec, f"folder has no image files ({', '.join(IMAGE_SUFFIXES)})"))
+        for match in matches:
+            add(match)
+    elif allow_glob and glob.has_magic(spec) and not path.exists():
+        matches = [Path(p) for p in sorted(glob.glob(str(path), recursive=recursive))]
+        matches = [p for p in matches if p.is_file() and _is_candidate(p, kind)]
+        if not matches:
+            found.problems.append((spec, "no image file matches this pattern"))
+        for match in matches:
+            add(match)
+    else:
+        # A named file is taken as given, even with an unusual name: reading it reports any problem.
+        add(path)
+
+
+def _is_candidate(path: Path, kind: str) -> bool:
+    name = path.name.lower()
+    if name.startswith(".") or not name.endswith(IMAGE_SUFFIXES):
+        return False
+    skipped = OUTPUT_SUFFIXES if kind == "image" else _NON_LABEL_OUTPUTS
+    return not name.endswith(skipped)
+
+
+def base_stem(path: Path) -> str:
+    """File name without its image extension (``a.ome.tif`` -> ``a``).
+
+    Examples
+    --------
+    >>> base_stem(Path("cells/img01.ome.tiff"))
+    'img01'
+    """
+    name = path.name
+    lower = name.lower()
+    for ending in (".ome.tiff", ".ome.tif", *IMAGE_SUFFIXES):
+        if lower.endswith(ending):
+            return name[: -len(ending)]
+    return path.stem
+
+
+def output_path(input_path: Path, suffix: str, *, output_dir: Path | None = None) -> Path:
+    """Where the output with ``suffix`` for ``input_path`` goes.
+
+    ``<output_dir or the input's folder>/<stem><suffix>``, e.g.
+    ``img01.tif`` -> ``img01_labels.tif``.
+
+    Examples
+    --------
+    >>> output_path(Path("data/img01.tif"), "_labels.tif")
+    PosixPath('data/img01_labels.tif')
+    >>> output_path(Path("data/img01.tif"), "_labels.tif", output_dir=Path("out"))
+    PosixPath('out/img01_labels.tif')
+    """
+    folder = output_dir if output_dir is not None else input_path.parent
+    return folder / f"{base_stem(input_path)}{suffix}"

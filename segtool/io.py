@@ -1,0 +1,500 @@
+"""Reading and writing images: the only module (with :mod:`segtool.export` and
+the model-file code) that touches disk.
+
+Reading returns a 2-D (Y, X) array plus the calibration found in the file;
+stacks and multi-channel images are reduced to one plane on request and refused
+with a message naming the axis otherwise. Every write is atomic: data goes to a
+hidden temporary file in the destination folder, which is renamed over the
+destination only once complete, so an interrupted run never leaves a truncated
+file that looks finished.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import re
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from segtool.errors import InputError, OutputError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "MAX_IMAGE_BYTES",
+    "Image",
+    "read_image",
+    "read_labels",
+    "to_label_dtype",
+    "write_labels",
+    "write_float",
+    "write_png",
+    "atomic_output",
+]
+
+#: File name endings read as images (lower case).
+IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
+
+#: Largest decoded image segtool will allocate; a header claiming more is refused
+#: before any memory is reserved (a corrupt or hostile file must not exhaust RAM).
+MAX_IMAGE_BYTES = 16 * 2**30
+
+# Axis letters tifffile uses for planes of a stack (as opposed to channels).
+_PLANE_AXES = "ZTQIRLHEVAP"
+_CHANNEL_AXES = "CS"
+
+
+@dataclass(frozen=True)
+class Image:
+    """A 2-D image and the calibration read with it.
+
+    Attributes
+    ----------
+    data : (M, N) ndarray
+        Pixel values in the file's own dtype.
+    path : Path
+        Where it was read from.
+    pixel_size : tuple of float or None
+        Physical (y, x) size of one pixel, or None when the file has no
+        calibration.
+    unit : str or None
+        Unit of ``pixel_size`` (e.g. ``"micron"``).
+    """
+
+    data: np.ndarray
+    path: Path
+    pixel_size: tuple[float, float] | None = None
+    unit: str | None = None
+
+
+# --------------------------------------------------------------------------- reading
+
+
+def read_image(path: str | os.PathLike, *, channel: int | None = None, plane: int | None = None) -> Image:
+    """Read a 2-D grayscale image from a TIFF, PNG or JPEG file.
+
+    Parameters
+    ----------
+    path : path-like
+        Image file.
+    channel : int, optional
+        Channel to keep from a multi-channel image. Without it, RGB/RGBA
+        images are averaged over their colour channels (alpha dropped); other
+        multi-channel images are refused.
+    plane : int, optional
+        Plane to keep from a Z or T stack; stacks are refused without it.
+
+    Returns
+    -------
+    Image
+        ``data`` is (Y, X) in the file's dtype, except averaged RGB (float32).
+
+    Raises
+    ------
+    InputError
+        The file is missing, unreadable, not an image, truncated, empty, too
+        large, of an unsupported dtype, or has axes that need ``channel`` or
+        ``plane`` to reduce to 2-D.
+    """
+    path = Path(path)
+    _check_readable_file(path)
+    suffix = path.suffix.lower()
+    if suffix in (".tif", ".tiff"):
+        data, axes, pixel_size, unit, photometric_rgb = _read_tiff(path)
+    elif suffix in (".png", ".jpg", ".jpeg"):
+        data, axes = _read_pillow(path)
+        pixel_size, unit, photometric_rgb = None, None, data.ndim == 3
+    else:
+        raise InputError(f"unsupported file type {suffix or '(no extension)'!r}; expected one of {', '.join(IMAGE_SUFFIXES)}")
+    data = _reduce_to_2d(data, axes, channel=channel, plane=plane, rgb=photometric_rgb)
+    _check_pixels(data)
+    return Image(data=data, path=path, pixel_size=pixel_size, unit=unit)
+
+
+def read_labels(path: str | os.PathLike, *, channel: int | None = None, plane: int | None = None) -> Image:
+    """Read an instance label image (0 = background, 1..N objects).
+
+    Any integer dtype is accepted and converted to uint16, or uint32 when a
+    label exceeds 65535. Float images are accepted only if every value is a
+    whole number (some tools save labels as float32).
+
+    Raises
+    ------
+    InputError
+        On anything :func:`read_image` refuses, negative labels, non-integer
+        values, or labels beyond uint32.
+    """
+    image = read_image(path, channel=channel, plane=plane)
+    return Image(to_label_dtype(image.data), image.path, image.pixel_size, image.unit)
+
+
+def to_label_dtype(labels: np.ndarray) -> np.ndarray:
+    """Return ``labels`` as uint16, or uint32 above 65535, checking it is a label image.
+
+    Examples
+    --------
+    >>> to_label_dtype(np.array([[0, 70000]])).dtype
+    dtype('uint32')
+    >>> to_label_dtype(np.array([[0.0, 2.0]])).dtype
+    dtype('uint16')
+    """
+    labels = np.asarray(labels)
+    if labels.dtype == bool:
+        return labels.astype(np.uint16)
+    if labels.dtype.kind == "f":
+        if not np.isfinite(labels).all():
+            raise InputError("label image contains NaN or infinite values")
+        if not np.array_equal(labels, np.round(labels)):
+            raise InputError("label image has fractional values; expected integer object labels (is this an intensity image?)")
+    elif labels.dtype.kind not in "iu":
+        raise InputError(f"label image has dtype {labels.dtype}; expected integers")
+    if labels.size == 0:
+        raise InputError("label image is empty")
+    low, high = labels.min(), labels.max()
+    if low < 0:
+        raise InputError(f"label image has negative values (min {low}); labels must be 0 (background) or positive")
+    if high > np.iinfo(np.uint32).max:
+        raise InputError(f"label {high} does not fit in uint32")
+    dtype = np.uint16 if high <= np.iinfo(np.uint16).max else np.uint32
+    return labels.astype(dtype, copy=labels.dtype != dtype)
+
+
+def _check_readable_file(path: Path) -> None:
+    if not path.exists():
+        raise InputError("no such file")
+    if path.is_dir():
+        raise InputError("is a directory, not an image file")
+    if not os.access(path, os.R_OK):
+        raise InputError("permission denied: file is not readable")
+    if path.stat().st_size == 0:
+        raise InputError("file is empty (0 bytes)")
+
+
+def _read_tiff(path: Path):
+    import tifffile
+
+    try:
+        with tifffile.TiffFile(path) as tif:
+            if not tif.series:
+                raise InputError("TIFF holds no image data")
+            series = tif.series[0]
+            axes = series.axes
+            nbytes = int(np.prod(series.shape, dtype=np.float64)) * np.dtype(series.dtype).itemsize
+            if nbytes > MAX_IMAGE_BYTES:
+                raise InputError(
+                    f"image header claims {series.shape} {series.dtype} ({nbytes / 2**30:.0f} GiB), "
+                    f"more than segtool loads at once ({MAX_IMAGE_BYTES // 2**30} GiB)"
+                )
+            page = series.pages[0] if series.pages else tif.pages[0]
+            data = series.asarray()
+            pixel_size, unit = _tiff_calibration(tif, page)
+            photometric_rgb = bool(page is not None and getattr(page, "photometric", None) == tifffile.PHOTOMETRIC.RGB)
+    except InputError:
+        raise
+    except MemoryError as err:
+        raise InputError("image is too large to load into memory") from err
+    except Exception as err:  # tifffile raises many types on corrupt files
+        raise InputError(f"cannot read TIFF (corrupt or truncated?): {_one_line(err)}") from err
+    return data, axes, pixel_size, unit, photometric_rgb
+
+
+def _read_pillow(path: Path):
+    from PIL import Image as PILImage
+
+    try:
+        with PILImage.open(path) as img:
+            if img.width * img.height * 8 > MAX_IMAGE_BYTES:
+                raise InputError(f"image of {img.width}x{img.height} pixels is too large to load")
+            img.load()
+            if img.mode == "P":
+                img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+            elif img.mode in ("LA", "PA"):
+                img = img.convert("L")
+            elif img.mode == "CMYK":
+                img = img.convert("RGB")
+            data = np.asarray(img)
+    except InputError:
+        raise
+    except Exception as err:
+        raise InputError(f"cannot read image: {_one_line(err)}") from err
+    axes = "YX" if data.ndim == 2 else "YXS"
+    return data, axes
+
+
+def _reduce_to_2d(data: np.ndarray, axes: str, *, channel: int | None, plane: int | None, rgb: bool) -> np.ndarray:
+    """Drop singleton axes, select the plane and channel, and refuse what stays ambiguous."""
+    if len(axes) != data.ndim:
+        axes = "Q" * (data.ndim - 2) + "YX" if data.ndim >= 2 else axes
+    keep = [i for i, (size, ax) in enumerate(zip(data.shape, axes)) if size > 1 or ax in "YX"]
+    data = data.reshape([data.shape[i] for i in keep])
+    axes = "".join(axes[i] for i in keep)
+    if "Y" not in axes or "X" not in axes:
+        raise InputError(f"image has axes {axes!r} with no Y/X plane")
+
+    plane_axes = [ax for ax in axes if ax in _PLANE_AXES]
+    if len(plane_axes) > 1:
+        sizes = ", ".join(f"{ax}={data.shape[axes.index(ax)]}" for ax in plane_axes)
+        raise InputError(f"image is a {len(plane_axes) + 2}-D stack ({sizes}); segtool works on 2-D planes: split it into single planes first")
+    if plane_axes:
+        ax = plane_axes[0]
+        n = data.shape[axes.index(ax)]
+        if plane is None:
+            raise InputError(f"image is a stack of {n} planes along axis {ax} (axes {axes}); pick one with --plane N (0..{n - 1})")
+        if not 0 <= plane < n:
+            raise InputError(f"--plane {plane} is out of range: axis {ax} has {n} planes (0..{n - 1})")
+        data = np.take(data, plane, axis=axes.index(ax))
+        axes = axes.replace(ax, "")
+    elif plane not in (None, 0):
+        raise InputError(f"--plane {plane} given but the image has a single plane")
+
+    channel_axes = [ax for ax in axes if ax in _CHANNEL_AXES]
+    if len(channel_axes) > 1:
+        raise InputError(f"image has several channel axes ({axes}); convert it to one channel axis first")
+    if channel_axes:
+        index = axes.index(channel_axes[0])
+        n = data.shape[index]
+        if channel is not None:
+            if not 0 <= channel < n:
+                raise InputError(f"--channel {channel} is out of range: the image has {n} channels (0..{n - 1})")
+            data = np.take(data, channel, axis=index)
+        elif (rgb or channel_axes[0] == "S") and n in (3, 4):
+            # RGB(A) default: mean of the colour channels, which keeps a signal that sits in any one of them.
+            data = np.moveaxis(data, index, -1)[..., :3].astype(np.float32).mean(axis=-1)
+        else:
+            raise InputError(f"image has {n} channels (axes {axes}); pick one with --channel N (0..{n - 1})")
+        axes = axes.replace(channel_axes[0], "")
+    elif channel not in (None, 0):
+        raise InputError(f"--channel {channel} given but the image has a single channel")
+
+    if axes != "YX":
+        if axes == "XY":
+            data = data.T
+        else:
+            raise InputError(f"cannot reduce axes {axes!r} to a 2-D image")
+    return data
+
+
+def _check_pixels(data: np.ndarray) -> None:
+    if data.dtype.kind not in "uifb":
+        raise InputError(f"unsupported pixel type {data.dtype}")
+    if data.size == 0 or 0 in data.shape:
+        raise InputError(f"image has no pixels (shape {data.shape})")
+
+
+def _tiff_calibration(tif, page) -> tuple[tuple[float, float] | None, str | None]:
+    """Pixel size (y, x) and unit from ImageJ/OME metadata or the resolution tags."""
+    if tif.is_ome and tif.ome_metadata:
+        xml = tif.ome_metadata
+        sizes = {}
+        for ax in "XY":
+            match = re.search(rf'PhysicalSize{ax}="([0-9.eE+-]+)"', xml)
+            if match:
+                sizes[ax] = float(match.group(1))
+        if len(sizes) == 2 and all(v > 0 for v in sizes.values()):
+            unit_match = re.search(r'PhysicalSizeXUnit="([^"]+)"', xml)
+            unit = unit_match.group(1) if unit_match else "µm"
+            return (sizes["Y"], sizes["X"]), _normalise_unit(unit)
+    if page is None:
+        return None, None
+    tags = page.tags
+    xres, yres = tags.get("XResolution"), tags.get("YResolution")
+    if xres is None or yres is None:
+        return None, None
+    try:
+        xppu = xres.value[0] / xres.value[1]
+        yppu = yres.value[0] / yres.value[1]
+    except (TypeError, ZeroDivisionError, IndexError):
+        return None, None
+    if xppu <= 0 or yppu <= 0:
+        return None, None
+    unit = None
+    if tif.is_imagej and tif.imagej_metadata:
+        unit = tif.imagej_metadata.get("unit")
+    elif tif.is_shaped and tif.shaped_metadata:
+        unit = tif.shaped_metadata[0].get("unit")
+    if unit is None:
+        res_unit = tags.get("ResolutionUnit")
+        code = int(res_unit.value) if res_unit is not None else 2
+        unit = {2: "inch", 3: "cm"}.get(code)
+        if unit == "inch" and xppu == yppu and xppu in (1.0, 72.0, 96.0, 300.0):
+            return None, None  # screen/print DPI written by default, not a microscope calibration
+    if unit is None:
+        return None, None
+    return (1.0 / yppu, 1.0 / xppu), _normalise_unit(unit)
+
+
+def _normalise_unit(unit: str) -> str:
+    unit = unit.strip()
+    if unit in ("um", "µm", "\\u00B5m", "micrometer", "microns"):
+        return "micron"
+    return unit
+
+
+def _one_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text and text[0] else type(err).__name__
+
+
+# --------------------------------------------------------------------------- writing
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike, *, overwrite: bool = False) -> Iterator[Path]:
+    """Write a file atomically: yield a temporary path, rename it onto ``path`` on success.
+
+    The temporary file lives in the destination folder (so the final rename
+    does not cross file systems) and is hidden (leading dot, ``.part``
+    ending), so folder scans never take it for a result. On any exception,
+    including Ctrl-C, the temporary file is removed and ``path`` is left as it
+    was.
+
+    Parameters
+    ----------
+    path : path-like
+        Final destination. Its folder is created if missing.
+    overwrite : bool, optional
+        Replace an existing ``path``; without it an existing file is an error.
+
+    Raises
+    ------
+    OutputError
+        If ``path`` exists and ``overwrite`` is false, the folder cannot be
+        created or written, or writing fails (e.g. disk full).
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: output path is a directory")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path}: output exists; use --overwrite to replace it")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise OutputError(f"{path.parent}: cannot create output folder: {err.strerror or err}") from err
+    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
+    try:
+        yield temp
+        if not temp.exists():
+            raise OutputError(f"{path}: nothing was written")
+        os.replace(temp, path)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        if isinstance(err, OSError) and not isinstance(err, OutputError):
+            raise OutputError(f"{path}: cannot write: {err.strerror or _one_line(err)}") from err
+        raise
+
+
+def _resolution_kwargs(pixel_size, unit) -> dict:
+    if pixel_size is None:
+        return {}
+    py, px = (float(v) for v in pixel_size)
+    if not (px > 0 and py > 0):
+        return {}
+    return {"resolution": (1.0 / px, 1.0 / py)}
+
+
+def _write_tiff(path: Path, data: np.ndarray, *, pixel_size, unit, overwrite: bool, imagej: bool) -> Path:
+    import tifffile
+
+    kwargs = _resolution_kwargs(pixel_size, unit)
+    big = data.nbytes > 2**31
+    large = max(data.shape) > 8192
+    if big or large:
+        imagej = False  # ImageJ hyperstacks cannot be tiled or BigTIFF; tiled BigTIFF opens in Fiji via Bio-Formats
+        kwargs["tile"] = (512, 512)
+    if imagej:
+        metadata = {"axes": "YX"}
+        if unit and pixel_size is not None:
+            metadata["unit"] = unit
+        kwargs["metadata"] = metadata
+    elif unit and pixel_size is not None:
+        kwargs["resolutionunit"] = "CENTIMETER" if unit == "cm" else "NONE"
+        kwargs["metadata"] = {"unit": unit} if not (big or large) else None
+    with atomic_output(path, overwrite=overwrite) as temp:
+        tifffile.imwrite(
+            temp,
+            data,
+            imagej=imagej,
+            bigtiff=big,
+            compression="zlib",
+            software="segtool",
+            **kwargs,
+        )
+    return path
+
+
+def write_labels(
+    path: str | os.PathLike,
+    labels: np.ndarray,
+    *,
+    pixel_size: tuple[float, float] | None = None,
+    unit: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write an instance label image as a zlib-compressed TIFF.
+
+    Labels are stored exactly: uint16 while the largest label fits, uint32
+    above 65535 (never wrapped). uint16 files are ImageJ hyperstacks so Fiji
+    opens them with the right dimensions and calibration; uint32 files are
+    plain TIFFs (ImageJ has no 32-bit integer type; Fiji reads them through
+    Bio-Formats).
+
+    Returns
+    -------
+    Path
+        ``path``.
+
+    Raises
+    ------
+    InputError
+        If ``labels`` is not a 2-D non-negative integer image.
+    OutputError
+        If the file exists (without ``overwrite``) or cannot be written.
+    """
+    labels = to_label_dtype(labels)
+    if labels.ndim != 2:
+        raise InputError(f"label image must be 2-D, got shape {labels.shape}")
+    return _write_tiff(Path(path), labels, pixel_size=pixel_size, unit=unit, overwrite=overwrite, imagej=labels.dtype == np.uint16)
+
+
+def write_float(
+    path: str | os.PathLike,
+    array: np.ndarray,
+    *,
+    pixel_size: tuple[float, float] | None = None,
+    unit: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a float32 image (2-D, or (C, Y, X) channels) as an ImageJ-compatible TIFF."""
+    data = np.asarray(array, dtype=np.float32)
+    if data.ndim not in (2, 3):
+        raise InputError(f"float image must be 2-D or (C, Y, X), got shape {data.shape}")
+    path = Path(path)
+    if data.ndim == 3:
+        import tifffile
+
+        kwargs = _resolution_kwargs(pixel_size, unit)
+        metadata = {"axes": "CYX"}
+        if unit and pixel_size is not None:
+            metadata["unit"] = unit
+        with atomic_output(path, overwrite=overwrite) as temp:
+            tifffile.imwrite(temp, data, imagej=True, compression="zlib", metadata=metadata, software="segtool", **kwargs)
+        return path
+    return _write_tiff(path, data, pixel_size=pixel_size, unit=unit, overwrite=overwrite, imagej=True)
+
+
+def write_png(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = False) -> Path:
+    """Write a uint8 grayscale (Y, X) or RGB (Y, X, 3) image as PNG."""
+    from PIL import Image as PILImage
+
+    data = np.asarray(image)
+    if data.dtype != np.uint8 or data.ndim not in (2, 3) or (data.ndim == 3 and data.shape[2] not in (3, 4)):
+        raise InputError(f"PNG output needs uint8 (Y, X) or (Y, X, 3|4) data, got {data.dtype} {data.shape}")
+    path = Path(path)
+    with atomic_output(path, overwrite=overwrite) as temp:
+        PILImage.fromarray(data).save(temp, format="PNG")
+    return path

@@ -1,0 +1,58 @@
+"""Intensity normalisation shared by training and inference."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from segtool.errors import InputError
+
+__all__ = ["normalize_percentile"]
+
+
+def normalize_percentile(
+    image: np.ndarray,
+    low: float = 1.0,
+    high: float = 99.8,
+    *,
+    eps: float = 1e-20,
+) -> np.ndarray:
+    """Map the ``low`` and ``high`` percentiles of ``image`` to 0 and 1.
+
+    Values outside the percentile range are not clipped, as in CSBDeep: a
+    bright object keeps its contrast above 1 instead of being flattened.
+
+    Parameters
+    ----------
+    image : ndarray
+        Image of any real dtype and shape; all pixels count.
+    low, high : float, optional
+        Percentiles (0-100) mapped to 0 and 1.
+    eps : float, optional
+        Added to the denominator so a constant image does not divide by zero.
+
+    Returns
+    -------
+    normalized : ndarray of float32
+        A new array; ``image`` is not modified.
+
+    Raises
+    ------
+    InputError
+        If the percentiles are not ``0 <= low < high <= 100``, the image is
+        empty, or it holds NaN or infinite values.
+
+    Examples
+    --------
+    >>> out = normalize_percentile(np.arange(101.0), 0, 100)
+    >>> float(out[0]), float(out[-1])
+    (0.0, 1.0)
+    """
+    if not 0 <= low < high <= 100:
+        raise InputError(f"percentiles must satisfy 0 <= low < high <= 100, got low={low}, high={high}")
+    if image.size == 0:
+        raise InputError("image is empty")
+    data = np.asarray(image, dtype=np.float32)
+    if not np.isfinite(data).all():
+        raise InputError("image contains NaN or infinite values")
+    lo, hi = np.percentile(data, [low, high])
+    return ((data - np.float32(lo)) / np.float32(hi - lo + eps)).astype(np.float32, copy=False)

@@ -1,0 +1,30 @@
+"""Shared fixtures: paths to the real sample images and small synthetic images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SAMPLE_DATA = ROOT / "sample_data"
+
+
+@pytest.fixture
+def sample_images() -> list[Path]:
+    paths = sorted((SAMPLE_DATA / "images").glob("*.tif"))
+    assert len(paths) >= 3, "sample_data/images should hold the real sample images"
+    return paths
+
+
+@pytest.fixture
+def sample_masks() -> list[Path]:
+    paths = sorted((SAMPLE_DATA / "masks").glob("*.tif"))
+    assert len(paths) >= 3, "sample_data/masks should hold the sample masks"
+    return paths
+
+
+@pytest.fixture
+def rng() -> np.random.Generator:
+    return np.random.default_rng(0)
