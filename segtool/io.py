@@ -227,6 +227,8 @@ def _read_pillow(path: Path):
 
 def _reduce_to_2d(data: np.ndarray, axes: str, *, channel: int | None, plane: int | None, rgb: bool) -> np.ndarray:
     """Drop singleton axes, select the plane and channel, and refuse what stays ambiguous."""
+    if data.ndim < 2 or data.size == 0:
+        raise InputError(f"image has no 2-D pixel data (shape {data.shape})")
     if len(axes) != data.ndim:
         axes = "Q" * (data.ndim - 2) + "YX" if data.ndim >= 2 else axes
     keep = [i for i, (size, ax) in enumerate(zip(data.shape, axes)) if size > 1 or ax in "YX"]

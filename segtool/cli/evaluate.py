@@ -1,0 +1,354 @@
+"""``segtool evaluate``: instance metrics of predicted label images against ground truth."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import numpy as np
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from segtool.batch import EXIT_USAGE
+from segtool.cli._app import app
+from segtool.cli._common import Debug, Overwrite, Quiet, Recursive, error_line, fail, stderr
+from segtool.errors import InputError, SegtoolError
+from segtool.inputs import base_stem, expand_inputs
+from segtool.metrics import DEFAULT_THRESHOLDS, MatchCounts, match_labels, pixel_scores
+
+PANEL_OUT = "Outputs"
+PANEL_METRIC = "Metric"
+
+
+def parse_thresholds(text: str | None) -> tuple[float, ...]:
+    """``--thresholds``: comma-separated values, or ``start:stop:step`` (stop included).
+
+    Examples
+    --------
+    >>> parse_thresholds("0.5,0.75")
+    (0.5, 0.75)
+    >>> parse_thresholds("0.5:0.7:0.1")
+    (0.5, 0.6, 0.7)
+    """
+    if text is None or not text.strip():
+        return DEFAULT_THRESHOLDS
+    try:
+        if ":" in text:
+            start, stop, step = (float(v) for v in text.split(":"))
+            if step <= 0 or stop < start:
+                raise ValueError
+            count = int(np.floor((stop - start) / step + 1e-9)) + 1
+            values = [round(start + k * step, 10) for k in range(count)]
+        else:
+            values = [float(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise InputError(f"--thresholds must be numbers like 0.5,0.75 or a range like 0.5:0.95:0.05, got {text!r}") from None
+    bad = [v for v in values if not 0 < v <= 1]
+    if not values or bad:
+        raise InputError(f"--thresholds must lie in (0, 1], got {text!r}")
+    return tuple(values)
+
+
+def _key(path: Path) -> str:
+    from segtool.cli.export import object_stem
+
+    return object_stem(path)
+
+
+@dataclass(frozen=True)
+class LabelPair:
+    """A predicted label file and its ground truth."""
+
+    name: str
+    pred: Path
+    gt: Path
+
+
+def pair_label_files(pred: list[Path], gt: list[Path]) -> tuple[list[LabelPair], list[tuple[str, str]]]:
+    """Pair predictions with ground truth by name stem, ignoring mask endings on both sides.
+
+    ``img01_labels.tif`` (segtool), ``img01_cp_masks.png`` (Cellpose), ``img01_mask.tif`` and ``img01.tif``
+    all pair by ``img01``. Where a folder holds both ``img01.tif`` and ``img01_labels.tif`` (labels saved
+    beside their images), the one with the mask ending is taken. Two single files are paired whatever
+    their names.
+
+    Returns
+    -------
+    pairs : list of LabelPair
+        Sorted by name.
+    problems : list of (str, str)
+        ``(file, message)`` for every file without a partner or with an ambiguous name.
+
+    Examples
+    --------
+    >>> pairs, problems = pair_label_files([Path("p/a_labels.tif")], [Path("g/a.tif"), Path("g/b.tif")])
+    >>> [(p.name, p.gt.name) for p in pairs], problems
+    ([('a', 'a.tif')], [('g/b.tif', 'ground truth has no prediction (looked for a name starting with b)')])
+    """
+    if len(pred) == 1 and len(gt) == 1:
+        return [LabelPair(_key(pred[0]), pred[0], gt[0])], []
+    problems: list[tuple[str, str]] = []
+
+    def index(files: list[Path], what: str) -> dict[str, Path]:
+        found: dict[str, list[Path]] = {}
+        for path in files:
+            found.setdefault(_key(path), []).append(path)
+        unique = {}
+        for key, paths in found.items():
+            if len(paths) > 1:
+                # Masks saved beside their images (x.tif + x_labels.tif): the file with a mask ending is the labels.
+                suffixed = [p for p in paths if base_stem(p) != key]
+                paths = suffixed if len(suffixed) == 1 else paths
+            if len(paths) > 1:
+                names = ", ".join(str(p) for p in paths)
+                problems.append((str(paths[0].parent), f"several {what} files for {key!r}: {names}"))
+            else:
+                unique[key] = paths[0]
+        return unique
+
+    by_pred = index(pred, "prediction")
+    by_gt = index(gt, "ground truth")
+    for key in sorted(set(by_pred) - set(by_gt)):
+        problems.append((str(by_pred[key]), f"prediction has no ground truth (looked for a name starting with {key})"))
+    for key in sorted(set(by_gt) - set(by_pred)):
+        problems.append((str(by_gt[key]), f"ground truth has no prediction (looked for a name starting with {key})"))
+    pairs = [LabelPair(key, by_pred[key], by_gt[key]) for key in sorted(set(by_pred) & set(by_gt))]
+    return pairs, problems
+
+
+def _evaluate_pair(pair: LabelPair, thresholds: tuple[float, ...]) -> tuple[MatchCounts, dict[str, Any]]:
+    from segtool.io import read_labels
+
+    try:
+        pred = read_labels(pair.pred).data
+    except InputError as err:
+        raise InputError(f"{pair.pred}: {err}") from err
+    try:
+        gt = read_labels(pair.gt).data
+    except InputError as err:
+        raise InputError(f"{pair.gt}: {err}") from err
+    if pred.shape != gt.shape:
+        raise InputError(f"{pair.pred}: shape mismatch: prediction is {pred.shape}, ground truth {pair.gt} is {gt.shape}")
+    return match_labels(gt, pred, thresholds=thresholds), pixel_scores(gt, pred)
+
+
+def _pixel_totals(pixels: list[dict[str, Any]]) -> dict[str, float | int]:
+    true = sum(p["true_pixels"] for p in pixels)
+    pred = sum(p["pred_pixels"] for p in pixels)
+    inter = sum(p["intersection"] for p in pixels)
+    total = true + pred
+    return {
+        "dice": 2.0 * inter / total if total else 1.0,
+        "iou": inter / (total - inter) if total else 1.0,
+        "true_pixels": true,
+        "pred_pixels": pred,
+        "intersection": inter,
+    }
+
+
+def _report(pair: LabelPair | None, counts: MatchCounts, pixels: dict[str, Any]) -> dict[str, Any]:
+    record: dict[str, Any] = {}
+    if pair is not None:
+        record.update({"name": pair.name, "pred": str(pair.pred), "gt": str(pair.gt)})
+    record.update(
+        {
+            "n_true": counts.n_true,
+            "n_pred": counts.n_pred,
+            "ap_mean": float(counts.ap.mean()),
+            "pixel_dice": pixels["dice"],
+            "pixel_iou": pixels["iou"],
+            "per_threshold": counts.to_rows(),
+        }
+    )
+    return record
+
+
+def _print_tables(console: Console, images: list[dict[str, Any]], total: dict[str, Any], thresholds) -> None:
+    first = thresholds[0]
+    per_image = Table(title="per image", title_justify="left", box=None, header_style="bold", pad_edge=False)
+    for header in ("image", "true", "pred", f"F1@{first:g}", f"AP@{first:g}", "AP mean", "pixel Dice"):
+        per_image.add_column(header, justify="left" if header == "image" else "right", overflow="fold")
+    for record in images:
+        row0 = record["per_threshold"][0]
+        per_image.add_row(
+            record["name"],
+            str(record["n_true"]),
+            str(record["n_pred"]),
+            f"{row0['f1']:.3f}",
+            f"{row0['ap']:.3f}",
+            f"{record['ap_mean']:.3f}",
+            f"{record['pixel_dice']:.3f}",
+        )
+    console.print(per_image)
+    console.print()
+    title = (
+        f"dataset: {total['n_images']} image(s), {total['n_true']} true / {total['n_pred']} predicted objects "
+        f"(from summed counts); pixel Dice {total['pixel_dice']:.3f}, IoU {total['pixel_iou']:.3f}"
+    )
+    table = Table(title=title, title_justify="left", box=None, header_style="bold", pad_edge=False)
+    for header in ("IoU", "TP", "FP", "FN", "precision", "recall", "F1", "AP", "mean IoU", "PQ"):
+        table.add_column(header, justify="right")
+    for row in total["per_threshold"]:
+        table.add_row(
+            f"{row['threshold']:.2f}",
+            str(row["tp"]),
+            str(row["fp"]),
+            str(row["fn"]),
+            *(f"{row[k]:.3f}" for k in ("precision", "recall", "f1", "ap", "mean_matched_iou", "panoptic_quality")),
+        )
+    console.print(table)
+    console.print(f"AP mean over thresholds {total['ap_mean']:.3f}; mean over images (DSB 2018 score) {total['mean_image_ap']:.3f}")
+
+
+def _csv_rows(images: list[dict[str, Any]], total: dict[str, Any]) -> list[dict[str, Any]]:
+    rows = []
+    for scope, record in [*(("image", r) for r in images), ("dataset", total)]:
+        for row in record["per_threshold"]:
+            rows.append(
+                {
+                    "scope": scope,
+                    "name": record.get("name", ""),
+                    "pred": record.get("pred", ""),
+                    "gt": record.get("gt", ""),
+                    **row,
+                    "pixel_dice": record["pixel_dice"],
+                    "pixel_iou": record["pixel_iou"],
+                }
+            )
+    return rows
+
+
+CSV_COLUMNS = (
+    "scope", "name", "pred", "gt", "threshold", "n_true", "n_pred", "tp", "fp", "fn", "precision", "recall", "f1", "ap",
+    "mean_matched_iou", "panoptic_quality", "pixel_dice", "pixel_iou",
+)  # fmt: skip
+
+
+@app.command(rich_help_panel="Export and evaluate")
+def evaluate(
+    pred: Annotated[Path, typer.Argument(help="Predicted label image, or a folder of them.", show_default=False)],
+    gt: Annotated[Path, typer.Argument(help="Ground-truth label image, or a folder of them (paired by name stem).", show_default=False)],
+    thresholds: Annotated[
+        Optional[str],
+        typer.Option(
+            "--thresholds",
+            "-t",
+            help="IoU thresholds: comma-separated (0.5,0.75) or start:stop:step (0.5:0.95:0.05, the default).",
+            rich_help_panel=PANEL_METRIC,
+        ),
+    ] = None,
+    csv_path: Annotated[
+        Optional[Path],
+        typer.Option("--csv", help="Write scores per image and per threshold (and dataset totals) to this CSV file.", rich_help_panel=PANEL_OUT, dir_okay=False),
+    ] = None,
+    plot: Annotated[
+        Optional[Path],
+        typer.Option("--plot", help="Save a PNG of dataset AP, F1, precision and recall against IoU threshold.", rich_help_panel=PANEL_OUT, dir_okay=False),
+    ] = None,
+    json_out: Annotated[bool, typer.Option("--json", help="Print all results as one JSON document on stdout (no table).", rich_help_panel=PANEL_OUT)] = False,
+    recursive: Recursive = False,
+    overwrite: Overwrite = False,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Score predicted objects against ground truth: TP/FP/FN, precision, recall, F1, AP, PQ per IoU threshold.
+
+    Objects are matched one-to-one by IoU (optimal assignment); a match counts when IoU >= threshold. AP is
+    TP / (TP + FP + FN) as in the 2018 Data Science Bowl and StarDist. Dataset totals come from counts summed
+    over all images. Also reports foreground (pixel) Dice and IoU.
+    """
+    from segtool import export as writers
+
+    try:
+        values = parse_thresholds(thresholds)
+    except InputError as err:
+        fail(str(err), code=EXIT_USAGE)
+    for target in (csv_path, plot):
+        if target is not None and target.exists() and not overwrite:
+            fail("output exists; use --overwrite to replace it", where=str(target))
+    failed = 0
+
+    def report(where: str | None, message: str) -> None:
+        nonlocal failed
+        failed += 1
+        print(error_line(where, message), file=sys.stderr, flush=True)
+
+    files = {}
+    for side, spec in (("pred", pred), ("gt", gt)):
+        if not spec.exists():
+            report(str(spec), "no such file or folder")
+            continue
+        expanded = expand_inputs([str(spec)], recursive=recursive, kind="labels")
+        for where, message in expanded.problems:
+            report(where, message)
+        files[side] = expanded.files
+    if len(files) < 2:
+        raise typer.Exit(1)
+    pairs, problems = pair_label_files(files["pred"], files["gt"])
+    for where, message in problems:
+        report(where, message)
+
+    err_console = stderr()
+    images: list[dict[str, Any]] = []
+    counts_list: list[MatchCounts] = []
+    pixels_list: list[dict[str, Any]] = []
+    progress = Progress(
+        TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), console=err_console, transient=True,
+        disable=quiet or not err_console.is_terminal,
+    )  # fmt: skip
+    with progress:
+        task_id = progress.add_task("evaluate", total=len(pairs))
+        for pair in pairs:
+            try:
+                counts, pixels = _evaluate_pair(pair, values)
+            except SegtoolError as err:
+                report(None, str(err).strip().splitlines()[0])
+            except Exception as err:
+                if debug:
+                    raise
+                report(str(pair.pred), f"internal error ({type(err).__name__}: {err}); this is a bug in segtool, rerun with --debug")
+            else:
+                counts_list.append(counts)
+                pixels_list.append(pixels)
+                images.append(_report(pair, counts, pixels))
+            progress.advance(task_id)
+
+    if not images:
+        fail("nothing to evaluate: no prediction could be paired with its ground truth and read")
+    total_counts = sum(counts_list)
+    total = _report(None, total_counts, _pixel_totals(pixels_list))
+    total = {"n_images": len(images), **total, "mean_image_ap": float(np.mean([r["ap_mean"] for r in images]))}
+    outputs: dict[str, str] = {}
+    try:
+        if csv_path is not None:
+            outputs["csv"] = str(writers.write_csv(csv_path, _csv_rows(images, total), columns=CSV_COLUMNS, overwrite=overwrite))
+        if plot is not None:
+            curves = {
+                "AP": total_counts.ap,
+                "F1": total_counts.f1,
+                "precision": total_counts.precision,
+                "recall": total_counts.recall,
+            }
+            title = f"{len(images)} image(s), {total_counts.n_true} true objects"
+            outputs["plot"] = str(writers.write_score_plot(plot, total_counts.thresholds, curves, title=title, overwrite=overwrite))
+    except SegtoolError as err:
+        report(None, str(err).strip().splitlines()[0])
+
+    if json_out:
+        document = {"thresholds": list(values), "total": total, "images": images, "failed": failed, "outputs": outputs}
+        print(json.dumps(document))
+    else:
+        _print_tables(Console(highlight=False, soft_wrap=True), images, total, values)
+        if not quiet:
+            for name, path in outputs.items():
+                err_console.print(f"segtool: wrote {name}: {path}", markup=False, highlight=False)
+    if not quiet:
+        err_console.print(
+            f"segtool: {len(images)} pair(s) evaluated, {failed} problem(s)", markup=False, highlight=False
+        )
+    raise typer.Exit(1 if failed else 0)

@@ -1,0 +1,397 @@
+"""``segtool export`` and ``segtool measure``: label images to Fiji, QuPath, spreadsheets and pictures."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from segtool.batch import EXIT_USAGE, ItemResult, run_batch
+from segtool.cli._app import app
+from segtool.cli._common import (
+    Channel,
+    Debug,
+    Inputs,
+    Jobs,
+    JsonOut,
+    Manifest,
+    OnError,
+    OnErrorOpt,
+    OutputDir,
+    Overwrite,
+    Plane,
+    Quiet,
+    Recursive,
+    SkipExisting,
+    error_line,
+    fail,
+    run_files,
+    stderr,
+)
+from segtool.errors import InputError
+from segtool.inputs import LABEL_SUFFIXES, base_stem, expand_inputs
+from segtool.io import IMAGE_SUFFIXES, Image, read_image, read_labels
+
+PANEL_FORMAT = "Formats"
+
+#: Output name ending of each format (``<stem><suffix>``); png depends on --image.
+FORMAT_SUFFIXES = {
+    "labels": "_labels.tif",
+    "binary": "_binary.tif",
+    "png": "_labels.png",
+    "imagej-roi": "_rois.zip",
+    "geojson": ".geojson",
+    "csv": "_objects.csv",
+}
+OVERLAY_SUFFIX = "_overlay.png"
+
+
+def parse_formats(values: list[str]) -> tuple[str, ...]:
+    """``--format`` values (repeatable and/or comma-separated), checked and de-duplicated.
+
+    Examples
+    --------
+    >>> parse_formats(["csv,geojson", "CSV"])
+    ('csv', 'geojson')
+    """
+    formats: list[str] = []
+    for value in values:
+        for item in value.split(","):
+            name = item.strip().lower().replace("_", "-")
+            if name in ("roi", "rois", "imagej", "zip"):
+                name = "imagej-roi"
+            if not name:
+                continue
+            if name not in FORMAT_SUFFIXES:
+                raise InputError(f"unknown --format {item.strip()!r}; choose from {', '.join(FORMAT_SUFFIXES)}")
+            if name not in formats:
+                formats.append(name)
+    if not formats:
+        raise InputError(f"give at least one --format ({', '.join(FORMAT_SUFFIXES)})")
+    return tuple(formats)
+
+
+def object_stem(path: Path) -> str:
+    """Name stem of a label file without its mask ending (``a_cp_masks.png`` -> ``a``).
+
+    Examples
+    --------
+    >>> object_stem(Path("x/img01_cp_masks.png")), object_stem(Path("img02.tif"))
+    ('img01', 'img02')
+    """
+    stem = base_stem(path)
+    lower = stem.lower()
+    for suffix in sorted(LABEL_SUFFIXES, key=len, reverse=True):
+        if lower.endswith(suffix) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return stem
+
+
+def find_image(labels_path: Path, image: Path) -> Path:
+    """The intensity image for ``labels_path``: ``image`` itself, or the file in folder ``image`` with the same stem.
+
+    Raises
+    ------
+    InputError
+        If the folder holds no image, or several images, with that stem.
+    """
+    if not image.is_dir():
+        return image
+    stem = object_stem(labels_path)
+    candidates = sorted(
+        p
+        for p in image.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_SUFFIXES) and base_stem(p) == stem
+    )
+    candidates = [p for p in candidates if p.resolve() != labels_path.resolve()]
+    if not candidates:
+        raise InputError(f"no image named {stem}.* ({', '.join(IMAGE_SUFFIXES)}) in {image}")
+    if len(candidates) > 1:
+        raise InputError(f"several images match {stem!r} in {image}: {', '.join(p.name for p in candidates)}")
+    return candidates[0]
+
+
+@dataclass(frozen=True)
+class ExportTask:
+    """Per-file work of ``segtool export`` / ``segtool measure`` (picklable for ``--jobs``)."""
+
+    formats: tuple[str, ...]
+    output_dir: Path | None = None
+    overwrite: bool = False
+    image: Path | None = None
+    channel: int | None = None
+    plane: int | None = None
+    summary: bool = False  # measure --summary: compute the summary row, write nothing
+
+    def planned_outputs(self, path: Path) -> dict[str, Path]:
+        if self.summary:
+            return {}
+        folder = self.output_dir if self.output_dir is not None else path.parent
+        stem = object_stem(path)
+        outputs = {}
+        for name in self.formats:
+            suffix = OVERLAY_SUFFIX if name == "png" and self.image is not None else FORMAT_SUFFIXES[name]
+            target = folder / f"{stem}{suffix}"
+            if target.exists() and path.exists() and target.resolve() == path.resolve():
+                raise InputError(f"the {name} output would replace the input itself; choose another folder with -o")
+            outputs[name] = target
+        return outputs
+
+    def _read(self, path: Path) -> tuple[Image, Image | None]:
+        labels = read_labels(path, plane=self.plane)
+        if self.image is None:
+            return labels, None
+        image_path = find_image(path, self.image)
+        try:
+            image = read_image(image_path, channel=self.channel, plane=self.plane)
+        except InputError as err:
+            raise InputError(f"image {image_path}: {err}") from err
+        if image.data.shape != labels.data.shape:
+            raise InputError(f"image {image_path} is {image.data.shape} but the labels are {labels.data.shape}")
+        return labels, image
+
+    def run(self, path: Path) -> dict[str, Any]:
+        from segtool import export
+        from segtool.io import write_labels, write_png
+        from segtool.overlay import color_labels, outline_overlay
+
+        labels, image = self._read(path)
+        data = labels.data
+        # Calibration from the labels, else from the image they were made from.
+        pixel_size, unit = labels.pixel_size, labels.unit
+        if pixel_size is None and image is not None:
+            pixel_size, unit = image.pixel_size, image.unit
+        table = None
+        if self.summary or {"csv", "geojson"} & set(self.formats):
+            table = export.object_table(data, image=None if image is None else image.data, pixel_size=pixel_size, unit=unit)
+        figures: dict[str, Any] = {"objects": int(len(table["label"])) if table is not None else int(len(_labels_present(data)))}
+        if self.summary:
+            figures.update(export.summary_row(data, table))
+            figures["objects"] = int(figures["objects"])
+            return figures
+
+        outputs = self.planned_outputs(path)
+        polygons = export.label_polygons(data) if {"imagej-roi", "geojson"} & set(self.formats) else None
+        keep = {"overwrite": self.overwrite}
+        for name, target in outputs.items():
+            if name == "labels":
+                write_labels(target, data, pixel_size=pixel_size, unit=unit, **keep)
+            elif name == "binary":
+                export.write_binary_tiff(target, data, pixel_size=pixel_size, unit=unit, **keep)
+            elif name == "png":
+                picture = color_labels(data) if image is None else outline_overlay(image.data, data)
+                write_png(target, picture, **keep)
+            elif name == "imagej-roi":
+                export.write_roi_zip(target, export.imagej_rois(polygons), **keep)
+            elif name == "geojson":
+                export.write_geojson(target, export.geojson_features(polygons, table=table), **keep)
+            elif name == "csv":
+                export.write_csv(target, table, **keep)
+        figures.update(
+            {
+                "shape": list(data.shape),
+                "pixel_size": list(pixel_size) if pixel_size is not None else None,
+                "unit": unit if pixel_size is not None else None,
+            }
+        )
+        return figures
+
+
+def _labels_present(data) -> list[int]:
+    import numpy as np
+
+    counts = np.bincount(data.reshape(-1)) if data.dtype.itemsize <= 2 else None
+    if counts is not None:
+        return np.flatnonzero(counts[1:]).tolist()
+    return [v for v in np.unique(data).tolist() if v != 0]
+
+
+FormatOpt = Annotated[
+    list[str],
+    typer.Option(
+        "--format",
+        "-f",
+        help=(
+            "Output format(s), repeatable or comma-separated: labels (<stem>_labels.tif, uint16/uint32), "
+            "binary (<stem>_binary.tif, 0/255), png (<stem>_labels.png in colour, or <stem>_overlay.png with --image), "
+            "imagej-roi (<stem>_rois.zip for Fiji's ROI Manager), geojson (<stem>.geojson for QuPath), "
+            "csv (<stem>_objects.csv, one row per object)."
+        ),
+        rich_help_panel=PANEL_FORMAT,
+        show_default=False,
+    ),
+]
+ImageOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--image",
+        "-i",
+        help=(
+            "Intensity image: a file, or a folder where each label file finds the image with the same name stem "
+            "(mask endings such as _labels, _masks, _cp_masks are ignored). Adds intensity columns to csv/geojson; "
+            "png draws outlines on it."
+        ),
+        rich_help_panel=PANEL_FORMAT,
+    ),
+]
+
+
+@app.command(rich_help_panel="Export and evaluate")
+def export(
+    labels: Inputs,
+    formats: FormatOpt = [],  # noqa: B006  (Typer needs a list default)
+    image: ImageOpt = None,
+    output: OutputDir = None,
+    channel: Channel = None,
+    plane: Plane = None,
+    recursive: Recursive = False,
+    overwrite: Overwrite = False,
+    skip_existing: SkipExisting = False,
+    json_out: JsonOut = False,
+    manifest: Manifest = None,
+    on_error: OnErrorOpt = OnError.skip,
+    jobs: Jobs = 1,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Convert label images for Fiji, QuPath, spreadsheets and viewers.
+
+    Reads any label image (segtool's, Cellpose _cp_masks, StarDist, Fiji; TIFF or PNG) and writes
+    <stem><ending> per format into -o DIR (default: beside each input). Outlines follow pixel edges, so
+    they fill back to exactly the same pixels.
+    """
+    try:
+        chosen = parse_formats(formats)
+    except InputError as err:
+        fail(str(err), code=EXIT_USAGE)
+    if image is not None and not image.exists():
+        fail("--image: no such file or folder", where=str(image), code=EXIT_USAGE)
+    task = ExportTask(formats=chosen, output_dir=output, overwrite=overwrite, image=image, channel=channel, plane=plane)
+    run_files(
+        labels,
+        task,
+        kind="labels",
+        recursive=recursive,
+        on_error=on_error,
+        skip_existing=skip_existing,
+        overwrite=overwrite,
+        jobs=jobs,
+        json_out=json_out,
+        manifest=manifest,
+        quiet=quiet,
+        debug=debug,
+        columns=[("objects", lambda r: r.figures["objects"])],
+        verb="export",
+    )
+
+
+SUMMARY_COLUMNS = ("labels", "objects", "mean_area", "median_area", "coverage")
+
+
+@app.command(rich_help_panel="Export and evaluate")
+def measure(
+    labels: Inputs,
+    image: ImageOpt = None,
+    summary: Annotated[
+        bool,
+        typer.Option(
+            "--summary",
+            help=(
+                "Instead of a table per image, print one CSV row per image on stdout (labels, objects, mean_area, "
+                "median_area, coverage, and calibrated area / mean intensity when available); JSON lines with --json."
+            ),
+            rich_help_panel=PANEL_FORMAT,
+        ),
+    ] = False,
+    output: OutputDir = None,
+    channel: Channel = None,
+    plane: Plane = None,
+    recursive: Recursive = False,
+    overwrite: Overwrite = False,
+    skip_existing: SkipExisting = False,
+    json_out: JsonOut = False,
+    manifest: Manifest = None,
+    on_error: OnErrorOpt = OnError.skip,
+    jobs: Jobs = 1,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Measure every object: area, centroid, bbox, perimeter, shape and intensity.
+
+    Writes <stem>_objects.csv per label image (the same as export --format csv). Values are in pixels, plus
+    calibrated columns (e.g. area_um2) when the TIFF carries a pixel size. With --summary, prints one row per
+    image instead.
+    """
+    if image is not None and not image.exists():
+        fail("--image: no such file or folder", where=str(image), code=EXIT_USAGE)
+    if not summary:
+        task = ExportTask(formats=("csv",), output_dir=output, overwrite=overwrite, image=image, channel=channel, plane=plane)
+        run_files(
+            labels,
+            task,
+            kind="labels",
+            recursive=recursive,
+            on_error=on_error,
+            skip_existing=skip_existing,
+            overwrite=overwrite,
+            jobs=jobs,
+            json_out=json_out,
+            manifest=manifest,
+            quiet=quiet,
+            debug=debug,
+            columns=[("objects", lambda r: r.figures["objects"])],
+            verb="measure",
+        )
+    task = ExportTask(formats=("csv",), image=image, channel=channel, plane=plane, summary=True)
+    _summary_rows(labels, task, recursive=recursive, on_error=on_error, jobs=jobs, json_out=json_out, quiet=quiet, debug=debug)
+
+
+def _summary_rows(specs, task: ExportTask, *, recursive, on_error, jobs, json_out, quiet, debug) -> None:
+    """Run ``task`` on every label file and stream one CSV row (or JSON line) per image to stdout."""
+    import csv
+
+    from segtool.cli._common import _read_stdin_lines  # same stdin handling as every command
+
+    stdin_lines = _read_stdin_lines() if "-" in specs else None
+    expanded = expand_inputs(specs, recursive=recursive, kind="labels", stdin_lines=stdin_lines)
+    failed = 0
+    for spec, message in expanded.problems:
+        print(error_line(spec, message), file=sys.stderr)
+        failed += 1
+    if failed and OnError(on_error) == OnError.stop:
+        raise typer.Exit(1)
+    if not expanded.files:
+        fail("no input files given")
+    writer = csv.writer(sys.stdout, lineterminator="\n")
+    columns: list[str] = []
+
+    def emit(result: ItemResult) -> None:
+        nonlocal columns
+        if result.status == "failed":
+            print(error_line(result.input, result.error or "failed"), file=sys.stderr, flush=True)
+            return
+        row = {"labels": result.input, **result.figures}
+        if json_out:
+            print(json.dumps(row), flush=True)
+            return
+        if not columns:
+            extra = [k for k in row if k not in SUMMARY_COLUMNS]
+            columns = [*SUMMARY_COLUMNS, *extra]
+            writer.writerow(columns)
+        writer.writerow([_format_cell(row.get(name, "")) for name in columns])
+        sys.stdout.flush()
+
+    summary = run_batch(expanded.files, task, on_error=OnError(on_error).value, jobs=jobs, on_result=emit, debug=debug)
+    if not quiet:
+        stderr().print(f"segtool: {summary.done} done, {summary.failed + failed} failed", markup=False, highlight=False)
+    raise typer.Exit(1 if summary.failed or failed else 0)
+
+
+def _format_cell(value: Any) -> Any:
+    if isinstance(value, float):
+        return int(value) if value.is_integer() else f"{value:.6g}"
+    return value
