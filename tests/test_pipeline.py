@@ -121,3 +121,22 @@ def test_usage_error_exit_code_is_2(tmp_path):
     proc = subprocess.run([*SEGTOOL, "baseline", "--no-such-option", "x.tif"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stdout == ""
+
+
+def test_baseline_into_export_pipeline(tmp_path, sample_images):
+    """The README recipe: find | baseline --json | pick the label path | export a CSV per image."""
+    seg = tmp_path / "seg"
+    pick = f"{sys.executable} -c \"import sys, json; [print(json.loads(l)['outputs']['labels']) for l in sys.stdin]\""
+    command = (
+        f"find {sample_images[0].parent} -name '*.tif' | {' '.join(SEGTOOL)} baseline - -o {seg} --json -q"
+        f" | {pick} | {' '.join(SEGTOOL)} export - -f csv -q"
+    )
+    proc = subprocess.run(["bash", "-c", f"set -o pipefail; {command}"], capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr
+    tables = sorted(seg.glob("*_objects.csv"))
+    assert len(tables) == len(sample_images)
+    assert sorted(proc.stdout.split()) == sorted(str(p) for p in tables)
+    for table in tables:
+        labels = read_labels(seg / table.name.replace("_objects.csv", "_labels.tif")).data
+        rows = table.read_text().strip().splitlines()
+        assert rows[0].startswith("label,") and len(rows) - 1 == labels.max()
