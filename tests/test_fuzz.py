@@ -58,7 +58,7 @@ def test_mutated_tiffs_fail_cleanly(tmp_path, sources):
     rng = np.random.default_rng(20261123)
     out = tmp_path / "out"
     task = BaselineTask(
-        output_dir=out, overwrite=True, degree=2, robust=True, polarity="bright", threshold="otsu", min_size=15,
+        output_dir=out, overwrite=True, degree=2, robust=True, polarity="bright", threshold="otsu", min_size=20,
         fill_holes=False, smooth=0.0, split=False, save_background=False, save_corrected=False, save_overlay=True,
         channel=None, plane=None,
     )

@@ -145,7 +145,7 @@ def baseline(
     ] = "otsu",
     min_size: Annotated[
         int, typer.Option("--min-size", min=0, help="Remove objects smaller than this many pixels.", rich_help_panel=PANEL_METHOD)
-    ] = 15,
+    ] = 20,
     fill_holes: Annotated[bool, typer.Option("--fill-holes", help="Fill holes inside objects.", rich_help_panel=PANEL_METHOD)] = False,
     smooth: Annotated[
         float,
