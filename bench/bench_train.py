@@ -1,0 +1,168 @@
+"""Training throughput of ``segtool train`` versus a plain PyTorch loop, on this CPU.
+
+Three measurements, interleaved round by round so that other load on the
+machine hits all of them alike (the median over rounds is reported):
+
+* ``plain loop``: the same U-Net, loss and optimiser on one pre-made batch of
+  random tensors: forward, backward and optimiser step timed separately. This
+  is the compute-only ceiling.
+* ``segtool train loop``: :func:`segtool.unet.train.train_model` for one epoch
+  of ``--steps`` steps on real images (patch sampling biased to foreground,
+  augmentation, the same network and loss), no validation. Its own timer
+  splits data time (sampling + augmentation + tensor conversion) from the rest.
+* ``sampling only``: :class:`segtool.unet.dataset.PatchSampler` alone, to show
+  what a DataLoader with worker processes could at best hide.
+
+Run::
+
+    python bench/bench_train.py                       # default network, 256 px patches
+    python bench/bench_train.py --base-channels 32    # compare widths
+    python bench/bench_train.py --patch-size 128 --batch-size 32
+
+Data: the first ``--images`` training images of ``/work/shared/data/dsb2018_fluo``
+(synthetic disks if that folder is missing). Not run by pytest.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from segtool.unet.augment import AugmentOptions
+from segtool.unet.config import UNetConfig
+from segtool.unet.dataset import PatchSampler, prepare_samples
+from segtool.unet.model import UNet
+from segtool.unet.targets import target_loss
+from segtool.unet.train import TrainOptions, train_model
+
+DATA = Path("/work/shared/data/dsb2018_fluo/train")
+
+
+def load_pairs(count: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    if DATA.is_dir():
+        import tifffile
+
+        paths = sorted((DATA / "images").glob("*.tif"))[:count]
+        return [(tifffile.imread(p), tifffile.imread(DATA / "masks" / p.name)) for p in paths]
+    from skimage.draw import disk
+
+    rng = np.random.default_rng(0)
+    pairs = []
+    for _ in range(count):
+        labels = np.zeros((256, 256), np.uint16)
+        for k in range(1, 30):
+            labels[disk(tuple(rng.integers(10, 246, 2)), int(rng.integers(5, 12)), shape=labels.shape)] = k
+        pairs.append((((labels > 0) * 120 + rng.normal(20, 8, labels.shape)).clip(0, 255).astype(np.uint8), labels))
+    return pairs
+
+
+def plain_round(config: UNetConfig, options: TrainOptions, steps: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    net = UNet(config).train()
+    optimizer = torch.optim.AdamW(net.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
+    size = config.patch_size
+    x = torch.rand(options.batch_size, config.in_channels, size, size)
+    y = torch.randint(0, 3, (options.batch_size, 1, size, size)).float()
+    weights = torch.tensor([0.5, 1.0, 2.0])
+    forward = backward = 0.0
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        loss = target_loss(net(x), y, config.target, weights=weights)
+        t1 = time.perf_counter()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        t2 = time.perf_counter()
+        forward += t1 - t0
+        backward += t2 - t1
+    patches = steps * options.batch_size
+    return {"patches_s": patches / (forward + backward), "forward_s": forward / steps, "backward_s": backward / steps}
+
+
+def segtool_round(pairs, config: UNetConfig, options: TrainOptions, steps: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as folder:
+        result = train_model(pairs, [], config, options=options, checkpoint_dir=folder)
+    report = result.history[0]
+    return {
+        "patches_s": report.patches / report.train_seconds,
+        "step_s": report.train_seconds / steps,
+        "data_s": report.data_seconds / steps,
+    }
+
+
+def sampling_round(samples, config: UNetConfig, options: TrainOptions, steps: int) -> dict[str, float]:
+    sampler = PatchSampler(samples, patch_size=config.patch_size, rng=np.random.default_rng(0), augment=options.augment)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        x, y = sampler.batch(options.batch_size)
+        torch.from_numpy(x), torch.from_numpy(y)
+    elapsed = time.perf_counter() - t0
+    return {"patches_s": steps * options.batch_size / elapsed, "batch_s": elapsed / steps}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--depth", type=int, default=4)
+    parser.add_argument("--base-channels", type=int, default=16)
+    parser.add_argument("--patch-size", type=int, default=256)
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--target", default="three_class")
+    parser.add_argument("--steps", type=int, default=4, help="optimiser steps per round and loop")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--images", type=int, default=40)
+    parser.add_argument("--threads", type=int, default=2)
+    args = parser.parse_args()
+
+    torch.set_num_threads(args.threads)
+    config = UNetConfig(depth=args.depth, base_channels=args.base_channels, patch_size=args.patch_size, target=args.target)
+    options = TrainOptions(
+        epochs=1,
+        batch_size=args.batch_size,
+        patches_per_epoch=args.steps * args.batch_size,
+        device="cpu",
+        warmup_epochs=0,
+        augment=AugmentOptions(),
+    )
+    pairs = load_pairs(args.images)
+    samples = prepare_samples(pairs, config)
+    params = sum(p.numel() for p in UNet(config).parameters())
+
+    # warm-up (first calls allocate and pick kernels)
+    plain_round(config, options, 1)
+    segtool_round(pairs, config, TrainOptions(**{**options.to_dict(), "patches_per_epoch": args.batch_size}), 1)
+
+    plain, ours, sampling = [], [], []
+    for _ in range(args.rounds):
+        plain.append(plain_round(config, options, args.steps))
+        ours.append(segtool_round(pairs, config, options, args.steps))
+        sampling.append(sampling_round(samples, config, options, args.steps))
+
+    def med(rows, key):
+        return statistics.median(r[key] for r in rows)
+
+    print(
+        f"U-Net depth {args.depth}, {args.base_channels} base channels ({params:,} parameters), target {args.target}, "
+        f"patch {args.patch_size}, batch {args.batch_size}, {args.threads} threads, {torch.__version__}; "
+        f"median of {args.rounds} rounds x {args.steps} steps; data: {args.images} images from "
+        f"{'dsb2018_fluo/train' if DATA.is_dir() else 'synthetic disks'}"
+    )
+    print()
+    print("| loop | patches/s | forward s/step | backward+step s/step | data s/step |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| plain PyTorch (random tensors) | {med(plain, 'patches_s'):.2f} | {med(plain, 'forward_s'):.3f} | {med(plain, 'backward_s'):.3f} | - |")
+    print(f"| segtool train_model | {med(ours, 'patches_s'):.2f} | - | - | {med(ours, 'data_s'):.4f} |")
+    print(f"| sampling + augmentation only | {med(sampling, 'patches_s'):.1f} | - | - | {med(sampling, 'batch_s'):.4f} |")
+    ratio = med(ours, "patches_s") / med(plain, "patches_s")
+    share = med(ours, "data_s") / med(ours, "step_s")
+    print()
+    print(f"segtool / plain = {ratio:.3f}; data loading is {100 * share:.1f} % of a segtool step")
+
+
+if __name__ == "__main__":
+    main()

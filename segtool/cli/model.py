@@ -1,0 +1,130 @@
+"""``segtool model info``: show what a model file holds."""
+
+from __future__ import annotations
+
+import json
+import sys
+import traceback
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from segtool.cli._app import app
+from segtool.cli._common import Debug, error_line
+from segtool.errors import SegtoolError
+
+model_app = typer.Typer(
+    name="model",
+    help="Inspect U-Net model files.",
+    no_args_is_help=True,
+    add_completion=False,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+app.add_typer(model_app, name="model", rich_help_panel="U-Net")
+
+
+def _fmt(value: Any, digits: int = 3) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}"
+    return str(value)
+
+
+def _count(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def describe(info: dict[str, Any]) -> str:
+    """Human-readable summary of :func:`segtool.unet.modelfile.read_model_info` output.
+
+    Examples
+    --------
+    >>> text = describe({"path": "m.pt", "format": "segtool-unet", "format_version": 1, "parameters": 10,
+    ...     "file_bytes": 2048, "metadata": {}, "config": {"depth": 2, "base_channels": 4, "in_channels": 1,
+    ...     "out_channels": 3, "target": "three_class", "norm_low": 1.0, "norm_high": 99.8, "patch_size": 64,
+    ...     "postprocess": {}}})
+    >>> text.splitlines()[1]
+    'architecture     U-Net, depth 2, 4 base channels, 1 input channel(s), 3 outputs (three_class)'
+    """
+    config = info["config"]
+    meta = info.get("metadata") or {}
+    architecture = (
+        f"U-Net, depth {config['depth']}, {config['base_channels']} base channels, "
+        f"{config['in_channels']} input channel(s), {config['out_channels']} outputs ({config['target']})"
+    )
+    rows = [
+        ("architecture", architecture),
+        ("input size", f"any multiple of {2 ** config['depth']} px (predict pads); trained on {config['patch_size']} px patches"),
+        ("normalisation", f"per-image percentiles {config['norm_low']:g} / {config['norm_high']:g} mapped to 0 / 1"),
+        ("postprocess", ", ".join(f"{k}={v}" for k, v in config.get("postprocess", {}).items()) or "defaults"),
+    ]
+    if meta:
+        trained = f"{meta.get('epochs_run', '?')} of {meta.get('epochs_planned', '?')} epochs"
+        if meta.get("best_epoch"):
+            trained += f", best epoch {meta['best_epoch']}"
+        if meta.get("stop_reason"):
+            trained += f" ({meta['stop_reason'].replace('_', ' ')})"
+        rows.append(("trained", trained))
+        created = " ".join(
+            part for part in (
+                meta.get("created"),
+                f"segtool {meta['segtool_version']}" if meta.get("segtool_version") else None,
+                f"torch {meta['torch_version']}" if meta.get("torch_version") else None,
+                f"on {meta['device']}" if meta.get("device") else None,
+            ) if part
+        )
+        if created:
+            rows.append(("created", created))
+        data = meta.get("training_data")
+        if data:
+            diameter = f", median diameter {data['median_diameter']} px" if data.get("median_diameter") else ""
+            text = (
+                f"{data.get('images')} images, {_count(data.get('objects'))} objects{diameter}, "
+                f"{_count(data.get('pixels'))} pixels, sha256 {str(data.get('sha256', ''))[:16]}"
+            )
+            rows.append(("training data", text))
+        val = meta.get("validation")
+        if val:
+            text = (
+                f"{val.get('images')} images: F1@0.5 {_fmt(val.get('f1_iou50'))}, "
+                f"AP@0.5 {_fmt(val.get('ap_iou50'))}, AP@0.5:0.95 {_fmt(val.get('ap_iou50_95'))}, "
+                f"loss {_fmt(val.get('loss'), 4)}"
+            )
+            rows.append(("validation", text))
+        if meta.get("command"):
+            rows.append(("command", meta["command"]))
+    size = info["file_bytes"] / 2**20
+    head = f"{info['path']}  ({info['format']} v{info['format_version']}, {info['parameters']:,} parameters, {size:.1f} MiB)"
+    width = max(len(name) for name, _ in rows) + 4
+    return "\n".join([head] + [f"{name:<{width}}{value}" for name, value in rows])
+
+
+@model_app.command("info")
+def info(
+    models: Annotated[list[Path], typer.Argument(help="Model files (.pt) written by segtool train.", show_default=False, metavar="MODEL")],
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per model (config and metadata).")] = False,
+    debug: Debug = False,
+) -> None:
+    """Print a model's architecture, normalisation, target, training data and validation scores."""
+    from segtool.unet.modelfile import read_model_info
+
+    failed = 0
+    for index, path in enumerate(models):
+        try:
+            details = read_model_info(path)
+        except SegtoolError as err:
+            if debug:
+                traceback.print_exc()
+            print(error_line(str(path), str(err).strip().splitlines()[0]), file=sys.stderr)
+            failed += 1
+            continue
+        if json_out:
+            print(json.dumps(details), flush=True)
+        else:
+            if index:
+                print()
+            print(describe(details), flush=True)
+    raise typer.Exit(1 if failed else 0)

@@ -1,0 +1,127 @@
+"""Pair image files with their mask files by file name.
+
+Used by ``segtool train`` (images with training masks) and ``segtool
+evaluate`` (ground truth with predictions). Pure path logic: nothing is read.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from segtool.errors import InputError
+from segtool.inputs import LABEL_SUFFIXES, base_stem
+
+__all__ = ["MASK_SUFFIXES", "Pair", "pair_by_stem"]
+
+#: Endings a mask's name may carry after the image's name (Cellpose writes
+#: ``_cp_masks``; other tools ``_mask``, ``_masks``, ``_labels``, ``_seg``).
+MASK_SUFFIXES: tuple[str, ...] = LABEL_SUFFIXES
+
+_SHOW = 5  # unmatched names listed in a message before "and N more"
+
+
+@dataclass(frozen=True)
+class Pair:
+    """An image file and the mask file that belongs to it."""
+
+    image: Path
+    mask: Path
+    stem: str
+
+
+def _strip_suffix(stem: str, suffixes: Sequence[str]) -> str | None:
+    lower = stem.lower()
+    for suffix in sorted(suffixes, key=len, reverse=True):
+        if suffix and lower.endswith(suffix.lower()) and len(stem) > len(suffix):
+            return stem[: -len(suffix)]
+    return None
+
+
+def _listing(what: str, names: list[str]) -> str:
+    shown = ", ".join(names[:_SHOW])
+    more = f" and {len(names) - _SHOW} more" if len(names) > _SHOW else ""
+    return f"{len(names)} {what}: {shown}{more}"
+
+
+def pair_by_stem(
+    images: Iterable[str | Path],
+    masks: Iterable[str | Path],
+    *,
+    mask_suffixes: Sequence[str] = MASK_SUFFIXES,
+    allow_unmatched: bool = False,
+) -> list[Pair]:
+    """Match each image with the mask whose name has the same stem.
+
+    A mask matches an image if its stem equals the image's stem, or equals
+    it followed by one of ``mask_suffixes`` (case-insensitive), so
+    ``cell_01.tif`` pairs with ``cell_01.tif``, ``cell_01_mask.png`` or
+    ``cell_01_cp_masks.tif``. Extensions need not agree.
+
+    Parameters
+    ----------
+    images, masks : iterable of path
+        Image files and mask files (already expanded from folders).
+    mask_suffixes : sequence of str, optional
+        Endings allowed on a mask's stem.
+    allow_unmatched : bool, optional
+        Return the pairs found and ignore files without a partner instead of
+        raising.
+
+    Returns
+    -------
+    pairs : list of Pair
+        Sorted by stem.
+
+    Raises
+    ------
+    InputError
+        If there are no images, two images share a stem, two masks claim the
+        same image, or (unless ``allow_unmatched``) any file has no partner;
+        the message lists the files concerned.
+
+    Examples
+    --------
+    >>> pairs = pair_by_stem(["im/b.tif", "im/a.tif"], ["gt/a_mask.png", "gt/b.tif"])
+    >>> [(p.stem, p.mask.name) for p in pairs]
+    [('a', 'a_mask.png'), ('b', 'b.tif')]
+    """
+    image_paths = [Path(p) for p in images]
+    mask_paths = [Path(p) for p in masks]
+    if not image_paths:
+        raise InputError("no image files given")
+
+    by_stem: dict[str, Path] = {}
+    for path in image_paths:
+        stem = base_stem(path)
+        if stem in by_stem and by_stem[stem] != path:
+            raise InputError(f"two images have the same name stem {stem!r}: {by_stem[stem]} and {path}")
+        by_stem[stem] = path
+
+    claimed: dict[str, Path] = {}
+    unmatched_masks: list[str] = []
+    for path in mask_paths:
+        stem = base_stem(path)
+        if stem in by_stem:
+            key = stem
+        else:
+            stripped = _strip_suffix(stem, mask_suffixes)
+            key = stripped if stripped is not None and stripped in by_stem else None
+        if key is None:
+            unmatched_masks.append(str(path))
+            continue
+        if key in claimed and claimed[key] != path:
+            raise InputError(f"two masks match image {by_stem[key]}: {claimed[key]} and {path}")
+        claimed[key] = path
+
+    unmatched_images = sorted(str(by_stem[s]) for s in by_stem if s not in claimed)
+    if (unmatched_images or unmatched_masks) and not allow_unmatched:
+        parts = []
+        if unmatched_images:
+            parts.append(_listing("image(s) without a mask", unmatched_images))
+        if unmatched_masks:
+            parts.append(_listing("mask(s) without an image", sorted(unmatched_masks)))
+        hint = f" (masks are matched by file name, optionally ending in {', '.join(mask_suffixes)})"
+        raise InputError("; ".join(parts) + hint)
+    return [Pair(image=by_stem[s], mask=claimed[s], stem=s) for s in sorted(claimed)]

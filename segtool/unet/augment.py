@@ -1,0 +1,182 @@
+"""Random augmentation of a training patch and its target, applied together.
+
+Geometric transforms (flips, 90-degree rotations, elastic deformation) move
+image and target pixels identically; intensity transforms (scale, shift,
+Gaussian noise) change the image only. Every random draw comes from the
+:class:`numpy.random.Generator` passed in, so a seeded generator gives the
+same patches every run.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+from typing import Any
+
+import numpy as np
+
+from segtool.errors import InputError
+
+__all__ = ["AugmentOptions", "augment_pair", "elastic_field"]
+
+
+@dataclass(frozen=True)
+class AugmentOptions:
+    """Which augmentations to apply and how strongly.
+
+    Parameters
+    ----------
+    flip : bool
+        Random horizontal and vertical flips.
+    rotate90 : bool
+        Random rotation by 0, 90, 180 or 270 degrees (square patches).
+    intensity_scale : float
+        Image multiplied by a factor drawn log-uniformly from
+        ``[1 / (1 + s), 1 + s]``; 0 disables.
+    intensity_shift : float
+        Constant drawn from ``[-s, s]`` added to the (normalised) image.
+    noise_std : float
+        Gaussian noise with a standard deviation drawn from ``[0, noise_std]``.
+    elastic : bool
+        Smooth random elastic deformation.
+    elastic_alpha : float
+        Typical displacement of the elastic deformation, in pixels.
+    elastic_spacing : int
+        Distance in pixels between the random control points of the
+        deformation (larger is smoother).
+    """
+
+    flip: bool = True
+    rotate90: bool = True
+    intensity_scale: float = 0.25
+    intensity_shift: float = 0.1
+    noise_std: float = 0.03
+    elastic: bool = False
+    elastic_alpha: float = 4.0
+    elastic_spacing: int = 32
+
+    def __post_init__(self) -> None:
+        for name in ("intensity_scale", "intensity_shift", "noise_std", "elastic_alpha"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise InputError(f"{name} must be a number >= 0, got {value!r}")
+        if int(self.elastic_spacing) < 2:
+            raise InputError(f"elastic_spacing must be >= 2, got {self.elastic_spacing!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> AugmentOptions:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def none(cls) -> AugmentOptions:
+        """No augmentation at all."""
+        return cls(flip=False, rotate90=False, intensity_scale=0.0, intensity_shift=0.0, noise_std=0.0)
+
+
+def elastic_field(shape: tuple[int, int], rng: np.random.Generator, *, alpha: float, spacing: int) -> np.ndarray:
+    """Smooth random displacement field of shape (2, H, W), in pixels.
+
+    Control points every ``spacing`` pixels get a normal displacement with
+    standard deviation ``alpha``; cubic spline up-sampling interpolates
+    between them.
+
+    Examples
+    --------
+    >>> f = elastic_field((40, 30), np.random.default_rng(0), alpha=3.0, spacing=10)
+    >>> f.shape, f.dtype
+    ((2, 40, 30), dtype('float32'))
+    """
+    from scipy import ndimage as ndi
+
+    height, width = shape
+    grid = (max(2, math.ceil(height / spacing) + 1), max(2, math.ceil(width / spacing) + 1))
+    coarse = rng.normal(0.0, alpha, size=(2, *grid))
+    zoom = (height / grid[0], width / grid[1])
+    out = np.empty((2, height, width), np.float32)
+    for axis in range(2):
+        fine = ndi.zoom(coarse[axis], zoom, order=3, mode="nearest", grid_mode=True)
+        out[axis] = fine[:height, :width]
+    return out
+
+
+def _warp(array: np.ndarray, coords: np.ndarray, order: int) -> np.ndarray:
+    from scipy import ndimage as ndi
+
+    return np.stack(
+        [ndi.map_coordinates(channel, coords, order=order, mode="mirror") for channel in array]
+    ).astype(np.float32, copy=False)
+
+
+def augment_pair(
+    image: np.ndarray,
+    target: np.ndarray,
+    rng: np.random.Generator,
+    *,
+    options: AugmentOptions = AugmentOptions(),
+    target_order: int = 0,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Augment an image patch and its target with the same random geometry.
+
+    Parameters
+    ----------
+    image : (C, H, W) ndarray of float32
+        Normalised image patch; not modified.
+    target : (K, H, W) ndarray
+        Target patch (class indices or maps); not modified.
+    rng : numpy.random.Generator
+        Source of every random draw.
+    options : AugmentOptions, optional
+    target_order : int, optional
+        Interpolation order for the target in the elastic warp (0, nearest,
+        keeps class indices integral).
+
+    Returns
+    -------
+    image, target : ndarray of float32
+        New arrays; rotations by 90 or 270 degrees swap H and W.
+
+    Raises
+    ------
+    InputError
+        If the arrays are not 3-D with the same H and W.
+
+    Examples
+    --------
+    >>> img = np.arange(12, dtype=np.float32).reshape(1, 3, 4)
+    >>> a, t = augment_pair(img, img.copy(), np.random.default_rng(1), options=AugmentOptions(noise_std=0, intensity_scale=0, intensity_shift=0))
+    >>> bool(np.array_equal(a, t))
+    True
+    """
+    if image.ndim != 3 or target.ndim != 3 or image.shape[1:] != target.shape[1:]:
+        raise InputError(f"image and target must be (C, H, W) with equal H, W; got {image.shape} and {target.shape}")
+    img = image
+    tgt = target
+    if options.flip:
+        if rng.random() < 0.5:
+            img, tgt = img[:, ::-1], tgt[:, ::-1]
+        if rng.random() < 0.5:
+            img, tgt = img[:, :, ::-1], tgt[:, :, ::-1]
+    if options.rotate90:
+        k = int(rng.integers(4))
+        img, tgt = np.rot90(img, k, axes=(1, 2)), np.rot90(tgt, k, axes=(1, 2))
+    if options.elastic and options.elastic_alpha > 0:
+        shift = elastic_field(img.shape[1:], rng, alpha=options.elastic_alpha, spacing=int(options.elastic_spacing))
+        grid = np.mgrid[: img.shape[1], : img.shape[2]].astype(np.float32)
+        coords = grid + shift
+        img = _warp(np.ascontiguousarray(img), coords, order=1)
+        tgt = _warp(np.ascontiguousarray(tgt), coords, order=target_order)
+    img = np.array(img, dtype=np.float32)  # always a fresh, contiguous copy
+    tgt = np.array(tgt, dtype=np.float32)
+    if options.intensity_scale:
+        bound = math.log1p(options.intensity_scale)
+        img *= np.float32(math.exp(rng.uniform(-bound, bound)))
+    if options.intensity_shift:
+        img += np.float32(rng.uniform(-options.intensity_shift, options.intensity_shift))
+    if options.noise_std:
+        sigma = rng.uniform(0.0, options.noise_std)
+        img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(sigma)
+    return img, tgt

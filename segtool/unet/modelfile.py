@@ -1,0 +1,349 @@
+"""Save and load a U-Net as one self-describing file.
+
+A model file is what ``torch.save`` writes for this dict::
+
+    {"format": "segtool-unet", "format_version": 1,
+     "config": "<UNetConfig as JSON>", "metadata": "<training summary as JSON>",
+     "state_dict": {name: tensor, ...}}
+
+It is read back with ``torch.load(weights_only=True)``, which refuses to
+unpickle arbitrary objects, so a model file from a stranger cannot run code.
+The config and metadata are JSON text, readable with any tool.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from segtool.errors import InputError, ModelError, SegtoolError
+from segtool.unet.config import TrainOptions, UNetConfig
+from segtool.unet.model import UNet, resolve_device
+
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "FORMAT",
+    "FORMAT_VERSION",
+    "LoadedModel",
+    "load_checkpoint",
+    "load_model",
+    "read_model_info",
+    "save_checkpoint",
+    "save_model",
+]
+
+FORMAT = "segtool-unet"
+FORMAT_VERSION = 1
+CHECKPOINT_FORMAT = "segtool-unet-checkpoint"
+CHECKPOINT_VERSION = 1
+
+
+@dataclass
+class LoadedModel:
+    """A network ready for inference, with its config and training metadata.
+
+    Attributes
+    ----------
+    net : UNet
+        In eval mode, on the requested device.
+    config : UNetConfig
+    metadata : dict
+        Training summary (segtool version, epochs, data counts and hash,
+        validation metrics, command line).
+    path : Path or None
+        The file it was loaded from.
+    """
+
+    net: UNet
+    config: UNetConfig
+    metadata: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def _json_dumps(data: dict[str, Any], what: str) -> str:
+    try:
+        return json.dumps(data, indent=2, sort_keys=False, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise InputError(f"{what} is not JSON-serialisable: {err}") from None
+
+
+def _clean_json(value: Any) -> Any:
+    """Replace NaN/inf by None so the metadata stays strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {str(k): _clean_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_clean_json(v) for v in value]
+    return value
+
+
+def save_model(
+    path: str | Path,
+    net: nn.Module,
+    config: UNetConfig,
+    *,
+    metadata: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write weights, config and metadata to one model file, atomically.
+
+    Parameters
+    ----------
+    path : str or Path
+        Destination, conventionally ``*.pt``.
+    net : nn.Module
+        A :class:`~segtool.unet.model.UNet` built from ``config``.
+    config : UNetConfig
+    metadata : dict, optional
+        JSON-safe training summary; NaN and infinities become ``null``.
+    overwrite : bool, optional
+        Replace an existing file.
+
+    Returns
+    -------
+    path : Path
+
+    Raises
+    ------
+    OutputError
+        If ``path`` exists and not ``overwrite``, or cannot be written.
+    InputError
+        If ``metadata`` is not JSON-serialisable.
+    """
+    from segtool.io import atomic_output
+
+    path = Path(path)
+    payload = {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "config": _json_dumps(config.to_dict(), "config"),
+        "metadata": _json_dumps(_clean_json(dict(metadata or {})), "metadata"),
+        "state_dict": {name: t.detach().cpu().clone() for name, t in net.state_dict().items()},
+    }
+    with atomic_output(path, overwrite=overwrite) as tmp:
+        torch.save(payload, tmp)
+    return path
+
+
+def _torch_load(path: Path, what: str) -> Any:
+    if not path.exists():
+        raise ModelError(f"{what} not found: {path}")
+    if path.is_dir():
+        raise ModelError(f"expected a {what}, got a folder: {path}")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001  truncated zip, foreign pickle, unreadable file: all mean "not a model"
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"not a readable segtool {what} (torch.load failed: {reason[:200]})") from None
+
+
+def _read_payload(path: Path) -> dict[str, Any]:
+    payload = _torch_load(path, "model file")
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ModelError(
+            "not a segtool model file (no 'format': 'segtool-unet' entry); "
+            "train one with `segtool train` or pass a file it wrote"
+        )
+    version = payload.get("format_version")
+    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
+        raise ModelError(
+            f"model file format version {version!r} is not supported by this segtool "
+            f"(supports 1..{FORMAT_VERSION}); upgrade segtool"
+        )
+    for key in ("config", "metadata"):
+        if not isinstance(payload.get(key), str):
+            raise ModelError(f"model file is damaged: '{key}' is missing or not JSON text")
+    if not isinstance(payload.get("state_dict"), dict):
+        raise ModelError("model file is damaged: 'state_dict' is missing")
+    return payload
+
+
+def _parse(payload: dict[str, Any]) -> tuple[UNetConfig, dict[str, Any]]:
+    try:
+        config = UNetConfig.from_dict(json.loads(payload["config"]))
+    except (ValueError, TypeError) as err:  # JSON errors and InputError are ValueErrors
+        raise ModelError(f"model file has an invalid config: {err}") from None
+    try:
+        metadata = json.loads(payload["metadata"])
+    except ValueError as err:
+        raise ModelError(f"model file has invalid metadata: {err}") from None
+    if not isinstance(metadata, dict):
+        raise ModelError("model file has invalid metadata: not a JSON object")
+    return config, metadata
+
+
+def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedModel:
+    """Load a model file written by :func:`save_model`.
+
+    Parameters
+    ----------
+    path : str or Path
+    device : str or torch.device, optional
+        ``"cpu"``, ``"cuda"``, ``"mps"`` or ``"auto"``.
+
+    Returns
+    -------
+    model : LoadedModel
+        ``model.net`` is in eval mode on ``device``.
+
+    Raises
+    ------
+    ModelError
+        If the file is missing, truncated, not a segtool model, from a newer
+        format version, or its weights do not fit its config.
+    """
+    path = Path(path)
+    payload = _read_payload(path)
+    config, metadata = _parse(payload)
+    net = UNet(config)
+    try:
+        net.load_state_dict(payload["state_dict"], strict=True)
+    except (RuntimeError, KeyError, TypeError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise ModelError(f"model file weights do not match its config: {first[:200]}") from None
+    if not isinstance(device, torch.device):
+        try:
+            device = resolve_device(device)
+        except SegtoolError as err:
+            raise ModelError(str(err)) from None
+    net.to(device).eval()
+    return LoadedModel(net=net, config=config, metadata=metadata, path=path)
+
+
+def read_model_info(path: str | Path) -> dict[str, Any]:
+    """Return the config and metadata of a model file without building the net.
+
+    Returns
+    -------
+    info : dict
+        ``{"path", "format", "format_version", "config", "metadata",
+        "parameters", "file_bytes"}``, JSON-safe.
+
+    Raises
+    ------
+    ModelError
+        As :func:`load_model`.
+    """
+    path = Path(path)
+    payload = _read_payload(path)
+    config, metadata = _parse(payload)
+    parameters = sum(
+        int(t.numel())
+        for name, t in payload["state_dict"].items()
+        if isinstance(t, torch.Tensor) and not name.endswith(("running_mean", "running_var", "num_batches_tracked"))
+    )
+    return {
+        "path": str(path),
+        "format": payload["format"],
+        "format_version": payload["format_version"],
+        "config": config.to_dict(),
+        "metadata": metadata,
+        "parameters": parameters,
+        "file_bytes": path.stat().st_size,
+    }
+
+
+def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
+    """Write a training checkpoint atomically (replacing any earlier one).
+
+    ``payload`` holds tensors, state dicts and JSON text only, so
+    :func:`load_checkpoint` can read it with ``weights_only=True``; the
+    format tag and version are added here.
+    """
+    from segtool.io import atomic_output
+
+    path = Path(path)
+    data = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, **payload}
+    with atomic_output(path, overwrite=True) as tmp:
+        torch.save(data, tmp)
+    return path
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any]:
+    """Read a checkpoint written by :func:`save_checkpoint`.
+
+    Raises
+    ------
+    ModelError
+        If the file is missing, unreadable, or not a segtool training
+        checkpoint (a model file is named as such, since it cannot resume).
+    """
+    path = Path(path)
+    payload = _torch_load(path, "checkpoint")
+    if isinstance(payload, dict) and payload.get("format") == FORMAT:
+        raise ModelError(
+            "this is a finished model file, not a training checkpoint; resume from the "
+            "last.pt in the model's .ckpt folder"
+        )
+    if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
+        raise ModelError("not a segtool training checkpoint")
+    version = payload.get("format_version")
+    if not isinstance(version, int) or not 1 <= version <= CHECKPOINT_VERSION:
+        raise ModelError(f"checkpoint format version {version!r} is not supported by this segtool")
+    return payload
+
+
+def check_resume(
+    payload: dict[str, Any],
+    config: UNetConfig,
+    options: TrainOptions,
+    train_data: dict[str, Any],
+    val_data: dict[str, Any],
+) -> None:
+    """Refuse to resume a checkpoint made with another config, options or data.
+
+    ``device`` may differ. ``train_data`` and ``val_data`` are the summaries
+    of :func:`segtool.unet.dataset.summarize_pairs`, compared by hash.
+
+    Raises
+    ------
+    ModelError
+        Naming what differs.
+    """
+    for key in ("config", "options", "state", "model", "optimizer"):
+        if key not in payload:
+            raise ModelError(f"checkpoint is damaged: '{key}' is missing")
+    try:
+        saved_config = UNetConfig.from_dict(json.loads(payload["config"]))
+        saved_options = TrainOptions.from_dict(json.loads(payload["options"]))
+        state = json.loads(payload["state"])
+    except (ValueError, TypeError) as err:
+        raise ModelError(f"checkpoint is damaged: {err}") from None
+    if saved_config != config:
+        raise ModelError("checkpoint was made with a different network config; resume with the same options")
+    mine = options.to_dict()
+    theirs = saved_options.to_dict()
+    mine.pop("device")
+    theirs.pop("device")
+    changed = sorted(k for k in mine if mine[k] != theirs.get(k))
+    if changed:
+        raise ModelError(f"checkpoint was made with different training options: {', '.join(changed)}")
+    if state.get("train_data", {}).get("sha256") != train_data["sha256"]:
+        raise ModelError("checkpoint was made with different training images or masks")
+    if state.get("val_data", {}).get("sha256") != val_data["sha256"]:
+        raise ModelError("checkpoint was made with different validation images or masks")
+
+
+def read_checkpoint_settings(path: str | Path) -> tuple[UNetConfig, TrainOptions, dict[str, Any]]:
+    """Config, options and loop state stored in a ``last.pt``, to resume with.
+
+    Raises
+    ------
+    ModelError
+        As :func:`segtool.unet.modelfile.load_checkpoint`, or if damaged.
+    """
+    payload = load_checkpoint(path)
+    try:
+        config = UNetConfig.from_dict(json.loads(payload["config"]))
+        options = TrainOptions.from_dict(json.loads(payload["options"]))
+        state = json.loads(payload["state"])
+    except (KeyError, ValueError, TypeError) as err:
+        raise ModelError(f"checkpoint is damaged: {err}") from None
+    return config, options, state

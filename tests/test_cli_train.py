@@ -1,0 +1,183 @@
+"""`segtool train` and `segtool model info` through the CLI."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+from skimage.draw import disk
+from typer.testing import CliRunner
+
+from segtool.cli import app
+from segtool.unet.modelfile import load_model
+
+runner = CliRunner()
+
+TINY = ["--depth", "2", "--base-channels", "4", "--patch-size", "32", "--batch-size", "4",
+        "--patches-per-epoch", "8", "--device", "cpu", "--threads", "1"]
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+def write_set(root: Path, count: int = 5, *, mask_suffix: str = "", seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir(parents=True)
+    for index in range(count):
+        labels = np.zeros((48, 48), np.uint16)
+        for k in range(1, 4):
+            labels[disk(tuple(rng.integers(8, 40, 2)), 6, shape=labels.shape)] = k
+        image = ((labels > 0) * 120 + rng.normal(20, 5, labels.shape)).clip(0, 255).astype(np.uint8)
+        tifffile.imwrite(root / "images" / f"cell{index}.tif", image)
+        tifffile.imwrite(root / "masks" / f"cell{index}{mask_suffix}.tif", labels)
+    return root
+
+
+def test_train_one_folder_writes_model_log_curve_and_checkpoints(tmp_path):
+    data = write_set(tmp_path / "data")
+    model = tmp_path / "out" / "nuclei.pt"
+    result = invoke("train", data, "-o", model, "--epochs", "2", *TINY)
+    assert result.exit_code == 0, result.stderr
+    assert result.stdout.strip() == str(model)
+    assert "epoch 2/2" in result.stderr and "training on 4 images, validating on 1" in result.stderr
+    for path in (model, tmp_path / "out" / "nuclei_log.csv", tmp_path / "out" / "nuclei_curve.png",
+                 tmp_path / "out" / "nuclei.ckpt" / "last.pt", tmp_path / "out" / "nuclei.ckpt" / "best.pt"):
+        assert path.exists(), path
+    rows = list(csv.DictReader(open(tmp_path / "out" / "nuclei_log.csv")))
+    assert [r["epoch"] for r in rows] == ["1", "2"]
+    assert {"train_loss", "val_loss", "val_f1", "val_ap", "learning_rate", "patches_per_second"} <= set(rows[0])
+    assert (tmp_path / "out" / "nuclei_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    loaded = load_model(model)
+    assert loaded.config.depth == 2 and loaded.config.target == "three_class"
+    meta = loaded.metadata
+    assert meta["epochs_run"] == 2 and meta["training_data"]["images"] == 4
+    assert meta["validation"]["images"] == 1 and 0 <= meta["validation"]["f1_iou50"] <= 1
+    assert len(meta["training_files"]) == 4 and len(meta["validation_files"]) == 1
+
+
+def test_train_two_folders_with_mask_suffix_val_and_json(tmp_path):
+    data = write_set(tmp_path / "data", 3, mask_suffix="_cp_masks")
+    val = write_set(tmp_path / "val", 2, mask_suffix="_mask", seed=1)
+    model = tmp_path / "m.pt"
+    result = invoke("train", data / "images", data / "masks", "--val", val / "images", val / "masks",
+                    "-o", model, "--epochs", "1", "--target", "distance", "--json", "--quiet", *TINY)
+    assert result.exit_code == 0, result.stderr
+    assert result.stderr == ""
+    summary = json.loads(result.stdout)
+    assert summary["model"] == str(model) and summary["epochs_run"] == 1
+    assert summary["training_data"]["images"] == 3
+    assert summary["validation"]["images"] == 2
+    assert load_model(model).config.target == "distance"
+
+
+def test_model_info_text_and_json(tmp_path):
+    data = write_set(tmp_path / "data", 3)
+    model = tmp_path / "m.pt"
+    assert invoke("train", data, "-o", model, "--epochs", "1", "--quiet", *TINY).exit_code == 0
+    result = invoke("model", "info", model)
+    assert result.exit_code == 0, result.stderr
+    assert "U-Net, depth 2, 4 base channels" in result.stdout
+    assert "percentiles 1 / 99.8" in result.stdout
+    assert "training data    2 images" in result.stdout
+    result = invoke("model", "info", model, "--json")
+    info = json.loads(result.stdout)
+    assert info["config"]["target"] == "three_class" and info["metadata"]["epochs_run"] == 1
+    assert info["parameters"] > 0
+
+
+def test_model_info_refuses_foreign_files(tmp_path):
+    junk = tmp_path / "junk.pt"
+    junk.write_bytes(b"not a model")
+    result = invoke("model", "info", junk, tmp_path / "missing.pt")
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert lines[0].startswith(f"segtool: error: {junk}: not a readable segtool model file")
+    assert "not found" in lines[1]
+    assert result.stdout == ""
+
+
+def test_unmatched_files_are_listed_and_nothing_is_written(tmp_path):
+    data = write_set(tmp_path / "data", 3)
+    (data / "masks" / "cell1.tif").unlink()
+    tifffile.imwrite(data / "masks" / "stray.tif", np.zeros((48, 48), np.uint16))
+    result = invoke("train", data, "-o", tmp_path / "m.pt", *TINY)
+    assert result.exit_code == 1
+    assert "image(s) without a mask" in result.stderr and "cell1.tif" in result.stderr
+    assert "mask(s) without an image" in result.stderr and "stray.tif" in result.stderr
+    assert not (tmp_path / "m.pt").exists() and not (tmp_path / "m.ckpt").exists()
+
+
+def test_bad_shapes_and_non_integer_masks_are_all_reported(tmp_path):
+    data = write_set(tmp_path / "data", 4)
+    tifffile.imwrite(data / "masks" / "cell1.tif", np.zeros((40, 48), np.uint16))
+    tifffile.imwrite(data / "masks" / "cell2.tif", np.full((48, 48), 0.5, np.float32))
+    result = invoke("train", data, "-o", tmp_path / "m.pt", *TINY)
+    assert result.exit_code == 1
+    err = result.stderr
+    assert f"segtool: error: {data / 'masks' / 'cell1.tif'}: mask shape (40, 48) differs from image shape (48, 48)" in err
+    assert f"segtool: error: {data / 'masks' / 'cell2.tif'}: not an integer label image" in err
+    assert "2 bad image/mask file(s); nothing trained" in err
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_usage_errors(tmp_path):
+    data = write_set(tmp_path / "data", 2)
+    result = invoke("train", data / "images", "-o", tmp_path / "m.pt", *TINY)
+    assert result.exit_code == 1 and "give IMAGES and MASKS" in result.stderr
+    result = invoke("train", data, "-o", tmp_path / "m.pt", "--patch-size", "30", "--depth", "2")
+    assert result.exit_code == 1 and "multiple of 2**depth" in result.stderr
+    result = invoke("train", data, "-o", tmp_path / "m.pt", "--target", "blobs")
+    assert result.exit_code == 2
+
+
+def test_refuses_to_overwrite_and_points_to_resume(tmp_path):
+    data = write_set(tmp_path / "data", 3)
+    model = tmp_path / "m.pt"
+    assert invoke("train", data, "-o", model, "--epochs", "1", "--quiet", *TINY).exit_code == 0
+    result = invoke("train", data, "-o", model, "--epochs", "1", *TINY)
+    assert result.exit_code == 1 and "use --overwrite" in result.stderr
+    model.unlink()
+    (tmp_path / "m_log.csv").unlink()
+    (tmp_path / "m_curve.png").unlink()
+    result = invoke("train", data, "-o", model, "--epochs", "1", *TINY)
+    assert result.exit_code == 1 and f"--resume {tmp_path / 'm.ckpt' / 'last.pt'}" in result.stderr
+    result = invoke("train", data, "-o", model, "--epochs", "1", "--overwrite", "--quiet", *TINY)
+    assert result.exit_code == 0, result.stderr
+
+
+@pytest.mark.slow
+def test_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path):
+    data = write_set(tmp_path / "data", 4)
+    model = tmp_path / "m.pt"
+    log = tmp_path / "m_log.csv"
+    args = [sys.executable, "-m", "segtool", "train", str(data), "-o", str(model), "--epochs", "40", *TINY]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 60
+    while not log.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert log.exists(), proc.communicate()[1]
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    last = tmp_path / "m.ckpt" / "last.pt"
+    assert last.exists() and not model.exists()
+    assert f"checkpoint written to {last}" in err and f"--resume {last}" in err
+    assert out == ""
+    # continue (same data; the checkpoint fixes every setting, so no need to repeat them)
+    result = invoke("train", data, "-o", model, "--resume", last, "--device", "cpu", "--threads", "1", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    rows = list(csv.DictReader(open(log)))
+    assert [int(r["epoch"]) for r in rows][-1] == load_model(model).metadata["epochs_run"]
+    assert load_model(model).metadata["epochs_planned"] == 40

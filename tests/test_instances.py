@@ -1,0 +1,128 @@
+"""Tests for segtool.unet.instances.maps_to_labels."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from scipy import ndimage
+from skimage.draw import disk
+from skimage.segmentation import find_boundaries
+
+from segtool.errors import InputError
+from segtool.unet.instances import maps_to_labels
+
+
+def _disks(shape=(96, 128)):
+    """Five disks: two touching pairs and one alone."""
+    labels = np.zeros(shape, np.uint16)
+    centres = [(30, 30), (30, 52), (70, 40), (58, 60), (60, 105)]
+    for i, (r, c) in enumerate(centres, start=1):
+        rr, cc = disk((r, c), 12, shape=shape)
+        labels[rr, cc] = i
+    return labels
+
+
+def _three_class_maps(labels):
+    boundary = find_boundaries(labels, mode="inner") & (labels > 0)
+    interior = (labels > 0) & ~boundary
+    maps = np.zeros((3,) + labels.shape, np.float32)
+    maps[0] = labels == 0
+    maps[1] = interior
+    maps[2] = boundary
+    return maps
+
+
+def _distance_maps(labels):
+    maps = np.zeros((2,) + labels.shape, np.float32)
+    maps[0] = labels > 0
+    for index, region in enumerate(ndimage.find_objects(labels), start=1):
+        if region is None:
+            continue
+        padded = np.pad(labels[region] == index, 1)
+        dist = ndimage.distance_transform_edt(padded)[1:-1, 1:-1]
+        maps[1][region][labels[region] == index] = (dist / dist.max())[labels[region] == index]
+    return maps
+
+
+def _pairs(gt, pred):
+    """Map each true label to the predicted label covering most of it, with the IoU."""
+    out = {}
+    for i in range(1, int(gt.max()) + 1):
+        under = pred[gt == i]
+        j = np.bincount(under).argmax()
+        inter = np.sum((gt == i) & (pred == j))
+        union = np.sum((gt == i) | (pred == j))
+        out[i] = (j, inter / union if j else 0.0)
+    return out
+
+
+@pytest.mark.parametrize("target, make", [("three_class", _three_class_maps), ("distance", _distance_maps)])
+def test_recovers_touching_disks(target, make):
+    gt = _disks()
+    maps = make(gt)
+    before = maps.copy()
+    labels = maps_to_labels(maps, target=target, min_size=10)
+    np.testing.assert_array_equal(maps, before)
+    assert labels.dtype == np.uint16 and labels.shape == gt.shape
+    assert labels.max() == gt.max() == len(np.unique(labels)) - 1
+    pairs = _pairs(gt, labels)
+    assert len({j for j, _ in pairs.values()}) == 5
+    assert min(iou for _, iou in pairs.values()) > 0.9
+
+
+@pytest.mark.parametrize("target, channels", [("three_class", 3), ("distance", 2)])
+def test_blank_maps_give_no_objects(target, channels):
+    maps = np.zeros((channels, 40, 50), np.float32)
+    if target == "three_class":
+        maps[0] = 1.0
+    labels = maps_to_labels(maps, target=target)
+    assert labels.dtype == np.uint16 and labels.shape == (40, 50) and labels.max() == 0
+
+
+def test_min_size_drops_small_objects_and_renumbers():
+    maps = np.zeros((2, 30, 30), np.float32)
+    maps[:, 2:4, 2:4] = 1.0  # 4 pixels
+    maps[:, 10:20, 10:20] = 1.0  # 100 pixels
+    maps[:, 22:28, 2:8] = 1.0  # 36 pixels
+    labels = maps_to_labels(maps, target="distance", min_size=20)
+    assert sorted(np.unique(labels).tolist()) == [0, 1, 2]
+    assert labels[3, 3] == 0 and labels[15, 15] > 0 and labels[25, 5] > 0
+
+
+def test_foreground_without_seed_is_kept():
+    maps = np.zeros((3, 30, 30), np.float32)
+    maps[0] = 1.0
+    maps[0, 5:15, 5:15] = 0.1  # foreground
+    maps[2, 5:15, 5:15] = 0.9  # boundary-ish everywhere, no interior above 0.5
+    labels = maps_to_labels(maps, target="three_class", min_size=1)
+    assert labels.max() == 1 and (labels > 0).sum() == 100
+
+
+def test_thresholds_change_the_result():
+    gt = _disks()
+    maps = _distance_maps(gt)
+    maps[0] *= 0.6
+    assert maps_to_labels(maps, target="distance", prob_threshold=0.5).max() == 5
+    assert maps_to_labels(maps, target="distance", prob_threshold=0.7).max() == 0
+
+
+def test_many_objects_switch_to_uint32():
+    maps = np.zeros((2, 520, 520), np.float32)
+    maps[:, ::2, ::2] = 1.0  # 260 * 260 = 67600 isolated single pixels
+    labels = maps_to_labels(maps, target="distance", min_size=1)
+    assert labels.dtype == np.uint32 and int(labels.max()) == 67600
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"target": "stardist"}, "unknown target"),
+        ({"target": "distance"}, r"needs maps of shape \(2, H, W\)"),
+        ({"target": "three_class", "prob_threshold": 1.5}, "prob_threshold"),
+        ({"target": "three_class", "seed_threshold": -1}, "seed_threshold"),
+        ({"target": "three_class", "min_size": -1}, "min_size"),
+    ],
+)
+def test_rejects_bad_arguments(kwargs, match):
+    with pytest.raises(InputError, match=match):
+        maps_to_labels(np.zeros((3, 8, 8), np.float32), **kwargs)
