@@ -12,15 +12,8 @@ import sys
 from segtool.batch import EXIT_TERMINATED
 from segtool.cli._app import app
 
-# Importing the command modules registers their commands on ``app`` (order = order in --help).
-from segtool.cli import baseline  # noqa: E402,F401  isort:skip
-
-for _name in ("train", "predict", "export", "evaluate", "model"):
-    try:
-        __import__(f"segtool.cli.{_name}")
-    except ModuleNotFoundError as _err:  # a command whose module is not written yet
-        if _err.name != f"segtool.cli.{_name}":
-            raise
+# Importing the command modules registers their commands on ``app``; the order here is the order in --help.
+from segtool.cli import baseline, predict, train, export, evaluate, model  # noqa: E402,F401  isort:skip
 
 __all__ = ["app", "main"]
 

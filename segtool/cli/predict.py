@@ -1,0 +1,330 @@
+"""``segtool predict``: segment images with a trained U-Net (tiled, any size)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from segtool.batch import EXIT_USAGE
+from segtool.cli._app import app
+from segtool.cli._common import (
+    Channel,
+    Debug,
+    Inputs,
+    Jobs,
+    JsonOut,
+    Manifest,
+    OnError,
+    OnErrorOpt,
+    OutputDir,
+    Overwrite,
+    Plane,
+    Quiet,
+    Recursive,
+    SkipExisting,
+    fail,
+    run_files,
+)
+from segtool.errors import InputError, SegtoolError
+from segtool.inputs import output_path
+
+PANEL_MODEL = "Model"
+PANEL_TILING = "Tiling"
+PANEL_POST = "Objects"
+PANEL_EXTRA = "Extra outputs"
+PANEL_LARGE = "Large images"
+
+#: Images with more pixels than this are predicted band by band unless --no-bands.
+BAND_PIXELS = 4096 * 4096
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
+
+
+@dataclass
+class PredictTask:
+    """Per-file work of ``segtool predict`` (picklable for ``--jobs``: the model is reloaded per process)."""
+
+    model_path: Path
+    device: str
+    threads: int | None
+    output_dir: Path | None
+    overwrite: bool
+    tile: int | None
+    overlap: float
+    batch_size: int
+    tta: bool
+    scale: float
+    prob_threshold: float | None
+    min_size: int | None
+    seed_threshold: float | None
+    save_prob: bool
+    save_overlay: bool
+    bands: bool | None
+    band_rows: int | None
+    halo: int
+    channel: int | None
+    plane: int | None
+    _model: Any = field(default=None, init=False, repr=False, compare=False)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_model"] = None
+        return state
+
+    def model(self):
+        """The loaded, inference-prepared model (loaded on first use in each process)."""
+        if self._model is None:
+            self._model = load_prepared(self.model_path, device=self.device, threads=self.threads)
+        return self._model
+
+    def planned_outputs(self, path: Path) -> dict[str, Path]:
+        outputs = {"labels": output_path(path, "_labels.tif", output_dir=self.output_dir)}
+        if self.save_prob:
+            outputs["prob"] = output_path(path, "_prob.tif", output_dir=self.output_dir)
+        if self.save_overlay:
+            outputs["overlay"] = output_path(path, "_overlay.png", output_dir=self.output_dir)
+        return outputs
+
+    def _options(self) -> dict[str, Any]:
+        return {
+            "tile": self.tile,
+            "overlap": self.overlap,
+            "batch_size": self.batch_size,
+            "tta": self.tta,
+            "prob_threshold": self.prob_threshold,
+            "min_size": self.min_size,
+            "seed_threshold": self.seed_threshold,
+        }
+
+    def run(self, path: Path) -> dict[str, Any]:
+        from segtool.io import read_image
+        from segtool.unet.bigimage import open_lazy
+
+        model = self.model()
+        outputs = self.planned_outputs(path)
+        if self.bands is not False and self.plane is None:
+            lazy = open_lazy(path, channel=self.channel)
+            if lazy is not None:
+                with lazy:
+                    if self.bands or lazy.size > BAND_PIXELS:
+                        return self._run_bands(lazy, model, outputs)
+        image = read_image(path, channel=self.channel, plane=self.plane)
+        if self.bands or (self.bands is None and image.data.size > BAND_PIXELS):
+            return self._run_bands(image.data, model, outputs, calibration=(image.pixel_size, image.unit))
+        return self._run_in_memory(image, model, outputs)
+
+    def _run_in_memory(self, image, model, outputs: dict[str, Path]) -> dict[str, Any]:
+        from segtool.io import write_float, write_labels, write_png
+        from segtool.overlay import outline_overlay
+        from segtool.unet.predict import predict_image
+
+        result = predict_image(image.data, model, scale=self.scale, **self._options())
+        calibration = {"pixel_size": image.pixel_size, "unit": image.unit, "overwrite": self.overwrite}
+        write_labels(outputs["labels"], result.labels, **calibration)
+        if self.save_prob:
+            write_float(outputs["prob"], result.maps, **calibration)
+        if self.save_overlay:
+            write_png(outputs["overlay"], outline_overlay(image.data, result.labels), overwrite=self.overwrite)
+        return {
+            "objects": result.n_objects,
+            "tiles": result.n_tiles,
+            "predict_seconds": round(result.seconds, 3),
+            "shape": list(image.data.shape),
+            "bands": 0,
+        }
+
+    def _run_bands(self, source, model, outputs: dict[str, Path], calibration=None) -> dict[str, Any]:
+        from segtool.unet.bigimage import predict_file_in_bands
+
+        if self.scale != 1.0:
+            raise InputError("--scale/--diameter is not available for images predicted in bands (large images); add --no-bands")
+        figures = predict_file_in_bands(
+            source,
+            model,
+            outputs["labels"],
+            prob_path=outputs.get("prob"),
+            overlay_path=outputs.get("overlay"),
+            overwrite=self.overwrite,
+            band_rows=self.band_rows,
+            halo=self.halo,
+            **self._options(),
+        )
+        figures["predict_seconds"] = figures.pop("seconds")
+        return figures
+
+
+def load_prepared(model_path: Path, *, device: str = "auto", threads: int | None = None):
+    """Load a model file and prepare its network for inference (threads set for this process)."""
+    import torch
+
+    from segtool.unet.modelfile import load_model
+    from segtool.unet.predict import prepare_for_inference
+
+    if threads:
+        torch.set_num_threads(threads)
+    model = load_model(model_path, device=device)
+    model.net = prepare_for_inference(model.net)
+    return model
+
+
+@app.command(rich_help_panel="Segment")
+def predict(
+    images: Inputs,
+    model: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--model",
+            "-m",
+            help="Model file from `segtool train`. Default: the pretrained nuclei model shipped with segtool, if installed.",
+            rich_help_panel=PANEL_MODEL,
+            dir_okay=False,
+        ),
+    ] = None,
+    output: OutputDir = None,
+    device: Annotated[
+        Device, typer.Option("--device", help="Where the network runs.", rich_help_panel=PANEL_MODEL, case_sensitive=False)
+    ] = Device.auto,
+    threads: Annotated[
+        Optional[int], typer.Option("--threads", min=1, help="CPU threads for the network (default: all cores).", rich_help_panel=PANEL_MODEL)
+    ] = None,
+    tile: Annotated[
+        Optional[int],
+        typer.Option("--tile", min=16, help="Tile size in pixels, a multiple of 2**depth (default: the model's patch size).", rich_help_panel=PANEL_TILING),
+    ] = None,
+    overlap: Annotated[
+        float, typer.Option("--overlap", min=0.0, max=0.9, help="Overlap of neighbouring tiles, fraction of the tile.", rich_help_panel=PANEL_TILING)
+    ] = 0.25,
+    batch_size: Annotated[
+        int, typer.Option("--batch-size", "-b", min=1, help="Tiles per network call.", rich_help_panel=PANEL_TILING)
+    ] = 4,
+    tta: Annotated[
+        bool, typer.Option("--tta", help="Test-time augmentation: average 8 flips/rotations (8x slower).", rich_help_panel=PANEL_TILING)
+    ] = False,
+    scale: Annotated[
+        Optional[float],
+        typer.Option("--scale", min=0.05, max=20.0, help="Resize images by this factor before the network; labels come back at the original size.", rich_help_panel=PANEL_TILING),
+    ] = None,
+    diameter: Annotated[
+        Optional[float],
+        typer.Option("--diameter", min=0.0, help="Typical object diameter in pixels; sets --scale from the model's training diameter.", rich_help_panel=PANEL_TILING),
+    ] = None,
+    prob_threshold: Annotated[
+        Optional[float],
+        typer.Option("--prob-threshold", min=0.0, max=1.0, help="Foreground probability threshold (default: the model's tuned value, else 0.5).", rich_help_panel=PANEL_POST),
+    ] = None,
+    seed_threshold: Annotated[
+        Optional[float],
+        typer.Option("--seed-threshold", min=0.0, max=1.0, help="Interior probability / distance above which a pixel seeds an object (default: the model's value).", rich_help_panel=PANEL_POST),
+    ] = None,
+    min_size: Annotated[
+        Optional[int], typer.Option("--min-size", min=0, help="Remove objects smaller than this many pixels (default: the model's value).", rich_help_panel=PANEL_POST)
+    ] = None,
+    save_prob: Annotated[
+        bool, typer.Option("--save-prob", help="Also write the probability maps (<stem>_prob.tif, float32, one plane per class).", rich_help_panel=PANEL_EXTRA)
+    ] = False,
+    save_overlay: Annotated[
+        bool, typer.Option("--save-overlay", help="Also write outlines drawn on the image (<stem>_overlay.png).", rich_help_panel=PANEL_EXTRA)
+    ] = False,
+    bands: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--bands/--no-bands",
+            help=f"Predict band by band with bounded memory and write tiled BigTIFF. Default: for images over {BAND_PIXELS // 2**20} Mpixel.",
+            rich_help_panel=PANEL_LARGE,
+            show_default=False,
+        ),
+    ] = None,
+    band_rows: Annotated[
+        Optional[int], typer.Option("--band-rows", min=16, help="Rows per band (default: from the image width).", rich_help_panel=PANEL_LARGE)
+    ] = None,
+    halo: Annotated[
+        int, typer.Option("--halo", min=0, help="Context rows around each band; objects up to 4x this tall are never cut.", rich_help_panel=PANEL_LARGE)
+    ] = 128,
+    channel: Channel = None,
+    plane: Plane = None,
+    recursive: Recursive = False,
+    overwrite: Overwrite = False,
+    skip_existing: SkipExisting = False,
+    json_out: JsonOut = False,
+    manifest: Manifest = None,
+    on_error: OnErrorOpt = OnError.skip,
+    jobs: Jobs = 1,
+    quiet: Quiet = False,
+    debug: Debug = False,
+) -> None:
+    """Segment nuclei with a trained U-Net, tile by tile, on images of any size.
+
+    Writes <stem>_labels.tif (uint16 labels, uint32 above 65535 objects; 0 = background) for each input.
+    Images over 16 Mpixel are processed in bands with bounded memory and written as tiled BigTIFF.
+    """
+    from segtool.unet.predict import find_packaged_model, scale_for_diameter
+
+    if scale is not None and diameter is not None:
+        fail("give --scale or --diameter, not both", code=EXIT_USAGE)
+    if threads is None and jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // jobs)  # parallel images share the cores instead of each taking all
+    try:
+        model_path = model if model is not None else find_packaged_model()
+    except SegtoolError as err:
+        fail(str(err), code=EXIT_USAGE)
+    try:
+        loaded = load_prepared(model_path, device=device.value, threads=threads)
+        factor = scale_for_diameter(loaded, diameter) if diameter is not None else (scale or 1.0)
+        if tile is not None:
+            from segtool.unet.predict import resolve_tile
+
+            resolve_tile(loaded.config, (tile, tile), tile)
+    except SegtoolError as err:
+        fail(str(err), where=str(model_path), code=EXIT_USAGE)
+    task = PredictTask(
+        model_path=model_path,
+        device=device.value,
+        threads=threads,
+        output_dir=output,
+        overwrite=overwrite,
+        tile=tile,
+        overlap=overlap,
+        batch_size=batch_size,
+        tta=tta,
+        scale=float(factor),
+        prob_threshold=prob_threshold,
+        min_size=min_size,
+        seed_threshold=seed_threshold,
+        save_prob=save_prob,
+        save_overlay=save_overlay,
+        bands=bands,
+        band_rows=band_rows,
+        halo=halo,
+        channel=channel,
+        plane=plane,
+    )
+    task._model = loaded
+    run_files(
+        images,
+        task,
+        kind="image",
+        recursive=recursive,
+        on_error=on_error,
+        skip_existing=skip_existing,
+        overwrite=overwrite,
+        jobs=jobs,
+        json_out=json_out,
+        manifest=manifest,
+        quiet=quiet,
+        debug=debug,
+        columns=[
+            ("objects", lambda r: r.figures["objects"]),
+            ("tiles", lambda r: r.figures["tiles"]),
+        ],
+        verb="predict",
+    )

@@ -1,0 +1,270 @@
+"""Post-processing an image too large for memory, band by band.
+
+:func:`predict_label_bands` takes the blended network maps as
+:func:`segtool.unet.tiling.predict_tiled_rows` streams them (the very same
+maps the in-memory path computes, since the tile grid is the whole image's)
+and turns them into labels in horizontal bands:
+
+- each band of ``band_rows`` rows is post-processed together with ``halo``
+  rows of context above and below it;
+- an object belongs to the band that holds its top row and is painted whole,
+  even where it reaches into the next band's rows, so an object crossing a
+  band edge stays one object;
+- when an owned object touches the bottom of the window, the window grows by
+  another ``halo`` rows (up to three times), so objects up to ``4 * halo``
+  rows tall are never cut;
+- labels are numbered consecutively across bands, and finished rows are
+  yielded as soon as no later band can paint them.
+
+Only a few bands' worth of maps and labels are in memory at any time. The
+file side (lazy reading, tiled BigTIFF writing) is in
+:mod:`segtool.unet.bigimage`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from segtool.errors import InputError, ModelError
+from segtool.unet.instances import maps_to_labels
+from segtool.unet.predict import (
+    _check_common,
+    _prepared_net,
+    make_predictor,
+    postprocess_options,
+    resolve_tile,
+)
+from segtool.unet.tiling import (
+    TileCallback,
+    _pad_amounts,
+    _pad_reflect,
+    predict_tiled_rows,
+)
+
+__all__ = ["LabelBand", "predict_label_bands"]
+
+
+@dataclass
+class LabelBand:
+    """Finished rows from :func:`predict_label_bands`.
+
+    Attributes
+    ----------
+    start : int
+        First image row of the band.
+    labels : (rows, W) ndarray of uint32
+        Object labels, numbered consecutively across all bands.
+    maps : (C, rows, W) ndarray of float32 or None
+        The blended maps for these rows, when asked for.
+    n_objects : int
+        Objects numbered so far (the largest label in this and earlier bands).
+    """
+
+    start: int
+    labels: np.ndarray
+    maps: np.ndarray | None
+    n_objects: int
+
+
+def _owned_objects(labels: np.ndarray, first_row: int, core: tuple[int, int]) -> np.ndarray:
+    """Labels (of a consecutive 1..N image) whose top row, in image rows, lies in ``core``."""
+    ids = []
+    for index, region in enumerate(_find_objects(labels), start=1):
+        if region is not None and core[0] <= first_row + region[0].start < core[1]:
+            ids.append(index)
+    return np.asarray(ids, dtype=np.int64)
+
+
+def _find_objects(labels: np.ndarray):
+    from scipy import ndimage
+
+    return ndimage.find_objects(labels)
+
+
+def predict_label_bands(
+    read_rows: Callable[[int, int], np.ndarray],
+    shape: Sequence[int],
+    model,
+    *,
+    tile: int | None = None,
+    overlap: float = 0.25,
+    batch_size: int = 4,
+    tta: bool = False,
+    prob_threshold: float | None = None,
+    min_size: int | None = None,
+    seed_threshold: float | None = None,
+    band_rows: int = 1024,
+    halo: int = 128,
+    keep_maps: bool = False,
+    on_tile: TileCallback | None = None,
+) -> Iterator[LabelBand]:
+    """Predict a large image in horizontal bands, yielding finished label rows.
+
+    The network maps come from :func:`segtool.unet.tiling.predict_tiled_rows`
+    on the whole image's tile grid, so they are identical to the in-memory
+    path's. Post-processing runs on each band of ``band_rows`` rows plus
+    ``halo`` rows above and below; an object belongs to the band that holds
+    its top row and is painted whole (it may reach into the next band's rows),
+    so an object crossing a band edge stays one object. When an object reaches
+    the bottom of its band's window the window grows by ``halo`` rows, up to
+    three times, so objects up to ``4 * halo`` rows tall are never cut. Only
+    a few bands' worth of maps and labels are in memory at any time.
+
+    Parameters
+    ----------
+    read_rows : callable
+        ``read_rows(start, stop)`` returns rows ``start:stop`` of the image,
+        already normalised, as ``(C_in, stop - start, W)`` float32 (or
+        ``(rows, W)`` for one channel).
+    shape : (H, W)
+        Image size.
+    model : LoadedModel
+    tile, overlap, batch_size, tta, prob_threshold, min_size, seed_threshold
+        As in :func:`segtool.unet.predict.predict_image`.
+    band_rows : int, optional
+        Rows per band (the core, without the halo).
+    halo : int, optional
+        Rows of context above and below each band for post-processing; make
+        it larger than the tallest object.
+    keep_maps : bool, optional
+        Also yield the maps of each band (for saving probabilities).
+    on_tile : callable, optional
+        ``on_tile(done, total)`` progress callback.
+
+    Yields
+    ------
+    LabelBand
+        Consecutive bands covering all rows; ``labels`` are uint32.
+    """
+    config = model.config
+    _check_common(model, overlap, batch_size, 1.0)
+    if int(band_rows) < 1 or int(halo) < 0:
+        raise InputError(f"band_rows must be >= 1 and halo >= 0, got {band_rows} and {halo}")
+    band_rows, halo = int(band_rows), int(halo)
+    height, width = (int(n) for n in shape)
+    options = postprocess_options(config, prob_threshold=prob_threshold, min_size=min_size, seed_threshold=seed_threshold)
+    tile_hw = resolve_tile(config, (height, width), tile)
+    padded_h, padded_w = max(height, tile_hw[0]), max(width, tile_hw[1])
+    pads = _pad_amounts((height, width), tile_hw)
+
+    def padded_rows(start: int, stop: int) -> np.ndarray:
+        block = np.asarray(read_rows(min(start, height), min(stop, height)), dtype=np.float32)
+        if block.ndim == 2:
+            block = block[np.newaxis]
+        if block.shape[0] != config.in_channels:
+            raise ModelError(f"model expects {config.in_channels} input channels, the image has {block.shape[0]}")
+        if pads[1][1]:
+            block = _pad_reflect(block, [(0, 0), pads[1]])
+        return block
+
+    if pads[0][1]:
+        # Shorter than a tile: read it all (it is at most one tile tall) and pad.
+        whole = _pad_reflect(padded_rows(0, height), [pads[0], (0, 0)])
+
+        def source(start: int, stop: int) -> np.ndarray:
+            return whole[:, start:stop]
+    else:
+        source = padded_rows
+
+    predictor = make_predictor(_prepared_net(model), config.target, tta=tta)
+    stream = predict_tiled_rows(
+        source,
+        (padded_h, padded_w),
+        predictor,
+        tile=tile_hw,
+        overlap=overlap,
+        batch_size=batch_size,
+        out_channels=config.out_channels,
+        on_tile=on_tile,
+    )
+
+    buffer = _RowBuffer(config.out_channels, width, capacity=band_rows + 2 * halo + tile_hw[0])
+    carry = np.zeros((0, width), np.uint32)  # labels already painted below the previous band
+    next_label = 1
+    core_start = 0
+    max_extra = 3 * halo
+    for_rows = iter(stream)
+    while core_start < height:
+        core_stop = min(height, core_start + band_rows)
+        need_start = max(0, core_start - halo)
+        extra = 0
+        while True:
+            # An owned object reaching the bottom of the window may be cut: look further down.
+            need_stop = min(height, core_stop + halo + extra)
+            while buffer.stop < need_stop:
+                start, maps = next(for_rows)
+                rows_in_image = max(0, min(maps.shape[1], height - start))
+                if rows_in_image:
+                    buffer.append(start, maps[:, :rows_in_image, :width])
+            window = buffer.rows(need_start, need_stop)
+            labels = maps_to_labels(window, target=config.target, **options)
+            owned = _owned_objects(labels, need_start, (core_start, core_stop))
+            if need_stop == height or extra >= max_extra or not np.isin(labels[-1], owned).any():
+                break
+            extra += max(halo, 1)
+
+        canvas = np.zeros((max(need_stop - core_start, carry.shape[0]), width), np.uint32)
+        canvas[: carry.shape[0]] = carry
+        if owned.size:
+            part = labels[core_start - need_start :]
+            target_rows = canvas[: part.shape[0]]
+            free = target_rows == 0
+            # Objects already painted by the band above keep their pixels; number only what shows.
+            visible = np.intersect1d(np.unique(part[free]), owned)
+            lookup = np.zeros(int(labels.max()) + 1, np.uint32)
+            lookup[visible] = np.arange(next_label, next_label + visible.size, dtype=np.uint32)
+            target_rows[free] = lookup[part[free]]
+            next_label += int(visible.size)
+        del labels
+        rows = core_stop - core_start
+        yield LabelBand(
+            start=core_start,
+            labels=canvas[:rows],
+            maps=window[:, core_start - need_start : core_stop - need_start].copy() if keep_maps else None,
+            n_objects=next_label - 1,
+        )
+        carry = canvas[rows:].copy()
+        del canvas, window
+        buffer.drop_before(core_stop - halo)  # the next band's window starts there
+        core_start = core_stop
+
+
+class _RowBuffer:
+    """Consecutive rows of (C, rows, W) maps in one preallocated array, dropped from the top."""
+
+    def __init__(self, channels: int, width: int, *, capacity: int) -> None:
+        self._data = np.empty((channels, max(1, capacity), width), np.float32)
+        self.start = 0  # image row of self._data[:, 0]
+        self.count = 0
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.count
+
+    def append(self, start: int, block: np.ndarray) -> None:
+        if start != self.stop:
+            raise RuntimeError(f"rows must arrive in order: expected row {self.stop}, got {start}")
+        rows = block.shape[1]
+        if self.count + rows > self._data.shape[1]:
+            grown = np.empty((self._data.shape[0], self.count + rows, self._data.shape[2]), np.float32)
+            grown[:, : self.count] = self._data[:, : self.count]
+            self._data = grown
+        self._data[:, self.count : self.count + rows] = block
+        self.count += rows
+
+    def rows(self, start: int, stop: int) -> np.ndarray:
+        """A view of image rows ``start:stop`` (valid until the next append or drop)."""
+        if start < self.start or stop > self.stop:
+            raise RuntimeError(f"rows {start}:{stop} are not buffered ({self.start}:{self.stop})")
+        return self._data[:, start - self.start : stop - self.start]
+
+    def drop_before(self, row: int) -> None:
+        drop = min(max(0, row - self.start), self.count)
+        if drop:
+            keep = self.count - drop
+            self._data[:, :keep] = self._data[:, drop : self.count]
+            self.start += drop
+            self.count = keep
