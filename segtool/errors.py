@@ -8,7 +8,7 @@ its traceback.
 
 from __future__ import annotations
 
-__all__ = ["SegtoolError", "InputError", "OutputError", "ModelError"]
+__all__ = ["SegtoolError", "InputError", "OutputError", "ModelError", "first_line"]
 
 
 class SegtoolError(Exception):
@@ -30,3 +30,18 @@ class OutputError(SegtoolError, OSError):
 
 class ModelError(SegtoolError):
     """A model file is missing, truncated, foreign or incompatible with the input."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of an exception's message, or its type name if the message is empty.
+
+    Used wherever a library error (tifffile, torch, ...) is wrapped in a
+    one-line :class:`SegtoolError` message.
+
+    Examples
+    --------
+    >>> first_line(ValueError("bad value\\nmore detail")), first_line(KeyError())
+    ('bad value', 'KeyError')
+    """
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from segtool.errors import InputError
-from segtool.io import atomic_output
+from segtool.io import _write_tiff, atomic_output  # _write_tiff: binary masks share the labels' TIFF layout
 
 __all__ = [
     "label_polygons",
@@ -595,22 +595,12 @@ def write_binary_tiff(
     unit: str | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """Write the foreground of ``labels`` as a 0/255 uint8 ImageJ TIFF."""
-    import tifffile
-
+    """Write the foreground of ``labels`` as a 0/255 uint8 ImageJ TIFF (tiled BigTIFF when very large, as labels)."""
     labels = np.asarray(labels)
     if labels.ndim != 2:
         raise InputError(f"label image must be 2-D, got shape {labels.shape}")
     mask = np.where(labels != 0, 255, 0).astype(np.uint8)
-    kwargs: dict[str, Any] = {"metadata": {"axes": "YX"}}
-    if pixel_size is not None and min(pixel_size) > 0:
-        kwargs["resolution"] = (1.0 / float(pixel_size[1]), 1.0 / float(pixel_size[0]))
-        if unit:
-            kwargs["metadata"]["unit"] = unit
-    path = Path(path)
-    with atomic_output(path, overwrite=overwrite) as temp:
-        tifffile.imwrite(temp, mask, imagej=True, compression="zlib", software="segtool", **kwargs)
-    return path
+    return _write_tiff(Path(path), mask, pixel_size=pixel_size, unit=unit, overwrite=overwrite, imagej=True)
 
 
 def write_score_plot(

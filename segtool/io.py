@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segtool.errors import InputError, OutputError
+from segtool.errors import InputError, OutputError, first_line
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -34,6 +34,7 @@ __all__ = [
     "write_float",
     "write_png",
     "atomic_output",
+    "check_output_free",
 ]
 
 #: File name endings read as images (lower case).
@@ -198,7 +199,7 @@ def _read_tiff(path: Path):
     except MemoryError as err:
         raise InputError("image is too large to load into memory") from err
     except Exception as err:  # tifffile raises many types on corrupt files
-        raise InputError(f"cannot read TIFF (corrupt or truncated?): {_one_line(err)}") from err
+        raise InputError(f"cannot read TIFF (corrupt or truncated?): {first_line(err)}") from err
     return data, axes, pixel_size, unit, photometric_rgb
 
 
@@ -220,7 +221,7 @@ def _read_pillow(path: Path):
     except InputError:
         raise
     except Exception as err:
-        raise InputError(f"cannot read image: {_one_line(err)}") from err
+        raise InputError(f"cannot read image: {first_line(err)}") from err
     axes = "YX" if data.ndim == 2 else "YXS"
     return data, axes
 
@@ -336,12 +337,29 @@ def _normalise_unit(unit: str) -> str:
     return unit
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text and text[0] else type(err).__name__
-
-
 # --------------------------------------------------------------------------- writing
+
+
+def check_output_free(path: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Refuse an output path that is a folder, or an existing file unless ``overwrite``.
+
+    :func:`atomic_output` calls this; commands call it too, to refuse early,
+    before hours of work, an output they would not be allowed to write.
+
+    Raises
+    ------
+    OutputError
+        If ``path`` is a directory, or exists and ``overwrite`` is false.
+
+    Examples
+    --------
+    >>> check_output_free("no/such/file.tif")
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise OutputError(f"{path}: output path is a directory")
+    if path.exists() and not overwrite:
+        raise OutputError(f"{path}: output exists; use --overwrite to replace it")
 
 
 @contextlib.contextmanager
@@ -368,10 +386,7 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = False) -> Iterat
         created or written, or writing fails (e.g. disk full).
     """
     path = Path(path)
-    if path.is_dir():
-        raise OutputError(f"{path}: output path is a directory")
-    if path.exists() and not overwrite:
-        raise OutputError(f"{path}: output exists; use --overwrite to replace it")
+    check_output_free(path, overwrite=overwrite)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -386,7 +401,7 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = False) -> Iterat
         with contextlib.suppress(OSError):
             temp.unlink()
         if isinstance(err, OSError) and not isinstance(err, OutputError):
-            raise OutputError(f"{path}: cannot write: {err.strerror or _one_line(err)}") from err
+            raise OutputError(f"{path}: cannot write: {err.strerror or first_line(err)}") from err
         raise
 
 

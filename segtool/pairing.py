@@ -13,7 +13,7 @@ from pathlib import Path
 from segtool.errors import InputError
 from segtool.inputs import LABEL_SUFFIXES, base_stem
 
-__all__ = ["MASK_SUFFIXES", "Pair", "pair_by_stem"]
+__all__ = ["MASK_SUFFIXES", "LabelPair", "Pair", "mask_stem", "pair_by_stem", "pair_label_files"]
 
 #: Endings a mask's name may carry after the image's name (Cellpose writes
 #: ``_cp_masks``; other tools ``_mask``, ``_masks``, ``_labels``, ``_seg``).
@@ -37,6 +37,19 @@ def _strip_suffix(stem: str, suffixes: Sequence[str]) -> str | None:
         if suffix and lower.endswith(suffix.lower()) and len(stem) > len(suffix):
             return stem[: -len(suffix)]
     return None
+
+
+def mask_stem(path: str | Path, *, mask_suffixes: Sequence[str] = MASK_SUFFIXES) -> str:
+    """Name stem of a mask or label file without its mask ending (``a_cp_masks.png`` -> ``a``).
+
+    Examples
+    --------
+    >>> mask_stem("x/img01_cp_masks.png"), mask_stem("img02.tif")
+    ('img01', 'img02')
+    """
+    stem = base_stem(Path(path))
+    stripped = _strip_suffix(stem, mask_suffixes)
+    return stem if stripped is None else stripped
 
 
 def _listing(what: str, names: list[str]) -> str:
@@ -125,3 +138,68 @@ def pair_by_stem(
         hint = f" (masks are matched by file name, optionally ending in {', '.join(mask_suffixes)})"
         raise InputError("; ".join(parts) + hint)
     return [Pair(image=by_stem[s], mask=claimed[s], stem=s) for s in sorted(claimed)]
+
+
+@dataclass(frozen=True)
+class LabelPair:
+    """A predicted label file and its ground truth."""
+
+    name: str
+    pred: Path
+    gt: Path
+
+
+def pair_label_files(pred: list[Path], gt: list[Path]) -> tuple[list[LabelPair], list[tuple[str, str]]]:
+    """Pair predictions with ground truth by name stem, ignoring mask endings on both sides.
+
+    Unlike :func:`pair_by_stem`, which raises on the first problem, this
+    reports every unpaired or ambiguous file and returns the pairs it could
+    make (``segtool evaluate`` scores those and lists the rest as errors).
+
+    ``img01_labels.tif`` (segtool), ``img01_cp_masks.png`` (Cellpose), ``img01_mask.tif`` and ``img01.tif``
+    all pair by ``img01``. Where a folder holds both ``img01.tif`` and ``img01_labels.tif`` (labels saved
+    beside their images), the one with the mask ending is taken. Two single files are paired whatever
+    their names.
+
+    Returns
+    -------
+    pairs : list of LabelPair
+        Sorted by name.
+    problems : list of (str, str)
+        ``(file, message)`` for every file without a partner or with an ambiguous name.
+
+    Examples
+    --------
+    >>> pairs, problems = pair_label_files([Path("p/a_labels.tif")], [Path("g/a.tif"), Path("g/b.tif")])
+    >>> [(p.name, p.gt.name) for p in pairs], problems
+    ([('a', 'a.tif')], [('g/b.tif', 'ground truth has no prediction (looked for a name starting with b)')])
+    """
+    if len(pred) == 1 and len(gt) == 1:
+        return [LabelPair(mask_stem(pred[0]), pred[0], gt[0])], []
+    problems: list[tuple[str, str]] = []
+
+    def index(files: list[Path], what: str) -> dict[str, Path]:
+        found: dict[str, list[Path]] = {}
+        for path in files:
+            found.setdefault(mask_stem(path), []).append(path)
+        unique = {}
+        for key, paths in found.items():
+            if len(paths) > 1:
+                # Masks saved beside their images (x.tif + x_labels.tif): the file with a mask ending is the labels.
+                suffixed = [p for p in paths if base_stem(p) != key]
+                paths = suffixed if len(suffixed) == 1 else paths
+            if len(paths) > 1:
+                names = ", ".join(str(p) for p in paths)
+                problems.append((str(paths[0].parent), f"several {what} files for {key!r}: {names}"))
+            else:
+                unique[key] = paths[0]
+        return unique
+
+    by_pred = index(pred, "prediction")
+    by_gt = index(gt, "ground truth")
+    for key in sorted(set(by_pred) - set(by_gt)):
+        problems.append((str(by_pred[key]), f"prediction has no ground truth (looked for a name starting with {key})"))
+    for key in sorted(set(by_gt) - set(by_pred)):
+        problems.append((str(by_gt[key]), f"ground truth has no prediction (looked for a name starting with {key})"))
+    pairs = [LabelPair(key, by_pred[key], by_gt[key]) for key in sorted(set(by_pred) & set(by_gt))]
+    return pairs, problems

@@ -29,12 +29,13 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from segtool.batch import EXIT_INTERRUPTED, EXIT_USAGE, BatchSummary, ItemResult, Task, run_batch
-from segtool.errors import SegtoolError
-from segtool.inputs import expand_inputs
+from segtool.errors import SegtoolError, first_line
+from segtool.inputs import ExpandedInputs, expand_inputs
 
 __all__ = [
     "stderr",
     "error_line",
+    "print_error",
     "fail",
     "OnError",
     "Inputs",
@@ -50,6 +51,7 @@ __all__ = [
     "Debug",
     "Channel",
     "Plane",
+    "expand_specs",
     "run_files",
     "exit_on_error",
 ]
@@ -58,14 +60,10 @@ PANEL_IO = "Inputs and outputs"
 PANEL_BATCH = "Batch behaviour"
 
 
-def _stderr() -> Console:
-    # Built per call, not at import: tests swap sys.stderr, and no state should outlive a command.
-    return Console(stderr=True, highlight=False, soft_wrap=True)
-
-
 def stderr() -> Console:
     """A Rich console on the current ``sys.stderr``."""
-    return _stderr()
+    # Built per call, not at import: tests swap sys.stderr, and no state should outlive a command.
+    return Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def error_line(where: str | None, message: str) -> str:
@@ -73,9 +71,14 @@ def error_line(where: str | None, message: str) -> str:
     return f"segtool: error: {where}: {message}" if where else f"segtool: error: {message}"
 
 
+def print_error(where: str | None, message: str) -> None:
+    """Print one error line (see :func:`error_line`) on stderr."""
+    print(error_line(where, message), file=sys.stderr, flush=True)
+
+
 def fail(message: str, *, where: str | None = None, code: int = 1) -> None:
     """Print one error line on stderr and exit with ``code``."""
-    print(error_line(where, message), file=sys.stderr)
+    print_error(where, message)
     raise typer.Exit(code)
 
 
@@ -167,6 +170,12 @@ def _read_stdin_lines() -> list[str] | None:
     return sys.stdin.read().splitlines()
 
 
+def expand_specs(specs: Sequence[str], *, kind: str = "image", recursive: bool = False) -> ExpandedInputs:
+    """Expand the input specs of a command; ``-`` reads more paths from stdin, one per line."""
+    stdin_lines = _read_stdin_lines() if "-" in specs else None
+    return expand_inputs(specs, recursive=recursive, kind=kind, stdin_lines=stdin_lines)
+
+
 def run_files(
     specs: Sequence[str],
     task: Task,
@@ -198,8 +207,7 @@ def run_files(
         Always, with the batch's exit code.
     """
     on_error = OnError(on_error)
-    stdin_lines = _read_stdin_lines() if "-" in specs else None
-    expanded = expand_inputs(specs, recursive=recursive, kind=kind, stdin_lines=stdin_lines)
+    expanded = expand_specs(specs, recursive=recursive, kind=kind)
     err_console = stderr()
     table_mode = not json_out and sys.stdout.isatty()
     rows: list[ItemResult] = []
@@ -308,19 +316,22 @@ def _print_summary(console: Console, summary: BatchSummary, extra: BatchSummary,
     console.print(f"segtool: {prefix}{', '.join(parts)}", markup=False, highlight=False)
 
 
-def exit_on_error(debug: bool = False):
+def exit_on_error(debug: bool = False, *, where: str | None = None):
     """Context manager for single-shot commands: a SegtoolError becomes one line and exit 1.
+
+    ``where`` (the file concerned) is put in front of the message.
 
     Examples
     --------
-    ``with exit_on_error(debug): model = load_model(path)``
+    ``with exit_on_error(debug, where=str(path)): model = load_model(path)``
     """
-    return _ErrorExit(debug)
+    return _ErrorExit(debug, where)
 
 
 class _ErrorExit:
-    def __init__(self, debug: bool):
+    def __init__(self, debug: bool, where: str | None = None):
         self.debug = debug
+        self.where = where
 
     def __enter__(self):
         return self
@@ -330,5 +341,5 @@ class _ErrorExit:
             return False
         if self.debug:
             traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
-        print(error_line(None, str(exc).strip().splitlines()[0] if str(exc).strip() else exc_type.__name__), file=sys.stderr)
+        print_error(self.where, first_line(exc))
         raise typer.Exit(1)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -16,10 +14,12 @@ from rich.table import Table
 
 from segtool.batch import EXIT_USAGE
 from segtool.cli._app import app
-from segtool.cli._common import Debug, Overwrite, Quiet, Recursive, error_line, fail, stderr
-from segtool.errors import InputError, SegtoolError
-from segtool.inputs import base_stem, expand_inputs
+from segtool.cli._common import Debug, Overwrite, Quiet, Recursive, fail, print_error, stderr
+from segtool.errors import InputError, SegtoolError, first_line
+from segtool.inputs import expand_inputs
+from segtool.io import check_output_free
 from segtool.metrics import DEFAULT_THRESHOLDS, MatchCounts, match_labels, pixel_scores
+from segtool.pairing import LabelPair, pair_label_files
 
 PANEL_OUT = "Outputs"
 PANEL_METRIC = "Metric"
@@ -52,73 +52,6 @@ def parse_thresholds(text: str | None) -> tuple[float, ...]:
     if not values or bad:
         raise InputError(f"--thresholds must lie in (0, 1], got {text!r}")
     return tuple(values)
-
-
-def _key(path: Path) -> str:
-    from segtool.cli.export import object_stem
-
-    return object_stem(path)
-
-
-@dataclass(frozen=True)
-class LabelPair:
-    """A predicted label file and its ground truth."""
-
-    name: str
-    pred: Path
-    gt: Path
-
-
-def pair_label_files(pred: list[Path], gt: list[Path]) -> tuple[list[LabelPair], list[tuple[str, str]]]:
-    """Pair predictions with ground truth by name stem, ignoring mask endings on both sides.
-
-    ``img01_labels.tif`` (segtool), ``img01_cp_masks.png`` (Cellpose), ``img01_mask.tif`` and ``img01.tif``
-    all pair by ``img01``. Where a folder holds both ``img01.tif`` and ``img01_labels.tif`` (labels saved
-    beside their images), the one with the mask ending is taken. Two single files are paired whatever
-    their names.
-
-    Returns
-    -------
-    pairs : list of LabelPair
-        Sorted by name.
-    problems : list of (str, str)
-        ``(file, message)`` for every file without a partner or with an ambiguous name.
-
-    Examples
-    --------
-    >>> pairs, problems = pair_label_files([Path("p/a_labels.tif")], [Path("g/a.tif"), Path("g/b.tif")])
-    >>> [(p.name, p.gt.name) for p in pairs], problems
-    ([('a', 'a.tif')], [('g/b.tif', 'ground truth has no prediction (looked for a name starting with b)')])
-    """
-    if len(pred) == 1 and len(gt) == 1:
-        return [LabelPair(_key(pred[0]), pred[0], gt[0])], []
-    problems: list[tuple[str, str]] = []
-
-    def index(files: list[Path], what: str) -> dict[str, Path]:
-        found: dict[str, list[Path]] = {}
-        for path in files:
-            found.setdefault(_key(path), []).append(path)
-        unique = {}
-        for key, paths in found.items():
-            if len(paths) > 1:
-                # Masks saved beside their images (x.tif + x_labels.tif): the file with a mask ending is the labels.
-                suffixed = [p for p in paths if base_stem(p) != key]
-                paths = suffixed if len(suffixed) == 1 else paths
-            if len(paths) > 1:
-                names = ", ".join(str(p) for p in paths)
-                problems.append((str(paths[0].parent), f"several {what} files for {key!r}: {names}"))
-            else:
-                unique[key] = paths[0]
-        return unique
-
-    by_pred = index(pred, "prediction")
-    by_gt = index(gt, "ground truth")
-    for key in sorted(set(by_pred) - set(by_gt)):
-        problems.append((str(by_pred[key]), f"prediction has no ground truth (looked for a name starting with {key})"))
-    for key in sorted(set(by_gt) - set(by_pred)):
-        problems.append((str(by_gt[key]), f"ground truth has no prediction (looked for a name starting with {key})"))
-    pairs = [LabelPair(key, by_pred[key], by_gt[key]) for key in sorted(set(by_pred) & set(by_gt))]
-    return pairs, problems
 
 
 def _evaluate_pair(pair: LabelPair, thresholds: tuple[float, ...]) -> tuple[MatchCounts, dict[str, Any]]:
@@ -269,14 +202,17 @@ def evaluate(
     except InputError as err:
         fail(str(err), code=EXIT_USAGE)
     for target in (csv_path, plot):
-        if target is not None and target.exists() and not overwrite:
-            fail("output exists; use --overwrite to replace it", where=str(target))
+        if target is not None:
+            try:
+                check_output_free(target, overwrite=overwrite)
+            except SegtoolError as err:
+                fail(first_line(err))
     failed = 0
 
     def report(where: str | None, message: str) -> None:
         nonlocal failed
         failed += 1
-        print(error_line(where, message), file=sys.stderr, flush=True)
+        print_error(where, message)
 
     files = {}
     for side, spec in (("pred", pred), ("gt", gt)):
@@ -307,7 +243,7 @@ def evaluate(
             try:
                 counts, pixels = _evaluate_pair(pair, values)
             except SegtoolError as err:
-                report(None, str(err).strip().splitlines()[0])
+                report(None, first_line(err))
             except Exception as err:
                 if debug:
                     raise
@@ -337,7 +273,7 @@ def evaluate(
             title = f"{len(images)} image(s), {total_counts.n_true} true objects"
             outputs["plot"] = str(writers.write_score_plot(plot, total_counts.thresholds, curves, title=title, overwrite=overwrite))
     except SegtoolError as err:
-        report(None, str(err).strip().splitlines()[0])
+        report(None, first_line(err))
 
     if json_out:
         document = {"thresholds": list(values), "total": total, "images": images, "failed": failed, "outputs": outputs}

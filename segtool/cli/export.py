@@ -27,14 +27,16 @@ from segtool.cli._common import (
     Quiet,
     Recursive,
     SkipExisting,
-    error_line,
+    expand_specs,
     fail,
+    print_error,
     run_files,
     stderr,
 )
 from segtool.errors import InputError
-from segtool.inputs import LABEL_SUFFIXES, base_stem, expand_inputs
+from segtool.inputs import base_stem
 from segtool.io import IMAGE_SUFFIXES, Image, read_image, read_labels
+from segtool.pairing import mask_stem
 
 PANEL_FORMAT = "Formats"
 
@@ -75,22 +77,6 @@ def parse_formats(values: list[str]) -> tuple[str, ...]:
     return tuple(formats)
 
 
-def object_stem(path: Path) -> str:
-    """Name stem of a label file without its mask ending (``a_cp_masks.png`` -> ``a``).
-
-    Examples
-    --------
-    >>> object_stem(Path("x/img01_cp_masks.png")), object_stem(Path("img02.tif"))
-    ('img01', 'img02')
-    """
-    stem = base_stem(path)
-    lower = stem.lower()
-    for suffix in sorted(LABEL_SUFFIXES, key=len, reverse=True):
-        if lower.endswith(suffix) and len(stem) > len(suffix):
-            return stem[: -len(suffix)]
-    return stem
-
-
 def find_image(labels_path: Path, image: Path) -> Path:
     """The intensity image for ``labels_path``: ``image`` itself, or the file in folder ``image`` with the same stem.
 
@@ -101,7 +87,7 @@ def find_image(labels_path: Path, image: Path) -> Path:
     """
     if not image.is_dir():
         return image
-    stem = object_stem(labels_path)
+    stem = mask_stem(labels_path)
     candidates = sorted(
         p
         for p in image.iterdir()
@@ -131,7 +117,7 @@ class ExportTask:
         if self.summary:
             return {}
         folder = self.output_dir if self.output_dir is not None else path.parent
-        stem = object_stem(path)
+        stem = mask_stem(path)
         outputs = {}
         for name in self.formats:
             suffix = OVERLAY_SUFFIX if name == "png" and self.image is not None else FORMAT_SUFFIXES[name]
@@ -354,13 +340,10 @@ def _summary_rows(specs, task: ExportTask, *, recursive, on_error, jobs, json_ou
     """Run ``task`` on every label file and stream one CSV row (or JSON line) per image to stdout."""
     import csv
 
-    from segtool.cli._common import _read_stdin_lines  # same stdin handling as every command
-
-    stdin_lines = _read_stdin_lines() if "-" in specs else None
-    expanded = expand_inputs(specs, recursive=recursive, kind="labels", stdin_lines=stdin_lines)
+    expanded = expand_specs(specs, recursive=recursive, kind="labels")
     failed = 0
     for spec, message in expanded.problems:
-        print(error_line(spec, message), file=sys.stderr)
+        print_error(spec, message)
         failed += 1
     if failed and OnError(on_error) == OnError.stop:
         raise typer.Exit(1)
@@ -372,7 +355,7 @@ def _summary_rows(specs, task: ExportTask, *, recursive, on_error, jobs, json_ou
     def emit(result: ItemResult) -> None:
         nonlocal columns
         if result.status == "failed":
-            print(error_line(result.input, result.error or "failed"), file=sys.stderr, flush=True)
+            print_error(result.input, result.error or "failed")
             return
         row = {"labels": result.input, **result.figures}
         if json_out:

@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import json
-import sys
 import traceback
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, Optional
 
 import typer
 
 from segtool.cli._app import app
-from segtool.cli._common import Debug, error_line
-from segtool.errors import SegtoolError
+from segtool.cli._common import Debug, print_error
+from segtool.errors import SegtoolError, first_line
 
 model_app = typer.Typer(
     name="model",
@@ -104,13 +103,27 @@ def describe(info: dict[str, Any]) -> str:
 
 @model_app.command("info")
 def info(
-    models: Annotated[list[Path], typer.Argument(help="Model files (.pt) written by segtool train.", show_default=False, metavar="MODEL")],
+    models: Annotated[
+        Optional[list[Path]],
+        typer.Argument(
+            help="Model files (.pt) written by segtool train. Default: the pretrained model shipped with segtool.",
+            show_default=False,
+            metavar="MODEL",
+        ),
+    ] = None,
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per model (config and metadata).")] = False,
     debug: Debug = False,
 ) -> None:
     """Print a model's architecture, normalisation, target, training data and validation scores."""
     from segtool.unet.modelfile import read_model_info
+    from segtool.unet.predict import find_packaged_model
 
+    if not models:
+        try:
+            models = [find_packaged_model()]
+        except SegtoolError as err:
+            print_error(None, first_line(err))
+            raise typer.Exit(1) from None
     failed = 0
     for index, path in enumerate(models):
         try:
@@ -118,7 +131,7 @@ def info(
         except SegtoolError as err:
             if debug:
                 traceback.print_exc()
-            print(error_line(str(path), str(err).strip().splitlines()[0]), file=sys.stderr)
+            print_error(str(path), first_line(err))
             failed += 1
             continue
         if json_out:

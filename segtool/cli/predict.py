@@ -30,7 +30,7 @@ from segtool.cli._common import (
     fail,
     run_files,
 )
-from segtool.errors import InputError, SegtoolError
+from segtool.errors import InputError, SegtoolError, first_line
 from segtool.inputs import output_path
 
 PANEL_MODEL = "Model"
@@ -276,16 +276,19 @@ def predict(
     try:
         model_path = model if model is not None else find_packaged_model()
     except SegtoolError as err:
-        fail(str(err), code=EXIT_USAGE)
+        fail(first_line(err), code=EXIT_USAGE)
     try:
         loaded = load_prepared(model_path, device=device.value, threads=threads)
         factor = scale_for_diameter(loaded, diameter) if diameter is not None else (scale or 1.0)
-        if tile is not None:
-            from segtool.unet.predict import resolve_tile
-
-            resolve_tile(loaded.config, (tile, tile), tile)
     except SegtoolError as err:
-        fail(str(err), where=str(model_path), code=EXIT_USAGE)
+        fail(first_line(err), where=str(model_path), code=EXIT_USAGE)
+    if tile is not None:
+        from segtool.unet.predict import resolve_tile
+
+        try:
+            resolve_tile(loaded.config, (tile, tile), tile)
+        except SegtoolError as err:
+            fail(first_line(err), code=EXIT_USAGE)
     task = PredictTask(
         model_path=model_path,
         device=device.value,

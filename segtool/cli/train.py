@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import shlex
 import signal
@@ -37,7 +38,7 @@ from segtool.cli._common import (
     fail,
     stderr,
 )
-from segtool.errors import SegtoolError
+from segtool.errors import SegtoolError, first_line
 from segtool.inputs import expand_inputs
 from segtool.pairing import Pair, pair_by_stem
 
@@ -131,6 +132,9 @@ def find_pairs(specs: Sequence[str], *, recursive: bool = False) -> list[Pair]:
         specs = [str(root / "images"), str(root / "masks")]
     if len(specs) != 2:
         raise InputError(f"expected IMAGES MASKS (2 arguments) or one folder, got {len(specs)} arguments")
+    for spec in specs:
+        if not Path(spec).expanduser().exists() and not glob.has_magic(spec):
+            raise InputError(f"{spec}: no such file or folder")
     images = expand_inputs([specs[0]], recursive=recursive, kind="image")
     masks = expand_inputs([specs[1]], recursive=recursive, kind="labels")
     for spec, message in images.problems + masks.problems:
@@ -153,12 +157,12 @@ def load_pairs(pairs: Sequence[Pair], *, channel: int | None) -> tuple[list[tupl
         try:
             image = read_image(pair.image, channel=channel).data
         except SegtoolError as err:
-            problems.append(error_line(str(pair.image), _first_line(err)))
+            problems.append(error_line(str(pair.image), first_line(err)))
             continue
         try:
             labels = read_labels(pair.mask).data
         except SegtoolError as err:
-            problems.append(error_line(str(pair.mask), f"not an integer label image: {_first_line(err)}"))
+            problems.append(error_line(str(pair.mask), f"not an integer label image: {first_line(err)}"))
             continue
         if labels.shape != image.shape:
             problems.append(error_line(str(pair.mask), f"mask shape {labels.shape} differs from image shape {image.shape} ({pair.image.name})"))
@@ -175,11 +179,6 @@ class _BadPairs(SegtoolError):
     def __init__(self, lines: list[str]) -> None:
         super().__init__(f"{len(lines)} bad image/mask file(s)")
         self.lines = lines
-
-
-def _first_line(err: BaseException) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
 
 
 def write_log(path: Path, history) -> Path:
@@ -409,7 +408,8 @@ def train(
     resume_state: dict[str, Any] = {}
     with exit_on_error(debug):
         if resume is not None:
-            config, options, resume_state = read_checkpoint_settings(resume)
+            with exit_on_error(debug, where=str(resume)):
+                config, options, resume_state = read_checkpoint_settings(resume)
             options.device = device.value
             ignored = _explicit(ctx, _FIXED_BY_CHECKPOINT)
             if ignored and not quiet:
@@ -602,7 +602,6 @@ def train(
         )
     else:
         print(files["model"])
-
 
 
 def _resume_command(data: Sequence[str], output: Path, checkpoint: Path, from_argv: bool) -> str:

@@ -30,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from segtool.errors import InputError, OutputError
+from segtool.errors import InputError, OutputError, first_line
 
 __all__ = [
     "LazyImage",
@@ -118,7 +118,7 @@ class LazyImage:
             try:
                 return np.array(self._reduce(self._memmap[start:stop]), dtype=self.dtype)
             except (OSError, ValueError) as err:
-                raise InputError(f"cannot read TIFF rows {start}:{stop}: {_one_line(err)}") from err
+                raise InputError(f"cannot read TIFF rows {start}:{stop}: {first_line(err)}") from err
         rows_per_segment = int(self._page.chunks[0])
         out = np.empty((stop - start, width), self.dtype)
         first, last = start // rows_per_segment, (stop - 1) // rows_per_segment
@@ -166,15 +166,10 @@ class LazyImage:
         except InputError:
             raise
         except Exception as err:  # tifffile/imagecodecs raise many types on corrupt data
-            raise InputError(f"cannot decode TIFF rows near {index * seg_h}: {_one_line(err)}") from err
+            raise InputError(f"cannot decode TIFF rows near {index * seg_h}: {first_line(err)}") from err
         reduced = np.ascontiguousarray(self._reduce(block), dtype=self.dtype)
         self._cache[index] = reduced
         return reduced
-
-
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    return text[0] if text and text[0] else type(err).__name__
 
 
 def _calibration(tif, page) -> tuple[tuple[float, float] | None, str | None]:
@@ -213,15 +208,16 @@ def open_lazy(path: str | os.PathLike, *, channel: int | None = None) -> LazyIma
     """
     import tifffile
 
+    from segtool.io import _check_readable_file
+
     path = Path(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
         return None
-    if not path.is_file():
-        raise InputError("no such file" if not path.exists() else "is a directory, not an image file")
+    _check_readable_file(path)  # the same messages as read_image for missing, empty or unreadable files
     try:
         tif = tifffile.TiffFile(path)
     except Exception as err:
-        raise InputError(f"cannot read TIFF (corrupt or truncated?): {_one_line(err)}") from err
+        raise InputError(f"cannot read TIFF (corrupt or truncated?): {first_line(err)}") from err
     try:
         series = tif.series[0] if tif.series else None
         if series is None or len(series.pages) != 1 or series.pages[0] is None:
@@ -256,7 +252,7 @@ def open_lazy(path: str | os.PathLike, *, channel: int | None = None) -> LazyIma
         raise
     except Exception as err:
         tif.close()
-        raise InputError(f"cannot read TIFF (corrupt or truncated?): {_one_line(err)}") from err
+        raise InputError(f"cannot read TIFF (corrupt or truncated?): {first_line(err)}") from err
 
 
 def _iter_row_chunks(read_rows: Callable[[int, int], np.ndarray], height: int, rows: int) -> Iterator[np.ndarray]:
@@ -437,12 +433,6 @@ def _write_tiled(path: Path, tiles: Iterator[np.ndarray], shape, dtype, *, pixel
     return path
 
 
-def _check_output_free(paths: Sequence[Path | None], overwrite: bool) -> None:
-    for path in paths:
-        if path is not None and Path(path).exists() and not overwrite:
-            raise OutputError(f"{path}: output exists; use --overwrite to replace it")
-
-
 def predict_file_in_bands(
     source,
     model,
@@ -499,6 +489,7 @@ def predict_file_in_bands(
     ------
     InputError, ModelError, OutputError
     """
+    from segtool.io import check_output_free
     from segtool.unet.bands import predict_label_bands
     from segtool.unet.predict import resolve_tile
     from segtool.unet.tiling import plan_tiles
@@ -507,7 +498,9 @@ def predict_file_in_bands(
     labels_path = Path(labels_path)
     prob_path = Path(prob_path) if prob_path is not None else None
     overlay_path = Path(overlay_path) if overlay_path is not None else None
-    _check_output_free([labels_path, prob_path, overlay_path], overwrite)
+    for path in (labels_path, prob_path, overlay_path):
+        if path is not None:
+            check_output_free(path, overwrite=overwrite)
     config = model.config
     if config.in_channels != 1:
         from segtool.errors import ModelError
@@ -583,7 +576,7 @@ def predict_file_in_bands(
                 bands.append((band.start, band.labels.shape[0]))
                 n_objects = band.n_objects
         except OSError as err:
-            raise OutputError(f"{folder}: cannot write temporary files: {err.strerror or _one_line(err)}") from err
+            raise OutputError(f"{folder}: cannot write temporary files: {err.strerror or first_line(err)}") from err
 
         label_dtype = np.uint16 if n_objects <= np.iinfo(np.uint16).max else np.uint32
         _write_tiled(

@@ -22,7 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from segtool.errors import InputError, ModelError, SegtoolError
+from segtool.errors import InputError, ModelError, SegtoolError, first_line
 from segtool.unet.config import TrainOptions, UNetConfig
 from segtool.unet.model import UNet, resolve_device
 
@@ -140,7 +140,10 @@ def _torch_load(path: Path, what: str) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  truncated zip, foreign pickle, unreadable file: all mean "not a model"
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        reason = first_line(err)
+        if reason.startswith("Weights only load failed"):
+            # torch's advice here (reload with weights_only=False) would run code from the file: don't relay it.
+            reason = "not a PyTorch file, or one holding more than plain weights"
         raise ModelError(f"not a readable segtool {what} (torch.load failed: {reason[:200]})") from None
 
 
@@ -206,7 +209,7 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Loade
     try:
         net.load_state_dict(payload["state_dict"], strict=True)
     except (RuntimeError, KeyError, TypeError) as err:
-        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        first = first_line(err)
         raise ModelError(f"model file weights do not match its config: {first[:200]}") from None
     if not isinstance(device, torch.device):
         try:
