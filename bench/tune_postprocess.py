@@ -33,7 +33,7 @@ from segtool.unet.modelfile import load_model
 from segtool.unet.predict import predict_image
 
 PROB_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
-SEED_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8)
+SEED_THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
 MIN_SIZES = (10, 20, 30)
 
 
