@@ -33,7 +33,12 @@ from segtool.unet.modelfile import load_model
 from segtool.unet.predict import predict_image
 
 PROB_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
-SEED_THRESHOLDS = (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
+# Seeds: interior probability for three_class (high values keep only nucleus cores, which splits touching
+# nuclei); normalised distance to the border for distance models.
+SEED_THRESHOLDS = {
+    "three_class": (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995),
+    "distance": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+}
 MIN_SIZES = (10, 20, 30)
 
 
@@ -62,7 +67,7 @@ def main() -> None:
     predict_seconds = time.perf_counter() - start
 
     results = []
-    for prob, seed, min_size in itertools.product(PROB_THRESHOLDS, SEED_THRESHOLDS, MIN_SIZES):
+    for prob, seed, min_size in itertools.product(PROB_THRESHOLDS, SEED_THRESHOLDS[target], MIN_SIZES):
         counts = sum(
             match_labels(truth, maps_to_labels(m, target=target, prob_threshold=prob, seed_threshold=seed, min_size=min_size), thresholds=(0.5, 0.7))
             for m, truth in zip(maps, truths)
@@ -71,9 +76,10 @@ def main() -> None:
                         "f1_iou50": float(counts.f1[0]), "ap_iou50": float(counts.ap[0]), "ap_iou70": float(counts.ap[1])})
     results.sort(key=lambda r: (r["ap_iou50"], r["ap_iou70"]), reverse=True)
     best = results[0]
-    default = next(r for r in results if r["prob_threshold"] == 0.5 and r["seed_threshold"] == 0.5 and r["min_size"] == 20)
+    default_seed = 0.5 if target == "three_class" else 0.4
+    default = next(r for r in results if r["prob_threshold"] == 0.5 and r["seed_threshold"] == default_seed and r["min_size"] == 20)
     print(f"validation images: {len(names)}; network maps in {predict_seconds:.1f} s")
-    print("defaults (0.5 / 0.5 / 20):", json.dumps(default))
+    print(f"defaults (0.5 / {default_seed} / 20):", json.dumps(default))
     print("best:", json.dumps(best))
     for row in results[:8]:
         print(json.dumps(row))
