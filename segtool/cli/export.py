@@ -257,22 +257,13 @@ def export(
     if image is not None and not image.exists():
         fail("--image: no such file or folder", where=str(image), code=EXIT_USAGE)
     task = ExportTask(formats=chosen, output_dir=output, overwrite=overwrite, image=image, channel=channel, plane=plane)
-    run_files(
-        labels,
-        task,
-        kind="labels",
-        recursive=recursive,
-        on_error=on_error,
-        skip_existing=skip_existing,
-        overwrite=overwrite,
-        jobs=jobs,
-        json_out=json_out,
-        manifest=manifest,
-        quiet=quiet,
-        debug=debug,
-        columns=[("objects", lambda r: r.figures["objects"])],
-        verb="export",
-    )
+    _run_label_files(labels, task, verb="export", recursive=recursive, on_error=on_error, skip_existing=skip_existing,
+                     overwrite=overwrite, jobs=jobs, json_out=json_out, manifest=manifest, quiet=quiet, debug=debug)
+
+
+def _run_label_files(labels, task, *, verb: str, **batch) -> None:
+    """Run an export-type task over label images with the shared batch options (export and measure)."""
+    run_files(labels, task, kind="labels", columns=[("objects", lambda r: r.figures["objects"])], verb=verb, **batch)
 
 
 SUMMARY_COLUMNS = ("labels", "objects", "mean_area", "median_area", "coverage")
@@ -316,22 +307,9 @@ def measure(
         fail("--image: no such file or folder", where=str(image), code=EXIT_USAGE)
     if not summary:
         task = ExportTask(formats=("csv",), output_dir=output, overwrite=overwrite, image=image, channel=channel, plane=plane)
-        run_files(
-            labels,
-            task,
-            kind="labels",
-            recursive=recursive,
-            on_error=on_error,
-            skip_existing=skip_existing,
-            overwrite=overwrite,
-            jobs=jobs,
-            json_out=json_out,
-            manifest=manifest,
-            quiet=quiet,
-            debug=debug,
-            columns=[("objects", lambda r: r.figures["objects"])],
-            verb="measure",
-        )
+        _run_label_files(labels, task, verb="measure", recursive=recursive, on_error=on_error,
+                         skip_existing=skip_existing, overwrite=overwrite, jobs=jobs, json_out=json_out,
+                         manifest=manifest, quiet=quiet, debug=debug)
     task = ExportTask(formats=("csv",), image=image, channel=channel, plane=plane, summary=True)
     _summary_rows(labels, task, recursive=recursive, on_error=on_error, jobs=jobs, json_out=json_out, quiet=quiet, debug=debug)
 
