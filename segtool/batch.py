@@ -35,6 +35,9 @@ __all__ = [
     "ItemResult",
     "BatchSummary",
     "run_batch",
+    "run_item",
+    "precheck_item",
+    "error_message",
 ]
 
 EXIT_OK = 0  #: every input succeeded or was skipped
@@ -113,15 +116,18 @@ def _existing_outputs(task: Task, path: Path) -> tuple[dict[str, Path], list[Pat
     return planned, [p for p in planned.values() if p.exists()]
 
 
-def _run_one(task: Task, path: Path, debug: bool = False) -> ItemResult:
-    """Run ``task`` on one input, turning every error into a failed result."""
+def run_item(task: Task, path: Path, debug: bool = False) -> ItemResult:
+    """Run ``task`` on one input, turning every error into a failed result.
+
+    This is what each worker runs, in a process pool or on a Dask cluster.
+    """
     start = time.perf_counter()
     try:
         figures = task.run(path) or {}
         outputs = {k: str(v) for k, v in figures.pop("_outputs", task.planned_outputs(path)).items()}
         return ItemResult(str(path), "done", outputs, figures, None, time.perf_counter() - start)
     except SegtoolError as err:
-        return ItemResult(str(path), "failed", error=_message(err), seconds=time.perf_counter() - start)
+        return ItemResult(str(path), "failed", error=error_message(err), seconds=time.perf_counter() - start)
     except MemoryError:
         return ItemResult(str(path), "failed", error="out of memory", seconds=time.perf_counter() - start)
     except Exception as err:  # a bug: keep the batch going, but say so plainly
@@ -136,17 +142,21 @@ def _run_one(task: Task, path: Path, debug: bool = False) -> ItemResult:
         )
 
 
-def _message(err: BaseException) -> str:
+def error_message(err: BaseException) -> str:
+    """First line of an error's message (its type name when empty)."""
     lines = str(err).strip().splitlines()
     return lines[0] if lines else type(err).__name__
 
 
-def _precheck(task: Task, path: Path, *, skip_existing: bool, overwrite: bool) -> ItemResult | None:
-    """Decide before any work whether ``path`` is skipped or must fail on its outputs."""
+def precheck_item(task: Task, path: Path, *, skip_existing: bool, overwrite: bool) -> ItemResult | None:
+    """Decide before any work whether ``path`` is skipped or must fail on its outputs.
+
+    Returns None when the input is to be run.
+    """
     try:
         planned, existing = _existing_outputs(task, path)
     except SegtoolError as err:
-        return ItemResult(str(path), "failed", error=_message(err))
+        return ItemResult(str(path), "failed", error=error_message(err))
     if not planned or not existing or overwrite:
         return None
     if skip_existing and len(existing) == len(planned):
@@ -167,6 +177,7 @@ def run_batch(
     jobs: int = 1,
     on_result: Callable[[ItemResult], None] | None = None,
     debug: bool = False,
+    client: Any = None,
 ) -> BatchSummary:
     """Apply ``task`` to every path and collect what happened.
 
@@ -190,6 +201,9 @@ def run_batch(
         Called with each :class:`ItemResult` as soon as it is known.
     debug : bool, optional
         Let unexpected exceptions propagate with their traceback.
+    client : distributed.Client, optional
+        Run one task per input on this Dask cluster instead (``jobs`` is then
+        ignored); see :mod:`segtool.distributed.folder`.
 
     Returns
     -------
@@ -208,7 +222,14 @@ def run_batch(
             on_result(result)
 
     try:
-        if jobs <= 1 or len(paths) <= 1:
+        if client is not None:
+            from segtool.distributed.folder import run_on_cluster
+
+            run_on_cluster(
+                client, paths, task, record=record, on_error=on_error,
+                skip_existing=skip_existing, overwrite=overwrite, debug=debug,
+            )
+        elif jobs <= 1 or len(paths) <= 1:
             _run_sequential(paths, task, summary, record, on_error, skip_existing, overwrite, debug)
         else:
             _run_parallel(paths, task, summary, record, on_error, skip_existing, overwrite, debug, jobs)
@@ -222,7 +243,7 @@ def run_batch(
 
 def _run_sequential(paths, task, summary, record, on_error, skip_existing, overwrite, debug):
     for path in paths:
-        result = _precheck(task, path, skip_existing=skip_existing, overwrite=overwrite) or _run_one(task, path, debug)
+        result = precheck_item(task, path, skip_existing=skip_existing, overwrite=overwrite) or run_item(task, path, debug)
         record(result)
         if result.status == "failed" and on_error == "stop":
             break
@@ -239,12 +260,12 @@ def _run_parallel(paths, task, summary, record, on_error, skip_existing, overwri
             while (pending_paths and not stop) or running:
                 while pending_paths and not stop and len(running) < 2 * jobs:
                     path = pending_paths.pop(0)
-                    early = _precheck(task, path, skip_existing=skip_existing, overwrite=overwrite)
+                    early = precheck_item(task, path, skip_existing=skip_existing, overwrite=overwrite)
                     if early is not None:
                         record(early)
                         stop = stop or (early.status == "failed" and on_error == "stop")
                         continue
-                    running[pool.submit(_run_one, task, path, debug)] = path
+                    running[pool.submit(run_item, task, path, debug)] = path
                 if not running:
                     continue
                 finished, _ = wait(running, return_when=FIRST_COMPLETED)
@@ -255,7 +276,7 @@ def _run_parallel(paths, task, summary, record, on_error, skip_existing, overwri
                     except Exception as err:  # a worker died (killed, out of memory)
                         if debug:
                             raise
-                        result = ItemResult(str(path), "failed", error=f"worker process failed: {_message(err)}")
+                        result = ItemResult(str(path), "failed", error=f"worker process failed: {error_message(err)}")
                     record(result)
                     stop = stop or (result.status == "failed" and on_error == "stop")
         except KeyboardInterrupt:

@@ -521,14 +521,21 @@ def imagej_rois(polygons: Mapping[int, Sequence[Part]]) -> list:
 
 
 def write_roi_zip(path: str | os.PathLike, rois: Sequence, *, overwrite: bool = False) -> Path:
-    """Write ImageJ ROIs into a zip that Fiji's ROI Manager opens (entries ``<name>.roi``)."""
+    """Write ImageJ ROIs into a zip that Fiji's ROI Manager opens (entries ``<name>.roi``).
+
+    Entries carry a fixed date (1980-01-01, the zip epoch), so the same ROIs
+    always give the same bytes, whenever and wherever they were written.
+    """
     import zipfile
 
     path = Path(path)
     with atomic_output(path, overwrite=overwrite) as temp:
         with zipfile.ZipFile(temp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
             for roi in rois:
-                archive.writestr(f"{roi.name}.roi", roi.tobytes())
+                entry = zipfile.ZipInfo(f"{roi.name}.roi", date_time=(1980, 1, 1, 0, 0, 0))
+                entry.compress_type = zipfile.ZIP_DEFLATED
+                entry.external_attr = 0o644 << 16
+                archive.writestr(entry, roi.tobytes())
     return path
 
 

@@ -51,6 +51,9 @@ __all__ = [
     "Debug",
     "Channel",
     "Plane",
+    "ClusterOpt",
+    "BlockSize",
+    "ZarrOut",
     "expand_specs",
     "run_files",
     "exit_on_error",
@@ -159,6 +162,41 @@ Plane = Annotated[
 ]
 
 
+PANEL_DISTRIBUTED = "Dask cluster (pip install 'segtool[distributed]')"
+
+ClusterOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--cluster",
+        help="Run on Dask: 'local' or 'local:N' (N worker processes on this machine), a scheduler address "
+        "tcp://HOST:PORT, or a scheduler file. One task per image, or per block with --block-size.",
+        rich_help_panel=PANEL_DISTRIBUTED,
+        show_default=False,
+    ),
+]
+BlockSize = Annotated[
+    Optional[int],
+    typer.Option(
+        "--block-size",
+        min=64,
+        help="Big-image mode: read each image lazily and process it in blocks of this many pixels a side on the "
+        "cluster (--cluster, default 'local'); labels are written as tiled BigTIFF, or OME-Zarr with --zarr. "
+        "Zarr inputs need it.",
+        rich_help_panel=PANEL_DISTRIBUTED,
+        show_default=False,
+    ),
+]
+ZarrOut = Annotated[
+    bool,
+    typer.Option(
+        "--zarr",
+        help="Big-image mode: write labels as OME-Zarr (<stem>_labels.ome.zarr, written by the workers in "
+        "parallel) instead of tiled BigTIFF.",
+        rich_help_panel=PANEL_DISTRIBUTED,
+    ),
+]
+
+
 def _read_stdin_lines() -> list[str] | None:
     if sys.stdin is None or sys.stdin.closed:
         return None
@@ -192,6 +230,8 @@ def run_files(
     debug: bool = False,
     columns: Sequence[tuple[str, Callable[[ItemResult], Any]]] = (),
     verb: str = "Processing",
+    cluster: str | None = None,
+    big: bool = False,
 ) -> BatchSummary:
     """Expand ``specs``, run ``task`` on each file, report, and exit with the batch's code.
 
@@ -201,12 +241,18 @@ def run_files(
     Errors go to stderr as ``segtool: error: <file>: <reason>``, progress and
     the final summary too (unless ``quiet``).
 
+    With ``cluster`` (a ``--cluster`` value) the inputs run as one task each on
+    that Dask cluster. With ``big`` (big-image mode) they run one after the
+    other in this process, each spread over the cluster (``local`` when no
+    ``cluster`` is given) block by block.
+
     Raises
     ------
     typer.Exit
         Always, with the batch's exit code.
     """
     on_error = OnError(on_error)
+    spec = _cluster_spec(cluster, big=big, jobs=jobs)
     expanded = expand_specs(specs, recursive=recursive, kind=kind)
     err_console = stderr()
     table_mode = not json_out and sys.stdout.isatty()
@@ -214,6 +260,9 @@ def run_files(
     summary_problems = BatchSummary()
 
     with ExitStack() as stack:
+        client = None
+        if spec is not None and expanded.files:
+            client = _connect(stack, spec, quiet=quiet)
         manifest_file = None
         if manifest is not None:
             try:
@@ -267,6 +316,7 @@ def run_files(
                     jobs=jobs,
                     on_result=emit,
                     debug=debug,
+                    client=None if big else client,
                 )
             except KeyboardInterrupt as interrupt:
                 summary = getattr(interrupt, "summary", BatchSummary())
@@ -283,6 +333,36 @@ def run_files(
     if not expanded.files and not summary_problems.failed:
         fail("no input files given")
     raise typer.Exit(summary.exit_code)
+
+
+def _cluster_spec(cluster: str | None, *, big: bool, jobs: int):
+    """The parsed ``--cluster`` (``local`` for big-image mode without one), or None; exit 2 when unusable."""
+    if cluster is None and not big:
+        return None
+    from segtool.distributed.cluster import parse_cluster, require_distributed
+
+    if jobs > 1:
+        fail("--jobs runs local processes; with --cluster or --block-size give the workers as --cluster local:N", code=EXIT_USAGE)
+    try:
+        require_distributed()
+        return parse_cluster(cluster or "local")
+    except SegtoolError as err:
+        fail(first_line(err), code=EXIT_USAGE)
+
+
+def _connect(stack: ExitStack, spec, *, quiet: bool):
+    """Start or join the cluster for the rest of the command; say where its dashboard is."""
+    from segtool.distributed.cluster import connect, dashboard_link
+
+    try:
+        client = stack.enter_context(connect(spec))
+    except SegtoolError as err:
+        fail(first_line(err), code=EXIT_USAGE)
+    if not quiet:
+        link = dashboard_link(client)
+        where = f"; dashboard {link}" if link else ""
+        print(f"segtool: running on a {spec.describe()}{where}", file=sys.stderr, flush=True)
+    return client
 
 
 def _print_table(rows: list[ItemResult], columns) -> None:

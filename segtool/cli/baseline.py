@@ -11,6 +11,7 @@ import typer
 from segtool.cli._app import app
 from segtool.cli._common import (
     Channel,
+    ClusterOpt,
     Debug,
     Inputs,
     Jobs,
@@ -172,6 +173,7 @@ def baseline(
     manifest: Manifest = None,
     on_error: OnErrorOpt = OnError.skip,
     jobs: Jobs = 1,
+    cluster: ClusterOpt = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -211,6 +213,7 @@ def baseline(
         skip_existing=skip_existing,
         overwrite=overwrite,
         jobs=jobs,
+        cluster=cluster,
         json_out=json_out,
         manifest=manifest,
         quiet=quiet,

@@ -14,6 +14,7 @@ from segtool.batch import EXIT_USAGE, ItemResult, run_batch
 from segtool.cli._app import app
 from segtool.cli._common import (
     Channel,
+    ClusterOpt,
     Debug,
     Inputs,
     Jobs,
@@ -241,6 +242,7 @@ def export(
     manifest: Manifest = None,
     on_error: OnErrorOpt = OnError.skip,
     jobs: Jobs = 1,
+    cluster: ClusterOpt = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -258,7 +260,8 @@ def export(
         fail("--image: no such file or folder", where=str(image), code=EXIT_USAGE)
     task = ExportTask(formats=chosen, output_dir=output, overwrite=overwrite, image=image, channel=channel, plane=plane)
     _run_label_files(labels, task, verb="export", recursive=recursive, on_error=on_error, skip_existing=skip_existing,
-                     overwrite=overwrite, jobs=jobs, json_out=json_out, manifest=manifest, quiet=quiet, debug=debug)
+                     overwrite=overwrite, jobs=jobs, json_out=json_out, manifest=manifest, quiet=quiet, debug=debug,
+                     cluster=cluster)
 
 
 def _run_label_files(labels, task, *, verb: str, **batch) -> None:
@@ -294,6 +297,7 @@ def measure(
     manifest: Manifest = None,
     on_error: OnErrorOpt = OnError.skip,
     jobs: Jobs = 1,
+    cluster: ClusterOpt = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -309,7 +313,9 @@ def measure(
         task = ExportTask(formats=("csv",), output_dir=output, overwrite=overwrite, image=image, channel=channel, plane=plane)
         _run_label_files(labels, task, verb="measure", recursive=recursive, on_error=on_error,
                          skip_existing=skip_existing, overwrite=overwrite, jobs=jobs, json_out=json_out,
-                         manifest=manifest, quiet=quiet, debug=debug)
+                         manifest=manifest, quiet=quiet, debug=debug, cluster=cluster)
+    if cluster is not None:
+        fail("--cluster is not available with --summary (the summary is computed in this process)", code=EXIT_USAGE)
     task = ExportTask(formats=("csv",), image=image, channel=channel, plane=plane, summary=True)
     _summary_rows(labels, task, recursive=recursive, on_error=on_error, jobs=jobs, json_out=json_out, quiet=quiet, debug=debug)
 

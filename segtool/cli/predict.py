@@ -14,6 +14,7 @@ from segtool.batch import EXIT_USAGE
 from segtool.cli._app import app
 from segtool.cli._common import (
     Channel,
+    ClusterOpt,
     Debug,
     Inputs,
     Jobs,
@@ -259,6 +260,7 @@ def predict(
     manifest: Manifest = None,
     on_error: OnErrorOpt = OnError.skip,
     jobs: Jobs = 1,
+    cluster: ClusterOpt = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -273,6 +275,9 @@ def predict(
         fail("give --scale or --diameter, not both", code=EXIT_USAGE)
     if threads is None and jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // jobs)  # parallel images share the cores instead of each taking all
+    if threads is None and cluster is not None and cluster.strip().lower().startswith("local"):
+        workers = cluster.split(":", 1)[1] if ":" in cluster else ""
+        threads = max(1, (os.cpu_count() or 1) // int(workers)) if workers.isdigit() and int(workers) > 0 else 1
     try:
         model_path = model if model is not None else find_packaged_model()
     except SegtoolError as err:
@@ -321,6 +326,7 @@ def predict(
         skip_existing=skip_existing,
         overwrite=overwrite,
         jobs=jobs,
+        cluster=cluster,
         json_out=json_out,
         manifest=manifest,
         quiet=quiet,

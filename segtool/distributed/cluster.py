@@ -1,0 +1,169 @@
+"""Connecting to a Dask cluster from the ``--cluster`` option.
+
+``--cluster`` takes one of:
+
+- ``local`` or ``local:N`` — start a :class:`distributed.LocalCluster` on this
+  machine with N worker processes (default: one per core), one thread each, so
+  N images (or blocks) are processed at once without the workers' PyTorch and
+  BLAS threads fighting over the same cores;
+- ``tcp://HOST:PORT`` (or ``tls://``, ``ucx://``, ``ws://``) — the address of a
+  running ``dask scheduler``, e.g. one started by ``dask-jobqueue`` on Slurm;
+- the path of a scheduler file (``dask scheduler --scheduler-file FILE``),
+  the usual way to meet a scheduler on an HPC site's shared file system.
+
+Dask is an optional dependency (``pip install 'segtool[distributed]'``);
+:func:`require_distributed` turns its absence into a one-line error that says
+how to install it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from segtool.errors import InputError
+
+__all__ = ["ClusterSpec", "parse_cluster", "require_distributed", "connect", "worker_count", "dashboard_link", "INSTALL_HINT"]
+
+INSTALL_HINT = "pip install 'segtool[distributed]'"
+_REMOTE_SCHEMES = ("tcp://", "tls://", "ucx://", "ws://", "wss://", "inproc://")
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    """A parsed ``--cluster`` value.
+
+    Attributes
+    ----------
+    kind : {"local", "address", "scheduler_file"}
+    workers : int or None
+        Worker processes of a local cluster (None: one per core).
+    address : str or None
+        Scheduler address, or the scheduler file's path.
+    """
+
+    kind: str
+    workers: int | None = None
+    address: str | None = None
+
+    def describe(self) -> str:
+        if self.kind == "local":
+            return f"local cluster with {self.workers or _cores()} workers"
+        if self.kind == "scheduler_file":
+            return f"scheduler from {self.address}"
+        return f"scheduler at {self.address}"
+
+
+def parse_cluster(text: str) -> ClusterSpec:
+    """Parse ``local``, ``local:N``, a scheduler address or a scheduler file.
+
+    Raises
+    ------
+    InputError
+        For anything else, naming the accepted forms.
+
+    Examples
+    --------
+    >>> parse_cluster("local:2")
+    ClusterSpec(kind='local', workers=2, address=None)
+    >>> parse_cluster("tcp://10.0.0.5:8786").kind
+    'address'
+    """
+    value = text.strip()
+    lowered = value.lower()
+    if lowered == "local":
+        return ClusterSpec("local")
+    if lowered.startswith("local:"):
+        count = value.split(":", 1)[1]
+        if not count.isdigit() or int(count) < 1:
+            raise InputError(f"--cluster local:N needs a positive number of workers, got {text!r}")
+        return ClusterSpec("local", workers=int(count))
+    if lowered.startswith(_REMOTE_SCHEMES):
+        return ClusterSpec("address", address=value)
+    if value.endswith(".json") or Path(value).is_file():
+        if not Path(value).is_file():
+            raise InputError(f"--cluster: scheduler file not found: {value}")
+        return ClusterSpec("scheduler_file", address=value)
+    raise InputError(
+        f"--cluster must be 'local', 'local:N', a scheduler address like tcp://HOST:8786, or a scheduler file; got {text!r}"
+    )
+
+
+def require_distributed() -> None:
+    """Raise a one-line :class:`InputError` unless dask.distributed can be imported."""
+    try:
+        import dask  # noqa: F401
+        import distributed  # noqa: F401
+    except ImportError:
+        raise InputError(f"this needs Dask, which is not installed: {INSTALL_HINT}") from None
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+@contextmanager
+def connect(spec: ClusterSpec, *, timeout: float = 30.0) -> Iterator[Any]:
+    """Start or join the cluster ``spec`` describes; yield a ``distributed.Client``.
+
+    The client becomes Dask's default scheduler inside the ``with`` block, so
+    dask arrays computed there run on the cluster. A local cluster is shut down
+    on exit; a remote one is only disconnected from.
+
+    Raises
+    ------
+    InputError
+        If Dask is not installed or the scheduler cannot be reached in ``timeout`` seconds.
+    """
+    require_distributed()
+    from distributed import Client, LocalCluster
+
+    cluster = None
+    try:
+        if spec.kind == "local":
+            # One thread per worker process: each task is a whole image or block,
+            # and the workers' torch/BLAS threads would otherwise oversubscribe.
+            cluster = LocalCluster(
+                n_workers=spec.workers or _cores(),
+                threads_per_worker=1,
+                processes=True,
+                dashboard_address=":0",
+                host="127.0.0.1",
+            )
+            client = Client(cluster)
+        elif spec.kind == "scheduler_file":
+            client = Client(scheduler_file=spec.address, timeout=timeout)
+        else:
+            client = Client(spec.address, timeout=timeout)
+    except (OSError, TimeoutError) as err:
+        if cluster is not None:
+            cluster.close()
+        raise InputError(f"cannot reach the Dask scheduler ({spec.describe()}): {err}") from None
+    try:
+        yield client
+    finally:
+        client.close()
+        if cluster is not None:
+            cluster.close()
+
+
+def worker_count(client: Any) -> int:
+    """Worker threads the cluster has now (at least 1)."""
+    threads = client.nthreads()
+    return max(1, sum(threads.values()))
+
+
+def dashboard_link(client: Any) -> str | None:
+    """The dashboard address, or None when the dashboard is not running (bokeh missing)."""
+    try:
+        info = client.scheduler_info()
+        port = info.get("services", {}).get("dashboard")
+    except Exception:  # a scheduler that does not say: no link, no failure
+        return None
+    if not port:
+        return None
+    return client.dashboard_link
