@@ -14,7 +14,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from segtool.io import IMAGE_SUFFIXES
+from segtool.io import IMAGE_SUFFIXES, is_zarr_store
 
 __all__ = [
     "OUTPUT_SUFFIXES",
@@ -28,6 +28,7 @@ __all__ = [
 #: Name endings of every file segtool writes next to an image (see README, "Output names").
 OUTPUT_SUFFIXES = (
     "_labels.tif",
+    "_labels.ome.zarr",
     "_background.tif",
     "_corrected.tif",
     "_prob.tif",
@@ -123,16 +124,16 @@ def expand_inputs(
 
 def _expand_one(spec, recursive, kind, add, found, *, allow_glob):
     path = Path(spec).expanduser()
-    if path.is_dir():
-        pattern = "**/*" if recursive else "*"
-        matches = [p for p in sorted(path.glob(pattern)) if p.is_file() and _is_candidate(p, kind)]
+    if path.is_dir() and not is_zarr_store(path):
+        matches = _folder_images(path, recursive, kind)
         if not matches:
-            found.problems.append((spec, f"folder has no image files ({', '.join(IMAGE_SUFFIXES)})"))
+            endings = ", ".join((*IMAGE_SUFFIXES, ".zarr") if kind == "image" else IMAGE_SUFFIXES)
+            found.problems.append((spec, f"folder has no image files ({endings})"))
         for match in matches:
             add(match)
     elif allow_glob and glob.has_magic(spec) and not path.exists():
         matches = [Path(p) for p in sorted(glob.glob(str(path), recursive=recursive))]
-        matches = [p for p in matches if p.is_file() and _is_candidate(p, kind)]
+        matches = [p for p in matches if (p.is_file() or is_zarr_store(p)) and _is_candidate(p, kind)]
         if not matches:
             found.problems.append((spec, "no image file matches this pattern"))
         for match in matches:
@@ -142,9 +143,24 @@ def _expand_one(spec, recursive, kind, add, found, *, allow_glob):
         add(path)
 
 
+def _folder_images(folder: Path, recursive: bool, kind: str) -> list[Path]:
+    """Image files and Zarr stores in ``folder`` (never looking inside a store), sorted."""
+    found: list[Path] = []
+    for entry in sorted(folder.iterdir()):
+        if entry.name.startswith("."):
+            continue
+        if entry.is_file() or is_zarr_store(entry):
+            if _is_candidate(entry, kind):
+                found.append(entry)
+        elif recursive and entry.is_dir():
+            found.extend(_folder_images(entry, recursive, kind))
+    return found
+
+
 def _is_candidate(path: Path, kind: str) -> bool:
     name = path.name.lower()
-    if name.startswith(".") or not name.endswith(IMAGE_SUFFIXES):
+    zarr = kind == "image" and name.endswith(".zarr")  # labels commands read TIFF/PNG only
+    if name.startswith(".") or not (name.endswith(IMAGE_SUFFIXES) or zarr):
         return False
     skipped = OUTPUT_SUFFIXES if kind == "image" else _NON_LABEL_OUTPUTS
     return not name.endswith(skipped)
@@ -160,7 +176,7 @@ def base_stem(path: Path) -> str:
     """
     name = path.name
     lower = name.lower()
-    for ending in (".ome.tiff", ".ome.tif", *IMAGE_SUFFIXES):
+    for ending in (".ome.tiff", ".ome.tif", ".ome.zarr", ".zarr", *IMAGE_SUFFIXES):
         if lower.endswith(ending):
             return name[: -len(ending)]
     return path.stem

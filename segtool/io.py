@@ -25,6 +25,8 @@ from segtool.errors import InputError, OutputError, first_line
 
 __all__ = [
     "IMAGE_SUFFIXES",
+    "ZARR_MARKERS",
+    "is_zarr_store",
     "MAX_IMAGE_BYTES",
     "Image",
     "read_image",
@@ -164,9 +166,29 @@ def to_label_dtype(labels: np.ndarray) -> np.ndarray:
     return labels.astype(dtype, copy=labels.dtype != dtype)
 
 
+#: Files that mark a folder as a Zarr store (v2 array / group, v3).
+ZARR_MARKERS = (".zarray", ".zgroup", ".zattrs", "zarr.json")
+
+
+def is_zarr_store(path: str | os.PathLike) -> bool:
+    """Whether ``path`` is a Zarr store: a folder named ``*.zarr`` or holding Zarr metadata.
+
+    Examples
+    --------
+    >>> is_zarr_store("no/such/image.zarr")
+    False
+    """
+    path = Path(path)
+    if not path.is_dir():
+        return False
+    return path.suffix.lower() == ".zarr" or any((path / name).is_file() for name in ZARR_MARKERS)
+
+
 def _check_readable_file(path: Path) -> None:
     if not path.exists():
         raise InputError("no such file")
+    if is_zarr_store(path):
+        raise InputError("Zarr images are read block by block: add --block-size N (big-image mode, needs segtool[distributed])")
     if path.is_dir():
         raise InputError("is a directory, not an image file")
     if not os.access(path, os.R_OK):

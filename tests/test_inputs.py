@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from pathlib import Path
 
 import numpy as np
@@ -66,3 +68,33 @@ def test_output_naming():
     assert base_stem(Path("x/img.ome.tif")) == "img"
     assert output_path(Path("x/img.tif"), "_labels.tif") == Path("x/img_labels.tif")
     assert output_path(Path("x/img.png"), "_labels.tif", output_dir=Path("o")) == Path("o/img_labels.tif")
+
+
+def test_zarr_stores_are_images_not_folders(tmp_path):
+    from segtool.inputs import base_stem, expand_inputs
+
+    (tmp_path / "a.zarr").mkdir()
+    (tmp_path / "a.zarr" / "zarr.json").write_text("{}")
+    (tmp_path / "plate").mkdir()  # a store without the .zarr name, known by its metadata
+    (tmp_path / "plate" / ".zattrs").write_text("{}")
+    (tmp_path / "b.tif").write_bytes(b"x")
+    (tmp_path / "b_labels.ome.zarr").mkdir()  # segtool's own big-image output: never an input
+    (tmp_path / "b_labels.ome.zarr" / ".zgroup").write_text("{}")
+    found = expand_inputs([str(tmp_path)])
+    assert [p.name for p in found.files] == ["a.zarr", "b.tif"]  # "plate" has no image name ending
+    assert expand_inputs([str(tmp_path / "plate")]).files == [tmp_path / "plate"]  # named: taken as given
+    # Label-reading commands (export, evaluate) read TIFF/PNG: stores are not picked up from folders.
+    assert [p.name for p in expand_inputs([str(tmp_path)], kind="labels").files] == ["b.tif"]
+    assert base_stem(tmp_path / "img.ome.zarr") == "img" and base_stem(tmp_path / "img.zarr") == "img"
+
+
+def test_reading_a_zarr_store_in_memory_points_to_block_mode(tmp_path):
+    from segtool.errors import InputError
+    from segtool.io import read_image
+
+    (tmp_path / "a.zarr").mkdir()
+    with pytest.raises(InputError, match="add --block-size"):
+        read_image(tmp_path / "a.zarr")
+    (tmp_path / "folder").mkdir()
+    with pytest.raises(InputError, match="is a directory"):
+        read_image(tmp_path / "folder")
