@@ -26,7 +26,9 @@ from segtool.background import (
     _correct_rows,
     _evaluate_at,
     _finite_range,
-    _fit,
+    _fit_grid,
+    _fit_steps,
+    _fitting_grid,
     _grid_residuals,
     fit_background,
     subtract_background,
@@ -191,16 +193,8 @@ def segment_baseline(
     min_size = _check_count(min_size, "min_size")
     smooth = _check_sigma(smooth)
 
-    robust = bool(robust)
-    if polarity == "auto":
-        # Fit with both tails left out, then read the polarity off the skewness of
-        # the residuals on the fitting grid, and refit for that side.
-        fit = _fit(data, degree, robust=robust, mask=None, side="auto")
-        polarity = "bright" if _skewness(_grid_residuals(data, fit)) >= 0 else "dark"
-        if robust:
-            fit = _fit(data, degree, robust=True, mask=None, side=polarity)
-    else:
-        fit = _fit(data, degree, robust=robust, mask=None, side=polarity)
+    grid = _fitting_grid(data, _fit_steps(*data.shape))
+    fit, polarity = _fit_polarity(grid, data.shape, degree, robust=bool(robust), polarity=polarity)
 
     # When the threshold is known before the image is corrected (a number, or a
     # method applied to a subsample of a large image), the comparison is done in
@@ -210,7 +204,7 @@ def segment_baseline(
         if not isinstance(method, str):
             level = method
         elif data.size > _THRESHOLD_PIXELS:
-            level = _grid_threshold(data, fit, method, polarity)
+            level = _grid_threshold(_threshold_grid(data), fit, method, polarity)
     foreground = None if level is None else np.empty(data.shape, dtype=bool)
     background = np.empty(data.shape, dtype=np.float32)
     corrected = np.empty(data.shape, dtype=np.float32)
@@ -252,21 +246,43 @@ def segment_baseline(
 
 
 
+def _fit_polarity(
+    grid: Any, shape: tuple[int, int], degree: int, *, robust: bool, polarity: str
+) -> tuple[BackgroundFit, str]:
+    """Background fit from the fitting grid of an image of ``shape``, and the polarity ("auto" resolved)."""
+    if polarity == "auto":
+        # Fit with both tails left out, then read the polarity off the skewness of
+        # the residuals on the fitting grid, and refit for that side.
+        fit = _fit_grid(grid, shape, degree, robust=robust, allowed=None, side="auto")
+        polarity = "bright" if _skewness(_grid_residuals(grid, fit)) >= 0 else "dark"
+        if robust:
+            fit = _fit_grid(grid, shape, degree, robust=True, allowed=None, side=polarity)
+        return fit, polarity
+    return _fit_grid(grid, shape, degree, robust=robust, allowed=None, side=polarity), polarity
+
+
 # --------------------------------------------------------------------- threshold
 
 
-def _grid_threshold(data: np.ndarray, fit: BackgroundFit, method: str, polarity: str) -> float | None:
+def _threshold_grid(values: Any) -> Any:
+    """Regular subsample (every s-th row and column) of about _THRESHOLD_PIXELS pixels."""
+    s = math.ceil(math.sqrt(values.size / _THRESHOLD_PIXELS))
+    return values[s // 2 :: s, s // 2 :: s]
+
+
+def _grid_threshold(raw: np.ndarray, fit: BackgroundFit, method: str, polarity: str) -> float | None:
     """Automatic threshold from a regular subsample of a large corrected image.
 
+    ``raw`` is ``_threshold_grid(image)`` of the image ``fit`` was fitted to.
     The subsample is corrected with the same float32 arithmetic as the full
     image, so it holds the values the full image will have there. Returns None
     when the subsample is flat (it may miss a few small objects), so the caller
     falls back to the full image.
     """
-    height, width = data.shape
-    s = math.ceil(math.sqrt(data.size / _THRESHOLD_PIXELS))
+    height, width = fit.shape
+    s = math.ceil(math.sqrt(height * width / _THRESHOLD_PIXELS))
     rows, cols = np.arange(s // 2, height, s), np.arange(s // 2, width, s)
-    raw = data[s // 2 :: s, s // 2 :: s]
+    raw = np.asarray(raw)
     sample = np.empty(raw.shape, dtype=np.float32)
     _evaluate_at(fit.coefficients, (height, width), rows, cols, sample)
     np.subtract(raw, sample, out=sample, dtype=np.float32, casting="unsafe")
@@ -282,16 +298,19 @@ def _threshold_level(values: np.ndarray, method: str | float, polarity: str, *, 
         return float(method)
     sample = values
     if values.size > _THRESHOLD_PIXELS:
-        s = math.ceil(math.sqrt(values.size / _THRESHOLD_PIXELS))
-        sample = values[s // 2 :: s, s // 2 :: s]
+        sample = _threshold_grid(values)
         if _is_flat(sample, scale):
             sample = values  # the subsample may miss a few small objects
-    if _is_flat(sample, scale):
-        # Nothing but float rounding left after subtracting the background.
+    _check_not_flat(sample, scale)
+    return _apply_method(sample, method, polarity)
+
+
+def _check_not_flat(values: np.ndarray, scale: float) -> None:
+    """InputError when ``values`` hold nothing but float rounding left after subtracting the background."""
+    if _is_flat(values, scale):
         raise InputError(
             "image is only smooth background (constant after background subtraction): nothing to threshold"
         )
-    return _apply_method(sample, method, polarity)
 
 
 def _is_flat(values: np.ndarray, scale: float) -> bool:

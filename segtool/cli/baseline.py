@@ -10,6 +10,7 @@ import typer
 
 from segtool.cli._app import app
 from segtool.cli._common import (
+    BlockSize,
     Channel,
     ClusterOpt,
     Debug,
@@ -25,6 +26,7 @@ from segtool.cli._common import (
     Quiet,
     Recursive,
     SkipExisting,
+    ZarrOut,
     fail,
     run_files,
 )
@@ -35,6 +37,10 @@ from segtool.io import read_image, write_float, write_labels, write_png
 PANEL_METHOD = "Method"
 PANEL_EXTRA = "Extra outputs"
 THRESHOLD_METHODS = ("otsu", "li", "triangle", "yen")
+_COLUMNS = [
+    ("objects", lambda r: r.figures["objects"]),
+    ("threshold", lambda r: f"{r.figures['threshold']:.4g}"),
+]
 
 
 def parse_threshold(text: str) -> str | float:
@@ -174,6 +180,8 @@ def baseline(
     on_error: OnErrorOpt = OnError.skip,
     jobs: Jobs = 1,
     cluster: ClusterOpt = None,
+    block_size: BlockSize = None,
+    zarr: ZarrOut = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -187,17 +195,34 @@ def baseline(
         threshold_value = parse_threshold(threshold)
     except InputError as err:
         fail(str(err), code=2)
+    method = {
+        "degree": degree,
+        "robust": robust,
+        "polarity": polarity,
+        "threshold": threshold_value,
+        "min_size": min_size,
+        "fill_holes": fill_holes,
+        "smooth": smooth,
+        "split": split,
+    }
+    if block_size is not None:
+        extras = [name for name, on in (("--save-background", save_background), ("--save-corrected", save_corrected),
+                                        ("--save-overlay", save_overlay)) if on]
+        if extras:
+            fail(f"{', '.join(extras)}: not available in big-image mode (--block-size)", code=2)
+        from segtool.distributed.big_tasks import BigBaselineTask
+
+        big_task = BigBaselineTask(block_size=block_size, zarr=zarr, output_dir=output, overwrite=overwrite,
+                                   options=method, channel=channel, plane=plane)
+        run_files(images, big_task, kind="image", recursive=recursive, on_error=on_error, skip_existing=skip_existing,
+                  overwrite=overwrite, jobs=jobs, cluster=cluster, big=True, json_out=json_out, manifest=manifest,
+                  quiet=quiet, debug=debug, columns=_COLUMNS, verb="baseline")
+    if zarr:
+        fail("--zarr writes big-image mode's labels: add --block-size N", code=2)
     task = BaselineTask(
         output_dir=output,
         overwrite=overwrite,
-        degree=degree,
-        robust=robust,
-        polarity=polarity,
-        threshold=threshold_value,
-        min_size=min_size,
-        fill_holes=fill_holes,
-        smooth=smooth,
-        split=split,
+        **method,
         save_background=save_background,
         save_corrected=save_corrected,
         save_overlay=save_overlay,
@@ -218,9 +243,6 @@ def baseline(
         manifest=manifest,
         quiet=quiet,
         debug=debug,
-        columns=[
-            ("objects", lambda r: r.figures["objects"]),
-            ("threshold", lambda r: f"{r.figures['threshold']:.4g}"),
-        ],
+        columns=_COLUMNS,
         verb="baseline",
     )

@@ -13,6 +13,7 @@ import typer
 from segtool.batch import EXIT_USAGE
 from segtool.cli._app import app
 from segtool.cli._common import (
+    BlockSize,
     Channel,
     ClusterOpt,
     Debug,
@@ -28,6 +29,7 @@ from segtool.cli._common import (
     Quiet,
     Recursive,
     SkipExisting,
+    ZarrOut,
     fail,
     run_files,
 )
@@ -39,6 +41,11 @@ PANEL_TILING = "Tiling"
 PANEL_POST = "Objects"
 PANEL_EXTRA = "Extra outputs"
 PANEL_LARGE = "Large images"
+
+_COLUMNS = [
+    ("objects", lambda r: r.figures["objects"]),
+    ("tiles", lambda r: r.figures["tiles"]),
+]
 
 #: Images with more pixels than this are predicted band by band unless --no-bands.
 BAND_PIXELS = 4096 * 4096
@@ -261,6 +268,8 @@ def predict(
     on_error: OnErrorOpt = OnError.skip,
     jobs: Jobs = 1,
     cluster: ClusterOpt = None,
+    block_size: BlockSize = None,
+    zarr: ZarrOut = False,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -275,8 +284,12 @@ def predict(
         fail("give --scale or --diameter, not both", code=EXIT_USAGE)
     if threads is None and jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // jobs)  # parallel images share the cores instead of each taking all
-    if threads is None and cluster is not None and cluster.strip().lower().startswith("local"):
-        workers = cluster.split(":", 1)[1] if ":" in cluster else ""
+    if threads is None and (block_size is not None and cluster is None):
+        cluster_text = "local"
+    else:
+        cluster_text = cluster or ""
+    if threads is None and cluster_text.strip().lower().startswith("local"):
+        workers = cluster_text.split(":", 1)[1] if ":" in cluster_text else ""
         threads = max(1, (os.cpu_count() or 1) // int(workers)) if workers.isdigit() and int(workers) > 0 else 1
     try:
         model_path = model if model is not None else find_packaged_model()
@@ -294,6 +307,23 @@ def predict(
             resolve_tile(loaded.config, (tile, tile), tile)
         except SegtoolError as err:
             fail(first_line(err), code=EXIT_USAGE)
+    if block_size is not None:
+        refused = [name for name, on in (("--save-prob", save_prob), ("--save-overlay", save_overlay),
+                                         ("--scale/--diameter", factor != 1.0), ("--bands", bool(bands))) if on]
+        if refused:
+            fail(f"{', '.join(refused)}: not available in big-image mode (--block-size)", code=EXIT_USAGE)
+        from segtool.distributed.big_tasks import BigPredictTask
+
+        options = {"tile": tile, "overlap": overlap, "batch_size": batch_size, "tta": tta,
+                   "prob_threshold": prob_threshold, "min_size": min_size, "seed_threshold": seed_threshold}
+        big_task = BigPredictTask(model_path=model_path, block_size=block_size, halo=halo, zarr=zarr, output_dir=output,
+                                  overwrite=overwrite, options=options, device=device.value, threads=threads,
+                                  channel=channel, plane=plane)
+        run_files(images, big_task, kind="image", recursive=recursive, on_error=on_error, skip_existing=skip_existing,
+                  overwrite=overwrite, jobs=jobs, cluster=cluster, big=True, json_out=json_out, manifest=manifest,
+                  quiet=quiet, debug=debug, columns=_COLUMNS, verb="predict")
+    if zarr:
+        fail("--zarr writes big-image mode's labels: add --block-size N", code=EXIT_USAGE)
     task = PredictTask(
         model_path=model_path,
         device=device.value,
@@ -331,9 +361,6 @@ def predict(
         manifest=manifest,
         quiet=quiet,
         debug=debug,
-        columns=[
-            ("objects", lambda r: r.figures["objects"]),
-            ("tiles", lambda r: r.figures["tiles"]),
-        ],
+        columns=_COLUMNS,
         verb="predict",
     )

@@ -52,7 +52,8 @@ class ClusterSpec:
 
     def describe(self) -> str:
         if self.kind == "local":
-            return f"local cluster with {self.workers or _cores()} workers"
+            count = self.workers or _cores()
+            return f"local cluster with {count} worker{'s' if count != 1 else ''}"
         if self.kind == "scheduler_file":
             return f"scheduler from {self.address}"
         return f"scheduler at {self.address}"
