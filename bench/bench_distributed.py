@@ -22,6 +22,11 @@ client process (the segtool command itself, ``ru_maxrss`` of the child). For
 reference the in-memory baseline (one process, no Dask) runs on the same file.
 ``--big-predict`` does the same for ``segtool predict`` (much slower).
 
+**Scheduler round trip** (``--noop``, default 2000). That many no-op tasks
+go through a 2-worker local cluster the way folder mode submits images (a
+window of in-flight futures, results gathered as they complete): the time per
+task is the fixed cost Dask adds to every image, whatever the image.
+
 Run::
 
     python bench/bench_distributed.py --rounds 3 --big-size 0
@@ -169,6 +174,32 @@ def bench_big(work: Path, size: int, blocks: list[int], command: str) -> list[di
     return rows
 
 
+def _noop(x):
+    return x
+
+
+def bench_noop(count: int) -> dict:
+    from distributed import Client, LocalCluster, as_completed
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
+                      host="127.0.0.1") as cluster, Client(cluster) as client:
+        client.submit(_noop, -1).result()  # warm up: the workers import the function's module
+        start = time.perf_counter()
+        pending = iter(range(count))
+        window = as_completed()
+        for i in range(8):
+            window.add(client.submit(_noop, next(pending), pure=False))
+        done = 0
+        for future in window:
+            future.result()
+            done += 1
+            nxt = next(pending, None)
+            if nxt is not None:
+                window.add(client.submit(_noop, nxt, pure=False))
+        seconds = time.perf_counter() - start
+    return {"noop_tasks": count, "seconds": round(seconds, 3), "ms_per_task": round(1000 * seconds / count, 3)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=200, help="folder size (0: skip folder mode)")
@@ -177,6 +208,7 @@ def main() -> None:
     parser.add_argument("--big-size", type=int, default=16384, help="big image side (0: skip)")
     parser.add_argument("--blocks", type=int, nargs="+", default=[1024, 2048, 4096])
     parser.add_argument("--big-predict", action="store_true", help="big-image mode with predict instead of baseline")
+    parser.add_argument("--noop", type=int, default=2000, help="no-op tasks for the round-trip cost (0: skip)")
     parser.add_argument("--work", type=Path, default=None, help="scratch folder (default: a temp folder)")
     args = parser.parse_args()
 
@@ -184,6 +216,9 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     report: dict = {"cpus": os.cpu_count()}
     try:
+        if args.noop:
+            report["noop"] = bench_noop(args.noop)
+            print(json.dumps(report["noop"]), flush=True)
         if args.images:
             report["folder"] = bench_folder(work, args.images, args.rounds, args.command)
             print(json.dumps(report["folder"]), flush=True)

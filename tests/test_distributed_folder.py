@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -67,16 +68,24 @@ def test_parse_cluster_accepts_documented_forms(text, expected):
 
 def test_parse_cluster_scheduler_file(tmp_path):
     path = tmp_path / "scheduler.json"
-    path.write_text("{}")
+    path.write_text('{"type": "Scheduler", "address": "tcp://127.0.0.1:8786"}')
     assert parse_cluster(str(path)) == ClusterSpec("scheduler_file", address=str(path))
     with pytest.raises(InputError, match="scheduler file not found"):
         parse_cluster(str(tmp_path / "missing.json"))
 
 
-@pytest.mark.parametrize("text", ["local:0", "local:x", "bogus", "8786", ""])
+@pytest.mark.parametrize("text", ["local:0", "local:x", "bogus", "8786", "", "tcp://nohost", "tcp://:8786", "tcp://h:port"])
 def test_parse_cluster_rejects_other_values(text):
     with pytest.raises(InputError, match="--cluster"):
         parse_cluster(text)
+
+
+@pytest.mark.parametrize("content", ["{}", "not json", '{"address": ""}'])
+def test_parse_cluster_rejects_files_that_are_not_scheduler_files(tmp_path, content):
+    path = tmp_path / "scheduler.json"
+    path.write_text(content)
+    with pytest.raises(InputError, match="not a Dask scheduler file"):
+        parse_cluster(str(path))
 
 
 def test_unreachable_scheduler_is_one_line_error():
@@ -111,6 +120,56 @@ def test_bad_cluster_options_exit_2(tmp_path, sample_images, extra, message):
 
 
 # ------------------------------------------------------------------ folder mode on a local cluster
+
+
+@dataclass(frozen=True)
+class _DiesOnce:
+    """Writes <stem>.out per input; the input named ``bomb`` kills its worker process the first time."""
+
+    output_dir: Path
+    marker: Path
+
+    def planned_outputs(self, path: Path) -> dict[str, Path]:
+        return {"out": self.output_dir / f"{path.stem}.out"}
+
+    def run(self, path: Path) -> dict:
+        if path.stem == "bomb" and not self.marker.exists():
+            self.marker.touch()
+            os._exit(1)  # the worker process dies mid-task, as on a segfault or the OOM killer
+        self.output_dir.mkdir(exist_ok=True)
+        self.planned_outputs(path)["out"].write_text(path.read_text())
+        return {"pid": os.getpid()}
+
+
+def test_a_worker_dying_mid_task_loses_nothing_even_on_one_worker(tmp_path):
+    from distributed import Client, LocalCluster
+
+    from segtool.batch import run_batch
+
+    inputs = []
+    for name in ["a", "bomb", "c", "d", "e"]:
+        (tmp_path / f"{name}.txt").write_text(name)
+        inputs.append(tmp_path / f"{name}.txt")
+    task = _DiesOnce(tmp_path / "out", tmp_path / "died")
+    # One worker, restarted by its nanny: the replacement must get the task again.
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
+                      host="127.0.0.1") as cluster, Client(cluster) as client:
+        summary = run_batch(inputs, task, client=client)
+    # The bomb really took its worker down, and its task was re-run (done, with its output) on the replacement.
+    assert (tmp_path / "died").exists()
+    assert [r.status for r in summary.results].count("done") == 5, [r.error for r in summary.results]
+    assert sorted(p.read_text() for p in (tmp_path / "out").iterdir()) == ["a", "bomb", "c", "d", "e"]
+
+
+def test_relative_paths_reach_workers_as_absolute_paths(tmp_path, sample_images):
+    _copies(tmp_path, sample_images, 2)
+    proc = subprocess.run([*SEGTOOL, "baseline", "in", "-o", "out", "--json", "--cluster", "local:1"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr
+    records = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert sorted(r["input"] for r in records) == ["in/img000.tif", "in/img001.tif"]  # reported as typed
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["img000_labels.tif", "img001_labels.tif"]
+    assert all(Path(r["outputs"]["labels"]).parent == tmp_path / "out" for r in records)
 
 
 def test_baseline_on_local_cluster_equals_in_process_run(tmp_path, sample_images):
@@ -240,8 +299,8 @@ def test_real_scheduler_survives_a_killed_worker(tmp_path, sample_images):
         assert run.returncode == 0, stderr
         records = [json.loads(line) for line in stdout.splitlines()]
         assert len(records) == 40 and {r["status"] for r in records} == {"done"}
-        assert victim.poll() is not None  # the worker really died mid-run
-        assert _worker_count(scheduler_file) == 1
+        assert _worker_count(scheduler_file) == 1  # the killed worker is gone for good (no nanny)
+        assert "Remove worker" in (tmp_path / "scheduler.log").read_text()
     finally:
         for process in processes:
             if process.poll() is None:

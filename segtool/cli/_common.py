@@ -169,7 +169,7 @@ ClusterOpt = Annotated[
     typer.Option(
         "--cluster",
         help="Run on Dask: 'local' or 'local:N' (N worker processes on this machine), a scheduler address "
-        "tcp://HOST:PORT, or a scheduler file. One task per image, or per block with --block-size.",
+        "tcp://HOST:PORT, or a scheduler file. One task per image (baseline and predict: per block with --block-size).",
         rich_help_panel=PANEL_DISTRIBUTED,
         show_default=False,
     ),
@@ -252,7 +252,7 @@ def run_files(
         Always, with the batch's exit code.
     """
     on_error = OnError(on_error)
-    spec = _cluster_spec(cluster, big=big, jobs=jobs)
+    cluster_spec = _cluster_spec(cluster, big=big, jobs=jobs)
     expanded = expand_specs(specs, recursive=recursive, kind=kind)
     err_console = stderr()
     table_mode = not json_out and sys.stdout.isatty()
@@ -261,8 +261,8 @@ def run_files(
 
     with ExitStack() as stack:
         client = None
-        if spec is not None and expanded.files:
-            client = _connect(stack, spec, quiet=quiet)
+        if cluster_spec is not None and expanded.files:
+            client = _connect(stack, cluster_spec, quiet=quiet)
         manifest_file = None
         if manifest is not None:
             try:
@@ -358,6 +358,9 @@ def _connect(stack: ExitStack, spec, *, quiet: bool):
         client = stack.enter_context(connect(spec))
     except SegtoolError as err:
         fail(first_line(err), code=EXIT_USAGE)
+    except KeyboardInterrupt:
+        print("segtool: interrupted while connecting to the cluster", file=sys.stderr, flush=True)
+        raise typer.Exit(EXIT_INTERRUPTED) from None
     if not quiet:
         link = dashboard_link(client)
         where = f"; dashboard {link}" if link else ""

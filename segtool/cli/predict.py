@@ -60,7 +60,7 @@ class Device(str, Enum):
 
 @dataclass
 class PredictTask:
-    """Per-file work of ``segtool predict`` (picklable for ``--jobs``: the model is reloaded per process)."""
+    """Per-file work of ``segtool predict`` (picklable for ``--jobs``/``--cluster``: each process loads the model once)."""
 
     model_path: Path
     device: str
@@ -92,7 +92,11 @@ class PredictTask:
     def model(self):
         """The loaded, inference-prepared model (loaded on first use in each process)."""
         if self._model is None:
-            self._model = load_prepared(self.model_path, device=self.device, threads=self.threads)
+            from segtool.unet.predict import load_for_inference_cached
+
+            # Cached per process: worker processes get the task without the model,
+            # once per image, and must not reload the file for every image.
+            self._model = load_for_inference_cached(self.model_path, device=self.device, threads=self.threads)
         return self._model
 
     def planned_outputs(self, path: Path) -> dict[str, Path]:
@@ -173,16 +177,9 @@ class PredictTask:
 
 def load_prepared(model_path: Path, *, device: str = "auto", threads: int | None = None):
     """Load a model file and prepare its network for inference (threads set for this process)."""
-    import torch
+    from segtool.unet.predict import load_for_inference
 
-    from segtool.unet.modelfile import load_model
-    from segtool.unet.predict import prepare_for_inference
-
-    if threads:
-        torch.set_num_threads(threads)
-    model = load_model(model_path, device=device)
-    model.net = prepare_for_inference(model.net)
-    return model
+    return load_for_inference(model_path, device=device, threads=threads)
 
 
 @app.command(rich_help_panel="Segment")
@@ -256,7 +253,7 @@ def predict(
         Optional[int], typer.Option("--band-rows", min=16, help="Rows per band (default: from the image width).", rich_help_panel=PANEL_LARGE)
     ] = None,
     halo: Annotated[
-        int, typer.Option("--halo", min=0, help="Context rows around each band; objects up to 4x this tall are never cut.", rich_help_panel=PANEL_LARGE)
+        int, typer.Option("--halo", min=0, help="Context around each band (rows) or block (pixels, --block-size); objects up to 4x this tall are never cut by a band, objects under half of it are never cut by a block.", rich_help_panel=PANEL_LARGE)
     ] = 128,
     channel: Channel = None,
     plane: Plane = None,
@@ -284,13 +281,13 @@ def predict(
         fail("give --scale or --diameter, not both", code=EXIT_USAGE)
     if threads is None and jobs > 1:
         threads = max(1, (os.cpu_count() or 1) // jobs)  # parallel images share the cores instead of each taking all
-    if threads is None and (block_size is not None and cluster is None):
-        cluster_text = "local"
-    else:
-        cluster_text = cluster or ""
-    if threads is None and cluster_text.strip().lower().startswith("local"):
-        workers = cluster_text.split(":", 1)[1] if ":" in cluster_text else ""
-        threads = max(1, (os.cpu_count() or 1) // int(workers)) if workers.isdigit() and int(workers) > 0 else 1
+    if threads is None and (cluster is not None or block_size is not None):
+        from segtool.distributed.cluster import parse_cluster, threads_per_local_worker
+
+        try:  # the workers of a local cluster share this machine's cores
+            threads = threads_per_local_worker(parse_cluster(cluster or "local"))
+        except SegtoolError:
+            pass  # run_files reports a bad --cluster value (exit 2)
     try:
         model_path = model if model is not None else find_packaged_model()
     except SegtoolError as err:
@@ -308,6 +305,9 @@ def predict(
         except SegtoolError as err:
             fail(first_line(err), code=EXIT_USAGE)
     if block_size is not None:
+        tile_side = tile if tile is not None else int(loaded.config.patch_size)
+        if block_size < tile_side:
+            fail(f"--block-size ({block_size}) must be at least the tile size ({tile_side}; see --tile)", code=EXIT_USAGE)
         refused = [name for name, on in (("--save-prob", save_prob), ("--save-overlay", save_overlay),
                                          ("--scale/--diameter", factor != 1.0), ("--bands", bool(bands))) if on]
         if refused:

@@ -63,9 +63,7 @@ process loads it once (:func:`_load_model`).
 
 from __future__ import annotations
 
-import functools
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,26 +195,16 @@ def _percentiles_from_counts(counts: np.ndarray, lowest: int, q: np.ndarray) -> 
 # --------------------------------------------------------------------------- per-block segmentation
 
 
-@functools.lru_cache(maxsize=2)
-def _load_model(path: str, mtime_ns: int, device: str, threads: int | None):
-    """The inference-prepared model of a file, loaded once per process.
+def _load_model(path: str, device: str, threads: int | None):
+    """The inference-prepared model, loaded once per worker process.
 
-    A cache, not a task argument: torch modules are not shipped through the
-    task graph (they are large to pickle and not always picklable), so each
-    worker process loads the file itself, once for all its blocks. Models are
-    a few MB, so two entries cost little; the file's modification time is in
-    the key so a rewritten model file is reloaded.
+    Torch modules are not shipped through the task graph (large to pickle,
+    not always picklable): each worker loads the file itself, once for all its
+    blocks (:func:`segtool.unet.predict.load_for_inference_cached`).
     """
-    import torch
+    from segtool.unet.predict import load_for_inference_cached
 
-    from segtool.unet.modelfile import load_model
-    from segtool.unet.predict import prepare_for_inference
-
-    if threads:
-        torch.set_num_threads(int(threads))
-    model = load_model(path, device=device)
-    model.net = prepare_for_inference(model.net)
-    return model
+    return load_for_inference_cached(path, device=device, threads=threads)
 
 
 @dataclass(frozen=True)
@@ -269,7 +257,6 @@ class _UNetSegmenter:
     """Picklable ``(normalised region, plan) -> window labels``: a model path and options, no torch objects."""
 
     model_path: str
-    mtime_ns: int
     device: str
     threads: int | None
     tile: tuple[int, int]
@@ -282,7 +269,7 @@ class _UNetSegmenter:
         from segtool.unet.predict import make_predictor
         from segtool.unet.tiling import _pad_reflect
 
-        model = _load_model(self.model_path, self.mtime_ns, self.device, self.threads)
+        model = _load_model(self.model_path, self.device, self.threads)
         config = model.config
         data = _pad_reflect(normalized[np.newaxis], list(plan.pad))
         predictor = make_predictor(model.net, config.target, tta=self.tta)
@@ -670,7 +657,6 @@ def predict_blocks(
 
     segmenter = _UNetSegmenter(
         model_path=str(model_path.resolve()),
-        mtime_ns=os.stat(model_path).st_mtime_ns,
         device=str(device),
         threads=None if threads is None else _check_int(threads, "threads", 1),
         tile=tile_hw,

@@ -14,11 +14,13 @@ parallelism is inside each image, across its blocks.
 
 from __future__ import annotations
 
+import functools
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from segtool.errors import SegtoolError
 from segtool.inputs import output_path
 
 __all__ = ["BigBaselineTask", "BigPredictTask", "labels_suffix"]
@@ -27,6 +29,25 @@ __all__ = ["BigBaselineTask", "BigPredictTask", "labels_suffix"]
 def labels_suffix(zarr: bool) -> str:
     """Name ending of the labels written in big-image mode."""
     return "_labels.ome.zarr" if zarr else "_labels.tif"
+
+
+def _one_line_when_a_worker_dies(run):
+    """Turn Dask's "worker lost" errors in ``run`` into a one-line SegtoolError (not "a bug in segtool")."""
+
+    @functools.wraps(run)
+    def guarded(self, path: Path) -> dict[str, Any]:
+        try:
+            return run(self, path)
+        except Exception as err:
+            name = type(err).__name__
+            if name not in ("KilledWorker", "CommClosedError", "FutureCancelledError"):
+                raise
+            raise SegtoolError(
+                f"a Dask worker died while processing this image's blocks ({name}; often out of memory): "
+                "try a smaller --block-size or fewer workers per machine"
+            ) from None
+
+    return guarded
 
 
 def _write(path: Path, labels, *, n_objects: int, image, zarr: bool, overwrite: bool) -> None:
@@ -51,6 +72,7 @@ class BigBaselineTask:
     def planned_outputs(self, path: Path) -> dict[str, Path]:
         return {"labels": output_path(path, labels_suffix(self.zarr), output_dir=self.output_dir)}
 
+    @_one_line_when_a_worker_dies
     def run(self, path: Path) -> dict[str, Any]:
         from segtool.distributed.big_baseline import segment_baseline_blocks
         from segtool.distributed.blockio import open_blocks
@@ -90,6 +112,7 @@ class BigPredictTask:
     def planned_outputs(self, path: Path) -> dict[str, Path]:
         return {"labels": output_path(path, labels_suffix(self.zarr), output_dir=self.output_dir)}
 
+    @_one_line_when_a_worker_dies
     def run(self, path: Path) -> dict[str, Any]:
         from segtool.distributed.big_predict import predict_blocks
         from segtool.distributed.blockio import open_blocks

@@ -18,19 +18,32 @@ how to install it.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segtool.errors import InputError
+from segtool.errors import InputError, first_line
 
-__all__ = ["ClusterSpec", "parse_cluster", "require_distributed", "connect", "worker_count", "dashboard_link", "INSTALL_HINT"]
+__all__ = [
+    "ClusterSpec",
+    "parse_cluster",
+    "require_distributed",
+    "connect",
+    "worker_count",
+    "dashboard_link",
+    "threads_per_local_worker",
+    "INSTALL_HINT",
+]
 
 INSTALL_HINT = "pip install 'segtool[distributed]'"
-_REMOTE_SCHEMES = ("tcp://", "tls://", "ucx://", "ws://", "wss://", "inproc://")
+_REMOTE_SCHEMES = ("tcp://", "tls://", "ucx://", "ws://", "wss://")
+# scheme://host:port, the host a name, IPv4 or [IPv6] address.
+_ADDRESS = re.compile(r"^[a-z]+://(\[[0-9a-fA-F:.]+\]|[^\s/:\[\]]+):(\d{1,5})/?$")
 
 
 @dataclass(frozen=True)
@@ -84,14 +97,34 @@ def parse_cluster(text: str) -> ClusterSpec:
             raise InputError(f"--cluster local:N needs a positive number of workers, got {text!r}")
         return ClusterSpec("local", workers=int(count))
     if lowered.startswith(_REMOTE_SCHEMES):
+        if not _ADDRESS.match(value):
+            raise InputError(f"--cluster: a scheduler address needs a host and a port, like tcp://HOST:8786; got {text!r}")
         return ClusterSpec("address", address=value)
     if value.endswith(".json") or Path(value).is_file():
-        if not Path(value).is_file():
-            raise InputError(f"--cluster: scheduler file not found: {value}")
+        _check_scheduler_file(Path(value))
         return ClusterSpec("scheduler_file", address=value)
     raise InputError(
         f"--cluster must be 'local', 'local:N', a scheduler address like tcp://HOST:8786, or a scheduler file; got {text!r}"
     )
+
+
+def _check_scheduler_file(path: Path) -> None:
+    """A scheduler file must exist and name the scheduler's address (``dask scheduler --scheduler-file``)."""
+    if not path.is_file():
+        raise InputError(f"--cluster: scheduler file not found: {path}")
+    try:
+        address = json.loads(path.read_text(encoding="utf-8")).get("address")
+    except (OSError, ValueError, AttributeError):
+        address = None
+    if not isinstance(address, str) or not address:
+        raise InputError(f"--cluster: {path} is not a Dask scheduler file (no \"address\" in it)")
+
+
+def threads_per_local_worker(spec: ClusterSpec) -> int | None:
+    """CPU threads each worker of a local cluster may use (cores / workers); None for remote clusters."""
+    if spec.kind != "local":
+        return None
+    return max(1, _cores() // (spec.workers or _cores()))
 
 
 def require_distributed() -> None:
@@ -123,7 +156,7 @@ def connect(spec: ClusterSpec, *, timeout: float = 30.0) -> Iterator[Any]:
     require_distributed()
     from distributed import Client, LocalCluster
 
-    cluster = None
+    cluster = client = None
     try:
         if spec.kind == "local":
             # One thread per worker process: each task is a whole image or block,
@@ -140,16 +173,28 @@ def connect(spec: ClusterSpec, *, timeout: float = 30.0) -> Iterator[Any]:
             client = Client(scheduler_file=spec.address, timeout=timeout)
         else:
             client = Client(spec.address, timeout=timeout)
-    except (OSError, TimeoutError) as err:
-        if cluster is not None:
-            cluster.close()
-        raise InputError(f"cannot reach the Dask scheduler ({spec.describe()}): {err}") from None
+        try:
+            client.wait_for_workers(1, timeout=timeout)
+        except TimeoutError:
+            raise InputError(f"no Dask worker joined the {spec.describe()} within {timeout:g} s") from None
+    except BaseException as err:  # Ctrl-C included: never leave a half-started cluster behind
+        _close(client, cluster)
+        if isinstance(err, (KeyboardInterrupt, SystemExit, InputError)):
+            raise
+        raise InputError(f"cannot reach the Dask scheduler ({spec.describe()}): {first_line(err) or type(err).__name__}") from None
     try:
         yield client
     finally:
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        _close(client, cluster)
+
+
+def _close(client: Any, cluster: Any) -> None:
+    for thing in (client, cluster):
+        if thing is not None:
+            try:
+                thing.close()
+            except Exception:  # already gone; closing is best effort
+                pass
 
 
 def worker_count(client: Any) -> int:

@@ -9,22 +9,26 @@ the same :class:`~segtool.batch.ItemResult` per input.
 
 What Dask adds:
 
-- the task object is scattered to every worker once, so a worker keeps what
-  the task loads lazily (the U-Net of ``segtool predict``) across the images it
-  processes instead of reloading it per image;
-- a worker that dies mid-image loses nothing: the scheduler re-runs its
-  unfinished tasks on the other workers (up to Dask's
-  ``distributed.scheduler.allowed-failures`` times per task, 3 by default),
-  and outputs are written by temp file + rename, so a killed task leaves no
-  half-written file; only an image that kills every worker it lands on is
-  reported as failed;
-- at most a few tasks per worker thread are in flight, so a screen of a
-  million images never becomes a million futures at once (one per thread with
-  ``on_error="stop"``, so a failure stops the run as soon as it can).
+- a worker that dies mid-image loses nothing: every task carries its own
+  (small) copy of the task object, so the scheduler can re-run the
+  unfinished ones on any other worker, or on the dead worker's replacement
+  (up to Dask's ``distributed.scheduler.allowed-failures`` times per task, 3
+  by default). Outputs are written by temp file + rename, so a killed task
+  leaves no half-written result; only an image that kills every worker it
+  lands on is reported as failed;
+- paths are made absolute before they are sent, so workers started in
+  another folder read and write the files the user named (results still
+  report the input as typed);
+- the number of tasks in flight follows the cluster as workers join or
+  leave (a few per worker thread), so a screen of a million images never
+  becomes a million futures at once, and workers that join an HPC run late
+  are used.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,10 +36,35 @@ from typing import Any
 from segtool.batch import ItemResult, Task, error_message, precheck_item, run_item
 from segtool.distributed.cluster import worker_count
 
-__all__ = ["run_on_cluster"]
+__all__ = ["run_on_cluster", "with_absolute_paths"]
 
 #: Tasks in flight per worker thread: enough to hide the scheduler's round trip.
 IN_FLIGHT_PER_THREAD = 4
+#: Seconds between asks to the scheduler for the current number of worker threads.
+_RESIZE_EVERY = 2.0
+#: Seconds to let running tasks finish after Ctrl-C before the cluster goes away.
+_GRACE_SECONDS = 10.0
+
+
+def with_absolute_paths(task: Task) -> Task:
+    """A copy of a dataclass task with every relative ``Path`` field made absolute.
+
+    Examples
+    --------
+    >>> @dataclasses.dataclass
+    ... class Example:
+    ...     output_dir: Path | None
+    >>> with_absolute_paths(Example(Path("out"))).output_dir.is_absolute()
+    True
+    """
+    if not dataclasses.is_dataclass(task):
+        return task
+    changes = {
+        f.name: getattr(task, f.name).absolute()
+        for f in dataclasses.fields(task)
+        if f.init and isinstance(getattr(task, f.name), Path) and not getattr(task, f.name).is_absolute()
+    }
+    return dataclasses.replace(task, **changes) if changes else task
 
 
 def run_on_cluster(
@@ -56,7 +85,7 @@ def run_on_cluster(
     client : distributed.Client
     paths : sequence of Path
         Inputs; they (and the output folder) must be visible to the workers
-        under the same paths (a shared file system on a real cluster).
+        under the same absolute paths (a shared file system on a real cluster).
     task : Task
         Picklable per-file work.
     record : callable
@@ -66,26 +95,34 @@ def run_on_cluster(
 
     Notes
     -----
-    On ``KeyboardInterrupt`` the pending futures are cancelled before the
-    exception propagates; work that already finished keeps its outputs.
+    On ``KeyboardInterrupt`` the futures not yet started are cancelled and
+    running ones get a few seconds to finish (so they can clean up after
+    themselves) before the exception propagates; finished work keeps its
+    outputs.
     """
     from distributed import as_completed
 
-    # Scatter once: every worker gets one copy of the task and keeps it (and
-    # whatever it caches) for the whole run. hash=False: a fresh key per run.
-    [task_future] = client.scatter([task], broadcast=True, hash=False)
+    remote_task = with_absolute_paths(task)
     pending = list(paths)
     pending.reverse()  # pop() from the end keeps the input order
-    # With on_error="stop" nothing waits in a worker's queue, so at most one
-    # input per worker thread is started after the first failure.
-    window = worker_count(client) * (1 if on_error == "stop" else IN_FLIGHT_PER_THREAD)
     running: dict[Any, Path] = {}
     completed = as_completed()
     stop = False
+    window = 0
+    resized = float("-inf")
+
+    def current_window() -> int:
+        nonlocal window, resized
+        if time.monotonic() - resized > _RESIZE_EVERY:
+            # With on_error="stop" nothing waits in a worker's queue, so at most one
+            # input per worker thread is started after the first failure.
+            window = worker_count(client) * (1 if on_error == "stop" else IN_FLIGHT_PER_THREAD)
+            resized = time.monotonic()
+        return window
 
     def submit_more() -> None:
         nonlocal stop
-        while pending and not stop and len(running) < window:
+        while pending and not stop and len(running) < current_window():
             path = pending.pop()
             early = precheck_item(task, path, skip_existing=skip_existing, overwrite=overwrite)
             if early is not None:
@@ -93,7 +130,7 @@ def run_on_cluster(
                 stop = stop or (early.status == "failed" and on_error == "stop")
                 continue
             # pure=False: re-running a path must run it again, never reuse a cached result.
-            future = client.submit(run_item, task_future, path, debug, pure=False)
+            future = client.submit(run_item, remote_task, path.absolute(), debug, pure=False)
             running[future] = path
             completed.add(future)
 
@@ -104,6 +141,7 @@ def run_on_cluster(
             path = running.pop(future)
             try:
                 result = future.result()
+                result.input = str(path)  # as the user typed it
             except Exception as err:  # KilledWorker: the image took down every worker it ran on
                 if debug:
                     raise
@@ -113,7 +151,18 @@ def run_on_cluster(
             stop = stop or (result.status == "failed" and on_error == "stop")
             submit_more()
     except KeyboardInterrupt:
-        client.cancel(list(running))
+        _wind_down(client, list(running))
         raise
-    finally:
-        client.cancel([task_future])
+
+
+def _wind_down(client: Any, futures: list) -> None:
+    """Cancel what has not started; give running tasks a moment to finish their files."""
+    from distributed import wait
+
+    try:
+        processing = client.processing()
+        busy = {key for keys in processing.values() for key in keys}
+        client.cancel([f for f in futures if f.key not in busy])
+        wait([f for f in futures if f.key in busy], timeout=_GRACE_SECONDS)
+    except Exception:  # Ctrl-C again, or the scheduler is gone: nothing more to save
+        pass

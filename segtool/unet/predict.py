@@ -24,7 +24,9 @@ reading, tiled BigTIFF writing).
 from __future__ import annotations
 
 import copy
+import functools
 import math
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -40,6 +42,8 @@ from segtool.unet.tiling import TileCallback, plan_tiles, predict_tiled
 __all__ = [
     "PredictResult",
     "find_packaged_model",
+    "load_for_inference",
+    "load_for_inference_cached",
     "make_predictor",
     "postprocess_options",
     "predict_image",
@@ -272,6 +276,41 @@ def _prepared_net(model):
 
 
 # --------------------------------------------------------------------------- options
+
+
+def load_for_inference(path, *, device: str = "auto", threads: int | None = None):
+    """Load a model file and prepare its network for inference.
+
+    ``threads`` sets PyTorch's CPU threads for this process (None leaves
+    PyTorch's choice).
+    """
+    import torch
+
+    from segtool.unet.modelfile import load_model
+
+    if threads:
+        torch.set_num_threads(int(threads))
+    model = load_model(path, device=device)
+    model.net = prepare_for_inference(model.net)
+    return model
+
+
+def load_for_inference_cached(path, *, device: str = "auto", threads: int | None = None):
+    """:func:`load_for_inference`, loaded once per process for the same file, device and threads.
+
+    For worker processes (``--jobs``, Dask) that segment many images with one
+    model: torch modules are never pickled to them, each process loads the
+    file itself, once. The file's size and modification time are part of the
+    key, so a rewritten model file is loaded again.
+    """
+    stat = os.stat(path)
+    return _cached_model(os.fspath(path), stat.st_mtime_ns, stat.st_size, device, threads)
+
+
+# Two entries: models are a few MB, and a process rarely uses more than one.
+@functools.lru_cache(maxsize=2)
+def _cached_model(path: str, mtime_ns: int, size: int, device: str, threads: int | None):
+    return load_for_inference(path, device=device, threads=threads)
 
 
 def resolve_tile(config, shape: Sequence[int], tile: int | None = None) -> tuple[int, int]:
