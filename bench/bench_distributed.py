@@ -18,7 +18,7 @@ The outputs of the three are compared byte for byte.
 script starts (so it can ask the workers for their peak memory afterwards:
 ``VmHWM`` from ``/proc/self/status``, i.e. Linux), for each ``--blocks`` size.
 Reported: wall time, megapixels per second, peak RSS of each worker and of the
-client process (the segtool command itself, ``ru_maxrss`` of the child). For
+client process (the segtool command itself, from GNU ``/usr/bin/time``). For
 reference the in-memory baseline (one process, no Dask) runs on the same file.
 ``--big-predict`` does the same for ``segtool predict`` (much slower).
 
@@ -40,7 +40,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import shutil
 import statistics
 import subprocess
@@ -55,16 +54,18 @@ SEGTOOL = [sys.executable, "-m", "segtool"]
 
 
 def _run(args: list[str]) -> tuple[float, int, str]:
-    """Run segtool; return (wall seconds, peak RSS of the child in MB, stderr)."""
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    """Run segtool; return (wall seconds, peak RSS of that process in MB, stderr).
+
+    The peak comes from GNU time (``/usr/bin/time -f %M``), per process: the
+    rusage of children would report the largest child of the whole script.
+    """
     start = time.perf_counter()
-    proc = subprocess.run([*SEGTOOL, *args], capture_output=True, text=True)
+    proc = subprocess.run(["/usr/bin/time", "-f", "maxrss_kb=%M", *SEGTOOL, *args], capture_output=True, text=True)
     seconds = time.perf_counter() - start
     if proc.returncode != 0:
         raise SystemExit(f"segtool {' '.join(args)} failed ({proc.returncode}):\n{proc.stderr}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    # ru_maxrss of children is the largest child so far: only meaningful when it grew.
-    return seconds, max(peak, before) // 1024, proc.stderr
+    peak_kb = next(int(line.split("=")[1]) for line in reversed(proc.stderr.splitlines()) if line.startswith("maxrss_kb="))
+    return seconds, peak_kb // 1024, proc.stderr
 
 
 def make_folder(folder: Path, count: int) -> None:
@@ -178,7 +179,7 @@ def _noop(x):
     return x
 
 
-def bench_noop(count: int) -> dict:
+def bench_noop(count: int, in_flight: int = 8) -> dict:
     from distributed import Client, LocalCluster, as_completed
 
     with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None,
@@ -187,7 +188,7 @@ def bench_noop(count: int) -> dict:
         start = time.perf_counter()
         pending = iter(range(count))
         window = as_completed()
-        for i in range(8):
+        for i in range(in_flight):
             window.add(client.submit(_noop, next(pending), pure=False))
         done = 0
         for future in window:
@@ -197,7 +198,7 @@ def bench_noop(count: int) -> dict:
             if nxt is not None:
                 window.add(client.submit(_noop, nxt, pure=False))
         seconds = time.perf_counter() - start
-    return {"noop_tasks": count, "seconds": round(seconds, 3), "ms_per_task": round(1000 * seconds / count, 3)}
+    return {"noop_tasks": count, "in_flight": in_flight, "seconds": round(seconds, 3), "ms_per_task": round(1000 * seconds / count, 3)}
 
 
 def main() -> None:
@@ -217,8 +218,10 @@ def main() -> None:
     report: dict = {"cpus": os.cpu_count()}
     try:
         if args.noop:
-            report["noop"] = bench_noop(args.noop)
-            print(json.dumps(report["noop"]), flush=True)
+            # 8 in flight is what folder mode keeps on 2 single-thread workers (4 per thread).
+            report["noop"] = [bench_noop(args.noop, window) for window in (8, 32)]
+            for row in report["noop"]:
+                print(json.dumps(row), flush=True)
         if args.images:
             report["folder"] = bench_folder(work, args.images, args.rounds, args.command)
             print(json.dumps(report["folder"]), flush=True)

@@ -124,21 +124,25 @@ def test_bad_cluster_options_exit_2(tmp_path, sample_images, extra, message):
 
 @dataclass(frozen=True)
 class _DiesOnce:
-    """Writes <stem>.out per input; the input named ``bomb`` kills its worker process the first time."""
+    """Writes <stem>.out per input (refusing to replace one, like segtool's tasks); ``bomb`` kills its worker once."""
 
     output_dir: Path
     marker: Path
+    overwrite: bool = False
 
     def planned_outputs(self, path: Path) -> dict[str, Path]:
         return {"out": self.output_dir / f"{path.stem}.out"}
 
     def run(self, path: Path) -> dict:
+        out = self.planned_outputs(path)["out"]
+        if out.exists() and not self.overwrite:
+            raise InputError(f"output exists: {out}")
         if path.stem == "bomb" and not self.marker.exists():
             self.marker.touch()
             os._exit(1)  # the worker process dies mid-task, as on a segfault or the OOM killer
         self.output_dir.mkdir(exist_ok=True)
-        self.planned_outputs(path)["out"].write_text(path.read_text())
-        return {"pid": os.getpid()}
+        out.write_text(path.read_text())
+        return {}
 
 
 def test_a_worker_dying_mid_task_loses_nothing_even_on_one_worker(tmp_path):
@@ -146,8 +150,10 @@ def test_a_worker_dying_mid_task_loses_nothing_even_on_one_worker(tmp_path):
 
     from segtool.batch import run_batch
 
+    names = [f"i{i:02d}" for i in range(40)]
+    names[13] = "bomb"  # inside a group of several images: the images before it in the group are already written
     inputs = []
-    for name in ["a", "bomb", "c", "d", "e"]:
+    for name in names:
         (tmp_path / f"{name}.txt").write_text(name)
         inputs.append(tmp_path / f"{name}.txt")
     task = _DiesOnce(tmp_path / "out", tmp_path / "died")
@@ -155,10 +161,14 @@ def test_a_worker_dying_mid_task_loses_nothing_even_on_one_worker(tmp_path):
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
                       host="127.0.0.1") as cluster, Client(cluster) as client:
         summary = run_batch(inputs, task, client=client)
-    # The bomb really took its worker down, and its task was re-run (done, with its output) on the replacement.
+    # The bomb really took its worker down; its task was re-run on the replacement, which replaced what
+    # the first attempt had written for the bomb's group instead of failing on "output exists".
     assert (tmp_path / "died").exists()
-    assert [r.status for r in summary.results].count("done") == 5, [r.error for r in summary.results]
-    assert sorted(p.read_text() for p in (tmp_path / "out").iterdir()) == ["a", "bomb", "c", "d", "e"]
+    assert [r.status for r in summary.results].count("done") == 40, [r.error for r in summary.results if r.error]
+    assert sorted(p.read_text() for p in (tmp_path / "out").iterdir()) == sorted(names)
+    # Outside the cluster's retries the rule holds: an existing output fails the input.
+    again = run_batch(inputs[:1], task)
+    assert again.results[0].status == "failed" and "output exists" in again.results[0].error
 
 
 def test_relative_paths_reach_workers_as_absolute_paths(tmp_path, sample_images):

@@ -22,7 +22,12 @@ What Dask adds:
 - the number of tasks in flight follows the cluster as workers join or
   leave (a few per worker thread), so a screen of a million images never
   becomes a million futures at once, and workers that join an HPC run late
-  are used.
+  are used;
+- while many images remain, consecutive images are grouped into one task
+  (up to :data:`MAX_IMAGES_PER_TASK`), so Dask's fixed cost per task (a few
+  milliseconds of scheduler and network time, see SCALING.md) is paid once
+  per group; near the end of the run tasks shrink to single images so the
+  last workers finish together. Results are still reported per image.
 """
 
 from __future__ import annotations
@@ -36,10 +41,12 @@ from typing import Any
 from segtool.batch import ItemResult, Task, error_message, precheck_item, run_item
 from segtool.distributed.cluster import worker_count
 
-__all__ = ["run_on_cluster", "with_absolute_paths"]
+__all__ = ["run_on_cluster", "run_items", "with_absolute_paths"]
 
 #: Tasks in flight per worker thread: enough to hide the scheduler's round trip.
 IN_FLIGHT_PER_THREAD = 4
+#: Most images one task carries (taken only while plenty of images remain).
+MAX_IMAGES_PER_TASK = 16
 #: Seconds between asks to the scheduler for the current number of worker threads.
 _RESIZE_EVERY = 2.0
 #: Seconds to let running tasks finish after Ctrl-C before the cluster goes away.
@@ -65,6 +72,20 @@ def with_absolute_paths(task: Task) -> Task:
         if f.init and isinstance(getattr(task, f.name), Path) and not getattr(task, f.name).is_absolute()
     }
     return dataclasses.replace(task, **changes) if changes else task
+
+
+def _retry_safe(task: Task) -> Task:
+    """The task as workers run it: allowed to replace outputs that appear after the client's check.
+
+    Every input's outputs are checked on the client before it is submitted
+    (refused if they exist, unless ``--overwrite``). An output that exists when
+    a worker runs the task was therefore written by an earlier attempt of this
+    very task, on a worker that died before reporting back (or that finished
+    part of a group of images); the retry must replace it, not fail on it.
+    """
+    if dataclasses.is_dataclass(task) and any(f.name == "overwrite" and f.init for f in dataclasses.fields(task)):
+        return dataclasses.replace(task, overwrite=True)
+    return task
 
 
 def run_on_cluster(
@@ -102,10 +123,10 @@ def run_on_cluster(
     """
     from distributed import as_completed
 
-    remote_task = with_absolute_paths(task)
+    remote_task = _retry_safe(with_absolute_paths(task))
     pending = list(paths)
     pending.reverse()  # pop() from the end keeps the input order
-    running: dict[Any, Path] = {}
+    running: dict[Any, list[Path]] = {}
     completed = as_completed()
     stop = False
     window = 0
@@ -120,39 +141,68 @@ def run_on_cluster(
             resized = time.monotonic()
         return window
 
+    def group_size() -> int:
+        # Enough groups for every slot in flight, twice over, so the load stays
+        # balanced; single images when stopping at the first failure.
+        if on_error == "stop":
+            return 1
+        return max(1, min(MAX_IMAGES_PER_TASK, len(pending) // (2 * max(1, window))))
+
     def submit_more() -> None:
         nonlocal stop
         while pending and not stop and len(running) < current_window():
-            path = pending.pop()
-            early = precheck_item(task, path, skip_existing=skip_existing, overwrite=overwrite)
-            if early is not None:
+            group: list[Path] = []
+            size = group_size()
+            while pending and not stop and len(group) < size:
+                path = pending.pop()
+                early = precheck_item(task, path, skip_existing=skip_existing, overwrite=overwrite)
+                if early is None:
+                    group.append(path)
+                    continue
                 record(early)
                 stop = stop or (early.status == "failed" and on_error == "stop")
-                continue
-            # pure=False: re-running a path must run it again, never reuse a cached result.
-            future = client.submit(run_item, remote_task, path.absolute(), debug, pure=False)
-            running[future] = path
-            completed.add(future)
+            if group:
+                # pure=False: re-running a path must run it again, never reuse a cached result.
+                future = client.submit(run_items, remote_task, [p.absolute() for p in group], debug, pure=False)
+                running[future] = group
+                completed.add(future)
 
     try:
         submit_more()
         while running:
             future = next(completed)
-            path = running.pop(future)
+            group = running.pop(future)
             try:
-                result = future.result()
-                result.input = str(path)  # as the user typed it
-            except Exception as err:  # KilledWorker: the image took down every worker it ran on
+                results = future.result()
+                for path, result in zip(group, results):
+                    result.input = str(path)  # as the user typed it
+            except Exception as err:  # KilledWorker: the task took down every worker it ran on
                 if debug:
                     raise
-                result = ItemResult(str(path), "failed", error=f"worker process failed: {error_message(err)}")
+                if len(group) > 1:
+                    # One image of the group may be the culprit: give each its own task,
+                    # so only that one is reported as failed.
+                    for path in group:
+                        single = client.submit(run_items, remote_task, [path.absolute()], debug, pure=False)
+                        running[single] = [path]
+                        completed.add(single)
+                    future.release()
+                    continue
+                reason = f"worker process failed: {error_message(err)}"
+                results = [ItemResult(str(path), "failed", error=reason) for path in group]
             future.release()
-            record(result)
-            stop = stop or (result.status == "failed" and on_error == "stop")
+            for result in results:
+                record(result)
+                stop = stop or (result.status == "failed" and on_error == "stop")
             submit_more()
     except KeyboardInterrupt:
         _wind_down(client, list(running))
         raise
+
+
+def run_items(task: Task, paths: Sequence[Path], debug: bool = False) -> list[ItemResult]:
+    """:func:`segtool.batch.run_item` on each path in turn (one Dask task for a group of images)."""
+    return [run_item(task, path, debug) for path in paths]
 
 
 def _wind_down(client: Any, futures: list) -> None:
