@@ -14,8 +14,9 @@ import tifffile
 da = pytest.importorskip("dask.array")
 zarr = pytest.importorskip("zarr")
 
-from segtool.distributed import blockio  # noqa: E402
-from segtool.distributed.blockio import is_zarr_path, open_blocks, write_labels_tiff, write_labels_zarr  # noqa: E402
+from segtool.distributed import blockio, labelstore  # noqa: E402
+from segtool.distributed.blockio import is_zarr_path, open_blocks  # noqa: E402
+from segtool.distributed.labelstore import write_labels_tiff, write_labels_zarr  # noqa: E402
 from segtool.errors import InputError, OutputError  # noqa: E402
 from segtool.io import read_image  # noqa: E402
 
@@ -312,7 +313,7 @@ def test_zarr_overwrite_rules(tmp_path, rng):
 
 
 def test_zarr_overwrite_without_atomic_exchange(tmp_path, rng, monkeypatch):
-    monkeypatch.setattr(blockio, "_exchange", lambda first, second: False)
+    monkeypatch.setattr(labelstore, "_exchange", lambda first, second: False)
     path = write_labels_zarr(tmp_path / "l.zarr", da.zeros(SHAPE, dtype=np.uint16, chunks=128), n_objects=0)
     write_labels_zarr(path, da.from_array(_labels(rng), chunks=128), n_objects=40, overwrite=True)
     np.testing.assert_array_equal(zarr.open_array(str(path / "0"), mode="r")[:], _labels(np.random.default_rng(0)))
@@ -354,12 +355,12 @@ def test_cleanup_waits_for_blocks_being_written(tmp_path):
     """A failed write's cleanup must not race a worker still storing a block (it would recreate the folder)."""
     temp = tmp_path / ".l.zarr.1234.part"
     temp.mkdir()
-    (temp / blockio._GUARD).touch()
-    target = blockio._GuardedTarget(_SlowArray(temp), str(temp / blockio._GUARD))
+    (temp / labelstore._GUARD).touch()
+    target = labelstore._GuardedTarget(_SlowArray(temp), str(temp / labelstore._GUARD))
     writer = threading.Thread(target=target.__setitem__, args=((slice(None),) * 2, 0))
     writer.start()
     time.sleep(0.05)  # the block write is under way
-    blockio._remove_after_writers(temp)
+    labelstore._remove_after_writers(temp)
     writer.join()
     assert not temp.exists()
     with pytest.raises(OutputError, match="removed while blocks were being written"):

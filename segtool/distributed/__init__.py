@@ -5,7 +5,8 @@
 - :mod:`~segtool.distributed.folder` — folder mode: one task per image, with
   the batch runner's guarantees (same outputs, skip/overwrite rules, errors).
 - :mod:`~segtool.distributed.blockio` — big images read lazily in blocks (TIFF,
-  Zarr, OME-Zarr) and labels written as OME-Zarr or tiled BigTIFF.
+  Zarr, OME-Zarr); :mod:`~segtool.distributed.labelstore` — labels written
+  block by block as OME-Zarr or tiled BigTIFF.
 - :mod:`~segtool.distributed.big_baseline` and
   :mod:`~segtool.distributed.big_predict` — big-image mode: one image processed
   block by block on the cluster, with results equal to the in-memory ones.

@@ -51,7 +51,7 @@ def _one_line_when_a_worker_dies(run):
 
 
 def _write(path: Path, labels, *, n_objects: int, image, zarr: bool, overwrite: bool) -> None:
-    from segtool.distributed.blockio import write_labels_tiff, write_labels_zarr
+    from segtool.distributed.labelstore import write_labels_tiff, write_labels_zarr
 
     writer = write_labels_zarr if zarr else write_labels_tiff
     writer(path, labels, n_objects=n_objects, pixel_size=image.pixel_size, unit=image.unit, overwrite=overwrite)
