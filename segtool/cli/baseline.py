@@ -212,23 +212,21 @@ def baseline(
             fail(f"{', '.join(extras)}: not available in big-image mode (--block-size)", code=2)
         from segtool.distributed.big_tasks import BigBaselineTask
 
-        big_task = BigBaselineTask(block_size=block_size, zarr=zarr, output_dir=output, overwrite=overwrite,
-                                   options=method, channel=channel, plane=plane)
-        run_files(images, big_task, kind="image", recursive=recursive, on_error=on_error, skip_existing=skip_existing,
-                  overwrite=overwrite, jobs=jobs, cluster=cluster, big=True, json_out=json_out, manifest=manifest,
-                  quiet=quiet, debug=debug, columns=_COLUMNS, verb="baseline")
-    if zarr:
+        task = BigBaselineTask(block_size=block_size, zarr=zarr, output_dir=output, overwrite=overwrite,
+                               options=method, channel=channel, plane=plane)
+    elif zarr:
         fail("--zarr writes big-image mode's labels: add --block-size N", code=2)
-    task = BaselineTask(
-        output_dir=output,
-        overwrite=overwrite,
-        **method,
-        save_background=save_background,
-        save_corrected=save_corrected,
-        save_overlay=save_overlay,
-        channel=channel,
-        plane=plane,
-    )
+    else:
+        task = BaselineTask(
+            output_dir=output,
+            overwrite=overwrite,
+            **method,
+            save_background=save_background,
+            save_corrected=save_corrected,
+            save_overlay=save_overlay,
+            channel=channel,
+            plane=plane,
+        )
     run_files(
         images,
         task,
@@ -239,6 +237,7 @@ def baseline(
         overwrite=overwrite,
         jobs=jobs,
         cluster=cluster,
+        big=block_size is not None,
         json_out=json_out,
         manifest=manifest,
         quiet=quiet,

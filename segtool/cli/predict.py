@@ -316,37 +316,35 @@ def predict(
 
         options = {"tile": tile, "overlap": overlap, "batch_size": batch_size, "tta": tta,
                    "prob_threshold": prob_threshold, "min_size": min_size, "seed_threshold": seed_threshold}
-        big_task = BigPredictTask(model_path=model_path, block_size=block_size, halo=halo, zarr=zarr, output_dir=output,
-                                  overwrite=overwrite, options=options, device=device.value, threads=threads,
-                                  channel=channel, plane=plane)
-        run_files(images, big_task, kind="image", recursive=recursive, on_error=on_error, skip_existing=skip_existing,
-                  overwrite=overwrite, jobs=jobs, cluster=cluster, big=True, json_out=json_out, manifest=manifest,
-                  quiet=quiet, debug=debug, columns=_COLUMNS, verb="predict")
-    if zarr:
+        task = BigPredictTask(model_path=model_path, block_size=block_size, halo=halo, zarr=zarr, output_dir=output,
+                              overwrite=overwrite, options=options, device=device.value, threads=threads,
+                              channel=channel, plane=plane)
+    elif zarr:
         fail("--zarr writes big-image mode's labels: add --block-size N", code=EXIT_USAGE)
-    task = PredictTask(
-        model_path=model_path,
-        device=device.value,
-        threads=threads,
-        output_dir=output,
-        overwrite=overwrite,
-        tile=tile,
-        overlap=overlap,
-        batch_size=batch_size,
-        tta=tta,
-        scale=float(factor),
-        prob_threshold=prob_threshold,
-        min_size=min_size,
-        seed_threshold=seed_threshold,
-        save_prob=save_prob,
-        save_overlay=save_overlay,
-        bands=bands,
-        band_rows=band_rows,
-        halo=halo,
-        channel=channel,
-        plane=plane,
-    )
-    task._model = loaded
+    else:
+        task = PredictTask(
+            model_path=model_path,
+            device=device.value,
+            threads=threads,
+            output_dir=output,
+            overwrite=overwrite,
+            tile=tile,
+            overlap=overlap,
+            batch_size=batch_size,
+            tta=tta,
+            scale=float(factor),
+            prob_threshold=prob_threshold,
+            min_size=min_size,
+            seed_threshold=seed_threshold,
+            save_prob=save_prob,
+            save_overlay=save_overlay,
+            bands=bands,
+            band_rows=band_rows,
+            halo=halo,
+            channel=channel,
+            plane=plane,
+        )
+        task._model = loaded
     run_files(
         images,
         task,
@@ -357,6 +355,7 @@ def predict(
         overwrite=overwrite,
         jobs=jobs,
         cluster=cluster,
+        big=block_size is not None,
         json_out=json_out,
         manifest=manifest,
         quiet=quiet,
