@@ -2,8 +2,10 @@
 
 The network's maps are computed once per validation image (the images the
 training run held out, listed in the model's metadata); then a grid of
-foreground / seed thresholds is scored with object F1 at IoU 0.5 (summed
-counts), and the best values are written into a copy of the model
+foreground / seed thresholds and minimum sizes is scored with AP at IoU 0.5
+(summed counts), then a second grid that also splits seed regions by shape
+(``split_height``, with the first grid's best minimum size), and the best
+values are written into a copy of the model
 (``config.postprocess``), which ``segtool predict`` uses as its defaults.
 Test images are never touched.
 
@@ -24,7 +26,6 @@ import json
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
 from segtool.io import atomic_output, read_image, read_labels
@@ -41,6 +42,13 @@ SEED_THRESHOLDS = {
     "distance": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
 }
 MIN_SIZES = (10, 20, 30)
+# Second stage, with the best minimum size of the first: split seed regions by shape (h-maxima of the distance
+# to the seed region's edge, in pixels). Splitting lets lower seed thresholds work, hence their own grid.
+SPLIT_HEIGHTS = (0.25, 0.5, 0.75, 1.0)
+SPLIT_SEED_THRESHOLDS = {
+    "three_class": (0.5, 0.6, 0.7, 0.8, 0.9),
+    "distance": (0.1, 0.2, 0.3, 0.4, 0.5),
+}
 
 
 def main() -> None:
@@ -68,27 +76,43 @@ def main() -> None:
         maps.append(predict_image(image, model, tta=args.tta).maps)
     predict_seconds = time.perf_counter() - start
 
-    results = []
-    for prob, seed, min_size in itertools.product(PROB_THRESHOLDS, SEED_THRESHOLDS[target], MIN_SIZES):
+    def score(**options) -> dict:
         counts = sum(
-            match_labels(truth, maps_to_labels(m, target=target, prob_threshold=prob, seed_threshold=seed, min_size=min_size), thresholds=(0.5, 0.7))
+            match_labels(truth, maps_to_labels(m, target=target, **options), thresholds=(0.5, 0.7))
             for m, truth in zip(maps, truths)
         )
-        results.append({"prob_threshold": prob, "seed_threshold": seed, "min_size": min_size,
-                        "f1_iou50": float(counts.f1[0]), "ap_iou50": float(counts.ap[0]), "ap_iou70": float(counts.ap[1])})
-    results.sort(key=lambda r: (r["ap_iou50"], r["ap_iou70"]), reverse=True)
+        return {**options, "f1_iou50": float(counts.f1[0]), "ap_iou50": float(counts.ap[0]), "ap_iou70": float(counts.ap[1])}
+
+    def rank(row: dict) -> tuple[float, float]:
+        return row["ap_iou50"], row["ap_iou70"]
+
+    start = time.perf_counter()
+    results = [
+        score(prob_threshold=prob, seed_threshold=seed, min_size=min_size, split_height=None)
+        for prob, seed, min_size in itertools.product(PROB_THRESHOLDS, SEED_THRESHOLDS[target], MIN_SIZES)
+    ]
+    best_min_size = max(results, key=rank)["min_size"]
+    results += [
+        score(prob_threshold=prob, seed_threshold=seed, min_size=best_min_size, split_height=split)
+        for prob, seed, split in itertools.product(PROB_THRESHOLDS, SPLIT_SEED_THRESHOLDS[target], SPLIT_HEIGHTS)
+    ]
+    grid_seconds = time.perf_counter() - start
+    results.sort(key=rank, reverse=True)
     best = results[0]
     default_seed = 0.5 if target == "three_class" else 0.4
-    default = next(r for r in results if r["prob_threshold"] == 0.5 and r["seed_threshold"] == default_seed and r["min_size"] == 20)
-    print(f"validation images: {len(names)}; network maps{' (TTA)' if args.tta else ''} in {predict_seconds:.1f} s")
+    default = next(r for r in results if r["prob_threshold"] == 0.5 and r["seed_threshold"] == default_seed and r["min_size"] == 20 and r["split_height"] is None)
+    print(f"validation images: {len(names)}; network maps{' (TTA)' if args.tta else ''} in {predict_seconds:.1f} s; "
+          f"{len(results)} settings scored in {grid_seconds:.0f} s")
     print(f"defaults (0.5 / {default_seed} / 20):", json.dumps(default))
+    print("best without splitting:", json.dumps(next(r for r in results if r["split_height"] is None)))
     print("best:", json.dumps(best))
     for row in results[:8]:
         print(json.dumps(row))
 
     payload = torch.load(args.model, map_location="cpu", weights_only=True)
     config = json.loads(payload["config"])
-    config["postprocess"] = {k: best[k] for k in ("prob_threshold", "seed_threshold", "min_size")}
+    keys = ("prob_threshold", "seed_threshold", "min_size", "split_height")
+    config["postprocess"] = {k: best[k] for k in keys if best[k] is not None}
     metadata = json.loads(payload["metadata"])
     metadata["postprocess_tuning"] = {
         "on": f"{len(names)} validation images held out of the training split",

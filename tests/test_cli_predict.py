@@ -225,3 +225,24 @@ def test_rgb_input_and_channel(tmp_path, model_file):
         assert json.loads(result.stdout)["objects"] == 1
     result = invoke("predict", src, "-m", model_file, "-o", tmp_path / "o", "--overwrite", "--channel", "5")
     assert result.exit_code == 1 and "out of range" in result.stderr
+
+
+def test_split_height_option_overrides_the_model(tmp_path):
+    # Two overlapping domes: with a seed threshold this low their seed region is one blob with a neck.
+    image = (_domes((60, 80), [(30, 25), (30, 44)], radius=11) * 200 + 10).astype(np.uint8)
+    src = tmp_path / "pair.tif"
+    tifffile.imwrite(src, image)
+    counts = {}
+    for name, postprocess, extra in [
+        ("plain", {"min_size": 5, "seed_threshold": 0.02}, []),
+        ("cli", {"min_size": 5, "seed_threshold": 0.02}, ["--split-height", "1"]),
+        ("model", {"min_size": 5, "seed_threshold": 0.02, "split_height": 1.0}, []),
+        ("off", {"min_size": 5, "seed_threshold": 0.02, "split_height": 1.0}, ["--split-height", "0"]),
+    ]:
+        net, config = _intensity_unet(postprocess=postprocess)
+        model = tmp_path / f"{name}.pt"
+        save_model(model, net, config, metadata={})
+        result = invoke("predict", src, "-m", model, "-o", tmp_path / name, "--json", *extra)
+        assert result.exit_code == 0, result.stderr
+        counts[name] = json.loads(result.stdout)["objects"]
+    assert counts == {"plain": 1, "cli": 2, "model": 2, "off": 1}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from scipy import ndimage
-from skimage.draw import disk
+from skimage.draw import disk, ellipse
 from skimage.segmentation import find_boundaries
 
 from segtool.errors import InputError
@@ -121,8 +121,61 @@ def test_many_objects_switch_to_uint32():
         ({"target": "three_class", "prob_threshold": 1.5}, "prob_threshold"),
         ({"target": "three_class", "seed_threshold": -1}, "seed_threshold"),
         ({"target": "three_class", "min_size": -1}, "min_size"),
+        ({"target": "three_class", "split_height": 0}, "split_height"),
+        ({"target": "three_class", "split_height": "deep"}, "split_height"),
     ],
 )
 def test_rejects_bad_arguments(kwargs, match):
     with pytest.raises(InputError, match=match):
         maps_to_labels(np.zeros((3, 8, 8), np.float32), **kwargs)
+
+
+def _joined_interior_maps(gap_rows: int):
+    """three_class maps of two discs (radius 9 and 8) whose interiors are joined by a neck.
+
+    The neck is what the network gives for small touching nuclei: the boundary
+    between them is too faint to cut the interior apart.
+    """
+    shape = (40, 60)
+    truth = np.zeros(shape, np.uint16)
+    for index, (centre, radius) in enumerate([((20, 20), 9), ((20, 36), 8)], start=1):
+        rr, cc = disk(centre, radius, shape=shape)
+        truth[rr, cc] = index
+    interior = ndimage.binary_erosion(truth > 0, iterations=1)
+    interior[20 - gap_rows // 2 : 20 + gap_rows // 2 + 1, 20:38] = True  # the neck
+    maps = np.zeros((3,) + shape, np.float32)
+    maps[1] = interior
+    maps[2] = (truth > 0) & ~interior
+    maps[0] = truth == 0
+    return truth, maps
+
+
+def test_split_height_separates_a_neck_the_plain_seeds_merge():
+    truth, maps = _joined_interior_maps(gap_rows=4)
+    merged = maps_to_labels(maps, target="three_class", min_size=10)
+    split = maps_to_labels(maps, target="three_class", min_size=10, split_height=0.5)
+    assert merged.max() == 1
+    assert split.max() == 2
+    pairs = _pairs(truth, split)
+    assert {j for j, _ in pairs.values()} == {1, 2}
+    assert min(iou for _, iou in pairs.values()) > 0.8
+
+
+def test_split_height_keeps_single_and_elongated_objects_whole():
+    shape = (60, 80)
+    truth = np.zeros(shape, np.uint16)
+    rr, cc = disk((30, 20), 12, shape=shape)
+    truth[rr, cc] = 1
+    rr, cc = ellipse(30, 58, 8, 18, shape=shape)  # 2.2:1, one nucleus, no neck
+    truth[rr, cc] = 2
+    truth[2:5, 2:5] = 3  # too small to hold an h-maximum: keeps its plain seed
+    maps = _three_class_maps(truth)
+    labels = maps_to_labels(maps, target="three_class", min_size=1, split_height=0.5)
+    assert labels.max() == 3
+    assert min(iou for _, iou in _pairs(truth, labels).values()) > 0.9
+
+
+def test_split_height_deeper_than_the_neck_keeps_objects_joined():
+    _, maps = _joined_interior_maps(gap_rows=10)  # a wide neck: the saddle is only ~1 px lower
+    assert maps_to_labels(maps, target="three_class", min_size=10, split_height=0.5).max() == 2
+    assert maps_to_labels(maps, target="three_class", min_size=10, split_height=3.0).max() == 1

@@ -9,6 +9,7 @@ from skimage.draw import disk
 from torch import nn
 
 from segtool.errors import InputError, ModelError
+from segtool.metrics import match_labels
 from segtool.unet.config import UNetConfig
 from segtool.unet.model import UNet
 from segtool.unet.bands import predict_label_bands
@@ -266,6 +267,20 @@ def test_bands_agree_with_in_memory_prediction():
     np.testing.assert_array_equal(maps, whole.maps)  # same tile grid, same blend
     assert bands[-1].n_objects == whole.n_objects == int(labels.max())
     assert sorted(np.unique(labels)) == list(range(whole.n_objects + 1))  # consecutive across bands
+    assert _same_partition(labels, whole.labels)
+
+
+def test_model_split_height_reaches_in_memory_and_band_prediction():
+    # Two overlapping domes whose seed region (a low seed threshold) is one blob with a neck.
+    centres = [(40, 40), (40, 60), (100, 50), (150, 30)]
+    image, truth = _domes((190, 100), centres, radius=12)
+    plain = _dome_model(patch=32, postprocess={"seed_threshold": 0.02})
+    split = _dome_model(patch=32, postprocess={"seed_threshold": 0.02, "split_height": 1.0})
+    assert predict_image(image, plain, min_size=5).n_objects == 3  # the touching pair merged
+    whole = predict_image(image, split, min_size=5)
+    assert whole.n_objects == 4
+    assert float(match_labels(truth, whole.labels, thresholds=(0.7,)).f1[0]) == 1.0
+    _, labels, _ = _run_bands(image, split, band_rows=40, halo=30, min_size=5)
     assert _same_partition(labels, whole.labels)
 
 

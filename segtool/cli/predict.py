@@ -75,6 +75,7 @@ class PredictTask:
     prob_threshold: float | None
     min_size: int | None
     seed_threshold: float | None
+    split_height: float | None
     save_prob: bool
     save_overlay: bool
     bands: bool | None
@@ -116,6 +117,7 @@ class PredictTask:
             "prob_threshold": self.prob_threshold,
             "min_size": self.min_size,
             "seed_threshold": self.seed_threshold,
+            "split_height": self.split_height,
         }
 
     def run(self, path: Path) -> dict[str, Any]:
@@ -234,6 +236,10 @@ def predict(
     min_size: Annotated[
         Optional[int], typer.Option("--min-size", min=0, help="Remove objects smaller than this many pixels (default: the model's value).", rich_help_panel=PANEL_POST)
     ] = None,
+    split_height: Annotated[
+        Optional[float],
+        typer.Option("--split-height", min=0.0, help="Split seed regions shaped like touching discs whose peaks stand this many pixels above the neck (default: the model's value; 0: no splitting).", rich_help_panel=PANEL_POST),
+    ] = None,
     save_prob: Annotated[
         bool, typer.Option("--save-prob", help="Also write the probability maps (<stem>_prob.tif, float32, one plane per class).", rich_help_panel=PANEL_EXTRA)
     ] = False,
@@ -315,7 +321,8 @@ def predict(
         from segtool.distributed.big_tasks import BigPredictTask
 
         options = {"tile": tile, "overlap": overlap, "batch_size": batch_size, "tta": tta,
-                   "prob_threshold": prob_threshold, "min_size": min_size, "seed_threshold": seed_threshold}
+                   "prob_threshold": prob_threshold, "min_size": min_size, "seed_threshold": seed_threshold,
+                   "split_height": split_height}
         task = BigPredictTask(model_path=model_path, block_size=block_size, halo=halo, zarr=zarr, output_dir=output,
                               overwrite=overwrite, options=options, device=device.value, threads=threads,
                               channel=channel, plane=plane)
@@ -336,6 +343,7 @@ def predict(
             prob_threshold=prob_threshold,
             min_size=min_size,
             seed_threshold=seed_threshold,
+            split_height=split_height,
             save_prob=save_prob,
             save_overlay=save_overlay,
             bands=bands,

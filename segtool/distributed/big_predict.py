@@ -571,6 +571,7 @@ def predict_blocks(
     prob_threshold: float | None = None,
     seed_threshold: float | None = None,
     min_size: int | None = None,
+    split_height: float | None = None,
     device: str = "cpu",
     threads: int | None = None,
 ) -> BlockPrediction:
@@ -593,7 +594,7 @@ def predict_blocks(
     halo : int, optional
         Context pixels read around each block; make it larger than the
         largest object (see the module docstring for what happens otherwise).
-    tile, overlap, batch_size, tta, prob_threshold, seed_threshold, min_size
+    tile, overlap, batch_size, tta, prob_threshold, seed_threshold, min_size, split_height
         As in :func:`segtool.unet.predict.predict_image`; ``min_size`` also
         applies to objects assembled across blocks.
     device : str, optional
@@ -651,7 +652,8 @@ def predict_blocks(
     tile_hw = resolve_tile(config, image.shape, tile)
     if block < max(tile_hw):
         raise InputError(f"block ({block}) must be at least the tile size ({max(tile_hw)})")
-    options = postprocess_options(config, prob_threshold=prob_threshold, min_size=min_size, seed_threshold=seed_threshold)
+    options = postprocess_options(config, prob_threshold=prob_threshold, min_size=min_size, seed_threshold=seed_threshold,
+                                  split_height=split_height)
     # Check the post-processing values here, once, rather than in every block task on the workers.
     maps_to_labels(np.zeros((config.out_channels, 1, 1), np.float32), target=config.target, **options)
 

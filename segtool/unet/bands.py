@@ -96,6 +96,7 @@ def predict_label_bands(
     prob_threshold: float | None = None,
     min_size: int | None = None,
     seed_threshold: float | None = None,
+    split_height: float | None = None,
     band_rows: int = 1024,
     halo: int = 128,
     keep_maps: bool = False,
@@ -122,7 +123,7 @@ def predict_label_bands(
     shape : (H, W)
         Image size.
     model : LoadedModel
-    tile, overlap, batch_size, tta, prob_threshold, min_size, seed_threshold
+    tile, overlap, batch_size, tta, prob_threshold, min_size, seed_threshold, split_height
         As in :func:`segtool.unet.predict.predict_image`.
     band_rows : int, optional
         Rows per band (the core, without the halo).
@@ -145,7 +146,8 @@ def predict_label_bands(
         raise InputError(f"band_rows must be >= 1 and halo >= 0, got {band_rows} and {halo}")
     band_rows, halo = int(band_rows), int(halo)
     height, width = (int(n) for n in shape)
-    options = postprocess_options(config, prob_threshold=prob_threshold, min_size=min_size, seed_threshold=seed_threshold)
+    options = postprocess_options(config, prob_threshold=prob_threshold, min_size=min_size, seed_threshold=seed_threshold,
+                                  split_height=split_height)
     tile_hw = resolve_tile(config, (height, width), tile)
     padded_h, padded_w = max(height, tile_hw[0]), max(width, tile_hw[1])
     pads = _pad_amounts((height, width), tile_hw)

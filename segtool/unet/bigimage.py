@@ -448,6 +448,7 @@ def predict_file_in_bands(
     prob_threshold: float | None = None,
     min_size: int | None = None,
     seed_threshold: float | None = None,
+    split_height: float | None = None,
     band_rows: int | None = None,
     halo: int = 128,
     on_tile: Callable[[int, int], None] | None = None,
@@ -468,7 +469,7 @@ def predict_file_in_bands(
         Also write outlines over the image as PNG, downsampled so its longer
         side is at most 4096 pixels.
     overwrite : bool, optional
-    tile, overlap, batch_size, tta, prob_threshold, min_size, seed_threshold
+    tile, overlap, batch_size, tta, prob_threshold, min_size, seed_threshold, split_height
         As in :func:`segtool.unet.predict.predict_image`.
     band_rows : int, optional
         Rows per band; default from :func:`default_band_rows`.
@@ -565,6 +566,7 @@ def predict_file_in_bands(
                 prob_threshold=prob_threshold,
                 min_size=min_size,
                 seed_threshold=seed_threshold,
+                split_height=split_height,
                 band_rows=band_rows,
                 halo=halo,
                 keep_maps=prob_spool is not None,

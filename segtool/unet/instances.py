@@ -17,6 +17,15 @@ objects are dropped and labels renumbered 1..N.
 A foreground region that holds no seed (a faint object whose interior never
 reaches the seed threshold) becomes an object of its own rather than being
 lost.
+
+Touching nuclei whose seed regions still touch (small, tightly packed nuclei
+often do) can be split by shape: with ``split_height`` set, each seed region
+is replaced by the regional maxima of its (lightly smoothed) distance to the
+region's edge that rise at least ``split_height`` pixels above the saddle to
+any higher maximum. Two discs joined by a neck have two such maxima, one disc
+has one. This is how classical pipelines split touching nuclei, applied to the
+network's seed regions instead of a thresholded image; on the shipped model's
+validation images it fixed more merges than it created splits.
 """
 
 from __future__ import annotations
@@ -26,7 +35,7 @@ from scipy import ndimage
 
 from segtool.errors import InputError
 
-__all__ = ["maps_to_labels", "DEFAULT_SEED_THRESHOLD", "DEFAULT_MIN_SIZE"]
+__all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_SEED_THRESHOLD", "maps_to_labels"]
 
 #: Default seed threshold per target type.
 DEFAULT_SEED_THRESHOLD = {"three_class": 0.5, "distance": 0.4}
@@ -55,6 +64,7 @@ def maps_to_labels(
     min_size: int = DEFAULT_MIN_SIZE,
     seed_threshold: float | None = None,
     min_seed_size: int | None = None,
+    split_height: float | None = None,
 ) -> np.ndarray:
     """Turn activated network maps into instance labels.
 
@@ -77,6 +87,11 @@ def maps_to_labels(
     min_seed_size : int, optional
         Seeds with fewer pixels are ignored, so noise cannot split an object.
         Default ``max(1, min_size // 4)``.
+    split_height : float, optional
+        Split seed regions by shape: seeds become the maxima of the distance
+        to the seed region's edge that stand at least this many pixels above
+        their surroundings (h-maxima). ``None`` (default) keeps each seed
+        region whole.
 
     Returns
     -------
@@ -86,8 +101,8 @@ def maps_to_labels(
     Raises
     ------
     InputError
-        If ``target`` is unknown, ``maps`` has the wrong shape for it, or a
-        threshold is outside [0, 1].
+        If ``target`` is unknown, ``maps`` has the wrong shape for it, a
+        threshold is outside [0, 1] or ``split_height`` is not positive.
 
     Examples
     --------
@@ -114,6 +129,8 @@ def maps_to_labels(
     if min_seed_size is None:
         min_seed_size = max(1, min_size // 4)
     min_seed_size = int(min_seed_size)
+    if split_height is not None:
+        split_height = _check_positive("split_height", split_height)
 
     if target == "three_class":
         foreground = data[0] < np.float32(1.0 - prob_threshold)
@@ -125,19 +142,58 @@ def maps_to_labels(
         elevation = -data[1].astype(np.float32, copy=False)
 
     seeds = foreground & (seed_map > np.float32(seed_threshold))
+    if split_height is not None:
+        seeds = _shape_seeds(seeds, split_height)
     markers, n_seeds = ndimage.label(seeds)
     del seeds
-    if n_seeds and min_seed_size > 1:
+    if n_seeds and min_seed_size > 1 and split_height is None:
         markers = _drop_small(markers, min_seed_size)
     labels = _watershed(elevation, markers, foreground)
     del markers, elevation
 
     unseeded = foreground & (labels == 0)
     if unseeded.any():
-        extra, n_extra = ndimage.label(unseeded)
+        extra, _ = ndimage.label(unseeded)
         offset = int(labels.max())
         labels[extra > 0] = extra[extra > 0] + offset
     return _finish(labels, min_size)
+
+
+def _check_positive(name: str, value: float) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        raise InputError(f"{name} must be a positive number, got {value!r}") from None
+    if not value > 0 or value == float("inf"):
+        raise InputError(f"{name} must be a positive number, got {value}")
+    return value
+
+
+#: Gaussian smoothing (pixels) of the distance map before its maxima are taken. Without it the ridge
+#: of an elongated seed region has many one-pixel bumps, each of which would become a seed; 1.5
+#: scored best of 0.5-3 on the shipped model's validation images.
+_SPLIT_SMOOTHING = 1.5
+
+
+def _shape_seeds(regions: np.ndarray, height: float) -> np.ndarray:
+    """One seed per "disc" of each region: h-maxima of the smoothed distance to the region's edge."""
+    from skimage.morphology import h_maxima
+
+    if not regions.any():
+        return regions
+    distance = ndimage.gaussian_filter(ndimage.distance_transform_edt(regions), _SPLIT_SMOOTHING)
+    region_labels, _ = ndimage.label(regions)
+    seeds = np.zeros_like(regions)
+    # Region by region: h-maxima over the whole image sorts every pixel (3x slower on a dense
+    # 2048^2 image), and a region's maxima should not depend on its neighbours anyway.
+    for index, box in enumerate(ndimage.find_objects(region_labels), start=1):
+        own = region_labels[box] == index
+        local = np.where(own, distance[box], 0.0)
+        peaks = own & h_maxima(local, height).astype(bool) if local.max() >= height else None
+        # A region too small or flat to hold an h-maximum keeps itself as the seed, so
+        # splitting never loses an object the plain seeds would have found.
+        seeds[box] |= peaks if peaks is not None and peaks.any() else own
+    return seeds
 
 
 def _watershed(elevation: np.ndarray, markers: np.ndarray, mask: np.ndarray) -> np.ndarray:

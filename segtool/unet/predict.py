@@ -53,7 +53,7 @@ __all__ = [
 ]
 
 #: Keys of ``UNetConfig.postprocess`` that :func:`maps_to_labels` understands.
-_POSTPROCESS_KEYS = ("prob_threshold", "min_size", "seed_threshold", "min_seed_size")
+_POSTPROCESS_KEYS = ("prob_threshold", "min_size", "seed_threshold", "min_seed_size", "split_height")
 
 #: Keys under which a model may record the median object diameter (pixels) of its training data.
 _DIAMETER_KEYS = ("median_diameter", "object_diameter", "diameter")
@@ -344,8 +344,11 @@ def postprocess_options(
     prob_threshold: float | None = None,
     min_size: int | None = None,
     seed_threshold: float | None = None,
+    split_height: float | None = None,
 ) -> dict[str, Any]:
     """Post-processing keywords for :func:`maps_to_labels`: the model's tuned values, then overrides.
+
+    ``split_height=0`` turns off the model's shape splitting.
 
     Examples
     --------
@@ -355,9 +358,12 @@ def postprocess_options(
     {'prob_threshold': 0.4, 'min_size': 5}
     """
     options = {k: config.postprocess[k] for k in _POSTPROCESS_KEYS if config.postprocess.get(k) is not None}
-    for key, value in (("prob_threshold", prob_threshold), ("min_size", min_size), ("seed_threshold", seed_threshold)):
+    for key, value in (("prob_threshold", prob_threshold), ("min_size", min_size), ("seed_threshold", seed_threshold),
+                       ("split_height", split_height)):
         if value is not None:
             options[key] = value
+    if options.get("split_height") == 0:
+        del options["split_height"]
     return options
 
 
@@ -479,6 +485,7 @@ def predict_image(
     prob_threshold: float | None = None,
     min_size: int | None = None,
     seed_threshold: float | None = None,
+    split_height: float | None = None,
     on_tile: TileCallback | None = None,
 ) -> PredictResult:
     """Segment one image with a U-Net: normalise, tile, predict, blend, label.
@@ -504,8 +511,10 @@ def predict_image(
         Resize the image by this factor before the network and map the
         result back to the original size (use when objects are larger or
         smaller than in the training data; see :func:`scale_for_diameter`).
-    prob_threshold, min_size, seed_threshold : optional
-        Override the model's tuned post-processing values.
+    prob_threshold, min_size, seed_threshold, split_height : optional
+        Override the model's tuned post-processing values (see
+        :func:`segtool.unet.instances.maps_to_labels`; ``split_height=0``
+        turns shape splitting off).
     on_tile : callable, optional
         ``on_tile(done, total)`` progress callback.
 
@@ -536,7 +545,8 @@ def predict_image(
     config = model.config
     _check_common(model, overlap, batch_size, scale)
     data = _as_channels(image, config.in_channels)
-    options = postprocess_options(config, prob_threshold=prob_threshold, min_size=min_size, seed_threshold=seed_threshold)
+    options = postprocess_options(config, prob_threshold=prob_threshold, min_size=min_size, seed_threshold=seed_threshold,
+                                  split_height=split_height)
     normalized = np.stack([normalize_percentile(c, config.norm_low, config.norm_high) for c in data])
     height, width = normalized.shape[1:]
     if scale != 1.0:
