@@ -86,7 +86,8 @@ def maps_to_labels(
         object's seed.
     min_seed_size : int, optional
         Seeds with fewer pixels are ignored, so noise cannot split an object.
-        Default ``max(1, min_size // 4)``.
+        Default ``max(1, min_size // 4)``. Not used with ``split_height``,
+        whose seeds are small maxima by design.
     split_height : float, optional
         Split seed regions by shape: seeds become the maxima of the distance
         to the seed region's edge that stand at least this many pixels above
@@ -189,10 +190,14 @@ def _shape_seeds(regions: np.ndarray, height: float) -> np.ndarray:
     for index, box in enumerate(ndimage.find_objects(region_labels), start=1):
         own = region_labels[box] == index
         local = np.where(own, distance[box], 0.0)
-        peaks = own & h_maxima(local, height).astype(bool) if local.max() >= height else None
         # A region too small or flat to hold an h-maximum keeps itself as the seed, so
         # splitting never loses an object the plain seeds would have found.
-        seeds[box] |= peaks if peaks is not None and peaks.any() else own
+        seed = own
+        if local.max() >= height:
+            peaks = own & h_maxima(local, height).astype(bool)
+            if peaks.any():
+                seed = peaks
+        seeds[box] |= seed
     return seeds
 
 
