@@ -17,6 +17,7 @@ rescale to a training diameter. Test images are never touched.
 Usage::
 
     python bench/study_postprocess.py segtool/models/nuclei.pt --data ../shared/data/dsb2018_fluo/train [--smoothing] [--upscale]
+    python bench/study_postprocess.py runs/other.pt --data ../shared/data/dsb2018_fluo/train --postprocess-from segtool/models/nuclei.pt
 """
 
 from __future__ import annotations
@@ -84,6 +85,7 @@ def main() -> None:
     parser.add_argument("model", type=Path)
     parser.add_argument("--data", type=Path, required=True, help="folder with images/ and masks/ holding the validation files")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--postprocess-from", type=Path, help="use this (tuned) model's post-processing values instead")
     parser.add_argument("--smoothing", action="store_true", help="also score other smoothing widths for shape splitting")
     parser.add_argument("--upscale", action="store_true", help="also score predicting at 2x")
     args = parser.parse_args()
@@ -94,7 +96,8 @@ def main() -> None:
     if not names:
         raise SystemExit(f"{args.model}: metadata lists no validation files")
     target = model.config.target
-    tuned = {k: v for k, v in model.config.postprocess.items() if k in ("prob_threshold", "seed_threshold", "min_size", "split_height")}
+    source = load_model(args.postprocess_from) if args.postprocess_from else model
+    tuned = {k: v for k, v in source.config.postprocess.items() if k in ("prob_threshold", "seed_threshold", "min_size", "split_height")}
     images = [read_image(args.data / "images" / name).data for name in names]
     truths = [read_labels(args.data / "masks" / name).data for name in names]
     maps = [predict_image(image, model).maps for image in images]
