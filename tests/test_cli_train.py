@@ -47,7 +47,7 @@ def write_set(root: Path, count: int = 5, *, mask_suffix: str = "", seed: int = 
 def test_train_one_folder_writes_model_log_curve_and_checkpoints(tmp_path):
     data = write_set(tmp_path / "data")
     model = tmp_path / "out" / "nuclei.pt"
-    result = invoke("train", data, "-o", model, "--epochs", "2", *TINY)
+    result = invoke("train", data, "-o", model, "--epochs", "2", "--rotate", "--zoom", "0.2", *TINY)
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() == str(model)
     assert "epoch 2/2" in result.stderr and "training on 4 images, validating on 1" in result.stderr
@@ -62,6 +62,8 @@ def test_train_one_folder_writes_model_log_curve_and_checkpoints(tmp_path):
     assert loaded.config.depth == 2 and loaded.config.target == "three_class"
     meta = loaded.metadata
     assert meta["epochs_run"] == 2 and meta["training_data"]["images"] == 4
+    augment = meta["options"]["augment"]
+    assert augment["rotate"] is True and augment["zoom"] == 0.2 and augment["elastic"] is False
     assert meta["validation"]["images"] == 1 and 0 <= meta["validation"]["f1_iou50"] <= 1
     assert len(meta["training_files"]) == 4 and len(meta["validation_files"]) == 1
 
@@ -139,6 +141,8 @@ def test_usage_errors(tmp_path):
     assert result.exit_code == 1 and "multiple of 2**depth" in result.stderr
     result = invoke("train", data, "-o", tmp_path / "m.pt", "--target", "blobs")
     assert result.exit_code == 2
+    result = invoke("train", data, "-o", tmp_path / "m.pt", "--zoom", "-0.5")
+    assert result.exit_code == 2 and "--zoom" in result.stderr
 
 
 def test_refuses_to_overwrite_and_points_to_resume(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 from skimage.draw import disk
 
 from segtool.errors import InputError
-from segtool.unet.augment import AugmentOptions, augment_pair, elastic_field
+from segtool.unet.augment import AugmentOptions, augment_pair, context_margin, elastic_field
 
 GEOMETRY_ONLY = AugmentOptions(intensity_scale=0.0, intensity_shift=0.0, noise_std=0.0)
 
@@ -108,3 +108,79 @@ def test_rejects_mismatched_shapes_and_bad_options():
 def test_options_roundtrip():
     options = AugmentOptions(elastic=True, noise_std=0.05)
     assert AugmentOptions.from_dict(options.to_dict()) == options
+
+
+def bar_angle(mask: np.ndarray) -> float:
+    """Orientation (degrees, 0-180) of a mask's principal axis, from its second moments."""
+    ys, xs = np.nonzero(mask)
+    ys, xs = ys - ys.mean(), xs - xs.mean()
+    return float(np.degrees(0.5 * np.arctan2(2 * (xs * ys).mean(), (xs**2).mean() - (ys**2).mean())) % 180)
+
+
+def centred_bar_and_disc(size: int) -> np.ndarray:
+    labels = np.zeros((size, size), np.float32)
+    c = size // 2
+    labels[c - 3 : c + 3, c - 15 : c + 15] = 1  # a horizontal bar through the centre
+    labels[disk((c, c - 25), 6)] = 2  # a disc beside it
+    return labels
+
+
+def test_rotation_by_any_angle_turns_the_content_and_keeps_it_aligned():
+    labels = centred_bar_and_disc(96)
+    options = AugmentOptions(flip=False, rotate90=False, intensity_scale=0, intensity_shift=0, noise_std=0, rotate=True)
+    angles = []
+    for seed in range(12):
+        img, tgt = augment_pair(labels[None] * 10.0, labels[None], np.random.default_rng(seed), options=options, output_size=64)
+        assert img.shape == tgt.shape == (1, 64, 64)
+        assert set(np.unique(tgt)) <= {0.0, 1.0, 2.0}
+        assert np.isclose(img[0], tgt[0] * 10.0, atol=5.0).mean() > 0.97
+        bar = tgt[0] == 1
+        assert abs(bar.sum() / (labels == 1).sum() - 1) < 0.15  # rotation keeps area
+        angles.append(bar_angle(bar))
+    # angles off the four axis directions occur (not only multiples of 90 degrees)
+    off_axis = [a for a in angles if min(a % 90, 90 - a % 90) > 10]
+    assert len(off_axis) >= 4
+
+
+def test_zoom_scales_object_areas_within_the_range():
+    labels = centred_bar_and_disc(96)
+    options = AugmentOptions(flip=False, rotate90=False, intensity_scale=0, intensity_shift=0, noise_std=0, zoom=0.5)
+    ratios = []
+    for seed in range(16):
+        _, tgt = augment_pair(labels[None], labels[None], np.random.default_rng(seed), options=options, output_size=48)
+        ratios.append((tgt[0] == 1).sum() / (labels == 1).sum())
+    # a linear zoom by z changes areas by z**2, z in [1/1.5, 1.5]
+    assert min(ratios) >= (1 / 1.5) ** 2 * 0.85 and max(ratios) <= 1.5**2 * 1.15
+    assert min(ratios) < 0.85 and max(ratios) > 1.15  # both shrinking and growing occur
+
+
+def test_rotated_output_reads_context_from_around_the_window():
+    # discs just outside the middle of each edge of the central window: the centre crop misses them,
+    # a turn by about 45 degrees brings the window's corners over them (real context, not mirrored patch)
+    size, out = 128, 64
+    marks = np.zeros((size, size), np.float32)
+    c = size // 2
+    for dy, dx in ((38, 0), (-38, 0), (0, 38), (0, -38)):
+        marks[disk((c + dy, c + dx), 4)] = 1
+    plain = AugmentOptions(flip=False, rotate90=False, intensity_scale=0, intensity_shift=0, noise_std=0)
+    crop, _ = augment_pair(marks[None], marks[None], np.random.default_rng(0), options=plain, output_size=out)
+    assert crop.shape == (1, out, out) and crop.max() == 0
+    rotated = AugmentOptions(flip=False, rotate90=False, intensity_scale=0, intensity_shift=0, noise_std=0, rotate=True)
+    touched = [augment_pair(marks[None], marks[None], np.random.default_rng(s), options=rotated, output_size=out)[1].max() for s in range(12)]
+    assert max(touched) == 1.0
+
+
+def test_context_margin_covers_the_warp():
+    assert context_margin(128, AugmentOptions(elastic=True)) == 0  # elastic alone keeps its old behaviour
+    rotate = context_margin(128, AugmentOptions(rotate=True))
+    assert 64 * np.sqrt(2) - 64 <= rotate < 64 * np.sqrt(2) - 64 + 1
+    zoom = context_margin(128, AugmentOptions(zoom=0.25))
+    assert zoom == 16
+    assert context_margin(128, AugmentOptions(rotate=True, zoom=0.25, elastic=True)) > context_margin(128, AugmentOptions(rotate=True, zoom=0.25))
+
+
+def test_output_size_must_fit_the_input():
+    with pytest.raises(InputError, match="output_size"):
+        augment_pair(np.zeros((1, 8, 8)), np.zeros((1, 8, 8)), np.random.default_rng(0), output_size=9)
+    with pytest.raises(InputError, match="zoom"):
+        AugmentOptions(zoom=-0.1)

@@ -156,6 +156,19 @@ def test_patches_keep_image_and_target_aligned(pairs):
     assert np.array_equal(x > 0, y > 0)
 
 
+def test_rotating_and_zooming_sampler_keeps_patches_aligned(pairs):
+    _, labels = pairs[0]
+    sample = prepare_sample(labels, labels, tiny_config(norm_low=0.0, norm_high=100.0))
+    sample.image = labels[None].astype(np.float32)
+    options = AugmentOptions(intensity_scale=0, intensity_shift=0, noise_std=0, rotate=True, zoom=0.25, elastic=True)
+    x, y = PatchSampler([sample], patch_size=32, rng=np.random.default_rng(0), augment=options).batch(16)
+    assert x.shape == (16, 1, 32, 32) and y.shape == (16, 1, 32, 32)
+    assert set(np.unique(y)) <= set(np.unique(sample.target).tolist())
+    # the image is its own labels: linear interpolation against nearest for the target, so object
+    # pixels agree except along edges
+    assert ((x > 0.5) == (y > 0)).mean() > 0.95
+
+
 def test_learning_rate_schedule():
     options = TrainOptions(learning_rate=1e-3, min_lr_fraction=0.1)
     lrs = [learning_rate_at(s, total_steps=100, warmup_steps=10, options=options) for s in range(101)]

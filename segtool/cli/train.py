@@ -69,7 +69,7 @@ LOG_COLUMNS = (
 _FIXED_BY_CHECKPOINT = (
     "depth", "base_channels", "target", "norm_low", "norm_high", "patch_size", "epochs", "batch_size",
     "patches_per_epoch", "lr", "weight_decay", "optimizer", "schedule", "patience", "foreground_fraction",
-    "seed", "augment", "elastic", "val_fraction", "class_weights",
+    "seed", "augment", "elastic", "rotate", "zoom", "val_fraction", "class_weights",
 )
 
 
@@ -375,6 +375,11 @@ def train(
         bool, typer.Option("--augment/--no-augment", help="Flips, 90-degree rotations, intensity scale/shift, noise.", rich_help_panel=PANEL_AUG)
     ] = True,
     elastic: Annotated[bool, typer.Option("--elastic", help="Add elastic deformations.", rich_help_panel=PANEL_AUG)] = False,
+    rotate: Annotated[bool, typer.Option("--rotate", help="Add rotations by any angle (read from the image around the patch).", rich_help_panel=PANEL_AUG)] = False,
+    zoom: Annotated[
+        float,
+        typer.Option("--zoom", min=0.0, max=1.0, help="Add random zoom by a factor between 1/(1+Z) and 1+Z (0: off).", rich_help_panel=PANEL_AUG),
+    ] = 0.0,
     device: Annotated[Device, typer.Option("--device", help="auto picks CUDA, then Apple MPS, then the CPU.", rich_help_panel=PANEL_RUN)] = Device.auto,
     threads: Annotated[Optional[int], typer.Option("--threads", min=1, help="CPU threads for PyTorch. Default: PyTorch's choice.", rich_help_panel=PANEL_RUN)] = None,
     resume: Annotated[
@@ -434,7 +439,7 @@ def train(
                 patience=patience,
                 foreground_fraction=foreground_fraction,
                 class_weighting=class_weights,
-                augment=AugmentOptions(elastic=elastic) if augment else AugmentOptions.none(),
+                augment=AugmentOptions(elastic=elastic, rotate=rotate, zoom=zoom) if augment else AugmentOptions.none(),
                 seed=seed,
                 device=device.value,
             )

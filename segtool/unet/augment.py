@@ -1,10 +1,16 @@
 """Random augmentation of a training patch and its target, applied together.
 
-Geometric transforms (flips, 90-degree rotations, elastic deformation) move
-image and target pixels identically; intensity transforms (scale, shift,
-Gaussian noise) change the image only. Every random draw comes from the
-:class:`numpy.random.Generator` passed in, so a seeded generator gives the
-same patches every run.
+Geometric transforms (flips, 90-degree rotations, rotation by any angle and
+zoom, elastic deformation) move image and target pixels identically;
+intensity transforms (scale, shift, Gaussian noise) change the image only.
+Every random draw comes from the :class:`numpy.random.Generator` passed in,
+so a seeded generator gives the same patches every run.
+
+Rotation by any angle and zoom-out need pixels from outside the patch. The
+caller can pass a larger window and ask for a smaller ``output_size``: the
+output is sampled from the window's centre, so its corners come from real
+image context instead of mirrored copies of the patch (see
+:func:`context_margin` for how much is needed).
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import numpy as np
 
 from segtool.errors import InputError
 
-__all__ = ["AugmentOptions", "augment_pair", "elastic_field"]
+__all__ = ["AugmentOptions", "augment_pair", "context_margin", "elastic_field"]
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,11 @@ class AugmentOptions:
     elastic_spacing : int
         Distance in pixels between the random control points of the
         deformation (larger is smoother).
+    rotate : bool
+        Random rotation by any angle (on top of ``rotate90``).
+    zoom : float
+        Random zoom by a factor drawn log-uniformly from
+        ``[1 / (1 + z), 1 + z]`` (objects grow or shrink); 0 disables.
     """
 
     flip: bool = True
@@ -54,9 +65,11 @@ class AugmentOptions:
     elastic: bool = False
     elastic_alpha: float = 4.0
     elastic_spacing: int = 32
+    rotate: bool = False
+    zoom: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ("intensity_scale", "intensity_shift", "noise_std", "elastic_alpha"):
+        for name in ("intensity_scale", "intensity_shift", "noise_std", "elastic_alpha", "zoom"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise InputError(f"{name} must be a number >= 0, got {value!r}")
@@ -75,6 +88,55 @@ class AugmentOptions:
     def none(cls) -> AugmentOptions:
         """No augmentation at all."""
         return cls(flip=False, rotate90=False, intensity_scale=0.0, intensity_shift=0.0, noise_std=0.0)
+
+
+def context_margin(patch_size: int, options: AugmentOptions) -> int:
+    """Pixels of context needed on each side of a patch for its geometric warp.
+
+    A patch rotated by 45 degrees and zoomed out by ``1 + zoom`` reads from
+    up to ``patch_size / sqrt(2) * (1 + zoom)`` pixels from its centre; the
+    elastic field adds up to about three times its typical displacement.
+    0 when neither rotation by any angle nor zoom is on (elastic deformation
+    alone then mirrors at the patch edge, as it always has).
+
+    Examples
+    --------
+    >>> context_margin(128, AugmentOptions())
+    0
+    >>> context_margin(128, AugmentOptions(rotate=True, zoom=0.25))
+    50
+    """
+    if not (options.rotate or options.zoom):
+        return 0
+    half = patch_size / 2.0
+    reach = half * (math.sqrt(2.0) if options.rotate else 1.0) * (1.0 + options.zoom)
+    if options.elastic:
+        reach += 3.0 * options.elastic_alpha
+    return int(math.ceil(reach - half))
+
+
+def _affine_coords(
+    shape: tuple[int, int], output: tuple[int, int], rng: np.random.Generator, options: AugmentOptions
+) -> np.ndarray:
+    """Source coordinates (2, h, w) in an input of ``shape`` for an ``output`` window at its centre.
+
+    The output is rotated by a random angle and zoomed by a random factor about
+    its centre; with neither on it is the plain centre crop.
+    """
+    angle = rng.uniform(0.0, 2.0 * math.pi) if options.rotate else 0.0
+    if options.zoom:
+        bound = math.log1p(options.zoom)
+        zoom = math.exp(rng.uniform(-bound, bound))
+    else:
+        zoom = 1.0
+    out_y, out_x = np.mgrid[: output[0], : output[1]].astype(np.float32)
+    out_y -= (output[0] - 1) / 2.0
+    out_x -= (output[1] - 1) / 2.0
+    cos, sin = math.cos(angle) / zoom, math.sin(angle) / zoom  # zoom > 1 reads a smaller area: objects grow
+    coords = np.empty((2, *output), np.float32)
+    coords[0] = cos * out_y - sin * out_x + (shape[0] - 1) / 2.0
+    coords[1] = sin * out_y + cos * out_x + (shape[1] - 1) / 2.0
+    return coords
 
 
 def elastic_field(shape: tuple[int, int], rng: np.random.Generator, *, alpha: float, spacing: int) -> np.ndarray:
@@ -118,6 +180,7 @@ def augment_pair(
     *,
     options: AugmentOptions = AugmentOptions(),
     target_order: int = 0,
+    output_size: int | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Augment an image patch and its target with the same random geometry.
 
@@ -131,18 +194,24 @@ def augment_pair(
         Source of every random draw.
     options : AugmentOptions, optional
     target_order : int, optional
-        Interpolation order for the target in the elastic warp (0, nearest,
+        Interpolation order for the target in the geometric warp (0, nearest,
         keeps class indices integral).
+    output_size : int, optional
+        Return a square patch of this size sampled from the centre of the
+        (larger) input, which supplies the context that rotation and zoom
+        read from. Default: the input's size.
 
     Returns
     -------
     image, target : ndarray of float32
-        New arrays; rotations by 90 or 270 degrees swap H and W.
+        New arrays; without ``output_size``, rotations by 90 or 270 degrees
+        swap H and W.
 
     Raises
     ------
     InputError
-        If the arrays are not 3-D with the same H and W.
+        If the arrays are not 3-D with the same H and W, or ``output_size``
+        is larger than either.
 
     Examples
     --------
@@ -153,6 +222,8 @@ def augment_pair(
     """
     if image.ndim != 3 or target.ndim != 3 or image.shape[1:] != target.shape[1:]:
         raise InputError(f"image and target must be (C, H, W) with equal H, W; got {image.shape} and {target.shape}")
+    if output_size is not None and not 1 <= output_size <= min(image.shape[1:]):
+        raise InputError(f"output_size must be between 1 and the input size {image.shape[1:]}, got {output_size}")
     img = image
     tgt = target
     if options.flip:
@@ -163,12 +234,23 @@ def augment_pair(
     if options.rotate90:
         k = int(rng.integers(4))
         img, tgt = np.rot90(img, k, axes=(1, 2)), np.rot90(tgt, k, axes=(1, 2))
-    if options.elastic and options.elastic_alpha > 0:
-        shift = elastic_field(img.shape[1:], rng, alpha=options.elastic_alpha, spacing=int(options.elastic_spacing))
-        grid = np.mgrid[: img.shape[1], : img.shape[2]].astype(np.float32)
-        coords = grid + shift
+    output = img.shape[1:] if output_size is None else (int(output_size), int(output_size))
+    warp = options.rotate or bool(options.zoom)
+    elastic = options.elastic and options.elastic_alpha > 0
+    if warp or elastic:
+        if warp:
+            coords = _affine_coords(img.shape[1:], output, rng, options)
+        else:
+            offset = [(n - m) // 2 for n, m in zip(img.shape[1:], output)]
+            coords = np.mgrid[offset[0] : offset[0] + output[0], offset[1] : offset[1] + output[1]].astype(np.float32)
+        if elastic:
+            coords += elastic_field(output, rng, alpha=options.elastic_alpha, spacing=int(options.elastic_spacing))
         img = _warp(np.ascontiguousarray(img), coords, order=1)
         tgt = _warp(np.ascontiguousarray(tgt), coords, order=target_order)
+    elif output != img.shape[1:]:
+        top, left = [(n - m) // 2 for n, m in zip(img.shape[1:], output)]
+        window = np.s_[:, top : top + output[0], left : left + output[1]]
+        img, tgt = img[window], tgt[window]
     img = np.array(img, dtype=np.float32)  # always a fresh, contiguous copy
     tgt = np.array(tgt, dtype=np.float32)
     if options.intensity_scale:

@@ -17,7 +17,7 @@ import numpy as np
 
 from segtool.errors import InputError
 from segtool.normalize import normalize_percentile
-from segtool.unet.augment import AugmentOptions, augment_pair
+from segtool.unet.augment import AugmentOptions, augment_pair, context_margin
 from segtool.unet.config import UNetConfig
 from segtool.unet.targets import make_target
 
@@ -202,6 +202,16 @@ def summarize_pairs(pairs: Sequence[tuple[np.ndarray, np.ndarray]]) -> dict:
     }
 
 
+def _window(array: np.ndarray, y0: int, x0: int, size: int, margin: int) -> np.ndarray:
+    """The ``size`` window at (y0, x0) plus ``margin`` on every side, mirrored where it leaves the image."""
+    height, width = array.shape[1:]
+    top, left = y0 - margin, x0 - margin
+    bottom, right = y0 + size + margin, x0 + size + margin
+    inside = array[:, max(top, 0) : min(bottom, height), max(left, 0) : min(right, width)]
+    pads = [(0, 0), (max(0, -top), max(0, bottom - height)), (max(0, -left), max(0, right - width))]
+    return np.pad(inside, pads, mode="symmetric") if any(any(p) for p in pads) else inside
+
+
 def _pad_to(array: np.ndarray, size: int) -> np.ndarray:
     pads = [(0, 0)] + [(0, max(0, size - n)) for n in array.shape[1:]]
     if all(after == 0 for _, after in pads):
@@ -216,7 +226,10 @@ class PatchSampler:
     their area (large images give more patches than small ones, without
     drowning them). With probability ``foreground_fraction`` the patch is
     placed to contain a randomly chosen object pixel, otherwise uniformly.
-    Images smaller than the patch are mirrored up to its size.
+    Images smaller than the patch are mirrored up to its size. When the
+    augmentation rotates by any angle or zooms, the patch is cut with a
+    margin of surrounding image (:func:`segtool.unet.augment.context_margin`)
+    that the warp reads from.
 
     Parameters
     ----------
@@ -252,6 +265,7 @@ class PatchSampler:
         self.rng = rng
         self.foreground_fraction = float(foreground_fraction)
         self.augment = augment if augment is not None else AugmentOptions()
+        self._margin = context_margin(self.patch_size, self.augment)
         self._images = [_pad_to(s.image, self.patch_size) for s in samples]
         self._targets = [_pad_to(s.target, self.patch_size) for s in samples]
         self._foreground = [s.foreground for s in samples]
@@ -278,8 +292,11 @@ class PatchSampler:
         """One augmented ``(image (C, P, P), target (K, P, P))`` patch."""
         index = int(self.rng.choice(len(self._images), p=self._weights))
         y0, x0 = self._origin(index)
-        window = np.s_[:, y0 : y0 + self.patch_size, x0 : x0 + self.patch_size]
-        return augment_pair(self._images[index][window], self._targets[index][window], self.rng, options=self.augment)
+        if not self._margin:
+            window = np.s_[:, y0 : y0 + self.patch_size, x0 : x0 + self.patch_size]
+            return augment_pair(self._images[index][window], self._targets[index][window], self.rng, options=self.augment)
+        image, target = (_window(a[index], y0, x0, self.patch_size, self._margin) for a in (self._images, self._targets))
+        return augment_pair(image, target, self.rng, options=self.augment, output_size=self.patch_size)
 
     def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
         """``size`` patches stacked as ``(B, C, P, P)`` and ``(B, K, P, P)`` float32."""
