@@ -235,20 +235,19 @@ def augment_pair(
         k = int(rng.integers(4))
         img, tgt = np.rot90(img, k, axes=(1, 2)), np.rot90(tgt, k, axes=(1, 2))
     output = img.shape[1:] if output_size is None else (int(output_size), int(output_size))
+    top, left = ((n - m) // 2 for n, m in zip(img.shape[1:], output))
     warp = options.rotate or bool(options.zoom)
     elastic = options.elastic and options.elastic_alpha > 0
     if warp or elastic:
         if warp:
             coords = _affine_coords(img.shape[1:], output, rng, options)
         else:
-            offset = [(n - m) // 2 for n, m in zip(img.shape[1:], output)]
-            coords = np.mgrid[offset[0] : offset[0] + output[0], offset[1] : offset[1] + output[1]].astype(np.float32)
+            coords = np.mgrid[top : top + output[0], left : left + output[1]].astype(np.float32)
         if elastic:
             coords += elastic_field(output, rng, alpha=options.elastic_alpha, spacing=int(options.elastic_spacing))
         img = _warp(np.ascontiguousarray(img), coords, order=1)
         tgt = _warp(np.ascontiguousarray(tgt), coords, order=target_order)
-    elif output != img.shape[1:]:
-        top, left = [(n - m) // 2 for n, m in zip(img.shape[1:], output)]
+    else:
         window = np.s_[:, top : top + output[0], left : left + output[1]]
         img, tgt = img[window], tgt[window]
     img = np.array(img, dtype=np.float32)  # always a fresh, contiguous copy
