@@ -31,12 +31,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segtool.io import read_image, read_labels
 from segtool.metrics import match_labels
 from segtool.unet import instances
 from segtool.unet.instances import maps_to_labels
 from segtool.unet.modelfile import load_model
 from segtool.unet.predict import predict_image
+
+from _validation import load_validation  # bench/ helper, beside this script
 
 
 def error_kinds(truth: np.ndarray, pred: np.ndarray) -> dict[str, int]:
@@ -93,15 +94,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = load_model(args.model)
-    names = model.metadata.get("validation_files") or []
-    if not names:
-        raise SystemExit(f"{args.model}: metadata lists no validation files")
+    model, names, images, truths = load_validation(args.model, args.data)
     target = model.config.target
     source = load_model(args.postprocess_from) if args.postprocess_from else model
     tuned = {k: v for k, v in source.config.postprocess.items() if k in ("prob_threshold", "seed_threshold", "min_size", "split_height")}
-    images = [read_image(args.data / "images" / name).data for name in names]
-    truths = [read_labels(args.data / "masks" / name).data for name in names]
     maps = [predict_image(image, model).maps for image in images]
 
     def labels_for(options: dict) -> tuple[list[np.ndarray], float]:

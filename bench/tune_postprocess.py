@@ -28,11 +28,13 @@ from pathlib import Path
 
 import torch
 
-from segtool.io import atomic_output, read_image, read_labels
+from segtool.io import atomic_output
 from segtool.metrics import match_labels
 from segtool.unet.instances import maps_to_labels
 from segtool.unet.modelfile import load_model
 from segtool.unet.predict import predict_image
+
+from _validation import load_validation  # bench/ helper, beside this script
 
 PROB_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 # Seeds: interior probability for three_class (high values keep only nucleus cores, which splits touching
@@ -62,18 +64,11 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = load_model(args.model)
-    names = model.metadata.get("validation_files") or []
-    if not names:
-        raise SystemExit(f"{args.model}: metadata lists no validation files")
+    model, names, images, truths = load_validation(args.model, args.data)
     target = model.config.target
 
     start = time.perf_counter()
-    maps, truths = [], []
-    for name in names:
-        image = read_image(args.data / "images" / name).data
-        truths.append(read_labels(args.data / "masks" / name).data)
-        maps.append(predict_image(image, model, tta=args.tta).maps)
+    maps = [predict_image(image, model, tta=args.tta).maps for image in images]
     predict_seconds = time.perf_counter() - start
 
     def score(**options) -> dict:
