@@ -171,8 +171,8 @@ def _check_positive(name: str, value: float) -> float:
 
 
 #: Gaussian smoothing (pixels) of the distance map before its maxima are taken. Without it the ridge
-#: of an elongated seed region has many one-pixel bumps, each of which would become a seed; 1.5
-#: scored best of 0.5-3 on the shipped model's validation images.
+#: of an elongated seed region has many one-pixel bumps, each of which would become a seed. 1-2 px
+#: scored within 0.001 AP of each other on v5's validation images, 0.5 and 3 px lower (MODELS.md).
 _SPLIT_SMOOTHING = 1.5
 
 
