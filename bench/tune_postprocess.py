@@ -30,7 +30,7 @@ import torch
 
 from segtool.io import atomic_output
 from segtool.metrics import match_labels
-from segtool.unet.instances import maps_to_labels
+from segtool.unet.instances import DEFAULT_SEED_THRESHOLD, maps_to_labels
 from segtool.unet.modelfile import load_model
 from segtool.unet.predict import predict_image
 
@@ -42,6 +42,7 @@ PROB_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 SEED_THRESHOLDS = {
     "three_class": (0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995),
     "distance": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
+    "three_class_distance": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8),
 }
 MIN_SIZES = (10, 20, 30)
 # Second stage, with the best minimum size of the first: split seed regions by shape (h-maxima of the distance
@@ -50,6 +51,7 @@ SPLIT_HEIGHTS = (0.25, 0.5, 0.75, 1.0)
 SPLIT_SEED_THRESHOLDS = {
     "three_class": (0.5, 0.6, 0.7, 0.8, 0.9),
     "distance": (0.1, 0.2, 0.3, 0.4, 0.5),
+    "three_class_distance": (0.1, 0.2, 0.3, 0.4, 0.5),
 }
 
 
@@ -94,7 +96,7 @@ def main() -> None:
     grid_seconds = time.perf_counter() - start
     results.sort(key=rank, reverse=True)
     best = results[0]
-    default_seed = 0.5 if target == "three_class" else 0.4
+    default_seed = DEFAULT_SEED_THRESHOLD[target]
     default = next(r for r in results if r["prob_threshold"] == 0.5 and r["seed_threshold"] == default_seed and r["min_size"] == 20 and r["split_height"] is None)
     print(f"validation images: {len(names)}; network maps{' (TTA)' if args.tta else ''} in {predict_seconds:.1f} s; "
           f"{len(results)} settings scored in {grid_seconds:.0f} s")

@@ -83,6 +83,19 @@ def test_train_two_folders_with_mask_suffix_val_and_json(tmp_path):
     assert load_model(model).config.target == "distance"
 
 
+def test_three_class_distance_model_trains_and_predicts_from_the_cli(tmp_path):
+    data = write_set(tmp_path / "data", 3)
+    model = tmp_path / "m.pt"
+    result = invoke("train", data, "-o", model, "--epochs", "1", "--target", "three_class_distance", "--quiet", *TINY)
+    assert result.exit_code == 0, result.stderr
+    assert load_model(model).config.out_channels == 4
+    result = invoke("predict", data / "images", "-m", model, "-o", tmp_path / "pred", "--save-prob", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    probs = sorted((tmp_path / "pred").glob("*_prob.tif"))
+    assert len(probs) == 3 and len(sorted((tmp_path / "pred").glob("*_labels.tif"))) == 3
+    assert tifffile.imread(probs[0]).shape[0] == 4
+
+
 def test_model_info_text_and_json(tmp_path):
     data = write_set(tmp_path / "data", 3)
     model = tmp_path / "m.pt"

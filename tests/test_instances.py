@@ -44,6 +44,10 @@ def _distance_maps(labels):
     return maps
 
 
+def _three_class_distance_maps(labels):
+    return np.concatenate([_three_class_maps(labels), _distance_maps(labels)[1:]])
+
+
 def _pairs(gt, pred):
     """Map each true label to the predicted label covering most of it, with the IoU."""
     out = {}
@@ -56,7 +60,10 @@ def _pairs(gt, pred):
     return out
 
 
-@pytest.mark.parametrize("target, make", [("three_class", _three_class_maps), ("distance", _distance_maps)])
+@pytest.mark.parametrize(
+    "target, make",
+    [("three_class", _three_class_maps), ("distance", _distance_maps), ("three_class_distance", _three_class_distance_maps)],
+)
 def test_recovers_touching_disks(target, make):
     gt = _disks()
     maps = make(gt)
@@ -70,13 +77,29 @@ def test_recovers_touching_disks(target, make):
     assert min(iou for _, iou in pairs.values()) > 0.9
 
 
-@pytest.mark.parametrize("target, channels", [("three_class", 3), ("distance", 2)])
+@pytest.mark.parametrize("target, channels", [("three_class", 3), ("distance", 2), ("three_class_distance", 4)])
 def test_blank_maps_give_no_objects(target, channels):
     maps = np.zeros((channels, 40, 50), np.float32)
-    if target == "three_class":
+    if target != "distance":
         maps[0] = 1.0
     labels = maps_to_labels(maps, target=target)
     assert labels.dtype == np.uint16 and labels.shape == (40, 50) and labels.max() == 0
+
+
+def test_three_class_distance_seeds_come_from_the_distance_channel():
+    # The interior channel joins the touching pairs (no boundary between them), as a network does when
+    # it misses a contact line; the distance channel still dips there, so its seeds split them.
+    gt = _disks()
+    maps = _three_class_distance_maps(gt)
+    objects = gt > 0
+    maps[1], maps[2] = objects & ~find_boundaries(objects, mode="inner"), find_boundaries(objects, mode="inner")
+    assert maps_to_labels(maps[:3], target="three_class", min_size=10).max() == 3
+    labels = maps_to_labels(maps, target="three_class_distance", min_size=10)
+    assert labels.max() == 5
+    assert min(iou for _, iou in _pairs(gt, labels).values()) > 0.85
+    # ... and the outline from the class channels: background where the classes say so.
+    maps[0][:, 90:], maps[1][:, 90:], maps[2][:, 90:] = 1.0, 0.0, 0.0  # the lone disk, 93-117
+    assert maps_to_labels(maps, target="three_class_distance", min_size=10).max() == 4
 
 
 def test_min_size_drops_small_objects_and_renumbers():

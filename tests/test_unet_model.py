@@ -165,6 +165,18 @@ def test_activate_distance_sigmoid_per_channel():
     assert float(maps[1]) == pytest.approx(1.0)
 
 
+def test_activate_three_class_distance_softmax_then_sigmoid():
+    logits = torch.zeros(2, 4, 3, 3)
+    logits[:, 0] = 2.0
+    logits[:, 3] = -100.0
+    maps = activate(logits, "three_class_distance")
+    assert maps.shape == (2, 4, 3, 3)
+    assert torch.allclose(maps[:, :3].sum(dim=1), torch.ones(2, 3, 3), atol=1e-6)
+    assert float(maps[0, 0, 0, 0]) == pytest.approx(np.exp(2) / (np.exp(2) + 2))
+    assert float(maps[:, 3].max()) == pytest.approx(0.0, abs=1e-6)
+    assert torch.allclose(activate(logits[0], "three_class_distance"), maps[0])
+
+
 def test_activate_rejects_wrong_channels_and_targets():
     with pytest.raises(InputError, match="needs 2 channels"):
         activate(torch.zeros(1, 3, 4, 4), "distance")

@@ -102,6 +102,10 @@ def test_make_target_shapes():
     labels = touching_disks()
     assert make_target(labels, "three_class").shape == (1, 40, 60)
     assert make_target(labels, "distance").shape == (2, 40, 60)
+    both = make_target(labels, "three_class_distance")
+    assert both.shape == (2, 40, 60) and both.dtype == np.float32
+    np.testing.assert_array_equal(both[0], three_class_target(labels))
+    np.testing.assert_array_equal(both[1], distance_target(labels)[1])
     with pytest.raises(InputError, match="unknown target"):
         make_target(labels, "edges")
 
@@ -116,12 +120,18 @@ def test_class_weights_favour_rare_classes_and_average_to_one():
     assert np.allclose(class_weights([np.zeros((3, 3), int)]), [1.0, 1.0, 1.0])
 
 
-@pytest.mark.parametrize("kind", ["three_class", "distance"])
+def _right_classes(classes):
+    return torch.nn.functional.one_hot(classes.long(), 3).permute(2, 0, 1)[None].float() * 20 - 10
+
+
+@pytest.mark.parametrize("kind", ["three_class", "distance", "three_class_distance"])
 def test_loss_is_lower_for_the_right_answer(kind):
     labels = touching_disks()
     target = torch.from_numpy(make_target(labels, kind))[None]
     if kind == "three_class":
-        good = torch.nn.functional.one_hot(target[0, 0].long(), 3).permute(2, 0, 1)[None].float() * 20 - 10
+        good = _right_classes(target[0, 0])
+    elif kind == "three_class_distance":
+        good = torch.cat([_right_classes(target[0, 0]), torch.logit(target[:, 1:].clamp(0.01, 0.99))], dim=1)
     else:
         good = torch.logit(target.clamp(0.01, 0.99))
     bad = torch.zeros_like(good)
@@ -138,3 +148,19 @@ def test_loss_gradients_flow_and_weights_apply():
     assert logits.grad is not None and torch.isfinite(logits.grad).all()
     unweighted = target_loss(logits.detach(), target, "three_class")
     assert float(loss.detach()) != pytest.approx(float(unweighted))
+
+
+def test_three_class_distance_loss_scores_the_distance_inside_objects_only():
+    labels = touching_disks()
+    target = torch.from_numpy(make_target(labels, "three_class_distance"))[None]
+    inside = target[:, :1] > 0
+    right = torch.cat([_right_classes(target[0, 0]), torch.logit(target[:, 1:].clamp(0.01, 0.99))], dim=1)
+    base = float(target_loss(right, target, "three_class_distance"))
+
+    wrong_inside = right.clone()
+    wrong_inside[:, 3:][inside] = -5.0  # says "border" at object centres
+    assert float(target_loss(wrong_inside, target, "three_class_distance")) > base + 0.5
+
+    anything_outside = right.clone()
+    anything_outside[:, 3:][~inside] = 7.0  # background: the classes decide, the distance is not scored
+    assert float(target_loss(anything_outside, target, "three_class_distance")) == pytest.approx(base)

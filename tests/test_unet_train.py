@@ -192,7 +192,7 @@ def test_options_validate_and_roundtrip():
 # ---------------------------------------------------------------- training
 
 
-@pytest.mark.parametrize("target", ["three_class", "distance"])
+@pytest.mark.parametrize("target", ["three_class", "distance", "three_class_distance"])
 def test_tiny_training_loss_falls_and_saved_model_predicts(pairs, tmp_path, target):
     steps, epochs = [], []
     result = train_model(

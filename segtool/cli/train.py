@@ -76,6 +76,7 @@ _FIXED_BY_CHECKPOINT = (
 class Target(str, Enum):
     three_class = "three_class"
     distance = "distance"
+    three_class_distance = "three_class_distance"
 
 
 class Optimizer(str, Enum):
@@ -335,7 +336,7 @@ def train(
         Target,
         typer.Option(
             "--target",
-            help="What the network learns: three_class (background/interior/boundary) or distance (foreground + normalised distance).",
+            help="What the network learns: three_class (background/interior/boundary), distance (foreground + normalised distance) or three_class_distance (both; seeds and splits from the distance).",
             rich_help_panel=PANEL_NET,
         ),
     ] = Target.three_class,

@@ -24,6 +24,8 @@ TARGETS: dict[str, int] = {
     "three_class": 3,
     # foreground logit, normalised-distance logit (sigmoid each)
     "distance": 2,
+    # background, interior, boundary (softmax over the three), normalised-distance logit (sigmoid)
+    "three_class_distance": 4,
 }
 
 
@@ -33,7 +35,7 @@ def target_channels(target: str) -> int:
     Parameters
     ----------
     target : str
-        ``"three_class"`` or ``"distance"``.
+        ``"three_class"``, ``"distance"`` or ``"three_class_distance"``.
 
     Returns
     -------
@@ -72,7 +74,8 @@ class UNetConfig:
         Feature channels at full resolution; doubled at every level down.
     target : str
         What the network predicts: ``"three_class"`` (background / interior /
-        boundary) or ``"distance"`` (foreground + normalised distance map).
+        boundary), ``"distance"`` (foreground + normalised distance map) or
+        ``"three_class_distance"`` (both: the three classes + the distance).
     norm_low, norm_high : float
         Percentiles mapped to 0 and 1 by
         :func:`segtool.normalize.normalize_percentile`, per image, both when

@@ -21,6 +21,8 @@ def activate(logits: torch.Tensor, target: str) -> torch.Tensor:
         ``"three_class"``: softmax over channels (0 background, 1 interior,
         2 boundary). ``"distance"``: sigmoid of each channel (0 foreground
         probability, 1 normalised distance in [0, 1], 1 at object centres).
+        ``"three_class_distance"``: softmax over channels 0-2 (as
+        ``three_class``) and sigmoid of channel 3 (the distance).
 
     Returns
     -------
@@ -47,4 +49,7 @@ def activate(logits: torch.Tensor, target: str) -> torch.Tensor:
         )
     if target == "three_class":
         return torch.softmax(logits, dim=-3)
+    if target == "three_class_distance":
+        classes, distance = logits.split([3, 1], dim=-3)
+        return torch.cat([torch.softmax(classes, dim=-3), torch.sigmoid(distance)], dim=-3)
     return torch.sigmoid(logits)

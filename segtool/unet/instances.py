@@ -1,6 +1,6 @@
 """From the network's probability maps to an instance label image.
 
-Both target types follow the same recipe: a foreground mask, one seed per
+All target types follow the same recipe: a foreground mask, one seed per
 object, a watershed that grows the seeds over the foreground, then small
 objects are dropped and labels renumbered 1..N.
 
@@ -13,6 +13,10 @@ objects are dropped and labels renumbered 1..N.
     of ``distance > seed_threshold`` (the distance is 1 at object centres and
     near 0 where objects touch, so a threshold separates touching objects);
     the watershed floods ``-distance``.
+``three_class_distance`` maps (background, interior, boundary, distance)
+    foreground as ``three_class``; seeds and watershed as ``distance``: the
+    outline comes from the classes, the split between touching objects from
+    the learned distance.
 
 A foreground region that holds no seed (a faint object whose interior never
 reaches the seed threshold) becomes an object of its own rather than being
@@ -38,12 +42,12 @@ from segtool.errors import InputError
 __all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_SEED_THRESHOLD", "maps_to_labels"]
 
 #: Default seed threshold per target type.
-DEFAULT_SEED_THRESHOLD = {"three_class": 0.5, "distance": 0.4}
+DEFAULT_SEED_THRESHOLD = {"three_class": 0.5, "distance": 0.4, "three_class_distance": 0.4}
 
 #: Default smallest object kept, in pixels.
 DEFAULT_MIN_SIZE = 16
 
-_CHANNELS = {"three_class": 3, "distance": 2}
+_CHANNELS = {"three_class": 3, "distance": 2, "three_class_distance": 4}
 
 
 def _check_fraction(name: str, value: float) -> float:
@@ -73,8 +77,10 @@ def maps_to_labels(
     maps : (C, H, W) ndarray
         Output of :func:`segtool.unet.heads.activate` for one image: 3
         channels (background, interior, boundary) for ``"three_class"``,
-        2 (foreground, normalised distance) for ``"distance"``. Not modified.
-    target : {"three_class", "distance"}
+        2 (foreground, normalised distance) for ``"distance"``, 4
+        (background, interior, boundary, distance) for
+        ``"three_class_distance"``. Not modified.
+    target : {"three_class", "distance", "three_class_distance"}
         Which kind of maps these are.
     prob_threshold : float, optional
         A pixel is foreground when its foreground probability exceeds this.
@@ -82,8 +88,8 @@ def maps_to_labels(
         Objects with fewer pixels are removed (0 keeps everything).
     seed_threshold : float, optional
         Interior probability (three_class, default 0.5) or normalised
-        distance (distance, default 0.4) above which a pixel belongs to an
-        object's seed.
+        distance (distance and three_class_distance, default 0.4) above which
+        a pixel belongs to an object's seed.
     min_seed_size : int, optional
         Seeds with fewer pixels are ignored, so noise cannot split an object.
         Default ``max(1, min_size // 4)``. Not used with ``split_height``,
@@ -137,6 +143,10 @@ def maps_to_labels(
         foreground = data[0] < np.float32(1.0 - prob_threshold)
         seed_map = data[1]
         elevation = np.float32(1.0) - data[1].astype(np.float32, copy=False)
+    elif target == "three_class_distance":
+        foreground = data[0] < np.float32(1.0 - prob_threshold)
+        seed_map = data[3]
+        elevation = -data[3].astype(np.float32, copy=False)
     else:
         foreground = data[0] > np.float32(prob_threshold)
         seed_map = data[1]

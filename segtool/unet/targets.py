@@ -1,6 +1,6 @@
 """What the network learns: targets derived from instance labels, and their losses.
 
-Two target types (see :data:`segtool.unet.config.TARGETS`):
+Three target types (see :data:`segtool.unet.config.TARGETS`):
 
 ``three_class``
     One class per pixel: 0 background, 1 object interior, 2 object boundary.
@@ -15,6 +15,13 @@ Two target types (see :data:`segtool.unet.config.TARGETS`):
     distance, so 1 at the object's centre and small at its border.
     Loss: binary cross-entropy plus soft Dice on foreground, plus binary
     cross-entropy on the distance inside objects.
+``three_class_distance``
+    Both at once: the three classes and, as a fourth output, the normalised
+    distance. The classes give the outline (as ``three_class``); the distance
+    gives one seed per object and the line between touching objects, which a
+    network learns directly instead of post-processing guessing it from the
+    interior's shape. Loss: the ``three_class`` loss plus the distance term of
+    ``distance``. Stored as two channels: class index, distance.
 """
 
 from __future__ import annotations
@@ -127,7 +134,8 @@ def make_target(labels: np.ndarray, target: str) -> np.ndarray:
     """Build the training target of type ``target`` as a (K, M, N) float32 array.
 
     ``three_class`` gives one channel holding the class index (0, 1, 2);
-    ``distance`` gives the two channels of :func:`distance_target`.
+    ``distance`` gives the two channels of :func:`distance_target`;
+    ``three_class_distance`` gives the class index and the normalised distance.
 
     Examples
     --------
@@ -137,6 +145,8 @@ def make_target(labels: np.ndarray, target: str) -> np.ndarray:
     target_channels(target)
     if target == "three_class":
         return three_class_target(labels)[None].astype(np.float32)
+    if target == "three_class_distance":
+        return np.stack([three_class_target(labels).astype(np.float32), distance_target(labels)[1]])
     return distance_target(labels)
 
 
@@ -198,11 +208,13 @@ def target_loss(
     ----------
     logits : (B, C, H, W) Tensor
     target : (B, K, H, W) Tensor
-        ``three_class``: K = 1 holding class indices; ``distance``: K = 2.
+        ``three_class``: K = 1 holding class indices; ``distance``: K = 2
+        (foreground, distance); ``three_class_distance``: K = 2 (class index,
+        distance).
     kind : str
         Target type.
     weights : (3,) Tensor, optional
-        Cross-entropy class weights (``three_class`` only).
+        Cross-entropy class weights (the three-class part only).
     dice_weight : float, optional
         Weight of the soft Dice term.
 
@@ -218,18 +230,38 @@ def target_loss(
     """
     target_channels(kind)
     if kind == "three_class":
-        classes = target[:, 0].long()
-        ce = torch.nn.functional.cross_entropy(logits, classes, weight=weights)
-        if not dice_weight:
-            return ce
-        probs = torch.softmax(logits, dim=1)
-        onehot = torch.nn.functional.one_hot(classes, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
-        return ce + dice_weight * _soft_dice(probs, onehot)
+        return _three_class_loss(logits, target[:, 0], weights, dice_weight)
+    if kind == "three_class_distance":
+        classes = target[:, 0]
+        inside = (classes > 0).to(logits.dtype)[:, None]
+        loss = _three_class_loss(logits[:, :3], classes, weights, dice_weight)
+        return loss + _distance_loss(logits[:, 3:4], target[:, 1:2], inside)
     fg, dist = target[:, 0:1], target[:, 1:2]
     bce_fg = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 0:1], fg)
-    per_pixel = torch.nn.functional.binary_cross_entropy_with_logits(logits[:, 1:2], dist, reduction="none")
-    bce_dist = (per_pixel * fg).sum() / fg.sum().clamp_min(1.0)
-    loss = bce_fg + bce_dist
+    loss = bce_fg + _distance_loss(logits[:, 1:2], dist, fg)
     if dice_weight:
         loss = loss + dice_weight * _soft_dice(torch.sigmoid(logits[:, 0:1]), fg)
     return loss
+
+
+def _three_class_loss(
+    logits: torch.Tensor, classes: torch.Tensor, weights: torch.Tensor | None, dice_weight: float
+) -> torch.Tensor:
+    """Cross-entropy plus soft Dice over background / interior / boundary."""
+    classes = classes.long()
+    ce = torch.nn.functional.cross_entropy(logits, classes, weight=weights)
+    if not dice_weight:
+        return ce
+    probs = torch.softmax(logits, dim=1)
+    onehot = torch.nn.functional.one_hot(classes, logits.shape[1]).permute(0, 3, 1, 2).to(probs.dtype)
+    return ce + dice_weight * _soft_dice(probs, onehot)
+
+
+def _distance_loss(logits: torch.Tensor, distance: torch.Tensor, inside: torch.Tensor) -> torch.Tensor:
+    """Binary cross-entropy of the normalised distance, averaged over object pixels only.
+
+    Background pixels are left out: there the distance is 0 by definition and
+    the foreground output already says so.
+    """
+    per_pixel = torch.nn.functional.binary_cross_entropy_with_logits(logits, distance, reduction="none")
+    return (per_pixel * inside).sum() / inside.sum().clamp_min(1.0)

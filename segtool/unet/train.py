@@ -411,7 +411,7 @@ def train_model(
 
     weights_list = None
     weights = None
-    if config.target == "three_class" and options.class_weighting:
+    if config.target in ("three_class", "three_class_distance") and options.class_weighting:
         weights_list = [float(w) for w in class_weights([s.target[0] for s in train_samples])]
         weights = torch.tensor(weights_list, dtype=torch.float32, device=device)
 
