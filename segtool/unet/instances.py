@@ -38,6 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from segtool.errors import InputError
+from segtool.unet.config import TARGETS
 
 __all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_SEED_THRESHOLD", "maps_to_labels"]
 
@@ -46,8 +47,6 @@ DEFAULT_SEED_THRESHOLD = {"three_class": 0.5, "distance": 0.4, "three_class_dist
 
 #: Default smallest object kept, in pixels.
 DEFAULT_MIN_SIZE = 16
-
-_CHANNELS = {"three_class": 3, "distance": 2, "three_class_distance": 4}
 
 
 def _check_fraction(name: str, value: float) -> float:
@@ -120,10 +119,10 @@ def maps_to_labels(
     >>> labels.dtype, int(labels.max()), int(labels[2, 2]), int(labels[2, 6])
     (dtype('uint16'), 2, 1, 2)
     """
-    if target not in _CHANNELS:
-        raise InputError(f"unknown target {target!r}; choose one of {', '.join(_CHANNELS)}")
+    if target not in TARGETS:
+        raise InputError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     data = np.asarray(maps)
-    channels = _CHANNELS[target]
+    channels = TARGETS[target]
     if data.ndim != 3 or data.shape[0] != channels:
         raise InputError(f"target {target!r} needs maps of shape ({channels}, H, W), got {data.shape}")
     prob_threshold = _check_fraction("prob_threshold", prob_threshold)
