@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import tifffile
+import torch
 from skimage.draw import disk
 from typer.testing import CliRunner
 
@@ -156,6 +157,21 @@ def test_usage_errors(tmp_path):
     assert result.exit_code == 2
     result = invoke("train", data, "-o", tmp_path / "m.pt", "--zoom", "-0.5")
     assert result.exit_code == 2 and "--zoom" in result.stderr
+    result = invoke("train", data, "-o", tmp_path / "m.pt", "--precision", "fp16")
+    assert result.exit_code == 2 and "--precision" in result.stderr
+
+
+def test_precision_is_resolved_reported_and_stored(tmp_path):
+    from segtool.unet.precision import bf16_supported
+
+    data = write_set(tmp_path / "data", 3)
+    expected = {"fp32": "fp32", "bf16": "bf16", "auto": "bf16" if bf16_supported(torch.device("cpu")) else "fp32"}
+    for name, used in expected.items():
+        model = tmp_path / f"{name}.pt"
+        result = invoke("train", data, "-o", model, "--epochs", "1", "--precision", name, *TINY)
+        assert result.exit_code == 0, result.stderr
+        assert f"device cpu, {used}" in result.stderr
+        assert load_model(model).metadata["options"]["precision"] == used
 
 
 def test_refuses_to_overwrite_and_points_to_resume(tmp_path):

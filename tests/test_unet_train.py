@@ -187,6 +187,12 @@ def test_options_validate_and_roundtrip():
         TrainOptions(optimizer="sgd")
     with pytest.raises(InputError, match="epochs"):
         TrainOptions(epochs=0)
+    with pytest.raises(InputError, match="precision"):
+        TrainOptions(precision="fp16")
+    # checkpoints and model files written before the precision option existed read back as float32
+    old = tiny_options().to_dict()
+    del old["precision"]
+    assert TrainOptions.from_dict(old).precision == "fp32"
 
 
 # ---------------------------------------------------------------- training
@@ -227,15 +233,33 @@ def test_tiny_training_loss_falls_and_saved_model_predicts(pairs, tmp_path, targ
     assert torch.isfinite(maps).all()
 
 
-def test_training_learns_the_synthetic_task(pairs, tmp_path):
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_training_learns_the_synthetic_task(pairs, tmp_path, precision):
     result = train_model(
         pairs[:6],
         pairs[6:],
         tiny_config(target="distance"),
-        options=tiny_options(epochs=8, patches_per_epoch=32),
+        options=tiny_options(epochs=8, patches_per_epoch=32, precision=precision),
         checkpoint_dir=tmp_path,
     )
     assert result.best.val_f1 >= 0.6
+
+
+def test_bf16_training_is_reproducible_and_stores_plain_float32_weights(pairs, tmp_path):
+    config, options = tiny_config(), tiny_options(epochs=1, precision="bf16")
+    a = train_model(pairs[:4], pairs[6:7], config, options=options, checkpoint_dir=tmp_path / "a")
+    b = train_model(pairs[:4], pairs[6:7], config, options=options, checkpoint_dir=tmp_path / "b")
+    fp32 = train_model(pairs[:4], pairs[6:7], config, options=tiny_options(epochs=1), checkpoint_dir=tmp_path / "c")
+    assert same_weights(weights_of(a.net), weights_of(b.net))
+    # rounding in the forward pass changes the weights: the option really reaches the loop
+    assert not same_weights(weights_of(a.net), weights_of(fp32.net))
+    best_file = torch.load(a.best_checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+    resumable = load_checkpoint(a.last_checkpoint)["model"]
+    for stored in (best_file, resumable):
+        for name, tensor in stored.items():
+            assert tensor.is_contiguous(), name
+            assert tensor.dtype in (torch.float32, torch.int64), name
+    assert read_checkpoint_settings(a.last_checkpoint)[1].precision == "bf16"
 
 
 def test_same_seed_same_weights_and_other_seed_differs(pairs, tmp_path):
@@ -249,9 +273,11 @@ def test_same_seed_same_weights_and_other_seed_differs(pairs, tmp_path):
 
 # stop_requested is polled before each of the 4 steps and each of the 2 validation images of an epoch:
 # after 8 calls it stops in the middle of epoch 2's training, after 10 before its validation.
-@pytest.mark.parametrize("stop_after, step_in_epoch", [(8, 2), (10, 4)])
-def test_interrupt_and_resume_gives_the_uninterrupted_result(pairs, tmp_path, stop_after, step_in_epoch):
-    config, options = tiny_config(), tiny_options(epochs=3)
+@pytest.mark.parametrize(
+    "stop_after, step_in_epoch, precision", [(8, 2, "fp32"), (10, 4, "fp32"), (8, 2, "bf16")]
+)
+def test_interrupt_and_resume_gives_the_uninterrupted_result(pairs, tmp_path, stop_after, step_in_epoch, precision):
+    config, options = tiny_config(), tiny_options(epochs=3, precision=precision)
     train, val = pairs[:5], pairs[6:]
     full = train_model(train, val, config, options=options, checkpoint_dir=tmp_path / "full")
 

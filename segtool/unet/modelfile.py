@@ -125,7 +125,10 @@ def save_model(
         "format_version": FORMAT_VERSION,
         "config": _json_dumps(config.to_dict(), "config"),
         "metadata": _json_dumps(_clean_json(dict(metadata or {})), "metadata"),
-        "state_dict": {name: t.detach().cpu().clone() for name, t in net.state_dict().items()},
+        # plain layout: a network trained channels-last stores the same bytes as any other
+        "state_dict": {
+            name: t.detach().cpu().clone(memory_format=torch.contiguous_format) for name, t in net.state_dict().items()
+        },
     }
     with atomic_output(path, overwrite=overwrite) as tmp:
         torch.save(payload, tmp)

@@ -41,6 +41,7 @@ from segtool.unet.modelfile import (
     save_checkpoint,
     save_model,
 )
+from segtool.unet.precision import autocast
 from segtool.unet.targets import class_weights, target_loss
 
 __all__ = [
@@ -419,6 +420,10 @@ def train_model(
         torch.manual_seed(options.seed)
         net = UNet(config)
     net.to(device)
+    # bfloat16 convolutions are fastest on channels-last tensors (oneDNN's native layout); float32
+    # keeps the plain layout so that runs made before the precision option reproduce bit for bit.
+    memory_format = torch.channels_last if options.precision == "bf16" else torch.contiguous_format
+    net.to(memory_format=memory_format)
     optimizer = _make_optimizer(net, options)
     rng = np.random.default_rng(options.seed)
     sampler = PatchSampler(
@@ -470,7 +475,7 @@ def train_model(
                         "extra": checkpoint_extra or {},
                     }
                 ),
-                "model": {k: v.detach().cpu().clone() for k, v in net.state_dict().items()},
+                "model": _cpu_weights(net),
                 "best_model": best,
                 "optimizer": _cpu_state(optimizer.state_dict()),
                 "torch_rng": torch.get_rng_state(),
@@ -508,13 +513,15 @@ def train_model(
                     raise _Interrupted
                 started = time.perf_counter()
                 x_np, y_np = sampler.batch(options.batch_size)
-                x = torch.from_numpy(x_np).to(device)
+                x = torch.from_numpy(x_np).to(device).contiguous(memory_format=memory_format)
                 y = torch.from_numpy(y_np).to(device)
                 loaded = time.perf_counter()
                 lr = learning_rate_at(loop.global_step, total_steps=total_steps, warmup_steps=warmup_steps, options=options)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss = target_loss(net(x), y, config.target, weights=weights, dice_weight=options.dice_weight)
+                with autocast(options.precision, device):
+                    logits = net(x)
+                loss = target_loss(logits.float(), y, config.target, weights=weights, dice_weight=options.dice_weight)
                 if not torch.isfinite(loss):
                     raise InputError(
                         f"training diverged at epoch {epoch} (loss {float(loss)}); lower the learning rate"
@@ -557,7 +564,7 @@ def train_model(
             loop.best_score = score
             loop.best_epoch = epoch
             loop.bad_epochs = 0
-            best_state = {k: v.detach().cpu().clone() for k, v in net.state_dict().items()}
+            best_state = _cpu_weights(net)
         else:
             loop.bad_epochs += 1
         report = EpochReport(
@@ -593,6 +600,11 @@ def train_model(
             stop_reason = "early_stopped"
             break
     return finish(stop_reason)
+
+
+def _cpu_weights(net: UNet) -> dict[str, torch.Tensor]:
+    """A CPU copy of the network's weights in the plain memory layout (also after channels-last training)."""
+    return {k: v.detach().cpu().clone(memory_format=torch.contiguous_format) for k, v in net.state_dict().items()}
 
 
 def _cpu_state(state: Any) -> Any:
