@@ -161,6 +161,19 @@ def test_usage_errors(tmp_path):
     assert result.exit_code == 2 and "--precision" in result.stderr
 
 
+def test_val_seed_keeps_the_validation_images_of_another_seed(tmp_path):
+    data = write_set(tmp_path / "data", 8)
+    runs = {}
+    for name, extra in (("a", ["--seed", "1"]), ("b", ["--seed", "2", "--val-seed", "1"]), ("c", ["--seed", "3"])):
+        result = invoke("train", data, "-o", tmp_path / f"{name}.pt", "--epochs", "1", "--val-fraction", "0.25", "--quiet", *TINY, *extra)
+        assert result.exit_code == 0, result.stderr
+        runs[name] = load_model(tmp_path / f"{name}.pt").metadata
+    assert len(runs["a"]["validation_files"]) == 2
+    assert runs["b"]["validation_files"] == runs["a"]["validation_files"]
+    assert runs["b"]["options"]["seed"] == 2 and "(seed 1)" in runs["b"]["validation_source"]
+    assert runs["c"]["validation_files"] != runs["a"]["validation_files"]
+
+
 def test_precision_is_resolved_reported_and_stored(tmp_path):
     from segtool.unet.precision import bf16_supported
 
@@ -172,6 +185,8 @@ def test_precision_is_resolved_reported_and_stored(tmp_path):
         assert result.exit_code == 0, result.stderr
         assert f"device cpu, {used}" in result.stderr
         assert load_model(model).metadata["options"]["precision"] == used
+        info = invoke("model", "info", model)
+        assert info.exit_code == 0 and f"on cpu ({used})" in info.stdout
 
 
 def test_refuses_to_overwrite_and_points_to_resume(tmp_path):
@@ -214,3 +229,19 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path):
     rows = list(csv.DictReader(open(log)))
     assert [int(r["epoch"]) for r in rows][-1] == load_model(model).metadata["epochs_run"]
     assert load_model(model).metadata["epochs_planned"] == 40
+
+
+def test_training_time_is_recorded_and_shown(tmp_path):
+    import csv
+
+    data = write_set(tmp_path / "data", 3)
+    model = tmp_path / "timed.pt"
+    result = invoke("train", data, "-o", model, "--epochs", "2", "--quiet", *TINY)
+    assert result.exit_code == 0, result.stderr
+    recorded = load_model(model).metadata["training_seconds"]
+    with open(tmp_path / "timed_log.csv", newline="") as handle:
+        logged = sum(float(row["seconds"]) for row in csv.DictReader(handle))
+    # a tiny run may take well under a second: compare with the log rather than with a floor
+    assert recorded >= 0 and abs(recorded - logged) < 0.01
+    info = invoke("model", "info", model)
+    assert info.exit_code == 0 and "training time" in info.stdout

@@ -85,6 +85,14 @@ def fail(message: str, *, where: str | None = None, code: int = 1) -> None:
     raise typer.Exit(code)
 
 
+class Precision(str, Enum):
+    """Network arithmetic for ``train`` and ``predict`` (see :mod:`segtool.unet.precision`)."""
+
+    auto = "auto"
+    fp32 = "fp32"
+    bf16 = "bf16"
+
+
 class OnError(str, Enum):
     skip = "skip"
     stop = "stop"

@@ -36,6 +36,36 @@ def _count(value: Any) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)
 
 
+def _duration(seconds: float) -> str:
+    minutes, rest = divmod(int(round(seconds)), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{rest} s"
+
+
+def _card_rows(card: dict[str, Any]) -> list[tuple[str, str]]:
+    """Rows for a model card written by ``bench/model_card.py`` (data set, licence, test scores)."""
+    rows = []
+    if card.get("dataset"):
+        rows.append(("data set", card["dataset"] + (f" (licence: {card['licence']})" if card.get("licence") else "")))
+    if card.get("hardware"):
+        rows.append(("trained on", card["hardware"]))
+    if card.get("training_time"):
+        rows.append(("training time", card["training_time"]))
+    test = card.get("test")
+    if test:
+        curve = " ".join(f"{_fmt(ap, 2)}" for ap in test.get("ap_curve", []))
+        rows.append((
+            "test scores",
+            f"{test.get('images')} images, {_count(test.get('objects'))} objects: AP@0.5 {_fmt(test.get('ap_iou50'))}, "
+            f"AP@0.7 {_fmt(test.get('ap_iou70'))}, F1@0.5 {_fmt(test.get('f1_iou50'))}, "
+            f"mean AP@0.5:0.95 {_fmt(test.get('ap_mean'))}",
+        ))
+        if curve:
+            rows.append(("AP curve", f"IoU 0.5..0.95: {curve}"))
+        if test.get("command"):
+            rows.append(("scored with", test["command"]))
+    return rows
+
+
 def describe(info: dict[str, Any]) -> str:
     """Human-readable summary of :func:`segtool.unet.modelfile.read_model_info` output.
 
@@ -73,10 +103,14 @@ def describe(info: dict[str, Any]) -> str:
                 f"segtool {meta['segtool_version']}" if meta.get("segtool_version") else None,
                 f"torch {meta['torch_version']}" if meta.get("torch_version") else None,
                 f"on {meta['device']}" if meta.get("device") else None,
+                # models trained before the precision option have none recorded: they ran in float32
+                f"({(meta.get('options') or {}).get('precision', 'fp32')})" if meta.get("options") else None,
             ) if part
         )
         if created:
             rows.append(("created", created))
+        if meta.get("training_seconds") is not None and not (meta.get("card") or {}).get("training_time"):
+            rows.append(("training time", _duration(meta["training_seconds"])))
         data = meta.get("training_data")
         if data:
             diameter = f", median diameter {data['median_diameter']} px" if data.get("median_diameter") else ""
@@ -95,6 +129,7 @@ def describe(info: dict[str, Any]) -> str:
             rows.append(("validation", text))
         if meta.get("command"):
             rows.append(("command", meta["command"]))
+        rows.extend(_card_rows(meta.get("card") or {}))
     size = info["file_bytes"] / 2**20
     head = f"{info['path']}  ({info['format']} v{info['format_version']}, {info['parameters']:,} parameters, {size:.1f} MiB)"
     width = max(len(name) for name, _ in rows) + 4

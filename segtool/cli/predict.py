@@ -26,6 +26,7 @@ from segtool.cli._common import (
     OutputDir,
     Overwrite,
     Plane,
+    Precision,
     Quiet,
     Recursive,
     SkipExisting,
@@ -65,6 +66,7 @@ class PredictTask:
     model_path: Path
     device: str
     threads: int | None
+    precision: str
     output_dir: Path | None
     overwrite: bool
     tile: int | None
@@ -97,7 +99,9 @@ class PredictTask:
 
             # Cached per process: worker processes get the task without the model,
             # once per image, and must not reload the file for every image.
-            self._model = load_for_inference_cached(self.model_path, device=self.device, threads=self.threads)
+            self._model = load_for_inference_cached(
+                self.model_path, device=self.device, threads=self.threads, precision=self.precision
+            )
         return self._model
 
     def planned_outputs(self, path: Path) -> dict[str, Path]:
@@ -177,11 +181,11 @@ class PredictTask:
         return figures
 
 
-def load_prepared(model_path: Path, *, device: str = "auto", threads: int | None = None):
+def load_prepared(model_path: Path, *, device: str = "auto", threads: int | None = None, precision: str = "fp32"):
     """Load a model file and prepare its network for inference (threads set for this process)."""
     from segtool.unet.predict import load_for_inference
 
-    return load_for_inference(model_path, device=device, threads=threads)
+    return load_for_inference(model_path, device=device, threads=threads, precision=precision)
 
 
 @app.command(rich_help_panel="Segment")
@@ -204,6 +208,16 @@ def predict(
     threads: Annotated[
         Optional[int], typer.Option("--threads", min=1, help="CPU threads for the network (default: all cores).", rich_help_panel=PANEL_MODEL)
     ] = None,
+    precision: Annotated[
+        Precision,
+        typer.Option(
+            "--precision",
+            help="Network arithmetic: fp32, bf16 (bfloat16, faster on CPUs with AVX512-BF16/AMX and recent GPUs), "
+            "or auto (bf16 where the hardware runs it natively).",
+            rich_help_panel=PANEL_MODEL,
+            case_sensitive=False,
+        ),
+    ] = Precision.auto,
     tile: Annotated[
         Optional[int],
         typer.Option("--tile", min=16, help="Tile size in pixels, a multiple of 2**depth (default: the model's patch size).", rich_help_panel=PANEL_TILING),
@@ -299,7 +313,7 @@ def predict(
     except SegtoolError as err:
         fail(first_line(err), code=EXIT_USAGE)
     try:
-        loaded = load_prepared(model_path, device=device.value, threads=threads)
+        loaded = load_prepared(model_path, device=device.value, threads=threads, precision=precision.value)
         factor = scale_for_diameter(loaded, diameter) if diameter is not None else (scale or 1.0)
     except SegtoolError as err:
         fail(first_line(err), where=str(model_path), code=EXIT_USAGE)
@@ -325,7 +339,7 @@ def predict(
                    "split_height": split_height}
         task = BigPredictTask(model_path=model_path, block_size=block_size, halo=halo, zarr=zarr, output_dir=output,
                               overwrite=overwrite, options=options, device=device.value, threads=threads,
-                              channel=channel, plane=plane)
+                              channel=channel, plane=plane, precision=precision.value)
     elif zarr:
         fail("--zarr writes big-image mode's labels: add --block-size N", code=EXIT_USAGE)
     else:
@@ -333,6 +347,7 @@ def predict(
             model_path=model_path,
             device=device.value,
             threads=threads,
+            precision=precision.value,
             output_dir=output,
             overwrite=overwrite,
             tile=tile,

@@ -31,6 +31,7 @@ from segtool.cli._common import (
     Channel,
     Debug,
     Overwrite,
+    Precision,
     Quiet,
     Recursive,
     error_line,
@@ -69,7 +70,7 @@ LOG_COLUMNS = (
 _FIXED_BY_CHECKPOINT = (
     "depth", "base_channels", "target", "norm_low", "norm_high", "patch_size", "epochs", "batch_size",
     "patches_per_epoch", "lr", "weight_decay", "optimizer", "schedule", "patience", "foreground_fraction",
-    "seed", "augment", "elastic", "rotate", "zoom", "val_fraction", "class_weights", "precision",
+    "seed", "augment", "elastic", "rotate", "zoom", "val_fraction", "val_seed", "class_weights", "precision",
 )
 
 
@@ -87,12 +88,6 @@ class Optimizer(str, Enum):
 class Schedule(str, Enum):
     cosine = "cosine"
     constant = "constant"
-
-
-class Precision(str, Enum):
-    auto = "auto"
-    fp32 = "fp32"
-    bf16 = "bf16"
 
 
 class Device(str, Enum):
@@ -334,6 +329,15 @@ def train(
         float,
         typer.Option("--val-fraction", min=0.0, max=0.9, help="Share of whole training images held out for validation.", rich_help_panel=PANEL_IO),
     ] = 0.15,
+    val_seed: Annotated[
+        Optional[int],
+        typer.Option(
+            "--val-seed",
+            help="Seed that picks the held-out validation images (default: --seed). Give it to compare runs with other "
+            "--seed values on the same validation images.",
+            rich_help_panel=PANEL_IO,
+        ),
+    ] = None,
     channel: Channel = None,
     recursive: Recursive = False,
     overwrite: Overwrite = False,
@@ -483,13 +487,16 @@ def train(
 
     # ---- data
     fraction: float | None = None
+    split_seed = options.seed if val_seed is None else val_seed
     if val is None:
         fraction = val_fraction
         if resume is not None:
-            stored = resume_state.get("extra", {}).get("val_fraction", val_fraction)
+            extra = resume_state.get("extra", {})
+            stored = extra.get("val_fraction", val_fraction)
             if stored is None:
                 fail("the checkpoint's run used --val; give the same --val IMAGES MASKS again", code=EXIT_USAGE)
             fraction = float(stored)
+            split_seed = int(extra.get("val_seed", options.seed))
     with exit_on_error(debug):
         try:
             pairs = find_pairs(data, recursive=recursive)
@@ -499,7 +506,7 @@ def train(
                 val_arrays, val_names = load_pairs(val_pairs, channel=channel)
                 train_arrays, train_names = arrays, names
             else:
-                train_idx, val_idx = split_validation(len(arrays), fraction, np.random.default_rng(options.seed))
+                train_idx, val_idx = split_validation(len(arrays), fraction, np.random.default_rng(split_seed))
                 train_arrays = [arrays[i] for i in train_idx]
                 train_names = [names[i] for i in train_idx]
                 val_arrays = [arrays[i] for i in val_idx]
@@ -569,7 +576,7 @@ def train(
             "on_step": on_step,
             "on_epoch": on_epoch,
             "resume_from": resume,
-            "checkpoint_extra": {"val_fraction": fraction},
+            "checkpoint_extra": {"val_fraction": fraction, "val_seed": split_seed},
         }
         result = _run(train_model, progress, history, resume_state, debug, stop, arguments)
     except KeyboardInterrupt:
@@ -598,7 +605,7 @@ def train(
     extra = {
         "training_files": [Path(n).name for n in train_names],
         "validation_files": [Path(n).name for n in val_names],
-        "validation_source": "--val" if val is not None else f"held out {len(val_names)} of {len(names)} images (seed {options.seed})",
+        "validation_source": "--val" if val is not None else f"held out {len(val_names)} of {len(names)} images (seed {split_seed})",
     }
     metadata = build_metadata(result, command=command, extra=extra)
     with exit_on_error(debug):

@@ -195,7 +195,7 @@ def _percentiles_from_counts(counts: np.ndarray, lowest: int, q: np.ndarray) -> 
 # --------------------------------------------------------------------------- per-block segmentation
 
 
-def _load_model(path: str, device: str, threads: int | None):
+def _load_model(path: str, device: str, threads: int | None, precision: str = "fp32"):
     """The inference-prepared model, loaded once per worker process.
 
     Torch modules are not shipped through the task graph (large to pickle,
@@ -204,7 +204,7 @@ def _load_model(path: str, device: str, threads: int | None):
     """
     from segtool.unet.predict import load_for_inference_cached
 
-    return load_for_inference_cached(path, device=device, threads=threads)
+    return load_for_inference_cached(path, device=device, threads=threads, precision=precision)
 
 
 @dataclass(frozen=True)
@@ -263,13 +263,14 @@ class _UNetSegmenter:
     batch_size: int
     tta: bool
     options: dict[str, Any] = field(hash=False)
+    precision: str = "fp32"
 
     def __call__(self, normalized: np.ndarray, plan: _BlockPlan) -> np.ndarray:
         from segtool.unet.instances import maps_to_labels
         from segtool.unet.predict import make_predictor
         from segtool.unet.tiling import _pad_reflect
 
-        model = _load_model(self.model_path, self.device, self.threads)
+        model = _load_model(self.model_path, self.device, self.threads, self.precision)
         config = model.config
         data = _pad_reflect(normalized[np.newaxis], list(plan.pad))
         predictor = make_predictor(model.net, config.target, tta=self.tta)
@@ -574,6 +575,7 @@ def predict_blocks(
     split_height: float | None = None,
     device: str = "cpu",
     threads: int | None = None,
+    precision: str = "fp32",
 ) -> BlockPrediction:
     """Segment a large 2-D image with a U-Net, block by block on a Dask cluster.
 
@@ -602,6 +604,9 @@ def predict_blocks(
     threads : int, optional
         PyTorch threads per worker process (default: PyTorch's choice, all
         cores; with several worker processes per machine, set it).
+    precision : {"fp32", "bf16", "auto"}, optional
+        Arithmetic of the network on each worker
+        (:func:`segtool.unet.precision.resolve_precision`).
 
     Returns
     -------
@@ -665,6 +670,7 @@ def predict_blocks(
         batch_size=int(batch_size),
         tta=bool(tta),
         options=options,
+        precision=str(precision),
     )
     return _predict_with(
         image,

@@ -108,6 +108,7 @@ class BigPredictTask:
     threads: int | None = None
     channel: int | None = None
     plane: int | None = None
+    precision: str = "fp32"
 
     def planned_outputs(self, path: Path) -> dict[str, Path]:
         return {"labels": output_path(path, labels_suffix(self.zarr), output_dir=self.output_dir)}
@@ -126,6 +127,7 @@ class BigPredictTask:
             halo=self.halo,
             device=self.device,
             threads=self.threads,
+            precision=self.precision,
             **self.options,
         )
         output = self.planned_outputs(path)["labels"]

@@ -8,7 +8,9 @@ The steps, each a small function:
    up-sampling (the two are linear and commute, so the result is the same
    and the convolution runs on a quarter of the pixels), and channels-last
    memory layout on CPU/CUDA. All three measured faster on CPU (see
-   BENCHMARKS.md); outputs agree with the plain network to ~1e-6.
+   BENCHMARKS.md); outputs agree with the plain network to ~1e-6. With
+   ``precision="bf16"`` the network also runs under bfloat16 autocast
+   (:mod:`segtool.unet.precision`; maps differ by ~1e-2).
 2. :func:`make_predictor` wraps it as a NumPy batch -> activated maps
    callable for :mod:`segtool.unet.tiling`, optionally averaging the eight
    flips/rotations (test-time augmentation).
@@ -161,7 +163,7 @@ def _reduce_before_upsampling(net) -> int:
     return swapped
 
 
-def prepare_for_inference(net, *, channels_last: bool | None = None):
+def prepare_for_inference(net, *, channels_last: bool | None = None, precision: str = "fp32"):
     """Return an inference-only copy of a network (the original is not changed).
 
     Parameters
@@ -172,13 +174,16 @@ def prepare_for_inference(net, *, channels_last: bool | None = None):
     channels_last : bool, optional
         Use the channels-last memory layout; default on for CPU and CUDA
         (faster for convolutions there), off for other devices.
+    precision : {"fp32", "bf16", "auto"}, optional
+        Arithmetic of the forward pass (:func:`segtool.unet.precision.resolve_precision`).
 
     Returns
     -------
     prepared : torch.nn.Module
         In eval mode, gradients off, BatchNorm folded into the preceding
         convolutions, up-sampling reordered. Has ``segtool_channels_last``
-        set so :func:`make_predictor` lays inputs out to match.
+        and ``segtool_precision`` set so :func:`make_predictor` lays inputs
+        out and runs the network to match.
 
     Examples
     --------
@@ -192,6 +197,8 @@ def prepare_for_inference(net, *, channels_last: bool | None = None):
     True
     """
     torch = _torch()
+    from segtool.unet.precision import resolve_precision
+
     prepared = copy.deepcopy(net).eval()
     for parameter in prepared.parameters():
         parameter.requires_grad_(False)
@@ -206,6 +213,7 @@ def prepare_for_inference(net, *, channels_last: bool | None = None):
     if channels_last:
         prepared = prepared.to(memory_format=torch.channels_last)
     prepared.segtool_channels_last = bool(channels_last)
+    prepared.segtool_precision = resolve_precision(precision, device)
     prepared.segtool_prepared = True
     return prepared
 
@@ -233,17 +241,22 @@ def make_predictor(net, target: str, *, tta: bool = False) -> Callable[[np.ndarr
     """
     torch = _torch()
     from segtool.unet.heads import activate
+    from segtool.unet.precision import autocast
 
     try:
         device = next(net.parameters()).device
     except StopIteration:
         device = torch.device("cpu")
     channels_last = bool(getattr(net, "segtool_channels_last", False))
+    precision = getattr(net, "segtool_precision", "fp32")
 
     def run(x):
         if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return activate(net(x), target)
+        with autocast(precision, device):
+            logits = net(x)
+        # activation and the tile blending stay float32 whatever the network computed in
+        return activate(logits.float(), target)
 
     def predictor(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -278,11 +291,11 @@ def _prepared_net(model):
 # --------------------------------------------------------------------------- options
 
 
-def load_for_inference(path, *, device: str = "auto", threads: int | None = None):
+def load_for_inference(path, *, device: str = "auto", threads: int | None = None, precision: str = "fp32"):
     """Load a model file and prepare its network for inference.
 
     ``threads`` sets PyTorch's CPU threads for this process (None leaves
-    PyTorch's choice).
+    PyTorch's choice); ``precision`` is passed to :func:`prepare_for_inference`.
     """
     import torch
 
@@ -291,12 +304,12 @@ def load_for_inference(path, *, device: str = "auto", threads: int | None = None
     if threads:
         torch.set_num_threads(int(threads))
     model = load_model(path, device=device)
-    model.net = prepare_for_inference(model.net)
+    model.net = prepare_for_inference(model.net, precision=precision)
     return model
 
 
-def load_for_inference_cached(path, *, device: str = "auto", threads: int | None = None):
-    """:func:`load_for_inference`, loaded once per process for the same file, device and threads.
+def load_for_inference_cached(path, *, device: str = "auto", threads: int | None = None, precision: str = "fp32"):
+    """:func:`load_for_inference`, loaded once per process for the same file, device, threads and precision.
 
     For worker processes (``--jobs``, Dask) that segment many images with one
     model: torch modules are never pickled to them, each process loads the
@@ -304,13 +317,13 @@ def load_for_inference_cached(path, *, device: str = "auto", threads: int | None
     key, so a rewritten model file is loaded again.
     """
     stat = os.stat(path)
-    return _cached_model(os.fspath(path), stat.st_mtime_ns, stat.st_size, device, threads)
+    return _cached_model(os.fspath(path), stat.st_mtime_ns, stat.st_size, device, threads, precision)
 
 
 # Two entries: models are a few MB, and a process rarely uses more than one.
 @functools.lru_cache(maxsize=2)
-def _cached_model(path: str, mtime_ns: int, size: int, device: str, threads: int | None):
-    return load_for_inference(path, device=device, threads=threads)
+def _cached_model(path: str, mtime_ns: int, size: int, device: str, threads: int | None, precision: str):
+    return load_for_inference(path, device=device, threads=threads, precision=precision)
 
 
 def resolve_tile(config, shape: Sequence[int], tile: int | None = None) -> tuple[int, int]:

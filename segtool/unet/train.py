@@ -315,6 +315,8 @@ def build_metadata(result: TrainResult, *, command: str | None = None, extra: di
         "epochs_planned": result.options.epochs,
         "best_epoch": result.best_epoch,
         "stop_reason": result.stop_reason,
+        # epochs' wall time (steps + validation), summed over resumed runs too: the cost of reproducing the model
+        "training_seconds": round(sum(report.seconds for report in result.history), 3),
         "validation": None
         if best is None or best.val_f1 is None
         else {
