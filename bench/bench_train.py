@@ -13,11 +13,16 @@ machine hits all of them alike (the median over rounds is reported):
 * ``sampling only``: :class:`segtool.unet.dataset.PatchSampler` alone, to show
   what a DataLoader with worker processes could at best hide.
 
+``--precisions fp32 bf16`` runs the two loops at each precision (bfloat16
+autocast with channels-last tensors, as ``segtool train --precision bf16``),
+interleaved too, and prints the bf16 / fp32 throughput ratio of each loop.
+
 Run::
 
     python bench/bench_train.py                       # default network, 256 px patches
     python bench/bench_train.py --base-channels 32    # compare widths
     python bench/bench_train.py --patch-size 128 --batch-size 32
+    python bench/bench_train.py --patch-size 128 --precisions fp32 bf16 --elastic
 
 Data: the first ``--images`` training images of ``/work/shared/data/dsb2018_fluo``
 (synthetic disks if that folder is missing). Not run by pytest.
@@ -38,6 +43,7 @@ from segtool.unet.augment import AugmentOptions
 from segtool.unet.config import UNetConfig
 from segtool.unet.dataset import PatchSampler, prepare_samples
 from segtool.unet.model import UNet
+from segtool.unet.precision import autocast
 from segtool.unet.targets import target_loss
 from segtool.unet.train import TrainOptions, train_model
 
@@ -64,16 +70,22 @@ def load_pairs(count: int) -> list[tuple[np.ndarray, np.ndarray]]:
 
 def plain_round(config: UNetConfig, options: TrainOptions, steps: int) -> dict[str, float]:
     torch.manual_seed(0)
-    net = UNet(config).train()
+    layout = torch.channels_last if options.precision == "bf16" else torch.contiguous_format
+    net = UNet(config).train().to(memory_format=layout)
     optimizer = torch.optim.AdamW(net.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
     size = config.patch_size
-    x = torch.rand(options.batch_size, config.in_channels, size, size)
+    x = torch.rand(options.batch_size, config.in_channels, size, size).contiguous(memory_format=layout)
     y = torch.randint(0, 3, (options.batch_size, 1, size, size)).float()
+    if config.target != "three_class":  # the second target plane: a distance in [0, 1]
+        y = torch.cat([y, torch.rand_like(y)], dim=1)
     weights = torch.tensor([0.5, 1.0, 2.0])
+    cpu = torch.device("cpu")
     forward = backward = 0.0
     for _ in range(steps):
         t0 = time.perf_counter()
-        loss = target_loss(net(x), y, config.target, weights=weights)
+        with autocast(options.precision, cpu):
+            logits = net(x)
+        loss = target_loss(logits.float(), y, config.target, weights=weights)
         t1 = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -117,6 +129,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--images", type=int, default=40)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--precisions", nargs="+", default=["fp32"], choices=["fp32", "bf16"])
+    parser.add_argument("--elastic", action="store_true", help="add elastic deformation to the augmentation")
     args = parser.parse_args()
 
     torch.set_num_threads(args.threads)
@@ -127,20 +141,25 @@ def main() -> None:
         patches_per_epoch=args.steps * args.batch_size,
         device="cpu",
         warmup_epochs=0,
-        augment=AugmentOptions(),
+        augment=AugmentOptions(elastic=args.elastic),
     )
+    by_precision = {p: TrainOptions(**{**options.to_dict(), "precision": p}) for p in args.precisions}
     pairs = load_pairs(args.images)
     samples = prepare_samples(pairs, config)
     params = sum(p.numel() for p in UNet(config).parameters())
 
     # warm-up (first calls allocate and pick kernels)
-    plain_round(config, options, 1)
-    segtool_round(pairs, config, TrainOptions(**{**options.to_dict(), "patches_per_epoch": args.batch_size}), 1)
+    for opts in by_precision.values():
+        plain_round(config, opts, 1)
+        segtool_round(pairs, config, TrainOptions(**{**opts.to_dict(), "patches_per_epoch": args.batch_size}), 1)
 
-    plain, ours, sampling = [], [], []
+    plain = {p: [] for p in by_precision}
+    ours = {p: [] for p in by_precision}
+    sampling = []
     for _ in range(args.rounds):
-        plain.append(plain_round(config, options, args.steps))
-        ours.append(segtool_round(pairs, config, options, args.steps))
+        for precision, opts in by_precision.items():
+            plain[precision].append(plain_round(config, opts, args.steps))
+            ours[precision].append(segtool_round(pairs, config, opts, args.steps))
         sampling.append(sampling_round(samples, config, options, args.steps))
 
     def med(rows, key):
@@ -155,13 +174,20 @@ def main() -> None:
     print()
     print("| loop | patches/s | forward s/step | backward+step s/step | data s/step |")
     print("|---|---:|---:|---:|---:|")
-    print(f"| plain PyTorch (random tensors) | {med(plain, 'patches_s'):.2f} | {med(plain, 'forward_s'):.3f} | {med(plain, 'backward_s'):.3f} | - |")
-    print(f"| segtool train_model | {med(ours, 'patches_s'):.2f} | - | - | {med(ours, 'data_s'):.4f} |")
+    for precision in by_precision:
+        p, o = plain[precision], ours[precision]
+        print(f"| plain PyTorch (random tensors), {precision} | {med(p, 'patches_s'):.2f} | {med(p, 'forward_s'):.3f} | {med(p, 'backward_s'):.3f} | - |")
+        print(f"| segtool train_model, {precision} | {med(o, 'patches_s'):.2f} | - | - | {med(o, 'data_s'):.4f} |")
     print(f"| sampling + augmentation only | {med(sampling, 'patches_s'):.1f} | - | - | {med(sampling, 'batch_s'):.4f} |")
-    ratio = med(ours, "patches_s") / med(plain, "patches_s")
-    share = med(ours, "data_s") / med(ours, "step_s")
     print()
-    print(f"segtool / plain = {ratio:.3f}; data loading is {100 * share:.1f} % of a segtool step")
+    for precision in by_precision:
+        o = ours[precision]
+        ratio = med(o, "patches_s") / med(plain[precision], "patches_s")
+        share = med(o, "data_s") / med(o, "step_s")
+        print(f"{precision}: segtool / plain = {ratio:.3f}; data loading is {100 * share:.1f} % of a segtool step")
+    if {"fp32", "bf16"} <= set(by_precision):
+        speedups = [med(rows["bf16"], "patches_s") / med(rows["fp32"], "patches_s") for rows in (plain, ours)]
+        print(f"bf16 / fp32 throughput: plain loop {speedups[0]:.2f}x, segtool train_model {speedups[1]:.2f}x")
 
 
 if __name__ == "__main__":
