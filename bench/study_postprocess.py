@@ -109,8 +109,8 @@ def main() -> None:
         labels = [maps_to_labels(m, target=target, **options) for m in maps]
         return labels, round(time.perf_counter() - start, 2)
 
-    labels, seconds = labels_for(tuned)
-    print(json.dumps({"postprocess": tuned, "postprocess_seconds": seconds, **score(truths, labels)}))
+    tuned_labels, seconds = labels_for(tuned)
+    print(json.dumps({"postprocess": tuned, "postprocess_seconds": seconds, **score(truths, tuned_labels)}))
     if "split_height" in tuned:
         plain = {k: v for k, v in tuned.items() if k != "split_height"}
         labels, seconds = labels_for(plain)
@@ -125,9 +125,8 @@ def main() -> None:
         finally:
             instances._SPLIT_SMOOTHING = default
     if args.per_image:
-        labels, _ = labels_for(tuned)
         rows = []
-        for name, image, truth, pred in zip(names, images, truths, labels):
+        for name, image, truth, pred in zip(names, images, truths, tuned_labels):
             counts = match_labels(truth, pred, thresholds=(0.5,))
             rows.append({"image": name[:12], "shape": list(image.shape), "nuclei": int(truth.max()),
                          "ap_iou50": round(float(counts.ap[0]), 3), "tp": int(counts.tp[0]), "fp": int(counts.fp[0]),

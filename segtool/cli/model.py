@@ -42,17 +42,15 @@ def _duration(seconds: float) -> str:
 
 
 def _card_rows(card: dict[str, Any]) -> list[tuple[str, str]]:
-    """Rows for a model card written by ``bench/model_card.py`` (data set, licence, test scores)."""
+    """Rows for a model card written by ``bench/model_card.py`` (data set, licence, hardware, test scores)."""
     rows = []
     if card.get("dataset"):
         rows.append(("data set", card["dataset"] + (f" (licence: {card['licence']})" if card.get("licence") else "")))
     if card.get("hardware"):
         rows.append(("trained on", card["hardware"]))
-    if card.get("training_time"):
-        rows.append(("training time", card["training_time"]))
     test = card.get("test")
     if test:
-        curve = " ".join(f"{_fmt(ap, 2)}" for ap in test.get("ap_curve", []))
+        curve = " ".join(_fmt(ap, 2) for ap in test.get("ap_curve", []))
         rows.append((
             "test scores",
             f"{test.get('images')} images, {_count(test.get('objects'))} objects: AP@0.5 {_fmt(test.get('ap_iou50'))}, "
@@ -109,8 +107,10 @@ def describe(info: dict[str, Any]) -> str:
         )
         if created:
             rows.append(("created", created))
-        if meta.get("training_seconds") is not None and not (meta.get("card") or {}).get("training_time"):
-            rows.append(("training time", _duration(meta["training_seconds"])))
+        # a card's measured figure stands in for models trained before segtool recorded its own
+        measured = (meta.get("card") or {}).get("training_time")
+        if measured or meta.get("training_seconds") is not None:
+            rows.append(("training time", measured or _duration(meta["training_seconds"])))
         data = meta.get("training_data")
         if data:
             diameter = f", median diameter {data['median_diameter']} px" if data.get("median_diameter") else ""
