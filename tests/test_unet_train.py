@@ -193,6 +193,10 @@ def test_options_validate_and_roundtrip():
     old = tiny_options().to_dict()
     del old["precision"]
     assert TrainOptions.from_dict(old).precision == "fp32"
+    with pytest.raises(InputError, match="ema_decay"):
+        TrainOptions(ema_decay=1.0)
+    del old["ema_decay"]
+    assert TrainOptions.from_dict(old).ema_decay == 0.0
 
 
 # ---------------------------------------------------------------- training
@@ -274,10 +278,11 @@ def test_same_seed_same_weights_and_other_seed_differs(pairs, tmp_path):
 # stop_requested is polled before each of the 4 steps and each of the 2 validation images of an epoch:
 # after 8 calls it stops in the middle of epoch 2's training, after 10 before its validation.
 @pytest.mark.parametrize(
-    "stop_after, step_in_epoch, precision", [(8, 2, "fp32"), (10, 4, "fp32"), (8, 2, "bf16")]
+    "stop_after, step_in_epoch, precision, ema",
+    [(8, 2, "fp32", 0.0), (10, 4, "fp32", 0.0), (8, 2, "bf16", 0.0), (8, 2, "fp32", 0.9)],
 )
-def test_interrupt_and_resume_gives_the_uninterrupted_result(pairs, tmp_path, stop_after, step_in_epoch, precision):
-    config, options = tiny_config(), tiny_options(epochs=3, precision=precision)
+def test_interrupt_and_resume_gives_the_uninterrupted_result(pairs, tmp_path, stop_after, step_in_epoch, precision, ema):
+    config, options = tiny_config(), tiny_options(epochs=3, precision=precision, ema_decay=ema)
     train, val = pairs[:5], pairs[6:]
     full = train_model(train, val, config, options=options, checkpoint_dir=tmp_path / "full")
 
@@ -341,6 +346,49 @@ def test_early_stopping_and_best_epoch_choice(pairs, tmp_path, monkeypatch):
     assert [h.improved for h in result.history] == [True, True, True, False, True, False, False]
     assert result.best_epoch == 5 and result.best.val_f1 == 0.7 and result.best.val_loss == 0.6
     assert load_model(result.best_checkpoint).metadata["best_epoch"] == 5
+
+
+def test_update_average_follows_the_ramped_decay():
+    from segtool.unet.ema import average_decay, update_average
+
+    average, net = torch.nn.BatchNorm1d(2), torch.nn.BatchNorm1d(2)
+    with torch.no_grad():
+        average.weight.fill_(0.0)
+        net.weight.fill_(1.0)
+    net.num_batches_tracked.fill_(7)
+    # step 1: decay capped at 2/11, so the average moves 9/11 of the way
+    update_average(average, net, decay=0.999, step=1)
+    assert torch.allclose(average.weight, torch.full((2,), 9 / 11))
+    assert int(average.num_batches_tracked) == 7  # integer buffers are copied, not averaged
+    update_average(average, net, decay=0.5, step=1000)
+    assert torch.allclose(average.weight, torch.full((2,), 9 / 11 + (2 / 11) / 2))
+    assert average_decay(0.999, 10**6) == 0.999 and average_decay(0.999, 8) == 0.5
+
+
+def test_weight_average_is_validated_and_saved_without_changing_training(pairs, tmp_path, monkeypatch):
+    import segtool.unet.train as train_module
+
+    validated = []
+
+    def fake_validate(net, *args, epoch, **kwargs):
+        validated.append(weights_of(net))
+        f1 = 0.2 * epoch  # every epoch improves, so the last one is the best
+        return 1.0 - f1, f1, f1, f1
+
+    monkeypatch.setattr(train_module, "_validate", fake_validate)
+    config = tiny_config()
+    plain = train_model(pairs[:4], pairs[6:7], config, options=tiny_options(), checkpoint_dir=tmp_path / "plain")
+    averaged = train_model(pairs[:4], pairs[6:7], config, options=tiny_options(ema_decay=0.9), checkpoint_dir=tmp_path / "ema")
+    plain_last = load_checkpoint(plain.last_checkpoint)
+    ema_last = load_checkpoint(averaged.last_checkpoint)
+    # the trained weights follow the same path; only what is validated and kept differs
+    assert same_weights(plain_last["model"], ema_last["model"])
+    assert "average_model" not in plain_last
+    assert not same_weights(ema_last["average_model"], ema_last["model"])
+    assert same_weights(validated[-1], ema_last["average_model"])
+    assert same_weights(weights_of(averaged.net), ema_last["average_model"])
+    assert same_weights(weights_of(load_model(averaged.best_checkpoint).net), ema_last["average_model"])
+    assert load_model(averaged.best_checkpoint).metadata["options"]["ema_decay"] == 0.9
 
 
 def test_no_validation_picks_lowest_training_loss(pairs, tmp_path):

@@ -71,6 +71,7 @@ _FIXED_BY_CHECKPOINT = (
     "depth", "base_channels", "target", "norm_low", "norm_high", "patch_size", "epochs", "batch_size",
     "patches_per_epoch", "lr", "weight_decay", "optimizer", "schedule", "patience", "foreground_fraction",
     "seed", "augment", "elastic", "rotate", "zoom", "val_fraction", "val_seed", "class_weights", "precision",
+    "ema",
 )
 
 
@@ -381,6 +382,16 @@ def train(
             rich_help_panel=PANEL_TRAIN,
         ),
     ] = False,
+    ema: Annotated[
+        float,
+        typer.Option(
+            "--ema",
+            min=0.0,
+            max=0.9999,
+            help="Keep a moving average of the weights with this decay (e.g. 0.999) and validate and save it (0: off).",
+            rich_help_panel=PANEL_TRAIN,
+        ),
+    ] = 0.0,
     seed: Annotated[int, typer.Option("--seed", help="Random seed (same seed, data and --threads: same weights).", rich_help_panel=PANEL_TRAIN)] = 0,
     augment: Annotated[
         bool, typer.Option("--augment/--no-augment", help="Flips, 90-degree rotations, intensity scale/shift, noise.", rich_help_panel=PANEL_AUG)
@@ -462,6 +473,7 @@ def train(
                 augment=AugmentOptions(elastic=elastic, rotate=rotate, zoom=zoom) if augment else AugmentOptions.none(),
                 seed=seed,
                 device=device.value,
+                ema_decay=ema,
             )
         from segtool.unet.model import resolve_device
         from segtool.unet.precision import resolve_precision

@@ -228,6 +228,13 @@ class TrainOptions:
         bfloat16; see :mod:`segtool.unet.precision`). Weights, optimiser
         state and loss stay float32 either way. Checkpoints written before
         this option existed resume as ``fp32``.
+    ema_decay : float
+        0 (off), or the decay of an exponential moving average of the
+        weights kept beside the trained ones (for example 0.999, an average
+        over about the last 1000 steps). When on, validation, the best epoch
+        and the saved model use the averaged weights, which are less noisy
+        than the weights of any single step. Checkpoints written before this
+        option existed resume with it off.
     """
 
     epochs: int = 100
@@ -247,6 +254,7 @@ class TrainOptions:
     seed: int = 0
     device: str = "auto"
     precision: str = "fp32"
+    ema_decay: float = 0.0
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
@@ -271,6 +279,9 @@ class TrainOptions:
             raise InputError(f"schedule must be 'cosine' or 'constant', got {self.schedule!r}")
         if not 0.0 <= self.foreground_fraction <= 1.0:
             raise InputError(f"foreground_fraction must be in [0, 1], got {self.foreground_fraction}")
+        if isinstance(self.ema_decay, bool) or not isinstance(self.ema_decay, (int, float)) or not 0.0 <= self.ema_decay < 1.0:
+            raise InputError(f"ema_decay must be a number in [0, 1), got {self.ema_decay!r}")
+        self.ema_decay = float(self.ema_decay)
         if self.precision not in ("fp32", "bf16"):
             raise InputError(f"precision must be 'fp32' or 'bf16', got {self.precision!r}")
 

@@ -3,8 +3,10 @@
 :func:`train_model` is the whole training loop: patches sampled and augmented
 on the fly, Adam/AdamW with warm-up and cosine decay, per-epoch validation on
 whole held-out images (loss and instance F1 / AP at IoU 0.5), early stopping
-on the validation F1 (ties broken by the validation loss), and checkpoints (``last.pt`` to resume, ``best.pt`` a
-usable model file). Progress goes through callbacks; nothing is printed.
+on the validation F1 (ties broken by the validation loss), an optional moving
+average of the weights (``ema_decay``; then it is what is validated and
+saved), and checkpoints (``last.pt`` to resume, ``best.pt`` a usable model
+file). Progress goes through callbacks; nothing is printed.
 
 Reproducibility: with the same seed, data, options and number of CPU threads
 the weights are the same, also across an interruption and ``resume_from``:
@@ -32,6 +34,7 @@ import torch
 from segtool.errors import InputError, ModelError
 from segtool.unet.config import TrainOptions, UNetConfig
 from segtool.unet.dataset import PatchSampler, Sample, prepare_samples, summarize_pairs
+from segtool.unet.ema import update_average
 from segtool.unet.heads import activate
 from segtool.unet.model import UNet, resolve_device
 from segtool.unet.modelfile import (
@@ -427,6 +430,9 @@ def train_model(
     memory_format = torch.channels_last if options.precision == "bf16" else torch.contiguous_format
     net.to(memory_format=memory_format)
     optimizer = _make_optimizer(net, options)
+    # with --ema, validation, best epoch and saved models use the weight average, not the last step's weights
+    average = copy.deepcopy(net) if options.ema_decay > 0 else None
+    scored = average if average is not None else net
     rng = np.random.default_rng(options.seed)
     sampler = PatchSampler(
         train_samples,
@@ -457,6 +463,11 @@ def train_model(
             raise ModelError(f"checkpoint weights do not fit: {str(err).splitlines()[0][:200]}") from None
         _restore_numpy_state(rng, state["numpy_rng"])
         best_state = payload.get("best_model") or None
+        if average is not None:
+            try:
+                average.load_state_dict(payload["average_model"])
+            except (RuntimeError, ValueError, KeyError) as err:
+                raise ModelError(f"checkpoint weight average does not fit: {str(err).splitlines()[0][:200]}") from None
 
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
 
@@ -479,6 +490,7 @@ def train_model(
                 ),
                 "model": _cpu_weights(net),
                 "best_model": best,
+                **({"average_model": _cpu_weights(average)} if average is not None else {}),
                 "optimizer": _cpu_state(optimizer.state_dict()),
                 "torch_rng": torch.get_rng_state(),
             },
@@ -531,6 +543,8 @@ def train_model(
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                if average is not None:
+                    update_average(average, net, decay=options.ema_decay, step=loop.global_step + 1)
                 loop.loss_sum += float(loss.detach())
                 loop.step += 1
                 loop.global_step += 1
@@ -541,7 +555,7 @@ def train_model(
             started = time.perf_counter()
             if val_samples:
                 val_loss, val_f1, val_ap, val_ap_mean = _validate(
-                    net,
+                    scored,
                     val_samples,
                     config,
                     weights=weights,
@@ -566,7 +580,7 @@ def train_model(
             loop.best_score = score
             loop.best_epoch = epoch
             loop.bad_epochs = 0
-            best_state = _cpu_weights(net)
+            best_state = _cpu_weights(scored)
         else:
             loop.bad_epochs += 1
         report = EpochReport(
@@ -593,7 +607,7 @@ def train_model(
         loop.loss_sum = 0.0
         loop.seconds = loop.data_seconds = 0.0
         if improved:
-            best_net = copy.deepcopy(net).cpu().eval()
+            best_net = copy.deepcopy(scored).cpu().eval()
             save_model(best_path, best_net, config, metadata=build_metadata(result("in_progress", best_net)), overwrite=True)
         write_last()
         if on_epoch is not None:
