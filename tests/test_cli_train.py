@@ -48,7 +48,7 @@ def write_set(root: Path, count: int = 5, *, mask_suffix: str = "", seed: int = 
 def test_train_one_folder_writes_model_log_curve_and_checkpoints(tmp_path):
     data = write_set(tmp_path / "data")
     model = tmp_path / "out" / "nuclei.pt"
-    result = invoke("train", data, "-o", model, "--epochs", "2", "--rotate", "--zoom", "0.2", "--ema", "0.99", *TINY)
+    result = invoke("train", data, "-o", model, "--epochs", "2", "--rotate", "--zoom", "0.2", "--ema", "0.99", "--dice-weight", "0.5", *TINY)
     assert result.exit_code == 0, result.stderr
     assert result.stdout.strip() == str(model)
     assert "epoch 2/2" in result.stderr and "training on 4 images, validating on 1" in result.stderr
@@ -65,7 +65,7 @@ def test_train_one_folder_writes_model_log_curve_and_checkpoints(tmp_path):
     assert meta["epochs_run"] == 2 and meta["training_data"]["images"] == 4
     augment = meta["options"]["augment"]
     assert augment["rotate"] is True and augment["zoom"] == 0.2 and augment["elastic"] is False
-    assert meta["options"]["ema_decay"] == 0.99
+    assert meta["options"]["ema_decay"] == 0.99 and meta["options"]["dice_weight"] == 0.5
     assert "average_model" in load_checkpoint(tmp_path / "out" / "nuclei.ckpt" / "last.pt")
     assert meta["validation"]["images"] == 1 and 0 <= meta["validation"]["f1_iou50"] <= 1
     assert len(meta["training_files"]) == 4 and len(meta["validation_files"]) == 1

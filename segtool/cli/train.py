@@ -71,7 +71,7 @@ _FIXED_BY_CHECKPOINT = (
     "depth", "base_channels", "target", "norm_low", "norm_high", "patch_size", "epochs", "batch_size",
     "patches_per_epoch", "lr", "weight_decay", "optimizer", "schedule", "patience", "foreground_fraction",
     "seed", "augment", "elastic", "rotate", "zoom", "val_fraction", "val_seed", "class_weights", "precision",
-    "ema",
+    "ema", "dice_weight",
 )
 
 
@@ -382,6 +382,15 @@ def train(
             rich_help_panel=PANEL_TRAIN,
         ),
     ] = False,
+    dice_weight: Annotated[
+        float,
+        typer.Option(
+            "--dice-weight",
+            min=0.0,
+            help="Weight of the soft Dice term added to the cross-entropy loss (0: cross-entropy only).",
+            rich_help_panel=PANEL_TRAIN,
+        ),
+    ] = 1.0,
     ema: Annotated[
         float,
         typer.Option(
@@ -474,6 +483,7 @@ def train(
                 seed=seed,
                 device=device.value,
                 ema_decay=ema,
+                dice_weight=dice_weight,
             )
         from segtool.unet.model import resolve_device
         from segtool.unet.precision import resolve_precision
