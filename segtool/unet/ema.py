@@ -49,6 +49,6 @@ def update_average(average: torch.nn.Module, net: torch.nn.Module, *, decay: flo
     for name, value in net.state_dict().items():
         target = mine[name]
         if value.is_floating_point():
-            target.lerp_(value.to(target.dtype), 1.0 - d)
+            target.lerp_(value, 1.0 - d)
         else:
             target.copy_(value)

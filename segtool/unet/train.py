@@ -459,15 +459,12 @@ def train_model(
         try:
             net.load_state_dict(payload["model"])
             optimizer.load_state_dict(payload["optimizer"])
+            if average is not None:
+                average.load_state_dict(payload["average_model"])
         except (RuntimeError, ValueError, KeyError) as err:
             raise ModelError(f"checkpoint weights do not fit: {str(err).splitlines()[0][:200]}") from None
         _restore_numpy_state(rng, state["numpy_rng"])
         best_state = payload.get("best_model") or None
-        if average is not None:
-            try:
-                average.load_state_dict(payload["average_model"])
-            except (RuntimeError, ValueError, KeyError) as err:
-                raise ModelError(f"checkpoint weight average does not fit: {str(err).splitlines()[0][:200]}") from None
 
     checkpoint_dir.mkdir(parents=True, exist_ok=True)
 
