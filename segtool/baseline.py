@@ -33,6 +33,7 @@ from segtool.background import (
     fit_background,
     subtract_background,
 )
+from segtool.contrast import MIN_CONTRAST, object_contrast
 from segtool.errors import InputError
 
 __all__ = [
@@ -79,21 +80,27 @@ class BaselineResult:
         Fitted background.
     corrected : (H, W) ndarray of float32
         Image minus background (not smoothed, even when ``smooth > 0``).
-    threshold : float
+    threshold : float or None
         Threshold used, in corrected-image units. Objects are the pixels above
-        it (``polarity="bright"``) or below it (``"dark"``).
+        it (``polarity="bright"``) or below it (``"dark"``). None when the
+        corrected image is flat (nothing to threshold).
     polarity : str
         ``"bright"`` or ``"dark"`` (``"auto"`` resolved).
     fit : BackgroundFit
         The background fit.
+    empty_reason : str or None
+        Why the image was found empty by rule (constant, only smooth
+        background, or no contrast above the noise), with ``labels`` all 0;
+        None when the threshold was applied.
     """
 
     labels: np.ndarray
     background: np.ndarray
     corrected: np.ndarray
-    threshold: float
+    threshold: float | None
     polarity: str
     fit: BackgroundFit
+    empty_reason: str | None = None
 
 
 
@@ -155,13 +162,22 @@ def segment_baseline(
     Raises
     ------
     InputError
-        For an image that is constant ("image is constant: nothing to
-        threshold") or only background, and for the cases listed under
-        :func:`fit_background`, an unknown ``threshold`` or a negative
+        For the cases listed under :func:`fit_background` (NaN or infinite
+        pixels included), an unknown ``threshold`` or a negative
         ``min_size`` or ``smooth``.
 
     Notes
     -----
+    An image without objects is a valid input with an all-zero result (and
+    ``empty_reason`` saying why): a constant image; one that is only smooth
+    background (flat after subtraction, to float rounding); and, for the
+    automatic thresholds, one where the two classes the threshold makes differ
+    by less than :data:`segtool.contrast.MIN_CONTRAST` (3) noise sigmas
+    (:func:`segtool.contrast.object_contrast`; noise from neighbouring-pixel
+    differences of the thresholded image): pure noise is split at 1.6 to 2.9
+    sigma, real nuclei images at 13 or more. A numeric ``threshold`` is
+    applied as given.
+
     Objects are 8-connected. For images over 2**18 pixels (512 x 512) the
     automatic threshold is computed from a regular subsample of about 2**18
     pixels (every s-th row and column) of the (smoothed) corrected image.
@@ -214,11 +230,18 @@ def segment_baseline(
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise InputError("image contains NaN or infinite values")
     if lo == hi:
-        raise InputError("image is constant: nothing to threshold")
+        return _empty_result(background, corrected, None, polarity, fit, "image is constant")
+    values = ndi.gaussian_filter(corrected, smooth, mode="nearest") if smooth > 0 else corrected
     if foreground is None:
-        values = ndi.gaussian_filter(corrected, smooth, mode="nearest") if smooth > 0 else corrected
         level = _threshold_level(values, method, polarity, scale=max(abs(lo), abs(hi)))
+        if level is None:
+            return _empty_result(background, corrected, None, polarity, fit, "image is only smooth background")
         foreground = values > level if polarity == "bright" else values < level
+    if isinstance(method, str):
+        contrast = object_contrast(values, level, polarity=polarity)
+        if contrast < MIN_CONTRAST:
+            reason = f"no object stands out from the noise (contrast {contrast:.2g} < {MIN_CONTRAST:g} noise sigmas)"
+            return _empty_result(background, corrected, level, polarity, fit, reason)
 
     labels, count = ndi.label(foreground, structure=_OBJECT_STRUCTURE)
     if (fill_holes or split) and count:
@@ -244,6 +267,21 @@ def segment_baseline(
         fit=fit,
     )
 
+
+
+def _empty_result(
+    background: np.ndarray, corrected: np.ndarray, level: float | None, polarity: str, fit: BackgroundFit, reason: str
+) -> BaselineResult:
+    """The result for an image without objects: all-zero labels, the background and fit kept."""
+    return BaselineResult(
+        labels=np.zeros(corrected.shape, dtype=np.uint16),
+        background=background,
+        corrected=corrected,
+        threshold=None if level is None else float(level),
+        polarity=polarity,
+        fit=fit,
+        empty_reason=reason,
+    )
 
 
 def _fit_polarity(
@@ -292,8 +330,12 @@ def _grid_threshold(raw: np.ndarray, fit: BackgroundFit, method: str, polarity: 
     return _apply_method(sample, method, polarity)
 
 
-def _threshold_level(values: np.ndarray, method: str | float, polarity: str, *, scale: float) -> float:
-    """Threshold in ``values`` units; objects are above it (bright) or below it (dark)."""
+def _threshold_level(values: np.ndarray, method: str | float, polarity: str, *, scale: float) -> float | None:
+    """Threshold in ``values`` units; objects are above it (bright) or below it (dark).
+
+    None when ``values`` are flat (only float rounding is left after the
+    background was subtracted): there is nothing to threshold.
+    """
     if not isinstance(method, str):
         return float(method)
     sample = values
@@ -301,7 +343,8 @@ def _threshold_level(values: np.ndarray, method: str | float, polarity: str, *, 
         sample = _threshold_grid(values)
         if _is_flat(sample, scale):
             sample = values  # the subsample may miss a few small objects
-    _check_not_flat(sample, scale)
+    if _is_flat(sample, scale):
+        return None
     return _apply_method(sample, method, polarity)
 
 

@@ -79,12 +79,26 @@ def test_bad_file_reported_in_one_line_and_others_done(tmp_path, sample_images):
     assert not (tmp_path / "out" / "broken_labels.tif").exists()
 
 
-def test_constant_image_is_a_clean_error(tmp_path):
-    tifffile.imwrite(tmp_path / "flat.tif", np.full((32, 32), 7, np.uint16))
-    result = invoke("baseline", tmp_path / "flat.tif", "-o", tmp_path)
-    assert result.exit_code == 1
-    assert "flat.tif" in result.stderr and "constant" in result.stderr
-    assert "Traceback" not in result.stderr
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.full((32, 32), 7, np.uint16),
+        np.zeros((32, 32), np.uint8),
+        (1000 + np.add.outer(np.arange(32.0) ** 2, 0.5 * np.arange(40.0) ** 2) / 10).astype(np.float32),
+    ],
+    ids=["constant", "all-zero", "smooth-background"],
+)
+def test_empty_well_is_done_with_zero_objects(tmp_path, image):
+    tifffile.imwrite(tmp_path / "well.tif", image)
+    result = invoke("baseline", tmp_path / "well.tif", "-o", tmp_path / "out", "--json", "--save-background")
+    assert result.exit_code == 0, result.stderr
+    record = json.loads(result.stdout)
+    assert record["status"] == "done" and record["objects"] == 0 and record["empty_reason"]
+    labels = tifffile.imread(tmp_path / "out" / "well_labels.tif")
+    assert labels.shape == image.shape and not labels.any()
+    background = tifffile.imread(tmp_path / "out" / "well_background.tif")
+    assert np.allclose(background, image, rtol=1e-4, atol=1e-3)
+    assert "error" not in result.stderr and "Traceback" not in result.stderr
 
 
 def test_no_overwrite_without_flag(tmp_path, sample_images):

@@ -39,7 +39,7 @@ PANEL_EXTRA = "Extra outputs"
 THRESHOLD_METHODS = ("otsu", "li", "triangle", "yen")
 _COLUMNS = [
     ("objects", lambda r: r.figures["objects"]),
-    ("threshold", lambda r: f"{r.figures['threshold']:.4g}"),
+    ("threshold", lambda r: "" if r.figures["threshold"] is None else f"{r.figures['threshold']:.4g}"),
 ]
 
 
@@ -111,7 +111,9 @@ class BaselineTask:
             write_png(outputs["overlay"], outline_overlay(image.data, result.labels), overwrite=self.overwrite)
         return {
             "objects": int(result.labels.max()),
-            "threshold": round(float(result.threshold), 6),
+            # None (JSON null) when the image was flat: there was nothing to threshold.
+            "threshold": None if result.threshold is None else round(float(result.threshold), 6),
+            "empty_reason": result.empty_reason,
             "polarity": result.polarity,
             "background": result.fit.summary(),
             "shape": list(image.data.shape),
