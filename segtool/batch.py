@@ -14,11 +14,13 @@ The module prints nothing: reporting belongs to the caller.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
+import os
+import signal
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -250,37 +252,153 @@ def _run_sequential(paths, task, summary, record, on_error, skip_existing, overw
 
 
 def _run_parallel(paths, task, summary, record, on_error, skip_existing, overwrite, debug, jobs):
-    # "spawn" keeps workers independent of the parent's threads (torch, BLAS), which fork can deadlock.
-    context = multiprocessing.get_context("spawn")
-    pending_paths = list(paths)
+    """Run the inputs on ``jobs`` worker processes, one input per worker at a time.
+
+    Each worker is a process of its own with its own pipe, so the parent knows
+    which input every worker holds: a worker killed by the OS (the OOM killer's
+    SIGKILL, say) fails exactly that input, in one line, and is replaced; the
+    other workers and inputs carry on. (A ``ProcessPoolExecutor`` breaks as a
+    whole when one worker dies and fails every input in flight.)
+    """
+    pending = list(paths)
+    idle: list[_Worker] = []
+    busy: dict[_Worker, Path] = {}
     stop = False
-    with ProcessPoolExecutor(max_workers=jobs, mp_context=context) as pool:
-        running = {}
-        try:
-            while (pending_paths and not stop) or running:
-                while pending_paths and not stop and len(running) < 2 * jobs:
-                    path = pending_paths.pop(0)
-                    early = precheck_item(task, path, skip_existing=skip_existing, overwrite=overwrite)
-                    if early is not None:
-                        record(early)
-                        stop = stop or (early.status == "failed" and on_error == "stop")
-                        continue
-                    running[pool.submit(run_item, task, path, debug)] = path
-                if not running:
+    try:
+        while (pending and not stop) or busy:
+            while pending and not stop and len(busy) < jobs:
+                path = pending.pop(0)
+                early = precheck_item(task, path, skip_existing=skip_existing, overwrite=overwrite)
+                if early is not None:
+                    record(early)
+                    stop = stop or (early.status == "failed" and on_error == "stop")
                     continue
-                finished, _ = wait(running, return_when=FIRST_COMPLETED)
-                for future in finished:
-                    path = running.pop(future)
-                    try:
-                        result = future.result()
-                    except Exception as err:  # a worker died (killed, out of memory)
-                        if debug:
-                            raise
-                        result = ItemResult(str(path), "failed", error=f"worker process failed: {error_message(err)}")
-                    record(result)
-                    stop = stop or (result.status == "failed" and on_error == "stop")
-        except KeyboardInterrupt:
-            for future in running:
-                future.cancel()
-            pool.shutdown(wait=True, cancel_futures=True)
-            raise
+                worker = idle.pop() if idle else _Worker(task, debug)
+                worker.send(path)
+                busy[worker] = path
+            if not busy:
+                continue
+            for worker in _wait_any(busy):
+                path = busy.pop(worker)
+                result = worker.receive(path)
+                if worker.alive:
+                    idle.append(worker)
+                record(result)
+                stop = stop or (result.status == "failed" and on_error == "stop")
+    except BaseException:
+        # Ctrl-C reaches the workers too (same process group); SIGTERM only the
+        # parent. Either way the workers get SIGINT, so each one removes its
+        # half-written outputs (io.atomic_output) before it exits.
+        _stop_workers([*busy, *idle], interrupt=True)
+        raise
+    _stop_workers(idle, interrupt=False)
+
+
+class _Worker:
+    """One worker process running :func:`run_item` on the paths sent to it."""
+
+    def __init__(self, task: Task, debug: bool):
+        # "spawn" keeps workers independent of the parent's threads (torch, BLAS), which fork can deadlock.
+        context = multiprocessing.get_context("spawn")
+        self.conn, child = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child, task, debug), daemon=True)
+        self.process.start()
+        child.close()
+        self.alive = True
+
+    def send(self, path: Path) -> None:
+        self.conn.send(path)
+
+    def receive(self, path: Path) -> ItemResult:
+        """The result for ``path``, or a failed result saying how the worker died."""
+        try:
+            kind, payload = self.conn.recv()
+        except (EOFError, OSError):
+            self.alive = False
+            self.process.join(timeout=5)
+            return ItemResult(str(path), "failed", error=_death_message(self.process.exitcode))
+        if kind == "raise":  # --debug: an unexpected error, re-raised here with its traceback text
+            self.alive = False
+            raise payload
+        return payload
+
+    def close(self, *, interrupt: bool) -> None:
+        if interrupt and self.process.is_alive() and self.process.pid is not None:
+            os.kill(self.process.pid, signal.SIGINT)
+        else:
+            with contextlib.suppress(OSError, ValueError):
+                self.conn.send(None)
+        self.process.join(timeout=10 if interrupt else 5)
+        if self.process.is_alive():
+            self.process.kill()
+            self.process.join()
+        self.conn.close()
+
+
+def _wait_any(busy: dict[_Worker, Path]) -> list[_Worker]:
+    """Workers with a result ready or that have died (their pipe then reads EOF)."""
+    from multiprocessing.connection import wait as wait_ready
+
+    by_handle = {}
+    for worker in busy:
+        by_handle[worker.conn] = worker
+        by_handle[worker.process.sentinel] = worker
+    ready = wait_ready(list(by_handle))
+    return list(dict.fromkeys(by_handle[handle] for handle in ready))
+
+
+def _stop_workers(workers, *, interrupt: bool) -> None:
+    for worker in workers:
+        with contextlib.suppress(Exception):
+            worker.close(interrupt=interrupt)
+
+
+def _death_message(exitcode: int | None) -> str:
+    """One line for a worker that died while processing an input.
+
+    Examples
+    --------
+    >>> _death_message(-9)
+    'worker process was killed by SIGKILL while processing this input (out of memory? see --max-memory)'
+    """
+    if exitcode is not None and exitcode < 0:
+        try:
+            name = signal.Signals(-exitcode).name
+        except ValueError:
+            name = f"signal {-exitcode}"
+        hint = " (out of memory? see --max-memory)" if -exitcode == signal.SIGKILL else ""
+        return f"worker process was killed by {name} while processing this input{hint}"
+    return f"worker process exited unexpectedly (exit code {exitcode}) while processing this input"
+
+
+def _worker_main(conn, task: Task, debug: bool) -> None:
+    """Worker process: run the task on each path received until told to stop (None) or interrupted."""
+    from segtool.quiet import quiet_libraries
+
+    # The worker's own process: its library warnings and logs stay quiet for good (shown with --debug).
+    with quiet_libraries(debug):
+        try:
+            while True:
+                path = conn.recv()
+                if path is None:
+                    return
+                try:
+                    result = run_item(task, path, debug)
+                except Exception as err:  # only with --debug: hand the error to the parent
+                    detail = "".join(traceback.format_exception(type(err), err, err.__traceback__))
+                    conn.send(("raise", _picklable(err, detail)))
+                    return
+                conn.send(("result", result))
+        except (KeyboardInterrupt, EOFError, BrokenPipeError):
+            return
+
+
+def _picklable(err: BaseException, detail: str) -> BaseException:
+    """``err`` if it survives pickling, else a RuntimeError carrying its traceback text."""
+    import pickle
+
+    try:
+        pickle.loads(pickle.dumps(err))
+        return err
+    except Exception:
+        return RuntimeError(detail)

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from segtool.errors import InputError, OutputError, first_line
+from segtool.memory import MemoryBudget, check_memory
+from segtool.quiet import collect_records
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -77,7 +79,9 @@ class Image:
 # --------------------------------------------------------------------------- reading
 
 
-def read_image(path: str | os.PathLike, *, channel: int | None = None, plane: int | None = None) -> Image:
+def read_image(
+    path: str | os.PathLike, *, channel: int | None = None, plane: int | None = None, memory: MemoryBudget | None = None
+) -> Image:
     """Read a 2-D grayscale image from a TIFF, PNG or JPEG file.
 
     Parameters
@@ -90,6 +94,10 @@ def read_image(path: str | os.PathLike, *, channel: int | None = None, plane: in
         multi-channel images are refused.
     plane : int, optional
         Plane to keep from a Z or T stack; stacks are refused without it.
+    memory : MemoryBudget, optional
+        The memory guard (:mod:`segtool.memory`): the size the header
+        declares, plus the command's working memory, is checked against it
+        before any pixel is decoded.
 
     Returns
     -------
@@ -100,16 +108,17 @@ def read_image(path: str | os.PathLike, *, channel: int | None = None, plane: in
     ------
     InputError
         The file is missing, unreadable, not an image, truncated, empty, too
-        large, of an unsupported dtype, or has axes that need ``channel`` or
-        ``plane`` to reduce to 2-D.
+        large (for ``memory`` or at all), of an unsupported dtype, or has
+        axes that need ``channel`` or ``plane`` to reduce to 2-D. What
+        tifffile logs about a damaged file is added to the message.
     """
     path = Path(path)
     _check_readable_file(path)
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
-        data, axes, pixel_size, unit, photometric_rgb = _read_tiff(path)
+        data, axes, pixel_size, unit, photometric_rgb = _read_tiff(path, memory)
     elif suffix in (".png", ".jpg", ".jpeg"):
-        data, axes = _read_pillow(path)
+        data, axes = _read_pillow(path, memory)
         pixel_size, unit, photometric_rgb = None, None, data.ndim == 3
     else:
         raise InputError(f"unsupported file type {suffix or '(no extension)'!r}; expected one of {', '.join(IMAGE_SUFFIXES)}")
@@ -118,7 +127,9 @@ def read_image(path: str | os.PathLike, *, channel: int | None = None, plane: in
     return Image(data=data, path=path, pixel_size=pixel_size, unit=unit)
 
 
-def read_labels(path: str | os.PathLike, *, channel: int | None = None, plane: int | None = None) -> Image:
+def read_labels(
+    path: str | os.PathLike, *, channel: int | None = None, plane: int | None = None, memory: MemoryBudget | None = None
+) -> Image:
     """Read an instance label image (0 = background, 1..N objects).
 
     Any integer dtype is accepted and converted to uint16, or uint32 when a
@@ -131,7 +142,7 @@ def read_labels(path: str | os.PathLike, *, channel: int | None = None, plane: i
         On anything :func:`read_image` refuses, negative labels, non-integer
         values, or labels beyond uint32.
     """
-    image = read_image(path, channel=channel, plane=plane)
+    image = read_image(path, channel=channel, plane=plane, memory=memory)
     return Image(to_label_dtype(image.data), image.path, image.pixel_size, image.unit)
 
 
@@ -197,7 +208,27 @@ def _check_readable_file(path: Path) -> None:
         raise InputError("file is empty (0 bytes)")
 
 
-def _read_tiff(path: Path):
+def _read_tiff(path: Path, memory: MemoryBudget | None = None):
+    # What tifffile logs about a damaged file goes into this file's one-line error.
+    with collect_records("tifffile") as notes:
+        try:
+            return _decode_tiff(path, memory)
+        except InputError as err:
+            if notes:
+                note = re.sub(r"^<[^>]*>\s*", "", notes[0])  # drop tifffile's "<TiffPage 0 @8>" prefix
+                raise InputError(f"{first_line(err)} (tifffile: {note})") from err
+            raise
+
+
+def _plane_pixels(shape: tuple[int, ...], axes: str) -> int:
+    """Pixels of the (Y, X) plane of an image of ``shape`` with tifffile ``axes``."""
+    if len(axes) == len(shape) and "Y" in axes and "X" in axes:
+        return int(shape[axes.index("Y")]) * int(shape[axes.index("X")])
+    dims = shape[:-1] if axes.endswith("S") else shape
+    return int(np.prod([int(n) for n in dims[-2:]], dtype=np.float64))
+
+
+def _decode_tiff(path: Path, memory: MemoryBudget | None):
     import tifffile
 
     try:
@@ -206,6 +237,7 @@ def _read_tiff(path: Path):
                 raise InputError("TIFF holds no image data")
             series = tif.series[0]
             axes = series.axes
+            check_memory(series.shape, series.dtype, _plane_pixels(series.shape, axes), memory)
             nbytes = int(np.prod(series.shape, dtype=np.float64)) * np.dtype(series.dtype).itemsize
             if nbytes > MAX_IMAGE_BYTES:
                 raise InputError(
@@ -225,11 +257,21 @@ def _read_tiff(path: Path):
     return data, axes, pixel_size, unit, photometric_rgb
 
 
-def _read_pillow(path: Path):
+def _read_pillow(path: Path, memory: MemoryBudget | None = None):
+    import warnings
+
     from PIL import Image as PILImage
 
     try:
-        with PILImage.open(path) as img:
+        # Pillow warns (DecompressionBombWarning) about images it will still open; the guard decides here.
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            img = PILImage.open(path)
+        with img:
+            bands = len(img.getbands())
+            dtype = np.uint16 if img.mode.startswith("I;16") else np.int32 if img.mode == "I" else np.float32 if img.mode == "F" else np.uint8
+            shape = (img.height, img.width) if bands == 1 else (img.height, img.width, bands)
+            check_memory(shape, dtype, img.width * img.height, memory)
             if img.width * img.height * 8 > MAX_IMAGE_BYTES:
                 raise InputError(f"image of {img.width}x{img.height} pixels is too large to load")
             img.load()

@@ -97,3 +97,47 @@ def test_to_json_flattens_figures(tmp_path):
     assert record["status"] == "done" and record["length"] == 3
     assert record["outputs"] == {"copy": str(task.out_dir / "in0.out")}
     assert record["error"] is None
+
+
+@dataclass(frozen=True)
+class KillingTask(CopyTask):
+    """Inputs containing 'kill' make the worker process kill itself, as the OOM killer would (SIGKILL)."""
+
+    def run(self, path):
+        if "kill" in path.read_text():
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGKILL)
+        return super().run(path)
+
+
+def test_worker_killed_by_the_os_fails_only_its_input(tmp_path):
+    paths, copy = _inputs(tmp_path, ["one", "kill", "three", "kill again", "five", "six"])
+    task = KillingTask(copy.out_dir)
+    seen = []
+    summary = run_batch(paths, task, jobs=2, on_result=seen.append)
+    by_input = {Path(r.input).name: r for r in summary.results}
+    assert len(summary.results) == 6 and summary.not_started == 0
+    for name in ("in1.txt", "in3.txt"):
+        assert by_input[name].status == "failed"
+        assert "killed by SIGKILL" in by_input[name].error and "\n" not in by_input[name].error
+    assert sorted(p.name for p in task.out_dir.iterdir()) == ["in0.out", "in2.out", "in4.out", "in5.out"]
+    assert summary.exit_code == EXIT_FAILED and seen == summary.results
+
+
+def test_killed_worker_with_stop_starts_nothing_new(tmp_path):
+    paths, copy = _inputs(tmp_path, ["kill", "b", "c", "d", "e", "f"])
+    summary = run_batch(paths, KillingTask(copy.out_dir), jobs=2, on_error="stop")
+    names = [Path(r.input).name for r in summary.results]
+    failed = [Path(r.input).name for r in summary.results if r.status == "failed"]
+    assert failed == ["in0.txt"]
+    # The other worker may finish the one input it holds; nothing new starts after the failure is known.
+    assert len(names) - names.index("in0.txt") - 1 <= 1
+    assert summary.not_started == len(paths) - len(summary.results)
+
+
+def test_debug_with_jobs_raises_the_workers_error(tmp_path):
+    paths, task = _inputs(tmp_path, ["ok", "bug", "fine"])
+    with pytest.raises(ZeroDivisionError):
+        run_batch(paths, task, jobs=2, debug=True)

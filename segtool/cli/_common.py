@@ -31,6 +31,8 @@ from rich.table import Table
 from segtool.batch import EXIT_INTERRUPTED, EXIT_USAGE, BatchSummary, ItemResult, Task, run_batch
 from segtool.errors import SegtoolError, first_line
 from segtool.inputs import ExpandedInputs, expand_inputs
+from segtool.memory import WORKING_BYTES, MemoryBudget, parse_memory_limit
+from segtool.quiet import quiet_libraries
 
 __all__ = [
     "stderr",
@@ -54,6 +56,8 @@ __all__ = [
     "ClusterOpt",
     "BlockSize",
     "ZarrOut",
+    "MaxMemory",
+    "memory_budget",
     "expand_specs",
     "run_files",
     "exit_on_error",
@@ -205,6 +209,38 @@ ZarrOut = Annotated[
 ]
 
 
+MaxMemory = Annotated[
+    Optional[str],
+    typer.Option(
+        "--max-memory",
+        help="Refuse images that would need more memory than this (e.g. 8G, 512M, 60%, none), judged from the "
+        "file's header before reading. Default: 75% of the available memory, shared among --jobs workers.",
+        rich_help_panel=PANEL_BATCH,
+        show_default=False,
+    ),
+]
+
+
+def memory_budget(
+    text: str | None, command: str, *, jobs: int = 1, way_out: str = "", streamed_above: int | None = None
+) -> MemoryBudget:
+    """The memory guard of ``command`` from a ``--max-memory`` value; exit 2 when the value is not a size.
+
+    ``command`` is a key of :data:`segtool.memory.WORKING_BYTES`.
+    """
+    try:
+        limit = parse_memory_limit(text, jobs=jobs)
+    except SegtoolError as err:
+        fail(first_line(err), code=EXIT_USAGE)
+    return MemoryBudget(
+        limit=limit,
+        bytes_per_pixel=WORKING_BYTES[command],
+        command=command.split()[0],
+        way_out=way_out,
+        streamed_above=streamed_above,
+    )
+
+
 def _read_stdin_lines() -> list[str] | None:
     if sys.stdin is None or sys.stdin.closed:
         return None
@@ -268,6 +304,8 @@ def run_files(
     summary_problems = BatchSummary()
 
     with ExitStack() as stack:
+        # Library warnings and log records stay off stderr (shown with --debug).
+        stack.enter_context(quiet_libraries(debug))
         client = None
         if cluster_spec is not None and expanded.files:
             client = _connect(stack, cluster_spec, quiet=quiet)

@@ -18,6 +18,7 @@ from segtool.cli._common import (
     Jobs,
     JsonOut,
     Manifest,
+    MaxMemory,
     OnError,
     OnErrorOpt,
     OutputDir,
@@ -28,11 +29,13 @@ from segtool.cli._common import (
     SkipExisting,
     ZarrOut,
     fail,
+    memory_budget,
     run_files,
 )
 from segtool.errors import InputError
 from segtool.inputs import output_path
 from segtool.io import read_image, write_float, write_labels, write_png
+from segtool.memory import MemoryBudget
 
 PANEL_METHOD = "Method"
 PANEL_EXTRA = "Extra outputs"
@@ -73,6 +76,7 @@ class BaselineTask:
     save_overlay: bool
     channel: int | None
     plane: int | None
+    memory: MemoryBudget | None = None  # the memory guard (--max-memory)
 
     def planned_outputs(self, path: Path) -> dict[str, Path]:
         outputs = {"labels": output_path(path, "_labels.tif", output_dir=self.output_dir)}
@@ -88,7 +92,7 @@ class BaselineTask:
         from segtool.baseline import segment_baseline
         from segtool.overlay import outline_overlay
 
-        image = read_image(path, channel=self.channel, plane=self.plane)
+        image = read_image(path, channel=self.channel, plane=self.plane, memory=self.memory)
         result = segment_baseline(
             image.data,
             degree=self.degree,
@@ -181,6 +185,7 @@ def baseline(
     manifest: Manifest = None,
     on_error: OnErrorOpt = OnError.skip,
     jobs: Jobs = 1,
+    max_memory: MaxMemory = None,
     cluster: ClusterOpt = None,
     block_size: BlockSize = None,
     zarr: ZarrOut = False,
@@ -228,6 +233,10 @@ def baseline(
             save_overlay=save_overlay,
             channel=channel,
             plane=plane,
+            memory=memory_budget(
+                max_memory, "baseline --split" if split else "baseline", jobs=jobs,
+                way_out="segment it in blocks with --block-size 4096 (needs segtool[distributed])",
+            ),
         )
     run_files(
         images,

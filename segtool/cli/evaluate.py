@@ -14,12 +14,14 @@ from rich.table import Table
 
 from segtool.batch import EXIT_USAGE
 from segtool.cli._app import app
-from segtool.cli._common import Debug, Overwrite, Quiet, Recursive, fail, print_error, stderr
+from segtool.cli._common import Debug, MaxMemory, Overwrite, Quiet, Recursive, fail, memory_budget, print_error, stderr
 from segtool.errors import InputError, SegtoolError, first_line
 from segtool.inputs import expand_inputs
 from segtool.io import check_output_free
 from segtool.metrics import DEFAULT_THRESHOLDS, MatchCounts, match_labels, pixel_scores
+from segtool.memory import MemoryBudget
 from segtool.pairing import LabelPair, pair_label_files
+from segtool.quiet import quiet_libraries
 
 PANEL_OUT = "Outputs"
 PANEL_METRIC = "Metric"
@@ -54,15 +56,17 @@ def parse_thresholds(text: str | None) -> tuple[float, ...]:
     return tuple(values)
 
 
-def _evaluate_pair(pair: LabelPair, thresholds: tuple[float, ...]) -> tuple[MatchCounts, dict[str, Any]]:
+def _evaluate_pair(
+    pair: LabelPair, thresholds: tuple[float, ...], memory: MemoryBudget | None = None
+) -> tuple[MatchCounts, dict[str, Any]]:
     from segtool.io import read_labels
 
     try:
-        pred = read_labels(pair.pred).data
+        pred = read_labels(pair.pred, memory=memory).data
     except InputError as err:
         raise InputError(f"{pair.pred}: {err}") from err
     try:
-        gt = read_labels(pair.gt).data
+        gt = read_labels(pair.gt, memory=memory).data
     except InputError as err:
         raise InputError(f"{pair.gt}: {err}") from err
     if pred.shape != gt.shape:
@@ -186,6 +190,7 @@ def evaluate(
     json_out: Annotated[bool, typer.Option("--json", help="Print all results as one JSON document on stdout (no table).", rich_help_panel=PANEL_OUT)] = False,
     recursive: Recursive = False,
     overwrite: Overwrite = False,
+    max_memory: MaxMemory = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -207,6 +212,7 @@ def evaluate(
                 check_output_free(target, overwrite=overwrite)
             except SegtoolError as err:
                 fail(first_line(err))
+    memory = memory_budget(max_memory, "evaluate", way_out="raise --max-memory if this machine has the memory")
     failed = 0
 
     def report(where: str | None, message: str) -> None:
@@ -237,11 +243,11 @@ def evaluate(
         TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), console=err_console, transient=True,
         disable=quiet or not err_console.is_terminal,
     )  # fmt: skip
-    with progress:
+    with progress, quiet_libraries(debug):
         task_id = progress.add_task("evaluate", total=len(pairs))
         for pair in pairs:
             try:
-                counts, pixels = _evaluate_pair(pair, values)
+                counts, pixels = _evaluate_pair(pair, values, memory)
             except SegtoolError as err:
                 report(None, first_line(err))
             except Exception as err:

@@ -20,6 +20,7 @@ from segtool.cli._common import (
     Jobs,
     JsonOut,
     Manifest,
+    MaxMemory,
     OnError,
     OnErrorOpt,
     OutputDir,
@@ -30,6 +31,7 @@ from segtool.cli._common import (
     SkipExisting,
     expand_specs,
     fail,
+    memory_budget,
     print_error,
     run_files,
     stderr,
@@ -37,6 +39,8 @@ from segtool.cli._common import (
 from segtool.errors import InputError
 from segtool.inputs import base_stem
 from segtool.io import IMAGE_SUFFIXES, Image, read_image, read_labels
+from segtool.memory import MemoryBudget
+from segtool.quiet import quiet_libraries
 from segtool.pairing import mask_stem
 
 PANEL_FORMAT = "Formats"
@@ -113,6 +117,7 @@ class ExportTask:
     channel: int | None = None
     plane: int | None = None
     summary: bool = False  # measure --summary: compute the summary row, write nothing
+    memory: MemoryBudget | None = None  # the memory guard (--max-memory)
 
     def planned_outputs(self, path: Path) -> dict[str, Path]:
         if self.summary:
@@ -129,12 +134,12 @@ class ExportTask:
         return outputs
 
     def _read(self, path: Path) -> tuple[Image, Image | None]:
-        labels = read_labels(path, plane=self.plane)
+        labels = read_labels(path, plane=self.plane, memory=self.memory)
         if self.image is None:
             return labels, None
         image_path = find_image(path, self.image)
         try:
-            image = read_image(image_path, channel=self.channel, plane=self.plane)
+            image = read_image(image_path, channel=self.channel, plane=self.plane, memory=self.memory)
         except InputError as err:
             raise InputError(f"image {image_path}: {err}") from err
         if image.data.shape != labels.data.shape:
@@ -242,6 +247,7 @@ def export(
     manifest: Manifest = None,
     on_error: OnErrorOpt = OnError.skip,
     jobs: Jobs = 1,
+    max_memory: MaxMemory = None,
     cluster: ClusterOpt = None,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -258,7 +264,9 @@ def export(
         fail(str(err), code=EXIT_USAGE)
     if image is not None and not image.exists():
         fail("--image: no such file or folder", where=str(image), code=EXIT_USAGE)
-    task = ExportTask(formats=chosen, output_dir=output, overwrite=overwrite, image=image, channel=channel, plane=plane)
+    memory = memory_budget(max_memory, "export", jobs=jobs, way_out="raise --max-memory if this machine has the memory")
+    task = ExportTask(formats=chosen, output_dir=output, overwrite=overwrite, image=image, channel=channel, plane=plane,
+                      memory=memory)
     _run_label_files(labels, task, verb="export", recursive=recursive, on_error=on_error, skip_existing=skip_existing,
                      overwrite=overwrite, jobs=jobs, json_out=json_out, manifest=manifest, quiet=quiet, debug=debug,
                      cluster=cluster)
@@ -297,6 +305,7 @@ def measure(
     manifest: Manifest = None,
     on_error: OnErrorOpt = OnError.skip,
     jobs: Jobs = 1,
+    max_memory: MaxMemory = None,
     cluster: ClusterOpt = None,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -309,14 +318,16 @@ def measure(
     """
     if image is not None and not image.exists():
         fail("--image: no such file or folder", where=str(image), code=EXIT_USAGE)
+    memory = memory_budget(max_memory, "measure", jobs=jobs, way_out="raise --max-memory if this machine has the memory")
     if not summary:
-        task = ExportTask(formats=("csv",), output_dir=output, overwrite=overwrite, image=image, channel=channel, plane=plane)
+        task = ExportTask(formats=("csv",), output_dir=output, overwrite=overwrite, image=image, channel=channel, plane=plane,
+                          memory=memory)
         _run_label_files(labels, task, verb="measure", recursive=recursive, on_error=on_error,
                          skip_existing=skip_existing, overwrite=overwrite, jobs=jobs, json_out=json_out,
                          manifest=manifest, quiet=quiet, debug=debug, cluster=cluster)
     if cluster is not None:
         fail("--cluster is not available with --summary (the summary is computed in this process)", code=EXIT_USAGE)
-    task = ExportTask(formats=("csv",), image=image, channel=channel, plane=plane, summary=True)
+    task = ExportTask(formats=("csv",), image=image, channel=channel, plane=plane, summary=True, memory=memory)
     _summary_rows(labels, task, recursive=recursive, on_error=on_error, jobs=jobs, json_out=json_out, quiet=quiet, debug=debug)
 
 
@@ -352,7 +363,8 @@ def _summary_rows(specs, task: ExportTask, *, recursive, on_error, jobs, json_ou
         writer.writerow([_format_cell(row.get(name, "")) for name in columns])
         sys.stdout.flush()
 
-    summary = run_batch(expanded.files, task, on_error=OnError(on_error).value, jobs=jobs, on_result=emit, debug=debug)
+    with quiet_libraries(debug):
+        summary = run_batch(expanded.files, task, on_error=OnError(on_error).value, jobs=jobs, on_result=emit, debug=debug)
     if not quiet:
         stderr().print(f"segtool: {summary.done} done, {summary.failed + failed} failed", markup=False, highlight=False)
     raise typer.Exit(1 if summary.failed or failed else 0)

@@ -21,6 +21,7 @@ from segtool.cli._common import (
     Jobs,
     JsonOut,
     Manifest,
+    MaxMemory,
     OnError,
     OnErrorOpt,
     OutputDir,
@@ -32,6 +33,7 @@ from segtool.cli._common import (
     SkipExisting,
     ZarrOut,
     fail,
+    memory_budget,
     run_files,
 )
 from segtool.errors import InputError, SegtoolError, first_line
@@ -85,6 +87,7 @@ class PredictTask:
     halo: int
     channel: int | None
     plane: int | None
+    memory: Any = None  # the memory guard (segtool.memory.MemoryBudget, --max-memory)
     _model: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -136,7 +139,7 @@ class PredictTask:
                 with lazy:
                     if self.bands or lazy.size > BAND_PIXELS:
                         return self._run_bands(lazy, model, outputs)
-        image = read_image(path, channel=self.channel, plane=self.plane)
+        image = read_image(path, channel=self.channel, plane=self.plane, memory=self.memory)
         if self.bands or (self.bands is None and image.data.size > BAND_PIXELS):
             return self._run_bands(image.data, model, outputs, calibration=(image.pixel_size, image.unit))
         return self._run_in_memory(image, model, outputs)
@@ -284,6 +287,7 @@ def predict(
     manifest: Manifest = None,
     on_error: OnErrorOpt = OnError.skip,
     jobs: Jobs = 1,
+    max_memory: MaxMemory = None,
     cluster: ClusterOpt = None,
     block_size: BlockSize = None,
     zarr: ZarrOut = False,
@@ -366,6 +370,12 @@ def predict(
             halo=halo,
             channel=channel,
             plane=plane,
+            # Band mode (automatic over BAND_PIXELS) keeps memory bounded: then only the decoded image counts.
+            memory=memory_budget(
+                max_memory, "predict", jobs=jobs, streamed_above=None if bands is False else BAND_PIXELS,
+                way_out="drop --no-bands (large images are then predicted band by band)" if bands is False
+                else "save it as a TIFF, which predict reads band by band",
+            ),
         )
         task._model = loaded
     run_files(
