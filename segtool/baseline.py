@@ -41,6 +41,7 @@ __all__ = [
     "THRESHOLD_METHODS",
     "BackgroundFit",
     "BaselineResult",
+    "empty_image_reason",
     "fit_background",
     "segment_baseline",
     "subtract_background",
@@ -267,6 +268,30 @@ def segment_baseline(
         fit=fit,
     )
 
+
+
+def empty_image_reason(image: np.ndarray, *, degree: int = 2) -> str | None:
+    """Why ``image`` holds no object by the empty-image rule of :func:`segment_baseline`, or None.
+
+    The image is corrected with a robust degree-``degree`` background and
+    thresholded with Otsu; it is empty when it is constant, only smooth
+    background, or its two classes differ by less than
+    :data:`segtool.contrast.MIN_CONTRAST` noise sigmas. The class gap does not
+    depend on polarity, so this holds for bright and dark objects alike.
+    ``segtool predict`` uses it so that an empty well with uneven
+    illumination, which percentile normalisation would stretch into a bright
+    blob, gives 0 objects.
+
+    Examples
+    --------
+    >>> empty_image_reason(np.full((16, 16), 3.0))
+    'image is constant'
+    >>> image = np.zeros((16, 16))
+    >>> image[4:9, 4:9] = 100.0
+    >>> empty_image_reason(image) is None
+    True
+    """
+    return segment_baseline(image, degree=degree, min_size=0).empty_reason
 
 
 def _empty_result(

@@ -388,9 +388,11 @@ def summary_row(labels: np.ndarray, table: Mapping[str, np.ndarray]) -> dict[str
     Returns
     -------
     dict
-        ``objects``, ``mean_area``, ``median_area`` (pixels; 0 without objects),
-        ``coverage`` (fraction of pixels inside objects), ``mean_area_<unit>2``
-        when calibrated, ``mean_intensity`` (mean over objects) with an image.
+        ``objects``, ``mean_area``, ``median_area`` (pixels), ``coverage``
+        (fraction of pixels inside objects), ``mean_area_<unit>2`` when
+        calibrated, ``mean_intensity`` (mean over objects) with an image. An
+        image without objects is a valid result: every mean and the median
+        are then 0, never NaN.
 
     Examples
     --------

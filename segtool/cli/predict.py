@@ -145,19 +145,28 @@ class PredictTask:
         return self._run_in_memory(image, model, outputs)
 
     def _run_in_memory(self, image, model, outputs: dict[str, Path]) -> dict[str, Any]:
+        import numpy as np
+
+        from segtool.baseline import empty_image_reason
         from segtool.io import write_float, write_labels, write_png
         from segtool.overlay import outline_overlay
         from segtool.unet.predict import predict_image
 
         result = predict_image(image.data, model, scale=self.scale, **self._options())
+        labels, n_objects = result.labels, result.n_objects
+        # An empty well: percentile normalisation would stretch its uneven illumination into a bright blob.
+        empty_reason = empty_image_reason(image.data)
+        if empty_reason is not None:
+            labels, n_objects = np.zeros_like(labels), 0
         calibration = {"pixel_size": image.pixel_size, "unit": image.unit, "overwrite": self.overwrite}
-        write_labels(outputs["labels"], result.labels, **calibration)
+        write_labels(outputs["labels"], labels, **calibration)
         if self.save_prob:
             write_float(outputs["prob"], result.maps, **calibration)
         if self.save_overlay:
-            write_png(outputs["overlay"], outline_overlay(image.data, result.labels), overwrite=self.overwrite)
+            write_png(outputs["overlay"], outline_overlay(image.data, labels), overwrite=self.overwrite)
         return {
-            "objects": result.n_objects,
+            "objects": n_objects,
+            "empty_reason": empty_reason,
             "tiles": result.n_tiles,
             "predict_seconds": round(result.seconds, 3),
             "shape": list(image.data.shape),
