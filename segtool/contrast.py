@@ -53,8 +53,9 @@ def noise_sigma(image: np.ndarray) -> float:
     -------
     sigma : float
         ``1.4826 * MAD(d) / sqrt(2)`` of the differences ``d`` between
-        neighbouring pixels along rows (every k-th row, about 2**16 of them).
-        0 for a noiseless image, or one with a single column.
+        neighbouring pixels along rows (every k-th row, about 2**16 of them;
+        along the column of an N x 1 image). 0 for a noiseless image or a
+        single pixel.
 
     Examples
     --------
@@ -63,6 +64,8 @@ def noise_sigma(image: np.ndarray) -> float:
     2.0
     """
     data = np.asarray(image)
+    if data.ndim == 2 and data.shape[1] < 2:
+        data = data.T  # an N x 1 image: neighbours along its only column
     if data.ndim != 2 or data.shape[1] < 2:
         return 0.0
     step = max(1, math.ceil(data.size / _NOISE_PIXELS))
