@@ -19,6 +19,7 @@ how to install it.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 from collections.abc import Iterator
@@ -167,6 +168,9 @@ def connect(spec: ClusterSpec, *, timeout: float = 30.0) -> Iterator[Any]:
                 processes=True,
                 dashboard_address=":0",
                 host="127.0.0.1",
+                # Workers' own log lines (memory warnings, restarts) would print raw on stderr;
+                # segtool reports what matters about each input in its one line.
+                silence_logs=logging.CRITICAL,
             )
             client = Client(cluster)
         elif spec.kind == "scheduler_file":
