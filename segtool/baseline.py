@@ -373,14 +373,6 @@ def _threshold_level(values: np.ndarray, method: str | float, polarity: str, *, 
     return _apply_method(sample, method, polarity)
 
 
-def _check_not_flat(values: np.ndarray, scale: float) -> None:
-    """InputError when ``values`` hold nothing but float rounding left after subtracting the background."""
-    if _is_flat(values, scale):
-        raise InputError(
-            "image is only smooth background (constant after background subtraction): nothing to threshold"
-        )
-
-
 def _is_flat(values: np.ndarray, scale: float) -> bool:
     # float32 evaluation of the background leaves errors of ~1e-7 of the image
     # scale; a range within 1e-5 of it holds no objects.

@@ -185,19 +185,30 @@ def test_more_than_65535_objects():
     assert_same_labels(result.labels.compute(), expected)
 
 
+def test_same_errors_as_in_memory():
+    image = np.where(np.eye(*SHAPE) > 0, np.nan, 1.0)
+    with pytest.raises(InputError, match="NaN or infinite"):
+        segment_baseline(image, degree=1)
+    with pytest.raises(InputError, match="NaN or infinite"):
+        segment_baseline_blocks(da.from_array(image, chunks=(128, 96)), degree=1)
+
+
 @pytest.mark.parametrize(
-    "image, message",
+    "image, reason",
     [
-        (np.full(SHAPE, 7.0, dtype=np.float32), "image is constant: nothing to threshold"),
-        (np.where(np.eye(*SHAPE) > 0, np.nan, 1.0), "NaN or infinite"),
-        (np.add.outer(np.arange(1024.0), np.arange(768.0)), "only smooth background"),
+        (np.full(SHAPE, 7.0, dtype=np.float32), "image is constant"),
+        (np.add.outer(np.arange(1024.0), np.arange(768.0)), "image is only smooth background"),
     ],
 )
-def test_same_errors_as_in_memory(image, message):
-    with pytest.raises(InputError, match=message):
-        segment_baseline(image, degree=1)
-    with pytest.raises(InputError, match=message):
-        segment_baseline_blocks(da.from_array(image, chunks=(128, 96)), degree=1)
+@pytest.mark.parametrize("smooth", [0.0, 1.5])
+def test_empty_images_give_no_objects_as_in_memory(image, reason, smooth):
+    in_memory = segment_baseline(image, degree=1, smooth=smooth)
+    assert in_memory.empty_reason == reason and not in_memory.labels.any()
+    blocks = segment_baseline_blocks(da.from_array(image, chunks=(128, 96)), degree=1, smooth=smooth)
+    assert blocks.empty_reason == reason and blocks.n_objects == 0 and blocks.threshold is None
+    labels = blocks.labels.compute()
+    assert labels.shape == image.shape and not labels.any()
+    assert np.allclose(blocks.background.compute(), in_memory.background)
 
 
 def test_flat_threshold_subsample_is_refused():

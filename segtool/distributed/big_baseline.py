@@ -23,7 +23,7 @@ Nothing is approximated per block:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, NamedTuple, NoReturn
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy import ndimage as ndi
@@ -39,7 +39,6 @@ from segtool.baseline import (
     _check_choice,
     _check_count,
     _check_degree,
-    _check_not_flat,
     _check_sigma,
     _check_threshold,
     _fit_polarity,
@@ -69,8 +68,9 @@ class BlockBaselineResult:
         the input. Lazy: computing or storing it runs the labelling again.
     n_objects : int
         Number of objects.
-    threshold : float
-        Threshold used, in corrected-image units (see :class:`BaselineResult`).
+    threshold : float or None
+        Threshold used, in corrected-image units (see :class:`BaselineResult`);
+        None when the image was constant or flat.
     polarity : str
         ``"bright"`` or ``"dark"`` (``"auto"`` resolved).
     fit : BackgroundFit
@@ -79,15 +79,18 @@ class BlockBaselineResult:
         Fitted background (lazy).
     corrected : (H, W) dask array of float32
         Image minus background, not smoothed (lazy).
+    empty_reason : str or None
+        Why the image holds no object by rule (see :class:`BaselineResult`).
     """
 
     labels: Any
     n_objects: int
-    threshold: float
+    threshold: float | None
     polarity: str
     fit: BackgroundFit
     background: Any
     corrected: Any
+    empty_reason: str | None = None
 
 
 def segment_baseline_blocks(
@@ -152,6 +155,10 @@ def segment_baseline_blocks(
     ``split`` is refused: its h-maxima and watershed of the distance transform
     are not local operations, so blocks cannot reproduce them exactly.
 
+    A constant image, or one that is only smooth background, gives 0 objects
+    as in memory. The noise-contrast part of the empty-image rule is applied
+    only to images segmented in memory (up to 2**18 pixels here).
+
     Examples
     --------
     >>> import dask.array as da
@@ -186,13 +193,20 @@ def segment_baseline_blocks(
     lo, hi = float(lo), float(hi)
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise InputError("image contains NaN or infinite values")
-    if lo == hi:
-        raise InputError("image is constant: nothing to threshold")
     fit, polarity = _fit_polarity(grid, shape, degree, robust=bool(robust), polarity=polarity)
 
     meta = np.empty((0, 0), dtype=np.float32)
     background = data.map_blocks(_background_block, coef=fit.coefficients, shape=shape, meta=meta)
     corrected = data.map_blocks(_corrected_block, coef=fit.coefficients, shape=shape, meta=meta)
+
+    def empty(reason: str) -> BlockBaselineResult:
+        import dask.array as da
+
+        labels = da.zeros(shape, dtype=np.uint32, chunks=data.chunks)
+        return BlockBaselineResult(labels, 0, None, polarity, fit, background, corrected, empty_reason=reason)
+
+    if lo == hi:
+        return empty("image is constant")
     values = corrected if smooth == 0 else _smoothed(corrected, smooth)
     scale = max(abs(lo), abs(hi))
     if not isinstance(method, str):
@@ -203,10 +217,12 @@ def segment_baseline_blocks(
         level = _grid_threshold(raw, fit, method, polarity)
         if level is None:
             _refuse_whole_image_threshold(values, method, scale)
+            return empty("image is only smooth background")
     else:
         sample = np.asarray(_threshold_grid(values).compute())
         if _is_flat(sample, scale):
             _refuse_whole_image_threshold(values, method, scale)
+            return empty("image is only smooth background")
         level = _apply_method(sample, method, polarity)
 
     foreground = values.map_blocks(
@@ -256,6 +272,7 @@ def _in_memory(data: Any, *, fill_holes: bool, **options: Any) -> BlockBaselineR
         fit=result.fit,
         background=da.from_array(result.background, chunks=data.chunks),
         corrected=da.from_array(result.corrected, chunks=data.chunks),
+        empty_reason=result.empty_reason,
     )
 
 
@@ -301,12 +318,17 @@ def _foreground_block(values: np.ndarray, *, level: float, bright: bool) -> np.n
     return np.greater(values, level) if bright else np.less(values, level)
 
 
-def _refuse_whole_image_threshold(values: Any, method: str, scale: float) -> NoReturn:
-    """Raise when the threshold subsample is flat: the same error as in memory if the image is too."""
+def _refuse_whole_image_threshold(values: Any, method: str, scale: float) -> None:
+    """The threshold subsample is flat: return when the whole image is too (0 objects), else raise.
+
+    Big-image mode thresholds a subsample; when it misses every object of a
+    noise-free image, it cannot pick a level, and asks for a number.
+    """
     import dask
 
     lo, hi = dask.compute(values.min(), values.max())
-    _check_not_flat(np.array([lo, hi]), scale)
+    if _is_flat(np.array([lo, hi]), scale):
+        return
     raise InputError(
         f"threshold {method!r} found only background in its regular subsample of the image; "
         "big-image mode does not threshold all pixels at once, so give the threshold as a number"

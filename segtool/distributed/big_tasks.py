@@ -84,7 +84,8 @@ class BigBaselineTask:
         _write(output, result.labels, n_objects=result.n_objects, image=image, zarr=self.zarr, overwrite=self.overwrite)
         return {
             "objects": int(result.n_objects),
-            "threshold": round(float(result.threshold), 6),
+            "threshold": None if result.threshold is None else round(float(result.threshold), 6),
+            "empty_reason": result.empty_reason,
             "polarity": result.polarity,
             "background": result.fit.summary(),
             "shape": list(image.data.shape),
