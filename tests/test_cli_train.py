@@ -217,6 +217,23 @@ def test_workers_are_resolved_reported_stored_and_kept_on_resume(tmp_path):
     assert ", 1 data workers" in result.stderr and "continuing with" not in result.stderr
 
 
+def test_workers_on_the_cpu_leave_their_cores_to_them(tmp_path):
+    data = write_set(tmp_path / "data", 3)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        no_threads = [a for a in TINY if a not in ("--threads", "1")]
+        result = invoke("train", data, "-o", tmp_path / "m.pt", "--epochs", "1", "--workers", "2", *no_threads)
+        assert result.exit_code == 0, result.stderr
+        assert torch.get_num_threads() == 2  # 4 cores' threads less 2 workers
+        torch.set_num_threads(4)
+        result = invoke("train", data, "-o", tmp_path / "n.pt", "--epochs", "1", "--workers", "2", "--threads", "3", *no_threads)
+        assert result.exit_code == 0, result.stderr
+        assert torch.get_num_threads() == 3  # --threads wins
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_refuses_to_overwrite_and_points_to_resume(tmp_path):
     data = write_set(tmp_path / "data", 3)
     model = tmp_path / "m.pt"

@@ -435,7 +435,8 @@ def train(
             "--workers",
             help="Data worker processes that sample and augment patches while the network trains. auto: none on a CPU "
             "with 2 cores or fewer, a quarter of the cores on a larger CPU, all cores but one (at most 16) with a GPU. "
-            "Any count from 1 up gives the same weights; 0 gives other (equally good) ones.",
+            "Any count from 1 up gives the same weights; 0 gives other (equally good) ones. On the CPU, without "
+            "--threads, PyTorch gets one thread fewer per worker.",
             rich_help_panel=PANEL_RUN,
             callback=_check_workers,
             metavar="N|auto",
@@ -538,6 +539,12 @@ def train(
         import torch
 
         torch.set_num_threads(threads)
+    elif options.workers and resolved_device.type == "cpu":
+        import torch
+
+        # PyTorch takes a thread per core by default; with the cores busy elsewhere (data workers) its threads
+        # spin waiting for one another: a small step ran 30-60x slower with 2 threads than with 1 on the busy 2-core host
+        torch.set_num_threads(max(1, torch.get_num_threads() - options.workers))
 
     # ---- data
     fraction: float | None = None
