@@ -297,6 +297,31 @@ def test_same_seed_and_worker_count_give_the_same_weights(pairs, tmp_path):
     assert read_checkpoint_settings(tmp_path / "two0" / "last.pt")[1].workers == 2
 
 
+@pytest.mark.slow  # PyTorch notices a dead worker within its 5 s status check
+def test_a_killed_data_worker_ends_training_with_a_one_line_error(pairs, tmp_path):
+    import os
+    import signal
+
+    import psutil
+
+    from segtool.errors import SegtoolError
+
+    me = psutil.Process()
+    workers = []
+
+    def kill_a_worker(step) -> None:
+        if not workers:
+            workers.extend(me.children(recursive=True))
+            os.kill(workers[0].pid, signal.SIGKILL)
+
+    options = tiny_options(epochs=200, patches_per_epoch=64, workers=2)
+    with pytest.raises(SegtoolError, match=r"^data worker process stopped: .*use fewer --workers$"):
+        train_model(pairs[:4], [], tiny_config(), options=options, checkpoint_dir=tmp_path, on_step=kill_a_worker)
+    assert len(workers) >= 2
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == []
+
+
 # stop_requested is polled before each of the 4 steps and each of the 2 validation images of an epoch:
 # after 8 calls it stops in the middle of epoch 2's training, after 10 before its validation.
 @pytest.mark.parametrize(

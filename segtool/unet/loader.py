@@ -33,10 +33,10 @@ from collections.abc import Iterator
 import numpy as np
 import torch
 
-from segtool.errors import InputError
+from segtool.errors import InputError, SegtoolError, first_line
 from segtool.unet.dataset import PatchSampler
 
-__all__ = ["auto_workers", "batch_generator", "iterate_batches", "resume_workers"]
+__all__ = ["auto_workers", "batch_generator", "iterate_batches", "resume_workers", "worker_failure"]
 
 # how many batches each worker keeps ready (DataLoader's prefetch_factor): enough to ride out one slow batch,
 # few enough that memory stays small and an early stop wastes little work
@@ -168,6 +168,9 @@ def iterate_batches(
     ------
     InputError
         If ``workers`` < 0 or ``start`` > ``stop``.
+    SegtoolError
+        If a worker process dies (killed, out of memory) while a batch is
+        awaited (see :func:`worker_failure` for the other moments).
 
     Notes
     -----
@@ -201,4 +204,50 @@ def iterate_batches(
         worker_init_fn=_ignore_interrupt,
         prefetch_factor=_PREFETCH,
     )
-    yield from loader
+    iterator = iter(loader)
+    try:
+        while True:
+            try:
+                batch = next(iterator)
+            except StopIteration:
+                return
+            except (RuntimeError, ConnectionError, EOFError) as err:
+                failure = worker_failure(err)
+                if failure is None:
+                    raise
+                raise failure from None
+            yield batch
+    finally:
+        # PyTorch ends the workers when the iterator is garbage-collected, but a traceback passing through
+        # it keeps it alive, and with it a SIGCHLD handler that raises about a dead worker at random later
+        # moments: end them now
+        shutdown = getattr(iterator, "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def worker_failure(err: BaseException) -> SegtoolError | None:
+    """The one-line error for a data worker that died, or None if ``err`` is something else.
+
+    A worker killed from outside (most often by the kernel when memory runs
+    out) is not a bug, so it should not end in a traceback. PyTorch reports
+    it as a ``RuntimeError``, from the next batch or, through its SIGCHLD
+    handler, from wherever the training process happens to be: callers
+    catch it around their whole loop.
+
+    Examples
+    --------
+    >>> str(worker_failure(RuntimeError("DataLoader worker (pid 7) is killed by signal: Killed.")))
+    'data worker process stopped: DataLoader worker (pid 7) is killed by signal: Killed; if memory ran out, use fewer --workers'
+    >>> worker_failure(RuntimeError("shapes do not match")) is None
+    True
+    """
+    text = first_line(err)
+    died = isinstance(err, RuntimeError) and text.startswith("DataLoader worker") and (
+        "exited unexpectedly" in text or "killed by signal" in text
+    )
+    # a batch in shared memory whose sender died on the way: the connection to it breaks
+    lost = isinstance(err, (ConnectionError, EOFError))
+    if died or lost:
+        return SegtoolError(f"data worker process stopped: {text.rstrip('. ')}; if memory ran out, use fewer --workers")
+    return None
