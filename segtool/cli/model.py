@@ -1,4 +1,4 @@
-"""``segtool model info``: show what a model file holds."""
+"""``segtool model info`` and ``segtool model list``: what a model file holds, and the shipped models."""
 
 from __future__ import annotations
 
@@ -62,6 +62,22 @@ def _card_rows(card: dict[str, Any]) -> list[tuple[str, str]]:
         if test.get("command"):
             rows.append(("scored with", test["command"]))
     return rows
+
+
+def lineage(parent: dict[str, Any] | None) -> str:
+    """One line naming a model's parent, its parent, and so on (``--init`` chains).
+
+    Examples
+    --------
+    >>> lineage({"name": "nuclei", "sha256": "ab" * 32, "segtool_version": "0.1.0", "parent": None})
+    'fine-tuned from nuclei (sha256 abababababababab, segtool 0.1.0)'
+    """
+    parts = []
+    while isinstance(parent, dict) and len(parts) < 20:
+        version = f", segtool {parent['segtool_version']}" if parent.get("segtool_version") else ""
+        parts.append(f"{parent.get('name', '?')} (sha256 {str(parent.get('sha256', ''))[:16]}{version})")
+        parent = parent.get("parent")
+    return "fine-tuned from " + " <- ".join(parts) if parts else ""
 
 
 def describe(info: dict[str, Any]) -> str:
@@ -129,6 +145,8 @@ def describe(info: dict[str, Any]) -> str:
             rows.append(("validation", text))
         if meta.get("command"):
             rows.append(("command", meta["command"]))
+        if meta.get("parent"):
+            rows.append(("lineage", lineage(meta["parent"])))
         rows.extend(_card_rows(meta.get("card") or {}))
     size = info["file_bytes"] / 2**20
     head = f"{info['path']}  ({info['format']} v{info['format_version']}, {info['parameters']:,} parameters, {size:.1f} MiB)"
@@ -141,7 +159,7 @@ def info(
     models: Annotated[
         Optional[list[Path]],
         typer.Argument(
-            help="Model files (.pt) written by segtool train. Default: the pretrained model shipped with segtool.",
+            help="Model files (.pt) written by segtool train, or shipped models' names. Default: the default shipped model.",
             show_default=False,
             metavar="MODEL",
         ),
@@ -151,18 +169,12 @@ def info(
 ) -> None:
     """Print a model's architecture, normalisation, target, training data and validation scores."""
     from segtool.unet.modelfile import read_model_info
-    from segtool.unet.predict import find_packaged_model
+    from segtool.unet.shipped import resolve_model
 
-    if not models:
-        try:
-            models = [find_packaged_model()]
-        except SegtoolError as err:
-            print_error(None, first_line(err))
-            raise typer.Exit(1) from None
     failed = 0
-    for index, path in enumerate(models):
+    for index, path in enumerate(models or [None]):
         try:
-            details = read_model_info(path)
+            details = read_model_info(resolve_model(path)[0])
         except SegtoolError as err:
             if debug:
                 traceback.print_exc()
@@ -176,3 +188,30 @@ def info(
                 print()
             print(describe(details), flush=True)
     raise typer.Exit(1 if failed else 0)
+
+
+@model_app.command("list")
+def list_models(
+    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per shipped model.")] = False,
+) -> None:
+    """List the models shipped with segtool (use a name with -m, --init or model info)."""
+    from segtool.unet.modelfile import read_model_info
+    from segtool.unet.shipped import DEFAULT_MODEL, SHIPPED_MODELS, find_shipped_model
+
+    for shipped in SHIPPED_MODELS:
+        record: dict[str, Any] = {"name": shipped.name, "default": shipped.name == DEFAULT_MODEL, "summary": shipped.summary}
+        try:
+            info = read_model_info(find_shipped_model(shipped.name))
+        except SegtoolError as err:
+            record.update(installed=False, card=first_line(err))
+        else:
+            test = ((info["metadata"].get("card") or {}).get("test")) or {}
+            dataset = (info["metadata"].get("card") or {}).get("dataset")
+            card = f"test AP@0.5 {_fmt(test.get('ap_iou50'))}, AP@0.7 {_fmt(test.get('ap_iou70'))}" if test else "no card"
+            record.update(installed=True, path=info["path"], dataset=dataset, in_channels=info["config"]["in_channels"],
+                          card=card + (f"; trained on {dataset}" if dataset else ""))
+        if json_out:
+            print(json.dumps(record), flush=True)
+        else:
+            flag = " (default)" if record["default"] else ""
+            print(f"{shipped.name:<12}{shipped.summary}{flag}\n{'':<12}{record['card']}", flush=True)

@@ -88,6 +88,7 @@ class PredictTask:
     channel: int | None
     plane: int | None
     memory: Any = None  # the memory guard (segtool.memory.MemoryBudget, --max-memory)
+    model_name: str | None = None  # what -m named (a shipped model's name, or the file), recorded per image
     _model: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -128,6 +129,11 @@ class PredictTask:
         }
 
     def run(self, path: Path) -> dict[str, Any]:
+        figures = self._run(path)
+        figures["model"] = self.model_name or str(self.model_path)
+        return figures
+
+    def _run(self, path: Path) -> dict[str, Any]:
         from segtool.io import read_image
         from segtool.unet.bigimage import open_lazy
 
@@ -208,7 +214,8 @@ def predict(
         typer.Option(
             "--model",
             "-m",
-            help="Model file from `segtool train`. Default: the pretrained nuclei model shipped with segtool, if installed.",
+            help="Model file from `segtool train`, or a shipped model's name (`segtool model list`: nuclei, nuclei-he). "
+            "Default: nuclei, the shipped fluorescence model.",
             rich_help_panel=PANEL_MODEL,
             dir_okay=False,
         ),
@@ -308,7 +315,8 @@ def predict(
     Writes <stem>_labels.tif (uint16 labels, uint32 above 65535 objects; 0 = background) for each input.
     Images over 16 Mpixel are processed in bands with bounded memory and written as tiled BigTIFF.
     """
-    from segtool.unet.predict import find_packaged_model, scale_for_diameter
+    from segtool.unet.predict import scale_for_diameter
+    from segtool.unet.shipped import resolve_model
 
     if scale is not None and diameter is not None:
         fail("give --scale or --diameter, not both", code=EXIT_USAGE)
@@ -322,7 +330,7 @@ def predict(
         except SegtoolError:
             pass  # run_files reports a bad --cluster value (exit 2)
     try:
-        model_path = model if model is not None else find_packaged_model()
+        model_path, model_name = resolve_model(model)
     except SegtoolError as err:
         fail(first_line(err), code=EXIT_USAGE)
     try:
@@ -379,6 +387,7 @@ def predict(
             halo=halo,
             channel=channel,
             plane=plane,
+            model_name=model_name,
             # Band mode (automatic over BAND_PIXELS) keeps memory bounded: then only the decoded image counts.
             memory=memory_budget(
                 max_memory, "predict", jobs=jobs, streamed_above=None if bands is False else BAND_PIXELS,

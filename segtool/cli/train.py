@@ -42,6 +42,7 @@ from segtool.cli._common import (
 from segtool.errors import SegtoolError, first_line
 from segtool.inputs import expand_inputs
 from segtool.pairing import Pair, pair_by_stem
+from segtool.unet.finetune import FINETUNE_DEFAULTS
 
 PANEL_IO = "Inputs and outputs"
 PANEL_NET = "Network"
@@ -71,8 +72,11 @@ _FIXED_BY_CHECKPOINT = (
     "depth", "base_channels", "target", "norm_low", "norm_high", "patch_size", "epochs", "batch_size",
     "patches_per_epoch", "lr", "weight_decay", "optimizer", "schedule", "patience", "foreground_fraction",
     "seed", "augment", "elastic", "rotate", "zoom", "val_fraction", "val_seed", "class_weights", "precision",
-    "ema", "dice_weight",
+    "ema", "dice_weight", "init", "freeze_encoder",
 )
+
+# Options that --init takes from the parent model: given together with it they are ignored (and we say so).
+_FIXED_BY_PARENT = ("depth", "base_channels", "target", "norm_low", "norm_high")
 
 
 class Target(str, Enum):
@@ -350,6 +354,28 @@ def train(
     recursive: Recursive = False,
     overwrite: Overwrite = False,
     json_out: Annotated[bool, typer.Option("--json", help="Print a JSON summary of the run on stdout.", rich_help_panel=PANEL_IO)] = False,
+    init: Annotated[
+        Optional[str],
+        typer.Option(
+            "--init",
+            help="Fine-tune: start from this model (a file, or a shipped model's name such as nuclei): its weights, "
+            "architecture, target, normalisation and tuned post-processing. Default learning rate then "
+            f"{FINETUNE_DEFAULTS['lr']:g}, warm-up {FINETUNE_DEFAULTS['warmup_epochs']:g} epoch.",
+            rich_help_panel=PANEL_NET,
+            show_default=False,
+            metavar="MODEL",
+        ),
+    ] = None,
+    freeze_encoder: Annotated[
+        int,
+        typer.Option(
+            "--freeze-encoder",
+            min=0,
+            help="With --init: keep the encoder's weights fixed for the first N epochs (the decoder adapts first).",
+            rich_help_panel=PANEL_NET,
+            metavar="N",
+        ),
+    ] = 0,
     target: Annotated[
         Target,
         typer.Option(
@@ -471,15 +497,35 @@ def train(
 
     # ---- settings: from the options, or from the checkpoint
     resume_state: dict[str, Any] = {}
+    parent: dict[str, Any] | None = None
+    init_weights = None
     with exit_on_error(debug):
         if resume is not None:
             with exit_on_error(debug, where=str(resume)):
                 config, options, resume_state = read_checkpoint_settings(resume)
+            parent = resume_state.get("extra", {}).get("parent")
             options.device = device.value
             ignored = _explicit(ctx, _FIXED_BY_CHECKPOINT)
             if ignored and not quiet:
                 err.print(f"segtool: note: resuming with the checkpoint's settings; ignoring {', '.join(ignored)}", markup=False, highlight=False)
+        elif init is not None:
+            from dataclasses import replace
+
+            from segtool.unet.finetune import child_config, load_init
+
+            with exit_on_error(debug, where=init):
+                parent_model = load_init(init)
+            config = child_config(parent_model.config)
+            if _explicit(ctx, ["patch_size"]):
+                config = replace(config, patch_size=patch_size)
+            init_weights = parent_model.weights_for(config)
+            parent = parent_model.record
+            ignored = _explicit(ctx, _FIXED_BY_PARENT)
+            if ignored and not quiet:
+                err.print(f"segtool: note: --init takes the network from {init}; ignoring {', '.join(ignored)}", markup=False, highlight=False)
         else:
+            if freeze_encoder:
+                fail("--freeze-encoder needs --init (a random encoder has nothing to keep)", code=EXIT_USAGE)
             config = UNetConfig(
                 depth=depth,
                 base_channels=base_channels,
@@ -488,11 +534,15 @@ def train(
                 norm_high=norm_high,
                 patch_size=patch_size,
             )
+        if resume is None:
+            tuned = init is not None
             options = TrainOptions(
                 epochs=epochs,
                 batch_size=batch_size,
                 patches_per_epoch=patches_per_epoch,
-                learning_rate=lr,
+                learning_rate=FINETUNE_DEFAULTS["lr"] if tuned and not _explicit(ctx, ["lr"]) else lr,
+                warmup_epochs=FINETUNE_DEFAULTS["warmup_epochs"] if tuned else 1.0,
+                freeze_encoder_epochs=freeze_encoder,
                 weight_decay=weight_decay,
                 optimizer=optimizer.value,
                 schedule=schedule.value,
@@ -637,7 +687,8 @@ def train(
             "on_step": on_step,
             "on_epoch": on_epoch,
             "resume_from": resume,
-            "checkpoint_extra": {"val_fraction": fraction, "val_seed": split_seed},
+            "checkpoint_extra": {"val_fraction": fraction, "val_seed": split_seed, "parent": parent},
+            "init_weights": init_weights,
         }
         result = _run(train_model, progress, history, resume_state, debug, stop, arguments)
     except KeyboardInterrupt:
@@ -664,6 +715,7 @@ def train(
     from segtool.unet.modelfile import save_model
 
     extra = {
+        "parent": parent,
         "training_files": [Path(n).name for n in train_names],
         "validation_files": [Path(n).name for n in val_names],
         "validation_source": "--val" if val is not None else f"held out {len(val_names)} of {len(names)} images (seed {split_seed})",

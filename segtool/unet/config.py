@@ -242,6 +242,11 @@ class TrainOptions:
         other ones (the scheme of segtool before workers existed), so a
         resumed run keeps 0, or >= 1, as it started. Checkpoints written
         before this option existed resume with 0.
+    freeze_encoder_epochs : int
+        For this many first epochs only the decoder and head learn; the
+        encoder's weights stay as they started (its BatchNorm statistics
+        still follow the new images). Meant for fine-tuning, where the
+        encoder comes from a parent model (``segtool train --init``).
     """
 
     epochs: int = 100
@@ -263,11 +268,12 @@ class TrainOptions:
     precision: str = "fp32"
     ema_decay: float = 0.0
     workers: int = 0
+    freeze_encoder_epochs: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
             self.augment = AugmentOptions.from_dict(self.augment)
-        for name, low in (("epochs", 1), ("batch_size", 1), ("patience", 0), ("workers", 0)):
+        for name, low in (("epochs", 1), ("batch_size", 1), ("patience", 0), ("workers", 0), ("freeze_encoder_epochs", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InputError(f"{name} must be an integer >= {low}, got {value!r}")

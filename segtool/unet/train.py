@@ -359,6 +359,7 @@ def train_model(
     resume_from: str | Path | None = None,
     stop_requested: Callable[[], bool] | None = None,
     checkpoint_extra: dict[str, Any] | None = None,
+    init_weights: dict[str, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train a U-Net and return the best network.
 
@@ -395,6 +396,10 @@ def train_model(
         JSON-safe values stored in ``last.pt`` for the caller (e.g. how the
         validation images were chosen); read back with
         :func:`read_checkpoint_settings` as ``state["extra"]``.
+    init_weights : dict of Tensor, optional
+        Weights to start from instead of a random initialisation (a parent
+        model's, see :mod:`segtool.unet.finetune`); they must fit
+        ``config``. Ignored with ``resume_from``, whose weights continue.
 
     Returns
     -------
@@ -427,6 +432,11 @@ def train_model(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(options.seed)
         net = UNet(config)
+    if init_weights is not None and resume_from is None:
+        try:
+            net.load_state_dict(init_weights, strict=True)
+        except (RuntimeError, KeyError) as err:
+            raise ModelError(f"initial weights do not fit the network: {str(err).splitlines()[0][:200]}") from None
     net.to(device)
     # bfloat16 convolutions are fastest on channels-last tensors (oneDNN's native layout); float32
     # keeps the plain layout so that runs made before the precision option reproduce bit for bit.
@@ -553,6 +563,10 @@ def train_model(
                         )
                     optimizer.zero_grad(set_to_none=True)
                     loss.backward()
+                    if loop.epoch < options.freeze_encoder_epochs:
+                        # no gradient: AdamW leaves the parameter alone (no step, no weight decay)
+                        for parameter in net.encoders.parameters():
+                            parameter.grad = None
                     optimizer.step()
                     if average is not None:
                         update_average(average, net, decay=options.ema_decay, step=loop.global_step + 1)

@@ -1,0 +1,180 @@
+"""Start a training run from an existing model (``segtool train --init``).
+
+The new network takes the parent's architecture, normalisation, target and
+tuned post-processing, and starts from its weights. Only the number of input
+channels may differ: the first convolution is then adapted (see
+:func:`adapt_input_weights`). The parent is recorded (name, file hash,
+segtool version, and its own parents) so ``model info`` can show the lineage.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from segtool.errors import ModelError
+from segtool.unet.config import UNetConfig
+
+__all__ = ["FINETUNE_DEFAULTS", "FIRST_CONV", "InitModel", "adapt_input_weights", "child_config", "load_init", "parent_record"]
+
+#: Training defaults with ``--init`` (explicit options win): a lower peak learning rate than from scratch
+#: (1e-3), so the first steps do not wash out what the parent learnt, and a short warm-up. Measured on
+#: dsb2018_histo train (MODELS.md, "Fine-tuning defaults").
+FINETUNE_DEFAULTS: dict[str, float] = {"lr": 1e-3, "warmup_epochs": 0.25}
+
+#: State-dict key of the first convolution, the only weight whose shape depends on the input channels.
+FIRST_CONV = "encoders.0.0.weight"
+
+
+def adapt_input_weights(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Adapt a first-convolution weight to another number of input channels.
+
+    From 1 channel to C: the grey kernel is spread over the C channels, each
+    getting ``1/C`` of it, so an image whose C channels are equal gives
+    exactly the parent's response to that grey image (the mean of the
+    channels is what the parent was trained on: segtool averages RGB to
+    grey). From C channels to 1: the kernels are summed over channels, the
+    same identity read backwards. Other pairs have no such identity and are
+    refused.
+
+    Parameters
+    ----------
+    weight : (out, in, kh, kw) Tensor
+    in_channels : int
+        Input channels of the new network.
+
+    Returns
+    -------
+    weight : (out, in_channels, kh, kw) Tensor
+        A new tensor (the input is not modified).
+
+    Raises
+    ------
+    ModelError
+        If neither the old nor the new channel count is 1.
+
+    Examples
+    --------
+    >>> w = torch.ones(2, 1, 3, 3)
+    >>> adapt_input_weights(w, 3).shape, float(adapt_input_weights(w, 3).sum())
+    (torch.Size([2, 3, 3, 3]), 18.0)
+    """
+    have = int(weight.shape[1])
+    if have == in_channels:
+        return weight.clone()
+    if have == 1:
+        return weight.repeat(1, in_channels, 1, 1) / in_channels
+    if in_channels == 1:
+        return weight.sum(dim=1, keepdim=True)
+    raise ModelError(
+        f"cannot adapt a {have}-channel model to {in_channels} input channels "
+        "(only 1 -> N and N -> 1 are defined); train from scratch instead"
+    )
+
+
+def child_config(parent: UNetConfig, *, in_channels: int | None = None) -> UNetConfig:
+    """The config of a network fine-tuned from ``parent``.
+
+    Everything is the parent's (architecture, normalisation, target, patch
+    size, tuned post-processing as the starting point), except
+    ``in_channels`` when given.
+
+    Examples
+    --------
+    >>> child_config(UNetConfig(depth=2), in_channels=3).in_channels
+    3
+    """
+    return replace(parent, in_channels=parent.in_channels if in_channels is None else in_channels)
+
+
+def parent_record(path: Path, *, name: str | None, metadata: dict[str, Any]) -> dict[str, Any]:
+    """What a fine-tuned model stores about its parent.
+
+    Parameters
+    ----------
+    path : Path
+        The parent's model file.
+    name : str or None
+        The shipped model's name, if the parent is one.
+    metadata : dict
+        The parent's metadata (its own ``parent`` entry is kept, so the
+        whole lineage travels along).
+
+    Returns
+    -------
+    record : dict, JSON-safe
+        ``name`` (shipped name or file name), ``file``, ``sha256`` of the
+        file, ``segtool_version`` and ``created`` of the parent, and
+        ``parent`` (the parent's parent, or None).
+    """
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return {
+        "name": name or path.name,
+        "file": path.name,
+        "sha256": digest.hexdigest(),
+        "segtool_version": metadata.get("segtool_version"),
+        "created": metadata.get("created"),
+        "parent": metadata.get("parent"),
+    }
+
+
+class InitModel:
+    """A parent model read for ``--init``: its config, weights and record.
+
+    Attributes
+    ----------
+    config : UNetConfig
+        The parent's config.
+    state_dict : dict of Tensor
+        The parent's weights, in float32.
+    record : dict
+        :func:`parent_record` of the parent.
+    """
+
+    def __init__(self, config: UNetConfig, state_dict: dict[str, torch.Tensor], record: dict[str, Any]) -> None:
+        self.config = config
+        self.state_dict = state_dict
+        self.record = record
+
+    def weights_for(self, config: UNetConfig) -> dict[str, torch.Tensor]:
+        """The parent's weights for a network built from ``config`` (first conv adapted)."""
+        weights = dict(self.state_dict)
+        weights[FIRST_CONV] = adapt_input_weights(weights[FIRST_CONV], config.in_channels)
+        return weights
+
+
+def load_init(spec: str | Path) -> InitModel:
+    """Read the model that ``--init`` names.
+
+    Parameters
+    ----------
+    spec : str or Path
+        A model file or a shipped model's name.
+
+    Returns
+    -------
+    InitModel
+
+    Raises
+    ------
+    ModelError
+        Unknown name, missing or unreadable file, weights that do not fit
+        the file's own config.
+    """
+    from segtool.unet.modelfile import load_model
+    from segtool.unet.shipped import resolve_model
+
+    path, name = resolve_model(spec)
+    loaded = load_model(path, device="cpu")
+    # shipped files may hold float16 weights: training starts from float32 copies
+    state = {k: v.detach().float() if v.is_floating_point() else v.detach().clone() for k, v in loaded.net.state_dict().items()}
+    if FIRST_CONV not in state:
+        raise ModelError(f"{path}: no first convolution ({FIRST_CONV}) in the model's weights")
+    return InitModel(loaded.config, state, parent_record(path, name=name, metadata=loaded.metadata))
