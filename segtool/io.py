@@ -80,7 +80,12 @@ class Image:
 
 
 def read_image(
-    path: str | os.PathLike, *, channel: int | None = None, plane: int | None = None, memory: MemoryBudget | None = None
+    path: str | os.PathLike,
+    *,
+    channel: int | None = None,
+    plane: int | None = None,
+    memory: MemoryBudget | None = None,
+    colour: bool = False,
 ) -> Image:
     """Read a 2-D grayscale image from a TIFF, PNG or JPEG file.
 
@@ -98,11 +103,18 @@ def read_image(
         The memory guard (:mod:`segtool.memory`): the size the header
         declares, plus the command's working memory, is checked against it
         before any pixel is decoded.
+    colour : bool, optional
+        Keep colour: ``data`` is (3, Y, X), the red, green and blue planes
+        of an RGB/RGBA image (alpha dropped), or a grey image repeated three
+        times, so that a colour network (``--channels rgb``) reads grey
+        and colour files alike. ``channel`` then picks nothing and must be
+        None.
 
     Returns
     -------
     Image
-        ``data`` is (Y, X) in the file's dtype, except averaged RGB (float32).
+        ``data`` is (Y, X) in the file's dtype, except averaged RGB (float32);
+        with ``colour``, (3, Y, X) in the file's dtype.
 
     Raises
     ------
@@ -122,8 +134,12 @@ def read_image(
         pixel_size, unit, photometric_rgb = None, None, data.ndim == 3
     else:
         raise InputError(f"unsupported file type {suffix or '(no extension)'!r}; expected one of {', '.join(IMAGE_SUFFIXES)}")
-    data = _reduce_to_2d(data, axes, channel=channel, plane=plane, rgb=photometric_rgb)
+    if colour and channel is not None:
+        raise InputError("a colour read keeps all of R, G and B: give no --channel with --channels rgb")
+    data = _reduce_to_2d(data, axes, channel=channel, plane=plane, rgb=photometric_rgb, keep_rgb=colour)
     _check_pixels(data)
+    if colour and data.ndim == 2:
+        data = np.repeat(data[np.newaxis], 3, axis=0)
     return Image(data=data, path=path, pixel_size=pixel_size, unit=unit)
 
 
@@ -290,8 +306,13 @@ def _read_pillow(path: Path, memory: MemoryBudget | None = None):
     return data, axes
 
 
-def _reduce_to_2d(data: np.ndarray, axes: str, *, channel: int | None, plane: int | None, rgb: bool) -> np.ndarray:
-    """Drop singleton axes, select the plane and channel, and refuse what stays ambiguous."""
+def _reduce_to_2d(
+    data: np.ndarray, axes: str, *, channel: int | None, plane: int | None, rgb: bool, keep_rgb: bool = False
+) -> np.ndarray:
+    """Drop singleton axes, select the plane and channel, and refuse what stays ambiguous.
+
+    With ``keep_rgb``, an RGB(A) image comes back as (3, Y, X) instead of averaged.
+    """
     if data.ndim < 2 or data.size == 0:
         raise InputError(f"image has no 2-D pixel data (shape {data.shape})")
     if len(axes) != data.ndim:
@@ -328,6 +349,12 @@ def _reduce_to_2d(data: np.ndarray, axes: str, *, channel: int | None, plane: in
             if not 0 <= channel < n:
                 raise InputError(f"--channel {channel} is out of range: the image has {n} channels (0..{n - 1})")
             data = np.take(data, channel, axis=index)
+        elif keep_rgb and (rgb or channel_axes[0] == "S") and n in (3, 4):
+            data = np.moveaxis(data, index, 0)[:3]
+            axes = channel_axes[0] + axes.replace(channel_axes[0], "")
+            if axes[1:] == "XY":
+                data = np.swapaxes(data, 1, 2)
+            return np.ascontiguousarray(data)
         elif (rgb or channel_axes[0] == "S") and n in (3, 4):
             # RGB(A) default: mean of the colour channels, which keeps a signal that sits in any one of them.
             data = np.moveaxis(data, index, -1)[..., :3].astype(np.float32).mean(axis=-1)

@@ -76,12 +76,15 @@ def _boundaries(labels: np.ndarray) -> np.ndarray:
 
 
 def outline_overlay(image: np.ndarray, labels: np.ndarray, *, color: tuple[int, int, int] | None = None) -> np.ndarray:
-    """Draw object outlines over a grayscale image.
+    """Draw object outlines over a grayscale or colour image.
 
     Parameters
     ----------
-    image : (M, N) ndarray
-        Any real dtype; stretched to 1-99.8 percentiles for display.
+    image : (M, N) or (3, M, N) ndarray
+        Any real dtype; stretched to 1-99.8 percentiles for display. A
+        (3, M, N) image (red, green, blue planes, as a colour model reads
+        them) is shown in colour, all three planes stretched together so
+        that the stain's hue stays.
     labels : (M, N) ndarray of int
         Objects to outline.
     color : tuple of 3 int, optional
@@ -92,10 +95,13 @@ def outline_overlay(image: np.ndarray, labels: np.ndarray, *, color: tuple[int, 
     (M, N, 3) ndarray of uint8
     """
     labels = np.asarray(labels)
-    if np.shape(image) != labels.shape:
+    colour = np.ndim(image) == 3 and np.shape(image)[0] == 3
+    if np.shape(image)[-2:] != labels.shape or (np.ndim(image) != 2 and not colour):
         raise InputError(f"image shape {np.shape(image)} differs from labels shape {labels.shape}")
-    gray = to_display_uint8(image)
-    rgb = np.repeat(gray[..., None], 3, axis=2)
+    if colour:
+        rgb = np.ascontiguousarray(np.moveaxis(to_display_uint8(image), 0, -1))
+    else:
+        rgb = np.repeat(to_display_uint8(image)[..., None], 3, axis=2)
     edge = _boundaries(labels)
     if color is None:
         rgb[edge] = color_labels(labels)[edge]

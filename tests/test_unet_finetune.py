@@ -113,7 +113,7 @@ def test_channel_counts_without_a_defined_mapping_are_refused():
 def test_child_config_keeps_the_parent_network_and_postprocessing():
     parent = UNetConfig(depth=3, base_channels=8, target="distance", norm_low=2.0, norm_high=99.0, patch_size=64,
                         postprocess={"min_size": 30})
-    child = child_config(parent, in_channels=3)
+    child = child_config(parent, channels="rgb")
     assert (child.depth, child.base_channels, child.target, child.norm_low, child.norm_high, child.patch_size) == (
         3, 8, "distance", 2.0, 99.0, 64)
     assert child.postprocess == {"min_size": 30} and child.in_channels == 3

@@ -139,6 +139,14 @@ class PredictTask:
 
         model = self.model()
         outputs = self.planned_outputs(path)
+        if model.config.channels == "rgb":
+            # a colour model reads R, G and B whole; band-by-band reading decodes one grey channel only
+            if self.bands:
+                raise InputError("--bands is not available with a colour (--channels rgb) model")
+            if self.channel is not None:
+                raise InputError("--channel picks one channel; a colour (--channels rgb) model reads R, G and B")
+            image = read_image(path, plane=self.plane, memory=self.memory, colour=True)
+            return self._run_in_memory(image, model, outputs)
         if self.bands is not False and self.plane is None:
             lazy = open_lazy(path, channel=self.channel)
             if lazy is not None:
@@ -161,7 +169,7 @@ class PredictTask:
         result = predict_image(image.data, model, scale=self.scale, **self._options())
         labels, n_objects = result.labels, result.n_objects
         # An empty well: percentile normalisation would stretch its uneven illumination into a bright blob.
-        empty_reason = empty_image_reason(image.data)
+        empty_reason = empty_image_reason(image.data if image.data.ndim == 2 else image.data.mean(axis=0, dtype=np.float32))
         if empty_reason is not None:
             labels, n_objects = np.zeros_like(labels), 0
         calibration = {"pixel_size": image.pixel_size, "unit": image.unit, "overwrite": self.overwrite}

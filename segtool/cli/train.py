@@ -72,11 +72,16 @@ _FIXED_BY_CHECKPOINT = (
     "depth", "base_channels", "target", "norm_low", "norm_high", "patch_size", "epochs", "batch_size",
     "patches_per_epoch", "lr", "weight_decay", "optimizer", "schedule", "patience", "foreground_fraction",
     "seed", "augment", "elastic", "rotate", "zoom", "val_fraction", "val_seed", "class_weights", "precision",
-    "ema", "dice_weight", "init", "freeze_encoder",
+    "ema", "dice_weight", "init", "freeze_encoder", "channels",
 )
 
 # Options that --init takes from the parent model: given together with it they are ignored (and we say so).
 _FIXED_BY_PARENT = ("depth", "base_channels", "target", "norm_low", "norm_high")
+
+
+class Channels(str, Enum):
+    grey = "grey"
+    rgb = "rgb"
 
 
 class Target(str, Enum):
@@ -153,8 +158,13 @@ def find_pairs(specs: Sequence[str], *, recursive: bool = False) -> list[Pair]:
     return pair_by_stem(images.files, masks.files)
 
 
-def load_pairs(pairs: Sequence[Pair], *, channel: int | None) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
-    """Read every pair; return the arrays, or raise listing every bad file (one per line)."""
+def load_pairs(
+    pairs: Sequence[Pair], *, channel: int | None, colour: bool = False
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
+    """Read every pair; return the arrays, or raise listing every bad file (one per line).
+
+    With ``colour``, images are (3, Y, X) (:func:`segtool.io.read_image`).
+    """
     from segtool.errors import InputError
     from segtool.io import read_image, read_labels
 
@@ -162,7 +172,7 @@ def load_pairs(pairs: Sequence[Pair], *, channel: int | None) -> tuple[list[tupl
     problems = []
     for pair in pairs:
         try:
-            image = read_image(pair.image, channel=channel).data
+            image = read_image(pair.image, channel=channel, colour=colour).data
         except SegtoolError as err:
             problems.append(error_line(str(pair.image), first_line(err)))
             continue
@@ -171,8 +181,8 @@ def load_pairs(pairs: Sequence[Pair], *, channel: int | None) -> tuple[list[tupl
         except SegtoolError as err:
             problems.append(error_line(str(pair.mask), f"not an integer label image: {first_line(err)}"))
             continue
-        if labels.shape != image.shape:
-            problems.append(error_line(str(pair.mask), f"mask shape {labels.shape} differs from image shape {image.shape} ({pair.image.name})"))
+        if labels.shape != image.shape[-2:]:
+            problems.append(error_line(str(pair.mask), f"mask shape {labels.shape} differs from image shape {image.shape[-2:]} ({pair.image.name})"))
             continue
         arrays.append((image, labels))
     if problems:
@@ -366,6 +376,17 @@ def train(
             metavar="MODEL",
         ),
     ] = None,
+    channels: Annotated[
+        Optional[Channels],
+        typer.Option(
+            "--channels",
+            help="Network input: grey (RGB files averaged to one channel; the default) or rgb (three channels, each "
+            "normalised by its own percentiles; grey files repeated). With --init, default: the parent's; a grey "
+            "parent's first convolution is then spread over R, G and B.",
+            rich_help_panel=PANEL_NET,
+            show_default=False,
+        ),
+    ] = None,
     freeze_encoder: Annotated[
         int,
         typer.Option(
@@ -482,7 +503,7 @@ def train(
     resumable checkpoint.
     """
     from segtool.unet.augment import AugmentOptions
-    from segtool.unet.config import UNetConfig
+    from segtool.unet.config import CHANNEL_MODES, UNetConfig
     from segtool.unet.dataset import split_validation
     from segtool.unet.train import (
         TrainOptions,
@@ -515,7 +536,8 @@ def train(
 
             with exit_on_error(debug, where=init):
                 parent_model = load_init(init)
-            config = child_config(parent_model.config)
+            mode = channels.value if channels is not None else parent_model.config.channels
+            config = child_config(parent_model.config, channels=mode)
             if _explicit(ctx, ["patch_size"]):
                 config = replace(config, patch_size=patch_size)
             init_weights = parent_model.weights_for(config)
@@ -526,7 +548,10 @@ def train(
         else:
             if freeze_encoder:
                 fail("--freeze-encoder needs --init (a random encoder has nothing to keep)", code=EXIT_USAGE)
+            mode = channels.value if channels is not None else "grey"
             config = UNetConfig(
+                in_channels=CHANNEL_MODES[mode],
+                channels=mode,
                 depth=depth,
                 base_channels=base_channels,
                 target=target.value,
@@ -611,10 +636,11 @@ def train(
     with exit_on_error(debug):
         try:
             pairs = find_pairs(data, recursive=recursive)
-            arrays, names = load_pairs(pairs, channel=channel)
+            colour = config.channels == "rgb"
+            arrays, names = load_pairs(pairs, channel=channel, colour=colour)
             if val is not None:
                 val_pairs = find_pairs(list(val), recursive=recursive)
-                val_arrays, val_names = load_pairs(val_pairs, channel=channel)
+                val_arrays, val_names = load_pairs(val_pairs, channel=channel, colour=colour)
                 train_arrays, train_names = arrays, names
             else:
                 train_idx, val_idx = split_validation(len(arrays), fraction, np.random.default_rng(split_seed))

@@ -16,7 +16,10 @@ from typing import Any
 from segtool.errors import InputError
 from segtool.unet.augment import AugmentOptions
 
-__all__ = ["TARGETS", "UNetConfig", "target_channels"]
+__all__ = ["CHANNEL_MODES", "TARGETS", "UNetConfig", "target_channels"]
+
+#: How image files become network input, and the input channels each gives.
+CHANNEL_MODES: dict[str, int] = {"grey": 1, "rgb": 3}
 
 #: Target types the network can learn, and the number of output channels of each.
 TARGETS: dict[str, int] = {
@@ -67,6 +70,13 @@ class UNetConfig:
     ----------
     in_channels : int
         Channels of the input image (1 for grayscale fluorescence).
+    channels : {"grey", "rgb"}
+        How files become network input: ``"grey"`` averages RGB files to one
+        channel (segtool's default reading); ``"rgb"`` keeps red, green and
+        blue as three channels (grey files repeated three times), each
+        normalised by its own percentiles. ``"rgb"`` needs
+        ``in_channels == 3``. Models saved before this field existed read
+        as ``"grey"``.
     depth : int
         Number of 2x down-sampling steps. Inputs must have height and width
         that are multiples of ``2**depth`` (prediction pads).
@@ -96,6 +106,7 @@ class UNetConfig:
     """
 
     in_channels: int = 1
+    channels: str = "grey"
     depth: int = 4
     base_channels: int = 16
     target: str = "three_class"
@@ -111,6 +122,10 @@ class UNetConfig:
                 raise InputError(f"{name} must be an integer, got {value!r}")
         if self.in_channels < 1:
             raise InputError(f"in_channels must be >= 1, got {self.in_channels}")
+        if self.channels not in CHANNEL_MODES:
+            raise InputError(f"channels must be one of {', '.join(CHANNEL_MODES)}, got {self.channels!r}")
+        if self.channels == "rgb" and self.in_channels != 3:
+            raise InputError(f"channels 'rgb' needs in_channels 3, got {self.in_channels}")
         if not 1 <= self.depth <= 8:
             raise InputError(f"depth must be between 1 and 8, got {self.depth}")
         if not 1 <= self.base_channels <= 1024:

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 
 from segtool.errors import ModelError
-from segtool.unet.config import UNetConfig
+from segtool.unet.config import CHANNEL_MODES, UNetConfig
 
 __all__ = ["FINETUNE_DEFAULTS", "FIRST_CONV", "InitModel", "adapt_input_weights", "child_config", "load_init", "parent_record"]
 
@@ -76,19 +76,22 @@ def adapt_input_weights(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     )
 
 
-def child_config(parent: UNetConfig, *, in_channels: int | None = None) -> UNetConfig:
+def child_config(parent: UNetConfig, *, channels: str | None = None) -> UNetConfig:
     """The config of a network fine-tuned from ``parent``.
 
     Everything is the parent's (architecture, normalisation, target, patch
-    size, tuned post-processing as the starting point), except
-    ``in_channels`` when given.
+    size, tuned post-processing as the starting point), except the input
+    ``channels`` mode (``"grey"`` or ``"rgb"``) when given, which sets
+    ``in_channels`` to match.
 
     Examples
     --------
-    >>> child_config(UNetConfig(depth=2), in_channels=3).in_channels
+    >>> child_config(UNetConfig(depth=2), channels="rgb").in_channels
     3
     """
-    return replace(parent, in_channels=parent.in_channels if in_channels is None else in_channels)
+    if channels is None or channels == parent.channels:
+        return replace(parent)
+    return replace(parent, channels=channels, in_channels=CHANNEL_MODES[channels])
 
 
 def parent_record(path: Path, *, name: str | None, metadata: dict[str, Any]) -> dict[str, Any]:
