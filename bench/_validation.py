@@ -20,6 +20,8 @@ def load_validation(model_path: Path, data: Path) -> tuple[LoadedModel, list[str
     names = model.metadata.get("validation_files") or []
     if not names:
         raise SystemExit(f"{model_path}: metadata lists no validation files")
-    images = [read_image(data / "images" / name).data for name in names]
+    # a colour model (--channels rgb) reads R, G and B, as segtool predict does
+    colour = model.config.channels == "rgb"
+    images = [read_image(data / "images" / name, colour=colour).data for name in names]
     truths = [read_labels(data / "masks" / name).data for name in names]
     return model, names, images, truths
