@@ -76,9 +76,8 @@ def find_shipped_model(name: str = DEFAULT_MODEL) -> Path:
             return Path(str(candidate))
     except (ModuleNotFoundError, FileNotFoundError, NotADirectoryError, TypeError):
         pass
-    raise ModelError(
-        f"the shipped model {name!r} is not installed in this segtool; pass -m MODEL (train one with `segtool train`)"
-    )
+    what = "no pretrained model is" if name == DEFAULT_MODEL else f"the shipped model {name!r} is not"
+    raise ModelError(f"{what} installed in this segtool; pass -m MODEL (train one with `segtool train`)")
 
 
 def resolve_model(spec: str | Path | None) -> tuple[Path, str | None]:
