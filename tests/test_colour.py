@@ -180,16 +180,13 @@ def test_resolve_model_prefers_an_existing_file_over_a_shipped_name(tmp_path, mo
         resolve_model(tmp_path / "none.pt")
 
 
-def test_shipped_histo_model_records_the_shipped_nuclei_model_as_its_parent():
-    import hashlib
-
+def test_shipped_histo_model_is_a_grey_model_scored_on_the_histo_test_split():
     from segtool.unet.shipped import find_shipped_model
 
     he = load_model(find_shipped_model("nuclei-he"))
-    parent = he.metadata["parent"]
-    assert parent["name"] == "nuclei"
-    assert parent["sha256"] == hashlib.sha256(find_shipped_model("nuclei").read_bytes()).hexdigest()
     assert he.config.in_channels == 1 and he.config.channels == "grey"
-    assert he.metadata["card"]["test"]["images"] == 20  # scored on the histo test split
+    assert he.metadata["card"]["test"]["images"] == 20  # the histo test split, not the fluorescence one
+    assert all(name.endswith(".tif") for name in he.metadata["training_files"])
+    assert he.net.state_dict()[FIRST_CONV].dtype == torch.float32  # stored float16, loaded as float32
     info = invoke("model", "info", "nuclei-he")
-    assert info.exit_code == 0 and "lineage          fine-tuned from nuclei" in info.stdout
+    assert info.exit_code == 0 and "dsb2018_histo" in info.stdout
