@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import numpy as np
@@ -18,7 +17,7 @@ from segtool.errors import ModelError
 from segtool.unet.config import TrainOptions, UNetConfig
 from segtool.unet.finetune import FIRST_CONV, adapt_input_weights, child_config, load_init
 from segtool.unet.model import UNet
-from segtool.unet.modelfile import load_model, read_checkpoint_settings, save_model
+from segtool.unet.modelfile import load_model, read_checkpoint_settings
 from segtool.unet.train import train_model
 
 runner = CliRunner()
