@@ -189,7 +189,7 @@ class ExportFormat(str, Enum):
 _SUFFIXES = {"bioimageio": ".zip", "torchscript": ".pt", "onnx": ".onnx"}
 
 
-def _sample_image(sample: Path | None, config) -> tuple["np.ndarray", str]:  # noqa: F821
+def _sample_image(sample: Path | None) -> tuple[Any, str]:
     """The raw image the package's test tensors and cover come from, and where it came from."""
     if sample is not None:
         from segtool.io import read_image
@@ -226,9 +226,11 @@ def export(
 ) -> None:
     """Export a model for other tools: a bioimage.io package, TorchScript or ONNX.
 
-    The exported network outputs probability maps (softmax classes, sigmoid distance); segtool's seeds and watershed
-    are not part of it. TorchScript and ONNX are checked against PyTorch (max difference <= 1e-4) before they are
-    written; the bioimage.io package is validated against the spec.
+    The exported network outputs probability maps (softmax classes, sigmoid distance).
+
+    segtool's seeds and watershed are not part of it: `segtool predict -m package.zip` applies them.
+
+    TorchScript and ONNX are checked against PyTorch (max difference <= 1e-4) before they are written.
     """
     from segtool.unet.modelfile import load_model
     from segtool.unet.predict import find_packaged_model
@@ -238,7 +240,7 @@ def export(
     with exit_on_error(debug, where=str(model_path)):
         loaded = load_model(model_path, device="cpu")
     with exit_on_error(debug, where=str(sample) if sample else None):
-        image, origin = _sample_image(sample, loaded.config)
+        image, origin = _sample_image(sample)
     suffix = _SUFFIXES[fmt.value]
     if output.suffix.lower() != suffix:
         print(f"segtool: note: {fmt.value} files usually end in {suffix}", file=sys.stderr)
