@@ -239,3 +239,15 @@ def test_shipped_model_package_passes_test_model_and_predicts_the_same_labels(tm
         expected = predict_image(image, original).labels
         assert expected.max() > 5  # a real segmentation, not an empty one
         np.testing.assert_array_equal(predict_image(image, packaged).labels, expected)
+
+
+def test_missing_bioimageio_extra_gives_one_line_install_hint(tmp_path, monkeypatch):
+    model = _random_model()
+    model_path = save_model(tmp_path / "tiny.pt", model.net, model.config, metadata={})
+    monkeypatch.setitem(sys.modules, "bioimageio.spec", None)  # import now fails as if not installed
+    out = tmp_path / "tiny.zip"
+    result = runner.invoke(app, ["model", "export", str(model_path), "-o", str(out)])
+    assert result.exit_code == 1
+    assert result.stderr.count("\n") == 1
+    assert "pip install 'segtool[bioimageio]'" in result.stderr
+    assert not out.exists()
