@@ -409,6 +409,7 @@ def build_package_files(model, sample: np.ndarray, *, options: PackageOptions = 
     text = io.StringIO()
     yaml = ruyaml.YAML(typ="safe", pure=True)
     yaml.default_flow_style = False
+    yaml.sort_base_mapping_type_on_output = False  # keep the spec's reading order (format, name, ..., weights)
     yaml.dump(rdf, text)
     files["rdf.yaml"] = text.getvalue().encode()
     return files
