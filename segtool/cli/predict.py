@@ -70,8 +70,8 @@ class PredictTask:
     output_dir: Path | None
     overwrite: bool
     tile: int | None
-    overlap: float
-    batch_size: int
+    overlap: float | None
+    batch_size: int | None
     tta: bool
     scale: float
     prob_threshold: float | None
@@ -85,6 +85,7 @@ class PredictTask:
     halo: int
     channel: int | None
     plane: int | None
+    tile_halo: int | None = None
     _model: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
@@ -116,6 +117,7 @@ class PredictTask:
         return {
             "tile": self.tile,
             "overlap": self.overlap,
+            "tile_halo": self.tile_halo,
             "batch_size": self.batch_size,
             "tta": self.tta,
             "prob_threshold": self.prob_threshold,
@@ -220,14 +222,40 @@ def predict(
     ] = Precision.auto,
     tile: Annotated[
         Optional[int],
-        typer.Option("--tile", min=16, help="Tile size in pixels, a multiple of 2**depth (default: the model's patch size).", rich_help_panel=PANEL_TILING),
+        typer.Option(
+            "--tile",
+            min=16,
+            help="Largest tile side in pixels, a multiple of 2**depth (default: 2048 on CPU, 4096 on CUDA; lower it to "
+            "save memory). With --overlap: the tile size (default: the model's patch size).",
+            rich_help_panel=PANEL_TILING,
+        ),
+    ] = None,
+    tile_halo: Annotated[
+        Optional[int],
+        typer.Option(
+            "--tile-halo",
+            min=0,
+            help="Network context kept around each tile's core, in pixels (default: the model's effective context, "
+            "104 for the shipped model); tile cores then match whole-image inference within 1e-3.",
+            rich_help_panel=PANEL_TILING,
+        ),
     ] = None,
     overlap: Annotated[
-        float, typer.Option("--overlap", min=0.0, max=0.9, help="Overlap of neighbouring tiles, fraction of the tile.", rich_help_panel=PANEL_TILING)
-    ] = 0.25,
+        Optional[float],
+        typer.Option(
+            "--overlap",
+            min=0.0,
+            max=0.9,
+            help="Instead of halo tiles: tiles of --tile overlapping by this fraction, blended with a Gaussian window "
+            "(segtool <= 0.x's tiling; 0.25 computes every pixel about 1.8 times).",
+            rich_help_panel=PANEL_TILING,
+            show_default=False,
+        ),
+    ] = None,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", "-b", min=1, help="Tiles per network call.", rich_help_panel=PANEL_TILING)
-    ] = 4,
+        Optional[int],
+        typer.Option("--batch-size", "-b", min=1, help="Tiles per network call (default: as many as fit 2048^2 pixels on CPU, 4096^2 on CUDA; 4 with --overlap).", rich_help_panel=PANEL_TILING, show_default=False),
+    ] = None,
     tta: Annotated[
         bool, typer.Option("--tta", help="Test-time augmentation: average 8 flips/rotations (8x slower).", rich_help_panel=PANEL_TILING)
     ] = False,
@@ -317,11 +345,13 @@ def predict(
         factor = scale_for_diameter(loaded, diameter) if diameter is not None else (scale or 1.0)
     except SegtoolError as err:
         fail(first_line(err), where=str(model_path), code=EXIT_USAGE)
-    if tile is not None:
-        from segtool.unet.predict import resolve_tile
+    if tile is not None or tile_halo is not None:
+        from segtool.unet.predict import network_device_type, plan_inference_tiles
 
-        try:
-            resolve_tile(loaded.config, (tile, tile), tile)
+        try:  # a tile the halo leaves no core in is a usage error, found before any image is read
+            side = 4 * (tile or 2048)
+            plan_inference_tiles(loaded.config, (side, side), device_type=network_device_type(loaded.net), tile=tile,
+                                 overlap=overlap, tile_halo=tile_halo)
         except SegtoolError as err:
             fail(first_line(err), code=EXIT_USAGE)
     if block_size is not None:
@@ -334,7 +364,8 @@ def predict(
             fail(f"{', '.join(refused)}: not available in big-image mode (--block-size)", code=EXIT_USAGE)
         from segtool.distributed.big_tasks import BigPredictTask
 
-        options = {"tile": tile, "overlap": overlap, "batch_size": batch_size, "tta": tta,
+        # Big-image mode plans its blocks on the blended tile grid.
+        options = {"tile": tile, "overlap": 0.25 if overlap is None else overlap, "batch_size": batch_size or 4, "tta": tta,
                    "prob_threshold": prob_threshold, "min_size": min_size, "seed_threshold": seed_threshold,
                    "split_height": split_height}
         task = BigPredictTask(model_path=model_path, block_size=block_size, halo=halo, zarr=zarr, output_dir=output,
@@ -352,6 +383,7 @@ def predict(
             overwrite=overwrite,
             tile=tile,
             overlap=overlap,
+            tile_halo=tile_halo,
             batch_size=batch_size,
             tta=tta,
             scale=float(factor),

@@ -442,8 +442,8 @@ def predict_file_in_bands(
     overlay_path: str | os.PathLike | None = None,
     overwrite: bool = False,
     tile: int | None = None,
-    overlap: float = 0.25,
-    batch_size: int = 4,
+    overlap: float | None = None,
+    batch_size: int | None = None,
     tta: bool = False,
     prob_threshold: float | None = None,
     min_size: int | None = None,
@@ -452,6 +452,7 @@ def predict_file_in_bands(
     band_rows: int | None = None,
     halo: int = 128,
     on_tile: Callable[[int, int], None] | None = None,
+    tile_halo: int | None = None,
 ) -> dict[str, Any]:
     """Segment a large image band by band and write its labels as a tiled BigTIFF.
 
@@ -469,7 +470,7 @@ def predict_file_in_bands(
         Also write outlines over the image as PNG, downsampled so its longer
         side is at most 4096 pixels.
     overwrite : bool, optional
-    tile, overlap, batch_size, tta, prob_threshold, min_size, seed_threshold, split_height
+    tile, overlap, batch_size, tta, prob_threshold, min_size, seed_threshold, split_height, tile_halo
         As in :func:`segtool.unet.predict.predict_image`.
     band_rows : int, optional
         Rows per band; default from :func:`default_band_rows`.
@@ -492,8 +493,7 @@ def predict_file_in_bands(
     """
     from segtool.io import check_output_free
     from segtool.unet.bands import predict_label_bands
-    from segtool.unet.predict import resolve_tile
-    from segtool.unet.tiling import plan_tiles
+    from segtool.unet.predict import network_device_type, plan_inference_tiles
 
     start_time = time.perf_counter()
     labels_path = Path(labels_path)
@@ -534,8 +534,8 @@ def predict_file_in_bands(
 
     if band_rows is None:
         band_rows = default_band_rows(width, halo=halo)
-    tile_hw = resolve_tile(config, (height, width), tile)
-    n_tiles = len(plan_tiles((max(height, tile_hw[0]), max(width, tile_hw[1])), tile_hw, overlap))
+    n_tiles = plan_inference_tiles(config, (height, width), device_type=network_device_type(model.net), tile=tile,
+                                   overlap=overlap, tile_halo=tile_halo, batch_size=batch_size).n_tiles
     folder = labels_path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -571,6 +571,7 @@ def predict_file_in_bands(
                 halo=halo,
                 keep_maps=prob_spool is not None,
                 on_tile=on_tile,
+                tile_halo=tile_halo,
             ):
                 label_spool.append(band.labels)
                 if prob_spool is not None:

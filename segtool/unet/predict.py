@@ -14,8 +14,13 @@ The steps, each a small function:
 2. :func:`make_predictor` wraps it as a NumPy batch -> activated maps
    callable for :mod:`segtool.unet.tiling`, optionally averaging the eight
    flips/rotations (test-time augmentation).
-3. :func:`predict_image` normalises with the model's stored percentiles,
-   optionally rescales, predicts tile by tile and turns the blended maps into
+3. :func:`plan_inference_tiles` decides the tiling: by default large tiles
+   (per device) with a halo of the network's effective context, each tile
+   keeping only its core, so the maps equal whole-image inference within
+   1e-3; with an ``overlap`` the classic fixed-size tiles blended with a
+   Gaussian window.
+4. :func:`predict_image` normalises with the model's stored percentiles,
+   optionally rescales, predicts tile by tile and turns the maps into
    labels with :func:`segtool.unet.instances.maps_to_labels`.
 
 Images too large for memory go through :mod:`segtool.unet.bands` (the same
@@ -39,20 +44,33 @@ import numpy as np
 from segtool.errors import InputError, ModelError
 from segtool.normalize import normalize_percentile
 from segtool.unet.instances import maps_to_labels
-from segtool.unet.tiling import TileCallback, plan_tiles, predict_tiled
+from segtool.unet.tiling import TileCallback, halo_padded_shape, plan_halo_tiles, plan_tiles, predict_tiled
 
 __all__ = [
+    "MAX_TILE",
     "PredictResult",
+    "TilePlan",
+    "default_tile_halo",
+    "plan_inference_tiles",
     "find_packaged_model",
     "load_for_inference",
     "load_for_inference_cached",
     "make_predictor",
+    "network_device_type",
     "postprocess_options",
     "predict_image",
     "prepare_for_inference",
     "resolve_tile",
     "scale_for_diameter",
 ]
+
+#: Largest tile side per device type for halo tiling. Chosen by measurement (BENCHMARKS.md): on a 2-core CPU
+#: 2048^2 tiles ran as fast per pixel as smaller ones and keep recomputation at or under 1.21x for images of
+#: 4096^2 and up (peak ~2 GB float32 for one tile); a GPU has the memory for 4096^2.
+MAX_TILE = {"cpu": 2048, "cuda": 4096, "mps": 2048}
+
+#: Pixels per network call when batching halo tiles (several small tiles, or one large one).
+BATCH_PIXELS = {"cpu": 2048 * 2048, "cuda": 4096 * 4096, "mps": 2048 * 2048}
 
 #: Keys of ``UNetConfig.postprocess`` that :func:`maps_to_labels` understands.
 _POSTPROCESS_KEYS = ("prob_threshold", "min_size", "seed_threshold", "min_seed_size", "split_height")
@@ -281,6 +299,14 @@ def make_predictor(net, target: str, *, tta: bool = False) -> Callable[[np.ndarr
     return predictor
 
 
+def network_device_type(net) -> str:
+    """"cpu", "cuda" or "mps": where the network's parameters live."""
+    try:
+        return next(net.parameters()).device.type
+    except (StopIteration, AttributeError):
+        return "cpu"
+
+
 def _prepared_net(model):
     net = model.net
     if getattr(net, "segtool_prepared", False):
@@ -349,6 +375,117 @@ def resolve_tile(config, shape: Sequence[int], tile: int | None = None) -> tuple
     if size < multiple or size % multiple:
         raise InputError(f"tile must be a positive multiple of {multiple} for this model (2**depth), got {size}")
     return tuple(min(size, multiple * math.ceil(int(n) / multiple)) for n in shape)  # type: ignore[return-value]
+
+
+def default_tile_halo(config) -> int:
+    """Halo for halo tiling: the network's effective context, estimated from its depth.
+
+    A U-Net of depth ``d`` (two 3x3 convolutions per level, 2x pooling and
+    bilinear up-sampling) sees at most ``9 * 2**d - 7`` pixels to each side;
+    an input change that far away moves the output by exactly 0. The
+    *effective* context, where a change still moves the output by more than
+    1e-3, is smaller: 100 px for the shipped depth-4 model
+    (``bench/bench_context.py``), 0.73 of the 137 px bound. The default is
+    0.75 of the bound, rounded up to a multiple of 8 (104 px for depth 4).
+    Measure a model of your own with ``bench/bench_context.py`` and pass
+    ``tile_halo`` (``--tile-halo``) if it needs more.
+
+    Examples
+    --------
+    >>> from segtool.unet.config import UNetConfig
+    >>> default_tile_halo(UNetConfig(depth=4)), default_tile_halo(UNetConfig(depth=2))
+    (104, 24)
+    """
+    bound = 9 * 2 ** int(config.depth) - 7
+    return 8 * math.ceil(0.75 * bound / 8)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How an image is cut into network tiles (see :func:`plan_inference_tiles`).
+
+    Attributes
+    ----------
+    tile : (int, int)
+        Tile size (halo tiling: the largest tile; the plan may use smaller).
+    overlap : float or None
+        Blending overlap, or None for halo tiling.
+    tile_halo : int or None
+        Halo of halo tiling, or None when blending.
+    align : int
+        ``2**depth``: halo tiles start at multiples of it.
+    batch_size : int
+        Tiles per network call.
+    n_tiles : int
+        Tiles the network runs on.
+    """
+
+    tile: tuple[int, int]
+    overlap: float | None
+    tile_halo: int | None
+    align: int
+    batch_size: int
+    n_tiles: int
+
+    def tiling_options(self) -> dict[str, Any]:
+        """Keywords for :func:`segtool.unet.tiling.predict_tiled` and ``predict_tiled_rows``."""
+        return {"tile": self.tile, "overlap": 0.0 if self.overlap is None else self.overlap, "tile_halo": self.tile_halo,
+                "align": self.align, "batch_size": self.batch_size}
+
+
+def plan_inference_tiles(
+    config,
+    shape: Sequence[int],
+    *,
+    device_type: str = "cpu",
+    tile: int | None = None,
+    overlap: float | None = None,
+    tile_halo: int | None = None,
+    batch_size: int | None = None,
+) -> TilePlan:
+    """Choose the tiling for an image of ``shape`` (after any rescaling).
+
+    Without ``overlap`` (the default): halo tiling with tiles of at most
+    ``tile`` (default :data:`MAX_TILE` for the device) and a halo of
+    ``tile_halo`` (default :func:`default_tile_halo`); an image that fits
+    in one tile runs whole. With ``overlap``: tiles of ``tile`` (default the
+    model's patch size) overlapping by that fraction, blended.
+
+    Raises
+    ------
+    InputError
+        If ``tile`` is not a multiple of ``2**depth``, the tile leaves no core
+        inside the halo, or an option is out of range.
+
+    Examples
+    --------
+    >>> from segtool.unet.config import UNetConfig
+    >>> plan = plan_inference_tiles(UNetConfig(depth=4), (4096, 4096))
+    >>> plan.tile_halo, plan.n_tiles, plan.batch_size
+    (104, 9, 1)
+    >>> plan_inference_tiles(UNetConfig(depth=4, patch_size=128), (256, 256), overlap=0.25).n_tiles
+    9
+    """
+    align = int(config.size_multiple)
+    device_type = device_type if device_type in MAX_TILE else "cpu"
+    if overlap is not None:
+        tile_hw = resolve_tile(config, shape, tile)
+        padded = tuple(max(n, t) for n, t in zip(shape, tile_hw))
+        n_tiles = len(plan_tiles(padded, tile_hw, overlap))
+        return TilePlan(tile_hw, float(overlap), None, align, 4 if batch_size is None else int(batch_size), n_tiles)
+    halo = default_tile_halo(config) if tile_halo is None else int(tile_halo)
+    if halo < 0:
+        raise InputError(f"tile halo must be >= 0, got {halo}")
+    largest = MAX_TILE[device_type] if tile is None else int(tile)
+    if largest < align or largest % align:
+        raise InputError(f"tile must be a positive multiple of {align} for this model (2**depth), got {largest}")
+    padded = halo_padded_shape(shape, align)
+    plan = plan_halo_tiles(padded, largest, halo, align=align)
+    (sy, sx), _ = plan[0]
+    tile_hw = (sy.stop - sy.start, sx.stop - sx.start)
+    if batch_size is None:
+        batch_size = max(1, min(16, BATCH_PIXELS[device_type] // (tile_hw[0] * tile_hw[1])))
+    return TilePlan(tile_hw, None, halo, align, int(batch_size), len(plan))
 
 
 def postprocess_options(
@@ -438,10 +575,10 @@ def _model_diameter(model) -> float | None:
     return None
 
 
-def _check_common(model, overlap: float, batch_size: int, scale: float) -> None:
-    if not 0 <= float(overlap) < 1:
+def _check_common(model, overlap: float | None, batch_size: int | None, scale: float) -> None:
+    if overlap is not None and not 0 <= float(overlap) < 1:
         raise InputError(f"overlap must be in [0, 1), got {overlap}")
-    if isinstance(batch_size, bool) or int(batch_size) < 1:
+    if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
         raise InputError(f"batch size must be >= 1, got {batch_size}")
     if not (math.isfinite(float(scale)) and 0.05 <= float(scale) <= 20):
         raise InputError(f"scale must be between 0.05 and 20, got {scale}")
@@ -491,8 +628,8 @@ def predict_image(
     model,
     *,
     tile: int | None = None,
-    overlap: float = 0.25,
-    batch_size: int = 4,
+    overlap: float | None = None,
+    batch_size: int | None = None,
     tta: bool = False,
     scale: float = 1.0,
     prob_threshold: float | None = None,
@@ -500,6 +637,7 @@ def predict_image(
     seed_threshold: float | None = None,
     split_height: float | None = None,
     on_tile: TileCallback | None = None,
+    tile_halo: int | None = None,
 ) -> PredictResult:
     """Segment one image with a U-Net: normalise, tile, predict, blend, label.
 
@@ -512,12 +650,14 @@ def predict_image(
         From :func:`segtool.unet.modelfile.load_model`. Its network is
         prepared with :func:`prepare_for_inference` unless it already is.
     tile : int, optional
-        Tile size in pixels (multiple of ``2**depth``); default the model's
-        patch size.
+        Tile size in pixels (multiple of ``2**depth``): the largest tile of
+        halo tiling (default per device, :data:`MAX_TILE`), or the tile size
+        with ``overlap`` (default the model's patch size).
     overlap : float, optional
-        Minimum overlap between neighbouring tiles (fraction of the tile).
+        Blend fixed-size tiles overlapping by this fraction instead of halo
+        tiling (see :func:`plan_inference_tiles`).
     batch_size : int, optional
-        Tiles per network call.
+        Tiles per network call (default: from the tile size).
     tta : bool, optional
         Test-time augmentation (flips and rotations, averaged).
     scale : float, optional
@@ -530,6 +670,8 @@ def predict_image(
         turns shape splitting off).
     on_tile : callable, optional
         ``on_tile(done, total)`` progress callback.
+    tile_halo : int, optional
+        Halo of halo tiling in pixels (default :func:`default_tile_halo`).
 
     Returns
     -------
@@ -552,7 +694,7 @@ def predict_image(
     >>> model = LoadedModel(net=UNet(config).eval(), config=config)
     >>> result = predict_image(np.zeros((20, 30), np.uint8), model)
     >>> result.labels.shape, result.maps.shape, result.n_tiles
-    ((20, 30), (3, 20, 30), 6)
+    ((20, 30), (3, 20, 30), 1)
     """
     start_time = time.perf_counter()
     config = model.config
@@ -565,20 +707,14 @@ def predict_image(
     if scale != 1.0:
         scaled_shape = (max(1, round(height * scale)), max(1, round(width * scale)))
         normalized = _resize(normalized, scaled_shape)
-    tile_hw = resolve_tile(config, normalized.shape[1:], tile)
-    n_tiles = len(plan_tiles(tuple(max(n, t) for n, t in zip(normalized.shape[1:], tile_hw)), tile_hw, overlap))
-    predictor = make_predictor(_prepared_net(model), config.target, tta=tta)
-    maps = predict_tiled(
-        normalized,
-        predictor,
-        tile=tile_hw,
-        overlap=overlap,
-        batch_size=batch_size,
-        out_channels=config.out_channels,
-        on_tile=on_tile,
-    )
+    net = _prepared_net(model)
+    plan = plan_inference_tiles(config, normalized.shape[1:], device_type=network_device_type(net), tile=tile, overlap=overlap,
+                                tile_halo=tile_halo, batch_size=batch_size)
+    predictor = make_predictor(net, config.target, tta=tta)
+    maps = predict_tiled(normalized, predictor, out_channels=config.out_channels, on_tile=on_tile,
+                         **plan.tiling_options())
     del normalized
     if maps.shape[1:] != (height, width):
         maps = _resize(maps, (height, width))
     labels = maps_to_labels(maps, target=config.target, **options)
-    return PredictResult(labels=labels, maps=maps, n_tiles=n_tiles, seconds=time.perf_counter() - start_time)
+    return PredictResult(labels=labels, maps=maps, n_tiles=plan.n_tiles, seconds=time.perf_counter() - start_time)
