@@ -126,10 +126,34 @@ class PredictTask:
             "split_height": self.split_height,
         }
 
-    def run(self, path: Path) -> dict[str, Any]:
-        from segtool.io import read_image
-        from segtool.unet.bigimage import open_lazy
+    @property
+    def finish_threads(self) -> int:
+        """Images post-processed at once beside the network: the cores torch's threads leave free (at least 1)."""
+        cores = os.cpu_count() or 1
+        if self.device in ("cuda", "mps") or (self.device == "auto" and self._model is not None
+                                               and _device_type(self._model) != "cpu"):
+            return max(1, min(8, cores - 1))
+        return max(1, cores - (self.threads or cores))
 
+    def run(self, path: Path) -> dict[str, Any]:
+        # The same three stages the streamed schedule (segtool.pipeline.stream) overlaps across images.
+        from segtool.pipeline.stream import Finished
+
+        state = self.load(path)
+        if not isinstance(state, Finished):
+            state = self.infer(state)
+        return state.value if isinstance(state, Finished) else self.finish(state)
+
+    def load(self, path: Path):
+        """Stage 1: read and normalise (a large image is predicted whole here, band by band)."""
+        import time
+
+        from segtool.io import read_image
+        from segtool.pipeline.stream import Finished
+        from segtool.unet.bigimage import open_lazy
+        from segtool.unet.predict import normalize_for_model
+
+        start = time.perf_counter()
         model = self.model()
         outputs = self.planned_outputs(path)
         if self.bands is not False and self.plane is None:
@@ -137,28 +161,59 @@ class PredictTask:
             if lazy is not None:
                 with lazy:
                     if self.bands or lazy.size > BAND_PIXELS:
-                        return self._run_bands(lazy, model, outputs)
+                        return Finished(self._run_bands(lazy, model, outputs))
         image = read_image(path, channel=self.channel, plane=self.plane)
         if self.bands or (self.bands is None and image.data.size > BAND_PIXELS):
-            return self._run_bands(image.data, model, outputs, calibration=(image.pixel_size, image.unit))
-        return self._run_in_memory(image, model, outputs)
+            return Finished(self._run_bands(image.data, model, outputs, calibration=(image.pixel_size, image.unit)))
+        stages = {"read": time.perf_counter() - start}
+        start = time.perf_counter()
+        normalized = normalize_for_model(image.data, model, scale=self.scale)
+        stages["normalize"] = time.perf_counter() - start
+        return {"image": image, "normalized": normalized, "outputs": outputs, "stages": stages}
 
-    def _run_in_memory(self, image, model, outputs: dict[str, Path]) -> dict[str, Any]:
+    def infer(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Stage 2: the network, tile by tile."""
+        from segtool.unet.predict import predict_maps
+
+        options = self._options()
+        maps, n_tiles = predict_maps(
+            state.pop("normalized"), self.model(), state["image"].data.shape[-2:], tile=options["tile"],
+            overlap=options["overlap"], batch_size=options["batch_size"], tta=options["tta"],
+            tile_halo=options["tile_halo"], stages=state["stages"],
+        )
+        state.update(maps=maps, n_tiles=n_tiles)
+        return state
+
+    def finish(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Stage 3: objects from the maps, then the outputs."""
+        import time
+
         from segtool.io import write_float, write_labels, write_png
         from segtool.overlay import outline_overlay
-        from segtool.unet.predict import predict_image
+        from segtool.unet.instances import maps_to_labels
+        from segtool.unet.predict import postprocess_options
 
-        result = predict_image(image.data, model, scale=self.scale, **self._options())
+        image, maps, outputs, stages = state["image"], state["maps"], state["outputs"], state["stages"]
+        model = self.model()
+        start = time.perf_counter()
+        options = postprocess_options(model.config, prob_threshold=self.prob_threshold, min_size=self.min_size,
+                                      seed_threshold=self.seed_threshold, split_height=self.split_height)
+        labels = maps_to_labels(maps, target=model.config.target, **options)
+        stages["postprocess"] = time.perf_counter() - start
+        start = time.perf_counter()
         calibration = {"pixel_size": image.pixel_size, "unit": image.unit, "overwrite": self.overwrite}
-        write_labels(outputs["labels"], result.labels, **calibration)
+        write_labels(outputs["labels"], labels, **calibration)
         if self.save_prob:
-            write_float(outputs["prob"], result.maps, **calibration)
+            write_float(outputs["prob"], maps, **calibration)
         if self.save_overlay:
-            write_png(outputs["overlay"], outline_overlay(image.data, result.labels), overwrite=self.overwrite)
+            write_png(outputs["overlay"], outline_overlay(image.data, labels), overwrite=self.overwrite)
+        stages["write"] = time.perf_counter() - start
+        n_objects = int(labels.max()) if labels.size else 0
         return {
-            "objects": result.n_objects,
-            "tiles": result.n_tiles,
-            "predict_seconds": round(result.seconds, 3),
+            "objects": n_objects,
+            "tiles": state["n_tiles"],
+            "predict_seconds": round(sum(stages.get(k, 0.0) for k in ("normalize", "network", "tiles", "postprocess")), 3),
+            "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
             "shape": list(image.data.shape),
             "bands": 0,
         }
@@ -181,6 +236,12 @@ class PredictTask:
         )
         figures["predict_seconds"] = figures.pop("seconds")
         return figures
+
+
+def _device_type(model) -> str:
+    from segtool.unet.predict import network_device_type
+
+    return network_device_type(model.net)
 
 
 def load_prepared(model_path: Path, *, device: str = "auto", threads: int | None = None, precision: str = "fp32"):

@@ -23,12 +23,14 @@ file side (lazy reading, tiled BigTIFF writing) is in
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from segtool.errors import InputError, ModelError
+from segtool.pipeline.stream import prefetch
 from segtool.unet.instances import maps_to_labels
 from segtool.unet.predict import (
     _check_common,
@@ -37,6 +39,7 @@ from segtool.unet.predict import (
     make_predictor,
     plan_inference_tiles,
     postprocess_options,
+    timed_predictor,
 )
 from segtool.unet.tiling import (
     TileCallback,
@@ -103,6 +106,7 @@ def predict_label_bands(
     keep_maps: bool = False,
     on_tile: TileCallback | None = None,
     tile_halo: int | None = None,
+    stages: dict[str, float] | None = None,
 ) -> Iterator[LabelBand]:
     """Predict a large image in horizontal bands, yielding finished label rows.
 
@@ -136,6 +140,11 @@ def predict_label_bands(
         Also yield the maps of each band (for saving probabilities).
     on_tile : callable, optional
         ``on_tile(done, total)`` progress callback.
+    stages : dict, optional
+        Receives seconds per stage: ``network`` (the network calls),
+        ``postprocess`` (labelling the bands); the network runs on a thread of
+        its own, one tile row ahead of the post-processing, so the two add up
+        to more than the wall time.
 
     Yields
     ------
@@ -173,7 +182,7 @@ def predict_label_bands(
         return block
 
     source = reflect_rows(padded_rows, height, padded_h, mode=mode)
-    predictor = make_predictor(net, config.target, tta=tta)
+    predictor = timed_predictor(make_predictor(net, config.target, tta=tta), stages)
     stream = predict_tiled_rows(
         source,
         (padded_h, padded_w),
@@ -188,7 +197,8 @@ def predict_label_bands(
     next_label = 1
     core_start = 0
     max_extra = 3 * halo
-    for_rows = iter(stream)
+    # The network fills the next rows while this thread labels the current band.
+    for_rows = prefetch(stream, depth=1)
     while core_start < height:
         core_stop = min(height, core_start + band_rows)
         need_start = max(0, core_start - halo)
@@ -202,8 +212,11 @@ def predict_label_bands(
                 if rows_in_image:
                     buffer.append(start, maps[:, :rows_in_image, :width])
             window = buffer.rows(need_start, need_stop)
+            started = time.perf_counter()
             labels = maps_to_labels(window, target=config.target, **options)
             owned = _owned_objects(labels, need_start, (core_start, core_stop))
+            if stages is not None:
+                stages["postprocess"] = stages.get("postprocess", 0.0) + time.perf_counter() - started
             if need_stop == height or extra >= max_extra or not np.isin(labels[-1], owned).any():
                 break
             extra += max(halo, 1)
@@ -232,6 +245,7 @@ def predict_label_bands(
         del canvas, window
         buffer.drop_before(core_stop - halo)  # the next band's window starts there
         core_start = core_stop
+    for_rows.close()
 
 
 class _RowBuffer:

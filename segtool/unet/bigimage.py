@@ -485,7 +485,8 @@ def predict_file_in_bands(
     figures : dict
         ``objects``, ``tiles``, ``bands``, ``shape``, ``dtype``,
         ``overlay_step`` (downsampling of the overlay, if written),
-        ``seconds``.
+        ``seconds``, ``stage_seconds`` (``network``, ``postprocess``,
+        ``write``; the network overlaps the other two).
 
     Raises
     ------
@@ -523,7 +524,9 @@ def predict_file_in_bands(
 
         dtype = array.dtype
         pixel_size, unit = None, None
+    read_start = time.perf_counter()
     low, high = lazy_percentiles(raw_rows, (height, width), dtype, [config.norm_low, config.norm_high])
+    read_seconds = time.perf_counter() - read_start
     scale = np.float32(high - low + 1e-20)
 
     def normalized_rows(start: int, stop: int) -> np.ndarray:
@@ -554,6 +557,7 @@ def predict_file_in_bands(
             stack.callback(prob_spool.close)
         bands: list[tuple[int, int]] = []
         n_objects = 0
+        stages: dict[str, float] = {"percentiles": read_seconds}
         try:
             for band in predict_label_bands(
                 normalized_rows,
@@ -572,16 +576,20 @@ def predict_file_in_bands(
                 keep_maps=prob_spool is not None,
                 on_tile=on_tile,
                 tile_halo=tile_halo,
+                stages=stages,
             ):
+                started = time.perf_counter()
                 label_spool.append(band.labels)
                 if prob_spool is not None:
                     prob_spool.append(band.maps)
+                stages["write"] = stages.get("write", 0.0) + time.perf_counter() - started
                 bands.append((band.start, band.labels.shape[0]))
                 n_objects = band.n_objects
         except OSError as err:
             raise OutputError(f"{folder}: cannot write temporary files: {err.strerror or first_line(err)}") from err
 
         label_dtype = np.uint16 if n_objects <= np.iinfo(np.uint16).max else np.uint32
+        write_start = time.perf_counter()
         _write_tiled(
             labels_path,
             _label_tiles(label_spool, height, width, label_dtype, OUTPUT_TILE),
@@ -610,7 +618,9 @@ def predict_file_in_bands(
             )
         if overlay_path is not None:
             figures["overlay_step"] = _write_overlay(overlay_path, raw_rows, label_spool, height, width, overwrite)
+        stages["write"] = stages.get("write", 0.0) + time.perf_counter() - write_start
     figures["seconds"] = round(time.perf_counter() - start_time, 3)
+    figures["stage_seconds"] = {k: round(v, 3) for k, v in stages.items()}
     return figures
 
 

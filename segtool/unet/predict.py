@@ -36,7 +36,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,9 @@ __all__ = [
     "load_for_inference_cached",
     "make_predictor",
     "network_device_type",
+    "normalize_for_model",
+    "predict_maps",
+    "timed_predictor",
     "postprocess_options",
     "predict_image",
     "prepare_for_inference",
@@ -95,12 +98,16 @@ class PredictResult:
         Tiles the network ran on (per TTA transform).
     seconds : float
         Wall time of the whole call.
+    stage_seconds : dict of str to float
+        Wall time per stage: ``normalize``, ``network`` (the network calls),
+        ``tiles`` (cutting and stitching around them), ``postprocess``.
     """
 
     labels: np.ndarray
     maps: np.ndarray
     n_tiles: int
     seconds: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def n_objects(self) -> int:
@@ -697,24 +704,130 @@ def predict_image(
     ((20, 30), (3, 20, 30), 1)
     """
     start_time = time.perf_counter()
-    config = model.config
     _check_common(model, overlap, batch_size, scale)
+    options = postprocess_options(model.config, prob_threshold=prob_threshold, min_size=min_size,
+                                  seed_threshold=seed_threshold, split_height=split_height)
+    stages: dict[str, float] = {}
+    with _timed(stages, "normalize"):
+        normalized = normalize_for_model(image, model, scale=scale)
+    maps, n_tiles = predict_maps(normalized, model, np.shape(image)[-2:], tile=tile, overlap=overlap,
+                                 batch_size=batch_size, tta=tta, tile_halo=tile_halo, on_tile=on_tile, stages=stages)
+    del normalized
+    with _timed(stages, "postprocess"):
+        labels = maps_to_labels(maps, target=model.config.target, **options)
+    return PredictResult(labels=labels, maps=maps, n_tiles=n_tiles, seconds=time.perf_counter() - start_time,
+                         stage_seconds=stages)
+
+
+class _timed:
+    """Add the wall time of a ``with`` block to ``stages[name]``."""
+
+    def __init__(self, stages: dict[str, float] | None, name: str) -> None:
+        self.stages, self.name = stages, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        if self.stages is not None:
+            self.stages[self.name] = self.stages.get(self.name, 0.0) + time.perf_counter() - self.start
+
+
+def timed_predictor(predictor: Callable[[np.ndarray], np.ndarray], stages: dict[str, float] | None,
+                    name: str = "network") -> Callable[[np.ndarray], np.ndarray]:
+    """``predictor``, adding the wall time of each call to ``stages[name]`` (no-op when ``stages`` is None)."""
+    if stages is None:
+        return predictor
+
+    def timed(batch: np.ndarray) -> np.ndarray:
+        with _timed(stages, name):
+            return predictor(batch)
+
+    return timed
+
+
+def normalize_for_model(image: np.ndarray, model, *, scale: float = 1.0) -> np.ndarray:
+    """The network input for an image: per-channel percentile normalisation, then optional rescaling.
+
+    The first stage of :func:`predict_image`.
+
+    Parameters
+    ----------
+    image : (H, W) or (C, H, W) ndarray
+        Not modified.
+    model : LoadedModel
+    scale : float, optional
+        Resize factor (see :func:`predict_image`).
+
+    Returns
+    -------
+    normalized : (C, h, w) ndarray of float32
+
+    Raises
+    ------
+    ModelError
+        If the channel count does not match the model.
+    InputError
+        If the image is unusable or ``scale`` out of range.
+    """
+    config = model.config
+    _check_common(model, None, None, scale)
     data = _as_channels(image, config.in_channels)
-    options = postprocess_options(config, prob_threshold=prob_threshold, min_size=min_size, seed_threshold=seed_threshold,
-                                  split_height=split_height)
     normalized = np.stack([normalize_percentile(c, config.norm_low, config.norm_high) for c in data])
-    height, width = normalized.shape[1:]
     if scale != 1.0:
-        scaled_shape = (max(1, round(height * scale)), max(1, round(width * scale)))
-        normalized = _resize(normalized, scaled_shape)
+        height, width = normalized.shape[1:]
+        normalized = _resize(normalized, (max(1, round(height * scale)), max(1, round(width * scale))))
+    return normalized
+
+
+def predict_maps(
+    normalized: np.ndarray,
+    model,
+    shape: Sequence[int],
+    *,
+    tile: int | None = None,
+    overlap: float | None = None,
+    batch_size: int | None = None,
+    tta: bool = False,
+    tile_halo: int | None = None,
+    on_tile: TileCallback | None = None,
+    stages: dict[str, float] | None = None,
+) -> tuple[np.ndarray, int]:
+    """The network stage of :func:`predict_image`: tiled maps of a normalised image, at the image's size.
+
+    Parameters
+    ----------
+    normalized : (C, h, w) ndarray of float32
+        From :func:`normalize_for_model`.
+    model : LoadedModel
+    shape : (H, W)
+        Size of the original image; maps are resized back to it when the
+        input was rescaled.
+    tile, overlap, batch_size, tta, tile_halo, on_tile
+        As in :func:`predict_image`.
+    stages : dict, optional
+        Receives the seconds spent in the network calls (``"network"``) and
+        in the tiling around them (``"tiles"``).
+
+    Returns
+    -------
+    maps : (C_out, H, W) ndarray of float32
+    n_tiles : int
+    """
+    config = model.config
+    _check_common(model, overlap, batch_size, 1.0)
+    start = time.perf_counter()
+    network_before = (stages or {}).get("network", 0.0)
     net = _prepared_net(model)
-    plan = plan_inference_tiles(config, normalized.shape[1:], device_type=network_device_type(net), tile=tile, overlap=overlap,
-                                tile_halo=tile_halo, batch_size=batch_size)
-    predictor = make_predictor(net, config.target, tta=tta)
+    plan = plan_inference_tiles(config, normalized.shape[1:], device_type=network_device_type(net), tile=tile,
+                                overlap=overlap, tile_halo=tile_halo, batch_size=batch_size)
+    predictor = timed_predictor(make_predictor(net, config.target, tta=tta), stages)
     maps = predict_tiled(normalized, predictor, out_channels=config.out_channels, on_tile=on_tile,
                          **plan.tiling_options())
-    del normalized
+    height, width = (int(n) for n in shape)
     if maps.shape[1:] != (height, width):
         maps = _resize(maps, (height, width))
-    labels = maps_to_labels(maps, target=config.target, **options)
-    return PredictResult(labels=labels, maps=maps, n_tiles=plan.n_tiles, seconds=time.perf_counter() - start_time)
+    if stages is not None:
+        network = stages.get("network", 0.0) - network_before
+        stages["tiles"] = stages.get("tiles", 0.0) + time.perf_counter() - start - network
+    return maps, plan.n_tiles
