@@ -104,3 +104,19 @@ def test_signal_stops_streamed_prediction_cleanly(tmp_path, sample_images, sig, 
     assert written == sorted(Path(r["outputs"]["labels"]).name for r in finished)  # nothing unreported
     for record in finished:
         assert read_labels(record["outputs"]["labels"]).data.max() == record["objects"]
+
+
+def test_streamed_band_prediction_matches_sequential(tmp_path, sample_images, model):
+    """Large images (here forced with bands=True) are predicted band by band in the network stage."""
+    paths = sample_images[:2]
+    outs = {}
+    for name, overlap_stages in (("sequential", False), ("streamed", True)):
+        outs[name] = tmp_path / name
+        summary = run_batch(paths, _task(model, outs[name], bands=True, band_rows=64, save_prob=False),
+                            overlap_stages=overlap_stages)
+        assert [r.status for r in summary.results] == ["done", "done"]
+        assert all(r.figures["bands"] > 1 and "network" in r.figures["stage_seconds"] for r in summary.results)
+    names = sorted(p.name for p in outs["sequential"].iterdir())
+    assert len(names) == 2
+    for name in names:
+        assert (outs["sequential"] / name).read_bytes() == (outs["streamed"] / name).read_bytes()

@@ -145,11 +145,10 @@ class PredictTask:
         return state.value if isinstance(state, Finished) else self.finish(state)
 
     def load(self, path: Path):
-        """Stage 1: read and normalise (a large image is predicted whole here, band by band)."""
+        """Stage 1: read and normalise (a large image is only looked at: the network stage predicts it in bands)."""
         import time
 
         from segtool.io import read_image
-        from segtool.pipeline.stream import Finished
         from segtool.unet.bigimage import open_lazy
         from segtool.unet.predict import normalize_for_model
 
@@ -161,20 +160,29 @@ class PredictTask:
             if lazy is not None:
                 with lazy:
                     if self.bands or lazy.size > BAND_PIXELS:
-                        return Finished(self._run_bands(lazy, model, outputs))
+                        return {"lazy_path": path, "outputs": outputs}
         image = read_image(path, channel=self.channel, plane=self.plane)
         if self.bands or (self.bands is None and image.data.size > BAND_PIXELS):
-            return Finished(self._run_bands(image.data, model, outputs, calibration=(image.pixel_size, image.unit)))
+            return {"large_image": image, "outputs": outputs}
         stages = {"read": time.perf_counter() - start}
         start = time.perf_counter()
         normalized = normalize_for_model(image.data, model, scale=self.scale)
         stages["normalize"] = time.perf_counter() - start
         return {"image": image, "normalized": normalized, "outputs": outputs, "stages": stages}
 
-    def infer(self, state: dict[str, Any]) -> dict[str, Any]:
-        """Stage 2: the network, tile by tile."""
+    def infer(self, state: dict[str, Any]):
+        """Stage 2: the network, tile by tile (a large image: all of it, band by band, on this thread)."""
+        from segtool.pipeline.stream import Finished
+        from segtool.unet.bigimage import open_lazy
         from segtool.unet.predict import predict_maps
 
+        if "lazy_path" in state:
+            with open_lazy(state["lazy_path"], channel=self.channel) as lazy:
+                return Finished(self._run_bands(lazy, self.model(), state["outputs"]))
+        if "large_image" in state:
+            image = state["large_image"]
+            return Finished(self._run_bands(image.data, self.model(), state["outputs"],
+                                            calibration=(image.pixel_size, image.unit)))
         options = self._options()
         maps, n_tiles = predict_maps(
             state.pop("normalized"), self.model(), state["image"].data.shape[-2:], tile=options["tile"],
