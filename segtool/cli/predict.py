@@ -316,7 +316,7 @@ def predict(
             min=0.0,
             max=0.9,
             help="Instead of halo tiles: tiles of --tile overlapping by this fraction, blended with a Gaussian window "
-            "(segtool <= 0.x's tiling; 0.25 computes every pixel about 1.8 times).",
+            "(the tiling segtool used before halo tiles; 0.25 computes every pixel about 1.8 times).",
             rich_help_panel=PANEL_TILING,
             show_default=False,
         ),
