@@ -146,10 +146,9 @@ def run_item(task: Task, path: Path, debug: bool = False) -> ItemResult:
     """
     start = time.perf_counter()
     try:
-        figures = task.run(path) or {}
+        return _done(task, path, task.run(path), start)
     except Exception as err:
         return _failure(path, err, start, debug)
-    return _done(task, path, figures, start)
 
 
 def _done(task: Task, path: Path, figures: dict[str, Any], start: float) -> ItemResult:
@@ -304,10 +303,10 @@ def _run_streamed(paths, task, record, on_error, skip_existing, overwrite, debug
             path, start, value = state
             try:
                 value = stage(value)
+                if isinstance(value, Finished):
+                    return Finished(_done(task, path, value.value, start))
             except Exception as err:
                 return Finished(_failure(path, err, start, debug))
-            if isinstance(value, Finished):
-                return Finished(_done(task, path, value.value, start))
             return path, start, value
 
         return run
@@ -322,10 +321,9 @@ def _run_streamed(paths, task, record, on_error, skip_existing, overwrite, debug
     def finish(state):
         path, start, value = state
         try:
-            figures = task.finish(value)
+            return _done(task, path, task.finish(value), start)
         except Exception as err:
             return _failure(path, err, start, debug)
-        return _done(task, path, figures, start)
 
     def on_result(path, result):
         record(result)
@@ -339,6 +337,7 @@ def _run_streamed(paths, task, record, on_error, skip_existing, overwrite, debug
         finish=finish,
         on_result=on_result,
         should_stop=lambda: bool(failed) and on_error == "stop",
+        stops=lambda result: on_error == "stop" and result.status == "failed",
         finish_threads=max(1, int(getattr(task, "finish_threads", 1) or 1)),
     )
 

@@ -99,7 +99,7 @@ def test_stop_starts_no_further_item():
         return i
 
     run_staged(range(20), load=load, infer=lambda s: s, finish=lambda s: "bad" if s == 3 else s,
-               on_result=on_result, should_stop=lambda: any(r == "bad" for _, r in results))
+               on_result=on_result, stops=lambda result: result == "bad")
     assert results[:4] == [(0, 0), (1, 1), (2, 2), (3, "bad")]
     assert len(results) == 4  # items already in the network when 3 failed are dropped, not finished
     assert max(loaded) <= 6

@@ -103,6 +103,7 @@ def run_staged(
     finish: Callable[[Any], Any],
     on_result: Callable[[Any, Any], None],
     should_stop: Callable[[], bool] = lambda: False,
+    stops: Callable[[Any], bool] = lambda result: False,
     read_ahead: int = 1,
     finish_threads: int = 1,
 ) -> None:
@@ -126,6 +127,11 @@ def run_staged(
         Checked before an item is loaded, inferred or finished; once it
         returns True no further item starts (those already finished are
         still reported; later ones are dropped unreported).
+    stops : callable, optional
+        ``stops(result)`` True (a failure under "stop on error", say) means
+        no item after this one starts its next stage; checked where the
+        result is made, so with one finish thread no later item is finished
+        (with several, items being finished at the same moment still are).
     read_ahead : int, optional
         Loaded items waiting for ``infer``.
     finish_threads : int, optional
@@ -138,25 +144,38 @@ def run_staged(
         completed (so no output is left half-written) and reported.
     """
     stop = threading.Event()
+    halt_lock = threading.Lock()
+    halt_after = [float("inf")]  # index of the first item whose result asked for no further items
+
+    def halt(index: int) -> None:
+        with halt_lock:
+            halt_after[0] = min(halt_after[0], index)
+
+    def halted(index: int) -> bool:
+        return index > halt_after[0]
+
     loaded: queue.Queue = queue.Queue(maxsize=max(1, int(read_ahead)))
     finish_threads = max(1, int(finish_threads))
 
     def loader() -> None:
         try:
-            for item in items:
-                if stop.is_set() or should_stop():
+            for index, item in enumerate(items):
+                if stop.is_set() or halted(index) or should_stop():
                     break
-                if not _put(loaded, (item, load(item)), stop):
+                if not _put(loaded, (index, item, load(item)), stop):
                     return
         except BaseException as err:
-            _put(loaded, (None, _Failed(err)), stop)
+            _put(loaded, (None, None, _Failed(err)), stop)
             return
         _put(loaded, _END, stop)
 
-    def finish_one(item: Any, state: Any) -> Any:
-        if stop.is_set() or should_stop():
+    def finish_one(index: int, state: Any) -> Any:
+        if stop.is_set() or halted(index) or should_stop():
             return _SKIPPED
-        return finish(state)
+        result = finish(state)
+        if stops(result.value if isinstance(result, Finished) else result):
+            halt(index)
+        return result
 
     pending: deque[tuple[Any, Future | Finished]] = deque()
 
@@ -174,17 +193,21 @@ def run_staged(
             entry = loaded.get()
             if entry is _END:
                 break
-            item, state = entry
+            index, item, state = entry
             if isinstance(state, _Failed):
                 raise state.error
+            if halted(index):
+                break
             if not isinstance(state, Finished):
                 if should_stop():
                     break
                 state = infer(state)
             if isinstance(state, Finished):
+                if stops(state.value):
+                    halt(index)
                 pending.append((item, state))
             else:
-                pending.append((item, pool.submit(finish_one, item, state)))
+                pending.append((item, pool.submit(finish_one, index, state)))
             # In-order reporting; at most finish_threads + 1 items wait in the pool.
             while pending and (isinstance(pending[0][1], Finished) or pending[0][1].done()
                                or len(pending) > finish_threads):
