@@ -120,3 +120,19 @@ def test_streamed_band_prediction_matches_sequential(tmp_path, sample_images, mo
     assert len(names) == 2
     for name in names:
         assert (outs["sequential"] / name).read_bytes() == (outs["streamed"] / name).read_bytes()
+
+
+def test_cli_tile_halo_option(tmp_path, sample_images):
+    from typer.testing import CliRunner
+
+    from segtool.cli import app
+
+    runner = CliRunner()
+    image = str(sample_images[0])
+    bad = runner.invoke(app, ["predict", image, "-o", str(tmp_path / "a"), "--tile", "256", "--tile-halo", "125"])
+    assert bad.exit_code == 2 and "no core" in bad.stderr and "Traceback" not in bad.stderr
+    good = runner.invoke(app, ["predict", image, "-o", str(tmp_path / "b"), "--tile", "224", "--tile-halo", "16",
+                               "--json", "--precision", "fp32"])
+    assert good.exit_code == 0, good.stderr
+    record = json.loads(good.stdout.strip().splitlines()[-1])
+    assert record["tiles"] == 4 and record["objects"] > 10  # 256² with 224² tiles: 2 x 2 tiles
