@@ -30,6 +30,7 @@ from typing import Any
 __all__ = ["Finished", "prefetch", "run_staged"]
 
 _END = object()
+_SKIPPED = object()  # a finish that did not run because the run was stopping
 
 
 @dataclass(frozen=True)
@@ -231,5 +232,3 @@ def run_staged(
         pool.shutdown(wait=True)
         thread.join()
 
-
-_SKIPPED = object()
