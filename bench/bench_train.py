@@ -25,7 +25,10 @@ gets, made in the process or by workers) feeding a stand-in network of one
 1x1 convolution with a mean-squared loss, so that patch sampling and
 augmentation, not the network, bound it: what workers can win at most.
 ``--stand-in`` also swaps the U-Net of the other loops for a tiny one
-(depth 1, 2 base channels).
+(depth 1, 2 base channels). As a control, the same sampling also runs in N
+plain forked processes (no DataLoader, no network) against one: the
+parallel speed-up the machine itself allowed in those rounds, which other
+load on a shared machine can take away.
 
 Run::
 
@@ -140,6 +143,30 @@ def pipeline_round(samples, config: UNetConfig, options: TrainOptions, steps: in
     return {"patches_s": steps * options.batch_size / elapsed, "first_s": t1 - t0}
 
 
+def _sample_batches(sampler: PatchSampler, batch_size: int, count: int) -> None:
+    for _ in range(count):
+        sampler.batch(batch_size)
+
+
+def parallel_round(samples, config: UNetConfig, options: TrainOptions, steps: int, processes: int) -> dict[str, float]:
+    """What the machine gives at most: ``processes`` plain forked processes sharing the sampling, no DataLoader."""
+    import multiprocessing
+
+    sampler = PatchSampler(samples, patch_size=config.patch_size, rng=np.random.default_rng(0), augment=options.augment)
+    context = multiprocessing.get_context("fork")
+    t0 = time.perf_counter()
+    children = [
+        context.Process(target=_sample_batches, args=(sampler, options.batch_size, steps // processes))
+        for _ in range(processes)
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join()
+    elapsed = time.perf_counter() - t0
+    return {"patches_s": processes * (steps // processes) * options.batch_size / elapsed}
+
+
 def sampling_round(samples, config: UNetConfig, options: TrainOptions, steps: int) -> dict[str, float]:
     sampler = PatchSampler(samples, patch_size=config.patch_size, rng=np.random.default_rng(0), augment=options.augment)
     t0 = time.perf_counter()
@@ -197,6 +224,7 @@ def main() -> None:
     ours = {p: [] for p in by_precision}
     by_workers = {(p, w): [] for p in by_precision for w in args.workers}
     pipeline = {w: [] for w in args.workers}
+    ceiling = {w: [] for w in args.workers if w > 0}
     sampling = []
     for _ in range(args.rounds):
         for precision, opts in by_precision.items():
@@ -208,6 +236,8 @@ def main() -> None:
         if len(args.workers) > 1:
             for workers in args.workers:
                 pipeline[workers].append(pipeline_round(samples, config, with_workers(options, workers), args.steps))
+                if workers > 0:
+                    ceiling[workers].append(parallel_round(samples, config, options, args.steps, workers))
         sampling.append(sampling_round(samples, config, options, args.steps))
 
     def med(rows, key):
@@ -232,6 +262,8 @@ def main() -> None:
         for workers in args.workers:
             rows = pipeline[workers]
             print(f"| data pipeline + stand-in 1x1 conv, {workers} workers (first batch {med(rows, 'first_s'):.2f} s) | {med(rows, 'patches_s'):.1f} | - | - | - |")
+        for workers, rows in ceiling.items():
+            print(f"| sampling in {workers} plain processes (no DataLoader, no network) | {med(rows, 'patches_s'):.1f} | - | - | - |")
     print(f"| sampling + augmentation only | {med(sampling, 'patches_s'):.1f} | - | - | {med(sampling, 'batch_s'):.4f} |")
     print()
     for precision in by_precision:
@@ -251,6 +283,13 @@ def main() -> None:
 
     if len(args.workers) > 1:
         worker_ratios("data pipeline + stand-in network", pipeline)
+        for workers, rows in ceiling.items():
+            # the parallel speed-up the machine allowed in the same rounds, whatever else ran on it
+            ratios = [a["patches_s"] / b["patches_s"] for a, b in zip(rows, sampling)]
+            print(
+                f"machine's ceiling: sampling in {workers} processes / in 1: {statistics.median(ratios):.2f}x "
+                f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+            )
         for precision in by_precision:
             worker_ratios(f"segtool train_model, {precision}", {w: by_workers[precision, w] for w in args.workers})
     if {"fp32", "bf16"} <= set(by_precision):
