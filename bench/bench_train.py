@@ -129,18 +129,38 @@ def pipeline_round(samples, config: UNetConfig, options: TrainOptions, steps: in
     torch.manual_seed(0)
     net = torch.nn.Conv2d(config.in_channels, config.out_channels, 1)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    own0, finished0 = _cpu_seconds()
     t0 = time.perf_counter()
     batches = iterate_batches(sampler, batch_size=options.batch_size, seed=0, start=0, stop=steps + 1, workers=options.workers)
     for index, (x, y) in enumerate(batches):
         if index == 0:
             # the first batch pays the workers' start-up, once per training run: timed apart
             t1 = time.perf_counter()
+            own1, _ = _cpu_seconds()
+            live1 = _live_children_cpu_seconds()
         loss = torch.nn.functional.mse_loss(net(x), y[:, :1].expand(-1, config.out_channels, -1, -1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     elapsed = time.perf_counter() - t1
-    return {"patches_s": steps * options.batch_size / elapsed, "first_s": t1 - t0}
+    # the generator has ended and joined its workers, so their whole CPU time is among the finished children now
+    own2, finished2 = _cpu_seconds()
+    steady = (own2 - own1) + (finished2 - finished0 - live1)
+    return {"patches_s": steps * options.batch_size / elapsed, "first_s": t1 - t0, "cpu_ms": 1e3 * steady / (steps * options.batch_size)}
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds of this process and of its finished children (busy neighbours change wall time, not these)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+def _live_children_cpu_seconds() -> float:
+    import psutil
+
+    return sum(sum(c.cpu_times()[:2]) for c in psutil.Process().children(recursive=True))
 
 
 def _sample_batches(sampler: PatchSampler, batch_size: int, count: int) -> None:
@@ -261,7 +281,10 @@ def main() -> None:
     if len(args.workers) > 1:
         for workers in args.workers:
             rows = pipeline[workers]
-            print(f"| data pipeline + stand-in 1x1 conv, {workers} workers (first batch {med(rows, 'first_s'):.2f} s) | {med(rows, 'patches_s'):.1f} | - | - | - |")
+            print(
+                f"| data pipeline + stand-in 1x1 conv, {workers} workers (first batch {med(rows, 'first_s'):.2f} s, "
+                f"{med(rows, 'cpu_ms'):.2f} CPU ms per patch in all processes) | {med(rows, 'patches_s'):.1f} | - | - | - |"
+            )
         for workers, rows in ceiling.items():
             print(f"| sampling in {workers} plain processes (no DataLoader, no network) | {med(rows, 'patches_s'):.1f} | - | - | - |")
     print(f"| sampling + augmentation only | {med(sampling, 'patches_s'):.1f} | - | - | {med(sampling, 'batch_s'):.4f} |")
@@ -283,6 +306,14 @@ def main() -> None:
 
     if len(args.workers) > 1:
         worker_ratios("data pipeline + stand-in network", pipeline)
+        for workers in args.workers[1:]:
+            # what the workers cost on top: on an idle machine with a core per worker, the speed-up is about
+            # workers / (1 + overhead) at best
+            ratios = [a["cpu_ms"] / b["cpu_ms"] for a, b in zip(pipeline[workers], pipeline[args.workers[0]])]
+            print(
+                f"CPU time per patch, all processes: {workers} workers / {args.workers[0]} workers: "
+                f"{statistics.median(ratios):.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+            )
         for workers, rows in ceiling.items():
             # the parallel speed-up the machine allowed in the same rounds, whatever else ran on it
             ratios = [a["patches_s"] / b["patches_s"] for a, b in zip(rows, sampling)]
