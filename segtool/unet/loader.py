@@ -123,9 +123,9 @@ class _Batches(torch.utils.data.Dataset):
 
 def _as_is(batch: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     # Arrays travel back pickled through the worker's pipe. Tensors would travel in shared memory, but each one
-    # needs a new shared segment and a hand-shake with the worker that made it: measured (2 workers, 128 px
-    # elastic batches of 8, 5 interleaved rounds on the busy 2-core host) 1.89 CPU ms per patch over all
-    # processes as tensors, 1.62 as arrays, 1.24 with no workers.
+    # needs a new shared segment and a hand-shake with the worker that made it. bench/ab_worker_transfer.py
+    # (2 workers, 128 px elastic batches of 8, busy 2-core host): 1.97 CPU ms per patch over all processes as
+    # tensors, 1.88 as arrays, 1.28 without workers; a first run of the same comparison 1.89 / 1.62 / 1.24.
     return batch
 
 
