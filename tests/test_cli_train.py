@@ -161,6 +161,10 @@ def test_usage_errors(tmp_path):
     assert result.exit_code == 2 and "--zoom" in result.stderr
     result = invoke("train", data, "-o", tmp_path / "m.pt", "--precision", "fp16")
     assert result.exit_code == 2 and "--precision" in result.stderr
+    for bad in ("some", "-1", "1.5"):
+        result = invoke("train", data, "-o", tmp_path / "m.pt", "--workers", bad)
+        assert result.exit_code == 2 and "--workers" in result.stderr and "expected 'auto' or a whole number" in result.stderr
+    assert not (tmp_path / "m.pt").exists()
 
 
 def test_val_seed_keeps_the_validation_images_of_another_seed(tmp_path):
@@ -189,6 +193,46 @@ def test_precision_is_resolved_reported_and_stored(tmp_path):
         assert load_model(model).metadata["options"]["precision"] == used
         info = invoke("model", "info", model)
         assert info.exit_code == 0 and f"on cpu ({used})" in info.stdout
+
+
+@pytest.mark.slow  # five short trainings: about 13 s on the loaded 2-core host
+def test_workers_are_resolved_reported_stored_and_kept_on_resume(tmp_path):
+    from segtool.unet.loader import auto_workers
+
+    data = write_set(tmp_path / "data", 3)
+    for name, used in (("auto", auto_workers(torch.device("cpu"))), ("2", 2), ("0", 0)):
+        model = tmp_path / f"w{name}.pt"
+        result = invoke("train", data, "-o", model, "--epochs", "1", "--workers", name, *TINY)
+        assert result.exit_code == 0, result.stderr
+        assert f", {used} data workers" in result.stderr
+        assert load_model(model).metadata["options"]["workers"] == used
+    # a run made without workers continues without them (other patches otherwise), and says so
+    last = tmp_path / "w0.ckpt" / "last.pt"
+    result = invoke("train", data, "-o", tmp_path / "w0.pt", "--resume", last, "--workers", "2", "--overwrite", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert "continuing with --workers 0" in result.stderr and ", 0 data workers" in result.stderr
+    # a run made with workers continues with the number asked for (any count >= 1 draws the same patches)
+    last = tmp_path / "w2.ckpt" / "last.pt"
+    result = invoke("train", data, "-o", tmp_path / "w2.pt", "--resume", last, "--workers", "1", "--overwrite", "--device", "cpu")
+    assert result.exit_code == 0, result.stderr
+    assert ", 1 data workers" in result.stderr and "continuing with" not in result.stderr
+
+
+def test_workers_on_the_cpu_leave_their_cores_to_them(tmp_path):
+    data = write_set(tmp_path / "data", 3)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(4)
+        no_threads = [a for a in TINY if a not in ("--threads", "1")]
+        result = invoke("train", data, "-o", tmp_path / "m.pt", "--epochs", "1", "--workers", "2", *no_threads)
+        assert result.exit_code == 0, result.stderr
+        assert torch.get_num_threads() == 2  # 4 cores' threads less 2 workers
+        torch.set_num_threads(4)
+        result = invoke("train", data, "-o", tmp_path / "n.pt", "--epochs", "1", "--workers", "2", "--threads", "3", *no_threads)
+        assert result.exit_code == 0, result.stderr
+        assert torch.get_num_threads() == 3  # --threads wins
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_refuses_to_overwrite_and_points_to_resume(tmp_path):
@@ -231,6 +275,38 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path):
     rows = list(csv.DictReader(open(log)))
     assert [int(r["epoch"]) for r in rows][-1] == load_model(model).metadata["epochs_run"]
     assert load_model(model).metadata["epochs_planned"] == 40
+
+
+@pytest.mark.slow
+def test_ctrl_c_in_a_terminal_spares_the_data_workers_and_resume_finishes(tmp_path):
+    # a terminal's Ctrl-C reaches the whole process group, data workers included: the step in flight must
+    # still get its batch, the checkpoint must be written, and no worker may outlive the run
+    import psutil
+
+    data = write_set(tmp_path / "data", 4)
+    model = tmp_path / "m.pt"
+    log = tmp_path / "m_log.csv"
+    args = [sys.executable, "-m", "segtool", "train", str(data), "-o", str(model), "--epochs", "40", "--workers", "2",
+            "--elastic", *TINY]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while not log.exists() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.1)
+    assert log.exists(), proc.communicate()[1]
+    workers = psutil.Process(proc.pid).children(recursive=True)
+    assert len(workers) >= 2
+    os.killpg(proc.pid, signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130, err
+    last = tmp_path / "m.ckpt" / "last.pt"
+    assert f"checkpoint written to {last}" in err and "Traceback" not in err
+    assert err.count("stopping after the current step") == 1  # the workers ignored the signal
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == []
+    result = invoke("train", data, "-o", model, "--resume", last, "--device", "cpu", "--threads", "1", "--quiet")
+    assert result.exit_code == 0, result.stderr
+    assert load_model(model).metadata["options"]["workers"] >= 1
 
 
 def test_training_time_is_recorded_and_shown(tmp_path):

@@ -98,6 +98,25 @@ def test_elastic_field_is_smooth_with_the_requested_size():
     assert float(np.abs(np.diff(field, axis=1)).max()) < 1.5
 
 
+@pytest.mark.parametrize("shape, spacing", [((128, 128), 32), ((40, 30), 10), ((33, 77), 8), ((5, 3), 2)])
+def test_elastic_field_equals_a_2d_cubic_spline_zoom_of_the_control_points(shape, spacing):
+    # the reference: the same control points, up-sampled by scipy's 2-D cubic spline zoom in one call
+    import math
+
+    from scipy import ndimage as ndi
+
+    for seed in range(5):
+        grid = tuple(max(2, math.ceil(n / spacing) + 1) for n in shape)
+        coarse = np.random.default_rng(seed).normal(0.0, 4.0, size=(2, *grid))
+        zoom = tuple(n / g for n, g in zip(shape, grid))
+        expected = np.stack(
+            [ndi.zoom(c, zoom, order=3, mode="nearest", grid_mode=True)[: shape[0], : shape[1]] for c in coarse]
+        ).astype(np.float32)
+        field = elastic_field(shape, np.random.default_rng(seed), alpha=4.0, spacing=spacing)
+        np.testing.assert_allclose(field, expected, rtol=0, atol=1e-5)
+        assert np.abs(field).max() > 0.5  # a real displacement, not a zero field matching a zero reference
+
+
 def test_rejects_mismatched_shapes_and_bad_options():
     with pytest.raises(InputError, match="equal H, W"):
         augment_pair(np.zeros((1, 8, 8)), np.zeros((1, 8, 9)), np.random.default_rng(0))

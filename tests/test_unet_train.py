@@ -197,6 +197,10 @@ def test_options_validate_and_roundtrip():
         TrainOptions(ema_decay=1.0)
     del old["ema_decay"]
     assert TrainOptions.from_dict(old).ema_decay == 0.0
+    with pytest.raises(InputError, match="workers must be an integer >= 0"):
+        TrainOptions(workers=-1)
+    del old["workers"]
+    assert TrainOptions.from_dict(old).workers == 0
 
 
 # ---------------------------------------------------------------- training
@@ -275,15 +279,71 @@ def test_same_seed_same_weights_and_other_seed_differs(pairs, tmp_path):
     assert not same_weights(weights_of(a.net), weights_of(c.net))
 
 
+def test_same_seed_and_worker_count_give_the_same_weights(pairs, tmp_path):
+    config = tiny_config()
+    options = {w: tiny_options(epochs=2, workers=w, augment=AugmentOptions(elastic=True)) for w in (0, 1, 2)}
+
+    def train(workers, name):
+        return train_model(pairs[:4], pairs[6:7], config, options=options[workers], checkpoint_dir=tmp_path / name)
+
+    none = [weights_of(train(0, f"none{i}").net) for i in range(2)]
+    two = [weights_of(train(2, f"two{i}").net) for i in range(2)]
+    one = weights_of(train(1, "one").net)
+    assert same_weights(*none) and same_weights(*two)
+    # which worker makes a batch does not matter: any count >= 1 gives the same patches
+    assert same_weights(one, two[0])
+    # workers draw their patches by another scheme than the training process (documented)
+    assert not same_weights(none[0], two[0])
+    assert read_checkpoint_settings(tmp_path / "two0" / "last.pt")[1].workers == 2
+
+
+@pytest.mark.slow  # PyTorch notices a dead worker within its 5 s status check
+def test_a_killed_data_worker_ends_training_with_a_one_line_error(pairs, tmp_path):
+    import os
+    import signal
+
+    import psutil
+
+    from segtool.errors import SegtoolError
+
+    me = psutil.Process()
+    others = {p.pid for p in me.children(recursive=True)}  # e.g. processes of other tests: never touch them
+    workers = []
+
+    def kill_a_worker(step) -> None:
+        if not workers:
+            workers.extend(p for p in me.children(recursive=True) if p.pid not in others)
+            os.kill(workers[0].pid, signal.SIGKILL)
+
+    options = tiny_options(epochs=200, patches_per_epoch=64, workers=2)
+    with pytest.raises(SegtoolError, match=r"^data worker process stopped: .*use fewer --workers$"):
+        train_model(pairs[:4], [], tiny_config(), options=options, checkpoint_dir=tmp_path, on_step=kill_a_worker)
+    assert len(workers) >= 2
+    _, alive = psutil.wait_procs(workers, timeout=10)
+    assert alive == []
+
+
 # stop_requested is polled before each of the 4 steps and each of the 2 validation images of an epoch:
 # after 8 calls it stops in the middle of epoch 2's training, after 10 before its validation.
 @pytest.mark.parametrize(
-    "stop_after, step_in_epoch, precision, ema",
-    [(8, 2, "fp32", 0.0), (10, 4, "fp32", 0.0), (8, 2, "bf16", 0.0), (8, 2, "fp32", 0.9)],
+    "stop_after, step_in_epoch, precision, ema, workers, resume_with",
+    [
+        (8, 2, "fp32", 0.0, 0, 0),
+        (10, 4, "fp32", 0.0, 0, 0),
+        (8, 2, "bf16", 0.0, 0, 0),
+        (8, 2, "fp32", 0.9, 0, 0),
+        (8, 2, "fp32", 0.0, 2, 2),
+        (10, 4, "fp32", 0.0, 2, 1),
+    ],
 )
-def test_interrupt_and_resume_gives_the_uninterrupted_result(pairs, tmp_path, stop_after, step_in_epoch, precision, ema):
-    config, options = tiny_config(), tiny_options(epochs=3, precision=precision, ema_decay=ema)
+def test_interrupt_and_resume_gives_the_uninterrupted_result(
+    pairs, tmp_path, stop_after, step_in_epoch, precision, ema, workers, resume_with
+):
+    import psutil
+
+    config, options = tiny_config(), tiny_options(epochs=3, precision=precision, ema_decay=ema, workers=workers)
     train, val = pairs[:5], pairs[6:]
+    others = {p.pid for p in psutil.Process().children(recursive=True)}
     full = train_model(train, val, config, options=options, checkpoint_dir=tmp_path / "full")
 
     calls = {"n": 0}
@@ -299,6 +359,9 @@ def test_interrupt_and_resume_gives_the_uninterrupted_result(pairs, tmp_path, st
     assert isinstance(saved["torch_rng"], torch.Tensor)
     _, _, state = read_checkpoint_settings(first.last_checkpoint)
     assert (state["loop"]["epoch"], state["loop"]["step"]) == (1, step_in_epoch)
+    # the interrupted run left no data worker behind
+    assert {p.pid for p in psutil.Process().children(recursive=True)} <= others
+    options = tiny_options(epochs=3, precision=precision, ema_decay=ema, workers=resume_with)
     resumed = train_model(
         train, val, config, options=options, checkpoint_dir=tmp_path / "part", resume_from=first.last_checkpoint
     )
@@ -318,6 +381,9 @@ def test_resume_refuses_other_options_data_and_files(pairs, tmp_path):
     assert stored_config == config and stored_options == options and state["loop"]["epoch"] == 1
     with pytest.raises(ModelError, match="different training options: batch_size"):
         train_model(pairs[:3], pairs[6:7], config, options=tiny_options(epochs=1, batch_size=2), checkpoint_dir=tmp_path, resume_from=last)
+    with pytest.raises(ModelError, match="different training options: workers"):
+        # patches drawn in the training process cannot continue as patches drawn by workers
+        train_model(pairs[:3], pairs[6:7], config, options=tiny_options(epochs=1, workers=2), checkpoint_dir=tmp_path, resume_from=last)
     with pytest.raises(ModelError, match="different network config"):
         train_model(pairs[:3], pairs[6:7], tiny_config(base_channels=4), options=options, checkpoint_dir=tmp_path, resume_from=last)
     with pytest.raises(ModelError, match="different training images"):

@@ -235,6 +235,13 @@ class TrainOptions:
         and the saved model use the averaged weights, which are less noisy
         than the weights of any single step. Checkpoints written before this
         option existed resume with it off.
+    workers : int
+        Data worker processes that sample and augment patches while the
+        network trains (:mod:`segtool.unet.loader`); 0 makes them in the
+        training process. Any count >= 1 gives the same patches; 0 draws
+        other ones (the scheme of segtool before workers existed), so a
+        resumed run keeps 0, or >= 1, as it started. Checkpoints written
+        before this option existed resume with 0.
     """
 
     epochs: int = 100
@@ -255,11 +262,12 @@ class TrainOptions:
     device: str = "auto"
     precision: str = "fp32"
     ema_decay: float = 0.0
+    workers: int = 0
 
     def __post_init__(self) -> None:
         if isinstance(self.augment, dict):
             self.augment = AugmentOptions.from_dict(self.augment)
-        for name, low in (("epochs", 1), ("batch_size", 1), ("patience", 0)):
+        for name, low in (("epochs", 1), ("batch_size", 1), ("patience", 0), ("workers", 0)):
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise InputError(f"{name} must be an integer >= {low}, got {value!r}")

@@ -274,31 +274,39 @@ class PatchSampler:
         weights = np.sqrt(areas)
         self._weights = weights / weights.sum()
 
-    def _origin(self, index: int) -> tuple[int, int]:
+    def _origin(self, index: int, rng: np.random.Generator) -> tuple[int, int]:
         height, width = self._images[index].shape[1:]
         size = self.patch_size
         foreground = self._foreground[index]
-        if foreground.size and self.rng.random() < self.foreground_fraction:
-            flat = int(foreground[self.rng.integers(foreground.size)])
+        if foreground.size and rng.random() < self.foreground_fraction:
+            flat = int(foreground[rng.integers(foreground.size)])
             y, x = divmod(flat, self._widths[index])
-            y0 = y - int(self.rng.integers(size))
-            x0 = x - int(self.rng.integers(size))
+            y0 = y - int(rng.integers(size))
+            x0 = x - int(rng.integers(size))
         else:
-            y0 = int(self.rng.integers(height - size + 1))
-            x0 = int(self.rng.integers(width - size + 1))
+            y0 = int(rng.integers(height - size + 1))
+            x0 = int(rng.integers(width - size + 1))
         return min(max(y0, 0), height - size), min(max(x0, 0), width - size)
 
-    def sample(self) -> tuple[np.ndarray, np.ndarray]:
-        """One augmented ``(image (C, P, P), target (K, P, P))`` patch."""
-        index = int(self.rng.choice(len(self._images), p=self._weights))
-        y0, x0 = self._origin(index)
+    def sample(self, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One augmented ``(image (C, P, P), target (K, P, P))`` patch.
+
+        Every draw comes from ``rng``, by default the sampler's own generator.
+        """
+        rng = self.rng if rng is None else rng
+        index = int(rng.choice(len(self._images), p=self._weights))
+        y0, x0 = self._origin(index, rng)
         if not self._margin:
             window = np.s_[:, y0 : y0 + self.patch_size, x0 : x0 + self.patch_size]
-            return augment_pair(self._images[index][window], self._targets[index][window], self.rng, options=self.augment)
+            return augment_pair(self._images[index][window], self._targets[index][window], rng, options=self.augment)
         image, target = (_window(a[index], y0, x0, self.patch_size, self._margin) for a in (self._images, self._targets))
-        return augment_pair(image, target, self.rng, options=self.augment, output_size=self.patch_size)
+        return augment_pair(image, target, rng, options=self.augment, output_size=self.patch_size)
 
-    def batch(self, size: int) -> tuple[np.ndarray, np.ndarray]:
-        """``size`` patches stacked as ``(B, C, P, P)`` and ``(B, K, P, P)`` float32."""
-        patches = [self.sample() for _ in range(size)]
+    def batch(self, size: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """``size`` patches stacked as ``(B, C, P, P)`` and ``(B, K, P, P)`` float32.
+
+        Every draw comes from ``rng``, by default the sampler's own generator
+        (a worker process passes a generator of its own per batch).
+        """
+        patches = [self.sample(rng) for _ in range(size)]
         return np.stack([p[0] for p in patches]), np.stack([p[1] for p in patches])

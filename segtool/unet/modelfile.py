@@ -314,8 +314,9 @@ def check_resume(
 ) -> None:
     """Refuse to resume a checkpoint made with another config, options or data.
 
-    ``device`` may differ. ``train_data`` and ``val_data`` are the summaries
-    of :func:`segtool.unet.dataset.summarize_pairs`, compared by hash.
+    ``device`` may differ, and ``workers`` as long as both are 0 or both
+    >= 1. ``train_data`` and ``val_data`` are the summaries of
+    :func:`segtool.unet.dataset.summarize_pairs`, compared by hash.
 
     Raises
     ------
@@ -337,6 +338,9 @@ def check_resume(
     theirs = saved_options.to_dict()
     mine.pop("device")
     theirs.pop("device")
+    # any number of data workers >= 1 draws the same patches; only 0 versus some changes them
+    mine["workers"] = min(mine["workers"], 1)
+    theirs["workers"] = min(theirs["workers"], 1)
     changed = sorted(k for k in mine if mine[k] != theirs.get(k))
     if changed:
         raise ModelError(f"checkpoint was made with different training options: {', '.join(changed)}")

@@ -10,9 +10,11 @@ file). Progress goes through callbacks; nothing is printed.
 
 Reproducibility: with the same seed, data, options and number of CPU threads
 the weights are the same, also across an interruption and ``resume_from``:
-every random draw comes from one seeded :class:`numpy.random.Generator` whose
-state is stored in the checkpoint with the optimiser state and the step count
-(the learning rate is a function of the step).
+every random draw comes from seeded :class:`numpy.random.Generator` s, the
+run's own (whose state is stored in the checkpoint with the optimiser state
+and the step count; the learning rate is a function of the step) or, with
+data worker processes, one per batch derived from the seed and the step
+(:mod:`segtool.unet.loader`).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from segtool.unet.config import TrainOptions, UNetConfig
 from segtool.unet.dataset import PatchSampler, Sample, prepare_samples, summarize_pairs
 from segtool.unet.ema import update_average
 from segtool.unet.heads import activate
+from segtool.unet.loader import iterate_batches, worker_failure
 from segtool.unet.model import UNet, resolve_device
 from segtool.unet.modelfile import (
     check_resume,
@@ -515,104 +518,122 @@ def train_model(
         return result(stop_reason, net.eval())
 
     stop_reason = "completed"
-    while loop.epoch < options.epochs:
-        epoch = loop.epoch + 1
-        try:
-            net.train()
-            while loop.step < steps_per_epoch:
-                if stop_requested is not None and stop_requested():
-                    raise _Interrupted
+    batches = iterate_batches(
+        sampler,
+        batch_size=options.batch_size,
+        seed=options.seed,
+        start=loop.global_step,
+        stop=total_steps,
+        workers=options.workers,
+        pin_memory=device.type == "cuda",
+    )
+    try:
+        while loop.epoch < options.epochs:
+            epoch = loop.epoch + 1
+            try:
+                net.train()
+                while loop.step < steps_per_epoch:
+                    if stop_requested is not None and stop_requested():
+                        raise _Interrupted
+                    started = time.perf_counter()
+                    x, y = next(batches)
+                    # from pinned memory on CUDA: the copy overlaps the CPU work that follows
+                    x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
+                    y = y.to(device, non_blocking=True)
+                    loaded = time.perf_counter()
+                    lr = learning_rate_at(loop.global_step, total_steps=total_steps, warmup_steps=warmup_steps, options=options)
+                    for group in optimizer.param_groups:
+                        group["lr"] = lr
+                    with autocast(options.precision, device):
+                        logits = net(x)
+                    loss = target_loss(logits.float(), y, config.target, weights=weights, dice_weight=options.dice_weight)
+                    if not torch.isfinite(loss):
+                        raise InputError(
+                            f"training diverged at epoch {epoch} (loss {float(loss)}); lower the learning rate"
+                        )
+                    optimizer.zero_grad(set_to_none=True)
+                    loss.backward()
+                    optimizer.step()
+                    if average is not None:
+                        update_average(average, net, decay=options.ema_decay, step=loop.global_step + 1)
+                    loop.loss_sum += float(loss.detach())
+                    loop.step += 1
+                    loop.global_step += 1
+                    loop.seconds += time.perf_counter() - started
+                    loop.data_seconds += loaded - started
+                    if on_step is not None:
+                        on_step(StepReport("train", epoch, loop.step, steps_per_epoch, loop.loss_sum / loop.step))
                 started = time.perf_counter()
-                x_np, y_np = sampler.batch(options.batch_size)
-                x = torch.from_numpy(x_np).to(device).contiguous(memory_format=memory_format)
-                y = torch.from_numpy(y_np).to(device)
-                loaded = time.perf_counter()
-                lr = learning_rate_at(loop.global_step, total_steps=total_steps, warmup_steps=warmup_steps, options=options)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-                with autocast(options.precision, device):
-                    logits = net(x)
-                loss = target_loss(logits.float(), y, config.target, weights=weights, dice_weight=options.dice_weight)
-                if not torch.isfinite(loss):
-                    raise InputError(
-                        f"training diverged at epoch {epoch} (loss {float(loss)}); lower the learning rate"
+                if val_samples:
+                    val_loss, val_f1, val_ap, val_ap_mean = _validate(
+                        scored,
+                        val_samples,
+                        config,
+                        weights=weights,
+                        dice_weight=options.dice_weight,
+                        device=device,
+                        epoch=epoch,
+                        on_step=on_step,
+                        stop_requested=stop_requested,
                     )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                if average is not None:
-                    update_average(average, net, decay=options.ema_decay, step=loop.global_step + 1)
-                loop.loss_sum += float(loss.detach())
-                loop.step += 1
-                loop.global_step += 1
-                loop.seconds += time.perf_counter() - started
-                loop.data_seconds += loaded - started
-                if on_step is not None:
-                    on_step(StepReport("train", epoch, loop.step, steps_per_epoch, loop.loss_sum / loop.step))
-            started = time.perf_counter()
-            if val_samples:
-                val_loss, val_f1, val_ap, val_ap_mean = _validate(
-                    scored,
-                    val_samples,
-                    config,
-                    weights=weights,
-                    dice_weight=options.dice_weight,
-                    device=device,
-                    epoch=epoch,
-                    on_step=on_step,
-                    stop_requested=stop_requested,
-                )
-            else:
-                val_loss = val_f1 = val_ap = val_ap_mean = None
-            val_seconds = time.perf_counter() - started
-        except _Interrupted:
-            write_last()
-            return finish("interrupted")
+                else:
+                    val_loss = val_f1 = val_ap = val_ap_mean = None
+                val_seconds = time.perf_counter() - started
+            except _Interrupted:
+                write_last()
+                return finish("interrupted")
 
-        train_loss = loop.loss_sum / max(loop.step, 1)
-        # best = highest validation F1, ties (e.g. F1 still 0 early on) broken by the lower loss
-        score = [val_f1, -val_loss] if val_f1 is not None else [-train_loss, 0.0]
-        improved = loop.best_score is None or tuple(score) > tuple(loop.best_score)
-        if improved:
-            loop.best_score = score
-            loop.best_epoch = epoch
-            loop.bad_epochs = 0
-            best_state = _cpu_weights(scored)
-        else:
-            loop.bad_epochs += 1
-        report = EpochReport(
-            epoch=epoch,
-            epochs=options.epochs,
-            train_loss=train_loss,
-            val_loss=val_loss,
-            val_f1=val_f1,
-            val_ap=val_ap,
-            val_ap_mean=val_ap_mean,
-            learning_rate=learning_rate_at(
-                loop.global_step - 1, total_steps=total_steps, warmup_steps=warmup_steps, options=options
-            ),
-            patches=loop.step * options.batch_size,
-            seconds=loop.seconds + val_seconds,
-            train_seconds=loop.seconds,
-            data_seconds=loop.data_seconds,
-            improved=improved,
-            best_epoch=loop.best_epoch,
-        )
-        loop.history.append(report.to_dict())
-        loop.epoch = epoch
-        loop.step = 0
-        loop.loss_sum = 0.0
-        loop.seconds = loop.data_seconds = 0.0
-        if improved:
-            best_net = copy.deepcopy(scored).cpu().eval()
-            save_model(best_path, best_net, config, metadata=build_metadata(result("in_progress", best_net)), overwrite=True)
-        write_last()
-        if on_epoch is not None:
-            on_epoch(report)
-        if options.patience and loop.bad_epochs >= options.patience:
-            stop_reason = "early_stopped"
-            break
-    return finish(stop_reason)
+            train_loss = loop.loss_sum / max(loop.step, 1)
+            # best = highest validation F1, ties (e.g. F1 still 0 early on) broken by the lower loss
+            score = [val_f1, -val_loss] if val_f1 is not None else [-train_loss, 0.0]
+            improved = loop.best_score is None or tuple(score) > tuple(loop.best_score)
+            if improved:
+                loop.best_score = score
+                loop.best_epoch = epoch
+                loop.bad_epochs = 0
+                best_state = _cpu_weights(scored)
+            else:
+                loop.bad_epochs += 1
+            report = EpochReport(
+                epoch=epoch,
+                epochs=options.epochs,
+                train_loss=train_loss,
+                val_loss=val_loss,
+                val_f1=val_f1,
+                val_ap=val_ap,
+                val_ap_mean=val_ap_mean,
+                learning_rate=learning_rate_at(
+                    loop.global_step - 1, total_steps=total_steps, warmup_steps=warmup_steps, options=options
+                ),
+                patches=loop.step * options.batch_size,
+                seconds=loop.seconds + val_seconds,
+                train_seconds=loop.seconds,
+                data_seconds=loop.data_seconds,
+                improved=improved,
+                best_epoch=loop.best_epoch,
+            )
+            loop.history.append(report.to_dict())
+            loop.epoch = epoch
+            loop.step = 0
+            loop.loss_sum = 0.0
+            loop.seconds = loop.data_seconds = 0.0
+            if improved:
+                best_net = copy.deepcopy(scored).cpu().eval()
+                save_model(best_path, best_net, config, metadata=build_metadata(result("in_progress", best_net)), overwrite=True)
+            write_last()
+            if on_epoch is not None:
+                on_epoch(report)
+            if options.patience and loop.bad_epochs >= options.patience:
+                stop_reason = "early_stopped"
+                break
+        return finish(stop_reason)
+    except RuntimeError as err:
+        failure = worker_failure(err)
+        if failure is None:
+            raise
+        raise failure from None
+    finally:
+        batches.close()  # ends the worker processes, also after an error, an interruption or an early stop
 
 
 def _cpu_weights(net: UNet) -> dict[str, torch.Tensor]:
