@@ -30,6 +30,7 @@ from segtool.cli._common import (
     fail,
     run_files,
 )
+from segtool.cli.zstack import ZSpacing
 from segtool.errors import InputError
 from segtool.inputs import output_path
 from segtool.io import read_image, write_float, write_labels, write_png
@@ -73,6 +74,7 @@ class BaselineTask:
     save_overlay: bool
     channel: int | None
     plane: int | None
+    z_spacing: float | None = None  # Z stacks (no --plane) are segmented in 3-D
 
     def planned_outputs(self, path: Path) -> dict[str, Path]:
         outputs = {"labels": output_path(path, "_labels.tif", output_dir=self.output_dir)}
@@ -87,7 +89,11 @@ class BaselineTask:
     def run(self, path: Path) -> dict[str, Any]:
         from segtool.baseline import segment_baseline
         from segtool.overlay import outline_overlay
+        from segtool.volume.tasks import baseline_stack
 
+        figures = baseline_stack(self, path)
+        if figures is not None:
+            return figures
         image = read_image(path, channel=self.channel, plane=self.plane)
         result = segment_baseline(
             image.data,
@@ -172,6 +178,7 @@ def baseline(
     ] = False,
     channel: Channel = None,
     plane: Plane = None,
+    z_spacing: ZSpacing = None,
     recursive: Recursive = False,
     overwrite: Overwrite = False,
     skip_existing: SkipExisting = False,
@@ -187,7 +194,8 @@ def baseline(
 ) -> None:
     """Fit and subtract a polynomial background, threshold, and label objects.
 
-    Writes <stem>_labels.tif (uint16 labels, 0 = background) for each input.
+    Writes <stem>_labels.tif (uint16 labels, 0 = background) for each input. A Z stack (without --plane) is
+    segmented in 3-D: background polynomial of (x, y, z), 3-D objects, --min-size in voxels.
     """
     if polarity not in ("bright", "dark", "auto"):
         fail(f"--polarity must be bright, dark or auto, got {polarity!r}", code=2)
@@ -226,6 +234,7 @@ def baseline(
             save_overlay=save_overlay,
             channel=channel,
             plane=plane,
+            z_spacing=z_spacing,
         )
     run_files(
         images,

@@ -145,7 +145,11 @@ class ExportTask:
         from segtool import export
         from segtool.io import write_labels, write_png
         from segtool.overlay import color_labels, outline_overlay
+        from segtool.volume.tasks import export_stack
 
+        figures_3d = export_stack(self, path)  # a Z-stack label file (no --plane): 3-D measurements, per-plane ROIs
+        if figures_3d is not None:
+            return figures_3d
         labels, image = self._read(path)
         data = labels.data
         # Calibration from the labels, else from the image they were made from.
