@@ -34,6 +34,7 @@ from segtool.cli._common import (
     fail,
     run_files,
 )
+from segtool.cli.zstack import StitchThreshold, ZMode, ZSpacing
 from segtool.errors import InputError, SegtoolError, first_line
 from segtool.inputs import output_path
 
@@ -86,6 +87,10 @@ class PredictTask:
     channel: int | None
     plane: int | None
     _model: Any = field(default=None, init=False, repr=False, compare=False)
+    # Z stacks (no --plane): predicted per plane, then 3-D objects (segtool.volume.predict).
+    z_spacing: float | None = None
+    z_mode: str = "auto"
+    stitch_threshold: float = 0.25
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -127,7 +132,11 @@ class PredictTask:
     def run(self, path: Path) -> dict[str, Any]:
         from segtool.io import read_image
         from segtool.unet.bigimage import open_lazy
+        from segtool.volume.tasks import predict_stack_task
 
+        figures = predict_stack_task(self, path)
+        if figures is not None:
+            return figures
         model = self.model()
         outputs = self.planned_outputs(path)
         if self.bands is not False and self.plane is None:
@@ -277,6 +286,9 @@ def predict(
     ] = 128,
     channel: Channel = None,
     plane: Plane = None,
+    z_spacing: ZSpacing = None,
+    z_mode: ZMode = "auto",
+    stitch_threshold: StitchThreshold = 0.25,
     recursive: Recursive = False,
     overwrite: Overwrite = False,
     skip_existing: SkipExisting = False,
@@ -294,6 +306,7 @@ def predict(
 
     Writes <stem>_labels.tif (uint16 labels, uint32 above 65535 objects; 0 = background) for each input.
     Images over 16 Mpixel are processed in bands with bounded memory and written as tiled BigTIFF.
+    A Z stack (without --plane) is predicted plane by plane and its objects linked in 3-D (--z-mode).
     """
     from segtool.unet.predict import find_packaged_model, scale_for_diameter
 
@@ -366,6 +379,9 @@ def predict(
             halo=halo,
             channel=channel,
             plane=plane,
+            z_spacing=z_spacing,
+            z_mode=z_mode,
+            stitch_threshold=stitch_threshold,
         )
         task._model = loaded
     run_files(

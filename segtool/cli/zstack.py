@@ -7,7 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
-__all__ = ["ZSpacing"]
+__all__ = ["ZSpacing", "ZMode", "StitchThreshold"]
 
 def _positive(value: float | None) -> float | None:
     if value is not None and not (value > 0 and math.isfinite(value)):
@@ -24,5 +24,33 @@ ZSpacing = Annotated[
         "has no calibration). Default: the file's own z step, else 1. A Z stack without --plane is segmented in 3-D.",
         rich_help_panel="Inputs and outputs",
         show_default=False,
+    ),
+]
+
+def _mode(value: str) -> str:
+    if value not in ("auto", "stitch", "watershed"):
+        raise typer.BadParameter(f"must be auto, stitch or watershed, got {value!r}")
+    return value
+
+
+ZMode = Annotated[
+    str,
+    typer.Option(
+        "--z-mode",
+        callback=_mode,
+        help="Z stacks: 'watershed' grows 3-D seeds of the stacked network maps (more accurate; holds the maps "
+        "in memory); 'stitch' links each plane's objects to the plane above by IoU (memory bounded by planes); "
+        "'auto': watershed up to 2**25 voxels (e.g. 128x512x512), stitch above.",
+        rich_help_panel="Z stacks",
+    ),
+]
+StitchThreshold = Annotated[
+    float,
+    typer.Option(
+        "--stitch-threshold",
+        min=0.01,
+        max=1.0,
+        help="Z stacks, --z-mode stitch: IoU an object needs with one of the plane above to continue it.",
+        rich_help_panel="Z stacks",
     ),
 ]

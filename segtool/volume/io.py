@@ -39,6 +39,7 @@ __all__ = [
     "write_label_volume",
     "write_float_volume",
     "anisotropy",
+    "resolve_voxel_size",
 ]
 
 # Axis letters tifffile uses for planes other than Z (time, ...), and for channels.
@@ -312,8 +313,16 @@ def _plan(info: StackInfo, channel: int | None, path: Path) -> int | None:
     return channel
 
 
-def _voxel_size(info: StackInfo, z_spacing: float | None) -> tuple[tuple[float, float, float] | None, str | None]:
-    """(z, y, x) voxel size and unit: ``z_spacing`` overrides the file's z step."""
+def resolve_voxel_size(info: StackInfo, z_spacing: float | None) -> tuple[tuple[float, float, float] | None, str | None]:
+    """(z, y, x) voxel size and unit of a stack: ``z_spacing`` overrides the file's z step.
+
+    Without an x-y calibration the sizes are in pixel widths and the unit is None.
+
+    Raises
+    ------
+    InputError
+        If ``z_spacing`` is not a positive number.
+    """
     if z_spacing is not None:
         if not (z_spacing > 0 and math.isfinite(z_spacing)):
             raise InputError(f"--z-spacing must be a number > 0, got {z_spacing!r}")
@@ -386,7 +395,7 @@ def read_volume(
     data = _to_zyx(np.asarray(data).reshape(info.shape), info.axes, info.z_axis, info.channel_axis, keep)
     if data.dtype.kind not in "uifb" or data.size == 0:
         raise InputError(f"unsupported stack: dtype {data.dtype}, shape {data.shape}")
-    voxel, unit = _voxel_size(info, z_spacing)
+    voxel, unit = resolve_voxel_size(info, z_spacing)
     return Volume(np.ascontiguousarray(data), path, voxel, unit)
 
 

@@ -16,7 +16,7 @@ import numpy as np
 from segtool.errors import InputError
 from segtool.volume.io import probe_stack, read_label_volume, read_volume, write_float_volume, write_label_volume
 
-__all__ = ["is_z_stack", "baseline_stack", "read_labels_any", "export_stack"]
+__all__ = ["is_z_stack", "baseline_stack", "predict_stack_task", "read_labels_any", "export_stack"]
 
 
 def is_z_stack(path: Path, *, plane: int | None = None, z_spacing: float | None = None) -> bool:
@@ -74,6 +74,41 @@ def baseline_stack(task: Any, path: Path) -> dict[str, Any] | None:
         "voxel_size": list(volume.voxel_size) if volume.voxel_size else None,
         "z_spacing": round(volume.z_spacing, 6),
     }
+
+
+def predict_stack_task(task: Any, path: Path) -> dict[str, Any] | None:
+    """``segtool predict`` on a Z stack; None when ``path`` is not one (or ``--plane`` was given).
+
+    ``task`` is a :class:`segtool.cli.predict.PredictTask`. ``--save-prob`` and
+    ``--scale``/``--diameter`` are 2-D only; ``--save-overlay`` shows the
+    middle plane.
+    """
+    from segtool.volume.predict import StackPredictOptions, predict_stack_file
+
+    z_spacing = getattr(task, "z_spacing", None)
+    if not is_z_stack(path, plane=task.plane, z_spacing=z_spacing):
+        return None
+    if task.save_prob:
+        raise InputError("--save-prob is not available for Z stacks (it writes 2-D maps); use --plane N for one plane")
+    if task.scale != 1.0:
+        raise InputError("--scale/--diameter is not available for Z stacks yet; use --plane N for one plane")
+    options = StackPredictOptions(
+        mode=getattr(task, "z_mode", "auto"),
+        stitch_threshold=getattr(task, "stitch_threshold", 0.25),
+        tile=task.tile,
+        overlap=task.overlap,
+        batch_size=task.batch_size,
+        tta=task.tta,
+        prob_threshold=task.prob_threshold,
+        min_size=task.min_size,
+        seed_threshold=task.seed_threshold,
+        split_height=task.split_height,
+    )
+    outputs = task.planned_outputs(path)
+    figures = predict_stack_file(path, task.model(), outputs["labels"], channel=task.channel, z_spacing=z_spacing,
+                                 options=options, overwrite=task.overwrite, overlay_path=outputs.get("overlay"))
+    figures["predict_seconds"] = figures.pop("seconds")
+    return figures
 
 
 def read_labels_any(path: Path) -> tuple[np.ndarray, tuple[float, ...] | None, str | None]:
