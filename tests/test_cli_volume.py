@@ -83,12 +83,16 @@ def test_z_spacing_option_overrides_the_file(tmp_path, stack_file):
 
 def test_bad_stack_among_good_files_is_one_error_line(tmp_path, stack_file):
     path, _, _ = stack_file
-    tifffile.imwrite(tmp_path / "flat.tif", np.full((4, 30, 30), 7, np.uint16), imagej=True, metadata={"axes": "ZYX"})
-    result = invoke("baseline", path, tmp_path / "flat.tif", "-o", tmp_path / "out")
+    tifffile.imwrite(tmp_path / "flat.tif", np.zeros((4, 30, 30), np.uint16), imagej=True, metadata={"axes": "ZYX"})
+    tifffile.imwrite(tmp_path / "two.tif", np.zeros((2, 3, 30, 30), np.uint16), imagej=True,
+                     metadata={"axes": "ZCYX"})
+    result = invoke("baseline", path, tmp_path / "two.tif", tmp_path / "flat.tif", "-o", tmp_path / "out", "--json")
     assert result.exit_code == 1
-    assert "segtool: error: " in result.stderr and "flat.tif: " in result.stderr and "constant" in result.stderr
-    assert "Traceback" not in result.stderr
-    assert (tmp_path / "out" / "cells_labels.tif").exists() and not (tmp_path / "out" / "flat_labels.tif").exists()
+    assert result.stderr.count("segtool: error: ") == 1
+    assert "two.tif: " in result.stderr and "--channel N" in result.stderr and "Traceback" not in result.stderr
+    records = {json.loads(line)["input"]: json.loads(line) for line in result.stdout.splitlines()}
+    assert records[str(tmp_path / "flat.tif")]["objects"] == 0  # an empty stack is a result
+    assert (tmp_path / "out" / "cells_labels.tif").exists() and not (tmp_path / "out" / "two_labels.tif").exists()
 
 
 def test_evaluate_3d_agrees_with_brute_force(tmp_path):

@@ -43,8 +43,15 @@ def test_bad_stack_is_refused():
         fit_background_3d(np.zeros((4, 4)))
     with pytest.raises(InputError, match="degree"):
         fit_background_3d(np.zeros((2, 4, 4)), degree=11)
-    with pytest.raises(InputError, match="constant"):
-        segment_baseline_3d(np.full((3, 8, 8), 7.0))
+    with pytest.raises(InputError, match="NaN"):
+        segment_baseline_3d(np.full((3, 8, 8), np.nan))
+
+
+@pytest.mark.parametrize("stack", [np.zeros((3, 8, 8), np.uint16), np.full((3, 8, 8), 7.0),
+                                   np.add.outer(np.arange(3.0), np.ones((8, 8)))])
+def test_empty_stack_is_a_result_with_no_objects(stack):
+    result = segment_baseline_3d(stack, degree=1)
+    assert result.labels.shape == stack.shape and result.labels.max() == 0 and result.labels.dtype == np.uint16
 
 
 def test_split_respects_anisotropy():

@@ -103,8 +103,8 @@ def segment_baseline_3d(
     Raises
     ------
     InputError
-        For a stack that is not 3-D, constant or only background, and bad
-        option values.
+        For a stack that is not 3-D or not finite, and bad option values. A
+        stack that is constant (or only smooth background) gives no objects.
 
     Examples
     --------
@@ -131,7 +131,10 @@ def segment_baseline_3d(
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise InputError("image contains NaN or infinite values")
     if hi - lo <= 1e-5 * max(abs(float(data.min())), abs(float(data.max())), 1e-30):
-        raise InputError("image is constant or only smooth background: nothing to threshold")
+        # A valid stack with nothing on its background (e.g. all zeros) holds no objects: a result, not an error.
+        empty = np.zeros(data.shape, dtype=np.uint16)
+        return BaselineResult3D(labels=empty, corrected=corrected, threshold=hi, polarity=polarity if polarity != "auto"
+                                else "bright", fit=fit)
     if polarity == "auto":
         polarity = "bright" if _skewness(corrected) >= 0 else "dark"
         fit = fit_background_3d(data, degree=degree, robust=robust, polarity=polarity)

@@ -63,8 +63,8 @@ class StackInfo:
         Index of a channel axis of more than one channel.
     dtype : numpy dtype
     voxel_size : tuple of float or None
-        (z, y, x) size of a voxel from the file; z may be None-free only when
-        the file gives all three (otherwise None).
+        (z, y, x) size of a voxel when the file gives a z step (y and x are
+        1, i.e. pixel units, when it has no x-y calibration); else None.
     pixel_size : tuple of float or None
         (y, x) from the file, when it has an x-y calibration.
     unit : str or None
