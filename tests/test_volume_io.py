@@ -53,6 +53,14 @@ def test_ome_tiff_with_channels(tmp_path, stack):
     np.testing.assert_array_equal(np.stack(list(planes)), stack + 1)
 
 
+def test_rgb_stack_planes_pick_the_channel(tmp_path, rng):
+    rgb = rng.integers(0, 255, (4, 10, 12, 3), dtype=np.uint8)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb", metadata={"axes": "ZYXS"})
+    _, planes = iter_planes(tmp_path / "rgb.tif", channel=1)
+    np.testing.assert_array_equal(np.stack(list(planes)), rgb[..., 1])
+    np.testing.assert_array_equal(read_volume(tmp_path / "rgb.tif", channel=2).data, rgb[..., 2])
+
+
 def test_time_series_and_2d_images_are_not_z_stacks(tmp_path, stack):
     tifffile.imwrite(tmp_path / "t.tif", stack, imagej=True, metadata={"axes": "TYX"})
     tifffile.imwrite(tmp_path / "flat.tif", stack[0])

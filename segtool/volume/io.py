@@ -455,7 +455,9 @@ def _planes(path: Path, info: StackInfo, keep: int | None) -> Iterator[np.ndarra
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
             for z in range(info.n_planes):
-                key = z * strides[info.z_axis] + (keep * strides[info.channel_axis] if keep is not None else 0)
+                key = z * strides[info.z_axis]
+                if keep is not None and info.channel_axis in strides:  # a channel axis of pages (not samples)
+                    key += keep * strides[info.channel_axis]
                 plane = series.asarray(key=key)
                 plane = plane.reshape([n for i, (n, a) in enumerate(zip(info.shape, info.axes)) if a in "YXS"])
                 plane_axes = "".join(a for a in info.axes if a in "YXS")
