@@ -184,3 +184,21 @@ def test_empty_label_stack_is_a_result(tmp_path):
     assert json.loads(result.stdout)["objects"] == 0
     text = (tmp_path / "out" / "e_objects.csv").read_text().splitlines()
     assert text[0].startswith("label,volume") and len(text) == 1
+
+
+def test_baseline_extras_on_a_stack(tmp_path, stack_file):
+    path, image, _ = stack_file
+    result = invoke("baseline", path, "-o", tmp_path / "out", "--save-background", "--save-corrected", "--save-overlay",
+                    "--json")
+    assert result.exit_code == 0, result.stderr
+    outputs = json.loads(result.stdout)["outputs"]
+    background = tifffile.imread(outputs["background"])
+    corrected = tifffile.imread(outputs["corrected"])
+    assert background.shape == corrected.shape == image.shape and background.dtype == np.float32
+    np.testing.assert_allclose(background + corrected, image, atol=0.05)
+    # Light falls with depth in the synthetic stack: the fitted background does too.
+    assert background[0].mean() > background[-1].mean()
+    from PIL import Image
+
+    with Image.open(outputs["overlay"]) as overlay:
+        assert overlay.size == (image.shape[2], image.shape[1]) and overlay.mode == "RGB"
