@@ -39,8 +39,8 @@ __all__ = ["STACK_MODES", "StackPredictOptions", "stack_percentiles", "predict_s
 STACK_MODES = ("auto", "stitch", "watershed")
 
 #: ``mode="auto"`` uses ``"watershed"`` (more accurate: it splits nuclei that touch along z, which
-#: stitching merges) up to this many voxels, about 1.5 GiB of maps and scratch, and ``"stitch"``
-#: (memory bounded by planes) above.
+#: stitching merges) up to this many voxels (it holds several stack-sized arrays: maps, distance
+#: transform, labels), and ``"stitch"`` (memory bounded by planes) above.
 WATERSHED_MAX_VOXELS = 1 << 25
 
 # "watershed" defaults (the model's tuned values are for 2-D): seeds where the network's distance
