@@ -40,7 +40,7 @@ ZMode = Annotated[
         callback=_mode,
         help="Z stacks: 'watershed' grows 3-D seeds of the stacked network maps (more accurate; holds the maps "
         "in memory); 'stitch' links each plane's objects to the plane above by IoU (memory bounded by planes); "
-        "'auto': watershed up to 2**25 voxels (e.g. 128x512x512), stitch above.",
+        "'auto': watershed up to 2**24 voxels (e.g. 64x512x512), stitch above.",
         rich_help_panel="Z stacks",
     ),
 ]

@@ -39,9 +39,10 @@ __all__ = ["STACK_MODES", "StackPredictOptions", "stack_percentiles", "predict_s
 STACK_MODES = ("auto", "stitch", "watershed")
 
 #: ``mode="auto"`` uses ``"watershed"`` (more accurate: it splits nuclei that touch along z, which
-#: stitching merges) up to this many voxels (it holds several stack-sized arrays: maps, distance
-#: transform, labels), and ``"stitch"`` (memory bounded by planes) above.
-WATERSHED_MAX_VOXELS = 1 << 25
+#: stitching merges) up to this many voxels, and ``"stitch"`` (memory bounded by planes) above. The
+#: watershed holds several stack-sized arrays: at 2**25 voxels (512 x 512 x 128) its peak RSS was
+#: 3281 MiB (BENCHMARKS.md), so "auto" stops at half that size.
+WATERSHED_MAX_VOXELS = 1 << 24
 
 # "watershed" defaults (the model's tuned values are for 2-D): seeds where the network's distance
 # map exceeds 0.3, objects of at least 100 voxels. On synthetic stacks of seeds 100-101 (tuning
