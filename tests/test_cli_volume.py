@@ -175,6 +175,11 @@ def test_measure_summary_of_a_stack(tmp_path):
     row = json.loads(result.stdout)
     assert row["objects"] == 2 and row["mean_volume"] == 20 and row["coverage"] == 40 / 400
     assert row["mean_volume_px3"] == 40
+    result = invoke("measure", tmp_path / "s_labels.tif", "--summary")
+    assert result.exit_code == 0, result.stderr
+    header, line = result.stdout.splitlines()
+    assert header == "labels,objects,mean_volume,median_volume,coverage,mean_volume_px3"
+    assert line.split(",")[1:] == ["2", "20", "20", "0.1", "40"]
 
 
 def test_empty_label_stack_is_a_result(tmp_path):
