@@ -36,6 +36,7 @@ from segtool.cli._common import (
     memory_budget,
     run_files,
 )
+from segtool.cli.zstack import StitchThreshold, ZMode, ZSpacing
 from segtool.errors import InputError, SegtoolError, first_line
 from segtool.inputs import output_path
 
@@ -90,6 +91,10 @@ class PredictTask:
     tile_halo: int | None = None
     memory: Any = None  # the memory guard (segtool.memory.MemoryBudget, --max-memory)
     _model: Any = field(default=None, init=False, repr=False, compare=False)
+    # Z stacks (no --plane): predicted per plane, then 3-D objects (segtool.volume.predict).
+    z_spacing: float | None = None
+    z_mode: str = "auto"
+    stitch_threshold: float = 0.25
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -154,8 +159,11 @@ class PredictTask:
         from segtool.io import read_image
         from segtool.unet.bigimage import open_lazy
         from segtool.unet.predict import normalize_for_model
+        from segtool.volume.tasks import is_z_stack
 
         start = time.perf_counter()
+        if is_z_stack(path, plane=self.plane, z_spacing=self.z_spacing):
+            return {"stack_path": path}  # the network stage predicts it plane by plane
         model = self.model()
         outputs = self.planned_outputs(path)
         if self.bands is not False and self.plane is None:
@@ -179,6 +187,10 @@ class PredictTask:
         from segtool.unet.bigimage import open_lazy
         from segtool.unet.predict import predict_maps
 
+        if "stack_path" in state:
+            from segtool.volume.tasks import predict_stack_task
+
+            return Finished(predict_stack_task(self, state["stack_path"]))
         if "lazy_path" in state:
             with open_lazy(state["lazy_path"], channel=self.channel) as lazy:
                 return Finished(self._run_bands(lazy, self.model(), state["outputs"]))
@@ -385,6 +397,9 @@ def predict(
     ] = 128,
     channel: Channel = None,
     plane: Plane = None,
+    z_spacing: ZSpacing = None,
+    z_mode: ZMode = "auto",
+    stitch_threshold: StitchThreshold = 0.25,
     recursive: Recursive = False,
     overwrite: Overwrite = False,
     skip_existing: SkipExisting = False,
@@ -403,6 +418,7 @@ def predict(
 
     Writes <stem>_labels.tif (uint16 labels, uint32 above 65535 objects; 0 = background) for each input.
     Images over 16 Mpixel are processed in bands with bounded memory and written as tiled BigTIFF.
+    A Z stack (without --plane) is predicted plane by plane and its objects linked in 3-D (--z-mode).
     """
     from segtool.unet.predict import find_packaged_model, scale_for_diameter
 
@@ -485,6 +501,9 @@ def predict(
                 way_out="drop --no-bands (large images are then predicted band by band)" if bands is False
                 else "save it as a TIFF, which predict reads band by band",
             ),
+            z_spacing=z_spacing,
+            z_mode=z_mode,
+            stitch_threshold=stitch_threshold,
         )
         task._model = loaded
     run_files(
