@@ -25,7 +25,10 @@ gets, made in the process or by workers) feeding a stand-in network of one
 1x1 convolution with a mean-squared loss, so that patch sampling and
 augmentation, not the network, bound it: what workers can win at most.
 ``--stand-in`` also swaps the U-Net of the other loops for a tiny one
-(depth 1, 2 base channels).
+(depth 1, 2 base channels). As a control, the same sampling also runs in N
+plain forked processes (no DataLoader, no network) against one: the
+parallel speed-up the machine itself allowed in those rounds, which other
+load on a shared machine can take away.
 
 Run::
 
@@ -126,18 +129,62 @@ def pipeline_round(samples, config: UNetConfig, options: TrainOptions, steps: in
     torch.manual_seed(0)
     net = torch.nn.Conv2d(config.in_channels, config.out_channels, 1)
     optimizer = torch.optim.AdamW(net.parameters(), lr=1e-3)
+    own0, finished0 = _cpu_seconds()
     t0 = time.perf_counter()
     batches = iterate_batches(sampler, batch_size=options.batch_size, seed=0, start=0, stop=steps + 1, workers=options.workers)
     for index, (x, y) in enumerate(batches):
         if index == 0:
             # the first batch pays the workers' start-up, once per training run: timed apart
             t1 = time.perf_counter()
+            own1, _ = _cpu_seconds()
+            live1 = _live_children_cpu_seconds()
         loss = torch.nn.functional.mse_loss(net(x), y[:, :1].expand(-1, config.out_channels, -1, -1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
     elapsed = time.perf_counter() - t1
-    return {"patches_s": steps * options.batch_size / elapsed, "first_s": t1 - t0}
+    # the generator has ended and joined its workers, so their whole CPU time is among the finished children now
+    own2, finished2 = _cpu_seconds()
+    steady = (own2 - own1) + (finished2 - finished0 - live1)
+    return {"patches_s": steps * options.batch_size / elapsed, "first_s": t1 - t0, "cpu_ms": 1e3 * steady / (steps * options.batch_size)}
+
+
+def _cpu_seconds() -> tuple[float, float]:
+    """CPU seconds of this process and of its finished children (busy neighbours change wall time, not these)."""
+    import resource
+
+    own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime, children.ru_utime + children.ru_stime
+
+
+def _live_children_cpu_seconds() -> float:
+    import psutil
+
+    return sum(sum(c.cpu_times()[:2]) for c in psutil.Process().children(recursive=True))
+
+
+def _sample_batches(sampler: PatchSampler, batch_size: int, count: int) -> None:
+    for _ in range(count):
+        sampler.batch(batch_size)
+
+
+def parallel_round(samples, config: UNetConfig, options: TrainOptions, steps: int, processes: int) -> dict[str, float]:
+    """What the machine gives at most: ``processes`` plain forked processes sharing the sampling, no DataLoader."""
+    import multiprocessing
+
+    sampler = PatchSampler(samples, patch_size=config.patch_size, rng=np.random.default_rng(0), augment=options.augment)
+    context = multiprocessing.get_context("fork")
+    t0 = time.perf_counter()
+    children = [
+        context.Process(target=_sample_batches, args=(sampler, options.batch_size, steps // processes))
+        for _ in range(processes)
+    ]
+    for child in children:
+        child.start()
+    for child in children:
+        child.join()
+    elapsed = time.perf_counter() - t0
+    return {"patches_s": processes * (steps // processes) * options.batch_size / elapsed}
 
 
 def sampling_round(samples, config: UNetConfig, options: TrainOptions, steps: int) -> dict[str, float]:
@@ -197,6 +244,7 @@ def main() -> None:
     ours = {p: [] for p in by_precision}
     by_workers = {(p, w): [] for p in by_precision for w in args.workers}
     pipeline = {w: [] for w in args.workers}
+    ceiling = {w: [] for w in args.workers if w > 0}
     sampling = []
     for _ in range(args.rounds):
         for precision, opts in by_precision.items():
@@ -208,6 +256,8 @@ def main() -> None:
         if len(args.workers) > 1:
             for workers in args.workers:
                 pipeline[workers].append(pipeline_round(samples, config, with_workers(options, workers), args.steps))
+                if workers > 0:
+                    ceiling[workers].append(parallel_round(samples, config, options, args.steps, workers))
         sampling.append(sampling_round(samples, config, options, args.steps))
 
     def med(rows, key):
@@ -231,7 +281,12 @@ def main() -> None:
     if len(args.workers) > 1:
         for workers in args.workers:
             rows = pipeline[workers]
-            print(f"| data pipeline + stand-in 1x1 conv, {workers} workers (first batch {med(rows, 'first_s'):.2f} s) | {med(rows, 'patches_s'):.1f} | - | - | - |")
+            print(
+                f"| data pipeline + stand-in 1x1 conv, {workers} workers (first batch {med(rows, 'first_s'):.2f} s, "
+                f"{med(rows, 'cpu_ms'):.2f} CPU ms per patch in all processes) | {med(rows, 'patches_s'):.1f} | - | - | - |"
+            )
+        for workers, rows in ceiling.items():
+            print(f"| sampling in {workers} plain processes (no DataLoader, no network) | {med(rows, 'patches_s'):.1f} | - | - | - |")
     print(f"| sampling + augmentation only | {med(sampling, 'patches_s'):.1f} | - | - | {med(sampling, 'batch_s'):.4f} |")
     print()
     for precision in by_precision:
@@ -251,6 +306,21 @@ def main() -> None:
 
     if len(args.workers) > 1:
         worker_ratios("data pipeline + stand-in network", pipeline)
+        for workers in args.workers[1:]:
+            # what the workers cost on top: on an idle machine with a core per worker, the speed-up is about
+            # workers / (1 + overhead) at best
+            ratios = [a["cpu_ms"] / b["cpu_ms"] for a, b in zip(pipeline[workers], pipeline[args.workers[0]])]
+            print(
+                f"CPU time per patch, all processes: {workers} workers / {args.workers[0]} workers: "
+                f"{statistics.median(ratios):.2f}x (rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+            )
+        for workers, rows in ceiling.items():
+            # the parallel speed-up the machine allowed in the same rounds, whatever else ran on it
+            ratios = [a["patches_s"] / b["patches_s"] for a, b in zip(rows, sampling)]
+            print(
+                f"machine's ceiling: sampling in {workers} processes / in 1: {statistics.median(ratios):.2f}x "
+                f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})"
+            )
         for precision in by_precision:
             worker_ratios(f"segtool train_model, {precision}", {w: by_workers[precision, w] for w in args.workers})
     if {"fp32", "bf16"} <= set(by_precision):

@@ -34,6 +34,7 @@ __all__ = [
     "EXIT_INTERRUPTED",
     "EXIT_TERMINATED",
     "Task",
+    "StagedTask",
     "ItemResult",
     "BatchSummary",
     "run_batch",
@@ -57,6 +58,28 @@ class Task(Protocol):
 
     def run(self, path: Path) -> dict[str, Any]:
         """Do the work for ``path``, write the outputs, return JSON-safe figures."""
+
+
+class StagedTask(Task, Protocol):
+    """A :class:`Task` whose ``run`` is ``finish(infer(load(path)))``: the stages can then overlap.
+
+    :func:`run_batch` runs such a task with :func:`segtool.pipeline.stream.run_staged`
+    when it runs in this process: ``load`` (read, normalise) on a loader thread, ``infer``
+    (the network) on the calling thread, ``finish`` (objects, writing) on
+    ``finish_threads`` threads. Any stage may return
+    :class:`segtool.pipeline.stream.Finished` with the figures to end early.
+    """
+
+    finish_threads: int
+
+    def load(self, path: Path) -> Any:
+        """Read and prepare one input."""
+
+    def infer(self, state: Any) -> Any:
+        """The network stage."""
+
+    def finish(self, state: Any) -> dict[str, Any]:
+        """Post-process, write the outputs, return the figures (as ``run`` does)."""
 
 
 @dataclass
@@ -125,23 +148,32 @@ def run_item(task: Task, path: Path, debug: bool = False) -> ItemResult:
     """
     start = time.perf_counter()
     try:
-        figures = task.run(path) or {}
-        outputs = {k: str(v) for k, v in figures.pop("_outputs", task.planned_outputs(path)).items()}
-        return ItemResult(str(path), "done", outputs, figures, None, time.perf_counter() - start)
-    except SegtoolError as err:
+        return _done(task, path, task.run(path), start)
+    except Exception as err:
+        return _failure(path, err, start, debug)
+
+
+def _done(task: Task, path: Path, figures: dict[str, Any], start: float) -> ItemResult:
+    figures = dict(figures or {})
+    outputs = {k: str(v) for k, v in figures.pop("_outputs", task.planned_outputs(path)).items()}
+    return ItemResult(str(path), "done", outputs, figures, None, time.perf_counter() - start)
+
+
+def _failure(path: Path, err: Exception, start: float, debug: bool) -> ItemResult:
+    """The failed result for an exception raised while processing ``path``."""
+    if isinstance(err, SegtoolError):
         return ItemResult(str(path), "failed", error=error_message(err), seconds=time.perf_counter() - start)
-    except MemoryError:
+    if isinstance(err, MemoryError):
         return ItemResult(str(path), "failed", error="out of memory", seconds=time.perf_counter() - start)
-    except Exception as err:  # a bug: keep the batch going, but say so plainly
-        if debug:
-            raise
-        detail = traceback.format_exception_only(type(err), err)[-1].strip()
-        return ItemResult(
-            str(path),
-            "failed",
-            error=f"internal error ({detail}); this is a bug in segtool, rerun with --debug for the traceback",
-            seconds=time.perf_counter() - start,
-        )
+    if debug:  # a bug: keep the batch going, but say so plainly (or show it with --debug)
+        raise err
+    detail = traceback.format_exception_only(type(err), err)[-1].strip()
+    return ItemResult(
+        str(path),
+        "failed",
+        error=f"internal error ({detail}); this is a bug in segtool, rerun with --debug for the traceback",
+        seconds=time.perf_counter() - start,
+    )
 
 
 def error_message(err: BaseException) -> str:
@@ -180,6 +212,7 @@ def run_batch(
     on_result: Callable[[ItemResult], None] | None = None,
     debug: bool = False,
     client: Any = None,
+    overlap_stages: bool = True,
 ) -> BatchSummary:
     """Apply ``task`` to every path and collect what happened.
 
@@ -206,6 +239,10 @@ def run_batch(
     client : distributed.Client, optional
         Run one task per input on this Dask cluster instead (``jobs`` is then
         ignored); see :mod:`segtool.distributed.folder`.
+    overlap_stages : bool, optional
+        With ``jobs=1`` and a :class:`StagedTask`, overlap reading, the
+        network and writing of consecutive inputs (same outputs, same order
+        of results); False runs each input start to end.
 
     Returns
     -------
@@ -231,6 +268,8 @@ def run_batch(
                 client, paths, task, record=record, on_error=on_error,
                 skip_existing=skip_existing, overwrite=overwrite, debug=debug,
             )
+        elif (jobs <= 1 or len(paths) <= 1) and overlap_stages and len(paths) > 1 and _is_staged(task):
+            _run_streamed(paths, task, record, on_error, skip_existing, overwrite, debug)
         elif jobs <= 1 or len(paths) <= 1:
             _run_sequential(paths, task, summary, record, on_error, skip_existing, overwrite, debug)
         else:
@@ -249,6 +288,60 @@ def _run_sequential(paths, task, summary, record, on_error, skip_existing, overw
         record(result)
         if result.status == "failed" and on_error == "stop":
             break
+
+
+def _is_staged(task: Task) -> bool:
+    return all(callable(getattr(task, name, None)) for name in ("load", "infer", "finish"))
+
+
+def _run_streamed(paths, task, record, on_error, skip_existing, overwrite, debug):
+    """The sequential schedule with the stages of consecutive inputs overlapped (see :class:`StagedTask`)."""
+    from segtool.pipeline.stream import Finished, run_staged
+
+    failed = []
+
+    def guarded(stage):
+        def run(state):
+            path, start, value = state
+            try:
+                value = stage(value)
+                if isinstance(value, Finished):
+                    return Finished(_done(task, path, value.value, start))
+            except Exception as err:
+                return Finished(_failure(path, err, start, debug))
+            return path, start, value
+
+        return run
+
+    def load(path):
+        start = time.perf_counter()
+        early = precheck_item(task, path, skip_existing=skip_existing, overwrite=overwrite)
+        if early is not None:
+            return Finished(early)
+        return guarded(task.load)((path, start, path))
+
+    def finish(state):
+        path, start, value = state
+        try:
+            return _done(task, path, task.finish(value), start)
+        except Exception as err:
+            return _failure(path, err, start, debug)
+
+    def on_result(path, result):
+        record(result)
+        if result.status == "failed":
+            failed.append(path)
+
+    run_staged(
+        paths,
+        load=load,
+        infer=guarded(task.infer),
+        finish=finish,
+        on_result=on_result,
+        should_stop=lambda: bool(failed) and on_error == "stop",
+        stops=lambda result: on_error == "stop" and result.status == "failed",
+        finish_threads=max(1, int(getattr(task, "finish_threads", 1) or 1)),
+    )
 
 
 def _run_parallel(paths, task, summary, record, on_error, skip_existing, overwrite, debug, jobs):

@@ -195,6 +195,7 @@ def test_precision_is_resolved_reported_and_stored(tmp_path):
         assert info.exit_code == 0 and f"on cpu ({used})" in info.stdout
 
 
+@pytest.mark.slow  # five short trainings: about 13 s on the loaded 2-core host
 def test_workers_are_resolved_reported_stored_and_kept_on_resume(tmp_path):
     from segtool.unet.loader import auto_workers
 

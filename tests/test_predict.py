@@ -153,11 +153,12 @@ def test_blank_image_gives_no_objects():
         assert result.n_objects == 0 and result.labels.dtype == np.uint16
 
 
+@pytest.mark.parametrize("tiling", [{"tile": 32, "overlap": 0.25}, {"tile": 64}, {}])
 @pytest.mark.parametrize("shape", [(1, 1), (5, 7), (17, 33), (37, 53), (100, 3)])
-def test_tiny_and_non_multiple_sizes(shape):
+def test_tiny_and_non_multiple_sizes(shape, tiling):
     model = _random_model("three_class", depth=2)
     image = np.random.default_rng(0).integers(0, 255, shape).astype(np.uint8)
-    result = predict_image(image, model, tile=32)
+    result = predict_image(image, model, **tiling)
     assert result.labels.shape == shape and result.maps.shape == (3,) + shape
     assert np.isfinite(result.maps).all()
     np.testing.assert_allclose(result.maps.sum(axis=0), 1, atol=1e-4)
@@ -174,7 +175,8 @@ def test_dtypes_and_ranges_normalise_the_same():
 def test_input_is_not_modified():
     image = np.random.default_rng(0).random((40, 40)).astype(np.float32)
     before = image.copy()
-    predict_image(image, _random_model(), tile=32)
+    predict_image(image, _random_model(), tile=32, overlap=0.25)
+    predict_image(image, _random_model())
     np.testing.assert_array_equal(image, before)
 
 
@@ -189,7 +191,7 @@ def test_wrong_number_of_input_channels_is_a_model_error():
 
 def test_multichannel_model_runs():
     model = _random_model(in_channels=2)
-    result = predict_image(np.random.default_rng(0).random((2, 40, 36)), model, tile=32)
+    result = predict_image(np.random.default_rng(0).random((2, 40, 36)), model, tile=32, overlap=0.25)
     assert result.labels.shape == (40, 36)
 
 
@@ -206,7 +208,7 @@ def test_scale_maps_labels_back_to_the_original_size():
 def test_tta_runs_and_counts_tiles():
     model = _random_model("three_class")
     calls = []
-    result = predict_image(np.random.default_rng(0).random((48, 48)), model, tile=32, tta=True,
+    result = predict_image(np.random.default_rng(0).random((48, 48)), model, tile=32, overlap=0.25, tta=True,
                            on_tile=lambda done, total: calls.append((done, total)))
     assert result.n_tiles == 4 and calls[-1] == (4, 4)
 

@@ -8,7 +8,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from segtool.errors import InputError
-from segtool.unet.tiling import blend_window, plan_tiles, predict_tiled, predict_tiled_rows, tile_shape
+from segtool.unet.tiling import (
+    blend_window,
+    halo_padded_shape,
+    plan_halo_tiles,
+    plan_tiles,
+    predict_tiled,
+    predict_tiled_rows,
+    reflect_rows,
+    tile_shape,
+)
 
 
 def _coverage(shape, tiles):
@@ -204,3 +213,136 @@ def test_rejects_bad_image_and_batch():
         predict_tiled(np.zeros((2, 2, 2, 2)), lambda b: b, tile=4, out_channels=1)
     with pytest.raises(InputError, match="batch_size"):
         predict_tiled(np.zeros((8, 8)), lambda b: b, tile=4, batch_size=0, out_channels=1)
+
+
+# --------------------------------------------------------------------------- halo tiling
+
+
+def _box_blur(radius):
+    """A predictor that sees exactly ``radius`` pixels to each side, zero beyond the tile (like a conv)."""
+    from scipy import ndimage
+
+    def predictor(batch):
+        padded = np.pad(batch, ((0, 0), (0, 0), (radius, radius), (radius, radius)))
+        out = ndimage.uniform_filter(padded, size=(1, 1, 2 * radius + 1, 2 * radius + 1), mode="constant")
+        return out[:, :, radius:-radius, radius:-radius] if radius else out
+
+    return predictor
+
+
+def _edge_distance(tile_slices, shape):
+    """Distance of every pixel of the tile to its nearest edge that is not an image edge."""
+    (sy, sx), (height, width) = tile_slices, shape
+    ys, xs = np.arange(sy.start, sy.stop), np.arange(sx.start, sx.stop)
+    far = np.full_like(ys, 10**9), np.full_like(xs, 10**9)
+    dy = np.minimum(ys - sy.start if sy.start > 0 else far[0], sy.stop - 1 - ys if sy.stop < height else far[0])
+    dx = np.minimum(xs - sx.start if sx.start > 0 else far[1], sx.stop - 1 - xs if sx.stop < width else far[1])
+    return np.minimum.outer(dy, dx)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    height=st.integers(1, 40).map(lambda n: 8 * n),
+    width=st.integers(1, 40).map(lambda n: 8 * n),
+    tile=st.integers(4, 20).map(lambda n: 8 * n),
+    halo=st.integers(0, 30),
+)
+def test_halo_plan_cores_partition_the_image_and_keep_the_halo(height, width, tile, halo):
+    if tile - 2 * halo < 8:
+        with pytest.raises(InputError, match="no core") if max(height, width) > tile else _no_error():
+            plan_halo_tiles((height, width), tile, halo, align=8)
+        return
+    plan = plan_halo_tiles((height, width), tile, halo, align=8)
+    covered = np.zeros((height, width), int)
+    sizes = {tuple(s.stop - s.start for s in tile_slices) for tile_slices, _ in plan}
+    assert len(sizes) == 1  # one tile size: tiles batch together
+    for tile_slices, core in plan:
+        assert all(s.start % 8 == 0 and s.start >= 0 for s in tile_slices)
+        assert all(t.start <= c.start < c.stop <= t.stop for t, c in zip(tile_slices, core))
+        assert tile_slices[0].stop <= height and tile_slices[1].stop <= width
+        assert all(s.stop - s.start <= tile for s in tile_slices)
+        covered[core] += 1
+        local = tuple(slice(c.start - t.start, c.stop - t.start) for t, c in zip(tile_slices, core))
+        assert _edge_distance(tile_slices, (height, width))[local].min() >= halo
+    assert (covered == 1).all()
+
+
+class _no_error:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        return False
+
+
+def test_halo_plan_recomputes_little_on_large_images():
+    # The shipped model's defaults on a CPU: tiles of at most 2048, halo 104, aligned to 16.
+    for side in (2048, 4096, 8192):
+        plan = plan_halo_tiles((side, side), 2048, 104, align=16)
+        computed = sum((t[0].stop - t[0].start) * (t[1].stop - t[1].start) for t, _ in plan)
+        assert computed / side**2 <= 1.25, side
+    assert len(plan_halo_tiles((2048, 2048), 2048, 104, align=16)) == 1
+
+
+def test_halo_plan_rejects_unaligned_shapes_and_bad_values():
+    with pytest.raises(InputError, match="multiple of 16"):
+        plan_halo_tiles((100, 100), 64, 8, align=16)
+    with pytest.raises(InputError, match="halo"):
+        plan_halo_tiles((64, 64), 32, -1)
+    assert halo_padded_shape((100, 1, 16), 16) == (112, 16, 16)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    height=st.integers(1, 90),
+    width=st.integers(1, 90),
+    tile=st.sampled_from([16, 32, 48]),
+    halo=st.integers(0, 4),
+    batch=st.integers(1, 5),
+)
+def test_halo_identity_predictor_stitches_back_exactly(height, width, tile, halo, batch):
+    image = np.random.default_rng(height * 100 + width).random((2, height, width)).astype(np.float32)
+    out = predict_tiled(image, lambda b: b, tile=tile, tile_halo=halo, align=4, batch_size=batch, out_channels=2)
+    np.testing.assert_array_equal(out, image)
+
+
+@pytest.mark.parametrize("shape", [(150, 230), (96, 96), (37, 200)])
+def test_halo_tiles_match_whole_image_inference(shape):
+    """With a halo of at least the predictor's reach, tiled maps equal the whole (padded) image's."""
+    radius = 5
+    predictor = _box_blur(radius)
+    image = np.random.default_rng(0).random(shape).astype(np.float32)
+    padded = np.pad(image, [(0, p - n) for n, p in zip(shape, halo_padded_shape(shape, 8))], mode="reflect")
+    whole = predictor(padded[np.newaxis, np.newaxis])[0, :, : shape[0], : shape[1]]
+    seen = []
+    tiled = predict_tiled(image, lambda b: seen.append(b.shape) or predictor(b), tile=48, tile_halo=radius, align=8,
+                          out_channels=1)
+    assert len(seen) > 1  # several network calls: the image was really tiled
+    assert np.abs(tiled - whole).max() < 1e-6
+    # One pixel short of the reach, cut edges show (align 1: no slack from rounding the starts).
+    short = predict_tiled(padded, predictor, tile=48, tile_halo=radius - 1, align=1, out_channels=1)
+    whole_padded = predictor(padded[np.newaxis, np.newaxis])[0]
+    assert np.abs(short - whole_padded).max() > 1e-3
+
+
+def test_halo_rows_stream_in_order_and_match_in_memory():
+    image = np.random.default_rng(3).random((1, 200, 72)).astype(np.float32)
+    predictor = _box_blur(3)
+    bands = list(predict_tiled_rows(lambda a, b: image[:, a:b], (200, 72), predictor, tile=40, tile_halo=3,
+                                    align=8, batch_size=2, out_channels=1))
+    starts = [s for s, _ in bands]
+    assert starts[0] == 0 and starts == sorted(starts) and len(bands) > 2
+    stacked = np.concatenate([b for _, b in bands], axis=1)
+    np.testing.assert_array_equal(stacked, predict_tiled(image, predictor, tile=40, tile_halo=3, align=8,
+                                                         out_channels=1))
+
+
+@pytest.mark.parametrize("height, padded", [(10, 16), (3, 16), (1, 8), (16, 16)])
+def test_reflect_rows_matches_numpy_pad(height, padded):
+    image = np.random.default_rng(height).random((2, height, 5))
+    mode = "reflect" if height > 1 else "edge"
+    read = reflect_rows(lambda a, b: image[:, a:b], height, padded, mode=mode)
+    expected = np.pad(image, ((0, 0), (0, padded - height), (0, 0)), mode=mode)
+    for start, stop in [(0, padded), (max(0, height - 2), padded), (height, padded), (0, height)]:
+        if stop > start:
+            np.testing.assert_array_equal(read(start, stop), expected[:, start:stop])

@@ -32,6 +32,7 @@ from segtool.cli._common import (
     memory_budget,
     run_files,
 )
+from segtool.cli.zstack import ZSpacing
 from segtool.errors import InputError
 from segtool.inputs import output_path
 from segtool.io import read_image, write_float, write_labels, write_png
@@ -77,6 +78,7 @@ class BaselineTask:
     channel: int | None
     plane: int | None
     memory: MemoryBudget | None = None  # the memory guard (--max-memory)
+    z_spacing: float | None = None  # Z stacks (no --plane) are segmented in 3-D
 
     def planned_outputs(self, path: Path) -> dict[str, Path]:
         outputs = {"labels": output_path(path, "_labels.tif", output_dir=self.output_dir)}
@@ -91,7 +93,11 @@ class BaselineTask:
     def run(self, path: Path) -> dict[str, Any]:
         from segtool.baseline import segment_baseline
         from segtool.overlay import outline_overlay
+        from segtool.volume.tasks import baseline_stack
 
+        figures = baseline_stack(self, path)
+        if figures is not None:
+            return figures
         image = read_image(path, channel=self.channel, plane=self.plane, memory=self.memory)
         result = segment_baseline(
             image.data,
@@ -178,6 +184,7 @@ def baseline(
     ] = False,
     channel: Channel = None,
     plane: Plane = None,
+    z_spacing: ZSpacing = None,
     recursive: Recursive = False,
     overwrite: Overwrite = False,
     skip_existing: SkipExisting = False,
@@ -194,7 +201,8 @@ def baseline(
 ) -> None:
     """Fit and subtract a polynomial background, threshold, and label objects.
 
-    Writes <stem>_labels.tif (uint16 labels, 0 = background) for each input.
+    Writes <stem>_labels.tif (uint16 labels, 0 = background) for each input. A Z stack (without --plane) is
+    segmented in 3-D: background polynomial of (x, y, z), 3-D objects, --min-size in voxels.
     """
     if polarity not in ("bright", "dark", "auto"):
         fail(f"--polarity must be bright, dark or auto, got {polarity!r}", code=2)
@@ -237,6 +245,7 @@ def baseline(
                 max_memory, "baseline --split" if split else "baseline", jobs=jobs,
                 way_out="segment it in blocks with --block-size 4096 (needs segtool[distributed])",
             ),
+            z_spacing=z_spacing,
         )
     run_files(
         images,

@@ -59,14 +59,14 @@ def parse_thresholds(text: str | None) -> tuple[float, ...]:
 def _evaluate_pair(
     pair: LabelPair, thresholds: tuple[float, ...], memory: MemoryBudget | None = None
 ) -> tuple[MatchCounts, dict[str, Any]]:
-    from segtool.io import read_labels
+    from segtool.volume.tasks import read_labels_any  # 2-D images, or Z stacks matched by 3-D IoU
 
     try:
-        pred = read_labels(pair.pred, memory=memory).data
+        pred = read_labels_any(pair.pred, memory=memory)[0]
     except InputError as err:
         raise InputError(f"{pair.pred}: {err}") from err
     try:
-        gt = read_labels(pair.gt, memory=memory).data
+        gt = read_labels_any(pair.gt, memory=memory)[0]
     except InputError as err:
         raise InputError(f"{pair.gt}: {err}") from err
     if pred.shape != gt.shape:

@@ -150,7 +150,11 @@ class ExportTask:
         from segtool import export
         from segtool.io import write_labels, write_png
         from segtool.overlay import color_labels, outline_overlay
+        from segtool.volume.tasks import export_stack
 
+        figures_3d = export_stack(self, path)  # a Z-stack label file (no --plane): 3-D measurements, per-plane ROIs
+        if figures_3d is not None:
+            return figures_3d
         labels, image = self._read(path)
         data = labels.data
         # Calibration from the labels, else from the image they were made from.
@@ -278,6 +282,7 @@ def _run_label_files(labels, task, *, verb: str, **batch) -> None:
 
 
 SUMMARY_COLUMNS = ("labels", "objects", "mean_area", "median_area", "coverage")
+SUMMARY_COLUMNS_3D = ("labels", "objects", "mean_volume", "median_volume", "coverage")  # Z-stack label files
 
 
 @app.command(rich_help_panel="Export and evaluate")
@@ -357,8 +362,9 @@ def _summary_rows(specs, task: ExportTask, *, recursive, on_error, jobs, json_ou
             print(json.dumps(row), flush=True)
             return
         if not columns:
-            extra = [k for k in row if k not in SUMMARY_COLUMNS]
-            columns = [*SUMMARY_COLUMNS, *extra]
+            base = SUMMARY_COLUMNS_3D if "mean_volume" in row else SUMMARY_COLUMNS
+            extra = [k for k in row if k not in base]
+            columns = [*base, *extra]
             writer.writerow(columns)
         writer.writerow([_format_cell(row.get(name, "")) for name in columns])
         sys.stdout.flush()

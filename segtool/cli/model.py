@@ -1,21 +1,23 @@
-"""``segtool model info`` and ``segtool model list``: what a model file holds, and the shipped models."""
+"""``segtool model info``, ``list`` and ``export``: what a model file holds, the shipped models, exports for other tools."""
 
 from __future__ import annotations
 
 import json
+import sys
 import traceback
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
 import typer
 
 from segtool.cli._app import app
-from segtool.cli._common import Debug, print_error
+from segtool.cli._common import Debug, exit_on_error, print_error
 from segtool.errors import SegtoolError, first_line
 
 model_app = typer.Typer(
     name="model",
-    help="Inspect U-Net model files.",
+    help="Inspect U-Net model files, list the shipped ones, or export them for bioimage.io, Fiji/deepImageJ, QuPath and ONNX runtimes.",
     no_args_is_help=True,
     add_completion=False,
     rich_markup_mode="rich",
@@ -218,3 +220,95 @@ def list_models(
         else:
             flag = " (default)" if record["default"] else ""
             print(f"{shipped.name:<12}{shipped.summary}{flag}\n{'':<12}{record['card']}", flush=True)
+
+
+class ExportFormat(str, Enum):
+    bioimageio = "bioimageio"
+    torchscript = "torchscript"
+    onnx = "onnx"
+
+
+_SUFFIXES = {"bioimageio": ".zip", "torchscript": ".pt", "onnx": ".onnx"}
+
+
+def _sample_image(sample: Path | None) -> tuple[Any, str]:
+    """The raw image the package's test tensors and cover come from, and where it came from."""
+    if sample is not None:
+        from segtool.io import read_image
+
+        return read_image(sample).data, str(sample)
+    from segtool.synthetic import make_nuclei_image
+
+    image, _ = make_nuclei_image((256, 256), seed=0)
+    return image, "a synthetic nuclei image (segtool.synthetic, seed 0)"
+
+
+@model_app.command("export")
+def export(
+    model: Annotated[
+        Optional[Path],
+        typer.Argument(help="Model file (.pt) written by segtool train. Default: the pretrained model shipped with segtool.",
+                       show_default=False, metavar="MODEL"),
+    ] = None,
+    fmt: Annotated[ExportFormat, typer.Option("--format", "-f", help="bioimageio: a bioimage.io model package (.zip); "
+                                              "torchscript: for QuPath and Fiji/deepImageJ; onnx: for onnxruntime.")]
+    = ExportFormat.bioimageio,
+    output: Annotated[Path, typer.Option("--output", "-o", help="File to write (.zip, .pt or .onnx).",
+                                         show_default=False)] = ...,  # type: ignore[assignment]
+    sample: Annotated[Optional[Path], typer.Option("--sample", help="Image whose centred crop (at most 256 px) is the "
+                                                   "test tensor and the cover. Default: a synthetic nuclei image.",
+                                                   show_default=False)] = None,
+    name: Annotated[Optional[str], typer.Option("--name", help="bioimageio: package name (default from the model file).",
+                                                show_default=False)] = None,
+    authors: Annotated[Optional[list[str]], typer.Option("--author", help="bioimageio: an author's name (repeat for "
+                                                         "several). Default: segtool developers.", show_default=False)] = None,
+    license_id: Annotated[str, typer.Option("--license", help="bioimageio: SPDX licence of the weights.")] = "BSD-3-Clause",
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output file.")] = False,
+    debug: Debug = False,
+) -> None:
+    """Export a model for other tools: a bioimage.io package, TorchScript or ONNX.
+
+    The exported network outputs probability maps (softmax classes, sigmoid distance).
+
+    segtool's seeds and watershed are not part of it: `segtool predict -m package.zip` applies them.
+
+    TorchScript and ONNX are checked against PyTorch (max difference <= 1e-4) before they are written.
+    """
+    from segtool.unet.modelfile import load_model
+    from segtool.unet.predict import find_packaged_model
+
+    with exit_on_error(debug):
+        model_path = model if model is not None else find_packaged_model()
+    with exit_on_error(debug, where=str(model_path)):
+        loaded = load_model(model_path, device="cpu")
+    with exit_on_error(debug, where=str(sample) if sample else None):
+        image, origin = _sample_image(sample)
+    suffix = _SUFFIXES[fmt.value]
+    if output.suffix.lower() != suffix:
+        print(f"segtool: note: {fmt.value} files usually end in {suffix}", file=sys.stderr)
+    try:
+        if fmt is ExportFormat.bioimageio:
+            from segtool.interop.bioimageio import PackageOptions, export_bioimageio
+
+            options = PackageOptions(name=name, authors=tuple(authors or ("segtool developers",)), license=license_id)
+            export_bioimageio(loaded, output, image, options=options, overwrite=overwrite,
+                              source_name=Path(model_path).stem)
+            print(f"segtool: bioimage.io package validated; test tensors and cover from {origin}", file=sys.stderr)
+        else:
+            from segtool.interop.bioimageio import prepare_test_image, scale_range
+            from segtool.interop.netexport import export_checked
+
+            config = loaded.config
+            batch = scale_range(prepare_test_image(image, config), config.norm_low, config.norm_high)
+            check = export_checked(loaded, output, fmt.value, batch, overwrite=overwrite)
+            shapes = " and ".join("x".join(map(str, s)) for s in check.shapes)
+            print(f"segtool: {fmt.value} matches PyTorch to {check.max_abs_diff:.1e} (max abs difference on {shapes}; "
+                  f"input normalised, sizes multiples of {config.size_multiple})", file=sys.stderr)
+    except SegtoolError as err:
+        if debug:
+            traceback.print_exc()
+        message = first_line(err)
+        # output errors already start with the path; others get it in front
+        print_error(None if message.startswith(str(output)) else str(output), message)
+        raise typer.Exit(1) from None
+    print(output, flush=True)

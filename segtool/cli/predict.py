@@ -36,6 +36,7 @@ from segtool.cli._common import (
     memory_budget,
     run_files,
 )
+from segtool.cli.zstack import StitchThreshold, ZMode, ZSpacing
 from segtool.errors import InputError, SegtoolError, first_line
 from segtool.inputs import output_path
 
@@ -72,8 +73,8 @@ class PredictTask:
     output_dir: Path | None
     overwrite: bool
     tile: int | None
-    overlap: float
-    batch_size: int
+    overlap: float | None
+    batch_size: int | None
     tta: bool
     scale: float
     prob_threshold: float | None
@@ -87,9 +88,14 @@ class PredictTask:
     halo: int
     channel: int | None
     plane: int | None
+    tile_halo: int | None = None
     memory: Any = None  # the memory guard (segtool.memory.MemoryBudget, --max-memory)
     model_name: str | None = None  # what -m named (a shipped model's name, or the file), recorded per image
     _model: Any = field(default=None, init=False, repr=False, compare=False)
+    # Z stacks (no --plane): predicted per plane, then 3-D objects (segtool.volume.predict).
+    z_spacing: float | None = None
+    z_mode: str = "auto"
+    stitch_threshold: float = 0.25
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -120,6 +126,7 @@ class PredictTask:
         return {
             "tile": self.tile,
             "overlap": self.overlap,
+            "tile_halo": self.tile_halo,
             "batch_size": self.batch_size,
             "tta": self.tta,
             "prob_threshold": self.prob_threshold,
@@ -128,63 +135,127 @@ class PredictTask:
             "split_height": self.split_height,
         }
 
-    def run(self, path: Path) -> dict[str, Any]:
-        figures = self._run(path)
-        figures["model"] = self.model_name or str(self.model_path)
-        return figures
+    @property
+    def finish_threads(self) -> int:
+        """Images post-processed at once beside the network: the cores torch's threads leave free (at least 1)."""
+        cores = os.cpu_count() or 1
+        if self.device in ("cuda", "mps") or (self.device == "auto" and self._model is not None
+                                               and _device_type(self._model) != "cpu"):
+            return max(1, min(8, cores - 1))
+        return max(1, cores - (self.threads or cores))
 
-    def _run(self, path: Path) -> dict[str, Any]:
+    def run(self, path: Path) -> dict[str, Any]:
+        # The same three stages the streamed schedule (segtool.pipeline.stream) overlaps across images.
+        from segtool.pipeline.stream import Finished
+
+        state = self.load(path)
+        if not isinstance(state, Finished):
+            state = self.infer(state)
+        return state.value if isinstance(state, Finished) else self.finish(state)
+
+    def load(self, path: Path):
+        """Stage 1: read and normalise (a large image is only looked at: the network stage predicts it in bands)."""
+        import time
+
         from segtool.io import read_image
         from segtool.unet.bigimage import open_lazy
+        from segtool.unet.predict import normalize_for_model
+        from segtool.volume.tasks import is_z_stack
 
+        start = time.perf_counter()
+        if is_z_stack(path, plane=self.plane, z_spacing=self.z_spacing):
+            return {"stack_path": path}  # the network stage predicts it plane by plane
         model = self.model()
         outputs = self.planned_outputs(path)
-        if model.config.channels == "rgb":
+        colour = model.config.channels == "rgb"
+        if colour:
             # a colour model reads R, G and B whole; band-by-band reading decodes one grey channel only
             if self.bands:
                 raise InputError("--bands is not available with a colour (--channels rgb) model")
             if self.channel is not None:
                 raise InputError("--channel picks one channel; a colour (--channels rgb) model reads R, G and B")
-            image = read_image(path, plane=self.plane, memory=self.memory, colour=True)
-            return self._run_in_memory(image, model, outputs)
-        if self.bands is not False and self.plane is None:
+        if self.bands is not False and self.plane is None and not colour:
             lazy = open_lazy(path, channel=self.channel)
             if lazy is not None:
                 with lazy:
                     if self.bands or lazy.size > BAND_PIXELS:
-                        return self._run_bands(lazy, model, outputs)
-        image = read_image(path, channel=self.channel, plane=self.plane, memory=self.memory)
-        if self.bands or (self.bands is None and image.data.size > BAND_PIXELS):
-            return self._run_bands(image.data, model, outputs, calibration=(image.pixel_size, image.unit))
-        return self._run_in_memory(image, model, outputs)
+                        return {"lazy_path": path, "outputs": outputs}
+        image = read_image(path, channel=self.channel, plane=self.plane, memory=self.memory, colour=colour)
+        if not colour and (self.bands or (self.bands is None and image.data.size > BAND_PIXELS)):
+            return {"large_image": image, "outputs": outputs}
+        stages = {"read": time.perf_counter() - start}
+        start = time.perf_counter()
+        normalized = normalize_for_model(image.data, model, scale=self.scale)
+        stages["normalize"] = time.perf_counter() - start
+        return {"image": image, "normalized": normalized, "outputs": outputs, "stages": stages}
 
-    def _run_in_memory(self, image, model, outputs: dict[str, Path]) -> dict[str, Any]:
+    def infer(self, state: dict[str, Any]):
+        """Stage 2: the network, tile by tile (a large image: all of it, band by band, on this thread)."""
+        from segtool.pipeline.stream import Finished
+        from segtool.unet.bigimage import open_lazy
+        from segtool.unet.predict import predict_maps
+
+        if "stack_path" in state:
+            from segtool.volume.tasks import predict_stack_task
+
+            return Finished(predict_stack_task(self, state["stack_path"]))
+        if "lazy_path" in state:
+            with open_lazy(state["lazy_path"], channel=self.channel) as lazy:
+                return Finished(self._run_bands(lazy, self.model(), state["outputs"]))
+        if "large_image" in state:
+            image = state["large_image"]
+            return Finished(self._run_bands(image.data, self.model(), state["outputs"],
+                                            calibration=(image.pixel_size, image.unit)))
+        options = self._options()
+        maps, n_tiles = predict_maps(
+            state.pop("normalized"), self.model(), state["image"].data.shape[-2:], tile=options["tile"],
+            overlap=options["overlap"], batch_size=options["batch_size"], tta=options["tta"],
+            tile_halo=options["tile_halo"], stages=state["stages"],
+        )
+        state.update(maps=maps, n_tiles=n_tiles)
+        return state
+
+    def finish(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Stage 3: objects from the maps, then the outputs."""
+        import time
+
         import numpy as np
 
         from segtool.baseline import empty_image_reason
         from segtool.io import write_float, write_labels, write_png
         from segtool.overlay import outline_overlay
-        from segtool.unet.predict import predict_image
+        from segtool.unet.instances import maps_to_labels
+        from segtool.unet.predict import postprocess_options
 
-        result = predict_image(image.data, model, scale=self.scale, **self._options())
-        labels, n_objects = result.labels, result.n_objects
+        image, maps, outputs, stages = state["image"], state["maps"], state["outputs"], state["stages"]
+        model = self.model()
+        start = time.perf_counter()
+        options = postprocess_options(model.config, prob_threshold=self.prob_threshold, min_size=self.min_size,
+                                      seed_threshold=self.seed_threshold, split_height=self.split_height)
+        labels = maps_to_labels(maps, target=model.config.target, **options)
         # An empty well: percentile normalisation would stretch its uneven illumination into a bright blob.
         empty_reason = empty_image_reason(image.data if image.data.ndim == 2 else image.data.mean(axis=0, dtype=np.float32))
         if empty_reason is not None:
-            labels, n_objects = np.zeros_like(labels), 0
+            labels = np.zeros_like(labels)
+        stages["postprocess"] = time.perf_counter() - start
+        start = time.perf_counter()
         calibration = {"pixel_size": image.pixel_size, "unit": image.unit, "overwrite": self.overwrite}
         write_labels(outputs["labels"], labels, **calibration)
         if self.save_prob:
-            write_float(outputs["prob"], result.maps, **calibration)
+            write_float(outputs["prob"], maps, **calibration)
         if self.save_overlay:
             write_png(outputs["overlay"], outline_overlay(image.data, labels), overwrite=self.overwrite)
+        stages["write"] = time.perf_counter() - start
+        n_objects = int(labels.max()) if labels.size else 0
         return {
             "objects": n_objects,
             "empty_reason": empty_reason,
-            "tiles": result.n_tiles,
-            "predict_seconds": round(result.seconds, 3),
+            "tiles": state["n_tiles"],
+            "predict_seconds": round(sum(stages.get(k, 0.0) for k in ("normalize", "network", "tiles", "postprocess")), 3),
+            "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
             "shape": list(image.data.shape),
             "bands": 0,
+            "model": self.model_name or str(self.model_path),
         }
 
     def _run_bands(self, source, model, outputs: dict[str, Path], calibration=None) -> dict[str, Any]:
@@ -204,7 +275,14 @@ class PredictTask:
             **self._options(),
         )
         figures["predict_seconds"] = figures.pop("seconds")
+        figures["model"] = self.model_name or str(self.model_path)
         return figures
+
+
+def _device_type(model) -> str:
+    from segtool.unet.predict import network_device_type
+
+    return network_device_type(model.net)
 
 
 def load_prepared(model_path: Path, *, device: str = "auto", threads: int | None = None, precision: str = "fp32"):
@@ -247,14 +325,40 @@ def predict(
     ] = Precision.auto,
     tile: Annotated[
         Optional[int],
-        typer.Option("--tile", min=16, help="Tile size in pixels, a multiple of 2**depth (default: the model's patch size).", rich_help_panel=PANEL_TILING),
+        typer.Option(
+            "--tile",
+            min=16,
+            help="Largest tile side in pixels, a multiple of 2**depth (default: 2048 on CPU, 4096 on CUDA; lower it to "
+            "save memory). With --overlap: the tile size (default: the model's patch size).",
+            rich_help_panel=PANEL_TILING,
+        ),
+    ] = None,
+    tile_halo: Annotated[
+        Optional[int],
+        typer.Option(
+            "--tile-halo",
+            min=0,
+            help="Network context kept around each tile's core, in pixels (default: the model's effective context, "
+            "104 for the shipped model); tile cores then match whole-image inference within 1e-3.",
+            rich_help_panel=PANEL_TILING,
+        ),
     ] = None,
     overlap: Annotated[
-        float, typer.Option("--overlap", min=0.0, max=0.9, help="Overlap of neighbouring tiles, fraction of the tile.", rich_help_panel=PANEL_TILING)
-    ] = 0.25,
+        Optional[float],
+        typer.Option(
+            "--overlap",
+            min=0.0,
+            max=0.9,
+            help="Instead of halo tiles: tiles of --tile overlapping by this fraction, blended with a Gaussian window "
+            "(the tiling segtool used before halo tiles; 0.25 computes every pixel about 1.8 times).",
+            rich_help_panel=PANEL_TILING,
+            show_default=False,
+        ),
+    ] = None,
     batch_size: Annotated[
-        int, typer.Option("--batch-size", "-b", min=1, help="Tiles per network call.", rich_help_panel=PANEL_TILING)
-    ] = 4,
+        Optional[int],
+        typer.Option("--batch-size", "-b", min=1, help="Tiles per network call (default: as many as fit 2048^2 pixels on CPU, 4096^2 on CUDA; 4 with --overlap).", rich_help_panel=PANEL_TILING, show_default=False),
+    ] = None,
     tta: Annotated[
         bool, typer.Option("--tta", help="Test-time augmentation: average 8 flips/rotations (8x slower).", rich_help_panel=PANEL_TILING)
     ] = False,
@@ -304,6 +408,9 @@ def predict(
     ] = 128,
     channel: Channel = None,
     plane: Plane = None,
+    z_spacing: ZSpacing = None,
+    z_mode: ZMode = "auto",
+    stitch_threshold: StitchThreshold = 0.25,
     recursive: Recursive = False,
     overwrite: Overwrite = False,
     skip_existing: SkipExisting = False,
@@ -322,6 +429,7 @@ def predict(
 
     Writes <stem>_labels.tif (uint16 labels, uint32 above 65535 objects; 0 = background) for each input.
     Images over 16 Mpixel are processed in bands with bounded memory and written as tiled BigTIFF.
+    A Z stack (without --plane) is predicted plane by plane and its objects linked in 3-D (--z-mode).
     """
     from segtool.unet.predict import scale_for_diameter
     from segtool.unet.shipped import resolve_model
@@ -346,11 +454,13 @@ def predict(
         factor = scale_for_diameter(loaded, diameter) if diameter is not None else (scale or 1.0)
     except SegtoolError as err:
         fail(first_line(err), where=str(model_path), code=EXIT_USAGE)
-    if tile is not None:
-        from segtool.unet.predict import resolve_tile
+    if tile is not None or tile_halo is not None:
+        from segtool.unet.predict import network_device_type, plan_inference_tiles
 
-        try:
-            resolve_tile(loaded.config, (tile, tile), tile)
+        try:  # a tile the halo leaves no core in is a usage error, found before any image is read
+            side = 4 * (tile or 2048)
+            plan_inference_tiles(loaded.config, (side, side), device_type=network_device_type(loaded.net), tile=tile,
+                                 overlap=overlap, tile_halo=tile_halo)
         except SegtoolError as err:
             fail(first_line(err), code=EXIT_USAGE)
     if block_size is not None:
@@ -363,7 +473,8 @@ def predict(
             fail(f"{', '.join(refused)}: not available in big-image mode (--block-size)", code=EXIT_USAGE)
         from segtool.distributed.big_tasks import BigPredictTask
 
-        options = {"tile": tile, "overlap": overlap, "batch_size": batch_size, "tta": tta,
+        # Big-image mode plans its blocks on the blended tile grid.
+        options = {"tile": tile, "overlap": 0.25 if overlap is None else overlap, "batch_size": batch_size or 4, "tta": tta,
                    "prob_threshold": prob_threshold, "min_size": min_size, "seed_threshold": seed_threshold,
                    "split_height": split_height}
         task = BigPredictTask(model_path=model_path, block_size=block_size, halo=halo, zarr=zarr, output_dir=output,
@@ -381,6 +492,7 @@ def predict(
             overwrite=overwrite,
             tile=tile,
             overlap=overlap,
+            tile_halo=tile_halo,
             batch_size=batch_size,
             tta=tta,
             scale=float(factor),
@@ -402,6 +514,9 @@ def predict(
                 way_out="drop --no-bands (large images are then predicted band by band)" if bands is False
                 else "save it as a TIFF, which predict reads band by band",
             ),
+            z_spacing=z_spacing,
+            z_mode=z_mode,
+            stitch_threshold=stitch_threshold,
         )
         task._model = loaded
     run_files(

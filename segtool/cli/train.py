@@ -482,7 +482,7 @@ def train(
             "--workers",
             help="Data worker processes that sample and augment patches while the network trains. auto: none on a CPU "
             "with 2 cores or fewer, a quarter of the cores on a larger CPU, all cores but one (at most 16) with a GPU. "
-            "Any count from 1 up gives the same weights; 0 gives other (equally good) ones. On the CPU, without "
+            "Any count from 1 up gives the same weights; 0 draws other patches (from the same distribution). On the CPU, without "
             "--threads, PyTorch gets one thread fewer per worker.",
             rich_help_panel=PANEL_RUN,
             callback=_check_workers,

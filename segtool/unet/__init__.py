@@ -8,7 +8,8 @@ The pieces, each in its own module:
 - :mod:`~segtool.unet.heads`: :func:`activate`, logits to probability maps.
 - :mod:`~segtool.unet.modelfile`: :func:`save_model`, :func:`load_model`.
 - :mod:`~segtool.unet.targets`, ``augment``, ``dataset``, ``train``: training.
-- ``tiling``, ``instances``, ``predict``: inference.
+- ``tiling``, ``context``, ``instances``, ``predict``, ``bands``: inference
+  (the schedules that overlap its stages are in :mod:`segtool.pipeline`).
 
 Submodules are imported on demand so ``import segtool`` stays fast.
 """

@@ -23,25 +23,29 @@ file side (lazy reading, tiled BigTIFF writing) is in
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from segtool.errors import InputError, ModelError
+from segtool.pipeline.stream import prefetch
 from segtool.unet.instances import maps_to_labels
 from segtool.unet.predict import (
     _check_common,
+    network_device_type,
     _prepared_net,
     make_predictor,
+    plan_inference_tiles,
     postprocess_options,
-    resolve_tile,
+    timed_predictor,
 )
 from segtool.unet.tiling import (
     TileCallback,
-    _pad_amounts,
-    _pad_reflect,
+    pad_mode,
     predict_tiled_rows,
+    reflect_rows,
 )
 
 __all__ = ["LabelBand", "predict_label_bands"]
@@ -90,8 +94,8 @@ def predict_label_bands(
     model,
     *,
     tile: int | None = None,
-    overlap: float = 0.25,
-    batch_size: int = 4,
+    overlap: float | None = None,
+    batch_size: int | None = None,
     tta: bool = False,
     prob_threshold: float | None = None,
     min_size: int | None = None,
@@ -101,6 +105,8 @@ def predict_label_bands(
     halo: int = 128,
     keep_maps: bool = False,
     on_tile: TileCallback | None = None,
+    tile_halo: int | None = None,
+    stages: dict[str, float] | None = None,
 ) -> Iterator[LabelBand]:
     """Predict a large image in horizontal bands, yielding finished label rows.
 
@@ -123,7 +129,7 @@ def predict_label_bands(
     shape : (H, W)
         Image size.
     model : LoadedModel
-    tile, overlap, batch_size, tta, prob_threshold, min_size, seed_threshold, split_height
+    tile, overlap, batch_size, tta, prob_threshold, min_size, seed_threshold, split_height, tile_halo
         As in :func:`segtool.unet.predict.predict_image`.
     band_rows : int, optional
         Rows per band (the core, without the halo).
@@ -134,6 +140,11 @@ def predict_label_bands(
         Also yield the maps of each band (for saving probabilities).
     on_tile : callable, optional
         ``on_tile(done, total)`` progress callback.
+    stages : dict, optional
+        Receives seconds per stage: ``network`` (the network calls),
+        ``postprocess`` (labelling the bands); the network runs on a thread of
+        its own, one tile row ahead of the post-processing, so the two add up
+        to more than the wall time.
 
     Yields
     ------
@@ -148,39 +159,37 @@ def predict_label_bands(
     height, width = (int(n) for n in shape)
     options = postprocess_options(config, prob_threshold=prob_threshold, min_size=min_size, seed_threshold=seed_threshold,
                                   split_height=split_height)
-    tile_hw = resolve_tile(config, (height, width), tile)
-    padded_h, padded_w = max(height, tile_hw[0]), max(width, tile_hw[1])
-    pads = _pad_amounts((height, width), tile_hw)
+    net = _prepared_net(model)
+    plan = plan_inference_tiles(config, (height, width), device_type=network_device_type(net), tile=tile, overlap=overlap,
+                                tile_halo=tile_halo, batch_size=batch_size)
+    tile_hw = plan.tile
+    # The grid the tiles cover: the image padded (by reflection, as the in-memory path pads) to the tile size,
+    # or, for halo tiles, to a multiple of 2**depth.
+    if plan.tile_halo is None:
+        padded_h, padded_w = max(height, tile_hw[0]), max(width, tile_hw[1])
+    else:
+        padded_h, padded_w = (plan.align * -(-n // plan.align) for n in (height, width))
+    mode = pad_mode((height, width))
 
     def padded_rows(start: int, stop: int) -> np.ndarray:
-        block = np.asarray(read_rows(min(start, height), min(stop, height)), dtype=np.float32)
+        block = np.asarray(read_rows(start, stop), dtype=np.float32)
         if block.ndim == 2:
             block = block[np.newaxis]
         if block.shape[0] != config.in_channels:
             raise ModelError(f"model expects {config.in_channels} input channels, the image has {block.shape[0]}")
-        if pads[1][1]:
-            block = _pad_reflect(block, [(0, 0), pads[1]])
+        if padded_w > width:
+            block = np.pad(block, [(0, 0), (0, 0), (0, padded_w - width)], mode=mode)
         return block
 
-    if pads[0][1]:
-        # Shorter than a tile: read it all (it is at most one tile tall) and pad.
-        whole = _pad_reflect(padded_rows(0, height), [pads[0], (0, 0)])
-
-        def source(start: int, stop: int) -> np.ndarray:
-            return whole[:, start:stop]
-    else:
-        source = padded_rows
-
-    predictor = make_predictor(_prepared_net(model), config.target, tta=tta)
+    source = reflect_rows(padded_rows, height, padded_h, mode=mode)
+    predictor = timed_predictor(make_predictor(net, config.target, tta=tta), stages)
     stream = predict_tiled_rows(
         source,
         (padded_h, padded_w),
         predictor,
-        tile=tile_hw,
-        overlap=overlap,
-        batch_size=batch_size,
         out_channels=config.out_channels,
         on_tile=on_tile,
+        **plan.tiling_options(),
     )
 
     buffer = _RowBuffer(config.out_channels, width, capacity=band_rows + 2 * halo + tile_hw[0])
@@ -188,7 +197,8 @@ def predict_label_bands(
     next_label = 1
     core_start = 0
     max_extra = 3 * halo
-    for_rows = iter(stream)
+    # The network fills the next rows while this thread labels the current band.
+    for_rows = prefetch(stream, depth=1)
     while core_start < height:
         core_stop = min(height, core_start + band_rows)
         need_start = max(0, core_start - halo)
@@ -202,8 +212,11 @@ def predict_label_bands(
                 if rows_in_image:
                     buffer.append(start, maps[:, :rows_in_image, :width])
             window = buffer.rows(need_start, need_stop)
+            started = time.perf_counter()
             labels = maps_to_labels(window, target=config.target, **options)
             owned = _owned_objects(labels, need_start, (core_start, core_stop))
+            if stages is not None:
+                stages["postprocess"] = stages.get("postprocess", 0.0) + time.perf_counter() - started
             if need_stop == height or extra >= max_extra or not np.isin(labels[-1], owned).any():
                 break
             extra += max(halo, 1)
@@ -232,6 +245,7 @@ def predict_label_bands(
         del canvas, window
         buffer.drop_before(core_stop - halo)  # the next band's window starts there
         core_start = core_stop
+    for_rows.close()
 
 
 class _RowBuffer:

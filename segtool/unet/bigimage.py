@@ -442,8 +442,8 @@ def predict_file_in_bands(
     overlay_path: str | os.PathLike | None = None,
     overwrite: bool = False,
     tile: int | None = None,
-    overlap: float = 0.25,
-    batch_size: int = 4,
+    overlap: float | None = None,
+    batch_size: int | None = None,
     tta: bool = False,
     prob_threshold: float | None = None,
     min_size: int | None = None,
@@ -452,6 +452,7 @@ def predict_file_in_bands(
     band_rows: int | None = None,
     halo: int = 128,
     on_tile: Callable[[int, int], None] | None = None,
+    tile_halo: int | None = None,
 ) -> dict[str, Any]:
     """Segment a large image band by band and write its labels as a tiled BigTIFF.
 
@@ -469,7 +470,7 @@ def predict_file_in_bands(
         Also write outlines over the image as PNG, downsampled so its longer
         side is at most 4096 pixels.
     overwrite : bool, optional
-    tile, overlap, batch_size, tta, prob_threshold, min_size, seed_threshold, split_height
+    tile, overlap, batch_size, tta, prob_threshold, min_size, seed_threshold, split_height, tile_halo
         As in :func:`segtool.unet.predict.predict_image`.
     band_rows : int, optional
         Rows per band; default from :func:`default_band_rows`.
@@ -484,7 +485,8 @@ def predict_file_in_bands(
     figures : dict
         ``objects``, ``tiles``, ``bands``, ``shape``, ``dtype``,
         ``overlay_step`` (downsampling of the overlay, if written),
-        ``seconds``.
+        ``seconds``, ``stage_seconds`` (``network``, ``postprocess``,
+        ``write``; the network overlaps the other two).
 
     Raises
     ------
@@ -492,8 +494,7 @@ def predict_file_in_bands(
     """
     from segtool.io import check_output_free
     from segtool.unet.bands import predict_label_bands
-    from segtool.unet.predict import resolve_tile
-    from segtool.unet.tiling import plan_tiles
+    from segtool.unet.predict import network_device_type, plan_inference_tiles
 
     start_time = time.perf_counter()
     labels_path = Path(labels_path)
@@ -523,7 +524,9 @@ def predict_file_in_bands(
 
         dtype = array.dtype
         pixel_size, unit = None, None
+    read_start = time.perf_counter()
     low, high = lazy_percentiles(raw_rows, (height, width), dtype, [config.norm_low, config.norm_high])
+    read_seconds = time.perf_counter() - read_start
     scale = np.float32(high - low + 1e-20)
 
     def normalized_rows(start: int, stop: int) -> np.ndarray:
@@ -534,8 +537,8 @@ def predict_file_in_bands(
 
     if band_rows is None:
         band_rows = default_band_rows(width, halo=halo)
-    tile_hw = resolve_tile(config, (height, width), tile)
-    n_tiles = len(plan_tiles((max(height, tile_hw[0]), max(width, tile_hw[1])), tile_hw, overlap))
+    n_tiles = plan_inference_tiles(config, (height, width), device_type=network_device_type(model.net), tile=tile,
+                                   overlap=overlap, tile_halo=tile_halo, batch_size=batch_size).n_tiles
     folder = labels_path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -554,6 +557,7 @@ def predict_file_in_bands(
             stack.callback(prob_spool.close)
         bands: list[tuple[int, int]] = []
         n_objects = 0
+        stages: dict[str, float] = {"percentiles": read_seconds}
         try:
             for band in predict_label_bands(
                 normalized_rows,
@@ -571,16 +575,21 @@ def predict_file_in_bands(
                 halo=halo,
                 keep_maps=prob_spool is not None,
                 on_tile=on_tile,
+                tile_halo=tile_halo,
+                stages=stages,
             ):
+                started = time.perf_counter()
                 label_spool.append(band.labels)
                 if prob_spool is not None:
                     prob_spool.append(band.maps)
+                stages["write"] = stages.get("write", 0.0) + time.perf_counter() - started
                 bands.append((band.start, band.labels.shape[0]))
                 n_objects = band.n_objects
         except OSError as err:
             raise OutputError(f"{folder}: cannot write temporary files: {err.strerror or first_line(err)}") from err
 
         label_dtype = np.uint16 if n_objects <= np.iinfo(np.uint16).max else np.uint32
+        write_start = time.perf_counter()
         _write_tiled(
             labels_path,
             _label_tiles(label_spool, height, width, label_dtype, OUTPUT_TILE),
@@ -609,7 +618,9 @@ def predict_file_in_bands(
             )
         if overlay_path is not None:
             figures["overlay_step"] = _write_overlay(overlay_path, raw_rows, label_spool, height, width, overwrite)
+        stages["write"] = stages.get("write", 0.0) + time.perf_counter() - write_start
     figures["seconds"] = round(time.perf_counter() - start_time, 3)
+    figures["stage_seconds"] = {k: round(v, 3) for k, v in stages.items()}
     return figures
 
 

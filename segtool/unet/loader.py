@@ -20,8 +20,8 @@ patches, so ``0`` versus ``>= 1`` is recorded with a run and kept on resume.
 On a CUDA device, batches come in page-locked (pinned) memory and are
 copied with ``non_blocking=True``, so the copy to the GPU overlaps the CPU
 work of the next step. Each worker assembles a whole batch (one array per
-step, not one per patch), so the training process receives and copies one
-block per step.
+step, not one per patch), so the training process receives, pins and
+copies one block per step.
 """
 
 from __future__ import annotations
@@ -117,10 +117,16 @@ class _Batches(torch.utils.data.Dataset):
         self.batch_size = batch_size
         self.seed = seed
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        x, y = self.sampler.batch(self.batch_size, rng=batch_generator(self.seed, index))
-        # tensors, not arrays: the DataLoader hands tensors back through shared memory without pickling the pixels
-        return torch.from_numpy(x), torch.from_numpy(y)
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.sampler.batch(self.batch_size, rng=batch_generator(self.seed, index))
+
+
+def _as_is(batch: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    # Arrays travel back pickled through the worker's pipe. Tensors would travel in shared memory, but each one
+    # needs a new shared segment and a hand-shake with the worker that made it. bench/ab_worker_transfer.py
+    # (2 workers, 128 px elastic batches of 8, busy 2-core host): 1.97 CPU ms per patch over all processes as
+    # tensors, 1.88 as arrays, 1.28 without workers; a first run of the same comparison 1.89 / 1.62 / 1.24.
+    return batch
 
 
 def _ignore_interrupt(worker_id: int) -> None:
@@ -200,7 +206,7 @@ def iterate_batches(
         batch_size=None,  # the dataset's items are whole batches
         sampler=range(start, stop),
         num_workers=workers,
-        pin_memory=pin_memory,
+        collate_fn=_as_is,
         worker_init_fn=_ignore_interrupt,
         prefetch_factor=_PREFETCH,
     )
@@ -208,7 +214,7 @@ def iterate_batches(
     try:
         while True:
             try:
-                batch = next(iterator)
+                arrays = next(iterator)
             except StopIteration:
                 return
             except (RuntimeError, ConnectionError, EOFError) as err:
@@ -216,7 +222,8 @@ def iterate_batches(
                 if failure is None:
                     raise
                 raise failure from None
-            yield batch
+            x, y = (torch.from_numpy(a) for a in arrays)
+            yield (x.pin_memory(), y.pin_memory()) if pin_memory else (x, y)
     finally:
         # PyTorch ends the workers when the iterator is garbage-collected, but a traceback passing through
         # it keeps it alive, and with it a SIGCHLD handler that raises about a dead worker at random later
@@ -246,7 +253,7 @@ def worker_failure(err: BaseException) -> SegtoolError | None:
     died = isinstance(err, RuntimeError) and text.startswith("DataLoader worker") and (
         "exited unexpectedly" in text or "killed by signal" in text
     )
-    # a batch in shared memory whose sender died on the way: the connection to it breaks
+    # a worker that died while sending a batch: the pipe to it breaks
     lost = isinstance(err, (ConnectionError, EOFError))
     if died or lost:
         return SegtoolError(f"data worker process stopped: {text.rstrip('. ')}; if memory ran out, use fewer --workers")

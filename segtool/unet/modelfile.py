@@ -1,6 +1,8 @@
 """Save and load a U-Net as one self-describing file.
 
-A model file is what ``torch.save`` writes for this dict::
+A model file is what ``torch.save`` writes for this dict (a bioimage.io
+package written by ``segtool model export`` loads the same way, see
+:mod:`segtool.interop.package`)::
 
     {"format": "segtool-unet", "format_version": 1,
      "config": "<UNetConfig as JSON>", "metadata": "<training summary as JSON>",
@@ -151,6 +153,13 @@ def _torch_load(path: Path, what: str) -> Any:
 
 
 def _read_payload(path: Path) -> dict[str, Any]:
+    from segtool.interop.package import is_bioimageio_package, read_package
+
+    if is_bioimageio_package(path):
+        # a package from `segtool model export --format bioimageio`: the same config, metadata and weights
+        config, metadata, state = read_package(path)
+        return {"format": FORMAT, "format_version": FORMAT_VERSION, "config": json.dumps(config),
+                "metadata": json.dumps(metadata), "state_dict": state}
     payload = _torch_load(path, "model file")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(

@@ -14,8 +14,13 @@ The steps, each a small function:
 2. :func:`make_predictor` wraps it as a NumPy batch -> activated maps
    callable for :mod:`segtool.unet.tiling`, optionally averaging the eight
    flips/rotations (test-time augmentation).
-3. :func:`predict_image` normalises with the model's stored percentiles,
-   optionally rescales, predicts tile by tile and turns the blended maps into
+3. :func:`plan_inference_tiles` decides the tiling: by default large tiles
+   (per device) with a halo of the network's effective context, each tile
+   keeping only its core, so the maps equal whole-image inference within
+   1e-3; with an ``overlap`` the classic fixed-size tiles blended with a
+   Gaussian window.
+4. :func:`predict_image` normalises with the model's stored percentiles,
+   optionally rescales, predicts tile by tile and turns the maps into
    labels with :func:`segtool.unet.instances.maps_to_labels`.
 
 Images too large for memory go through :mod:`segtool.unet.bands` (the same
@@ -25,13 +30,13 @@ reading, tiled BigTIFF writing).
 
 from __future__ import annotations
 
-import copy
+import copy as _copy
 import functools
 import math
 import os
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -39,20 +44,36 @@ import numpy as np
 from segtool.errors import InputError, ModelError
 from segtool.normalize import normalize_percentile
 from segtool.unet.instances import maps_to_labels
-from segtool.unet.tiling import TileCallback, plan_tiles, predict_tiled
+from segtool.unet.tiling import TileCallback, halo_padded_shape, plan_halo_tiles, plan_tiles, predict_tiled
 
 __all__ = [
+    "MAX_TILE",
     "PredictResult",
+    "TilePlan",
+    "default_tile_halo",
+    "plan_inference_tiles",
     "find_packaged_model",
     "load_for_inference",
     "load_for_inference_cached",
     "make_predictor",
+    "network_device_type",
+    "normalize_for_model",
+    "predict_maps",
+    "timed_predictor",
     "postprocess_options",
     "predict_image",
     "prepare_for_inference",
     "resolve_tile",
     "scale_for_diameter",
 ]
+
+#: Largest tile side per device type for halo tiling. Chosen by measurement (BENCHMARKS.md): on a 2-core CPU
+#: 2048^2 tiles ran as fast per pixel as smaller ones and keep recomputation at or under 1.21x for images of
+#: 4096^2 and up (peak ~2 GB float32 for one tile); a GPU has the memory for 4096^2.
+MAX_TILE = {"cpu": 2048, "cuda": 4096, "mps": 2048}
+
+#: Pixels per network call when batching halo tiles (several small tiles, or one large one).
+BATCH_PIXELS = {"cpu": 2048 * 2048, "cuda": 4096 * 4096, "mps": 2048 * 2048}
 
 #: Keys of ``UNetConfig.postprocess`` that :func:`maps_to_labels` understands.
 _POSTPROCESS_KEYS = ("prob_threshold", "min_size", "seed_threshold", "min_seed_size", "split_height")
@@ -77,12 +98,16 @@ class PredictResult:
         Tiles the network ran on (per TTA transform).
     seconds : float
         Wall time of the whole call.
+    stage_seconds : dict of str to float
+        Wall time per stage: ``normalize``, ``network`` (the network calls),
+        ``tiles`` (cutting and stitching around them), ``postprocess``.
     """
 
     labels: np.ndarray
     maps: np.ndarray
     n_tiles: int
     seconds: float
+    stage_seconds: dict[str, float] = field(default_factory=dict)
 
     @property
     def n_objects(self) -> int:
@@ -163,8 +188,8 @@ def _reduce_before_upsampling(net) -> int:
     return swapped
 
 
-def prepare_for_inference(net, *, channels_last: bool | None = None, precision: str = "fp32"):
-    """Return an inference-only copy of a network (the original is not changed).
+def prepare_for_inference(net, *, channels_last: bool | None = None, precision: str = "fp32", copy: bool = True):
+    """Return an inference-only copy of a network (the original is not changed unless ``copy=False``).
 
     Parameters
     ----------
@@ -176,6 +201,9 @@ def prepare_for_inference(net, *, channels_last: bool | None = None, precision: 
         (faster for convolutions there), off for other devices.
     precision : {"fp32", "bf16", "auto"}, optional
         Arithmetic of the forward pass (:func:`segtool.unet.precision.resolve_precision`).
+    copy : bool, optional
+        False prepares ``net`` itself (no deep copy: faster start-up when the
+        network was just loaded and has no other use).
 
     Returns
     -------
@@ -199,7 +227,7 @@ def prepare_for_inference(net, *, channels_last: bool | None = None, precision: 
     torch = _torch()
     from segtool.unet.precision import resolve_precision
 
-    prepared = copy.deepcopy(net).eval()
+    prepared = (_copy.deepcopy(net) if copy else net).eval()
     for parameter in prepared.parameters():
         parameter.requires_grad_(False)
     _fold_batchnorm(prepared)
@@ -260,7 +288,12 @@ def make_predictor(net, target: str, *, tta: bool = False) -> Callable[[np.ndarr
 
     def predictor(batch: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)).to(device)
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+            if device.type == "cuda":
+                # page-locked host memory: the copy to the GPU runs by DMA, without a staging copy
+                x = x.pin_memory().to(device, non_blocking=True)
+            else:
+                x = x.to(device)
             if not tta:
                 maps = run(x)
             else:
@@ -279,6 +312,14 @@ def make_predictor(net, target: str, *, tta: bool = False) -> Callable[[np.ndarr
             return maps.float().contiguous().cpu().numpy()
 
     return predictor
+
+
+def network_device_type(net) -> str:
+    """"cpu", "cuda" or "mps": where the network's parameters live."""
+    try:
+        return next(net.parameters()).device.type
+    except (StopIteration, AttributeError):
+        return "cpu"
 
 
 def _prepared_net(model):
@@ -304,7 +345,7 @@ def load_for_inference(path, *, device: str = "auto", threads: int | None = None
     if threads:
         torch.set_num_threads(int(threads))
     model = load_model(path, device=device)
-    model.net = prepare_for_inference(model.net, precision=precision)
+    model.net = prepare_for_inference(model.net, precision=precision, copy=False)  # just loaded: no copy needed
     return model
 
 
@@ -349,6 +390,117 @@ def resolve_tile(config, shape: Sequence[int], tile: int | None = None) -> tuple
     if size < multiple or size % multiple:
         raise InputError(f"tile must be a positive multiple of {multiple} for this model (2**depth), got {size}")
     return tuple(min(size, multiple * math.ceil(int(n) / multiple)) for n in shape)  # type: ignore[return-value]
+
+
+def default_tile_halo(config) -> int:
+    """Halo for halo tiling: the network's effective context, estimated from its depth.
+
+    A U-Net of depth ``d`` (two 3x3 convolutions per level, 2x pooling and
+    bilinear up-sampling) sees at most ``9 * 2**d - 7`` pixels to each side;
+    an input change that far away moves the output by exactly 0. The
+    *effective* context, where a change still moves the output by more than
+    1e-3, is smaller: 100 px for the shipped depth-4 model
+    (``bench/bench_context.py``), 0.73 of the 137 px bound. The default is
+    0.75 of the bound, rounded up to a multiple of 8 (104 px for depth 4).
+    Measure a model of your own with ``bench/bench_context.py`` and pass
+    ``tile_halo`` (``--tile-halo``) if it needs more.
+
+    Examples
+    --------
+    >>> from segtool.unet.config import UNetConfig
+    >>> default_tile_halo(UNetConfig(depth=4)), default_tile_halo(UNetConfig(depth=2))
+    (104, 24)
+    """
+    bound = 9 * 2 ** int(config.depth) - 7
+    return 8 * math.ceil(0.75 * bound / 8)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How an image is cut into network tiles (see :func:`plan_inference_tiles`).
+
+    Attributes
+    ----------
+    tile : (int, int)
+        Tile size (halo tiling: the largest tile; the plan may use smaller).
+    overlap : float or None
+        Blending overlap, or None for halo tiling.
+    tile_halo : int or None
+        Halo of halo tiling, or None when blending.
+    align : int
+        ``2**depth``: halo tiles start at multiples of it.
+    batch_size : int
+        Tiles per network call.
+    n_tiles : int
+        Tiles the network runs on.
+    """
+
+    tile: tuple[int, int]
+    overlap: float | None
+    tile_halo: int | None
+    align: int
+    batch_size: int
+    n_tiles: int
+
+    def tiling_options(self) -> dict[str, Any]:
+        """Keywords for :func:`segtool.unet.tiling.predict_tiled` and ``predict_tiled_rows``."""
+        return {"tile": self.tile, "overlap": 0.0 if self.overlap is None else self.overlap, "tile_halo": self.tile_halo,
+                "align": self.align, "batch_size": self.batch_size}
+
+
+def plan_inference_tiles(
+    config,
+    shape: Sequence[int],
+    *,
+    device_type: str = "cpu",
+    tile: int | None = None,
+    overlap: float | None = None,
+    tile_halo: int | None = None,
+    batch_size: int | None = None,
+) -> TilePlan:
+    """Choose the tiling for an image of ``shape`` (after any rescaling).
+
+    Without ``overlap`` (the default): halo tiling with tiles of at most
+    ``tile`` (default :data:`MAX_TILE` for the device) and a halo of
+    ``tile_halo`` (default :func:`default_tile_halo`); an image that fits
+    in one tile runs whole. With ``overlap``: tiles of ``tile`` (default the
+    model's patch size) overlapping by that fraction, blended.
+
+    Raises
+    ------
+    InputError
+        If ``tile`` is not a multiple of ``2**depth``, the tile leaves no core
+        inside the halo, or an option is out of range.
+
+    Examples
+    --------
+    >>> from segtool.unet.config import UNetConfig
+    >>> plan = plan_inference_tiles(UNetConfig(depth=4), (4096, 4096))
+    >>> plan.tile_halo, plan.n_tiles, plan.batch_size
+    (104, 9, 1)
+    >>> plan_inference_tiles(UNetConfig(depth=4, patch_size=128), (256, 256), overlap=0.25).n_tiles
+    9
+    """
+    align = int(config.size_multiple)
+    device_type = device_type if device_type in MAX_TILE else "cpu"
+    if overlap is not None:
+        tile_hw = resolve_tile(config, shape, tile)
+        padded = tuple(max(n, t) for n, t in zip(shape, tile_hw))
+        n_tiles = len(plan_tiles(padded, tile_hw, overlap))
+        return TilePlan(tile_hw, float(overlap), None, align, 4 if batch_size is None else int(batch_size), n_tiles)
+    halo = default_tile_halo(config) if tile_halo is None else int(tile_halo)
+    if halo < 0:
+        raise InputError(f"tile halo must be >= 0, got {halo}")
+    largest = MAX_TILE[device_type] if tile is None else int(tile)
+    if largest < align or largest % align:
+        raise InputError(f"tile must be a positive multiple of {align} for this model (2**depth), got {largest}")
+    padded = halo_padded_shape(shape, align)
+    plan = plan_halo_tiles(padded, largest, halo, align=align)
+    (sy, sx), _ = plan[0]
+    tile_hw = (sy.stop - sy.start, sx.stop - sx.start)
+    if batch_size is None:
+        batch_size = max(1, min(16, BATCH_PIXELS[device_type] // (tile_hw[0] * tile_hw[1])))
+    return TilePlan(tile_hw, None, halo, align, int(batch_size), len(plan))
 
 
 def postprocess_options(
@@ -438,10 +590,10 @@ def _model_diameter(model) -> float | None:
     return None
 
 
-def _check_common(model, overlap: float, batch_size: int, scale: float) -> None:
-    if not 0 <= float(overlap) < 1:
+def _check_common(model, overlap: float | None, batch_size: int | None, scale: float) -> None:
+    if overlap is not None and not 0 <= float(overlap) < 1:
         raise InputError(f"overlap must be in [0, 1), got {overlap}")
-    if isinstance(batch_size, bool) or int(batch_size) < 1:
+    if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
         raise InputError(f"batch size must be >= 1, got {batch_size}")
     if not (math.isfinite(float(scale)) and 0.05 <= float(scale) <= 20):
         raise InputError(f"scale must be between 0.05 and 20, got {scale}")
@@ -491,8 +643,8 @@ def predict_image(
     model,
     *,
     tile: int | None = None,
-    overlap: float = 0.25,
-    batch_size: int = 4,
+    overlap: float | None = None,
+    batch_size: int | None = None,
     tta: bool = False,
     scale: float = 1.0,
     prob_threshold: float | None = None,
@@ -500,6 +652,7 @@ def predict_image(
     seed_threshold: float | None = None,
     split_height: float | None = None,
     on_tile: TileCallback | None = None,
+    tile_halo: int | None = None,
 ) -> PredictResult:
     """Segment one image with a U-Net: normalise, tile, predict, blend, label.
 
@@ -512,12 +665,14 @@ def predict_image(
         From :func:`segtool.unet.modelfile.load_model`. Its network is
         prepared with :func:`prepare_for_inference` unless it already is.
     tile : int, optional
-        Tile size in pixels (multiple of ``2**depth``); default the model's
-        patch size.
+        Tile size in pixels (multiple of ``2**depth``): the largest tile of
+        halo tiling (default per device, :data:`MAX_TILE`), or the tile size
+        with ``overlap`` (default the model's patch size).
     overlap : float, optional
-        Minimum overlap between neighbouring tiles (fraction of the tile).
+        Blend fixed-size tiles overlapping by this fraction instead of halo
+        tiling (see :func:`plan_inference_tiles`).
     batch_size : int, optional
-        Tiles per network call.
+        Tiles per network call (default: from the tile size).
     tta : bool, optional
         Test-time augmentation (flips and rotations, averaged).
     scale : float, optional
@@ -530,6 +685,8 @@ def predict_image(
         turns shape splitting off).
     on_tile : callable, optional
         ``on_tile(done, total)`` progress callback.
+    tile_halo : int, optional
+        Halo of halo tiling in pixels (default :func:`default_tile_halo`).
 
     Returns
     -------
@@ -552,33 +709,133 @@ def predict_image(
     >>> model = LoadedModel(net=UNet(config).eval(), config=config)
     >>> result = predict_image(np.zeros((20, 30), np.uint8), model)
     >>> result.labels.shape, result.maps.shape, result.n_tiles
-    ((20, 30), (3, 20, 30), 6)
+    ((20, 30), (3, 20, 30), 1)
     """
     start_time = time.perf_counter()
-    config = model.config
     _check_common(model, overlap, batch_size, scale)
-    data = _as_channels(image, config.in_channels)
-    options = postprocess_options(config, prob_threshold=prob_threshold, min_size=min_size, seed_threshold=seed_threshold,
-                                  split_height=split_height)
-    normalized = np.stack([normalize_percentile(c, config.norm_low, config.norm_high) for c in data])
-    height, width = normalized.shape[1:]
-    if scale != 1.0:
-        scaled_shape = (max(1, round(height * scale)), max(1, round(width * scale)))
-        normalized = _resize(normalized, scaled_shape)
-    tile_hw = resolve_tile(config, normalized.shape[1:], tile)
-    n_tiles = len(plan_tiles(tuple(max(n, t) for n, t in zip(normalized.shape[1:], tile_hw)), tile_hw, overlap))
-    predictor = make_predictor(_prepared_net(model), config.target, tta=tta)
-    maps = predict_tiled(
-        normalized,
-        predictor,
-        tile=tile_hw,
-        overlap=overlap,
-        batch_size=batch_size,
-        out_channels=config.out_channels,
-        on_tile=on_tile,
-    )
+    options = postprocess_options(model.config, prob_threshold=prob_threshold, min_size=min_size,
+                                  seed_threshold=seed_threshold, split_height=split_height)
+    stages: dict[str, float] = {}
+    with _timed(stages, "normalize"):
+        normalized = normalize_for_model(image, model, scale=scale)
+    maps, n_tiles = predict_maps(normalized, model, np.shape(image)[-2:], tile=tile, overlap=overlap,
+                                 batch_size=batch_size, tta=tta, tile_halo=tile_halo, on_tile=on_tile, stages=stages)
     del normalized
+    with _timed(stages, "postprocess"):
+        labels = maps_to_labels(maps, target=model.config.target, **options)
+    return PredictResult(labels=labels, maps=maps, n_tiles=n_tiles, seconds=time.perf_counter() - start_time,
+                         stage_seconds=stages)
+
+
+class _timed:
+    """Add the wall time of a ``with`` block to ``stages[name]``."""
+
+    def __init__(self, stages: dict[str, float] | None, name: str) -> None:
+        self.stages, self.name = stages, name
+
+    def __enter__(self) -> None:
+        self.start = time.perf_counter()
+
+    def __exit__(self, *exc) -> None:
+        if self.stages is not None:
+            self.stages[self.name] = self.stages.get(self.name, 0.0) + time.perf_counter() - self.start
+
+
+def timed_predictor(predictor: Callable[[np.ndarray], np.ndarray], stages: dict[str, float] | None,
+                    name: str = "network") -> Callable[[np.ndarray], np.ndarray]:
+    """``predictor``, adding the wall time of each call to ``stages[name]`` (no-op when ``stages`` is None)."""
+    if stages is None:
+        return predictor
+
+    def timed(batch: np.ndarray) -> np.ndarray:
+        with _timed(stages, name):
+            return predictor(batch)
+
+    return timed
+
+
+def normalize_for_model(image: np.ndarray, model, *, scale: float = 1.0) -> np.ndarray:
+    """The network input for an image: per-channel percentile normalisation, then optional rescaling.
+
+    The first stage of :func:`predict_image`.
+
+    Parameters
+    ----------
+    image : (H, W) or (C, H, W) ndarray
+        Not modified.
+    model : LoadedModel
+    scale : float, optional
+        Resize factor (see :func:`predict_image`).
+
+    Returns
+    -------
+    normalized : (C, h, w) ndarray of float32
+
+    Raises
+    ------
+    ModelError
+        If the channel count does not match the model.
+    InputError
+        If the image is unusable or ``scale`` out of range.
+    """
+    config = model.config
+    _check_common(model, None, None, scale)
+    data = _as_channels(image, config.in_channels)
+    normalized = np.stack([normalize_percentile(c, config.norm_low, config.norm_high) for c in data])
+    if scale != 1.0:
+        height, width = normalized.shape[1:]
+        normalized = _resize(normalized, (max(1, round(height * scale)), max(1, round(width * scale))))
+    return normalized
+
+
+def predict_maps(
+    normalized: np.ndarray,
+    model,
+    shape: Sequence[int],
+    *,
+    tile: int | None = None,
+    overlap: float | None = None,
+    batch_size: int | None = None,
+    tta: bool = False,
+    tile_halo: int | None = None,
+    on_tile: TileCallback | None = None,
+    stages: dict[str, float] | None = None,
+) -> tuple[np.ndarray, int]:
+    """The network stage of :func:`predict_image`: tiled maps of a normalised image, at the image's size.
+
+    Parameters
+    ----------
+    normalized : (C, h, w) ndarray of float32
+        From :func:`normalize_for_model`.
+    model : LoadedModel
+    shape : (H, W)
+        Size of the original image; maps are resized back to it when the
+        input was rescaled.
+    tile, overlap, batch_size, tta, tile_halo, on_tile
+        As in :func:`predict_image`.
+    stages : dict, optional
+        Receives the seconds spent in the network calls (``"network"``) and
+        in the tiling around them (``"tiles"``).
+
+    Returns
+    -------
+    maps : (C_out, H, W) ndarray of float32
+    n_tiles : int
+    """
+    config = model.config
+    _check_common(model, overlap, batch_size, 1.0)
+    start = time.perf_counter()
+    network_before = (stages or {}).get("network", 0.0)
+    net = _prepared_net(model)
+    plan = plan_inference_tiles(config, normalized.shape[1:], device_type=network_device_type(net), tile=tile,
+                                overlap=overlap, tile_halo=tile_halo, batch_size=batch_size)
+    predictor = timed_predictor(make_predictor(net, config.target, tta=tta), stages)
+    maps = predict_tiled(normalized, predictor, out_channels=config.out_channels, on_tile=on_tile,
+                         **plan.tiling_options())
+    height, width = (int(n) for n in shape)
     if maps.shape[1:] != (height, width):
         maps = _resize(maps, (height, width))
-    labels = maps_to_labels(maps, target=config.target, **options)
-    return PredictResult(labels=labels, maps=maps, n_tiles=n_tiles, seconds=time.perf_counter() - start_time)
+    if stages is not None:
+        network = stages.get("network", 0.0) - network_before
+        stages["tiles"] = stages.get("tiles", 0.0) + time.perf_counter() - start - network
+    return maps, plan.n_tiles

@@ -9,8 +9,14 @@ Three small pieces:
   where the network saw the most context, small but never zero at its edges,
   so overlapping tiles fade into each other without seams and the corners of
   the image (covered by one tile corner only) still get a value.
+- :func:`plan_halo_tiles` is the other layout: as few large tiles as cover
+  the image when each keeps only its *core*, the part at least ``halo``
+  pixels from any cut edge. With ``halo`` at least the network's effective
+  context (:func:`segtool.unet.context.measure_context`) the cores are what
+  whole-image inference would give, and large tiles recompute only the thin
+  halos (about 1.1-1.25x the pixels instead of 1.78x for 25 % overlap).
 - :func:`predict_tiled` runs any ``predictor`` callable over the tiles in
-  batches and returns the blended maps. :func:`predict_tiled_rows` is the
+  batches and returns the blended (or, with a halo, cropped) maps. :func:`predict_tiled_rows` is the
   same computation, streamed: it yields finished rows as soon as no later
   tile can touch them, so an image much larger than memory can be predicted
   band by band with exactly the same result.
@@ -29,7 +35,17 @@ import numpy as np
 
 from segtool.errors import InputError
 
-__all__ = ["plan_tiles", "blend_window", "predict_tiled", "predict_tiled_rows", "tile_shape"]
+__all__ = [
+    "blend_window",
+    "halo_padded_shape",
+    "pad_mode",
+    "plan_halo_tiles",
+    "plan_tiles",
+    "predict_tiled",
+    "predict_tiled_rows",
+    "reflect_rows",
+    "tile_shape",
+]
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 TileCallback = Callable[[int, int], None]
@@ -180,6 +196,151 @@ def blend_window(shape: Sequence[int], *, sigma_scale: float = 0.125, floor: flo
     return np.maximum(window, floor).astype(np.float32)
 
 
+def halo_padded_shape(shape: Sequence[int], align: int = 1) -> tuple[int, ...]:
+    """Shape an image is padded to (bottom/right) before halo tiling: each axis up to a multiple of ``align``.
+
+    Examples
+    --------
+    >>> halo_padded_shape((100, 256), 16)
+    (112, 256)
+    """
+    align = max(1, int(align))
+    return tuple(align * math.ceil(int(n) / align) for n in shape)
+
+
+def _axis_halo_plan(length: int, tile: int, halo: int, align: int) -> tuple[list[int], int, list[int]]:
+    """Tile starts, the tile size and the core boundaries along one axis."""
+    if length <= tile:
+        return [0], length, [0, length]
+    if tile - 2 * halo < align:
+        raise InputError(
+            f"a tile of {tile} pixels leaves no core inside a halo of {halo} pixels on each side; "
+            f"use a tile of at least {2 * halo + align} pixels, or an overlap instead of a halo"
+        )
+    count = math.ceil((length - 2 * halo) / (tile - 2 * halo))
+    size = min(tile, align * math.ceil((length + 2 * halo * (count - 1)) / count / align))
+    while True:
+        # Evenly spaced, aligned starts, the last flush with the end; neighbours must share 2 * halo.
+        starts = [align * round(i * (length - size) / (count - 1) / align) for i in range(count)] if count > 1 else [0]
+        if all(starts[i] + size - starts[i + 1] >= 2 * halo for i in range(count - 1)):
+            break
+        if size + align <= tile:
+            size += align
+        else:
+            count += 1
+            size = min(tile, align * math.ceil((length + 2 * halo * (count - 1)) / count / align))
+    # Each tile keeps the pixels nearer its own middle: cut in the middle of every overlap.
+    cuts = [0] + [(starts[i + 1] + starts[i] + size) // 2 for i in range(count - 1)] + [length]
+    return starts, size, cuts
+
+
+def plan_halo_tiles(
+    shape: Sequence[int],
+    tile: int | Sequence[int],
+    halo: int,
+    *,
+    align: int = 1,
+) -> list[tuple[tuple[slice, ...], tuple[slice, ...]]]:
+    """Place as few tiles as cover an image when each keeps only its core.
+
+    The *core* of a tile is the part at least ``halo`` pixels from every
+    edge of the tile that is not also an edge of the image; the cores
+    partition the image. All tiles have the same size, at most ``tile``
+    (smaller when fewer pixels suffice), and start at multiples of ``align``.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        Image shape, each axis a multiple of ``align`` (see
+        :func:`halo_padded_shape`).
+    tile : int or sequence of int
+        Largest tile size per axis.
+    halo : int
+        Context kept around each core, in pixels, >= 0.
+    align : int, optional
+        Tile starts and sizes are multiples of this (``2**depth`` for a U-Net,
+        so the pooling grid of every tile lines up with the whole image's).
+
+    Returns
+    -------
+    tiles : list of (tile_slices, core_slices)
+        Row-major; ``core_slices`` are in image coordinates and lie inside
+        ``tile_slices``.
+
+    Raises
+    ------
+    InputError
+        If a value is out of range, the shape is not aligned, or a tile is
+        too small to have a core.
+
+    Examples
+    --------
+    >>> plan = plan_halo_tiles((1, 100), (1, 60), 10)
+    >>> [((t.start, t.stop), (c.start, c.stop)) for (_, t), (_, c) in plan]
+    [((0, 60), (0, 50)), ((40, 100), (50, 100))]
+    """
+    shape = tuple(int(n) for n in shape)
+    if not shape or any(n < 1 for n in shape):
+        raise InputError(f"cannot tile an image of shape {shape}")
+    align = int(align)
+    if align < 1 or int(halo) < 0:
+        raise InputError(f"align must be >= 1 and halo >= 0, got {align} and {halo}")
+    if any(n % align for n in shape):
+        raise InputError(f"shape {shape} is not a multiple of {align}; pad it first (halo_padded_shape)")
+    sizes = _as_tile(tile, len(shape))
+    per_axis = []
+    for n, t in zip(shape, sizes):
+        t = max(align, t // align * align)
+        starts, size, cuts = _axis_halo_plan(n, t, int(halo), align)
+        per_axis.append([(slice(s, s + size), slice(cuts[i], cuts[i + 1])) for i, s in enumerate(starts)])
+    return [tuple(zip(*combo)) for combo in itertools.product(*per_axis)]  # type: ignore[misc]
+
+
+def pad_mode(shape: Sequence[int]) -> str:
+    """``np.pad`` mode for padding an image of ``shape``: "reflect", or "edge" when an axis has one pixel."""
+    return "reflect" if all(int(n) > 1 for n in shape) else "edge"
+
+
+def reflect_rows(
+    read_rows: Callable[[int, int], np.ndarray], height: int, padded_height: int, *, mode: str = "reflect"
+) -> Callable[[int, int], np.ndarray]:
+    """Extend a row reader past the last row the way :func:`numpy.pad` would.
+
+    ``read_rows(start, stop)`` returns ``(C, stop - start, W)`` rows of an
+    image ``height`` rows tall; the returned function also serves rows up to
+    ``padded_height``, mirrored (``mode="reflect"``) or repeated
+    (``"edge"``) below the image, identical to ``np.pad`` on the whole image.
+
+    Examples
+    --------
+    >>> image = np.arange(12.0).reshape(1, 4, 3)
+    >>> read = reflect_rows(lambda a, b: image[:, a:b], 4, 7)
+    >>> bool(np.array_equal(read(2, 7), np.pad(image, ((0, 0), (0, 3), (0, 0)), mode="reflect")[:, 2:7]))
+    True
+    """
+    pad = int(padded_height) - int(height)
+    if pad <= 0:
+        return read_rows
+    keep = min(int(height), pad + 1)  # enough rows to mirror ``pad`` rows, as np.pad would from the whole image
+    tail: list[np.ndarray] = []
+
+    def read(start: int, stop: int) -> np.ndarray:
+        if stop <= height:
+            return read_rows(start, stop)
+        if not tail:
+            block = np.asarray(read_rows(height - keep, height))
+            widths = [(0, 0)] * block.ndim
+            widths[-2] = (0, pad)
+            tail.append(np.pad(block, widths, mode=mode)[..., keep:, :])
+        parts = []
+        if start < height:
+            parts.append(np.asarray(read_rows(start, height)))
+        parts.append(tail[0][..., max(start, height) - height : stop - height, :])
+        return np.concatenate(parts, axis=-2) if len(parts) > 1 else parts[0]
+
+    return read
+
+
 def _pad_amounts(shape: Sequence[int], tile: Sequence[int]) -> list[tuple[int, int]]:
     return [(0, max(0, t - n)) for n, t in zip(shape, tile)]
 
@@ -203,6 +364,8 @@ def predict_tiled_rows(
     batch_size: int = 4,
     out_channels: int,
     on_tile: TileCallback | None = None,
+    tile_halo: int | None = None,
+    align: int = 1,
 ) -> Iterator[tuple[int, np.ndarray]]:
     """Tiled, blended prediction streamed as bands of finished rows.
 
@@ -233,6 +396,13 @@ def predict_tiled_rows(
         Channels the predictor returns.
     on_tile : callable, optional
         Called as ``on_tile(done, total)`` after every batch.
+    tile_halo : int, optional
+        Crop instead of blend: tiles of at most ``tile`` from
+        :func:`plan_halo_tiles` with this halo, each keeping only its core
+        (``overlap`` is then unused). ``shape`` must be a multiple of
+        ``align``.
+    align : int, optional
+        Alignment of the halo tiles (see :func:`plan_halo_tiles`).
 
     Yields
     ------
@@ -250,7 +420,7 @@ def predict_tiled_rows(
     """
     height, width = (int(n) for n in shape)
     tile_h, tile_w = _as_tile(tile, 2)
-    if height < tile_h or width < tile_w:
+    if tile_halo is None and (height < tile_h or width < tile_w):
         raise InputError(f"image of shape {(height, width)} is smaller than the tile {(tile_h, tile_w)}; pad it first")
     if isinstance(batch_size, bool) or int(batch_size) < 1:
         raise InputError(f"batch_size must be >= 1, got {batch_size!r}")
@@ -258,6 +428,10 @@ def predict_tiled_rows(
     if int(out_channels) < 1:
         raise InputError(f"out_channels must be >= 1, got {out_channels!r}")
     out_channels = int(out_channels)
+    if tile_halo is not None:
+        yield from _predict_cropped_rows(read_rows, (height, width), predictor, plan_halo_tiles(
+            (height, width), (tile_h, tile_w), tile_halo, align=align), batch_size, out_channels, on_tile)
+        return
     tiles = plan_tiles((height, width), (tile_h, tile_w), overlap)
     total = len(tiles)
     window = blend_window((tile_h, tile_w))
@@ -325,6 +499,41 @@ def predict_tiled_rows(
             base = final
 
 
+def _read_block(read_rows, start: int, stop: int, width: int) -> np.ndarray:
+    block = np.asarray(read_rows(start, stop), dtype=np.float32)
+    if block.ndim != 3 or block.shape[1:] != (stop - start, width):
+        raise InputError(f"read_rows({start}, {stop}) returned shape {block.shape}, expected (C, {stop - start}, {width})")
+    return block
+
+
+def _predict_cropped_rows(read_rows, shape, predictor, tiles, batch_size, out_channels, on_tile):
+    """Halo tiling of :func:`predict_tiled_rows`: one row of tiles at a time, each tile's core kept."""
+    height, width = shape
+    total = len(tiles)
+    done = 0
+    rows: dict[tuple[int, int], list] = {}
+    for tile_slices, core_slices in tiles:
+        rows.setdefault((tile_slices[0].start, tile_slices[0].stop), []).append((tile_slices, core_slices))
+    for (top, bottom), row_tiles in rows.items():
+        block = _read_block(read_rows, top, bottom, width)
+        core_y = row_tiles[0][1][0]
+        band = np.empty((out_channels, core_y.stop - core_y.start, width), np.float32)
+        for first in range(0, len(row_tiles), batch_size):
+            batch_tiles = row_tiles[first : first + batch_size]
+            batch = np.ascontiguousarray(np.stack([block[:, :, sx] for (_, sx), _ in batch_tiles]))
+            maps = np.asarray(predictor(batch))
+            expected = (len(batch_tiles), out_channels) + batch.shape[2:]
+            if maps.shape != expected:
+                raise InputError(f"predictor returned shape {maps.shape}, expected {expected}")
+            for ((_, sx), (cy, cx)), tile_maps in zip(batch_tiles, maps):
+                band[:, :, cx] = tile_maps[:, cy.start - top : cy.stop - top, cx.start - sx.start : cx.stop - sx.start]
+            done += len(batch_tiles)
+            if on_tile is not None:
+                on_tile(done, total)
+        del block
+        yield core_y.start, band
+
+
 def predict_tiled(
     image: np.ndarray,
     predictor: Predictor,
@@ -334,11 +543,13 @@ def predict_tiled(
     batch_size: int = 4,
     out_channels: int,
     on_tile: TileCallback | None = None,
+    tile_halo: int | None = None,
+    align: int = 1,
 ) -> np.ndarray:
     """Predict an image of any size tile by tile and blend the tiles.
 
-    The image is padded by reflection where it is smaller than the tile and
-    cropped back afterwards.
+    The image is padded by reflection where it is smaller than the tile (with
+    ``tile_halo``: up to a multiple of ``align``) and cropped back afterwards.
 
     Parameters
     ----------
@@ -357,6 +568,12 @@ def predict_tiled(
         Channels the predictor returns.
     on_tile : callable, optional
         ``on_tile(done, total)`` after every batch.
+    tile_halo : int, optional
+        Crop tile cores instead of blending (:func:`plan_halo_tiles`); with
+        at least the predictor's effective context the maps equal the
+        predictor run on the whole (padded) image within its tolerance.
+    align : int, optional
+        Alignment of the halo tiles and of the padded image.
 
     Returns
     -------
@@ -381,7 +598,11 @@ def predict_tiled(
         raise InputError(f"image must be (H, W) or (C, H, W), got shape {np.shape(image)}")
     height, width = data.shape[1:]
     sizes = _as_tile(tile, 2)
-    padded = _pad_reflect(data, _pad_amounts((height, width), sizes))
+    if tile_halo is not None:
+        padded_shape = halo_padded_shape((height, width), align)
+        padded = _pad_reflect(data, [(0, p - n) for n, p in zip((height, width), padded_shape)])
+    else:
+        padded = _pad_reflect(data, _pad_amounts((height, width), sizes))
     out = np.empty((int(out_channels), height, width), np.float32)
 
     def read_rows(start: int, stop: int) -> np.ndarray:
@@ -396,6 +617,8 @@ def predict_tiled(
         batch_size=batch_size,
         out_channels=out_channels,
         on_tile=on_tile,
+        tile_halo=tile_halo,
+        align=align,
     ):
         stop = min(start + band.shape[1], height)
         if stop > start:

@@ -1,0 +1,135 @@
+"""What the napari widget computes: one 2-D image in, labels out (no napari, no Qt).
+
+:func:`segment` runs the U-Net or the baseline with the options of a
+:class:`SegmentOptions`, reporting progress through a callback;
+:func:`image_plane` picks the 2-D image out of a layer's data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from segtool.errors import InputError
+
+__all__ = ["METHODS", "POLARITIES", "THRESHOLDS", "SegmentOptions", "image_plane", "segment"]
+
+METHODS = ("U-Net", "baseline")
+THRESHOLDS = ("otsu", "li", "triangle", "yen")
+POLARITIES = ("bright", "dark", "auto")
+
+
+@dataclass(frozen=True)
+class SegmentOptions:
+    """What the widget runs.
+
+    Attributes
+    ----------
+    method : {"U-Net", "baseline"}
+    model : str or None
+        U-Net: a segtool model file (``.pt``) or segtool bioimage.io package
+        (``.zip``); None for the model shipped with segtool.
+    tta : bool
+        U-Net: average the eight flips/rotations.
+    degree, threshold, polarity, min_size, split, smooth, fill_holes
+        Baseline options, as ``segtool baseline`` (``min_size`` None keeps the
+        method's default; for the U-Net it overrides the model's tuned value).
+    """
+
+    method: str = "U-Net"
+    model: str | None = None
+    tta: bool = False
+    degree: int = 2
+    threshold: str = "otsu"
+    polarity: str = "bright"
+    min_size: int | None = None
+    split: bool = False
+    smooth: float = 0.0
+    fill_holes: bool = False
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise InputError(f"method must be one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.threshold not in THRESHOLDS:
+            raise InputError(f"threshold must be one of {', '.join(THRESHOLDS)}, got {self.threshold!r}")
+        if self.polarity not in POLARITIES:
+            raise InputError(f"polarity must be one of {', '.join(POLARITIES)}, got {self.polarity!r}")
+
+
+def image_plane(data: Any, *, rgb: bool = False, current_step: tuple[int, ...] = ()) -> np.ndarray:
+    """The 2-D image the widget segments: the layer itself, RGB averaged, or the displayed plane of a stack.
+
+    Parameters
+    ----------
+    data : array_like
+        A napari image layer's data (a multiscale layer gives its first level).
+    rgb : bool, optional
+        The last axis holds colours (averaged to gray).
+    current_step : tuple of int, optional
+        The viewer's position on every axis; the leading axes of a stack are
+        indexed with it.
+
+    Examples
+    --------
+    >>> image_plane(np.arange(24).reshape(2, 3, 4), current_step=(1, 0, 0)).shape
+    (3, 4)
+    >>> image_plane(np.ones((3, 4, 3)), rgb=True).shape
+    (3, 4)
+    """
+    if isinstance(data, (list, tuple)):
+        data = data[0]
+    array = np.asarray(data)
+    if rgb:
+        array = array[..., :3].mean(axis=-1, dtype=np.float32)
+    if array.ndim > 2:
+        leading = array.ndim - 2
+        steps = tuple(current_step)[-(leading + 2):-2] if len(current_step) >= array.ndim else (0,) * leading
+        array = array[tuple(int(s) for s in steps)]
+    if array.ndim != 2:
+        raise InputError(f"expected a 2-D image layer, got shape {np.shape(data)}")
+    return array
+
+
+def segment(image: np.ndarray, options: SegmentOptions = SegmentOptions(), *,
+            on_progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+    """Segment one 2-D image with the U-Net or the baseline.
+
+    Parameters
+    ----------
+    image : (Y, X) ndarray
+    options : SegmentOptions, optional
+    on_progress : callable, optional
+        ``on_progress(done, total)``: network tiles for the U-Net, 0/1 then
+        1/1 for the baseline.
+
+    Returns
+    -------
+    labels : (Y, X) ndarray of uint16 or uint32
+        0 background, 1..N objects.
+
+    Raises
+    ------
+    SegtoolError
+        For an unusable image or model file (``InputError``, ``ModelError``).
+    """
+    image = np.asarray(image)
+    if options.method == "baseline":
+        from segtool.baseline import segment_baseline
+
+        if on_progress:
+            on_progress(0, 1)
+        kwargs = {} if options.min_size is None else {"min_size": options.min_size}
+        result = segment_baseline(image, degree=options.degree, polarity=options.polarity,
+                                  threshold=options.threshold, split=options.split, smooth=options.smooth,
+                                  fill_holes=options.fill_holes, **kwargs)
+        if on_progress:
+            on_progress(1, 1)
+        return result.labels
+    from segtool.unet.predict import find_packaged_model, load_for_inference_cached, predict_image
+
+    path = options.model or find_packaged_model()
+    model = load_for_inference_cached(path, device="cpu")
+    return predict_image(image, model, tta=options.tta, min_size=options.min_size, on_tile=on_progress).labels

@@ -1,0 +1,432 @@
+"""3-D prediction of a Z stack with a 2-D U-Net: per plane (batched across planes), then 3-D objects.
+
+Two ways to turn the per-plane network maps into 3-D objects:
+
+``"stitch"``
+    Each plane is labelled on its own (the model's tuned post-processing),
+    then objects of consecutive planes are linked by IoU
+    (:class:`segtool.volume.stitch.PlaneStitcher`). Needs two planes in
+    memory, so any stack streams from file to file.
+``"watershed"``
+    The foreground and seed maps of all planes form 3-D maps; seeds are the
+    3-D regions where the network's distance map is high, split by the
+    h-maxima of their anisotropic distance transform, and grown by a 3-D
+    watershed within the foreground. Holds the maps of the whole stack.
+
+The whole stack shares one intensity normalisation (the model's percentiles
+measured over the stack), so planes above and below the cells, nearly empty,
+are not stretched into false objects.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from segtool.errors import InputError
+
+__all__ = ["STACK_MODES", "StackPredictOptions", "stack_percentiles", "predict_stack_maps", "maps_to_labels_3d",
+           "predict_stack", "predict_stack_file"]
+
+#: Values of ``mode``.
+STACK_MODES = ("auto", "stitch", "watershed")
+
+#: ``mode="auto"`` uses ``"watershed"`` (more accurate: it splits nuclei that touch along z, which
+#: stitching merges) up to this many voxels, and ``"stitch"`` (memory bounded by planes) above. The
+#: watershed holds several stack-sized arrays: at 2**25 voxels (512 x 512 x 128) its peak RSS was
+#: 3281 MiB (BENCHMARKS.md), so "auto" stops at half that size.
+WATERSHED_MAX_VOXELS = 1 << 24
+
+# "watershed" defaults (the model's tuned values are for 2-D): seeds where the network's distance
+# map exceeds 0.3, objects of at least 100 voxels. On synthetic stacks of seeds 100-101 (tuning
+# seeds; reports use 0-4) seed threshold 0.2 / 0.3 / 0.5 gave F1@0.5 0.951 / 0.988 / 0.919 at
+# 100 voxels, and 100 / 200 / 400 voxels gave 0.988 / 0.988 / 0.994 at 0.3 (100 kept: smaller
+# nuclei than these ~2000-voxel ones must survive it).
+WATERSHED_SEED_THRESHOLD = 0.3
+WATERSHED_MIN_SIZE = 100
+
+
+@dataclass(frozen=True)
+class StackPredictOptions:
+    """How a Z stack is predicted.
+
+    Attributes
+    ----------
+    mode : {"auto", "stitch", "watershed"}
+        See the module docstring. ``"auto"`` (default): ``"watershed"`` up
+        to :data:`WATERSHED_MAX_VOXELS` voxels, ``"stitch"`` above.
+    stitch_threshold : float
+        IoU needed to continue an object into the next plane (``"stitch"``).
+    tile, overlap, batch_size, tta
+        As for 2-D prediction; ``batch_size`` planes go through the network
+        together when a plane fits in one tile.
+    prob_threshold, min_size, seed_threshold, split_height
+        Override the model's tuned post-processing (per plane for
+        ``"stitch"``). ``"watershed"`` uses the model's ``prob_threshold``
+        and its own defaults ``seed_threshold`` 0.3 and ``min_size`` 100
+        voxels (see :data:`WATERSHED_SEED_THRESHOLD`).
+    """
+
+    mode: str = "auto"
+    stitch_threshold: float = 0.25
+    tile: int | None = None
+    overlap: float = 0.25
+    batch_size: int = 4
+    tta: bool = False
+    prob_threshold: float | None = None
+    min_size: int | None = None
+    seed_threshold: float | None = None
+    split_height: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in STACK_MODES:
+            raise InputError(f"3-D mode must be one of {', '.join(STACK_MODES)}, got {self.mode!r}")
+        if not 0 < float(self.stitch_threshold) <= 1:
+            raise InputError(f"stitch threshold must be in (0, 1], got {self.stitch_threshold}")
+
+    def resolved(self, n_voxels: int) -> str:
+        """The mode used for a stack of ``n_voxels`` (``"auto"`` decided by size)."""
+        if self.mode != "auto":
+            return self.mode
+        return "watershed" if n_voxels <= WATERSHED_MAX_VOXELS else "stitch"
+
+
+def stack_percentiles(planes: Iterable[np.ndarray], low: float, high: float, *, max_samples: int = 1 << 22) -> tuple[float, float]:
+    """The ``low`` and ``high`` percentiles of a stack, from a regular subsample of its planes.
+
+    Examples
+    --------
+    >>> stack_percentiles([np.arange(10.0).reshape(2, 5)] * 3, 0, 100)
+    (0.0, 9.0)
+    """
+    planes = list(planes)
+    if not planes:
+        raise InputError("stack has no planes")
+    per_plane = max(1, max_samples // len(planes))
+    samples = []
+    for plane in planes:
+        step = max(1, math.isqrt(max(1, plane.size // per_plane)))
+        samples.append(np.asarray(plane[::step, ::step], dtype=np.float32).reshape(-1))
+    values = np.concatenate(samples)
+    if not np.isfinite(values).all():
+        raise InputError("image contains NaN or infinite values")
+    lo, hi = np.percentile(values, [low, high])
+    return float(lo), float(hi)
+
+
+def _predictor(model, tta: bool):
+    from segtool.unet.predict import make_predictor, prepare_for_inference
+
+    net = model.net
+    if not getattr(net, "segtool_prepared", False):
+        net = prepare_for_inference(net)
+    return make_predictor(net, model.config.target, tta=tta)
+
+
+def _pad_to(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """(C, h, w) padded at the end of y and x to ``shape`` (reflected where the plane allows)."""
+    pads = [(0, 0), (0, shape[0] - plane.shape[1]), (0, shape[1] - plane.shape[2])]
+    mode = "reflect" if all(p[1] < n for p, n in zip(pads[1:], plane.shape[1:])) else "symmetric"
+    return np.pad(plane, pads, mode=mode)
+
+
+def predict_stack_maps(
+    planes: Iterable[np.ndarray],
+    model,
+    *,
+    norm: tuple[float, float],
+    options: StackPredictOptions = StackPredictOptions(),
+    on_plane: Callable[[int], None] | None = None,
+) -> Iterator[np.ndarray]:
+    """Network maps of each (Y, X) plane, in order, normalised with ``norm`` = (low, high) values.
+
+    Planes that fit in one tile are sent ``options.batch_size`` at a time in
+    one network call; larger planes are tiled one by one
+    (:func:`segtool.unet.tiling.predict_tiled`).
+
+    Yields
+    ------
+    maps : (C, Y, X) ndarray of float32
+    """
+    from segtool.unet.predict import resolve_tile
+    from segtool.unet.tiling import predict_tiled
+
+    config = model.config
+    predictor = _predictor(model, options.tta)
+    lo, hi = norm
+    scale = np.float32(1.0 / (hi - lo + 1e-20))
+    batch: list[np.ndarray] = []
+    tile_hw: tuple[int, int] | None = None
+    done = 0
+
+    def flush() -> Iterator[np.ndarray]:
+        nonlocal done
+        if not batch:
+            return
+        h, w = batch[0].shape[1:]
+        stacked = np.stack([_pad_to(p, tile_hw) for p in batch])
+        maps = predictor(stacked)
+        batch.clear()
+        for m in maps:
+            done += 1
+            if on_plane is not None:
+                on_plane(done)
+            yield np.ascontiguousarray(m[:, :h, :w])
+
+    for plane in planes:
+        data = np.asarray(plane)
+        if data.ndim != 2:
+            raise InputError(f"plane must be 2-D, got shape {data.shape}")
+        if config.in_channels != 1:
+            raise InputError(f"3-D prediction needs a single-channel model; this one takes {config.in_channels} channels")
+        normalized = ((data.astype(np.float32) - np.float32(lo)) * scale)[np.newaxis]
+        tile_hw = resolve_tile(config, data.shape, options.tile)
+        if tile_hw[0] >= data.shape[0] and tile_hw[1] >= data.shape[1]:
+            batch.append(normalized)
+            if len(batch) >= options.batch_size:
+                yield from flush()
+            continue
+        yield from flush()
+        maps = predict_tiled(normalized, predictor, tile=tile_hw, overlap=options.overlap,
+                             batch_size=options.batch_size, out_channels=config.out_channels)
+        done += 1
+        if on_plane is not None:
+            on_plane(done)
+        yield maps
+    yield from flush()
+
+
+def _watershed_3d(foreground: np.ndarray, seed_map: np.ndarray, *, seed_threshold: float, min_size: int,
+                  z_spacing: float) -> np.ndarray:
+    """3-D objects from stacked per-plane foreground and distance maps."""
+    from scipy import ndimage as ndi
+    from skimage.segmentation import watershed
+
+    from segtool.volume.baseline import relabel_sequential_3d, split_touching_3d
+
+    regions = foreground & (seed_map > np.float32(seed_threshold))
+    markers = split_touching_3d(regions, z_spacing=z_spacing)  # one seed per ball-like part of the seed region
+    elevation = -seed_map.astype(np.float32)
+    labels = watershed(elevation, markers, mask=foreground, connectivity=3)
+    rest = foreground & (labels == 0)
+    if rest.any():
+        extra, _ = ndi.label(rest, structure=np.ones((3, 3, 3), bool))
+        labels[rest] = extra[rest] + int(labels.max())
+    return relabel_sequential_3d(labels, min_size=min_size)
+
+
+def predict_stack(
+    image: np.ndarray,
+    model,
+    *,
+    z_spacing: float = 1.0,
+    options: StackPredictOptions = StackPredictOptions(),
+    on_plane: Callable[[int], None] | None = None,
+) -> np.ndarray:
+    """Segment a (Z, Y, X) stack in memory with a 2-D model; returns 3-D labels.
+
+    Parameters
+    ----------
+    image : (Z, Y, X) ndarray
+    model : LoadedModel
+    z_spacing : float, optional
+        Anisotropy (used by ``"watershed"``).
+    options : StackPredictOptions, optional
+    on_plane : callable, optional
+        ``on_plane(planes_done)`` after each plane's network pass.
+
+    Returns
+    -------
+    labels : (Z, Y, X) ndarray of uint16 (uint32 above 65535 objects)
+
+    Raises
+    ------
+    InputError
+        For a stack that is not 3-D or a model with several input channels.
+    """
+    data = np.asarray(image)
+    if data.ndim != 3 or data.size == 0:
+        raise InputError(f"stack must be 3-D (Z, Y, X), got shape {data.shape}")
+    config = model.config
+    norm = stack_percentiles(list(data), config.norm_low, config.norm_high)
+    maps = predict_stack_maps(list(data), model, norm=norm, options=options, on_plane=on_plane)
+    options = replace(options, mode=options.resolved(data.size))
+    return maps_to_labels_3d(maps, model.config, z_spacing=z_spacing, options=options)
+
+
+def maps_to_labels_3d(
+    maps: Iterable[np.ndarray],
+    config,
+    *,
+    z_spacing: float = 1.0,
+    options: StackPredictOptions = StackPredictOptions(),
+) -> np.ndarray:
+    """3-D labels from the per-plane network maps of a stack (in plane order).
+
+    Parameters
+    ----------
+    maps : iterable of (C, Y, X) ndarray
+        From :func:`predict_stack_maps`.
+    config : UNetConfig
+        The model's configuration (target type and tuned post-processing).
+    z_spacing : float, optional
+    options : StackPredictOptions, optional
+
+    Returns
+    -------
+    labels : (Z, Y, X) ndarray of uint16 (uint32 above 65535 objects)
+    """
+    from segtool.unet.instances import maps_to_labels
+    from segtool.unet.predict import postprocess_options
+    from segtool.volume.stitch import PlaneStitcher
+
+    post = postprocess_options(config, prob_threshold=options.prob_threshold, min_size=options.min_size,
+                               seed_threshold=options.seed_threshold, split_height=options.split_height)
+    if options.mode == "stitch":  # "auto" is resolved by the callers, who know the stack's size
+        stitcher = PlaneStitcher(options.stitch_threshold)
+        out = np.stack([stitcher.add(maps_to_labels(m, target=config.target, **post)) for m in maps])
+        return out.astype(np.uint16) if stitcher.n_labels <= 0xFFFF else out
+    foreground, seed_map = [], []
+    for m in maps:
+        fg, seed = _fg_and_seed(m, config.target, post)
+        foreground.append(fg)
+        seed_map.append(seed.astype(np.float32))
+    seed_threshold = WATERSHED_SEED_THRESHOLD if options.seed_threshold is None else options.seed_threshold
+    min_size = WATERSHED_MIN_SIZE if options.min_size is None else options.min_size
+    return _watershed_3d(np.stack(foreground), np.stack(seed_map), seed_threshold=seed_threshold,
+                         min_size=int(min_size), z_spacing=z_spacing)
+
+
+def _fg_and_seed(maps: np.ndarray, target: str, post: dict) -> tuple[np.ndarray, np.ndarray]:
+    prob = float(post.get("prob_threshold", 0.5))
+    if target in ("three_class", "three_class_distance"):
+        foreground = maps[0] < np.float32(1.0 - prob)
+        seed = maps[1] if target == "three_class" else maps[3]
+    else:
+        foreground = maps[0] > np.float32(prob)
+        seed = maps[1]
+    return foreground, seed
+
+
+def predict_stack_file(
+    path: str | os.PathLike,
+    model,
+    out_path: str | os.PathLike,
+    *,
+    channel: int | None = None,
+    z_spacing: float | None = None,
+    options: StackPredictOptions = StackPredictOptions(),
+    overwrite: bool = False,
+    overlay_path: str | os.PathLike | None = None,
+    on_plane: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Segment a Z-stack file plane by plane and write its calibrated 3-D label TIFF.
+
+    With ``mode="stitch"`` memory stays at a few planes whatever the stack's
+    depth: planes are read one at a time, stitched labels go to a hidden
+    scratch file beside ``out_path`` (uint32), and the final TIFF is written
+    from it plane by plane, as uint16 when the labels fit. ``"watershed"``
+    loads the stack. ``overlay_path`` gets a PNG of the middle plane's outlines.
+
+    Returns
+    -------
+    dict
+        ``objects``, ``planes``, ``shape``, ``voxel_size``, ``seconds``, ``mode``.
+
+    Raises
+    ------
+    InputError, OutputError
+        Unreadable stack, or an output that exists without ``overwrite``.
+    """
+    from segtool.io import check_output_free
+    from segtool.unet.instances import maps_to_labels
+    from segtool.unet.predict import postprocess_options
+    from segtool.volume.io import resolve_voxel_size, anisotropy, iter_planes, read_volume, write_label_volume
+    from segtool.volume.stitch import PlaneStitcher
+
+    start = time.perf_counter()
+    out_path = Path(out_path)
+    check_output_free(out_path, overwrite=overwrite)
+    info, _ = iter_planes(path, channel=channel, z_spacing=z_spacing)
+    voxel_size, unit = resolve_voxel_size(info, z_spacing)
+    depth = info.n_planes
+    plane_pixels = info.shape[info.axes.index("Y")] * info.shape[info.axes.index("X")]
+    options = replace(options, mode=options.resolved(depth * plane_pixels))
+    if options.mode == "watershed":
+        volume = read_volume(path, channel=channel, z_spacing=z_spacing)
+        progress = (lambda n: on_plane(n, depth)) if on_plane is not None else None
+        labels = predict_stack(volume.data, model, z_spacing=volume.z_spacing, options=options, on_plane=progress)
+        write_label_volume(out_path, labels, voxel_size=voxel_size, unit=unit, overwrite=overwrite)
+        shape, n_objects = labels.shape, int(labels.max())
+        middle = (volume.data[depth // 2], labels[depth // 2])
+    else:
+        config = model.config
+        # One pass over a subsample of the planes for the stack's normalisation.
+        every = max(1, depth // 16)
+        _, planes = iter_planes(path, channel=channel, z_spacing=z_spacing)
+        sample = [p[::4, ::4].copy() for z, p in enumerate(planes) if z % every == 0]
+        norm = stack_percentiles(sample, config.norm_low, config.norm_high)
+        del sample
+        post = postprocess_options(config, prob_threshold=options.prob_threshold, min_size=options.min_size,
+                                   seed_threshold=options.seed_threshold, split_height=options.split_height)
+        stitcher = PlaneStitcher(options.stitch_threshold)
+        out_path.parent.mkdir(parents=True, exist_ok=True)
+        scratch = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:8]}.planes")
+        try:
+            plane_shape = None
+            middle_image: list[np.ndarray] = []
+
+            def keep_middle(planes: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+                for z, plane in enumerate(planes):
+                    if z == depth // 2:
+                        middle_image.append(plane)
+                    yield plane
+
+            with open(scratch, "wb") as handle:
+                _, planes = iter_planes(path, channel=channel, z_spacing=z_spacing)
+                progress = (lambda n: on_plane(n, depth)) if on_plane is not None else None
+                for z, maps in enumerate(predict_stack_maps(keep_middle(planes), model, norm=norm, options=options,
+                                                            on_plane=progress)):
+                    labels2d = stitcher.add(maps_to_labels(maps, target=config.target, **post))
+                    if z == depth // 2:
+                        middle = (middle_image[0], labels2d)
+                    plane_shape = labels2d.shape
+                    labels2d.astype(np.uint32, copy=False).tofile(handle)
+                    del maps
+            dtype = np.uint16 if stitcher.n_labels <= 0xFFFF else np.uint32
+            plane_bytes = int(np.prod(plane_shape)) * 4
+
+            def read_back() -> Iterator[np.ndarray]:
+                with open(scratch, "rb") as source:
+                    for _ in range(depth):
+                        yield np.fromfile(source, dtype=np.uint32, count=plane_bytes // 4).reshape(plane_shape).astype(dtype)
+
+            write_label_volume(out_path, read_back(), shape=(depth, *plane_shape), dtype=dtype,
+                               voxel_size=voxel_size, unit=unit, overwrite=overwrite)
+        finally:
+            try:
+                scratch.unlink()
+            except OSError:
+                pass
+        shape, n_objects = (depth, *plane_shape), stitcher.n_labels
+    if overlay_path is not None:
+        from segtool.io import write_png
+        from segtool.overlay import outline_overlay
+
+        write_png(overlay_path, outline_overlay(*middle), overwrite=overwrite)
+    return {
+        "objects": int(n_objects),
+        "planes": int(depth),
+        "shape": [int(v) for v in shape],
+        "voxel_size": [float(v) for v in voxel_size] if voxel_size is not None else None,
+        "z_spacing": round(anisotropy(voxel_size), 6),
+        "mode": options.mode,
+        "seconds": round(time.perf_counter() - start, 3),
+    }

@@ -1,0 +1,105 @@
+"""Tests for segtool.unet.context and halo tiling on real (tiny) U-Nets."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+from torch import nn
+
+from segtool.errors import InputError
+from segtool.unet.config import UNetConfig
+from segtool.unet.context import measure_context
+from segtool.unet.model import UNet
+from segtool.unet.modelfile import LoadedModel
+from segtool.unet.predict import default_tile_halo, make_predictor, plan_inference_tiles, predict_image, prepare_for_inference
+
+
+def _model(depth=2, base=4, seed=0):
+    torch.manual_seed(seed)
+    config = UNetConfig(depth=depth, base_channels=base, patch_size=32, target="three_class")
+    net = UNet(config)
+    for module in net.modules():
+        if isinstance(module, nn.BatchNorm2d):
+            module.running_mean.uniform_(-0.2, 0.2)
+            module.running_var.uniform_(0.5, 2.0)
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.1, 0.1)
+    with torch.no_grad():
+        net.head.weight.mul_(60.0)
+    return LoadedModel(net=net.eval(), config=config)
+
+
+def _image(shape, seed=0):
+    return ndimage.gaussian_filter(np.random.default_rng(seed).random(shape), 1.5).astype(np.float32)
+
+
+def test_blur_context_is_its_radius():
+    def blur(batch, r=4):
+        padded = np.pad(batch, ((0, 0), (0, 0), (r, r), (r, r)))
+        return ndimage.uniform_filter(padded, size=(1, 1, 2 * r + 1, 2 * r + 1), mode="constant")[:, :, r:-r, r:-r]
+
+    profile = measure_context(_image((96, 96)), blur, tile=32, align=16)
+    # A pixel d from a cut edge sees 4 - d pixels of zero padding while d < 4.
+    assert profile.context == 4
+    assert profile.max_diff[3] > 1e-3 and profile.max_diff[4] == 0
+
+
+def test_unet_context_is_within_the_receptive_field_and_halo_tiling_matches_whole_image():
+    model = _model(depth=2)
+    net = prepare_for_inference(model.net)
+    predictor = make_predictor(net, "three_class")
+    profile = measure_context(_image((192, 192)), predictor, tile=64, align=4)
+    bound = 9 * 2**2 - 7  # the receptive field of a depth-2 U-Net reaches 29 pixels
+    assert 0 < profile.context <= bound
+    assert profile.max_diff[bound + 1] == 0
+    assert profile.context <= default_tile_halo(model.config)
+
+    image = _image((150, 230), seed=1)
+    whole = predict_image(image, model, tile=256)
+    tiled = predict_image(image, model, tile=64)
+    assert whole.n_tiles == 1 and tiled.n_tiles > 4
+    assert float(whole.maps.max() - whole.maps.min()) > 0.3  # the maps really vary
+    assert np.abs(tiled.maps - whole.maps).max() < 1e-3
+    # The old blended tiling is far off near tile edges: the halo is what buys the agreement.
+    blended = predict_image(image, model, tile=32, overlap=0.25)
+    assert np.abs(blended.maps - whole.maps).max() > 1e-2
+
+
+def test_measure_context_rejects_small_or_unaligned_images():
+    with pytest.raises(InputError, match="multiple of 16"):
+        measure_context(np.zeros((100, 100)), lambda b: b, tile=32, align=16)
+    with pytest.raises(InputError, match="tile"):
+        measure_context(np.zeros((96, 96)), lambda b: b, tile=24, align=16)
+
+
+def test_plan_defaults_per_device_and_explicit_overlap():
+    config = UNetConfig(depth=4, patch_size=128)
+    cpu = plan_inference_tiles(config, (8192, 8192), device_type="cpu")
+    cuda = plan_inference_tiles(config, (8192, 8192), device_type="cuda")
+    assert cpu.tile_halo == cuda.tile_halo == 104
+    assert max(cuda.tile) > max(cpu.tile) and cuda.n_tiles < cpu.n_tiles
+    assert cpu.n_tiles * cpu.tile[0] * cpu.tile[1] / 8192**2 <= 1.25
+    classic = plan_inference_tiles(config, (8192, 8192), overlap=0.25)
+    assert classic.tile == (128, 128) and classic.tile_halo is None and classic.batch_size == 4
+    assert classic.n_tiles * 128 * 128 / 8192**2 > 1.7  # what halo tiling saves
+    with pytest.raises(InputError, match="no core"):
+        plan_inference_tiles(config, (1000, 1000), tile=208)
+
+
+def test_band_prediction_with_halo_tiles_equals_in_memory():
+    from segtool.normalize import normalize_percentile
+    from segtool.unet.bands import predict_label_bands
+
+    model = _model(depth=2)
+    image = _image((203, 150), seed=2)
+    whole = predict_image(image, model, tile=64)
+    assert whole.n_tiles >= 12  # several rows of tiles stream through the bands
+    norm = normalize_percentile(image, model.config.norm_low, model.config.norm_high)
+    stages = {}
+    bands = list(predict_label_bands(lambda a, b: norm[a:b], image.shape, model, tile=64, band_rows=40, halo=20,
+                                     keep_maps=True, stages=stages))
+    maps = np.concatenate([band.maps for band in bands], axis=1)
+    np.testing.assert_array_equal(maps, whole.maps)
+    assert stages["network"] > 0 and stages["postprocess"] > 0

@@ -1,0 +1,245 @@
+"""The napari plugin: manifest, reader, writer, the widget's computation, and one headless viewer."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from pathlib import Path
+
+# Qt without a display: set before anything creates the QApplication (software OpenGL for napari's canvas).
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+os.environ.setdefault("QT_OPENGL", "software")
+os.environ.setdefault("LIBGL_ALWAYS_SOFTWARE", "1")
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from skimage.draw import disk  # noqa: E402
+
+import segtool  # noqa: E402
+from segtool.errors import InputError  # noqa: E402
+from segtool.io import read_labels, write_float, write_labels  # noqa: E402
+from segtool.napari.reader import get_reader, prob_channel_names  # noqa: E402
+from segtool.napari.segment import SegmentOptions, image_plane, segment  # noqa: E402
+from segtool.napari.writer import write_labels as napari_write_labels  # noqa: E402
+
+MANIFEST = Path(segtool.__file__).parent / "napari" / "napari.yaml"
+
+
+def _disks(shape=(64, 80), centres=((16, 20), (40, 50), (20, 60)), radius=7):
+    labels = np.zeros(shape, np.uint16)
+    for index, centre in enumerate(centres, start=1):
+        labels[disk(centre, radius, shape=shape)] = index
+    return labels
+
+
+def _image(labels, seed=0):
+    rng = np.random.default_rng(seed)
+    return (np.where(labels > 0, 180.0, 20.0) + rng.normal(0, 5, labels.shape)).clip(0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- manifest
+
+
+def test_manifest_validates_and_its_commands_import():
+    npe2 = pytest.importorskip("npe2")
+    manifest = npe2.PluginManifest.from_file(MANIFEST)
+    assert manifest.name == "segtool"
+    manifest.validate_imports()  # every python_name resolves to a callable
+    assert [w.display_name for w in manifest.contributions.widgets] == ["Segment with segtool"]
+    assert manifest.contributions.writers[0].layer_types == ["labels"]
+
+
+def test_manifest_is_declared_by_the_installed_distribution():
+    npe2 = pytest.importorskip("npe2")
+    manifest = npe2.PluginManifest.from_distribution("segtool")
+    assert manifest.name == "segtool"
+    assert {r.command for r in manifest.contributions.readers} == {"segtool.get_reader"}
+
+
+# --------------------------------------------------------------------------- reader
+
+
+def test_reader_opens_labels_tiff_with_pixel_size_as_scale(tmp_path):
+    labels = _disks()
+    path = write_labels(tmp_path / "cells_labels.tif", labels, pixel_size=(0.5, 0.25), unit="micron")
+    reader = get_reader(str(path))
+    assert callable(reader)
+    [(data, kwargs, kind)] = reader(str(path))
+    assert kind == "labels" and kwargs["name"] == "cells labels"
+    np.testing.assert_array_equal(data, labels)
+    assert kwargs["scale"] == (0.5, 0.25)
+    assert kwargs["metadata"]["unit"] == "micron"
+
+
+def test_reader_declines_what_segtool_did_not_write(tmp_path):
+    other = tmp_path / "cells.tif"
+    write_labels(other, _disks())
+    assert get_reader(str(other)) is None
+    assert get_reader(str(tmp_path / "missing_labels.tif")) is None
+    assert get_reader(str(tmp_path)) is None  # a plain folder
+
+
+def test_reader_opens_prob_maps_as_image_layers(tmp_path):
+    maps = np.random.default_rng(0).random((4, 16, 24), dtype=np.float32)
+    path = write_float(tmp_path / "cells_prob.tif", maps, pixel_size=(0.3, 0.3), unit="micron")
+    layers = get_reader(str(path))(str(path))
+    assert [kind for _, _, kind in layers] == ["image"] * 4
+    assert [kw["name"] for _, kw, _ in layers] == [f"cells {n}" for n in prob_channel_names(4)]
+    for index, (data, kwargs, _) in enumerate(layers):
+        np.testing.assert_allclose(data, maps[index])
+        assert kwargs["scale"] == pytest.approx((0.3, 0.3))
+        assert kwargs["contrast_limits"] == (0.0, 1.0)
+
+
+def test_reader_opens_ome_zarr_labels_lazily_with_scale(tmp_path):
+    pytest.importorskip("zarr")
+    pytest.importorskip("dask")
+    from segtool.distributed.labelstore import write_labels_zarr
+
+    labels = _disks()
+    path = write_labels_zarr(tmp_path / "big.ome.zarr", labels, n_objects=3, pixel_size=(0.65, 0.65), unit="micron")
+    [(data, kwargs, kind)] = get_reader(str(path))(str(path))
+    assert kind == "labels" and kwargs["scale"] == (0.65, 0.65)
+    assert kwargs["metadata"]["unit"] == "micrometer"
+    assert hasattr(data, "compute")  # a Dask array: big stores are not read whole
+    np.testing.assert_array_equal(np.asarray(data), labels)
+
+
+# --------------------------------------------------------------------------- writer
+
+
+def test_writer_tiff_round_trips_labels_and_scale(tmp_path):
+    labels = _disks()
+    [written] = napari_write_labels(str(tmp_path / "out.tif"), labels.astype(np.int32),
+                                    {"scale": (0.5, 0.5), "metadata": {"unit": "micron"}})
+    back = read_labels(written)
+    np.testing.assert_array_equal(back.data, labels)
+    assert back.data.dtype == np.uint16
+    assert back.pixel_size == pytest.approx((0.5, 0.5)) and back.unit == "micron"
+
+
+def test_writer_exports_rois_geojson_and_csv(tmp_path):
+    import roifile
+
+    labels = _disks()
+    meta = {"scale": (1.0, 1.0), "metadata": {}}
+    [rois] = napari_write_labels(str(tmp_path / "cells.zip"), labels, meta)
+    assert len(roifile.roiread(rois)) == 3
+    [geo] = napari_write_labels(str(tmp_path / "cells.geojson"), labels, meta)
+    features = json.loads(Path(geo).read_text())
+    features = features["features"] if isinstance(features, dict) else features
+    assert len(features) == 3
+    [table] = napari_write_labels(str(tmp_path / "cells.csv"), labels, meta)
+    with open(table, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert [int(r["label"]) for r in rows] == [1, 2, 3]
+    area = float(rows[0].get("area_px", rows[0].get("area", 0)))
+    assert area == np.sum(labels == 1)
+
+
+def test_writer_refuses_unknown_endings_and_non_labels(tmp_path):
+    with pytest.raises(InputError, match="segtool writes"):
+        napari_write_labels(str(tmp_path / "cells.png"), _disks(), {})
+    with pytest.raises(InputError, match="2-D integer labels"):
+        napari_write_labels(str(tmp_path / "cells.tif"), np.zeros((4, 4), np.float32), {})
+    assert not list(tmp_path.iterdir())
+
+
+# --------------------------------------------------------------------------- the widget's computation
+
+
+def test_segment_with_baseline_finds_the_disks_and_reports_progress():
+    labels = _disks()
+    seen = []
+    found = segment(_image(labels), SegmentOptions(method="baseline", min_size=10), on_progress=lambda d, t: seen.append((d, t)))
+    assert found.max() == 3
+    assert seen[-1] == (1, 1)
+    for index in (1, 2, 3):
+        overlap = np.bincount(found[labels == index]).argmax()
+        assert overlap > 0 and np.mean(found[labels == index] == overlap) > 0.9
+
+
+def test_segment_with_unet_uses_the_shipped_model_and_reports_tiles():
+    labels = _disks(shape=(96, 96), centres=((30, 30), (60, 70)), radius=9)
+    seen = []
+    found = segment(_image(labels), SegmentOptions(method="U-Net"), on_progress=lambda d, t: seen.append((d, t)))
+    assert found.shape == labels.shape and found.max() == 2
+    assert seen and seen[-1][0] == seen[-1][1]
+
+
+def test_segment_options_refuse_unknown_values():
+    with pytest.raises(InputError, match="method"):
+        SegmentOptions(method="magic")
+    with pytest.raises(InputError, match="threshold"):
+        SegmentOptions(threshold="median")
+
+
+def test_image_plane_picks_the_displayed_plane_of_a_stack():
+    stack = np.stack([np.full((5, 6), i) for i in range(3)])
+    assert image_plane(stack, current_step=(2, 0, 0)).max() == 2
+    with pytest.raises(InputError, match="2-D"):
+        image_plane(np.zeros(5))
+
+
+# --------------------------------------------------------------------------- one headless viewer
+
+
+def _wait(condition, timeout=60.0):
+    from qtpy.QtWidgets import QApplication
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        QApplication.processEvents()
+        if time.monotonic() > deadline:
+            raise AssertionError("timed out waiting for the worker")
+        time.sleep(0.02)
+
+
+def test_viewer_opens_results_and_segments_in_a_worker(tmp_path):
+    """A headless napari viewer (ViewerModel: the viewer without its OpenGL canvas) and the Qt widget, offscreen."""
+    pytest.importorskip("napari")
+    from napari.components import ViewerModel
+    from qtpy.QtWidgets import QApplication
+
+    from segtool.napari.widget import SegmentWidget
+
+    app = QApplication.instance() or QApplication([])
+    assert app.platformName() == os.environ["QT_QPA_PLATFORM"]
+    labels = _disks()
+    saved = write_labels(tmp_path / "cells_labels.tif", labels, pixel_size=(0.5, 0.5), unit="micron")
+    import npe2
+
+    npe2.PluginManager.instance().discover()  # what napari does at start-up: finds segtool's manifest entry point
+    viewer = ViewerModel()
+    opened = viewer.open(str(saved), plugin="segtool")  # through the npe2 manifest's reader
+    assert opened[0].__class__.__name__ == "Labels" and tuple(opened[0].scale) == (0.5, 0.5)
+    viewer.add_image(_image(labels), name="cells", scale=(0.5, 0.5))
+    widget = SegmentWidget(viewer)
+    try:
+        assert [layer.name for layer in widget.image_layer.choices] == ["cells"]  # image layers only
+        widget.image_layer.value = viewer.layers["cells"]
+        widget.method.value = "baseline"
+        assert widget.options().model is None  # an empty model field means the shipped model
+        assert widget.model.native.isHidden() and not widget.threshold.native.isHidden()
+        widget.min_size.value = 10
+        worker = widget.run()
+        assert worker is not None and not widget.run_button.enabled  # running off the GUI thread
+        _wait(lambda: "cells labels" in viewer.layers)
+        result = viewer.layers["cells labels"]
+        assert result.data.max() == 3 and tuple(result.scale) == (0.5, 0.5)
+        _wait(lambda: widget.run_button.enabled)
+        assert widget.progress.value == widget.progress.max == 1
+        assert widget.status.value == "3 objects in cells"
+        # a U-Net model file that is not one: the error is shown in the widget, the viewer carries on
+        bad = tmp_path / "bad.pt"
+        bad.write_bytes(b"not a model")
+        widget.method.value = "U-Net"
+        widget.model.value = bad
+        widget.run()
+        _wait(lambda: widget.run_button.enabled and widget.status.value.startswith("error"))
+        assert "not a readable segtool model file" in widget.status.value
+        assert len(viewer.layers) == 3
+    finally:
+        widget.close()
