@@ -190,3 +190,16 @@ def test_shipped_histo_model_is_a_grey_model_scored_on_the_histo_test_split():
     assert he.net.state_dict()[FIRST_CONV].dtype == torch.float32  # stored float16, loaded as float32
     info = invoke("model", "info", "nuclei-he")
     assert info.exit_code == 0 and "dsb2018_histo" in info.stdout
+
+
+def test_torchscript_export_of_an_rgb_model_takes_a_colour_sample(tmp_path):
+    data = stained_set(tmp_path / "data", 3)
+    model = tmp_path / "rgb.pt"
+    assert invoke("train", data, "-o", model, "--channels", "rgb", "--epochs", "1", "--quiet", *TINY).exit_code == 0
+    for sample in ([], ["--sample", data / "images" / "cell0.tif"]):
+        out = tmp_path / f"rgb_ts{len(sample)}.pt"
+        result = invoke("model", "export", model, "-f", "torchscript", "-o", out, *sample)
+        assert result.exit_code == 0, result.output
+        scripted = torch.jit.load(str(out))
+        # three R, G, B planes in, the three_class maps out
+        assert tuple(scripted(torch.zeros(1, 3, 32, 32)).shape) == (1, 3, 32, 32)

@@ -231,15 +231,22 @@ class ExportFormat(str, Enum):
 _SUFFIXES = {"bioimageio": ".zip", "torchscript": ".pt", "onnx": ".onnx"}
 
 
-def _sample_image(sample: Path | None) -> tuple[Any, str]:
-    """The raw image the package's test tensors and cover come from, and where it came from."""
+def _sample_image(sample: Path | None, *, colour: bool = False) -> tuple[Any, str]:
+    """The raw image the package's test tensors and cover come from, and where it came from.
+
+    ``colour``: for a ``--channels rgb`` model, (3, Y, X) as predict reads it (the synthetic image repeated).
+    """
     if sample is not None:
         from segtool.io import read_image
 
-        return read_image(sample).data, str(sample)
+        return read_image(sample, colour=colour).data, str(sample)
+    import numpy as np
+
     from segtool.synthetic import make_nuclei_image
 
     image, _ = make_nuclei_image((256, 256), seed=0)
+    if colour:
+        image = np.repeat(image[np.newaxis], 3, axis=0)
     return image, "a synthetic nuclei image (segtool.synthetic, seed 0)"
 
 
@@ -275,14 +282,14 @@ def export(
     TorchScript and ONNX are checked against PyTorch (max difference <= 1e-4) before they are written.
     """
     from segtool.unet.modelfile import load_model
-    from segtool.unet.predict import find_packaged_model
+    from segtool.unet.shipped import resolve_model
 
     with exit_on_error(debug):
-        model_path = model if model is not None else find_packaged_model()
+        model_path = resolve_model(model)[0]
     with exit_on_error(debug, where=str(model_path)):
         loaded = load_model(model_path, device="cpu")
     with exit_on_error(debug, where=str(sample) if sample else None):
-        image, origin = _sample_image(sample)
+        image, origin = _sample_image(sample, colour=loaded.config.channels == "rgb")
     suffix = _SUFFIXES[fmt.value]
     if output.suffix.lower() != suffix:
         print(f"segtool: note: {fmt.value} files usually end in {suffix}", file=sys.stderr)
