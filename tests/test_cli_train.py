@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from segtool.cli import app
 from segtool.unet.modelfile import load_checkpoint, load_model
+from test_fuzz import huge_tiled_tiff
 
 runner = CliRunner()
 
@@ -147,6 +148,23 @@ def test_bad_shapes_and_non_integer_masks_are_all_reported(tmp_path):
     assert f"segtool: error: {data / 'masks' / 'cell2.tif'}: not an integer label image" in err
     assert "2 bad image/mask file(s); nothing trained" in err
     assert not (tmp_path / "m.pt").exists()
+
+
+def test_memory_guard_refuses_a_file_before_decoding_it(tmp_path):
+    # A tiled zlib TIFF that declares 20000 x 20000 uint16 (763 MiB decoded) in a few kilobytes.
+    data = write_set(tmp_path / "data", 3)
+    huge = data / "images" / "cell1.tif"
+    huge.unlink()
+    huge_tiled_tiff(huge, "zlib")
+    result = invoke("train", data, "-o", tmp_path / "m.pt", "--max-memory", "256M", *TINY)
+    assert result.exit_code == 1
+    lines = [line for line in result.stderr.splitlines() if line.startswith("segtool: error:")]
+    assert lines[0].startswith(f"segtool: error: {huge}: image is 20000x20000 uint16")
+    assert "over the memory limit of 256 MiB (--max-memory)" in lines[0]
+    assert "1 bad image/mask file(s); nothing trained" in result.stderr
+    assert not (tmp_path / "m.pt").exists()
+    result = invoke("train", data, "-o", tmp_path / "m.pt", "--max-memory", "lots", *TINY)
+    assert result.exit_code == 2 and "--max-memory" in result.stderr
 
 
 def test_usage_errors(tmp_path):

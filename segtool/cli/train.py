@@ -30,6 +30,7 @@ from segtool.cli._app import app
 from segtool.cli._common import (
     Channel,
     Debug,
+    MaxMemory,
     Overwrite,
     Precision,
     Quiet,
@@ -41,6 +42,7 @@ from segtool.cli._common import (
 )
 from segtool.errors import SegtoolError, first_line
 from segtool.inputs import expand_inputs
+from segtool.memory import parse_memory_limit
 from segtool.pairing import Pair, pair_by_stem
 from segtool.unet.finetune import FINETUNE_DEFAULTS
 
@@ -159,31 +161,46 @@ def find_pairs(specs: Sequence[str], *, recursive: bool = False) -> list[Pair]:
 
 
 def load_pairs(
-    pairs: Sequence[Pair], *, channel: int | None, colour: bool = False
+    pairs: Sequence[Pair], *, channel: int | None, colour: bool = False, memory_limit: int | None = None
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
     """Read every pair; return the arrays, or raise listing every bad file (one per line).
 
     With ``colour``, images are (3, Y, X) (:func:`segtool.io.read_image`).
+    ``memory_limit`` (bytes, None = no limit) is the memory guard: training
+    holds every pair in memory, so each file is checked from its header
+    against what the files read before it left of the limit, and refused
+    before it is decoded.
     """
     from segtool.errors import InputError
     from segtool.io import read_image, read_labels
+    from segtool.memory import MemoryBudget
 
     arrays = []
     problems = []
+    held = 0
+
+    def budget() -> MemoryBudget | None:
+        if memory_limit is None:
+            return None
+        return MemoryBudget(limit=max(memory_limit - held, 0), command="train",
+                            way_out="train on fewer or smaller (cropped) images, or raise --max-memory")
+
     for pair in pairs:
         try:
-            image = read_image(pair.image, channel=channel, colour=colour).data
+            image = read_image(pair.image, channel=channel, colour=colour, memory=budget()).data
         except SegtoolError as err:
             problems.append(error_line(str(pair.image), first_line(err)))
             continue
+        held += image.nbytes
         try:
-            labels = read_labels(pair.mask).data
+            labels = read_labels(pair.mask, memory=budget()).data
         except SegtoolError as err:
             problems.append(error_line(str(pair.mask), f"not an integer label image: {first_line(err)}"))
             continue
         if labels.shape != image.shape[-2:]:
             problems.append(error_line(str(pair.mask), f"mask shape {labels.shape} differs from image shape {image.shape[-2:]} ({pair.image.name})"))
             continue
+        held += labels.nbytes
         arrays.append((image, labels))
     if problems:
         raise _BadPairs(problems)
@@ -493,6 +510,7 @@ def train(
         Optional[Path],
         typer.Option("--resume", help="Continue from a checkpoint (<model>.ckpt/last.pt) with its settings.", rich_help_panel=PANEL_RUN, dir_okay=False),
     ] = None,
+    max_memory: MaxMemory = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -633,14 +651,21 @@ def train(
                 fail("the checkpoint's run used --val; give the same --val IMAGES MASKS again", code=EXIT_USAGE)
             fraction = float(stored)
             split_seed = int(extra.get("val_seed", options.seed))
+    try:
+        memory_limit = parse_memory_limit(max_memory)
+    except SegtoolError as error:
+        fail(first_line(error), code=EXIT_USAGE)
     with exit_on_error(debug):
         try:
             pairs = find_pairs(data, recursive=recursive)
             colour = config.channels == "rgb"
-            arrays, names = load_pairs(pairs, channel=channel, colour=colour)
+            arrays, names = load_pairs(pairs, channel=channel, colour=colour, memory_limit=memory_limit)
             if val is not None:
                 val_pairs = find_pairs(list(val), recursive=recursive)
-                val_arrays, val_names = load_pairs(val_pairs, channel=channel, colour=colour)
+                if memory_limit is not None:  # the training pairs are held too
+                    memory_limit -= sum(image.nbytes + labels.nbytes for image, labels in arrays)
+                val_arrays, val_names = load_pairs(val_pairs, channel=channel, colour=colour,
+                                                   memory_limit=None if memory_limit is None else max(memory_limit, 0))
                 train_arrays, train_names = arrays, names
             else:
                 train_idx, val_idx = split_validation(len(arrays), fraction, np.random.default_rng(split_seed))
