@@ -35,6 +35,7 @@ from segtool.background import (
 )
 from segtool.contrast import MIN_CONTRAST, object_contrast
 from segtool.errors import InputError
+from segtool.thresholds import THRESHOLD_METHODS
 
 __all__ = [
     "POLARITIES",
@@ -58,8 +59,6 @@ __all__ = [
     "threshold_grid",
 ]
 
-#: Names accepted by ``threshold=`` (functions of ``skimage.filters``).
-THRESHOLD_METHODS: tuple[str, ...] = ("otsu", "li", "triangle", "yen")
 
 # Automatic thresholds are computed from at most this many pixels (a regular
 # subsample of larger images): a 256-bin histogram of 2**18 pixels already fixes
