@@ -29,6 +29,17 @@ __all__ = [
     "BackgroundFit",
     "fit_background",
     "subtract_background",
+    "check_choice",
+    "check_degree",
+    "check_image",
+    "correct_rows",
+    "evaluate_at",
+    "finite_range",
+    "fit_grid",
+    "fit_steps",
+    "fitting_grid",
+    "grid_residuals",
+    "check_layout",
 ]
 
 #: Values accepted by ``polarity=``.
@@ -115,7 +126,7 @@ class BackgroundFit:
         """
         shape = self.shape if shape is None else _check_shape(shape)
         out = np.empty(shape, dtype=np.float32)
-        _evaluate_at(self.coefficients, shape, np.arange(shape[0]), np.arange(shape[1]), out)
+        evaluate_at(self.coefficients, shape, np.arange(shape[0]), np.arange(shape[1]), out)
         return out
 
     def summary(self) -> dict[str, Any]:
@@ -227,9 +238,9 @@ def fit_background(
     >>> bool(np.allclose(fit.evaluate(), plane, atol=1e-5))
     True
     """
-    data = _check_image(image)
-    degree = _check_degree(degree)
-    polarity = _check_choice(polarity, POLARITIES, "polarity")
+    data = check_image(image)
+    degree = check_degree(degree)
+    polarity = check_choice(polarity, POLARITIES, "polarity")
     if mask is not None:
         mask = np.asarray(mask)
         if mask.shape != data.shape:
@@ -266,11 +277,11 @@ def subtract_background(image: np.ndarray, *, degree: int = 2, robust: bool = Tr
     >>> bool(np.allclose(subtract_background(ramp, degree=1), 0, atol=1e-5))
     True
     """
-    data = _check_image(image, scan=False)  # NaN/Inf are caught in the pass below
-    fit = _fit(data, _check_degree(degree), robust=bool(robust), mask=None, side="bright")
+    data = check_image(image, scan=False)  # NaN/Inf are caught in the pass below
+    fit = _fit(data, check_degree(degree), robust=bool(robust), mask=None, side="bright")
     background = np.empty(data.shape, dtype=np.float32)
     corrected = np.empty(data.shape, dtype=np.float32)
-    lo, hi = _correct_rows(fit.coefficients, data, background, corrected)
+    lo, hi = correct_rows(fit.coefficients, data, background, corrected)
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise InputError("image contains NaN or infinite values")
     return corrected
@@ -281,12 +292,12 @@ def subtract_background(image: np.ndarray, *, degree: int = 2, robust: bool = Tr
 
 def _fit(data: np.ndarray, degree: int, *, robust: bool, mask: np.ndarray | None, side: str) -> BackgroundFit:
     """Least-squares fit on the subsample grid; robust rounds if asked."""
-    step = _fit_steps(*data.shape)
-    allowed = None if mask is None else np.ascontiguousarray(_fitting_grid(mask, step))
-    return _fit_grid(_fitting_grid(data, step), data.shape, degree, robust=robust, allowed=allowed, side=side)
+    step = fit_steps(*data.shape)
+    allowed = None if mask is None else np.ascontiguousarray(fitting_grid(mask, step))
+    return fit_grid(fitting_grid(data, step), data.shape, degree, robust=robust, allowed=allowed, side=side)
 
 
-def _fitting_grid(data: Any, step: tuple[int, int]) -> Any:
+def fitting_grid(data: Any, step: tuple[int, int]) -> Any:
     """Every ``step``-th row and column of ``data``, from the middle of the first step.
 
     A strided view, so for a lazy (dask) image only this grid is gathered.
@@ -295,7 +306,7 @@ def _fitting_grid(data: Any, step: tuple[int, int]) -> Any:
     return data[sy // 2 :: sy, sx // 2 :: sx]
 
 
-def _fit_grid(
+def fit_grid(
     grid: Any,
     shape: tuple[int, int],
     degree: int,
@@ -306,11 +317,11 @@ def _fit_grid(
 ) -> BackgroundFit:
     """The fit of :func:`_fit` from the fitting grid of an image of ``shape``.
 
-    ``grid`` is ``_fitting_grid(image, _fit_steps(*shape))`` (already gathered
+    ``grid`` is ``fitting_grid(image, fit_steps(*shape))`` (already gathered
     when the image is not in memory) and ``allowed`` the caller's mask on it.
     """
     height, width = shape
-    sy, sx = _fit_steps(height, width)
+    sy, sx = fit_steps(height, width)
     rows, cols = np.arange(sy // 2, height, sy), np.arange(sx // 2, width, sx)
     # float64 for the sums over up to ~2**16 pixels; the grid is small.
     z = np.asarray(grid, dtype=np.float64)
@@ -442,7 +453,7 @@ def _inliers(
     return np.abs(residual - center) <= limit, limit / _CLIP
 
 
-def _fit_steps(height: int, width: int) -> tuple[int, int]:
+def fit_steps(height: int, width: int) -> tuple[int, int]:
     """Row and column steps so the fitting grid holds about _FIT_PIXELS pixels."""
     n = height * width
     if n <= _FIT_PIXELS:
@@ -466,7 +477,7 @@ def _legendre(positions: np.ndarray, n: int, degree: int) -> np.ndarray:
     return table
 
 
-def _correct_rows(
+def correct_rows(
     coef: np.ndarray,
     image: np.ndarray,
     background: np.ndarray,
@@ -516,11 +527,11 @@ def _tables(
     return left.astype(np.float32), right
 
 
-def _evaluate_at(coef: np.ndarray, shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray, out: np.ndarray) -> None:
+def evaluate_at(coef: np.ndarray, shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray, out: np.ndarray) -> None:
     """Background of an image of ``shape`` at ``rows`` x ``cols``, into float32 ``out``.
 
     Each pixel's value depends only on its position, not on the block
-    evaluated, so any block of the image reproduces :func:`_correct_rows`
+    evaluated, so any block of the image reproduces :func:`correct_rows`
     bit for bit (big-image mode relies on this).
     """
     left, right = _tables(coef, shape, rows, cols)
@@ -565,8 +576,8 @@ def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.n
     return out
 
 
-def _grid_residuals(grid: Any, fit: BackgroundFit) -> np.ndarray:
-    """Image minus background on the fitting grid (float64); ``grid`` is ``_fitting_grid(image, fit.step)``."""
+def grid_residuals(grid: Any, fit: BackgroundFit) -> np.ndarray:
+    """Image minus background on the fitting grid (float64); ``grid`` is ``fitting_grid(image, fit.step)``."""
     height, width = fit.shape
     sy, sx = fit.step
     rows, cols = np.arange(sy // 2, height, sy), np.arange(sx // 2, width, sx)
@@ -581,18 +592,18 @@ def _preview_positions(n: int) -> np.ndarray:
 # -------------------------------------------------------------------- validation
 
 
-def _check_image(image: Any, *, scan: bool = True) -> np.ndarray:
+def check_image(image: Any, *, scan: bool = True) -> np.ndarray:
     """2-D real array (float16 widened to float32); ``scan`` also rejects NaN/Inf."""
     data = np.asarray(image)
-    _check_layout(data)
+    check_layout(data)
     if data.dtype == np.float16:
         data = data.astype(np.float32)
     if scan and np.issubdtype(data.dtype, np.floating):
-        _finite_range(data)
+        finite_range(data)
     return data
 
 
-def _check_layout(data: Any) -> None:
+def check_layout(data: Any) -> None:
     """InputError unless ``data`` (an ndarray or a lazy array) is 2-D, not empty and real-valued."""
     if data.ndim != 2:
         raise InputError(f"image must be 2-D (Y, X), got {data.ndim}-D with shape {data.shape}")
@@ -602,7 +613,7 @@ def _check_layout(data: Any) -> None:
         raise InputError(f"image must hold real numbers, got dtype {data.dtype}")
 
 
-def _finite_range(data: np.ndarray) -> tuple[float, float]:
+def finite_range(data: np.ndarray) -> tuple[float, float]:
     """Minimum and maximum; InputError for NaN or inf (min/max propagate NaN)."""
     lo, hi = float(data.min()), float(data.max())
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -620,13 +631,49 @@ def _check_shape(shape: Any) -> tuple[int, int]:
     return h, w
 
 
-def _check_degree(degree: Any) -> int:
+def check_degree(degree: Any) -> int:
+    """Validate a polynomial degree.
+
+    Parameters
+    ----------
+    degree : int
+        Polynomial degree, 0 to the supported maximum.
+
+    Returns
+    -------
+    degree : int
+
+    Raises
+    ------
+    InputError
+        If ``degree`` is not an integer in range.
+    """
     if isinstance(degree, bool) or not isinstance(degree, numbers.Integral) or not 0 <= degree <= _MAX_DEGREE:
         raise InputError(f"degree must be an integer from 0 to {_MAX_DEGREE}, got {degree!r}")
     return int(degree)
 
 
-def _check_choice(value: Any, choices: tuple[str, ...], name: str) -> str:
+def check_choice(value: Any, choices: tuple[str, ...], name: str) -> str:
+    """Validate a case-insensitive choice and return it lower-cased.
+
+    Parameters
+    ----------
+    value : str
+        The given value.
+    choices : tuple of str
+        Accepted lower-case values.
+    name : str
+        Option name for the error message.
+
+    Returns
+    -------
+    choice : str
+
+    Raises
+    ------
+    InputError
+        If ``value`` is not one of ``choices``.
+    """
     if not isinstance(value, str) or value.lower() not in choices:
         raise InputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value.lower()

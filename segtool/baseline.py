@@ -20,21 +20,22 @@ from scipy import ndimage as ndi
 from segtool.background import (
     POLARITIES,
     BackgroundFit,
-    _check_choice,
-    _check_degree,
-    _check_image,
-    _correct_rows,
-    _evaluate_at,
-    _finite_range,
-    _fit_grid,
-    _fit_steps,
-    _fitting_grid,
-    _grid_residuals,
+    check_choice,
+    check_degree,
+    check_image,
+    correct_rows,
+    evaluate_at,
+    finite_range,
+    fit_grid,
+    fit_steps,
+    fitting_grid,
+    grid_residuals,
     fit_background,
     subtract_background,
 )
 from segtool.contrast import MIN_CONTRAST, object_contrast
 from segtool.errors import InputError
+from segtool.thresholds import THRESHOLD_METHODS
 
 __all__ = [
     "POLARITIES",
@@ -45,26 +46,35 @@ __all__ = [
     "fit_background",
     "segment_baseline",
     "subtract_background",
+    "MIN_SIZE",
+    "OBJECT_STRUCTURE",
+    "THRESHOLD_PIXELS",
+    "apply_method",
+    "check_count",
+    "check_sigma",
+    "check_threshold",
+    "fit_polarity",
+    "grid_threshold",
+    "is_flat",
+    "threshold_grid",
 ]
 
-#: Names accepted by ``threshold=`` (functions of ``skimage.filters``).
-THRESHOLD_METHODS: tuple[str, ...] = ("otsu", "li", "triangle", "yen")
 
 # Automatic thresholds are computed from at most this many pixels (a regular
 # subsample of larger images): a 256-bin histogram of 2**18 pixels already fixes
 # the threshold to well within one bin (train-split F1 0.7211 vs 0.7209 with
 # 2**20, at a quarter of the cost).
-_THRESHOLD_PIXELS = 1 << 18
+THRESHOLD_PIXELS = 1 << 18
 # Objects are 8-connected (touching corners belong together, as in
 # skimage.measure.label); background regions, and therefore holes, are 4-connected.
-_OBJECT_STRUCTURE = np.ones((3, 3), dtype=bool)
+OBJECT_STRUCTURE = np.ones((3, 3), dtype=bool)
 # Watershed split: distance-transform maxima must stand this many pixels above
 # the saddle to their neighbour to seed their own object (h-maxima), so an
 # irregular outline does not cut one nucleus into pieces.
 _SPLIT_H = 1.0
 # Default smallest object kept, in pixels (measured on the train split, see the
 # segment_baseline Notes).
-_MIN_SIZE = 20
+MIN_SIZE = 20
 
 
 
@@ -112,7 +122,7 @@ def segment_baseline(
     robust: bool = True,
     polarity: str = "bright",
     threshold: str | float = "otsu",
-    min_size: int = _MIN_SIZE,
+    min_size: int = MIN_SIZE,
     fill_holes: bool = False,
     smooth: float = 0.0,
     split: bool = False,
@@ -203,15 +213,15 @@ def segment_baseline(
     """
     # The full scan for NaN/Inf and a constant image is done inside the
     # background pass below (one read of the image instead of three).
-    data = _check_image(image, scan=False)
-    degree = _check_degree(degree)
-    polarity = _check_choice(polarity, POLARITIES, "polarity")
-    method = _check_threshold(threshold)
-    min_size = _check_count(min_size, "min_size")
-    smooth = _check_sigma(smooth)
+    data = check_image(image, scan=False)
+    degree = check_degree(degree)
+    polarity = check_choice(polarity, POLARITIES, "polarity")
+    method = check_threshold(threshold)
+    min_size = check_count(min_size, "min_size")
+    smooth = check_sigma(smooth)
 
-    grid = _fitting_grid(data, _fit_steps(*data.shape))
-    fit, polarity = _fit_polarity(grid, data.shape, degree, robust=bool(robust), polarity=polarity)
+    grid = fitting_grid(data, fit_steps(*data.shape))
+    fit, polarity = fit_polarity(grid, data.shape, degree, robust=bool(robust), polarity=polarity)
 
     # When the threshold is known before the image is corrected (a number, or a
     # method applied to a subsample of a large image), the comparison is done in
@@ -220,12 +230,12 @@ def segment_baseline(
     if smooth == 0:
         if not isinstance(method, str):
             level = method
-        elif data.size > _THRESHOLD_PIXELS:
-            level = _grid_threshold(_threshold_grid(data), fit, method, polarity)
+        elif data.size > THRESHOLD_PIXELS:
+            level = grid_threshold(threshold_grid(data), fit, method, polarity)
     foreground = None if level is None else np.empty(data.shape, dtype=bool)
     background = np.empty(data.shape, dtype=np.float32)
     corrected = np.empty(data.shape, dtype=np.float32)
-    lo, hi = _correct_rows(
+    lo, hi = correct_rows(
         fit.coefficients, data, background, corrected, level=level, polarity=polarity, foreground=foreground
     )
     if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -244,7 +254,7 @@ def segment_baseline(
             reason = f"no object stands out from the noise (contrast {contrast:.2g} < {MIN_CONTRAST:g} noise sigmas)"
             return _empty_result(background, corrected, level, polarity, fit, reason)
 
-    labels, count = ndi.label(foreground, structure=_OBJECT_STRUCTURE)
+    labels, count = ndi.label(foreground, structure=OBJECT_STRUCTURE)
     if (fill_holes or split) and count:
         holes = _owned_holes(foreground, labels)
         if split:
@@ -309,50 +319,50 @@ def _empty_result(
     )
 
 
-def _fit_polarity(
+def fit_polarity(
     grid: Any, shape: tuple[int, int], degree: int, *, robust: bool, polarity: str
 ) -> tuple[BackgroundFit, str]:
     """Background fit from the fitting grid of an image of ``shape``, and the polarity ("auto" resolved)."""
     if polarity == "auto":
         # Fit with both tails left out, then read the polarity off the skewness of
         # the residuals on the fitting grid, and refit for that side.
-        fit = _fit_grid(grid, shape, degree, robust=robust, allowed=None, side="auto")
-        polarity = "bright" if _skewness(_grid_residuals(grid, fit)) >= 0 else "dark"
+        fit = fit_grid(grid, shape, degree, robust=robust, allowed=None, side="auto")
+        polarity = "bright" if _skewness(grid_residuals(grid, fit)) >= 0 else "dark"
         if robust:
-            fit = _fit_grid(grid, shape, degree, robust=True, allowed=None, side=polarity)
+            fit = fit_grid(grid, shape, degree, robust=True, allowed=None, side=polarity)
         return fit, polarity
-    return _fit_grid(grid, shape, degree, robust=robust, allowed=None, side=polarity), polarity
+    return fit_grid(grid, shape, degree, robust=robust, allowed=None, side=polarity), polarity
 
 
 # --------------------------------------------------------------------- threshold
 
 
-def _threshold_grid(values: Any) -> Any:
-    """Regular subsample (every s-th row and column) of about _THRESHOLD_PIXELS pixels."""
-    s = math.ceil(math.sqrt(values.size / _THRESHOLD_PIXELS))
+def threshold_grid(values: Any) -> Any:
+    """Regular subsample (every s-th row and column) of about THRESHOLD_PIXELS pixels."""
+    s = math.ceil(math.sqrt(values.size / THRESHOLD_PIXELS))
     return values[s // 2 :: s, s // 2 :: s]
 
 
-def _grid_threshold(raw: np.ndarray, fit: BackgroundFit, method: str, polarity: str) -> float | None:
+def grid_threshold(raw: np.ndarray, fit: BackgroundFit, method: str, polarity: str) -> float | None:
     """Automatic threshold from a regular subsample of a large corrected image.
 
-    ``raw`` is ``_threshold_grid(image)`` of the image ``fit`` was fitted to.
+    ``raw`` is ``threshold_grid(image)`` of the image ``fit`` was fitted to.
     The subsample is corrected with the same float32 arithmetic as the full
     image, so it holds the values the full image will have there. Returns None
     when the subsample is flat (it may miss a few small objects), so the caller
     falls back to the full image.
     """
     height, width = fit.shape
-    s = math.ceil(math.sqrt(height * width / _THRESHOLD_PIXELS))
+    s = math.ceil(math.sqrt(height * width / THRESHOLD_PIXELS))
     rows, cols = np.arange(s // 2, height, s), np.arange(s // 2, width, s)
     raw = np.asarray(raw)
     sample = np.empty(raw.shape, dtype=np.float32)
-    _evaluate_at(fit.coefficients, (height, width), rows, cols, sample)
+    evaluate_at(fit.coefficients, (height, width), rows, cols, sample)
     np.subtract(raw, sample, out=sample, dtype=np.float32, casting="unsafe")
-    lo, hi = _finite_range(raw)
-    if _is_flat(sample, max(abs(lo), abs(hi))):
+    lo, hi = finite_range(raw)
+    if is_flat(sample, max(abs(lo), abs(hi))):
         return None
-    return _apply_method(sample, method, polarity)
+    return apply_method(sample, method, polarity)
 
 
 def _threshold_level(values: np.ndarray, method: str | float, polarity: str, *, scale: float) -> float | None:
@@ -364,22 +374,50 @@ def _threshold_level(values: np.ndarray, method: str | float, polarity: str, *, 
     if not isinstance(method, str):
         return float(method)
     sample = values
-    if values.size > _THRESHOLD_PIXELS:
-        sample = _threshold_grid(values)
-        if _is_flat(sample, scale):
+    if values.size > THRESHOLD_PIXELS:
+        sample = threshold_grid(values)
+        if is_flat(sample, scale):
             sample = values  # the subsample may miss a few small objects
-    if _is_flat(sample, scale):
+    if is_flat(sample, scale):
         return None
-    return _apply_method(sample, method, polarity)
+    return apply_method(sample, method, polarity)
 
 
-def _is_flat(values: np.ndarray, scale: float) -> bool:
+def is_flat(values: np.ndarray, scale: float) -> bool:
+    """Whether ``values`` span at most ``1e-5 * scale`` (no objects).
+
+    Parameters
+    ----------
+    values : ndarray
+        Corrected intensities.
+    scale : float
+        Intensity scale of the image.
+
+    Returns
+    -------
+    flat : bool
+    """
     # float32 evaluation of the background leaves errors of ~1e-7 of the image
     # scale; a range within 1e-5 of it holds no objects.
     return float(values.max()) - float(values.min()) <= 1e-5 * scale
 
 
-def _apply_method(sample: np.ndarray, method: str, polarity: str) -> float:
+def apply_method(sample: np.ndarray, method: str, polarity: str) -> float:
+    """Automatic threshold of ``sample`` by a ``skimage.filters`` method.
+
+    Parameters
+    ----------
+    sample : ndarray
+        Corrected intensities (a subsample of the image).
+    method : str
+        One of ``THRESHOLD_METHODS``.
+    polarity : str
+        "bright" or "dark" objects.
+
+    Returns
+    -------
+    threshold : float
+    """
     from skimage import filters
 
     func = {
@@ -441,7 +479,7 @@ def _split_touching(foreground: np.ndarray, labels: np.ndarray, *, solid: np.nda
     distance = ndi.distance_transform_edt(solid).astype(np.float32)
     peaks = h_maxima(distance, _SPLIT_H).astype(bool)
     peaks &= foreground
-    markers, n_markers = ndi.label(peaks, structure=_OBJECT_STRUCTURE)
+    markers, n_markers = ndi.label(peaks, structure=OBJECT_STRUCTURE)
     split = watershed(-distance, markers, mask=foreground)
     # Objects lower than h have no marker; they keep their own label.
     orphans = foreground & (split == 0)
@@ -469,19 +507,69 @@ def _remove_small(labels: np.ndarray, foreground: np.ndarray, min_size: int) -> 
 # -------------------------------------------------------------------- validation
 
 
-def _check_count(value: Any, name: str) -> int:
+def check_count(value: Any, name: str) -> int:
+    """Validate an integer >= 0.
+
+    Parameters
+    ----------
+    value : int
+        The given value.
+    name : str
+        Option name for the error message.
+
+    Returns
+    -------
+    count : int
+
+    Raises
+    ------
+    InputError
+        If ``value`` is not an integer >= 0.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
         raise InputError(f"{name} must be an integer >= 0, got {value!r}")
     return int(value)
 
 
-def _check_sigma(value: Any) -> float:
+def check_sigma(value: Any) -> float:
+    """Validate a Gaussian sigma (a finite number >= 0).
+
+    Parameters
+    ----------
+    value : float
+        Sigma in pixels.
+
+    Returns
+    -------
+    sigma : float
+
+    Raises
+    ------
+    InputError
+        If ``value`` is not a finite number >= 0.
+    """
     if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
         raise InputError(f"smooth must be a number >= 0 (Gaussian sigma in pixels), got {value!r}")
     return float(value)
 
 
-def _check_threshold(threshold: Any) -> str | float:
+def check_threshold(threshold: Any) -> str | float:
+    """Validate a threshold: a method name (lower-cased) or a finite number.
+
+    Parameters
+    ----------
+    threshold : str or float
+        One of ``THRESHOLD_METHODS`` or a fixed level.
+
+    Returns
+    -------
+    threshold : str or float
+
+    Raises
+    ------
+    InputError
+        If ``threshold`` is neither.
+    """
     if isinstance(threshold, str):
         if threshold.lower() in THRESHOLD_METHODS:
             return threshold.lower()

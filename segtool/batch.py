@@ -37,6 +37,7 @@ __all__ = [
     "StagedTask",
     "ItemResult",
     "BatchSummary",
+    "Runner",
     "run_batch",
     "run_item",
     "precheck_item",
@@ -117,6 +118,34 @@ class ItemResult:
         return record
 
 
+class Runner(Protocol):
+    """A schedule that runs a task over inputs, reporting each result via ``record``.
+
+    Parameters
+    ----------
+    paths : sequence of Path
+        Inputs, in the order results are preferred.
+    task : Task
+        The per-file work.
+    record : callable
+        Called with each :class:`ItemResult` as soon as it is known.
+    on_error, skip_existing, overwrite, debug
+        As in :func:`run_batch`.
+    """
+
+    def __call__(
+        self,
+        paths: Sequence[Path],
+        task: Task,
+        *,
+        record: Callable[[ItemResult], None],
+        on_error: str,
+        skip_existing: bool,
+        overwrite: bool,
+        debug: bool,
+    ) -> None: ...
+
+
 @dataclass
 class BatchSummary:
     """Counts over a batch and the exit code they imply."""
@@ -144,7 +173,7 @@ def _existing_outputs(task: Task, path: Path) -> tuple[dict[str, Path], list[Pat
 def run_item(task: Task, path: Path, debug: bool = False) -> ItemResult:
     """Run ``task`` on one input, turning every error into a failed result.
 
-    This is what each worker runs, in a process pool or on a Dask cluster.
+    This is what each worker runs, in a process pool or under another :class:`Runner`.
     """
     start = time.perf_counter()
     try:
@@ -211,7 +240,7 @@ def run_batch(
     jobs: int = 1,
     on_result: Callable[[ItemResult], None] | None = None,
     debug: bool = False,
-    client: Any = None,
+    runner: Runner | None = None,
     overlap_stages: bool = True,
 ) -> BatchSummary:
     """Apply ``task`` to every path and collect what happened.
@@ -236,9 +265,10 @@ def run_batch(
         Called with each :class:`ItemResult` as soon as it is known.
     debug : bool, optional
         Let unexpected exceptions propagate with their traceback.
-    client : distributed.Client, optional
-        Run one task per input on this Dask cluster instead (``jobs`` is then
-        ignored); see :mod:`segtool.distributed.folder`.
+    runner : Runner, optional
+        Run the inputs with this schedule instead of the built-in ones (``jobs``
+        and ``overlap_stages`` are then ignored), for example one that submits
+        each input to a cluster.
     overlap_stages : bool, optional
         With ``jobs=1`` and a :class:`StagedTask`, overlap reading, the
         network and writing of consecutive inputs (same outputs, same order
@@ -261,11 +291,9 @@ def run_batch(
             on_result(result)
 
     try:
-        if client is not None:
-            from segtool.distributed.folder import run_on_cluster
-
-            run_on_cluster(
-                client, paths, task, record=record, on_error=on_error,
+        if runner is not None:
+            runner(
+                paths, task, record=record, on_error=on_error,
                 skip_existing=skip_existing, overwrite=overwrite, debug=debug,
             )
         elif (jobs <= 1 or len(paths) <= 1) and overlap_stages and len(paths) > 1 and _is_staged(task):

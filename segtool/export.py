@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from segtool.errors import InputError
-from segtool.io import _write_tiff, atomic_output  # _write_tiff: binary masks share the labels' TIFF layout
+from segtool.io import write_tiff, atomic_output  # write_tiff: binary masks share the labels' TIFF layout
 
 __all__ = [
     "label_polygons",
@@ -609,7 +609,7 @@ def write_binary_tiff(
     if labels.ndim != 2:
         raise InputError(f"label image must be 2-D, got shape {labels.shape}")
     mask = np.where(labels != 0, 255, 0).astype(np.uint8)
-    return _write_tiff(Path(path), mask, pixel_size=pixel_size, unit=unit, overwrite=overwrite, imagej=True)
+    return write_tiff(Path(path), mask, pixel_size=pixel_size, unit=unit, overwrite=overwrite, imagej=True)
 
 
 def write_score_plot(

@@ -39,6 +39,12 @@ __all__ = [
     "write_png",
     "atomic_output",
     "check_output_free",
+    "PLANE_AXES",
+    "check_readable_file",
+    "normalise_unit",
+    "reduce_to_2d",
+    "tiff_calibration",
+    "write_tiff",
 ]
 
 #: File name endings read as images (lower case).
@@ -49,7 +55,7 @@ IMAGE_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg")
 MAX_IMAGE_BYTES = 16 * 2**30
 
 # Axis letters tifffile uses for planes of a stack (as opposed to channels).
-_PLANE_AXES = "ZTQIRLHEVAP"
+PLANE_AXES = "ZTQIRLHEVAP"
 _CHANNEL_AXES = "CS"
 
 
@@ -125,7 +131,7 @@ def read_image(
         tifffile logs about a damaged file is added to the message.
     """
     path = Path(path)
-    _check_readable_file(path)
+    check_readable_file(path)
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
         data, axes, pixel_size, unit, photometric_rgb = _read_tiff(path, memory)
@@ -136,7 +142,7 @@ def read_image(
         raise InputError(f"unsupported file type {suffix or '(no extension)'!r}; expected one of {', '.join(IMAGE_SUFFIXES)}")
     if colour and channel is not None:
         raise InputError("a colour read keeps all of R, G and B: give no --channel with --channels rgb")
-    data = _reduce_to_2d(data, axes, channel=channel, plane=plane, rgb=photometric_rgb, keep_rgb=colour)
+    data = reduce_to_2d(data, axes, channel=channel, plane=plane, rgb=photometric_rgb, keep_rgb=colour)
     _check_pixels(data)
     if colour and data.ndim == 2:
         data = np.repeat(data[np.newaxis], 3, axis=0)
@@ -211,7 +217,7 @@ def is_zarr_store(path: str | os.PathLike) -> bool:
     return path.suffix.lower() == ".zarr" or any((path / name).is_file() for name in ZARR_MARKERS)
 
 
-def _check_readable_file(path: Path) -> None:
+def check_readable_file(path: Path) -> None:
     if not path.exists():
         raise InputError("no such file")
     if is_zarr_store(path):
@@ -262,7 +268,7 @@ def _decode_tiff(path: Path, memory: MemoryBudget | None):
                 )
             page = series.pages[0] if series.pages else tif.pages[0]
             data = series.asarray()
-            pixel_size, unit = _tiff_calibration(tif, page)
+            pixel_size, unit = tiff_calibration(tif, page)
             photometric_rgb = bool(page is not None and getattr(page, "photometric", None) == tifffile.PHOTOMETRIC.RGB)
     except InputError:
         raise
@@ -306,7 +312,7 @@ def _read_pillow(path: Path, memory: MemoryBudget | None = None):
     return data, axes
 
 
-def _reduce_to_2d(
+def reduce_to_2d(
     data: np.ndarray, axes: str, *, channel: int | None, plane: int | None, rgb: bool, keep_rgb: bool = False
 ) -> np.ndarray:
     """Drop singleton axes, select the plane and channel, and refuse what stays ambiguous.
@@ -323,7 +329,7 @@ def _reduce_to_2d(
     if "Y" not in axes or "X" not in axes:
         raise InputError(f"image has axes {axes!r} with no Y/X plane")
 
-    plane_axes = [ax for ax in axes if ax in _PLANE_AXES]
+    plane_axes = [ax for ax in axes if ax in PLANE_AXES]
     if len(plane_axes) > 1:
         sizes = ", ".join(f"{ax}={data.shape[axes.index(ax)]}" for ax in plane_axes)
         raise InputError(f"image is a {len(plane_axes) + 2}-D stack ({sizes}); segtool works on 2-D planes: split it into single planes first")
@@ -379,7 +385,7 @@ def _check_pixels(data: np.ndarray) -> None:
         raise InputError(f"image has no pixels (shape {data.shape})")
 
 
-def _tiff_calibration(tif, page) -> tuple[tuple[float, float] | None, str | None]:
+def tiff_calibration(tif, page) -> tuple[tuple[float, float] | None, str | None]:
     """Pixel size (y, x) and unit from ImageJ/OME metadata or the resolution tags."""
     if tif.is_ome and tif.ome_metadata:
         xml = tif.ome_metadata
@@ -391,7 +397,7 @@ def _tiff_calibration(tif, page) -> tuple[tuple[float, float] | None, str | None
         if len(sizes) == 2 and all(v > 0 for v in sizes.values()):
             unit_match = re.search(r'PhysicalSizeXUnit="([^"]+)"', xml)
             unit = unit_match.group(1) if unit_match else "µm"
-            return (sizes["Y"], sizes["X"]), _normalise_unit(unit)
+            return (sizes["Y"], sizes["X"]), normalise_unit(unit)
     if page is None:
         return None, None
     tags = page.tags
@@ -418,10 +424,10 @@ def _tiff_calibration(tif, page) -> tuple[tuple[float, float] | None, str | None
             return None, None  # screen/print DPI written by default, not a microscope calibration
     if unit is None:
         return None, None
-    return (1.0 / yppu, 1.0 / xppu), _normalise_unit(unit)
+    return (1.0 / yppu, 1.0 / xppu), normalise_unit(unit)
 
 
-def _normalise_unit(unit: str) -> str:
+def normalise_unit(unit: str) -> str:
     unit = unit.strip()
     if unit in ("um", "µm", "\\u00B5m", "micrometer", "microns"):
         return "micron"
@@ -505,7 +511,7 @@ def _resolution_kwargs(pixel_size, unit) -> dict:
     return {"resolution": (1.0 / px, 1.0 / py)}
 
 
-def _write_tiff(path: Path, data: np.ndarray, *, pixel_size, unit, overwrite: bool, imagej: bool) -> Path:
+def write_tiff(path: Path, data: np.ndarray, *, pixel_size, unit, overwrite: bool, imagej: bool) -> Path:
     import tifffile
 
     kwargs = _resolution_kwargs(pixel_size, unit)
@@ -566,7 +572,7 @@ def write_labels(
     labels = to_label_dtype(labels)
     if labels.ndim != 2:
         raise InputError(f"label image must be 2-D, got shape {labels.shape}")
-    return _write_tiff(Path(path), labels, pixel_size=pixel_size, unit=unit, overwrite=overwrite, imagej=labels.dtype == np.uint16)
+    return write_tiff(Path(path), labels, pixel_size=pixel_size, unit=unit, overwrite=overwrite, imagej=labels.dtype == np.uint16)
 
 
 def write_float(
@@ -592,7 +598,7 @@ def write_float(
         with atomic_output(path, overwrite=overwrite) as temp:
             tifffile.imwrite(temp, data, imagej=True, compression="zlib", metadata=metadata, software="segtool", **kwargs)
         return path
-    return _write_tiff(path, data, pixel_size=pixel_size, unit=unit, overwrite=overwrite, imagej=True)
+    return write_tiff(path, data, pixel_size=pixel_size, unit=unit, overwrite=overwrite, imagej=True)
 
 
 def write_png(path: str | os.PathLike, image: np.ndarray, *, overwrite: bool = False) -> Path:

@@ -1,7 +1,8 @@
 """Pair image files with their mask files by file name.
 
 Used by ``segtool train`` (images with training masks) and ``segtool
-evaluate`` (ground truth with predictions). Pure path logic: nothing is read.
+evaluate`` (ground truth with predictions), and by ``segtool export`` (the
+intensity image of a label image). Pure path logic: nothing is read.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from pathlib import Path
 
 from segtool.errors import InputError
 from segtool.inputs import LABEL_SUFFIXES, base_stem
+from segtool.io import IMAGE_SUFFIXES
 
-__all__ = ["MASK_SUFFIXES", "LabelPair", "Pair", "mask_stem", "pair_by_stem", "pair_label_files"]
+__all__ = ["MASK_SUFFIXES", "LabelPair", "Pair", "find_image", "mask_stem", "pair_by_stem", "pair_label_files"]
 
 #: Endings a mask's name may carry after the image's name (Cellpose writes
 #: ``_cp_masks``; other tools ``_mask``, ``_masks``, ``_labels``, ``_seg``).
@@ -203,3 +205,39 @@ def pair_label_files(pred: list[Path], gt: list[Path]) -> tuple[list[LabelPair],
         problems.append((str(by_gt[key]), f"ground truth has no prediction (looked for a name starting with {key})"))
     pairs = [LabelPair(key, by_pred[key], by_gt[key]) for key in sorted(set(by_pred) & set(by_gt))]
     return pairs, problems
+
+
+def find_image(labels_path: Path, image: Path) -> Path:
+    """The intensity image for ``labels_path``: ``image`` itself, or the file in folder ``image`` with the same stem.
+
+    Parameters
+    ----------
+    labels_path : Path
+        A label image.
+    image : Path
+        An image file, or a folder of images.
+
+    Returns
+    -------
+    path : Path
+        The image that belongs to ``labels_path``.
+
+    Raises
+    ------
+    InputError
+        If the folder holds no image, or several images, with that stem.
+    """
+    if not image.is_dir():
+        return image
+    stem = mask_stem(labels_path)
+    candidates = sorted(
+        p
+        for p in image.iterdir()
+        if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_SUFFIXES) and base_stem(p) == stem
+    )
+    candidates = [p for p in candidates if p.resolve() != labels_path.resolve()]
+    if not candidates:
+        raise InputError(f"no image named {stem}.* ({', '.join(IMAGE_SUFFIXES)}) in {image}")
+    if len(candidates) > 1:
+        raise InputError(f"several images match {stem!r} in {image}: {', '.join(p.name for p in candidates)}")
+    return candidates[0]

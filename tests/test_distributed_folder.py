@@ -149,6 +149,7 @@ def test_a_worker_dying_mid_task_loses_nothing_even_on_one_worker(tmp_path):
     from distributed import Client, LocalCluster
 
     from segtool.batch import run_batch
+    from segtool.distributed.folder import cluster_runner
 
     names = [f"i{i:02d}" for i in range(40)]
     names[13] = "bomb"  # inside a group of several images: the images before it in the group are already written
@@ -160,7 +161,7 @@ def test_a_worker_dying_mid_task_loses_nothing_even_on_one_worker(tmp_path):
     # One worker, restarted by its nanny: the replacement must get the task again.
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
                       host="127.0.0.1") as cluster, Client(cluster) as client:
-        summary = run_batch(inputs, task, client=client)
+        summary = run_batch(inputs, task, runner=cluster_runner(client))
     # The bomb really took its worker down; its task was re-run on the replacement, which replaced what
     # the first attempt had written for the bomb's group instead of failing on "output exists".
     assert (tmp_path / "died").exists()

@@ -352,6 +352,11 @@ def run_files(
             if summary_problems.failed and on_error == OnError.stop:
                 expanded.files = []
             task_id = progress.add_task(verb, total=len(expanded.files)) if expanded.files else None
+            runner = None
+            if client is not None and not big:
+                from segtool.distributed.folder import cluster_runner
+
+                runner = cluster_runner(client)
             try:
                 summary = run_batch(
                     expanded.files,
@@ -362,7 +367,7 @@ def run_files(
                     jobs=jobs,
                     on_result=emit,
                     debug=debug,
-                    client=None if big else client,
+                    runner=runner,
                 )
             except KeyboardInterrupt as interrupt:
                 summary = getattr(interrupt, "summary", BatchSummary())

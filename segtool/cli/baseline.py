@@ -37,10 +37,10 @@ from segtool.errors import InputError
 from segtool.inputs import output_path
 from segtool.io import read_image, write_float, write_labels, write_png
 from segtool.memory import MemoryBudget
+from segtool.thresholds import THRESHOLD_METHODS
 
 PANEL_METHOD = "Method"
 PANEL_EXTRA = "Extra outputs"
-THRESHOLD_METHODS = ("otsu", "li", "triangle", "yen")
 _COLUMNS = [
     ("objects", lambda r: r.figures["objects"]),
     ("threshold", lambda r: "" if r.figures["threshold"] is None else f"{r.figures['threshold']:.4g}"),

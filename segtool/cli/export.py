@@ -37,11 +37,10 @@ from segtool.cli._common import (
     stderr,
 )
 from segtool.errors import InputError
-from segtool.inputs import base_stem
-from segtool.io import IMAGE_SUFFIXES, Image, read_image, read_labels
+from segtool.io import Image, read_image, read_labels
 from segtool.memory import MemoryBudget
 from segtool.quiet import quiet_libraries
-from segtool.pairing import mask_stem
+from segtool.pairing import find_image, mask_stem
 
 PANEL_FORMAT = "Formats"
 
@@ -80,30 +79,6 @@ def parse_formats(values: list[str]) -> tuple[str, ...]:
     if not formats:
         raise InputError(f"give at least one --format ({', '.join(FORMAT_SUFFIXES)})")
     return tuple(formats)
-
-
-def find_image(labels_path: Path, image: Path) -> Path:
-    """The intensity image for ``labels_path``: ``image`` itself, or the file in folder ``image`` with the same stem.
-
-    Raises
-    ------
-    InputError
-        If the folder holds no image, or several images, with that stem.
-    """
-    if not image.is_dir():
-        return image
-    stem = mask_stem(labels_path)
-    candidates = sorted(
-        p
-        for p in image.iterdir()
-        if p.is_file() and not p.name.startswith(".") and p.name.lower().endswith(IMAGE_SUFFIXES) and base_stem(p) == stem
-    )
-    candidates = [p for p in candidates if p.resolve() != labels_path.resolve()]
-    if not candidates:
-        raise InputError(f"no image named {stem}.* ({', '.join(IMAGE_SUFFIXES)}) in {image}")
-    if len(candidates) > 1:
-        raise InputError(f"several images match {stem!r} in {image}: {', '.join(p.name for p in candidates)}")
-    return candidates[0]
 
 
 @dataclass(frozen=True)

@@ -28,23 +28,21 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import ndimage as ndi
 
-from segtool.background import _check_layout, _evaluate_at, _fit_steps, _fitting_grid
+from segtool.background import check_choice, check_degree, check_layout, evaluate_at, fit_steps, fitting_grid
 from segtool.baseline import (
-    _MIN_SIZE,
-    _OBJECT_STRUCTURE,
-    _THRESHOLD_PIXELS,
+    MIN_SIZE,
+    OBJECT_STRUCTURE,
+    THRESHOLD_PIXELS,
     POLARITIES,
     BackgroundFit,
-    _apply_method,
-    _check_choice,
-    _check_count,
-    _check_degree,
-    _check_sigma,
-    _check_threshold,
-    _fit_polarity,
-    _grid_threshold,
-    _is_flat,
-    _threshold_grid,
+    apply_method,
+    check_count,
+    check_sigma,
+    check_threshold,
+    fit_polarity,
+    grid_threshold,
+    is_flat,
+    threshold_grid,
     segment_baseline,
 )
 from segtool.errors import InputError
@@ -100,7 +98,7 @@ def segment_baseline_blocks(
     robust: bool = True,
     polarity: str = "bright",
     threshold: str | float = "otsu",
-    min_size: int = _MIN_SIZE,
+    min_size: int = MIN_SIZE,
     smooth: float = 0.0,
     fill_holes: bool = False,
     split: bool = False,
@@ -168,11 +166,11 @@ def segment_baseline_blocks(
     >>> result.n_objects, result.labels.dtype.name, int(result.labels.max())
     (1, 'uint32', 1)
     """
-    degree = _check_degree(degree)
-    polarity = _check_choice(polarity, POLARITIES, "polarity")
-    method = _check_threshold(threshold)
-    min_size = _check_count(min_size, "min_size")
-    smooth = _check_sigma(smooth)
+    degree = check_degree(degree)
+    polarity = check_choice(polarity, POLARITIES, "polarity")
+    method = check_threshold(threshold)
+    min_size = check_count(min_size, "min_size")
+    smooth = check_sigma(smooth)
     if split:
         raise InputError(
             "--split is not available in big-image mode (its watershed needs the whole image); "
@@ -180,7 +178,7 @@ def segment_baseline_blocks(
         )
     data = _check_blocks(image)
     options = {"degree": degree, "robust": robust, "polarity": polarity, "threshold": method, "min_size": min_size}
-    if data.size <= _THRESHOLD_PIXELS:
+    if data.size <= THRESHOLD_PIXELS:
         return _in_memory(data, smooth=smooth, fill_holes=fill_holes, **options)
     import dask
 
@@ -188,12 +186,12 @@ def segment_baseline_blocks(
     # One pass over the image for everything small: the fitting and threshold
     # grids, and the range (for the NaN and constant-image checks).
     grid, raw, lo, hi = dask.compute(
-        _fitting_grid(data, _fit_steps(*shape)), _threshold_grid(data), data.min(), data.max()
+        fitting_grid(data, fit_steps(*shape)), threshold_grid(data), data.min(), data.max()
     )
     lo, hi = float(lo), float(hi)
     if not (np.isfinite(lo) and np.isfinite(hi)):
         raise InputError("image contains NaN or infinite values")
-    fit, polarity = _fit_polarity(grid, shape, degree, robust=bool(robust), polarity=polarity)
+    fit, polarity = fit_polarity(grid, shape, degree, robust=bool(robust), polarity=polarity)
 
     meta = np.empty((0, 0), dtype=np.float32)
     background = data.map_blocks(_background_block, coef=fit.coefficients, shape=shape, meta=meta)
@@ -214,16 +212,16 @@ def segment_baseline_blocks(
     elif smooth == 0:
         # The threshold grid of the image, corrected on the client, holds the
         # values the corrected image has there (as in segment_baseline).
-        level = _grid_threshold(raw, fit, method, polarity)
+        level = grid_threshold(raw, fit, method, polarity)
         if level is None:
             _refuse_whole_image_threshold(values, method, scale)
             return empty("image is only smooth background")
     else:
-        sample = np.asarray(_threshold_grid(values).compute())
-        if _is_flat(sample, scale):
+        sample = np.asarray(threshold_grid(values).compute())
+        if is_flat(sample, scale):
             _refuse_whole_image_threshold(values, method, scale)
             return empty("image is only smooth background")
-        level = _apply_method(sample, method, polarity)
+        level = apply_method(sample, method, polarity)
 
     foreground = values.map_blocks(
         _foreground_block, level=float(level), bright=polarity == "bright", meta=np.empty((0, 0), dtype=bool)
@@ -254,7 +252,7 @@ def _check_blocks(image: Any) -> Any:
     data = image if isinstance(image, da.Array) else da.asarray(image)
     if data.ndim == 2 and any(np.isnan(n) for n in data.shape):
         raise InputError("image has blocks of unknown size; call compute_chunk_sizes() on it first")
-    _check_layout(data)
+    check_layout(data)
     return data.astype(np.float32) if data.dtype == np.float16 else data
 
 
@@ -283,12 +281,12 @@ def _background_block(block: np.ndarray, *, coef: np.ndarray, shape: tuple[int, 
     """Background at the block's global pixel positions (float32)."""
     (r0, r1), (c0, c1) = block_info[0]["array-location"]
     out = np.empty(block.shape, dtype=np.float32)
-    _evaluate_at(coef, shape, np.arange(r0, r1), np.arange(c0, c1), out)
+    evaluate_at(coef, shape, np.arange(r0, r1), np.arange(c0, c1), out)
     return out
 
 
 def _corrected_block(block: np.ndarray, *, coef: np.ndarray, shape: tuple[int, int], block_info=None) -> np.ndarray:
-    """Block minus background, with the float32 arithmetic of _correct_rows."""
+    """Block minus background, with the float32 arithmetic of correct_rows."""
     out = _background_block(block, coef=coef, shape=shape, block_info=block_info)
     np.subtract(block, out, out=out, dtype=np.float32, casting="unsafe")
     return out
@@ -327,7 +325,7 @@ def _refuse_whole_image_threshold(values: Any, method: str, scale: float) -> Non
     import dask
 
     lo, hi = dask.compute(values.min(), values.max())
-    if _is_flat(np.array([lo, hi]), scale):
+    if is_flat(np.array([lo, hi]), scale):
         return
     raise InputError(
         f"threshold {method!r} found only background in its regular subsample of the image; "
@@ -384,7 +382,7 @@ def _label(foreground: Any, *, min_size: int, fill_holes: bool) -> tuple[Any, in
         for i, y in enumerate(starts[0])
     ]
     (pieces,) = dask.compute(tasks)
-    objects = _join([[p[0] for p in row] for row in pieces], _OBJECT_STRUCTURE)
+    objects = _join([[p[0] for p in row] for row in pieces], OBJECT_STRUCTURE)
     sizes = objects.sizes.copy()
     if fill_holes:
         gaps = _join([[p[1] for p in row] for row in pieces], _GAP_STRUCTURE)
@@ -393,7 +391,7 @@ def _label(foreground: Any, *, min_size: int, fill_holes: bool) -> tuple[Any, in
         # the object when min_size is applied), not towards its numbering.
         np.add.at(sizes, owners, gaps.sizes[holes])
     lut = _renumber(sizes, objects.first, min_size)
-    labels = _relabel(foreground, objects, lut, structure=_OBJECT_STRUCTURE)
+    labels = _relabel(foreground, objects, lut, structure=OBJECT_STRUCTURE)
     if fill_holes:
         hole_lut = np.zeros(len(gaps.sizes), dtype=np.uint32)
         hole_lut[holes] = lut[owners]
@@ -406,7 +404,7 @@ def _block_pieces(
     foreground: np.ndarray, *, origin: tuple[int, int], shape: tuple[int, int], holes: bool
 ) -> tuple[_Pieces, _Pieces | None]:
     """The block's object pieces and, if ``holes``, its background pieces."""
-    objects = _pieces(foreground, _OBJECT_STRUCTURE, origin=origin, shape=shape)
+    objects = _pieces(foreground, OBJECT_STRUCTURE, origin=origin, shape=shape)
     return objects, _pieces(~foreground, _GAP_STRUCTURE, origin=origin, shape=shape) if holes else None
 
 
@@ -569,7 +567,7 @@ def _hole_owners(foreground: Any, objects: _Components, gaps: _Components) -> tu
     nearby = hole_rank.map_overlap(
         ndi.grey_dilation, depth=1, boundary="none", footprint=_GAP_STRUCTURE, meta=np.empty((0, 0), dtype=np.int64)
     )
-    owner = _relabel(foreground, objects, np.arange(len(objects.sizes)), structure=_OBJECT_STRUCTURE)
+    owner = _relabel(foreground, objects, np.arange(len(objects.sizes)), structure=OBJECT_STRUCTURE)
     nearby, owner = dask.optimize(nearby, owner)  # one computation, sharing the foreground
     tasks = [
         dask.delayed(_rim_block)(a, b)

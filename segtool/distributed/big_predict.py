@@ -268,11 +268,11 @@ class _UNetSegmenter:
     def __call__(self, normalized: np.ndarray, plan: _BlockPlan) -> np.ndarray:
         from segtool.unet.instances import maps_to_labels
         from segtool.unet.predict import make_predictor
-        from segtool.unet.tiling import _pad_reflect
+        from segtool.unet.tiling import pad_reflect
 
         model = _load_model(self.model_path, self.device, self.threads, self.precision)
         config = model.config
-        data = _pad_reflect(normalized[np.newaxis], list(plan.pad))
+        data = pad_reflect(normalized[np.newaxis], list(plan.pad))
         predictor = make_predictor(model.net, config.target, tta=self.tta)
         maps = _blend_tiles(data, predictor, plan, self.tile, batch_size=self.batch_size, out_channels=config.out_channels)
         return maps_to_labels(maps, target=config.target, **self.options)
@@ -637,7 +637,7 @@ def predict_blocks(
     from segtool.unet.config import UNetConfig
     from segtool.unet.instances import DEFAULT_MIN_SIZE, maps_to_labels
     from segtool.unet.modelfile import read_model_info
-    from segtool.unet.predict import _check_common, postprocess_options, resolve_tile
+    from segtool.unet.predict import check_common, postprocess_options, resolve_tile
 
     if not isinstance(image, da.Array):
         image = da.asarray(image)
@@ -652,7 +652,7 @@ def predict_blocks(
     config = UNetConfig.from_dict(read_model_info(model_path)["config"])
     if config.in_channels != 1:
         raise ModelError(f"model expects {config.in_channels} input channels, the image has 1")
-    _check_common(None, overlap, batch_size, 1.0)
+    check_common(None, overlap, batch_size, 1.0)
     # The whole image's tile grid, as predict_image would lay it out; every block runs its share of it.
     tile_hw = resolve_tile(config, image.shape, tile)
     if block < max(tile_hw):

@@ -24,12 +24,12 @@ import numpy as np
 
 from segtool.errors import InputError, first_line
 from segtool.io import (
-    _PLANE_AXES,
+    PLANE_AXES,
     IMAGE_SUFFIXES,
-    _check_readable_file,
-    _normalise_unit,
-    _reduce_to_2d,
-    _tiff_calibration,
+    check_readable_file,
+    normalise_unit,
+    reduce_to_2d,
+    tiff_calibration,
     is_zarr_store,
     read_image,
 )
@@ -194,7 +194,7 @@ class _BlockReader:
                 kept.append(ax)
             elif size == 1:
                 self._select.append(0)
-            elif ax in _PLANE_AXES:
+            elif ax in PLANE_AXES:
                 self._select.append(plane)
             elif channel is not None:
                 self._select.append(channel)
@@ -260,7 +260,7 @@ def _lazy_image(
         axes = "Q" * (len(shape) - 2) + "YX"
     # The same refusals and messages as read_image, checked on a stand-in with a 1x1 plane.
     stand_in = np.zeros([1 if ax in "YX" else n for n, ax in zip(shape, axes)], np.uint8)
-    _reduce_to_2d(stand_in, axes, channel=channel, plane=plane, rgb=rgb)
+    reduce_to_2d(stand_in, axes, channel=channel, plane=plane, rgb=rgb)
     dtype = np.dtype(dtype)
     if dtype.kind not in "uifb":
         raise InputError(f"unsupported pixel type {dtype}")
@@ -286,7 +286,7 @@ def _lazy_image(
 def _open_tiff(path: Path, *, channel, plane, block) -> LazyImage2D:
     import tifffile
 
-    _check_readable_file(path)
+    check_readable_file(path)
     try:
         with tifffile.TiffFile(path) as tif:
             if not tif.series:
@@ -294,7 +294,7 @@ def _open_tiff(path: Path, *, channel, plane, block) -> LazyImage2D:
             series = tif.series[0]
             shape, axes, dtype = tuple(series.shape), series.axes, np.dtype(series.dtype)
             page = series.pages[0] if series.pages else tif.pages[0]
-            pixel_size, unit = _tiff_calibration(tif, page)
+            pixel_size, unit = tiff_calibration(tif, page)
             rgb = bool(page is not None and getattr(page, "photometric", None) == tifffile.PHOTOMETRIC.RGB)
             keyframe = series.keyframe
             offset = series.dataoffset
@@ -438,4 +438,4 @@ def _ngff_calibration(multiscale: dict, dataset: dict, axes: str, axes_meta) -> 
     unit = units.pop() if len(units) == 1 else None
     if unit is None and size == (1.0, 1.0):
         return None, None
-    return size, _normalise_unit(unit) if unit else None
+    return size, normalise_unit(unit) if unit else None

@@ -33,15 +33,16 @@ What Dask adds:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from segtool.batch import ItemResult, Task, error_message, precheck_item, run_item
+from segtool.batch import ItemResult, Runner, Task, error_message, precheck_item, run_item
 from segtool.distributed.cluster import worker_count
 
-__all__ = ["run_on_cluster", "run_items", "with_absolute_paths"]
+__all__ = ["cluster_runner", "run_on_cluster", "run_items", "with_absolute_paths"]
 
 #: Tasks in flight per worker thread: enough to hide the scheduler's round trip.
 IN_FLIGHT_PER_THREAD = 4
@@ -86,6 +87,22 @@ def _retry_safe(task: Task) -> Task:
     if dataclasses.is_dataclass(task) and any(f.name == "overwrite" and f.init for f in dataclasses.fields(task)):
         return dataclasses.replace(task, overwrite=True)
     return task
+
+
+def cluster_runner(client: Any) -> Runner:
+    """A :class:`~segtool.batch.Runner` that runs the inputs on ``client``'s cluster.
+
+    Parameters
+    ----------
+    client : distributed.Client
+        Connected Dask client.
+
+    Returns
+    -------
+    runner : Runner
+        For ``run_batch(..., runner=runner)``; see :func:`run_on_cluster`.
+    """
+    return functools.partial(run_on_cluster, client)
 
 
 def run_on_cluster(

@@ -33,9 +33,9 @@ from segtool.errors import InputError, ModelError
 from segtool.pipeline.stream import prefetch
 from segtool.unet.instances import maps_to_labels
 from segtool.unet.predict import (
-    _check_common,
+    check_common,
     network_device_type,
-    _prepared_net,
+    prepared_net,
     make_predictor,
     plan_inference_tiles,
     postprocess_options,
@@ -152,14 +152,14 @@ def predict_label_bands(
         Consecutive bands covering all rows; ``labels`` are uint32.
     """
     config = model.config
-    _check_common(model, overlap, batch_size, 1.0)
+    check_common(model, overlap, batch_size, 1.0)
     if int(band_rows) < 1 or int(halo) < 0:
         raise InputError(f"band_rows must be >= 1 and halo >= 0, got {band_rows} and {halo}")
     band_rows, halo = int(band_rows), int(halo)
     height, width = (int(n) for n in shape)
     options = postprocess_options(config, prob_threshold=prob_threshold, min_size=min_size, seed_threshold=seed_threshold,
                                   split_height=split_height)
-    net = _prepared_net(model)
+    net = prepared_net(model)
     plan = plan_inference_tiles(config, (height, width), device_type=network_device_type(net), tile=tile, overlap=overlap,
                                 tile_halo=tile_halo, batch_size=batch_size)
     tile_hw = plan.tile

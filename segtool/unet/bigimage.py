@@ -174,9 +174,9 @@ class LazyImage:
 
 def _calibration(tif, page) -> tuple[tuple[float, float] | None, str | None]:
     try:
-        from segtool.io import _tiff_calibration
+        from segtool.io import tiff_calibration
 
-        return _tiff_calibration(tif, page)
+        return tiff_calibration(tif, page)
     except Exception:  # calibration is a nicety; never fail a read for it
         return None, None
 
@@ -208,12 +208,12 @@ def open_lazy(path: str | os.PathLike, *, channel: int | None = None) -> LazyIma
     """
     import tifffile
 
-    from segtool.io import _check_readable_file
+    from segtool.io import check_readable_file
 
     path = Path(path)
     if path.suffix.lower() not in (".tif", ".tiff"):
         return None
-    _check_readable_file(path)  # the same messages as read_image for missing, empty or unreadable files
+    check_readable_file(path)  # the same messages as read_image for missing, empty or unreadable files
     try:
         tif = tifffile.TiffFile(path)
     except Exception as err:

@@ -65,6 +65,8 @@ __all__ = [
     "prepare_for_inference",
     "resolve_tile",
     "scale_for_diameter",
+    "check_common",
+    "prepared_net",
 ]
 
 #: Largest tile side per device type for halo tiling. Chosen by measurement (BENCHMARKS.md): on a 2-core CPU
@@ -322,7 +324,18 @@ def network_device_type(net) -> str:
         return "cpu"
 
 
-def _prepared_net(model):
+def prepared_net(model):
+    """The network of ``model`` prepared for inference (once; cached on the net).
+
+    Parameters
+    ----------
+    model : UNetModel
+        A loaded model.
+
+    Returns
+    -------
+    net : torch.nn.Module
+    """
     net = model.net
     if getattr(net, "segtool_prepared", False):
         return net
@@ -590,7 +603,25 @@ def _model_diameter(model) -> float | None:
     return None
 
 
-def _check_common(model, overlap: float | None, batch_size: int | None, scale: float) -> None:
+def check_common(model, overlap: float | None, batch_size: int | None, scale: float) -> None:
+    """Validate the options shared by every prediction schedule.
+
+    Parameters
+    ----------
+    model : UNetModel
+        A loaded model.
+    overlap : float or None
+        Tile overlap fraction, in [0, 1).
+    batch_size : int or None
+        Tiles per forward pass, >= 1.
+    scale : float
+        Rescale factor, 0.05 to 20.
+
+    Raises
+    ------
+    InputError
+        If any value is out of range.
+    """
     if overlap is not None and not 0 <= float(overlap) < 1:
         raise InputError(f"overlap must be in [0, 1), got {overlap}")
     if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
@@ -712,7 +743,7 @@ def predict_image(
     ((20, 30), (3, 20, 30), 1)
     """
     start_time = time.perf_counter()
-    _check_common(model, overlap, batch_size, scale)
+    check_common(model, overlap, batch_size, scale)
     options = postprocess_options(model.config, prob_threshold=prob_threshold, min_size=min_size,
                                   seed_threshold=seed_threshold, split_height=split_height)
     stages: dict[str, float] = {}
@@ -779,7 +810,7 @@ def normalize_for_model(image: np.ndarray, model, *, scale: float = 1.0) -> np.n
         If the image is unusable or ``scale`` out of range.
     """
     config = model.config
-    _check_common(model, None, None, scale)
+    check_common(model, None, None, scale)
     data = _as_channels(image, config.in_channels)
     normalized = np.stack([normalize_percentile(c, config.norm_low, config.norm_high) for c in data])
     if scale != 1.0:
@@ -823,10 +854,10 @@ def predict_maps(
     n_tiles : int
     """
     config = model.config
-    _check_common(model, overlap, batch_size, 1.0)
+    check_common(model, overlap, batch_size, 1.0)
     start = time.perf_counter()
     network_before = (stages or {}).get("network", 0.0)
-    net = _prepared_net(model)
+    net = prepared_net(model)
     plan = plan_inference_tiles(config, normalized.shape[1:], device_type=network_device_type(net), tile=tile,
                                 overlap=overlap, tile_halo=tile_halo, batch_size=batch_size)
     predictor = timed_predictor(make_predictor(net, config.target, tta=tta), stages)

@@ -45,6 +45,7 @@ __all__ = [
     "predict_tiled_rows",
     "reflect_rows",
     "tile_shape",
+    "pad_reflect",
 ]
 
 Predictor = Callable[[np.ndarray], np.ndarray]
@@ -345,7 +346,7 @@ def _pad_amounts(shape: Sequence[int], tile: Sequence[int]) -> list[tuple[int, i
     return [(0, max(0, t - n)) for n, t in zip(shape, tile)]
 
 
-def _pad_reflect(image: np.ndarray, pads: list[tuple[int, int]]) -> np.ndarray:
+def pad_reflect(image: np.ndarray, pads: list[tuple[int, int]]) -> np.ndarray:
     """Pad the trailing axes by reflection (or edge repeat for a 1-pixel axis)."""
     if not any(after for _, after in pads):
         return image
@@ -600,9 +601,9 @@ def predict_tiled(
     sizes = _as_tile(tile, 2)
     if tile_halo is not None:
         padded_shape = halo_padded_shape((height, width), align)
-        padded = _pad_reflect(data, [(0, p - n) for n, p in zip((height, width), padded_shape)])
+        padded = pad_reflect(data, [(0, p - n) for n, p in zip((height, width), padded_shape)])
     else:
-        padded = _pad_reflect(data, _pad_amounts((height, width), sizes))
+        padded = pad_reflect(data, _pad_amounts((height, width), sizes))
     out = np.empty((int(out_channels), height, width), np.float32)
 
     def read_rows(start: int, stop: int) -> np.ndarray:

@@ -19,11 +19,11 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from segtool.errors import InputError
+from segtool.thresholds import THRESHOLD_METHODS
 from segtool.volume.background import BackgroundFit3D, fit_background_3d
 
 __all__ = ["BaselineResult3D", "segment_baseline_3d", "split_touching_3d", "relabel_sequential_3d"]
 
-THRESHOLD_METHODS = ("otsu", "li", "triangle", "yen")
 # Automatic thresholds are computed on a regular subsample of about this many voxels.
 _THRESHOLD_VOXELS = 1 << 21
 # Seeds of the split: distance-transform maxima at least this far (x-y pixel units) above

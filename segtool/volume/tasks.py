@@ -147,7 +147,7 @@ def export_stack(task: Any, path: Path) -> dict[str, Any] | None:
     labels = read_label_volume(path)
     image = None
     if task.image is not None:
-        from segtool.cli.export import find_image  # the same image lookup as in 2-D
+        from segtool.pairing import find_image  # the same image lookup as in 2-D
 
         image_path = find_image(path, task.image)
         try:
