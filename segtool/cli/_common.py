@@ -35,6 +35,7 @@ from segtool.memory import WORKING_BYTES, MemoryBudget, parse_memory_limit
 from segtool.quiet import quiet_libraries
 
 __all__ = [
+    "Device",
     "stderr",
     "error_line",
     "print_error",
@@ -207,6 +208,15 @@ ZarrOut = Annotated[
         rich_help_panel=PANEL_DISTRIBUTED,
     ),
 ]
+
+
+class Device(str, Enum):
+    """Where a network runs (``--device``): auto picks CUDA, then Apple MPS, then the CPU."""
+
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+    mps = "mps"
 
 
 MaxMemory = Annotated[

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -13,6 +12,7 @@ import typer
 from segtool.batch import EXIT_USAGE
 from segtool.cli._app import app
 from segtool.cli._common import (
+    Device,
     BlockSize,
     Channel,
     ClusterOpt,
@@ -55,13 +55,6 @@ _COLUMNS = [
 BAND_PIXELS = 4096 * 4096
 
 
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
-
-
 @dataclass
 class PredictTask:
     """Per-file work of ``segtool predict`` (picklable for ``--jobs``/``--cluster``: each process loads the model once)."""
@@ -101,6 +94,10 @@ class PredictTask:
         state = dict(self.__dict__)
         state["_model"] = None
         return state
+
+    def use_model(self, loaded) -> None:
+        """Use an already loaded, inference-prepared model (the CLI loads it once to check the file first)."""
+        self._model = loaded
 
     def model(self):
         """The loaded, inference-prepared model (loaded on first use in each process)."""
@@ -518,7 +515,7 @@ def predict(
             z_mode=z_mode,
             stitch_threshold=stitch_threshold,
         )
-        task._model = loaded
+        task.use_model(loaded)
     run_files(
         images,
         task,

@@ -28,6 +28,7 @@ from rich.progress import (
 from segtool.batch import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE
 from segtool.cli._app import app
 from segtool.cli._common import (
+    Device,
     Channel,
     Debug,
     MaxMemory,
@@ -100,13 +101,6 @@ class Optimizer(str, Enum):
 class Schedule(str, Enum):
     cosine = "cosine"
     constant = "constant"
-
-
-class Device(str, Enum):
-    auto = "auto"
-    cpu = "cpu"
-    cuda = "cuda"
-    mps = "mps"
 
 
 def output_files(model: Path) -> dict[str, Path]:
