@@ -40,6 +40,7 @@ __all__ = [
     "fitting_grid",
     "grid_residuals",
     "check_layout",
+    "inliers_from_sample",
 ]
 
 #: Values accepted by ``polarity=``.
@@ -425,6 +426,33 @@ def _inliers(
     sample = residual[::stride, ::stride]
     if weights is not None:
         sample = sample[weights[::stride, ::stride]]
+    return inliers_from_sample(residual, sample, side, scale)
+
+
+def inliers_from_sample(
+    residual: np.ndarray, sample: np.ndarray, side: str, scale: float
+) -> tuple[np.ndarray, float] | None:
+    """Values of ``residual`` within 2.5 robust sigmas of the background, judged from ``sample``.
+
+    Shared by the 2-D and 3-D background fits.
+
+    Parameters
+    ----------
+    residual : ndarray
+        Image (or stack) minus the current background estimate.
+    sample : ndarray
+        The residuals the centre and spread are taken from.
+    side : {"bright", "dark", "both"}
+        Where the objects are: the spread is read from the other side.
+    scale : float
+        The image's intensity range (a floor for a noiseless background).
+
+    Returns
+    -------
+    (inliers, sigma) or None
+        A boolean mask like ``residual`` and the robust sigma; None when the
+        sample holds fewer than 8 values.
+    """
     if sample.size < 8:
         return None
     q = np.percentile(sample, [2.5, 10, 25, 50, 75, 90, 97.5])

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from segtool.background import inliers_from_sample
 from segtool.errors import InputError
 
 __all__ = ["BackgroundFit3D", "fit_background_3d"]
@@ -24,9 +25,8 @@ __all__ = ["BackgroundFit3D", "fit_background_3d"]
 _MAX_DEGREE = 10
 # Voxels in the fitting grid: a smooth surface of <= 286 terms is well determined by this many.
 _FIT_VOXELS = 1 << 17
-# Robust rounds, clip (robust sigmas on the object side) and convergence, as in 2-D.
+# Robust rounds and convergence, as in 2-D (the clip is the 2-D fit's: background.inliers_from_sample).
 _ROBUST_ROUNDS = 5
-_CLIP = 2.5
 _CONVERGED = 0.02
 
 
@@ -184,28 +184,8 @@ def _solve(design: np.ndarray, values: np.ndarray, keep: np.ndarray) -> np.ndarr
 
 
 def _inliers(residual: np.ndarray, keep: np.ndarray, side: str, scale: float):
-    """Voxels within _CLIP robust sigmas of the background on the object side, and sigma."""
-    sample = residual[keep]
-    if sample.size < 8:
-        return None
-    q = np.percentile(sample, [2.5, 10, 25, 50, 75, 90, 97.5])
-    centre = q[3]
-    sigma = 0.0
-    for k, z in enumerate((0.6745, 1.2816, 1.96)):  # normal quantiles at 25, 10, 2.5 %
-        if side == "bright":
-            sigma = (centre - q[2 - k]) / z
-        elif side == "dark":
-            sigma = (q[4 + k] - centre) / z
-        else:
-            sigma = (q[4 + k] - q[2 - k]) / (2 * z)
-        if sigma > 0:
-            break
-    limit = max(_CLIP * float(sigma), 1e-6 * scale)
-    if side == "bright":
-        return residual <= centre + limit, limit / _CLIP
-    if side == "dark":
-        return residual >= centre - limit, limit / _CLIP
-    return np.abs(residual - centre) <= limit, limit / _CLIP
+    """Voxels within 2.5 robust sigmas of the background on the object side, and sigma."""
+    return inliers_from_sample(residual, residual[keep], side, scale)
 
 
 def _steps(shape: tuple[int, ...]) -> tuple[int, int, int]:
