@@ -272,6 +272,21 @@ def test_bands_agree_with_in_memory_prediction():
     assert _same_partition(labels, whole.labels)
 
 
+def test_bands_labelled_ahead_after_the_last_tile_row_match_in_memory_labels():
+    # Small halo tiles: the maps arrive in several tile rows, and once the last one is in, the remaining bands
+    # are labelled on a second thread. Every band must still equal the in-memory labelling.
+    rng = np.random.default_rng(5)
+    centres = [(int(r), int(c)) for r, c in rng.integers(10, 310, size=(60, 2))]
+    image, _ = _domes((320, 160), centres, radius=7)
+    image = (image * 1000 + rng.normal(0, 5, image.shape)).astype(np.float32)
+    model = _dome_model(patch=32)
+    whole = predict_image(image, model, min_size=5, tile=96, tile_halo=16)
+    bands, labels, _ = _run_bands(image, model, band_rows=24, halo=20, min_size=5, tile=96, tile_halo=16)
+    assert len(bands) == 14
+    assert bands[-1].n_objects == whole.n_objects == int(labels.max())
+    assert _same_partition(labels, whole.labels)
+
+
 def test_model_split_height_reaches_in_memory_and_band_prediction():
     # Two overlapping domes whose seed region (a low seed threshold) is one blob with a neck.
     centres = [(40, 40), (40, 60), (100, 50), (150, 30)]

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -193,12 +194,22 @@ def predict_label_bands(
     )
 
     buffer = _RowBuffer(config.out_channels, width, capacity=band_rows + 2 * halo + tile_hw[0])
-    carry = np.zeros((0, width), np.uint32)  # labels already painted below the previous band
-    next_label = 1
-    core_start = 0
     max_extra = 3 * halo
     # The network fills the next rows while this thread labels the current band.
     for_rows = prefetch(stream, depth=1)
+    ahead = _LookAhead(lambda rows: maps_to_labels(rows, target=config.target, **options))
+    try:
+        yield from _label_bands(for_rows, buffer, ahead, height, width, band_rows, halo, max_extra, keep_maps, stages)
+    finally:
+        ahead.close()
+        for_rows.close()
+
+
+def _label_bands(for_rows, buffer, ahead, height, width, band_rows, halo, max_extra, keep_maps, stages):
+    """The band loop of :func:`predict_label_bands`: label, keep the owned objects, number and yield."""
+    carry = np.zeros((0, width), np.uint32)  # labels already painted below the previous band
+    next_label = 1
+    core_start = 0
     while core_start < height:
         core_stop = min(height, core_start + band_rows)
         need_start = max(0, core_start - halo)
@@ -212,11 +223,18 @@ def predict_label_bands(
                 if rows_in_image:
                     buffer.append(start, maps[:, :rows_in_image, :width])
             window = buffer.rows(need_start, need_stop)
-            started = time.perf_counter()
-            labels = maps_to_labels(window, target=config.target, **options)
+            if buffer.stop == height and not ahead.started:
+                # The network has finished, so the cores it used are free: label the later bands' windows on a
+                # second thread while this one labels the current band (the labelling releases the GIL). Without
+                # this the last one or two bands were labelled one after the other after the network's end.
+                ahead.start(buffer, [
+                    (max(0, core - halo), min(height, core + band_rows + halo))
+                    for core in range(core_stop, height, band_rows)
+                ])
+            labels, seconds = ahead.labels(buffer, need_start, need_stop)
             owned = _owned_objects(labels, need_start, (core_start, core_stop))
             if stages is not None:
-                stages["postprocess"] = stages.get("postprocess", 0.0) + time.perf_counter() - started
+                stages["postprocess"] = stages.get("postprocess", 0.0) + seconds
             if need_stop == height or extra >= max_extra or not np.isin(labels[-1], owned).any():
                 break
             extra += max(halo, 1)
@@ -243,9 +261,44 @@ def predict_label_bands(
         )
         carry = canvas[rows:].copy()
         del canvas, window
-        buffer.drop_before(core_stop - halo)  # the next band's window starts there
+        if not ahead.started:  # (once labelling runs ahead, its windows are views of the buffer: keep them valid)
+            buffer.drop_before(core_stop - halo)  # the next band's window starts there
         core_start = core_stop
-    for_rows.close()
+
+
+class _LookAhead:
+    """Labels of band windows computed ahead on one extra thread, once all the maps are buffered."""
+
+    def __init__(self, label: Callable[[np.ndarray], np.ndarray]) -> None:
+        self._label = label
+        self._pool: ThreadPoolExecutor | None = None
+        self._futures: dict[tuple[int, int], Future] = {}
+
+    @property
+    def started(self) -> bool:
+        return self._pool is not None
+
+    def _timed(self, rows: np.ndarray) -> tuple[np.ndarray, float]:
+        started = time.perf_counter()
+        labels = self._label(rows)
+        return labels, time.perf_counter() - started
+
+    def start(self, buffer: _RowBuffer, windows: list[tuple[int, int]]) -> None:
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="segtool-bands")
+        for start, stop in windows:
+            self._futures[(start, stop)] = self._pool.submit(self._timed, buffer.rows(start, stop))
+
+    def labels(self, buffer: _RowBuffer, start: int, stop: int) -> tuple[np.ndarray, float]:
+        """Labels of rows ``start:stop`` and the seconds they took: from the look-ahead, or computed here."""
+        future = self._futures.pop((start, stop), None)
+        if future is not None:
+            return future.result()
+        return self._timed(buffer.rows(start, stop))
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+        self._futures.clear()
 
 
 class _RowBuffer:
