@@ -27,6 +27,7 @@ import numpy as np
 
 from segtool.errors import InputError
 from segtool.io import write_tiff, atomic_output  # write_tiff: binary masks share the labels' TIFF layout
+from segtool.labels import check_labels
 
 __all__ = [
     "label_polygons",
@@ -51,19 +52,6 @@ _STEP = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]], dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- geometry
-
-
-def _check_labels_2d(labels) -> np.ndarray:
-    array = np.asarray(labels)
-    if array.ndim != 2:
-        raise InputError(f"label image must be 2-D, got shape {array.shape}")
-    if array.dtype == bool:
-        return array.view(np.uint8)
-    if array.dtype.kind not in "iu":
-        raise InputError(f"label image has dtype {array.dtype}; expected integer labels")
-    if array.dtype.kind == "i" and array.size and array.min() < 0:
-        raise InputError(f"label image has negative values (min {array.min()})")
-    return array
 
 
 def _boundary_edges(components: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -186,7 +174,7 @@ def label_polygons(labels: np.ndarray) -> dict[int, list[Part]]:
     """
     from skimage.measure import label as connected
 
-    labels = _check_labels_2d(labels)
+    labels = check_labels(labels, ndim=2)
     components = connected(labels, background=0, connectivity=1).astype(np.int64)
     if components.max() == 0:
         return {}
@@ -342,7 +330,7 @@ def object_table(
     """
     from skimage.measure import regionprops_table
 
-    labels = _check_labels_2d(labels)
+    labels = check_labels(labels, ndim=2)
     properties = [name.split("-")[0] for name in _SHAPE_COLUMNS]
     intensity = None
     if image is not None:
