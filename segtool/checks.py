@@ -82,23 +82,12 @@ def check_nonnegative(value: Any, name: str) -> float:
 
 
 def check_positive(value: Any, name: str) -> float:
-    """Validate a finite number > 0.
-
-    Parameters
-    ----------
-    value : float
-        The given value.
-    name : str
-        Option name for the error message.
-
-    Returns
-    -------
-    value : float
+    """Validate a finite number > 0: :func:`check_nonnegative` without zero.
 
     Raises
     ------
     InputError
-        If ``value`` is not a finite number > 0.
+        If ``value`` is not a finite number > 0; the message names ``name``.
     """
     if not is_finite_number(value) or value <= 0:
         raise InputError(f"{name} must be a number > 0, got {value!r}")
