@@ -14,7 +14,7 @@ from typing import Any
 
 from segtool.errors import InputError
 
-__all__ = ["is_finite_number", "check_count", "check_nonnegative", "check_positive"]
+__all__ = ["is_finite_number", "check_count", "check_nonnegative", "check_positive", "check_choice"]
 
 
 def is_finite_number(value: Any) -> bool:
@@ -92,3 +92,29 @@ def check_positive(value: Any, name: str) -> float:
     if not is_finite_number(value) or value <= 0:
         raise InputError(f"{name} must be a number > 0, got {value!r}")
     return float(value)
+
+
+def check_choice(value: Any, choices: tuple[str, ...], name: str) -> str:
+    """Validate a case-insensitive choice and return it lower-cased.
+
+    Parameters
+    ----------
+    value : str
+        The given value.
+    choices : tuple of str
+        Accepted lower-case values.
+    name : str
+        Option name for the error message.
+
+    Returns
+    -------
+    choice : str
+
+    Raises
+    ------
+    InputError
+        If ``value`` is not one of ``choices``.
+    """
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise InputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value.lower()

@@ -48,3 +48,15 @@ def test_finite_numbers():
 def test_the_docstring_examples_hold():
     result = doctest.testmod(segtool.checks)
     assert result.attempted >= 2 and result.failed == 0
+
+
+def test_choices_are_case_insensitive_and_named():
+    from segtool.checks import check_choice
+
+    assert check_choice("Bright", ("bright", "dark"), "polarity") == "bright"
+    try:
+        check_choice(3, ("bright", "dark"), "polarity")
+    except InputError as err:
+        assert str(err) == "polarity must be one of bright, dark, got 3"
+    else:
+        raise AssertionError("no error")
