@@ -22,7 +22,10 @@ from typing import Any
 
 import numpy as np
 
+from segtool.checks import check_choice
 from segtool.errors import InputError
+# correct_rows and evaluate_at are re-exported: baseline and big-image mode take them from here.
+from segtool.legendre import correct_rows, evaluate_at, legendre_table, matmul_blocks
 
 __all__ = [
     "POLARITIES",
@@ -63,12 +66,6 @@ _CLIP = 2.5
 _CONVERGED = 0.02
 # The robust spread is measured on at most this many fitting pixels.
 _STAT_PIXELS = 1 << 14
-# Multiply-adds per matrix product on large arrays (see _matmul): below
-# OpenBLAS's threading cutoff, and a block of rows that stays in cache.
-_BLOCK_FLOPS = 1 << 17
-# Pixels per block of rows when correcting the image: image, background,
-# corrected and mask blocks stay in cache between the steps.
-_BLOCK_PIXELS = 1 << 18
 
 
 @dataclass(frozen=True, eq=False)
@@ -153,8 +150,8 @@ class BackgroundFit:
         """
         rows = _preview_positions(self.shape[0])
         cols = _preview_positions(self.shape[1])
-        left = _legendre(rows, self.shape[0], self.degree) @ self.coefficients
-        values = _matmul(left, _legendre(cols, self.shape[1], self.degree).T)
+        left = legendre_table(rows, self.shape[0], self.degree) @ self.coefficients
+        values = matmul_blocks(left, legendre_table(cols, self.shape[1], self.degree).T)
         lo, hi = float(values.min()), float(values.max())
         d = self.degree
         return {
@@ -328,8 +325,8 @@ def fit_grid(
     z = np.asarray(grid, dtype=np.float64)
     if not np.isfinite(z).all():
         raise InputError("image contains NaN or infinite values")
-    vy = _legendre(rows, height, degree)
-    vx = _legendre(cols, width, degree)
+    vy = legendre_table(rows, height, degree)
+    vx = legendre_table(cols, width, degree)
     if allowed is not None and not allowed.any():
         raise InputError("mask selects no pixel of the fitting grid")
     solver = _NormalEquations(vy, vx, degree)
@@ -343,7 +340,7 @@ def fit_grid(
         # Residuals below this are float rounding, not noise (see _inliers).
         scale = float(z.max() - z.min())
         for _ in range(_ROBUST_ROUNDS - 1):
-            residual = z - _matmul(vy @ coef, vx.T)
+            residual = z - matmul_blocks(vy @ coef, vx.T)
             # Every grid pixel is tested against the current fit, so a pixel left
             # out early (when the fit was still lifted by objects) can come back.
             found = _inliers(residual, weights, side, scale)
@@ -398,11 +395,11 @@ class _NormalEquations:
         k, ti, tj = self.k, self.ti, self.tj
         if weights is None:
             gram = self.gram_all
-            rhs = self.vy.T @ _matmul(z, self.vx)
+            rhs = self.vy.T @ matmul_blocks(z, self.vx)
         else:
             w = weights.astype(np.float64)
-            rhs = self.vy.T @ _matmul(w * z, self.vx)
-            q = _matmul(self.ay.T, _matmul(w, self.ax)).reshape(k, k, k, k)  # q[i, i', j, j']
+            rhs = self.vy.T @ matmul_blocks(w * z, self.vx)
+            q = matmul_blocks(self.ay.T, matmul_blocks(w, self.ax)).reshape(k, k, k, k)  # q[i, i', j, j']
             gram = q[ti[:, None], ti[None, :], tj[:, None], tj[None, :]]
         b = rhs[ti, tj]
         # Scale to unit diagonal first: lstsq's cutoff then treats every term alike.
@@ -493,124 +490,13 @@ def fit_steps(height: int, width: int) -> tuple[int, int]:
     return 1, min(width, math.ceil(n / _FIT_PIXELS))
 
 
-def _legendre(positions: np.ndarray, n: int, degree: int) -> np.ndarray:
-    """Legendre polynomials P_0..P_degree at pixel positions mapped onto [-1, 1]."""
-    t = (2.0 * np.asarray(positions, dtype=np.float64) / (n - 1) - 1.0) if n > 1 else np.zeros(len(positions))
-    table = np.empty((len(t), degree + 1))
-    table[:, 0] = 1.0
-    if degree >= 1:
-        table[:, 1] = t
-    for m in range(1, degree):  # (m + 1) P_{m+1} = (2m + 1) t P_m - m P_{m-1}
-        table[:, m + 1] = ((2 * m + 1) * t * table[:, m] - m * table[:, m - 1]) / (m + 1)
-    return table
-
-
-def correct_rows(
-    coef: np.ndarray,
-    image: np.ndarray,
-    background: np.ndarray,
-    corrected: np.ndarray,
-    *,
-    level: float | None = None,
-    polarity: str = "bright",
-    foreground: np.ndarray | None = None,
-) -> tuple[float, float]:
-    """Background, ``image - background`` and, if ``level`` is given, the object mask.
-
-    One pass over the image in blocks of rows, so each block of background is
-    still in cache when it is subtracted (and the difference when it is
-    compared with ``level``). Returns the minimum and maximum of ``image``
-    (NaN or inf if it holds any), gathered on the way.
-    """
-    height, width = image.shape
-    left, right = _tables(coef, image.shape, np.arange(height), np.arange(width))
-    block = max(1, _BLOCK_PIXELS // width)
-    compare = np.greater if polarity == "bright" else np.less
-    lows, highs = [], []
-    for r0 in range(0, height, block):
-        rows = slice(r0, min(r0 + block, height))
-        _outer_sum(left[rows], right, background[rows])
-        lows.append(image[rows].min())
-        highs.append(image[rows].max())
-        np.subtract(image[rows], background[rows], out=corrected[rows], dtype=np.float32, casting="unsafe")
-        if foreground is not None:
-            compare(corrected[rows], level, out=foreground[rows])
-    return float(min(lows)), float(max(highs))
-
-
-def _tables(
-    coef: np.ndarray, shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray
-) -> tuple[np.ndarray, np.ndarray]:
-    """float32 factors ``Vy @ C`` (rows, k) and ``Vx.T`` (k, cols) of the background.
-
-    ``Vy @ C`` is summed term by term (see :func:`_outer_sum`), so a row's
-    factor does not depend on which other rows are evaluated with it.
-    """
-    degree = coef.shape[0] - 1
-    vy = _legendre(rows, shape[0], degree)
-    left = vy[:, :1] * coef[0]
-    for i in range(1, degree + 1):
-        left += vy[:, i : i + 1] * coef[i]
-    right = np.ascontiguousarray(_legendre(cols, shape[1], degree).T, dtype=np.float32)
-    return left.astype(np.float32), right
-
-
-def evaluate_at(coef: np.ndarray, shape: tuple[int, int], rows: np.ndarray, cols: np.ndarray, out: np.ndarray) -> None:
-    """Background of an image of ``shape`` at ``rows`` x ``cols``, into float32 ``out``.
-
-    Each pixel's value depends only on its position, not on the block
-    evaluated, so any block of the image reproduces :func:`correct_rows`
-    bit for bit (big-image mode relies on this).
-    """
-    left, right = _tables(coef, shape, rows, cols)
-    _outer_sum(left, right, out)
-
-
-def _outer_sum(left: np.ndarray, right: np.ndarray, out: np.ndarray) -> None:
-    """``out = left @ right`` for float32 factors with few columns, term by term.
-
-    A BLAS product rounds differently with the matrix sizes (its kernels and
-    order of summation change with them: measured on OpenBLAS 0.3.31, most
-    blocks of an image differed from the whole image in the last bit).
-    Elementwise products and sums in a fixed order round every pixel alike,
-    at ~2x the cost of the product (6 instead of 3 ms per 2048 x 2048 at degree 2).
-    """
-    k = left.shape[1]
-    rows = max(1, _BLOCK_PIXELS // max(1, right.shape[1]))
-    term = np.empty((min(rows, left.shape[0]), right.shape[1]), dtype=np.float32) if k > 1 else None
-    for r0 in range(0, left.shape[0], rows):
-        block, factor = out[r0 : r0 + rows], left[r0 : r0 + rows]
-        np.multiply(factor[:, :1], right[:1], out=block)
-        for m in range(1, k):
-            scratch = term[: block.shape[0]]
-            np.multiply(factor[:, m : m + 1], right[m : m + 1], out=scratch)
-            block += scratch
-
-
-def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    """``a @ b`` in blocks of rows of ``a``, each below OpenBLAS's threading cutoff.
-
-    OpenBLAS runs products above ~2**18 multiply-adds on all its threads; on a
-    busy machine, waking them for a sub-millisecond product was measured to
-    cost 10-100x the product itself. Blocks keep every call on one thread.
-    """
-    rows = max(1, _BLOCK_FLOPS // max(1, a.shape[1] * b.shape[1]))
-    if out is None:
-        if a.shape[0] <= rows:
-            return a @ b
-        out = np.empty((a.shape[0], b.shape[1]), dtype=np.result_type(a, b))
-    for r0 in range(0, a.shape[0], rows):
-        np.matmul(a[r0 : r0 + rows], b, out=out[r0 : r0 + rows])
-    return out
-
-
 def grid_residuals(grid: Any, fit: BackgroundFit) -> np.ndarray:
     """Image minus background on the fitting grid (float64); ``grid`` is ``fitting_grid(image, fit.step)``."""
     height, width = fit.shape
     sy, sx = fit.step
     rows, cols = np.arange(sy // 2, height, sy), np.arange(sx // 2, width, sx)
     z = np.asarray(grid, dtype=np.float64)
-    return z - _matmul(_legendre(rows, height, fit.degree) @ fit.coefficients, _legendre(cols, width, fit.degree).T)
+    return z - matmul_blocks(legendre_table(rows, height, fit.degree) @ fit.coefficients, legendre_table(cols, width, fit.degree).T)
 
 
 def _preview_positions(n: int) -> np.ndarray:
@@ -679,32 +565,6 @@ def check_degree(degree: Any) -> int:
     if isinstance(degree, bool) or not isinstance(degree, numbers.Integral) or not 0 <= degree <= _MAX_DEGREE:
         raise InputError(f"degree must be an integer from 0 to {_MAX_DEGREE}, got {degree!r}")
     return int(degree)
-
-
-def check_choice(value: Any, choices: tuple[str, ...], name: str) -> str:
-    """Validate a case-insensitive choice and return it lower-cased.
-
-    Parameters
-    ----------
-    value : str
-        The given value.
-    choices : tuple of str
-        Accepted lower-case values.
-    name : str
-        Option name for the error message.
-
-    Returns
-    -------
-    choice : str
-
-    Raises
-    ------
-    InputError
-        If ``value`` is not one of ``choices``.
-    """
-    if not isinstance(value, str) or value.lower() not in choices:
-        raise InputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
-    return value.lower()
 
 
 def _round(value: float) -> float:

@@ -9,7 +9,6 @@ background) is then thresholded globally and labelled.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
 from typing import Any
 
@@ -33,6 +32,7 @@ from segtool.background import (
     fit_background,
     subtract_background,
 )
+from segtool.checks import check_count, is_finite_number  # check_count: re-exported, callers import it from here
 from segtool.contrast import MIN_CONTRAST, object_contrast
 from segtool.errors import InputError
 from segtool.thresholds import THRESHOLD_METHODS
@@ -507,30 +507,6 @@ def _remove_small(labels: np.ndarray, foreground: np.ndarray, min_size: int) -> 
 # -------------------------------------------------------------------- validation
 
 
-def check_count(value: Any, name: str) -> int:
-    """Validate an integer >= 0.
-
-    Parameters
-    ----------
-    value : int
-        The given value.
-    name : str
-        Option name for the error message.
-
-    Returns
-    -------
-    count : int
-
-    Raises
-    ------
-    InputError
-        If ``value`` is not an integer >= 0.
-    """
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise InputError(f"{name} must be an integer >= 0, got {value!r}")
-    return int(value)
-
-
 def check_sigma(value: Any) -> float:
     """Validate a Gaussian sigma (a finite number >= 0).
 
@@ -548,7 +524,7 @@ def check_sigma(value: Any) -> float:
     InputError
         If ``value`` is not a finite number >= 0.
     """
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+    if not is_finite_number(value) or value < 0:
         raise InputError(f"smooth must be a number >= 0 (Gaussian sigma in pixels), got {value!r}")
     return float(value)
 
@@ -573,7 +549,7 @@ def check_threshold(threshold: Any) -> str | float:
     if isinstance(threshold, str):
         if threshold.lower() in THRESHOLD_METHODS:
             return threshold.lower()
-    elif isinstance(threshold, numbers.Real) and not isinstance(threshold, bool) and math.isfinite(threshold):
+    elif is_finite_number(threshold):
         return float(threshold)
     raise InputError(f"threshold must be one of {', '.join(THRESHOLD_METHODS)} or a finite number, got {threshold!r}")
 

@@ -27,6 +27,8 @@ import numpy as np
 
 from segtool.errors import InputError
 from segtool.io import write_tiff, atomic_output  # write_tiff: binary masks share the labels' TIFF layout
+from segtool.labels import check_labels
+from segtool.measure import object_table, summary_row  # re-exported: measurement tables live in segtool.measure
 
 __all__ = [
     "label_polygons",
@@ -51,19 +53,6 @@ _STEP = np.array([[1, 0], [0, 1], [-1, 0], [0, -1]], dtype=np.int64)
 
 
 # --------------------------------------------------------------------------- geometry
-
-
-def _check_labels_2d(labels) -> np.ndarray:
-    array = np.asarray(labels)
-    if array.ndim != 2:
-        raise InputError(f"label image must be 2-D, got shape {array.shape}")
-    if array.dtype == bool:
-        return array.view(np.uint8)
-    if array.dtype.kind not in "iu":
-        raise InputError(f"label image has dtype {array.dtype}; expected integer labels")
-    if array.dtype.kind == "i" and array.size and array.min() < 0:
-        raise InputError(f"label image has negative values (min {array.min()})")
-    return array
 
 
 def _boundary_edges(components: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -186,7 +175,7 @@ def label_polygons(labels: np.ndarray) -> dict[int, list[Part]]:
     """
     from skimage.measure import label as connected
 
-    labels = _check_labels_2d(labels)
+    labels = check_labels(labels, ndim=2)
     components = connected(labels, background=0, connectivity=1).astype(np.int64)
     if components.max() == 0:
         return {}
@@ -252,167 +241,6 @@ def rasterize_polygons(polygons: Mapping[int, Sequence[Part]], shape: tuple[int,
                 mask[rr, cc] = k == 0
             out[y0:y1, x0:x1][mask] = label
     return out
-
-
-# --------------------------------------------------------------------------- measurements
-
-# regionprops_table name -> our column name, in output order.
-_SHAPE_COLUMNS = {
-    "label": "label",
-    "area": "area",
-    "centroid-0": "centroid_y",
-    "centroid-1": "centroid_x",
-    "bbox-0": "bbox_min_y",
-    "bbox-1": "bbox_min_x",
-    "bbox-2": "bbox_max_y",
-    "bbox-3": "bbox_max_x",
-    "perimeter": "perimeter",
-    "eccentricity": "eccentricity",
-    "solidity": "solidity",
-    "extent": "extent",
-    "axis_major_length": "major_axis_length",
-    "axis_minor_length": "minor_axis_length",
-    "orientation": "orientation",
-    "equivalent_diameter_area": "equivalent_diameter",
-    "euler_number": "euler_number",
-}
-_INTENSITY_COLUMNS = {
-    "intensity_mean": "mean_intensity",
-    "intensity_min": "min_intensity",
-    "intensity_max": "max_intensity",
-}
-_LENGTH_COLUMNS = ("perimeter", "major_axis_length", "minor_axis_length", "equivalent_diameter")
-
-
-def _unit_tag(unit: str | None) -> str:
-    """Column-name form of a unit: ``micron`` -> ``um``; anything else made ASCII."""
-    if not unit:
-        return "cal"
-    text = unit.strip().lower()
-    if text in ("micron", "microns", "um", "µm", "μm", "micrometer", "micrometre"):
-        return "um"
-    cleaned = "".join(ch for ch in text if ch.isascii() and ch.isalnum())
-    return cleaned or "cal"
-
-
-def object_table(
-    labels: np.ndarray,
-    *,
-    image: np.ndarray | None = None,
-    pixel_size: tuple[float, float] | None = None,
-    unit: str | None = None,
-) -> dict[str, np.ndarray]:
-    """Measure every object: one row per label, one array per column.
-
-    Parameters
-    ----------
-    labels : (M, N) ndarray of int
-        Label image, 0 = background.
-    image : (M, N) ndarray, optional
-        Intensity image; adds ``mean_intensity``, ``min_intensity``,
-        ``max_intensity`` and ``integrated_intensity`` (sum over the object).
-    pixel_size : (float, float), optional
-        Physical (y, x) size of a pixel. Adds calibrated copies of the
-        geometric columns named with the unit, e.g. ``area_um2``,
-        ``centroid_x_um``, ``perimeter_um`` (lengths only for square pixels).
-    unit : str, optional
-        Unit of ``pixel_size`` (``micron`` is written ``um``).
-
-    Returns
-    -------
-    dict of str to (n_objects,) ndarray
-        Pixel-unit columns ``label, area, centroid_y, centroid_x, bbox_min_y,
-        bbox_min_x, bbox_max_y, bbox_max_x`` (bbox max exclusive),
-        ``perimeter, eccentricity, solidity, extent, major_axis_length,
-        minor_axis_length, orientation, equivalent_diameter, euler_number``, as
-        computed by ``skimage.measure.regionprops_table``, then intensity and
-        calibrated columns. Ready for ``pandas.DataFrame``.
-
-    Raises
-    ------
-    InputError
-        If ``labels`` is not a 2-D integer image or ``image`` has another shape.
-
-    Examples
-    --------
-    >>> labels = np.zeros((5, 6), int); labels[1:3, 1:4] = 4
-    >>> table = object_table(labels, image=np.full((5, 6), 2.0))
-    >>> int(table["label"][0]), float(table["area"][0]), float(table["integrated_intensity"][0])
-    (4, 6.0, 12.0)
-    """
-    from skimage.measure import regionprops_table
-
-    labels = _check_labels_2d(labels)
-    properties = [name.split("-")[0] for name in _SHAPE_COLUMNS]
-    intensity = None
-    if image is not None:
-        intensity = np.asarray(image)
-        if intensity.shape != labels.shape:
-            raise InputError(f"image shape {intensity.shape} differs from labels shape {labels.shape}")
-        if intensity.dtype.kind not in "uifb":
-            raise InputError(f"image has unsupported dtype {intensity.dtype}")
-        intensity = intensity.astype(np.float64) if intensity.dtype.kind == "b" else intensity
-        properties += list(_INTENSITY_COLUMNS)
-    raw = regionprops_table(labels, intensity_image=intensity, properties=list(dict.fromkeys(properties)))
-    table: dict[str, np.ndarray] = {}
-    for key, column in {**_SHAPE_COLUMNS, **(_INTENSITY_COLUMNS if intensity is not None else {})}.items():
-        table[column] = np.asarray(raw[key])
-    table["label"] = table["label"].astype(np.int64)
-    table["area"] = table["area"].astype(np.float64)
-    if intensity is not None:
-        table["integrated_intensity"] = table["mean_intensity"].astype(np.float64) * table["area"]
-    if pixel_size is not None:
-        size_y, size_x = (float(v) for v in pixel_size)
-        if not (size_y > 0 and size_x > 0):
-            raise InputError(f"pixel size must be positive, got {pixel_size}")
-        tag = _unit_tag(unit)
-        table[f"area_{tag}2"] = table["area"] * size_y * size_x
-        table[f"centroid_y_{tag}"] = table["centroid_y"] * size_y
-        table[f"centroid_x_{tag}"] = table["centroid_x"] * size_x
-        if np.isclose(size_y, size_x, rtol=1e-6):
-            for column in _LENGTH_COLUMNS:
-                table[f"{column}_{tag}"] = table[column] * size_x
-    return table
-
-
-def summary_row(labels: np.ndarray, table: Mapping[str, np.ndarray]) -> dict[str, float | int]:
-    """One summary line for an image: object count, mean and median area, coverage.
-
-    Parameters
-    ----------
-    labels : (M, N) ndarray of int
-        The label image ``table`` was measured on.
-    table : dict
-        From :func:`object_table`; calibrated area columns are summarised too.
-
-    Returns
-    -------
-    dict
-        ``objects``, ``mean_area``, ``median_area`` (pixels), ``coverage``
-        (fraction of pixels inside objects), ``mean_area_<unit>2`` when
-        calibrated, ``mean_intensity`` (mean over objects) with an image. An
-        image without objects is a valid result: every mean and the median
-        are then 0, never NaN.
-
-    Examples
-    --------
-    >>> labels = np.array([[1, 1, 0, 2]])
-    >>> summary_row(labels, object_table(labels))
-    {'objects': 2, 'mean_area': 1.5, 'median_area': 1.5, 'coverage': 0.75}
-    """
-    area = np.asarray(table["area"], dtype=np.float64)
-    row: dict[str, float | int] = {
-        "objects": int(area.size),
-        "mean_area": float(area.mean()) if area.size else 0.0,
-        "median_area": float(np.median(area)) if area.size else 0.0,
-        "coverage": float(np.count_nonzero(labels)) / max(int(np.size(labels)), 1),
-    }
-    for column, values in table.items():
-        if column.startswith("area_") and column.endswith("2"):
-            row[f"mean_{column}"] = float(np.mean(values)) if area.size else 0.0
-    if "mean_intensity" in table:
-        row["mean_intensity"] = float(np.mean(table["mean_intensity"])) if area.size else 0.0
-    return row
 
 
 # --------------------------------------------------------------------------- formats

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from segtool.errors import InputError
+from segtool.labels import check_labels
 
 __all__ = [
     "DEFAULT_THRESHOLDS",
@@ -202,17 +203,6 @@ def _check_thresholds(thresholds) -> np.ndarray:
     return values
 
 
-def _check_label_array(labels, name: str) -> np.ndarray:
-    array = np.asarray(labels)
-    if array.dtype == bool:
-        return array.view(np.uint8)
-    if array.dtype.kind not in "iu":
-        raise InputError(f"{name} label image has dtype {array.dtype}; expected integer labels")
-    if array.dtype.kind == "i" and array.size and array.min() < 0:
-        raise InputError(f"{name} label image has negative values (min {array.min()})")
-    return array
-
-
 def _renumber(flat: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Map labels to 1..n (0 stays background).
 
@@ -260,8 +250,8 @@ def iou_pairs(gt: np.ndarray, pred: np.ndarray) -> dict[str, np.ndarray]:
     >>> pairs["true_labels"], pairs["pred_labels"], pairs["iou"]
     (array([1]), array([5]), array([0.5]))
     """
-    gt = _check_label_array(gt, "ground truth")
-    pred = _check_label_array(pred, "predicted")
+    gt = check_labels(gt, role="ground truth")
+    pred = check_labels(pred, role="predicted")
     if gt.shape != pred.shape:
         raise InputError(f"shape mismatch: ground truth {gt.shape} vs prediction {pred.shape}")
     true_labels, true_areas, t_index = _renumber(gt.reshape(-1))

@@ -15,15 +15,26 @@ nucleus intensities, and the noise Poisson shot noise plus Gaussian read noise.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from segtool.checks import check_count, check_nonnegative
 from segtool.errors import InputError
 
-__all__ = ["ILLUMINATIONS", "make_background", "make_nuclei_image"]
+__all__ = [
+    "ILLUMINATIONS",
+    "make_background",
+    "make_nuclei_image",
+    "check_radius_range",
+    "check_touching",
+    "check_image_dtype",
+    "camera_image",
+    "background_counts",
+    "paint_nucleus",
+    "renumber_present",
+]
 
 #: Values accepted by ``illumination=``.
 ILLUMINATIONS: tuple[str, ...] = ("gradient", "vignette", "none")
@@ -112,36 +123,21 @@ def make_nuclei_image(
     True
     """
     shape = _check_shape(shape)
-    seed = _check_int(seed, "seed")
-    n_nuclei = _check_int(n_nuclei, "n_nuclei")
+    seed = check_count(seed, "seed")
+    n_nuclei = check_count(n_nuclei, "n_nuclei")
     illumination = _check_illumination(illumination)
-    noise = _check_nonnegative(noise, "noise")
-    r_lo, r_hi = _check_radius_range(radius_range)
-    touching = _check_nonnegative(touching, "touching")
-    if touching > 1:
-        raise InputError(f"touching must be a fraction from 0 to 1, got {touching!r}")
-    if dtype not in ("float32", "uint16", np.float32, np.uint16):
-        raise InputError(f"dtype must be 'float32' or 'uint16', got {dtype!r}")
-    dtype = np.dtype(dtype).name
+    noise = check_nonnegative(noise, "noise")
+    r_lo, r_hi = check_radius_range(radius_range)
+    touching = check_touching(touching)
+    dtype = check_image_dtype(dtype, ("float32", "uint16", np.float32, np.uint16))
 
     rng = np.random.default_rng([int(seed), 0])
     nuclei = _place_nuclei(shape, n_nuclei, (r_lo, r_hi), touching, rng)
     labels, signal = _draw_nuclei(shape, nuclei, rng)
 
     field = _illumination(shape, illumination, seed)
-    # Photons reaching the camera: blurred nuclei on the background, lit by the field.
-    photons = ndi.gaussian_filter(signal, _PSF_SIGMA, mode="constant")
-    photons += np.float32(_BACKGROUND)
-    photons *= field
-    if noise > 0:
-        # Shot noise with variance noise**2 * photons: Poisson in units of noise**2.
-        gain = noise * noise
-        photons = (rng.poisson(photons / gain) * gain).astype(np.float32)
-        photons += rng.normal(0.0, _READ_NOISE * noise, size=shape).astype(np.float32)
-    image = photons + np.float32(_OFFSET)
-    if dtype == "uint16":
-        image = np.clip(np.rint(image), 0, 65535).astype(np.uint16)
-    return image.astype(dtype, copy=False), labels
+    image = camera_image(signal, field, psf_sigma=_PSF_SIGMA, noise=noise, rng=rng, dtype=dtype)
+    return image, labels
 
 
 def make_background(
@@ -172,8 +168,8 @@ def make_background(
     (400.0, 400.0)
     """
     shape = _check_shape(shape)
-    field = _illumination(shape, _check_illumination(illumination), _check_int(seed, "seed"))
-    return (np.float32(_OFFSET) + np.float32(_BACKGROUND) * field).astype(np.float32)
+    field = _illumination(shape, _check_illumination(illumination), check_count(seed, "seed"))
+    return background_counts(field)
 
 
 # ------------------------------------------------------------------- internals
@@ -268,24 +264,13 @@ def _draw_nuclei(
         xx = np.arange(x0, x1, dtype=np.float32)[None, :] - np.float32(cx)
         c, s = math.cos(theta), math.sin(theta)
         rho2 = ((xx * c + yy * s) / a) ** 2 + ((yy * c - xx * s) / b) ** 2
-        box = (slice(y0, y1), slice(x0, x1))
-        mine = (rho2 <= 1.0) & (rho2 < nearest[box])
-        nearest[box][mine] = rho2[mine]
-        labels[box][mine] = index
-        # Slightly brighter centre, as a nucleus is thicker there.
-        signal[box][mine] = np.float32(_NUCLEUS * brightness) * (1.0 - 0.25 * rho2[mine])
+        paint_nucleus(labels, signal, nearest, (slice(y0, y1), slice(x0, x1)), rho2, index, brightness)
     # Mild chromatin texture (+-8 %) inside the nuclei.
     texture = ndi.gaussian_filter(rng.standard_normal(shape, dtype=np.float32), 1.5)
     texture *= np.float32(0.08 / max(float(texture.std()), 1e-6))
     signal *= 1.0 + texture
     # A nucleus can lose every pixel to overlapping neighbours: renumber 1..N.
-    present = np.zeros(len(nuclei) + 1, dtype=bool)
-    present[np.unique(labels)] = True
-    if not present[1:].all():
-        lut = np.cumsum(present).astype(dtype) - 1
-        lut[0] = 0
-        labels = lut[labels]
-    return labels, signal
+    return renumber_present(labels, len(nuclei)), signal
 
 
 def _check_shape(shape: Any) -> tuple[int, int]:
@@ -298,19 +283,30 @@ def _check_shape(shape: Any) -> tuple[int, int]:
     return h, w
 
 
-def _check_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise InputError(f"{name} must be an integer >= 0, got {value!r}")
-    return int(value)
+def _check_illumination(kind: Any) -> str:
+    if kind not in ILLUMINATIONS:
+        raise InputError(f"illumination must be one of {', '.join(ILLUMINATIONS)}, got {kind!r}")
+    return kind
 
 
-def _check_nonnegative(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise InputError(f"{name} must be a number >= 0, got {value!r}")
-    return float(value)
+
+# ------------------------------------------------ shared with segtool.volume.synthetic
+# The 2-D and 3-D generators model the same detector and draw nuclei the same
+# way; these pieces are public so the 3-D module uses them rather than a copy.
 
 
-def _check_radius_range(radius_range: Any) -> tuple[float, float]:
+def check_radius_range(radius_range: Any) -> tuple[float, float]:
+    """Check ``radius_range``: two numbers with ``0 < low <= high`` (finite).
+
+    Returns
+    -------
+    low, high : float
+
+    Raises
+    ------
+    InputError
+        If it is not two such numbers.
+    """
     try:
         lo, hi = (float(v) for v in radius_range)
     except (TypeError, ValueError):
@@ -320,7 +316,157 @@ def _check_radius_range(radius_range: Any) -> tuple[float, float]:
     return lo, hi
 
 
-def _check_illumination(kind: Any) -> str:
-    if kind not in ILLUMINATIONS:
-        raise InputError(f"illumination must be one of {', '.join(ILLUMINATIONS)}, got {kind!r}")
-    return kind
+def check_touching(touching: Any) -> float:
+    """Check ``touching``: a fraction from 0 to 1.
+
+    Raises
+    ------
+    InputError
+        If it is not a number in [0, 1].
+    """
+    touching = check_nonnegative(touching, "touching")
+    if touching > 1:
+        raise InputError(f"touching must be a fraction from 0 to 1, got {touching!r}")
+    return touching
+
+
+def check_image_dtype(dtype: Any, accepted: tuple[Any, ...]) -> str:
+    """Check an image ``dtype`` against ``accepted`` and return its name.
+
+    Parameters
+    ----------
+    dtype : str or numpy type
+        The value given.
+    accepted : tuple
+        Accepted values; the first two are the names quoted in the message.
+
+    Returns
+    -------
+    name : str
+        ``numpy.dtype(dtype).name``.
+
+    Raises
+    ------
+    InputError
+        If ``dtype`` is not in ``accepted``.
+    """
+    if dtype not in accepted:
+        raise InputError(f"dtype must be {accepted[0]!r} or {accepted[1]!r}, got {dtype!r}")
+    return np.dtype(dtype).name
+
+
+def camera_image(
+    signal: np.ndarray,
+    field: np.ndarray,
+    *,
+    psf_sigma: float | tuple[float, ...],
+    noise: float,
+    rng: np.random.Generator,
+    dtype: str,
+) -> np.ndarray:
+    """What the simulated camera records of nuclei ``signal`` lit by ``field``.
+
+    Blurs ``signal`` by a Gaussian point-spread function, adds the background
+    fluorescence, multiplies by the illumination, draws shot and read noise
+    and adds the camera offset.
+
+    Parameters
+    ----------
+    signal : (M, N) or (P, M, N) ndarray of float32
+        Unblurred nucleus intensity above the background, in counts.
+    field : ndarray of float32
+        Illumination in (0, 1], broadcastable to ``signal``.
+    psf_sigma : float or tuple of float
+        Gaussian sigma of the PSF in pixels, one per axis or one for all.
+    noise : float
+        0 = noiseless; 1 = Poisson shot noise plus Gaussian read noise of 3
+        counts; larger values scale both standard deviations.
+    rng : numpy.random.Generator
+        Stream for the noise (one Poisson draw, then one normal draw).
+    dtype : {"float32", "uint16"}
+        Output dtype; uint16 is rounded and clipped.
+
+    Returns
+    -------
+    image : ndarray of ``dtype``
+    """
+    photons = ndi.gaussian_filter(signal, psf_sigma, mode="constant")
+    photons += np.float32(_BACKGROUND)
+    photons *= field
+    if noise > 0:
+        # Shot noise with variance noise**2 * photons: Poisson in units of noise**2.
+        gain = noise * noise
+        photons = (rng.poisson(photons / gain) * gain).astype(np.float32)
+        photons += rng.normal(0.0, _READ_NOISE * noise, size=signal.shape).astype(np.float32)
+    image = photons + np.float32(_OFFSET)
+    if dtype == "uint16":
+        image = np.clip(np.rint(image), 0, 65535).astype(np.uint16)
+    return image.astype(dtype, copy=False)
+
+
+def background_counts(field: np.ndarray) -> np.ndarray:
+    """The noiseless background under illumination ``field``: ``100 + 300 * field``, float32."""
+    return (np.float32(_OFFSET) + np.float32(_BACKGROUND) * field).astype(np.float32)
+
+
+def paint_nucleus(
+    labels: np.ndarray,
+    signal: np.ndarray,
+    nearest: np.ndarray,
+    box: tuple[slice, ...],
+    rho2: np.ndarray,
+    index: int,
+    brightness: float,
+) -> None:
+    """Draw one nucleus into ``labels`` and ``signal`` in place.
+
+    Parameters
+    ----------
+    labels, signal, nearest : ndarray
+        The label image, the nucleus intensity and, per pixel, the normalised
+        squared radius of the nucleus owning it (``inf`` where none does);
+        all three are updated.
+    box : tuple of slice
+        The nucleus's bounding box in those arrays.
+    rho2 : ndarray of float32
+        Normalised squared radius inside ``box`` (1 on the outline).
+    index : int
+        The nucleus's label.
+    brightness : float
+        Its brightness relative to the mean nucleus.
+
+    Notes
+    -----
+    A pixel inside two nuclei goes to the one whose outline is further away
+    (smaller ``rho2``).
+    """
+    mine = (rho2 <= 1.0) & (rho2 < nearest[box])
+    nearest[box][mine] = rho2[mine]
+    labels[box][mine] = index
+    # Slightly brighter centre, as a nucleus is thicker there.
+    signal[box][mine] = np.float32(_NUCLEUS * brightness) * (1.0 - 0.25 * rho2[mine])
+
+
+def renumber_present(labels: np.ndarray, count: int) -> np.ndarray:
+    """Renumber labels ``1..count`` to ``1..N`` when some of them left no pixel.
+
+    Parameters
+    ----------
+    labels : ndarray of unsigned int
+        Labels drawn as ``1..count``.
+    count : int
+        Nuclei drawn.
+
+    Returns
+    -------
+    labels : ndarray
+        ``labels`` itself when every label is present, else a renumbered copy
+        (same dtype, order kept).
+    """
+    present = np.zeros(count + 1, dtype=bool)
+    present[np.unique(labels)] = True
+    if present[1:].all():
+        return labels
+    lut = (np.cumsum(present) - 1).astype(labels.dtype)
+    lut[0] = 0
+    return lut[labels]

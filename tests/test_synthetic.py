@@ -133,3 +133,49 @@ def test_large_image_is_quick():
 def test_bad_arguments_raise(options, message):
     with pytest.raises(InputError, match=message):
         make_nuclei_image(**options)
+
+
+# ----------------------------------------------------------------- pieces shared with the 3-D generator
+
+
+def test_renumber_present_closes_gaps_and_keeps_order():
+    from segtool.synthetic import renumber_present
+
+    labels = np.array([[0, 3, 3], [1, 0, 5]], dtype=np.uint16)
+    out = renumber_present(labels, 5)
+    assert out.dtype == np.uint16
+    assert out.tolist() == [[0, 2, 2], [1, 0, 3]]
+    full = np.array([[1, 2]], dtype=np.uint16)
+    assert renumber_present(full, 2) is full
+
+
+def test_paint_nucleus_gives_a_shared_pixel_to_the_nearer_centre():
+    from segtool.synthetic import paint_nucleus
+
+    labels = np.zeros((1, 3), np.uint16)
+    signal = np.zeros((1, 3), np.float32)
+    nearest = np.full((1, 3), np.inf, np.float32)
+    box = (slice(0, 1), slice(0, 3))
+    paint_nucleus(labels, signal, nearest, box, np.array([[0.0, 0.5, 2.0]], np.float32), 1, 1.0)
+    paint_nucleus(labels, signal, nearest, box, np.array([[2.0, 0.2, 0.9]], np.float32), 2, 1.0)
+    assert labels.tolist() == [[1, 2, 2]]
+    assert signal[0, 0] == pytest.approx(400.0)  # the centre of nucleus 1: full brightness
+    assert signal[0, 1] == pytest.approx(400.0 * (1 - 0.25 * 0.2))
+
+
+def test_camera_image_without_noise_is_offset_plus_lit_background():
+    from segtool.synthetic import camera_image
+
+    signal = np.zeros((4, 5), np.float32)
+    field = np.full((4, 5), 0.5, np.float32)
+    image = camera_image(signal, field, psf_sigma=1.0, noise=0, rng=np.random.default_rng(0), dtype="uint16")
+    assert image.dtype == np.uint16
+    assert np.all(image == 100 + 150)
+
+
+def test_image_dtype_check_quotes_the_accepted_names():
+    from segtool.synthetic import check_image_dtype
+
+    assert check_image_dtype(np.float32, ("float32", "uint16", np.float32)) == "float32"
+    with pytest.raises(InputError, match=r"^dtype must be 'uint16' or 'float32', got 'int8'$"):
+        check_image_dtype("int8", ("uint16", "float32"))

@@ -11,7 +11,8 @@ import torch
 from segtool.errors import InputError, ModelError, OutputError
 from segtool.unet.config import UNetConfig
 from segtool.unet.heads import activate
-from segtool.unet.model import UNet, _Up, resolve_device
+from segtool.interop.bioimageio_unet import Up
+from segtool.unet.model import UNet, resolve_device
 from segtool.unet.modelfile import load_model, read_model_info, save_model
 
 
@@ -101,7 +102,7 @@ def test_rejects_sizes_that_are_not_multiples():
 
 def test_bilinear_upsampling_has_no_checkerboard_on_constant_input():
     torch.manual_seed(0)
-    up = _Up(8, 4).eval()
+    up = Up(8, 4).eval()
     low = torch.full((1, 8, 6, 6), 0.7)
     skip = torch.zeros(1, 4, 12, 12)
     # the reduced, up-sampled features before the skip concat stay constant
@@ -119,7 +120,7 @@ def test_bilinear_upsampling_has_no_checkerboard_on_constant_input():
 
 def test_reducing_channels_before_upsampling_equals_after():
     torch.manual_seed(0)
-    up = _Up(8, 4).eval()
+    up = Up(8, 4).eval()
     x = torch.randn(2, 8, 5, 7)
     with torch.no_grad():
         first = up.reduce(torch.nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False))

@@ -30,6 +30,7 @@ import numpy as np
 from segtool.distributed.blockio import dask_array_module
 from segtool.errors import InputError, OutputError, first_line
 from segtool.io import atomic_output, check_output_free, is_zarr_store
+from segtool.labels import check_labels
 
 __all__ = ["write_labels_zarr", "write_labels_tiff"]
 
@@ -86,12 +87,8 @@ def _prepare_labels(labels, n_objects):
     label_dtype = _label_dtype(n_objects)
     if not isinstance(labels, da.Array):
         labels = da.from_array(np.asarray(labels), chunks=2048)
-    if labels.ndim != 2:
-        raise InputError(f"label image must be 2-D, got shape {labels.shape}")
-    if 0 in labels.shape:
-        raise InputError("label image is empty")
-    if labels.dtype.kind not in "biuf":
-        raise InputError(f"label image has dtype {labels.dtype}; expected integers")
+    # Shape and dtype now; values block by block in _checked_labels, so nothing is computed here.
+    check_labels(labels, ndim=2, allow_empty=False, allow_float=True, check_values=False)
     check = partial(_checked_labels, label_dtype=label_dtype, n_objects=int(n_objects))
     checked = labels.map_blocks(check, dtype=label_dtype, meta=np.empty((0, 0), label_dtype))
     return checked, label_dtype

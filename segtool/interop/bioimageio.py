@@ -453,6 +453,7 @@ def export_bioimageio(model, path: str | os.PathLike, sample: np.ndarray, *,
     Returns
     -------
     path : Path
+        The package written.
 
     Raises
     ------

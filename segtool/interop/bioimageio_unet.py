@@ -5,7 +5,9 @@ export``, so it imports nothing but PyTorch: a consumer (bioimageio.core,
 ilastik, deepImageJ's converter) builds the network from it without segtool
 installed. Its parameter names are those of :class:`segtool.unet.model.UNet`,
 so a segtool state dict loads into it unchanged, and it is written in the
-subset of Python that ``torch.jit.script`` compiles.
+subset of Python that ``torch.jit.script`` compiles. Its building blocks
+(:class:`DoubleConv`, :class:`Up`) are the ones :class:`segtool.unet.model.UNet`
+is made of: one source for both networks.
 
 Unlike segtool's own network, the output is activated: class probabilities
 (softmax) and, for distance targets, a sigmoid distance map. Instance
@@ -19,10 +21,12 @@ from typing import List
 import torch
 from torch import nn
 
-__all__ = ["SegtoolUNet"]
+__all__ = ["SegtoolUNet", "DoubleConv", "Up"]
 
 
-class _DoubleConv(nn.Sequential):
+class DoubleConv(nn.Sequential):
+    """Two (3x3 conv, BatchNorm, ReLU) blocks: one level of the U-Net."""
+
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__(
             nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
@@ -34,15 +38,20 @@ class _DoubleConv(nn.Sequential):
         )
 
 
-class _Up(nn.Module):
+class Up(nn.Module):
+    """1x1 conv to the skip's channels, bilinear 2x up-sampling, concat, double conv."""
+
     def __init__(self, in_channels: int, out_channels: int) -> None:
         super().__init__()
         self.reduce = nn.Conv2d(in_channels, out_channels, 1)
-        self.conv = _DoubleConv(2 * out_channels, out_channels)
+        self.conv = DoubleConv(2 * out_channels, out_channels)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        # A 1x1 convolution and bilinear interpolation (weights summing to 1) commute, bias
+        # included, so reducing the channels first gives the same result on 4x fewer pixels.
         x = self.reduce(x)
-        # the skip's size, not a scale factor: exporters then keep height and width symbolic
+        # The skip's size rather than scale_factor=2 (the same sampling, as the skip is
+        # exactly twice as large): exporters then keep height and width symbolic.
         x = nn.functional.interpolate(x, size=(skip.shape[2], skip.shape[3]), mode="bilinear", align_corners=False)
         return self.conv(torch.cat([skip, x], dim=1))
 
@@ -74,9 +83,9 @@ class SegtoolUNet(nn.Module):
         self.target = target
         widths = [base_channels * 2**level for level in range(depth + 1)]
         self.encoders = nn.ModuleList(
-            [_DoubleConv(in_channels, widths[0])] + [_DoubleConv(widths[i - 1], widths[i]) for i in range(1, depth + 1)]
+            [DoubleConv(in_channels, widths[0])] + [DoubleConv(widths[i - 1], widths[i]) for i in range(1, depth + 1)]
         )
-        self.decoders = nn.ModuleList([_Up(widths[i + 1], widths[i]) for i in reversed(range(depth))])
+        self.decoders = nn.ModuleList([Up(widths[i + 1], widths[i]) for i in reversed(range(depth))])
         self.head = nn.Conv2d(widths[0], outputs[target], 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

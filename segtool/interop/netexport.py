@@ -134,6 +134,7 @@ def export_torchscript(model, path: str | os.PathLike, *, overwrite: bool = Fals
     Returns
     -------
     path : Path
+        The TorchScript file written.
 
     Raises
     ------
@@ -211,6 +212,7 @@ def export_onnx(model, path: str | os.PathLike, *, overwrite: bool = False, opse
     Returns
     -------
     path : Path
+        The ONNX file written.
 
     Raises
     ------

@@ -13,39 +13,12 @@ import torch
 from torch import nn
 
 from segtool.errors import InputError
+# The blocks live in the stand-alone file that bioimage.io packages carry, so the exported
+# architecture and segtool's own network cannot drift apart.
+from segtool.interop.bioimageio_unet import DoubleConv, Up
 from segtool.unet.config import UNetConfig
 
 __all__ = ["UNet", "resolve_device"]
-
-
-class _DoubleConv(nn.Sequential):
-    """Two (3x3 conv, BatchNorm, ReLU) blocks."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
-            nn.BatchNorm2d(out_channels),
-            nn.ReLU(inplace=True),
-        )
-
-
-class _Up(nn.Module):
-    """1x1 conv to the skip's channels, bilinear 2x up-sampling, concat, double conv."""
-
-    def __init__(self, in_channels: int, out_channels: int) -> None:
-        super().__init__()
-        self.reduce = nn.Conv2d(in_channels, out_channels, 1)
-        self.conv = _DoubleConv(2 * out_channels, out_channels)
-
-    def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
-        # A 1x1 convolution and bilinear interpolation (weights summing to 1) commute, bias
-        # included, so reducing the channels first gives the same result on 4x fewer pixels.
-        x = self.reduce(x)
-        x = nn.functional.interpolate(x, scale_factor=2, mode="bilinear", align_corners=False)
-        return self.conv(torch.cat([skip, x], dim=1))
 
 
 class UNet(nn.Module):
@@ -75,11 +48,11 @@ class UNet(nn.Module):
         self.config = config
         widths = [config.base_channels * 2**level for level in range(config.depth + 1)]
         self.encoders = nn.ModuleList(
-            [_DoubleConv(config.in_channels, widths[0])]
-            + [_DoubleConv(widths[i - 1], widths[i]) for i in range(1, config.depth + 1)]
+            [DoubleConv(config.in_channels, widths[0])]
+            + [DoubleConv(widths[i - 1], widths[i]) for i in range(1, config.depth + 1)]
         )
         self.decoders = nn.ModuleList(
-            [_Up(widths[i + 1], widths[i]) for i in reversed(range(config.depth))]
+            [Up(widths[i + 1], widths[i]) for i in reversed(range(config.depth))]
         )
         self.head = nn.Conv2d(widths[0], config.out_channels, 1)
 

@@ -111,6 +111,7 @@ def save_model(
     Returns
     -------
     path : Path
+        The model file written.
 
     Raises
     ------

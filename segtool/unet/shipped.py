@@ -54,6 +54,7 @@ def find_shipped_model(name: str = DEFAULT_MODEL) -> Path:
     Returns
     -------
     path : Path
+        The model file in the installed package.
 
     Raises
     ------

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from segtool.background import inliers_from_sample
+from segtool.legendre import legendre_table
 from segtool.errors import InputError
 
 __all__ = ["BackgroundFit3D", "fit_background_3d"]
@@ -63,10 +64,10 @@ class BackgroundFit3D:
         2.0
         """
         depth, height, width = self.shape
-        pz = _legendre(np.array([z]), depth, self.degree)[0]
+        pz = legendre_table(np.array([z]), depth, self.degree)[0]
         matrix = np.tensordot(pz, self.coefficients, axes=(0, 0))  # (j, k)
-        vy = _legendre(np.arange(height), height, self.degree)
-        vx = _legendre(np.arange(width), width, self.degree)
+        vy = legendre_table(np.arange(height), height, self.degree)
+        vx = legendre_table(np.arange(width), width, self.degree)
         return ((vy @ matrix) @ vx.T).astype(np.float32)
 
     def evaluate(self) -> np.ndarray:
@@ -146,7 +147,7 @@ def fit_background_3d(
     grid = np.asarray(data[np.ix_(*index)], dtype=np.float64).reshape(-1)
     if not np.isfinite(grid).all():
         raise InputError("image contains NaN or infinite values")
-    tables = [_legendre(i, n, degree) for i, n in zip(index, data.shape)]
+    tables = [legendre_table(i, n, degree) for i, n in zip(index, data.shape)]
     terms = [(i, j, k) for i in range(degree + 1) for j in range(degree + 1 - i) for k in range(degree + 1 - i - j)]
     design = np.empty((grid.size, len(terms)))
     for col, (i, j, k) in enumerate(terms):
@@ -197,15 +198,3 @@ def _steps(shape: tuple[int, ...]) -> tuple[int, int, int]:
     planes = math.ceil(depth / sz)
     s = max(1, math.ceil(math.sqrt(planes * height * width / _FIT_VOXELS)))
     return sz, min(s, height), min(s, width)
-
-
-def _legendre(positions: np.ndarray, n: int, degree: int) -> np.ndarray:
-    """P_0..P_degree at positions mapped onto [-1, 1] (index 0 to -1, n - 1 to +1)."""
-    t = (2.0 * np.asarray(positions, dtype=np.float64) / (n - 1) - 1.0) if n > 1 else np.zeros(len(positions))
-    table = np.empty((len(t), degree + 1))
-    table[:, 0] = 1.0
-    if degree >= 1:
-        table[:, 1] = t
-    for m in range(1, degree):  # Bonnet's recursion
-        table[:, m + 1] = ((2 * m + 1) * t * table[:, m] - m * table[:, m - 1]) / (m + 1)
-    return table

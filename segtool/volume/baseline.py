@@ -11,15 +11,14 @@ few planes is not cut along z.
 from __future__ import annotations
 
 import math
-import numbers
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 from scipy import ndimage as ndi
 
+from segtool.baseline import check_threshold
+from segtool.checks import check_count, check_nonnegative, check_positive
 from segtool.errors import InputError
-from segtool.thresholds import THRESHOLD_METHODS
 from segtool.volume.background import BackgroundFit3D, fit_background_3d
 
 __all__ = ["BaselineResult3D", "segment_baseline_3d", "split_touching_3d", "relabel_sequential_3d"]
@@ -118,10 +117,10 @@ def segment_baseline_3d(
     data = np.asarray(image)
     if data.ndim != 3:
         raise InputError(f"stack must be 3-D (Z, Y, X), got shape {data.shape}")
-    z_spacing = _positive(z_spacing, "z_spacing")
-    min_size = _count(min_size, "min_size")
-    smooth = _nonnegative(smooth, "smooth")
-    method = _check_threshold(threshold)
+    z_spacing = check_positive(z_spacing, "z_spacing")
+    min_size = check_count(min_size, "min_size")
+    smooth = check_nonnegative(smooth, "smooth")
+    method = check_threshold(threshold)
     side = "auto" if polarity == "auto" else polarity
     fit = fit_background_3d(data, degree=degree, robust=robust, polarity=side)
     corrected = np.empty(data.shape, dtype=np.float32)
@@ -250,29 +249,3 @@ def _skewness(values: np.ndarray) -> float:
     d = sample - sample.mean()
     m2 = float(np.mean(d * d))
     return float(np.mean(d**3)) / m2**1.5 if m2 > 0 else 0.0
-
-
-def _check_threshold(threshold: Any) -> str | float:
-    if isinstance(threshold, str) and threshold.lower() in THRESHOLD_METHODS:
-        return threshold.lower()
-    if isinstance(threshold, numbers.Real) and not isinstance(threshold, bool) and math.isfinite(threshold):
-        return float(threshold)
-    raise InputError(f"threshold must be one of {', '.join(THRESHOLD_METHODS)} or a finite number, got {threshold!r}")
-
-
-def _count(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise InputError(f"{name} must be an integer >= 0, got {value!r}")
-    return int(value)
-
-
-def _nonnegative(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise InputError(f"{name} must be a number >= 0, got {value!r}")
-    return float(value)
-
-
-def _positive(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise InputError(f"{name} must be a number > 0, got {value!r}")
-    return float(value)

@@ -7,8 +7,9 @@ needs ``channel``. A stack whose axis is unknown (``Q``: a multi-page TIFF
 without metadata) is taken as Z only when a z spacing is given.
 
 The voxel size comes from the file (ImageJ ``spacing`` and resolution tags,
-OME ``PhysicalSizeX/Y/Z``, OME-Zarr ``scale``) or from ``z_spacing``. Label
-stacks are written as ImageJ hyperstacks (uint16; Fiji opens them as a Z stack
+OME ``PhysicalSizeX/Y/Z``, OME-Zarr ``scale``) or from ``z_spacing``. Writing
+is in :mod:`segtool.volume.writers` (its two functions are re-exported here):
+label stacks as ImageJ hyperstacks (uint16; Fiji opens them as a Z stack
 with the voxel size set) or as OME-TIFF (uint32, which ImageJ has no type
 for; Fiji opens it through Bio-Formats), always through
 :func:`segtool.io.atomic_output`.
@@ -20,14 +21,16 @@ import json
 import math
 import os
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from segtool.errors import InputError, first_line
-from segtool.io import MAX_IMAGE_BYTES, atomic_output, is_zarr_store, to_label_dtype
+from segtool.io import MAX_IMAGE_BYTES, is_zarr_store, to_label_dtype
+# Re-exported: callers read and write stacks through this module.
+from segtool.volume.writers import write_float_volume, write_label_volume
 
 __all__ = [
     "StackInfo",
@@ -480,124 +483,3 @@ def _open_zarr_array(path: Path):
     attrs = dict(node.attrs)
     multiscales = attrs.get("multiscales") or attrs.get("ome", {}).get("multiscales")
     return node[multiscales[0]["datasets"][0]["path"]]
-
-
-# --------------------------------------------------------------------- writing
-
-
-def _imagej_kwargs(voxel_size, unit, axes: str) -> dict:
-    metadata: dict = {"axes": axes}
-    kwargs: dict = {}
-    if voxel_size is not None:
-        z, y, x = (float(v) for v in voxel_size)
-        metadata["spacing"] = z
-        kwargs["resolution"] = (1.0 / x, 1.0 / y)
-        if unit:
-            metadata["unit"] = unit
-    kwargs["metadata"] = metadata
-    return kwargs
-
-
-def _ome_kwargs(voxel_size, unit) -> dict:
-    metadata: dict = {"axes": "ZYX"}
-    if voxel_size is not None:
-        z, y, x = (float(v) for v in voxel_size)
-        metadata.update(PhysicalSizeZ=z, PhysicalSizeY=y, PhysicalSizeX=x)
-        if unit:
-            ome_unit = "µm" if unit == "micron" else unit
-            metadata.update(PhysicalSizeZUnit=ome_unit, PhysicalSizeYUnit=ome_unit, PhysicalSizeXUnit=ome_unit)
-    return {"metadata": metadata}
-
-
-def write_label_volume(
-    path: str | os.PathLike,
-    labels: np.ndarray | Iterable[np.ndarray],
-    *,
-    shape: tuple[int, int, int] | None = None,
-    dtype=None,
-    voxel_size: tuple[float, float, float] | None = None,
-    unit: str | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write a (Z, Y, X) label stack as a calibrated, zlib-compressed TIFF.
-
-    uint16 labels become an ImageJ hyperstack (``images``/``slices`` = Z,
-    ``spacing`` = z voxel size, ``unit``, x-y resolution tags), which Fiji
-    opens as a Z stack with the voxel size set. uint32 labels (above 65535
-    objects) become an OME-TIFF with ``PhysicalSizeX/Y/Z``.
-
-    Parameters
-    ----------
-    path : path-like
-    labels : (Z, Y, X) ndarray or iterable of (Y, X) planes
-        An iterable (with ``shape`` and ``dtype``) is written plane by plane,
-        so a stack larger than memory can be streamed.
-    shape, dtype : optional
-        Required with an iterable of planes.
-    voxel_size : (z, y, x) floats, optional
-    unit : str, optional
-        ``"micron"`` etc.; None for pixel units.
-    overwrite : bool, optional
-
-    Returns
-    -------
-    Path
-
-    Raises
-    ------
-    InputError
-        For labels that are not a 3-D non-negative integer stack.
-    OutputError
-        If the file exists (without ``overwrite``) or cannot be written.
-    """
-    import tifffile
-
-    if isinstance(labels, np.ndarray):
-        data = to_label_dtype(labels)
-        if data.ndim != 3:
-            raise InputError(f"label stack must be 3-D (Z, Y, X), got shape {data.shape}")
-        shape, dtype = data.shape, data.dtype
-    else:
-        if shape is None or dtype is None or len(shape) != 3:
-            raise InputError("writing planes one by one needs the stack's 3-D shape and dtype")
-        data = labels
-        dtype = np.dtype(dtype)
-    path = Path(path)
-    if np.dtype(dtype) == np.uint16:
-        kwargs = {"imagej": True, **_imagej_kwargs(voxel_size, unit, "ZYX")}
-    else:
-        kwargs = {"ome": True, **_ome_kwargs(voxel_size, unit)}
-    big = math.prod(shape) * np.dtype(dtype).itemsize > 2**31
-    if big and kwargs.get("imagej"):
-        # ImageJ hyperstacks cannot be BigTIFF; ImageJ reads the contiguous planes past 4 GB itself.
-        kwargs["compression"] = None
-    else:
-        kwargs["compression"] = "zlib"
-        kwargs["bigtiff"] = big
-    with atomic_output(path, overwrite=overwrite) as temp:
-        if isinstance(data, np.ndarray):
-            tifffile.imwrite(temp, data, software="segtool", **kwargs)
-        else:
-            tifffile.imwrite(temp, data=iter(data), shape=tuple(shape), dtype=dtype, software="segtool", **kwargs)
-    return path
-
-
-def write_float_volume(
-    path: str | os.PathLike,
-    array: np.ndarray,
-    *,
-    voxel_size: tuple[float, float, float] | None = None,
-    unit: str | None = None,
-    overwrite: bool = False,
-) -> Path:
-    """Write a (Z, Y, X) float32 stack as a calibrated ImageJ hyperstack."""
-    import tifffile
-
-    data = np.asarray(array, dtype=np.float32)
-    if data.ndim != 3:
-        raise InputError(f"float stack must be 3-D (Z, Y, X), got shape {data.shape}")
-    path = Path(path)
-    with atomic_output(path, overwrite=overwrite) as temp:
-        tifffile.imwrite(temp, data, imagej=True, compression="zlib", software="segtool",
-                         **_imagej_kwargs(voxel_size, unit, "ZYX"))
-    return path

@@ -16,18 +16,9 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from segtool.errors import InputError
+from segtool.measure import check_intensity, summary_row, unit_tag
 
 __all__ = ["object_table_3d", "summary_row_3d", "stack_rois"]
-
-
-def _tag(unit: str | None) -> str:
-    """Column form of a unit: micron -> um, none -> px (voxel size given in pixel widths)."""
-    if not unit:
-        return "px"
-    text = unit.strip().lower()
-    if text in ("micron", "microns", "um", "µm", "μm", "micrometer", "micrometre"):
-        return "um"
-    return "".join(ch for ch in text if ch.isascii() and ch.isalnum()) or "cal"
 
 
 def _check(labels: np.ndarray) -> np.ndarray:
@@ -107,12 +98,7 @@ def object_table_3d(
     table["planes"] = bbox[:, 3] - bbox[:, 0]
     table["equivalent_diameter"] = np.cbrt(6.0 * volume / math.pi)
     if image is not None:
-        intensity = np.asarray(image)
-        if intensity.shape != labels.shape:
-            raise InputError(f"image shape {intensity.shape} differs from labels shape {labels.shape}")
-        if intensity.dtype.kind not in "uifb":
-            raise InputError(f"image has unsupported dtype {intensity.dtype}")
-        values = intensity.astype(np.float64)
+        values = check_intensity(image, labels.shape).astype(np.float64)
         total = np.asarray(ndi.sum_labels(values, labels, index), dtype=np.float64).reshape(-1)
         table["mean_intensity"] = total / np.maximum(volume, 1)
         table["min_intensity"] = np.asarray(ndi.minimum(values, labels, index), dtype=np.float64).reshape(-1)
@@ -122,7 +108,7 @@ def object_table_3d(
         sz, sy, sx = (float(v) for v in voxel_size)
         if not (sz > 0 and sy > 0 and sx > 0):
             raise InputError(f"voxel size must be positive, got {voxel_size}")
-        tag = _tag(unit)
+        tag = unit_tag(unit, default="px")
         physical = volume * sz * sy * sx
         table[f"volume_{tag}3"] = physical
         for name, size in zip("zyx", (sz, sy, sx)):
@@ -146,19 +132,7 @@ def summary_row_3d(
     >>> summary_row_3d(labels, object_table_3d(labels))
     {'objects': 2, 'mean_volume': 1.5, 'median_volume': 1.5, 'coverage': 0.75}
     """
-    volume = np.asarray(table["volume"], dtype=np.float64)
-    row: dict[str, float | int] = {
-        "objects": int(volume.size),
-        "mean_volume": float(volume.mean()) if volume.size else 0.0,
-        "median_volume": float(np.median(volume)) if volume.size else 0.0,
-        "coverage": float(np.count_nonzero(labels)) / max(int(np.size(labels)), 1),
-    }
-    for column, values in table.items():
-        if column.startswith("volume_") and column.endswith("3"):
-            row[f"mean_{column}"] = float(np.mean(values)) if volume.size else 0.0
-    if "mean_intensity" in table:
-        row["mean_intensity"] = float(np.mean(table["mean_intensity"])) if volume.size else 0.0
-    return row
+    return summary_row(labels, table, dims=3)
 
 
 def stack_rois(labels: np.ndarray) -> list:

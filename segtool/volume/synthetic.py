@@ -17,25 +17,29 @@ times an attenuation with depth, as light is lost deeper in a sample.
 from __future__ import annotations
 
 import math
-import numbers
 from typing import Any
 
 import numpy as np
-from scipy import ndimage as ndi
 
+from segtool.checks import check_count, check_nonnegative, check_positive
 from segtool.errors import InputError
+from segtool.synthetic import (
+    background_counts,
+    camera_image,
+    check_image_dtype,
+    check_radius_range,
+    check_touching,
+    paint_nucleus,
+    renumber_present,
+)
 
 __all__ = ["ILLUMINATIONS_3D", "make_nuclei_stack", "make_background_stack"]
 
 #: Values accepted by ``illumination=``.
 ILLUMINATIONS_3D: tuple[str, ...] = ("uneven", "none")
 
-# Camera offset, background fluorescence and mean nucleus brightness (counts at
-# full illumination), read noise at noise=1: the same detector as the 2-D generator.
-_OFFSET = 100.0
-_BACKGROUND = 300.0
-_NUCLEUS = 400.0
-_READ_NOISE = 3.0
+# Camera offset, background, nucleus brightness and read noise: the 2-D
+# generator's detector (segtool.synthetic.camera_image and paint_nucleus).
 # PSF Gaussian sigmas in x-y pixel units: a widefield/confocal PSF is 2-3x
 # longer along the optical axis than across it.
 _PSF_SIGMA_XY = 1.0
@@ -114,18 +118,14 @@ def make_nuclei_stack(
     True
     """
     shape = _check_shape3(shape)
-    z_spacing = _check_positive(z_spacing, "z_spacing")
-    n_nuclei = _check_int(n_nuclei, "n_nuclei")
-    seed = _check_int(seed, "seed")
-    if illumination not in ILLUMINATIONS_3D:
-        raise InputError(f"illumination must be one of {', '.join(ILLUMINATIONS_3D)}, got {illumination!r}")
-    noise = _check_nonnegative(noise, "noise")
-    r_lo, r_hi = _check_range(radius_range)
-    touching = _check_nonnegative(touching, "touching")
-    if touching > 1:
-        raise InputError(f"touching must be a fraction from 0 to 1, got {touching!r}")
-    if dtype not in ("uint16", "float32"):
-        raise InputError(f"dtype must be 'uint16' or 'float32', got {dtype!r}")
+    z_spacing = check_positive(z_spacing, "z_spacing")
+    n_nuclei = check_count(n_nuclei, "n_nuclei")
+    seed = check_count(seed, "seed")
+    _check_illumination(illumination)
+    noise = check_nonnegative(noise, "noise")
+    r_lo, r_hi = check_radius_range(radius_range)
+    touching = check_touching(touching)
+    dtype = check_image_dtype(dtype, ("uint16", "float32"))
 
     rng = np.random.default_rng([seed, 3])
     extent = np.array([shape[0] * z_spacing, shape[1], shape[2]], dtype=np.float64)
@@ -133,17 +133,8 @@ def make_nuclei_stack(
     labels, signal = _draw(shape, z_spacing, nuclei)
 
     sigma = (_PSF_SIGMA_Z / z_spacing, _PSF_SIGMA_XY, _PSF_SIGMA_XY)
-    photons = ndi.gaussian_filter(signal, sigma, mode="constant")
-    photons += np.float32(_BACKGROUND)
-    photons *= _field(shape, illumination, seed)
-    if noise > 0:
-        gain = noise * noise
-        photons = (rng.poisson(photons / gain) * gain).astype(np.float32)
-        photons += rng.normal(0.0, _READ_NOISE * noise, size=shape).astype(np.float32)
-    image = photons + np.float32(_OFFSET)
-    if dtype == "uint16":
-        image = np.clip(np.rint(image), 0, 65535).astype(np.uint16)
-    return image, labels
+    field = _field(shape, illumination, seed)
+    return camera_image(signal, field, psf_sigma=sigma, noise=noise, rng=rng, dtype=dtype), labels
 
 
 def make_background_stack(
@@ -158,10 +149,8 @@ def make_background_stack(
     (400.0, 400.0)
     """
     shape = _check_shape3(shape)
-    if illumination not in ILLUMINATIONS_3D:
-        raise InputError(f"illumination must be one of {', '.join(ILLUMINATIONS_3D)}, got {illumination!r}")
-    field = _field(shape, illumination, _check_int(seed, "seed"))
-    return (np.float32(_OFFSET) + np.float32(_BACKGROUND) * field).astype(np.float32)
+    _check_illumination(illumination)
+    return background_counts(_field(shape, illumination, check_count(seed, "seed")))
 
 
 # ------------------------------------------------------------------- internals
@@ -243,18 +232,9 @@ def _draw(shape: tuple[int, int, int], z_spacing: float, nuclei: list[Nucleus]) 
         grids = np.meshgrid(*(np.arange(a, b) * s - c for a, b, s, c in zip(lo, hi, scale, centre)), indexing="ij")
         offsets = np.stack(grids, axis=-1)  # (dz, dy, dx, 3) physical offsets from the centre
         rho2 = np.sum((offsets @ axes.T / semi) ** 2, axis=-1).astype(np.float32)
-        box = tuple(slice(a, b) for a, b in zip(lo, hi))
-        mine = (rho2 <= 1.0) & (rho2 < nearest[box])
-        nearest[box][mine] = rho2[mine]
-        labels[box][mine] = index
-        signal[box][mine] = np.float32(_NUCLEUS * brightness) * (1.0 - 0.25 * rho2[mine])
-    present = np.zeros(len(nuclei) + 1, dtype=bool)
-    present[np.unique(labels)] = True
-    if not present[1:].all():  # a nucleus can lose every voxel to neighbours or fall between planes
-        lut = (np.cumsum(present) - 1).astype(labels.dtype)
-        lut[0] = 0
-        labels = lut[labels]
-    return labels, signal
+        paint_nucleus(labels, signal, nearest, tuple(slice(a, b) for a, b in zip(lo, hi)), rho2, index, brightness)
+    # A nucleus can lose every voxel to neighbours or fall between planes: renumber 1..N.
+    return renumber_present(labels, len(nuclei)), signal
 
 
 def _check_shape3(shape: Any) -> tuple[int, int, int]:
@@ -267,29 +247,6 @@ def _check_shape3(shape: Any) -> tuple[int, int, int]:
     return z, h, w
 
 
-def _check_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
-        raise InputError(f"{name} must be an integer >= 0, got {value!r}")
-    return int(value)
-
-
-def _check_nonnegative(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
-        raise InputError(f"{name} must be a number >= 0, got {value!r}")
-    return float(value)
-
-
-def _check_positive(value: Any, name: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value) or value <= 0:
-        raise InputError(f"{name} must be a number > 0, got {value!r}")
-    return float(value)
-
-
-def _check_range(value: Any) -> tuple[float, float]:
-    try:
-        lo, hi = (float(v) for v in value)
-    except (TypeError, ValueError):
-        raise InputError(f"radius_range must be two numbers (low, high), got {value!r}") from None
-    if not (0 < lo <= hi and math.isfinite(hi)):
-        raise InputError(f"radius_range must satisfy 0 < low <= high, got {value!r}")
-    return lo, hi
+def _check_illumination(kind: Any) -> None:
+    if kind not in ILLUMINATIONS_3D:
+        raise InputError(f"illumination must be one of {', '.join(ILLUMINATIONS_3D)}, got {kind!r}")

@@ -1,0 +1,120 @@
+"""Checks of scalar options (counts, sizes) shared by the library modules.
+
+Each returns the value in its plain Python type or raises
+:class:`~segtool.errors.InputError` naming the option, so every module words
+a bad count or size the same way. ``bool`` is refused where a number is
+meant, although Python counts it as an integer.
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+from typing import Any
+
+from segtool.errors import InputError
+
+__all__ = ["is_finite_number", "check_count", "check_nonnegative", "check_positive", "check_choice"]
+
+
+def is_finite_number(value: Any) -> bool:
+    """Whether ``value`` is a finite real number (not ``bool``).
+
+    Examples
+    --------
+    >>> is_finite_number(2.5), is_finite_number(True), is_finite_number(float("nan"))
+    (True, False, False)
+    """
+    return not isinstance(value, bool) and isinstance(value, numbers.Real) and math.isfinite(value)
+
+
+def check_count(value: Any, name: str) -> int:
+    """Validate an integer >= 0.
+
+    Parameters
+    ----------
+    value : int
+        The given value.
+    name : str
+        Option name for the error message.
+
+    Returns
+    -------
+    count : int
+
+    Raises
+    ------
+    InputError
+        If ``value`` is not an integer >= 0.
+
+    Examples
+    --------
+    >>> check_count(3, "min_size")
+    3
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 0:
+        raise InputError(f"{name} must be an integer >= 0, got {value!r}")
+    return int(value)
+
+
+def check_nonnegative(value: Any, name: str) -> float:
+    """Validate a finite number >= 0.
+
+    Parameters
+    ----------
+    value : float
+        The given value.
+    name : str
+        Option name for the error message.
+
+    Returns
+    -------
+    value : float
+
+    Raises
+    ------
+    InputError
+        If ``value`` is not a finite number >= 0.
+    """
+    if not is_finite_number(value) or value < 0:
+        raise InputError(f"{name} must be a number >= 0, got {value!r}")
+    return float(value)
+
+
+def check_positive(value: Any, name: str) -> float:
+    """Validate a finite number > 0: :func:`check_nonnegative` without zero.
+
+    Raises
+    ------
+    InputError
+        If ``value`` is not a finite number > 0; the message names ``name``.
+    """
+    if not is_finite_number(value) or value <= 0:
+        raise InputError(f"{name} must be a number > 0, got {value!r}")
+    return float(value)
+
+
+def check_choice(value: Any, choices: tuple[str, ...], name: str) -> str:
+    """Validate a case-insensitive choice and return it lower-cased.
+
+    Parameters
+    ----------
+    value : str
+        The given value.
+    choices : tuple of str
+        Accepted lower-case values.
+    name : str
+        Option name for the error message.
+
+    Returns
+    -------
+    choice : str
+
+    Raises
+    ------
+    InputError
+        If ``value`` is not one of ``choices``.
+    """
+    if not isinstance(value, str) or value.lower() not in choices:
+        raise InputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
+    return value.lower()
