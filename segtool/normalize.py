@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from segtool.errors import InputError
+from segtool.pipeline.percentiles import sample_percentiles
 
 __all__ = ["normalize_percentile"]
 
@@ -52,7 +53,5 @@ def normalize_percentile(
     if image.size == 0:
         raise InputError("image is empty")
     data = np.asarray(image, dtype=np.float32)
-    if not np.isfinite(data).all():
-        raise InputError("image contains NaN or infinite values")
-    lo, hi = np.percentile(data, [low, high])
+    lo, hi = sample_percentiles(data, [low, high])
     return ((data - np.float32(lo)) / np.float32(hi - lo + eps)).astype(np.float32, copy=False)

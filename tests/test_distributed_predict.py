@@ -18,7 +18,6 @@ import pytest
 from segtool.distributed.big_predict import (
     _predict_with,
     _seam_pairs,
-    dask_percentiles,
     predict_blocks,
 )
 from segtool.errors import InputError
@@ -189,25 +188,6 @@ def test_seam_pairs_need_both_labels_at_the_edge_and_a_shared_majority():
     # 1~5 share all 8 pixels; 2~6 reach the edge but share 1 of 6's 4 pixels (neighbours that touch);
     # 3~7 coincide but neither reaches the edge in its own core.
     assert list(zip(a.tolist(), b.tolist())) == [(1, 5)]
-
-
-# --------------------------------------------------------------------------- normalisation
-
-
-@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32", "bool"])
-def test_dask_percentiles_equal_numpy(dtype, rng):
-    values = rng.normal(300, 200, size=(90, 70))
-    image = (values > 300) if dtype == "bool" else values.astype(dtype)
-    expected = np.percentile(image.astype(np.float64), [1, 50, 99.8])
-    found = dask_percentiles(da.from_array(image, chunks=(25, 30)), [1, 50, 99.8])
-    assert np.allclose(found, expected, rtol=1e-6, atol=1e-6)
-
-
-def test_dask_percentiles_rejects_nan():
-    image = np.ones((10, 10), np.float32)
-    image[3, 3] = np.nan
-    with pytest.raises(InputError, match="NaN"):
-        dask_percentiles(da.from_array(image, chunks=5), [1, 99])
 
 
 # --------------------------------------------------------------------------- argument checks

@@ -318,7 +318,8 @@ def test_bands_reject_wrong_channels():
 def test_open_lazy_reads_any_rows(tmp_path, layout):
     import tifffile
 
-    from segtool.unet.bigimage import lazy_percentiles, open_lazy
+    from segtool.pipeline.percentiles import stream_percentiles
+    from segtool.pipeline.read import open_lazy
 
     image = np.random.default_rng(0).integers(0, 60000, (150, 170)).astype(np.uint16)
     path = tmp_path / "img.tif"
@@ -328,7 +329,7 @@ def test_open_lazy_reads_any_rows(tmp_path, layout):
         assert (lazy._memmap is not None) == (not layout)
         for start, stop in [(0, 150), (3, 40), (31, 33), (100, 400), (64, 65)]:
             np.testing.assert_array_equal(lazy.read_rows(start, stop), image[start:stop])
-        values = lazy_percentiles(lazy.read_rows, lazy.shape, lazy.dtype, [1, 50, 99.8])
+        values = stream_percentiles(lazy.read_rows, lazy.shape, lazy.dtype, [1, 50, 99.8])
     np.testing.assert_allclose(values, np.percentile(image, [1, 50, 99.8]), rtol=1e-9)
 
 
@@ -336,7 +337,7 @@ def test_open_lazy_channels_and_fallback(tmp_path):
     import tifffile
 
     from segtool.errors import InputError
-    from segtool.unet.bigimage import open_lazy
+    from segtool.pipeline.read import open_lazy
 
     rgb = np.random.default_rng(0).integers(0, 255, (40, 50, 3)).astype(np.uint8)
     tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb", tile=(16, 16), compression="zlib")
@@ -355,7 +356,8 @@ def test_open_lazy_channels_and_fallback(tmp_path):
 def test_file_in_bands_writes_tiled_bigtiff(tmp_path):
     import tifffile
 
-    from segtool.unet.bigimage import open_lazy, predict_file_in_bands
+    from segtool.pipeline.read import open_lazy
+    from segtool.unet.bigimage import predict_file_in_bands
 
     rng = np.random.default_rng(5)
     image, _ = _domes((150, 130), [(int(r), int(c)) for r, c in rng.integers(8, 122, size=(20, 2))], radius=7)

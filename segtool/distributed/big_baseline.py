@@ -46,6 +46,7 @@ from segtool.baseline import (
     segment_baseline,
 )
 from segtool.errors import InputError
+from segtool.pipeline.seams import join_pieces, number_objects
 
 __all__ = ["BlockBaselineResult", "segment_baseline_blocks"]
 
@@ -390,7 +391,7 @@ def _label(foreground: Any, *, min_size: int, fill_holes: bool) -> tuple[Any, in
         # A filled hole counts towards its owner's size (in memory it is part of
         # the object when min_size is applied), not towards its numbering.
         np.add.at(sizes, owners, gaps.sizes[holes])
-    lut = _renumber(sizes, objects.first, min_size)
+    lut = number_objects(sizes, objects.first, min_size)
     labels = _relabel(foreground, objects, lut, structure=OBJECT_STRUCTURE)
     if fill_holes:
         hole_lut = np.zeros(len(gaps.sizes), dtype=np.uint32)
@@ -441,9 +442,6 @@ def _pieces(mask: np.ndarray, structure: np.ndarray, *, origin: tuple[int, int],
 
 def _join(grid: list[list[_Pieces]], structure: np.ndarray) -> _Components:
     """Connected components of the image from its blocks' pieces (``grid[i][j]`` for block (i, j))."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     counts = np.array([[p.count for p in row] for row in grid], dtype=np.int64)
     offsets = (np.cumsum(counts) - counts.ravel()).reshape(counts.shape)
     n = int(counts.sum())
@@ -471,16 +469,14 @@ def _join(grid: list[list[_Pieces]], structure: np.ndarray) -> _Components:
         pairs += _touching(left, right, np.flatnonzero(structure[:, 2]) - 1)
     a = np.concatenate([np.empty(0, dtype=np.int64)] + [x for x, _ in pairs])
     b = np.concatenate([np.empty(0, dtype=np.int64)] + [y for _, y in pairs])
-    graph = coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(n + 1, n + 1))
-    _, component = connected_components(graph, directed=False)
+    component, comp_sizes, comp_first = join_pieces(n + 1, a, b, sizes, first)
     # Id 0 (background) has no edges, so its component holds it alone; make that component 0.
     zero = component[0]
     component = np.where(component == zero, 0, np.where(component == 0, zero, component))
-    m = int(component.max()) + 1
-    comp_sizes = np.zeros(m, dtype=np.int64)
-    np.add.at(comp_sizes, component, sizes)
-    comp_first = np.full(m, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(comp_first, component, first)
+    m = comp_sizes.size
+    swap = np.arange(m)
+    swap[[0, zero]] = swap[[zero, 0]]
+    comp_sizes, comp_first = comp_sizes[swap], comp_first[swap]
     on_border = np.zeros(m, dtype=bool)
     on_border[component[np.concatenate(border)]] = True
     return _Components(offsets=offsets, component=component, sizes=comp_sizes, first=comp_first, border=on_border)
@@ -494,18 +490,6 @@ def _touching(a: np.ndarray, b: np.ndarray, shifts: np.ndarray) -> list[tuple[np
         both = (x > 0) & (y > 0)
         out.append((x[both], y[both]))
     return out
-
-
-def _renumber(sizes: np.ndarray, first: np.ndarray, min_size: int) -> np.ndarray:
-    """uint32 table: components of at least ``min_size`` pixels to 1..N in raster order of their first pixel."""
-    keep = np.flatnonzero(sizes >= max(min_size, 1))
-    keep = keep[keep > 0]
-    if keep.size > np.iinfo(np.uint32).max:
-        raise InputError(f"{keep.size} objects do not fit in uint32 labels")
-    keep = keep[np.argsort(first[keep], kind="stable")]
-    lut = np.zeros(len(sizes), dtype=np.uint32)
-    lut[keep] = np.arange(1, keep.size + 1, dtype=np.uint32)
-    return lut
 
 
 def _relabel(

@@ -6,7 +6,7 @@ the workers; only small tables reach the client.
 
 1. **Normalisation** uses the whole image's percentiles (the model's
    ``norm_low`` and ``norm_high``), from a distributed reduction,
-   :func:`dask_percentiles`: exact (a histogram) for integer images of up to
+   :func:`segtool.pipeline.percentiles.dask_percentiles`: exact (a histogram) for integer images of up to
    16 bits, a regular subsample otherwise. Per-block percentiles would give
    every block its own contrast, and so its own objects.
 2. **Per block** a task segments the block's *window* (the block plus
@@ -63,7 +63,6 @@ process loads it once (:func:`_load_model`).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,13 +71,14 @@ from typing import Any
 import numpy as np
 
 from segtool.errors import InputError, ModelError
+from segtool.pipeline.blend import add_weighted, predict_in_batches
+from segtool.pipeline.percentiles import dask_percentiles
+from segtool.pipeline.seams import join_pieces, number_objects
 
-__all__ = ["BlockPrediction", "dask_percentiles", "predict_blocks"]
+__all__ = ["BlockPrediction", "predict_blocks"]
 
 #: Labels must reach within this many pixels of a block edge (in their own core) to be joined across it.
 SEAM_REACH = 3
-#: Largest number of pixels :func:`dask_percentiles` samples from a float image (16 MB on the client).
-MAX_SAMPLES = 2**22
 #: Share of the smaller label's strip pixels two labels must share to be one object.
 _MIN_SHARED = 0.5
 
@@ -122,74 +122,6 @@ class BlockPrediction:
     seconds_predict: float
     seconds_merge: float
     seconds: float
-
-
-# --------------------------------------------------------------------------- normalisation
-
-
-def dask_percentiles(image, percentiles, *, max_samples: int = MAX_SAMPLES) -> tuple[float, ...]:
-    """Percentiles of a Dask array, computed by the cluster.
-
-    Exact (linear interpolation, as :func:`numpy.percentile`) for boolean and
-    integer images of up to 16 bits, from a histogram summed over the chunks
-    (:func:`dask.array.histogram`). Other dtypes use a regular grid subsample
-    of at most ``max_samples`` pixels (only the subsample reaches the client).
-
-    Parameters
-    ----------
-    image : dask.array.Array
-        Any shape.
-    percentiles : sequence of float
-        In [0, 100].
-    max_samples : int, optional
-        Subsample size for float and wide integer images.
-
-    Returns
-    -------
-    values : tuple of float
-
-    Raises
-    ------
-    InputError
-        If the image is empty or its subsample holds NaN or infinite values.
-
-    Examples
-    --------
-    >>> import dask.array as da
-    >>> image = da.from_array(np.arange(100, dtype=np.uint8).reshape(10, 10), chunks=4)
-    >>> dask_percentiles(image, [1, 99.8])
-    (0.99, 98.802)
-    """
-    import dask.array as da
-
-    q = np.asarray(percentiles, dtype=np.float64)
-    if image.size == 0:
-        raise InputError("image is empty")
-    dtype = np.dtype(image.dtype)
-    if dtype.kind == "b" or (dtype.kind in "ui" and dtype.itemsize <= 2):
-        data = image.astype(np.uint8) if dtype.kind == "b" else image
-        lowest, highest = (0, 1) if dtype.kind == "b" else (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
-        # Integer values sit in the middle of unit-wide bins, so binning is exact.
-        counts, _ = da.histogram(data, bins=highest - lowest + 1, range=(lowest - 0.5, highest + 0.5))
-        return _percentiles_from_counts(np.asarray(counts.compute()), lowest, q)
-    step = max(1, math.ceil((image.size / max(int(max_samples), 1)) ** (1.0 / image.ndim)))
-    sample = np.asarray(image[(slice(None, None, step),) * image.ndim].astype(np.float32).compute())
-    if not np.isfinite(sample).all():
-        raise InputError("image contains NaN or infinite values")
-    return tuple(float(v) for v in np.percentile(sample, q))
-
-
-def _percentiles_from_counts(counts: np.ndarray, lowest: int, q: np.ndarray) -> tuple[float, ...]:
-    """Linear-interpolation percentiles of integer values ``lowest + i`` seen ``counts[i]`` times."""
-    cumulative = np.cumsum(counts, dtype=np.int64)
-    n = int(cumulative[-1])
-    position = q / 100.0 * (n - 1)
-    below = np.floor(position).astype(np.int64)
-    above = np.minimum(below + 1, n - 1)
-    # The k-th smallest value (0-based) is the first bin whose running count exceeds k.
-    v_below = np.searchsorted(cumulative, below, side="right").astype(np.float64) + lowest
-    v_above = np.searchsorted(cumulative, above, side="right").astype(np.float64) + lowest
-    return tuple(round(float(v), 10) for v in v_below + (position - below) * (v_above - v_below))
 
 
 # --------------------------------------------------------------------------- per-block segmentation
@@ -242,13 +174,11 @@ def _blend_tiles(data: np.ndarray, predictor, plan: _BlockPlan, tile: tuple[int,
     acc = np.zeros((out_channels,) + data.shape[1:], np.float32)
     weight = np.zeros(data.shape[1:], np.float32)
     corners = [(y, x) for y in plan.tiles[0] for x in plan.tiles[1]]
-    for first in range(0, len(corners), batch_size):
-        batch = corners[first : first + batch_size]
-        inputs = np.stack([data[:, y : y + tile[0], x : x + tile[1]] for y, x in batch])
-        maps = np.asarray(predictor(inputs))
-        for (y, x), tile_maps in zip(batch, maps):
-            acc[:, y : y + tile[0], x : x + tile[1]] += tile_maps * weight_tile
-            weight[y : y + tile[0], x : x + tile[1]] += weight_tile
+    batches = predict_in_batches(corners, lambda c: data[:, c[0] : c[0] + tile[0], c[1] : c[1] + tile[1]], predictor,
+                                 batch_size=batch_size, out_channels=out_channels)
+    for batch, maps in batches:
+        places = [(slice(y, y + tile[0]), slice(x, x + tile[1])) for y, x in batch]
+        add_weighted(acc, weight, maps, places, weight_tile)
     return acc[(slice(None),) + plan.window] / weight[plan.window]
 
 
@@ -438,9 +368,6 @@ def _merge_tables(summaries, pairs, edges, min_size: int) -> tuple[list[np.ndarr
     Returns the lookup tables, the number of objects, and how many of them
     were assembled from more than one block.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     # Every (block, local label) present in a core is a node; node order is block order, then label.
     sizes = np.array([ids.size for ids, _ in summaries], np.int64)
     base = np.concatenate([[0], np.cumsum(sizes)])
@@ -455,25 +382,17 @@ def _merge_tables(summaries, pairs, edges, min_size: int) -> tuple[list[np.ndarr
         v_parts.append(base[second] + np.searchsorted(ids_b, pb))
     u = np.concatenate(u_parts) if u_parts else np.zeros(0, np.int64)
     v = np.concatenate(v_parts) if v_parts else np.zeros(0, np.int64)
-    graph = coo_matrix((np.ones(u.size, np.int8), (u, v)), shape=(n_nodes, n_nodes))
-    n_components, component = connected_components(graph, directed=False)
-
-    object_area = np.bincount(component, weights=areas, minlength=n_components)
-    pieces = np.bincount(component, minlength=n_components)
-    kept = object_area >= max(int(min_size), 1)
     # Number kept objects in order of their first piece, so the result does not depend on scipy's numbering.
-    first_node = np.full(n_components, n_nodes, np.int64)
-    np.minimum.at(first_node, component, np.arange(n_nodes))
-    order = np.argsort(first_node[kept], kind="stable")
-    final = np.zeros(n_components, np.uint32)
-    final[np.flatnonzero(kept)[order]] = np.arange(1, order.size + 1, dtype=np.uint32)
-
+    component, object_area, first_node = join_pieces(n_nodes, u, v, areas, np.arange(n_nodes))
+    final = number_objects(object_area, first_node, min_size)
+    kept = final > 0
+    pieces = np.bincount(component, minlength=final.size)
     lookups = []
     for k, (ids, _) in enumerate(summaries):
         lookup = np.zeros(int(ids.max()) + 1 if ids.size else 1, np.uint32)
         lookup[ids] = final[component[base[k] : base[k + 1]]]
         lookups.append(lookup)
-    return lookups, int(order.size), int(np.count_nonzero(kept & (pieces > 1)))
+    return lookups, int(np.count_nonzero(kept)), int(np.count_nonzero(kept & (pieces > 1)))
 
 
 def _predict_with(
