@@ -17,11 +17,12 @@ import pytest
 
 from segtool.distributed.big_predict import (
     _predict_with,
-    _seam_pairs,
     predict_blocks,
 )
 from segtool.errors import InputError
 from segtool.metrics import match_labels
+from segtool.pipeline.options import ObjectOptions, TileOptions
+from segtool.pipeline.seams import overlap_pairs
 from segtool.synthetic import make_nuclei_image
 
 dask = pytest.importorskip("dask")
@@ -184,7 +185,7 @@ def test_seam_pairs_need_both_labels_at_the_edge_and_a_shared_majority():
          [5, 5, 0, 6, 6, 0],
          [5, 5, 0, 6, 6, 0]]
     )  # fmt: skip
-    a, b = _seam_pairs(first, second, slice(1, 2), slice(2, 3))
+    a, b = overlap_pairs(first, second, slice(1, 2), slice(2, 3))
     # 1~5 share all 8 pixels; 2~6 reach the edge but share 1 of 6's 4 pixels (neighbours that touch);
     # 3~7 coincide but neither reaches the edge in its own core.
     assert list(zip(a.tolist(), b.tolist())) == [(1, 5)]
@@ -199,8 +200,8 @@ def test_seam_pairs_need_both_labels_at_the_edge_and_a_shared_majority():
         ((256, 256), {"block": 64}, r"block \(64\) must be at least the tile size \(128\)"),
         ((256, 256), {"halo": -1}, "halo must be an integer >= 0"),
         ((2, 64, 64), {}, "image must be 2-D"),
-        ((256, 256), {"prob_threshold": 2.0}, "prob_threshold"),
-        ((256, 256), {"tile": 100}, "multiple of 16"),
+        ((256, 256), {"objects": ObjectOptions(prob_threshold=2.0)}, "prob_threshold"),
+        ((256, 256), {"tiling": TileOptions(tile=100)}, "multiple of 16"),
     ],
 )
 def test_bad_arguments_raise_input_error(model_path, shape, options, message):

@@ -78,3 +78,17 @@ def test_every_schedule_rejects_nan():
         normalize_percentile(image)
     with pytest.raises(InputError, match="NaN"):
         sample_percentiles(image, [1, 99])
+
+
+def test_every_schedule_maps_percentiles_the_same_way(rng):
+    from segtool.normalize import map_to_unit
+
+    image = (rng.random((40, 30)) * 4000).astype(np.uint16)
+    low, high = stream_percentiles(lambda a, b: image[a:b], image.shape, image.dtype, [1, 99.8])
+    rows = np.concatenate([map_to_unit(image[a : a + 7], low, high) for a in range(0, 40, 7)])
+    np.testing.assert_array_equal(rows, map_to_unit(image, low, high))
+    expected = (image.astype(np.float64) - low) / (high - low)
+    np.testing.assert_allclose(rows, expected, rtol=1e-6, atol=1e-6)
+    assert map_to_unit(image, low, high).dtype == np.float32
+    whole = normalize_percentile(image, 1, 99.8)
+    np.testing.assert_allclose(whole, expected, rtol=1e-5, atol=1e-5)

@@ -46,7 +46,7 @@ from segtool.baseline import (
     segment_baseline,
 )
 from segtool.errors import InputError
-from segtool.pipeline.seams import join_pieces, number_objects
+from segtool.pipeline.seams import join_pieces, number_objects, touching_pairs
 
 __all__ = ["BlockBaselineResult", "segment_baseline_blocks"]
 
@@ -462,11 +462,11 @@ def _join(grid: list[list[_Pieces]], structure: np.ndarray) -> _Components:
     for i in range(n_y - 1):  # between block rows i and i + 1, across the whole width
         above = np.concatenate([global_ids(i, j, grid[i][j].bottom) for j in range(n_x)])
         below = np.concatenate([global_ids(i + 1, j, grid[i + 1][j].top) for j in range(n_x)])
-        pairs += _touching(above, below, np.flatnonzero(structure[2]) - 1)
+        pairs += touching_pairs(above, below, np.flatnonzero(structure[2]) - 1)
     for j in range(n_x - 1):  # between block columns j and j + 1, across the whole height
         left = np.concatenate([global_ids(i, j, grid[i][j].right) for i in range(n_y)])
         right = np.concatenate([global_ids(i, j + 1, grid[i][j + 1].left) for i in range(n_y)])
-        pairs += _touching(left, right, np.flatnonzero(structure[:, 2]) - 1)
+        pairs += touching_pairs(left, right, np.flatnonzero(structure[:, 2]) - 1)
     a = np.concatenate([np.empty(0, dtype=np.int64)] + [x for x, _ in pairs])
     b = np.concatenate([np.empty(0, dtype=np.int64)] + [y for _, y in pairs])
     component, comp_sizes, comp_first = join_pieces(n + 1, a, b, sizes, first)
@@ -480,16 +480,6 @@ def _join(grid: list[list[_Pieces]], structure: np.ndarray) -> _Components:
     on_border = np.zeros(m, dtype=bool)
     on_border[component[np.concatenate(border)]] = True
     return _Components(offsets=offsets, component=component, sizes=comp_sizes, first=comp_first, border=on_border)
-
-
-def _touching(a: np.ndarray, b: np.ndarray, shifts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Pairs of nonzero ids ``(a[k], b[k + s])`` for each shift ``s``: pixels that touch across a seam."""
-    out = []
-    for s in shifts:
-        x, y = (a[: a.size - s], b[s:]) if s >= 0 else (a[-s:], b[: b.size + s])
-        both = (x > 0) & (y > 0)
-        out.append((x[both], y[both]))
-    return out
 
 
 def _relabel(

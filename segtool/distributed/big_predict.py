@@ -71,16 +71,16 @@ from typing import Any
 import numpy as np
 
 from segtool.errors import InputError, ModelError
+from segtool.normalize import map_to_unit
 from segtool.pipeline.blend import add_weighted, predict_in_batches
+from segtool.pipeline.options import ObjectOptions, TileOptions
 from segtool.pipeline.percentiles import dask_percentiles
-from segtool.pipeline.seams import join_pieces, number_objects
+from segtool.pipeline.seams import join_pieces, number_objects, overlap_pairs
 
 __all__ = ["BlockPrediction", "predict_blocks"]
 
 #: Labels must reach within this many pixels of a block edge (in their own core) to be joined across it.
 SEAM_REACH = 3
-#: Share of the smaller label's strip pixels two labels must share to be one object.
-_MIN_SHARED = 0.5
 
 
 @dataclass
@@ -132,9 +132,9 @@ def _load_model(path: str, device: str, threads: int | None, precision: str = "f
 
     Torch modules are not shipped through the task graph (large to pickle,
     not always picklable): each worker loads the file itself, once for all its
-    blocks (:func:`segtool.unet.predict.load_for_inference_cached`).
+    blocks (:func:`segtool.unet.inference.load_for_inference_cached`).
     """
-    from segtool.unet.predict import load_for_inference_cached
+    from segtool.unet.inference import load_for_inference_cached
 
     return load_for_inference_cached(path, device=device, threads=threads, precision=precision)
 
@@ -197,7 +197,7 @@ class _UNetSegmenter:
 
     def __call__(self, normalized: np.ndarray, plan: _BlockPlan) -> np.ndarray:
         from segtool.unet.instances import maps_to_labels
-        from segtool.unet.predict import make_predictor
+        from segtool.unet.inference import make_predictor
         from segtool.unet.tiling import pad_reflect
 
         model = _load_model(self.model_path, self.device, self.threads, self.precision)
@@ -220,8 +220,7 @@ def _segment_block(region: np.ndarray, segmenter, plan: _BlockPlan, low: float, 
     data = np.asarray(region)
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         raise InputError("image contains NaN or infinite values")
-    # As segtool.normalize.normalize_percentile, with the whole image's percentiles.
-    normalized = (data.astype(np.float32) - np.float32(low)) / np.float32(high - low + 1e-20)
+    normalized = map_to_unit(data, low, high)  # with the whole image's percentiles
     labels = segmenter(normalized, plan)
     seams = {}
     for side, (rows, cols) in plan.seams.items():
@@ -241,34 +240,6 @@ def _block_summary(result: _BlockLabels) -> tuple[np.ndarray, np.ndarray]:
 
 def _seam_strip(result: _BlockLabels, side: str) -> np.ndarray:
     return result.seams[side]
-
-
-def _seam_pairs(first: np.ndarray, second: np.ndarray, near_first: slice, near_second: slice) -> tuple[np.ndarray, np.ndarray]:
-    """Label pairs ``(a, b)`` of two blocks' strips over the same pixels that are one object.
-
-    ``first`` and ``second`` are the two blocks' labels on the same strip,
-    crossing axis first; ``near_*`` are the rows (of the strip) in each
-    block's own core next to the edge. See the module docstring for the rule.
-
-    Examples
-    --------
-    >>> first = np.array([[1, 1, 0, 2], [1, 1, 0, 2]])
-    >>> second = np.array([[5, 5, 0, 6], [5, 5, 0, 0]])  # 6 does not reach the edge
-    >>> _seam_pairs(first, second, slice(0, 1), slice(1, 2))
-    (array([1]), array([5]))
-    """
-    a = first.ravel().astype(np.int64)
-    b = second.ravel().astype(np.int64)
-    both = (a > 0) & (b > 0)
-    if not both.any():
-        empty = np.zeros(0, np.int64)
-        return empty, empty
-    span = int(b.max()) + 1
-    keys, shared = np.unique(a[both] * span + b[both], return_counts=True)
-    pa, pb = keys // span, keys % span
-    smaller = np.minimum(np.bincount(a)[pa], np.bincount(b)[pb])
-    keep = (shared >= _MIN_SHARED * smaller) & np.isin(pa, first[near_first]) & np.isin(pb, second[near_second])
-    return pa[keep], pb[keep]
 
 
 def _relabel(result: _BlockLabels, lookup: np.ndarray) -> np.ndarray:
@@ -436,7 +407,7 @@ def _predict_with(
     for first, second, side_first, side_second, (near_first, near_second) in edges:
         strip_a = dask.delayed(_seam_strip)(results[first], side_first)
         strip_b = dask.delayed(_seam_strip)(results[second], side_second)
-        pair_tasks.append(dask.delayed(_seam_pairs)(strip_a, strip_b, near_first, near_second))
+        pair_tasks.append(dask.delayed(overlap_pairs)(strip_a, strip_b, near_first, near_second))
     pairs = dask.compute(*pair_tasks)
     lookups, n_objects, joined = _merge_tables(summaries, pairs, edges, min_size)
     merged = time.perf_counter()
@@ -484,14 +455,8 @@ def predict_blocks(
     *,
     block: int = 2048,
     halo: int = 128,
-    tile: int | None = None,
-    overlap: float = 0.25,
-    batch_size: int = 4,
-    tta: bool = False,
-    prob_threshold: float | None = None,
-    seed_threshold: float | None = None,
-    min_size: int | None = None,
-    split_height: float | None = None,
+    tiling: TileOptions = TileOptions(),
+    objects: ObjectOptions = ObjectOptions(),
     device: str = "cpu",
     threads: int | None = None,
     precision: str = "fp32",
@@ -515,7 +480,11 @@ def predict_blocks(
     halo : int, optional
         Context pixels read around each block; make it larger than the
         largest object (see the module docstring for what happens otherwise).
-    tile, overlap, batch_size, tta, prob_threshold, seed_threshold, min_size, split_height
+    tiling : TileOptions, optional
+        As in :func:`segtool.unet.predict.predict_image`, except that blocks
+        always blend overlapping tiles: ``overlap`` defaults to 0.25 and
+        ``batch_size`` to 4; ``tile_halo`` and ``scale`` are not used.
+    objects : ObjectOptions, optional
         As in :func:`segtool.unet.predict.predict_image`; ``min_size`` also
         applies to objects assembled across blocks.
     device : str, optional
@@ -556,7 +525,7 @@ def predict_blocks(
     from segtool.unet.config import UNetConfig
     from segtool.unet.instances import DEFAULT_MIN_SIZE, maps_to_labels
     from segtool.unet.modelfile import read_model_info
-    from segtool.unet.predict import check_common, postprocess_options, resolve_tile
+    from segtool.pipeline.options import check_common, resolve_tile
 
     if not isinstance(image, da.Array):
         image = da.asarray(image)
@@ -571,13 +540,14 @@ def predict_blocks(
     config = UNetConfig.from_dict(read_model_info(model_path)["config"])
     if config.in_channels != 1:
         raise ModelError(f"model expects {config.in_channels} input channels, the image has 1")
+    overlap = 0.25 if tiling.overlap is None else tiling.overlap
+    batch_size = 4 if tiling.batch_size is None else tiling.batch_size
     check_common(None, overlap, batch_size, 1.0)
     # The whole image's tile grid, as predict_image would lay it out; every block runs its share of it.
-    tile_hw = resolve_tile(config, image.shape, tile)
+    tile_hw = resolve_tile(config, image.shape, tiling.tile)
     if block < max(tile_hw):
         raise InputError(f"block ({block}) must be at least the tile size ({max(tile_hw)})")
-    options = postprocess_options(config, prob_threshold=prob_threshold, min_size=min_size, seed_threshold=seed_threshold,
-                                  split_height=split_height)
+    options = objects.resolve(config)
     # Check the post-processing values here, once, rather than in every block task on the workers.
     maps_to_labels(np.zeros((config.out_channels, 1, 1), np.float32), target=config.target, **options)
 
@@ -587,7 +557,7 @@ def predict_blocks(
         threads=None if threads is None else _check_int(threads, "threads", 1),
         tile=tile_hw,
         batch_size=int(batch_size),
-        tta=bool(tta),
+        tta=bool(tiling.tta),
         options=options,
         precision=str(precision),
     )

@@ -150,7 +150,7 @@ class LazyImage:
 
 def _calibration(tif, page) -> tuple[tuple[float, float] | None, str | None]:
     try:
-        from segtool.io import tiff_calibration
+        from segtool.calibration import tiff_calibration
 
         return tiff_calibration(tif, page)
     except Exception:  # calibration is a nicety; never fail a read for it

@@ -3,9 +3,12 @@
 Both Dask block schedules label every block on its own and join the pieces
 on the client: :mod:`segtool.distributed.big_baseline` joins pieces whose
 pixels touch across an edge, :mod:`segtool.distributed.big_predict` pieces
-that cover the same pixels of the overlap two windows share. What counts as
-"the same object" differs; the rest is this module:
+that cover the same pixels of the overlap two windows share. The two pairing rules
+are here side by side, and what follows them is shared:
 
+- :func:`touching_pairs`: pieces whose pixels touch across the edge;
+- :func:`overlap_pairs`: pieces that reach the edge and cover the same
+  pixels of the overlap two windows share;
 - :func:`join_pieces` makes the connected components of the graph whose
   nodes are all blocks' pieces and whose edges are the pairs found at the
   seams (union-find), with each component's size and first position;
@@ -20,7 +23,10 @@ import numpy as np
 
 from segtool.errors import InputError
 
-__all__ = ["join_pieces", "number_objects"]
+__all__ = ["MIN_SHARED", "join_pieces", "number_objects", "overlap_pairs", "touching_pairs"]
+
+#: Share of the smaller piece's strip pixels two overlapping pieces must share to be one object.
+MIN_SHARED = 0.5
 
 
 def join_pieces(
@@ -84,3 +90,54 @@ def number_objects(sizes: np.ndarray, first: np.ndarray, min_size: int) -> np.nd
     table = np.zeros(len(sizes), dtype=np.uint32)
     table[keep] = np.arange(1, keep.size + 1, dtype=np.uint32)
     return table
+
+
+def touching_pairs(a: np.ndarray, b: np.ndarray, shifts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Pairs of nonzero ids ``(a[k], b[k + s])`` for each shift ``s``: pixels that touch across a seam.
+
+    ``a`` and ``b`` are the ids along the two sides of an edge (the last row
+    of one block, the first row of the next); ``shifts`` are the offsets
+    along the edge at which pixels count as touching (-1, 0, 1 for
+    8-connectivity).
+
+    Examples
+    --------
+    >>> [(x.tolist(), y.tolist()) for x, y in touching_pairs(np.array([1, 0, 2]), np.array([0, 5, 5]), np.array([0]))]
+    [([2], [5])]
+    """
+    out = []
+    for s in shifts:
+        x, y = (a[: a.size - s], b[s:]) if s >= 0 else (a[-s:], b[: b.size + s])
+        both = (x > 0) & (y > 0)
+        out.append((x[both], y[both]))
+    return out
+
+
+def overlap_pairs(first: np.ndarray, second: np.ndarray, near_first: slice, near_second: slice) -> tuple[np.ndarray, np.ndarray]:
+    """Label pairs ``(a, b)`` of two blocks' strips over the same pixels that are one object.
+
+    ``first`` and ``second`` are the two blocks' labels on the same strip,
+    crossing axis first; ``near_*`` are the rows (of the strip) in each
+    block's own core next to the edge. Label ``a`` and ``b`` are one object when both
+    reach the edge in their own core (appear in ``near_*``) and they share at least
+    :data:`MIN_SHARED` of the smaller one's strip pixels.
+
+    Examples
+    --------
+    >>> first = np.array([[1, 1, 0, 2], [1, 1, 0, 2]])
+    >>> second = np.array([[5, 5, 0, 6], [5, 5, 0, 0]])  # 6 does not reach the edge
+    >>> overlap_pairs(first, second, slice(0, 1), slice(1, 2))
+    (array([1]), array([5]))
+    """
+    a = first.ravel().astype(np.int64)
+    b = second.ravel().astype(np.int64)
+    both = (a > 0) & (b > 0)
+    if not both.any():
+        empty = np.zeros(0, np.int64)
+        return empty, empty
+    span = int(b.max()) + 1
+    keys, shared = np.unique(a[both] * span + b[both], return_counts=True)
+    pa, pb = keys // span, keys % span
+    smaller = np.minimum(np.bincount(a)[pa], np.bincount(b)[pb])
+    keep = (shared >= MIN_SHARED * smaller) & np.isin(pa, first[near_first]) & np.isin(pb, second[near_second])
+    return pa[keep], pb[keep]

@@ -29,6 +29,8 @@ from typing import Any
 import numpy as np
 
 from segtool.errors import InputError, OutputError, first_line
+from segtool.normalize import map_to_unit
+from segtool.pipeline.options import ObjectOptions, TileOptions
 from segtool.pipeline.percentiles import stream_percentiles
 from segtool.pipeline.read import LazyImage, open_lazy
 from segtool.pipeline.write import OUTPUT_TILE, RowSpool, row_tiles, write_tiled_tiff
@@ -66,18 +68,11 @@ def predict_file_in_bands(
     prob_path: str | os.PathLike | None = None,
     overlay_path: str | os.PathLike | None = None,
     overwrite: bool = False,
-    tile: int | None = None,
-    overlap: float | None = None,
-    batch_size: int | None = None,
-    tta: bool = False,
-    prob_threshold: float | None = None,
-    min_size: int | None = None,
-    seed_threshold: float | None = None,
-    split_height: float | None = None,
+    tiling: TileOptions = TileOptions(),
+    objects: ObjectOptions = ObjectOptions(),
     band_rows: int | None = None,
     halo: int = 128,
     on_tile: Callable[[int, int], None] | None = None,
-    tile_halo: int | None = None,
 ) -> dict[str, Any]:
     """Segment a large image band by band and write its labels as a tiled BigTIFF.
 
@@ -95,8 +90,9 @@ def predict_file_in_bands(
         Also write outlines over the image as PNG, downsampled so its longer
         side is at most 4096 pixels.
     overwrite : bool, optional
-    tile, overlap, batch_size, tta, prob_threshold, min_size, seed_threshold, split_height, tile_halo
-        As in :func:`segtool.unet.predict.predict_image`.
+    tiling, objects : TileOptions, ObjectOptions, optional
+        As in :func:`segtool.unet.predict.predict_image` (``tiling.scale``
+        is not used).
     band_rows : int, optional
         Rows per band; default from :func:`default_band_rows`.
     halo : int, optional
@@ -119,7 +115,7 @@ def predict_file_in_bands(
     """
     from segtool.io import check_output_free
     from segtool.unet.bands import predict_label_bands
-    from segtool.unet.predict import network_device_type, plan_inference_tiles
+    from segtool.unet.inference import network_device_type
 
     start_time = time.perf_counter()
     labels_path = Path(labels_path)
@@ -152,18 +148,16 @@ def predict_file_in_bands(
     read_start = time.perf_counter()
     low, high = stream_percentiles(raw_rows, (height, width), dtype, [config.norm_low, config.norm_high])
     read_seconds = time.perf_counter() - read_start
-    scale = np.float32(high - low + 1e-20)
 
     def normalized_rows(start: int, stop: int) -> np.ndarray:
         block = np.asarray(raw_rows(start, stop), dtype=np.float32)
         if not np.isfinite(block).all():
             raise InputError("image contains NaN or infinite values")
-        return (block - np.float32(low)) / scale
+        return map_to_unit(block, low, high)
 
     if band_rows is None:
         band_rows = default_band_rows(width, halo=halo)
-    n_tiles = plan_inference_tiles(config, (height, width), device_type=network_device_type(model.net), tile=tile,
-                                   overlap=overlap, tile_halo=tile_halo, batch_size=batch_size).n_tiles
+    n_tiles = tiling.plan(config, (height, width), device_type=network_device_type(model.net)).n_tiles
     folder = labels_path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -188,19 +182,12 @@ def predict_file_in_bands(
                 normalized_rows,
                 (height, width),
                 model,
-                tile=tile,
-                overlap=overlap,
-                batch_size=batch_size,
-                tta=tta,
-                prob_threshold=prob_threshold,
-                min_size=min_size,
-                seed_threshold=seed_threshold,
-                split_height=split_height,
+                tiling=tiling,
+                objects=objects,
                 band_rows=band_rows,
                 halo=halo,
                 keep_maps=prob_spool is not None,
                 on_tile=on_tile,
-                tile_halo=tile_halo,
                 stages=stages,
             ):
                 started = time.perf_counter()
