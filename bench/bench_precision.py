@@ -36,14 +36,14 @@ from segtool.io import read_image, read_labels
 from segtool.metrics import match_labels
 from segtool.unet.modelfile import LoadedModel, load_model
 from segtool.unet.precision import bf16_supported
-from segtool.unet.predict import predict_image, prepare_for_inference
+from segtool.unet.predict import TileOptions, predict_image, prepare_for_inference
 
 PRECISIONS = ("fp32", "bf16")
 
 
 def segment_all(model: LoadedModel, images: list[np.ndarray], tta: bool) -> tuple[float, list]:
     start = time.perf_counter()
-    results = [predict_image(image, model, tta=tta) for image in images]
+    results = [predict_image(image, model, tiling=TileOptions(tta=tta)) for image in images]
     return time.perf_counter() - start, results
 
 

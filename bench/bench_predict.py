@@ -198,7 +198,7 @@ def worker_throughput(args) -> dict:
         extra = {}
     else:
         from segtool.unet.modelfile import LoadedModel
-        from segtool.unet.predict import make_predictor, predict_image, prepare_for_inference
+        from segtool.unet.predict import TileOptions, make_predictor, predict_image, prepare_for_inference
         from segtool.unet.tiling import predict_tiled
 
         prepared = prepare_for_inference(net)
@@ -212,7 +212,7 @@ def worker_throughput(args) -> dict:
             extra["tiled_peak_rss_mb"] = peak_rss_mb()  # before the end-to-end run adds labels and watershed
             model = LoadedModel(net=prepared, config=config)
             start = time.perf_counter()
-            result = predict_image(image, model, tile=args.tile, overlap=args.overlap, batch_size=args.batch_size)
+            result = predict_image(image, model, tiling=TileOptions(tile=args.tile, overlap=args.overlap, batch_size=args.batch_size))
             extra = {"end_to_end_wall": time.perf_counter() - start, "objects": result.n_objects}
     if args.save:
         np.save(args.save, maps.astype(np.float32))
@@ -234,7 +234,7 @@ def worker_memory(args) -> dict:
 
     from segtool.unet.bigimage import open_lazy, predict_file_in_bands
     from segtool.unet.modelfile import load_model, save_model
-    from segtool.unet.predict import prepare_for_inference
+    from segtool.unet.predict import TileOptions, prepare_for_inference
 
     torch.set_num_threads(args.threads)
     folder = Path(args.workdir)
@@ -262,8 +262,8 @@ def worker_memory(args) -> dict:
     out = folder / "out_labels.tif"
     with AnonSampler() as sampler, open_lazy(source) as lazy:
         start = time.perf_counter()
-        figures = predict_file_in_bands(lazy, model, out, overwrite=True, tile=args.tile, overlap=args.overlap,
-                                        batch_size=args.batch_size)
+        figures = predict_file_in_bands(lazy, model, out, overwrite=True,
+                                        tiling=TileOptions(tile=args.tile, overlap=args.overlap, batch_size=args.batch_size))
         wall = time.perf_counter() - start
     with tifffile.TiffFile(out) as tif:
         page = tif.pages[0]

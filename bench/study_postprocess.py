@@ -38,7 +38,7 @@ from segtool.metrics import match_labels
 from segtool.unet import instances
 from segtool.unet.instances import maps_to_labels
 from segtool.unet.modelfile import load_model
-from segtool.unet.predict import predict_image
+from segtool.unet.predict import TileOptions, predict_image
 
 from _validation import load_validation  # bench/ helper, beside this script
 
@@ -135,7 +135,7 @@ def main() -> None:
             print(json.dumps(row))
     if args.upscale:
         for factor in (1.5, 2.0):
-            upscaled = [predict_image(image, model, scale=factor).labels for image in images]
+            upscaled = [predict_image(image, model, tiling=TileOptions(scale=factor)).labels for image in images]
             print(json.dumps({"postprocess": tuned, "scale": factor, **score(truths, upscaled)}))
 
 

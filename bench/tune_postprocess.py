@@ -33,7 +33,7 @@ from segtool.io import atomic_output
 from segtool.metrics import match_labels
 from segtool.unet.instances import DEFAULT_SEED_THRESHOLD, maps_to_labels
 from segtool.unet.modelfile import load_model
-from segtool.unet.predict import predict_image
+from segtool.unet.predict import TileOptions, predict_image
 
 from _validation import load_validation  # bench/ helper, beside this script
 
@@ -77,7 +77,7 @@ def main() -> None:
     target = model.config.target
 
     start = time.perf_counter()
-    maps = [predict_image(image, model, tta=args.tta).maps for image in images]
+    maps = [predict_image(image, model, tiling=TileOptions(tta=args.tta)).maps for image in images]
     predict_seconds = time.perf_counter() - start
 
     def score(**options) -> dict:

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
+from segtool.calibration import normalise_unit, tiff_calibration
 from segtool.errors import InputError, OutputError, first_line
 from segtool.memory import MemoryBudget, check_memory
 from segtool.quiet import collect_records
@@ -383,55 +384,6 @@ def _check_pixels(data: np.ndarray) -> None:
         raise InputError(f"unsupported pixel type {data.dtype}")
     if data.size == 0 or 0 in data.shape:
         raise InputError(f"image has no pixels (shape {data.shape})")
-
-
-def tiff_calibration(tif, page) -> tuple[tuple[float, float] | None, str | None]:
-    """Pixel size (y, x) and unit from ImageJ/OME metadata or the resolution tags."""
-    if tif.is_ome and tif.ome_metadata:
-        xml = tif.ome_metadata
-        sizes = {}
-        for ax in "XY":
-            match = re.search(rf'PhysicalSize{ax}="([0-9.eE+-]+)"', xml)
-            if match:
-                sizes[ax] = float(match.group(1))
-        if len(sizes) == 2 and all(v > 0 for v in sizes.values()):
-            unit_match = re.search(r'PhysicalSizeXUnit="([^"]+)"', xml)
-            unit = unit_match.group(1) if unit_match else "µm"
-            return (sizes["Y"], sizes["X"]), normalise_unit(unit)
-    if page is None:
-        return None, None
-    tags = page.tags
-    xres, yres = tags.get("XResolution"), tags.get("YResolution")
-    if xres is None or yres is None:
-        return None, None
-    try:
-        xppu = xres.value[0] / xres.value[1]
-        yppu = yres.value[0] / yres.value[1]
-    except (TypeError, ZeroDivisionError, IndexError):
-        return None, None
-    if xppu <= 0 or yppu <= 0:
-        return None, None
-    unit = None
-    if tif.is_imagej and tif.imagej_metadata:
-        unit = tif.imagej_metadata.get("unit")
-    elif tif.is_shaped and tif.shaped_metadata:
-        unit = tif.shaped_metadata[0].get("unit")
-    if unit is None:
-        res_unit = tags.get("ResolutionUnit")
-        code = int(res_unit.value) if res_unit is not None else 2
-        unit = {2: "inch", 3: "cm"}.get(code)
-        if unit == "inch" and xppu == yppu and xppu in (1.0, 72.0, 96.0, 300.0):
-            return None, None  # screen/print DPI written by default, not a microscope calibration
-    if unit is None:
-        return None, None
-    return (1.0 / yppu, 1.0 / xppu), normalise_unit(unit)
-
-
-def normalise_unit(unit: str) -> str:
-    unit = unit.strip()
-    if unit in ("um", "µm", "\\u00B5m", "micrometer", "microns"):
-        return "micron"
-    return unit
 
 
 # --------------------------------------------------------------------------- writing

@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 from segtool.errors import InputError
+from segtool.pipeline.percentiles import sample_percentiles
 
-__all__ = ["normalize_percentile"]
+__all__ = ["map_to_unit", "normalize_percentile"]
 
 
 def normalize_percentile(
@@ -52,7 +53,23 @@ def normalize_percentile(
     if image.size == 0:
         raise InputError("image is empty")
     data = np.asarray(image, dtype=np.float32)
-    if not np.isfinite(data).all():
-        raise InputError("image contains NaN or infinite values")
-    lo, hi = np.percentile(data, [low, high])
-    return ((data - np.float32(lo)) / np.float32(hi - lo + eps)).astype(np.float32, copy=False)
+    lo, hi = sample_percentiles(data, [low, high])
+    return map_to_unit(data, lo, hi, eps=eps)
+
+
+def map_to_unit(data: np.ndarray, low, high, *, eps: float = 1e-20) -> np.ndarray:
+    """``(data - low) / (high - low + eps)`` in float32: the normalisation once the percentiles are known.
+
+    Every schedule applies its percentiles with this (whole images, rows of
+    a band, Dask blocks), so a pixel gets the same value in all of them.
+    ``high - low + eps`` is computed in the type of ``low`` and ``high``
+    (float32 from :func:`numpy.percentile` of float32 pixels, Python floats
+    from :mod:`segtool.pipeline.percentiles`) and then rounded to float32.
+
+    Examples
+    --------
+    >>> map_to_unit(np.array([0, 5, 10], np.uint8), 0.0, 10.0).tolist()
+    [0.0, 0.5, 1.0]
+    """
+    data = np.asarray(data, dtype=np.float32)
+    return ((data - np.float32(low)) / np.float32(high - low + eps)).astype(np.float32, copy=False)

@@ -13,7 +13,14 @@ from segtool.unet.config import UNetConfig
 from segtool.unet.context import measure_context
 from segtool.unet.model import UNet
 from segtool.unet.modelfile import LoadedModel
-from segtool.unet.predict import default_tile_halo, make_predictor, plan_inference_tiles, predict_image, prepare_for_inference
+from segtool.unet.predict import (
+    TileOptions,
+    default_tile_halo,
+    make_predictor,
+    plan_inference_tiles,
+    predict_image,
+    prepare_for_inference,
+)
 
 
 def _model(depth=2, base=4, seed=0):
@@ -57,13 +64,13 @@ def test_unet_context_is_within_the_receptive_field_and_halo_tiling_matches_whol
     assert profile.context <= default_tile_halo(model.config)
 
     image = _image((150, 230), seed=1)
-    whole = predict_image(image, model, tile=256)
-    tiled = predict_image(image, model, tile=64)
+    whole = predict_image(image, model, tiling=TileOptions(tile=256))
+    tiled = predict_image(image, model, tiling=TileOptions(tile=64))
     assert whole.n_tiles == 1 and tiled.n_tiles > 4
     assert float(whole.maps.max() - whole.maps.min()) > 0.3  # the maps really vary
     assert np.abs(tiled.maps - whole.maps).max() < 1e-3
     # The old blended tiling is far off near tile edges: the halo is what buys the agreement.
-    blended = predict_image(image, model, tile=32, overlap=0.25)
+    blended = predict_image(image, model, tiling=TileOptions(tile=32, overlap=0.25))
     assert np.abs(blended.maps - whole.maps).max() > 1e-2
 
 
@@ -94,12 +101,12 @@ def test_band_prediction_with_halo_tiles_equals_in_memory():
 
     model = _model(depth=2)
     image = _image((203, 150), seed=2)
-    whole = predict_image(image, model, tile=64)
+    whole = predict_image(image, model, tiling=TileOptions(tile=64))
     assert whole.n_tiles >= 12  # several rows of tiles stream through the bands
     norm = normalize_percentile(image, model.config.norm_low, model.config.norm_high)
     stages = {}
-    bands = list(predict_label_bands(lambda a, b: norm[a:b], image.shape, model, tile=64, band_rows=40, halo=20,
-                                     keep_maps=True, stages=stages))
+    bands = list(predict_label_bands(lambda a, b: norm[a:b], image.shape, model, tiling=TileOptions(tile=64), band_rows=40,
+                                     halo=20, keep_maps=True, stages=stages))
     maps = np.concatenate([band.maps for band in bands], axis=1)
     np.testing.assert_array_equal(maps, whole.maps)
     assert stages["network"] > 0 and stages["postprocess"] > 0

@@ -17,12 +17,12 @@ import pytest
 
 from segtool.distributed.big_predict import (
     _predict_with,
-    _seam_pairs,
-    dask_percentiles,
     predict_blocks,
 )
 from segtool.errors import InputError
 from segtool.metrics import match_labels
+from segtool.pipeline.options import ObjectOptions, TileOptions
+from segtool.pipeline.seams import overlap_pairs
 from segtool.synthetic import make_nuclei_image
 
 dask = pytest.importorskip("dask")
@@ -185,29 +185,10 @@ def test_seam_pairs_need_both_labels_at_the_edge_and_a_shared_majority():
          [5, 5, 0, 6, 6, 0],
          [5, 5, 0, 6, 6, 0]]
     )  # fmt: skip
-    a, b = _seam_pairs(first, second, slice(1, 2), slice(2, 3))
+    a, b = overlap_pairs(first, second, slice(1, 2), slice(2, 3))
     # 1~5 share all 8 pixels; 2~6 reach the edge but share 1 of 6's 4 pixels (neighbours that touch);
     # 3~7 coincide but neither reaches the edge in its own core.
     assert list(zip(a.tolist(), b.tolist())) == [(1, 5)]
-
-
-# --------------------------------------------------------------------------- normalisation
-
-
-@pytest.mark.parametrize("dtype", ["uint8", "uint16", "int16", "float32", "bool"])
-def test_dask_percentiles_equal_numpy(dtype, rng):
-    values = rng.normal(300, 200, size=(90, 70))
-    image = (values > 300) if dtype == "bool" else values.astype(dtype)
-    expected = np.percentile(image.astype(np.float64), [1, 50, 99.8])
-    found = dask_percentiles(da.from_array(image, chunks=(25, 30)), [1, 50, 99.8])
-    assert np.allclose(found, expected, rtol=1e-6, atol=1e-6)
-
-
-def test_dask_percentiles_rejects_nan():
-    image = np.ones((10, 10), np.float32)
-    image[3, 3] = np.nan
-    with pytest.raises(InputError, match="NaN"):
-        dask_percentiles(da.from_array(image, chunks=5), [1, 99])
 
 
 # --------------------------------------------------------------------------- argument checks
@@ -219,8 +200,8 @@ def test_dask_percentiles_rejects_nan():
         ((256, 256), {"block": 64}, r"block \(64\) must be at least the tile size \(128\)"),
         ((256, 256), {"halo": -1}, "halo must be an integer >= 0"),
         ((2, 64, 64), {}, "image must be 2-D"),
-        ((256, 256), {"prob_threshold": 2.0}, "prob_threshold"),
-        ((256, 256), {"tile": 100}, "multiple of 16"),
+        ((256, 256), {"objects": ObjectOptions(prob_threshold=2.0)}, "prob_threshold"),
+        ((256, 256), {"tiling": TileOptions(tile=100)}, "multiple of 16"),
     ],
 )
 def test_bad_arguments_raise_input_error(model_path, shape, options, message):

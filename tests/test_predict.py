@@ -15,6 +15,8 @@ from segtool.unet.model import UNet
 from segtool.unet.bands import predict_label_bands
 from segtool.unet.modelfile import LoadedModel
 from segtool.unet.predict import (
+    ObjectOptions,
+    TileOptions,
     make_predictor,
     postprocess_options,
     predict_image,
@@ -126,8 +128,8 @@ def test_tiled_matches_whole_image_inference(target):
 
     model = _random_model(target, depth=3, base=8, patch=64)
     image = ndimage.gaussian_filter(np.random.default_rng(0).random((150, 210)), 2).astype(np.float32)
-    tiled = predict_image(image, model, tile=64, overlap=0.25)
-    whole = predict_image(image, model, tile=224)  # one tile: the whole image
+    tiled = predict_image(image, model, tiling=TileOptions(tile=64, overlap=0.25))
+    whole = predict_image(image, model, tiling=TileOptions(tile=224))  # one tile: the whole image
     assert tiled.n_tiles > 1 and whole.n_tiles == 1
     spread = float(whole.maps.max() - whole.maps.min())
     assert spread > 0.3  # the outputs really vary
@@ -140,7 +142,7 @@ def test_border_objects_are_not_split():
     centres = [(24, 24), (24, 52), (50, 30), (52, 76), (80, 50), (78, 100), (100, 22)]
     image, truth = _domes((112, 120), centres)
     model = _dome_model(patch=32)
-    result = predict_image(image, model, tile=32, overlap=0.25, min_size=5)
+    result = predict_image(image, model, tiling=TileOptions(tile=32, overlap=0.25), objects=ObjectOptions(min_size=5))
     assert result.n_tiles > 9
     assert result.n_objects == len(centres)
     assert _one_to_one(truth, result.labels)
@@ -153,12 +155,12 @@ def test_blank_image_gives_no_objects():
         assert result.n_objects == 0 and result.labels.dtype == np.uint16
 
 
-@pytest.mark.parametrize("tiling", [{"tile": 32, "overlap": 0.25}, {"tile": 64}, {}])
+@pytest.mark.parametrize("tiling", [TileOptions(tile=32, overlap=0.25), TileOptions(tile=64), TileOptions()])
 @pytest.mark.parametrize("shape", [(1, 1), (5, 7), (17, 33), (37, 53), (100, 3)])
 def test_tiny_and_non_multiple_sizes(shape, tiling):
     model = _random_model("three_class", depth=2)
     image = np.random.default_rng(0).integers(0, 255, shape).astype(np.uint8)
-    result = predict_image(image, model, **tiling)
+    result = predict_image(image, model, tiling=tiling)
     assert result.labels.shape == shape and result.maps.shape == (3,) + shape
     assert np.isfinite(result.maps).all()
     np.testing.assert_allclose(result.maps.sum(axis=0), 1, atol=1e-4)
@@ -175,7 +177,7 @@ def test_dtypes_and_ranges_normalise_the_same():
 def test_input_is_not_modified():
     image = np.random.default_rng(0).random((40, 40)).astype(np.float32)
     before = image.copy()
-    predict_image(image, _random_model(), tile=32, overlap=0.25)
+    predict_image(image, _random_model(), tiling=TileOptions(tile=32, overlap=0.25))
     predict_image(image, _random_model())
     np.testing.assert_array_equal(image, before)
 
@@ -191,14 +193,14 @@ def test_wrong_number_of_input_channels_is_a_model_error():
 
 def test_multichannel_model_runs():
     model = _random_model(in_channels=2)
-    result = predict_image(np.random.default_rng(0).random((2, 40, 36)), model, tile=32, overlap=0.25)
+    result = predict_image(np.random.default_rng(0).random((2, 40, 36)), model, tiling=TileOptions(tile=32, overlap=0.25))
     assert result.labels.shape == (40, 36)
 
 
 def test_scale_maps_labels_back_to_the_original_size():
     image, truth = _domes((120, 140), [(30, 30), (30, 90), (80, 60)], radius=16)
     model = _dome_model()
-    result = predict_image(image, model, scale=0.5, min_size=5)
+    result = predict_image(image, model, tiling=TileOptions(scale=0.5), objects=ObjectOptions(min_size=5))
     assert result.labels.shape == (120, 140) and result.maps.shape == (2, 120, 140)
     assert result.n_objects == 3
     overlap = np.sum((truth > 0) & (result.labels > 0)) / np.sum((truth > 0) | (result.labels > 0))
@@ -208,7 +210,7 @@ def test_scale_maps_labels_back_to_the_original_size():
 def test_tta_runs_and_counts_tiles():
     model = _random_model("three_class")
     calls = []
-    result = predict_image(np.random.default_rng(0).random((48, 48)), model, tile=32, overlap=0.25, tta=True,
+    result = predict_image(np.random.default_rng(0).random((48, 48)), model, tiling=TileOptions(tile=32, overlap=0.25, tta=True),
                            on_tile=lambda done, total: calls.append((done, total)))
     assert result.n_tiles == 4 and calls[-1] == (4, 4)
 
@@ -217,18 +219,18 @@ def test_postprocess_defaults_come_from_the_model():
     image, _ = _domes((64, 64), [(20, 20), (44, 44)])
     model = _dome_model(postprocess={"min_size": 10_000})
     assert predict_image(image, model).n_objects == 0
-    assert predict_image(image, model, min_size=5).n_objects == 2
+    assert predict_image(image, model, objects=ObjectOptions(min_size=5)).n_objects == 2
     assert postprocess_options(model.config, prob_threshold=0.3) == {"min_size": 10_000, "prob_threshold": 0.3}
 
 
 @pytest.mark.parametrize(
     "kwargs, match",
-    [({"tile": 30}, "multiple of 4"), ({"overlap": 1.0}, "overlap"), ({"batch_size": 0}, "batch size"),
-     ({"scale": 0}, "scale")],
+    [(TileOptions(tile=30), "multiple of 4"), (TileOptions(overlap=1.0), "overlap"), (TileOptions(batch_size=0), "batch size"),
+     (TileOptions(scale=0), "scale")],
 )
 def test_rejects_bad_options(kwargs, match):
     with pytest.raises(InputError, match=match):
-        predict_image(np.zeros((32, 32)), _random_model(), **kwargs)
+        predict_image(np.zeros((32, 32)), _random_model(), tiling=kwargs)
 
 
 def test_resolve_tile_and_diameter():
@@ -262,8 +264,8 @@ def test_bands_agree_with_in_memory_prediction():
     image, _ = _domes((200, 150), centres, radius=7)
     image = (image * 1000 + rng.normal(0, 5, image.shape)).astype(np.float32)
     model = _dome_model(patch=32)
-    whole = predict_image(image, model, min_size=5)
-    bands, labels, maps = _run_bands(image, model, band_rows=40, halo=20, min_size=5, keep_maps=True)
+    whole = predict_image(image, model, objects=ObjectOptions(min_size=5))
+    bands, labels, maps = _run_bands(image, model, band_rows=40, halo=20, keep_maps=True, objects=ObjectOptions(min_size=5))
     assert [b.start for b in bands] == [0, 40, 80, 120, 160]
     assert labels.dtype == np.uint32 and labels.shape == image.shape
     np.testing.assert_array_equal(maps, whole.maps)  # same tile grid, same blend
@@ -293,11 +295,11 @@ def test_model_split_height_reaches_in_memory_and_band_prediction():
     image, truth = _domes((190, 100), centres, radius=12)
     plain = _dome_model(patch=32, postprocess={"seed_threshold": 0.02})
     split = _dome_model(patch=32, postprocess={"seed_threshold": 0.02, "split_height": 1.0})
-    assert predict_image(image, plain, min_size=5).n_objects == 3  # the touching pair merged
-    whole = predict_image(image, split, min_size=5)
+    assert predict_image(image, plain, objects=ObjectOptions(min_size=5)).n_objects == 3  # the touching pair merged
+    whole = predict_image(image, split, objects=ObjectOptions(min_size=5))
     assert whole.n_objects == 4
     assert float(match_labels(truth, whole.labels, thresholds=(0.7,)).f1[0]) == 1.0
-    _, labels, _ = _run_bands(image, split, band_rows=40, halo=30, min_size=5)
+    _, labels, _ = _run_bands(image, split, band_rows=40, halo=30, objects=ObjectOptions(min_size=5))
     assert _same_partition(labels, whole.labels)
 
 
@@ -305,7 +307,7 @@ def test_bands_keep_objects_crossing_band_edges_whole():
     centres = [(40, 30), (80, 70), (119, 100), (160, 40)]  # rows 40, 80, 120 are band edges
     image, truth = _domes((200, 130), centres, radius=12)
     model = _dome_model(patch=32)
-    _, labels, _ = _run_bands(image, model, band_rows=40, halo=30, min_size=5)
+    _, labels, _ = _run_bands(image, model, band_rows=40, halo=30, objects=ObjectOptions(min_size=5))
     assert int(labels.max()) == len(centres)
     assert _one_to_one(truth, labels)
 
@@ -313,10 +315,10 @@ def test_bands_keep_objects_crossing_band_edges_whole():
 def test_bands_on_images_narrower_or_shorter_than_a_tile():
     image, _ = _domes((20, 300), [(10, 50), (10, 200)], radius=8)
     model = _dome_model(patch=32)
-    _, labels, _ = _run_bands(image, model, band_rows=8, halo=10, min_size=5)
+    _, labels, _ = _run_bands(image, model, band_rows=8, halo=10, objects=ObjectOptions(min_size=5))
     assert labels.shape == (20, 300) and labels.max() == 2
     image, _ = _domes((300, 20), [(50, 10), (200, 10)], radius=8)
-    _, labels, _ = _run_bands(image, model, band_rows=64, halo=10, min_size=5)
+    _, labels, _ = _run_bands(image, model, band_rows=64, halo=10, objects=ObjectOptions(min_size=5))
     assert labels.shape == (300, 20) and labels.max() == 2
 
 
@@ -333,7 +335,8 @@ def test_bands_reject_wrong_channels():
 def test_open_lazy_reads_any_rows(tmp_path, layout):
     import tifffile
 
-    from segtool.unet.bigimage import lazy_percentiles, open_lazy
+    from segtool.pipeline.percentiles import stream_percentiles
+    from segtool.pipeline.read import open_lazy
 
     image = np.random.default_rng(0).integers(0, 60000, (150, 170)).astype(np.uint16)
     path = tmp_path / "img.tif"
@@ -343,7 +346,7 @@ def test_open_lazy_reads_any_rows(tmp_path, layout):
         assert (lazy._memmap is not None) == (not layout)
         for start, stop in [(0, 150), (3, 40), (31, 33), (100, 400), (64, 65)]:
             np.testing.assert_array_equal(lazy.read_rows(start, stop), image[start:stop])
-        values = lazy_percentiles(lazy.read_rows, lazy.shape, lazy.dtype, [1, 50, 99.8])
+        values = stream_percentiles(lazy.read_rows, lazy.shape, lazy.dtype, [1, 50, 99.8])
     np.testing.assert_allclose(values, np.percentile(image, [1, 50, 99.8]), rtol=1e-9)
 
 
@@ -351,7 +354,7 @@ def test_open_lazy_channels_and_fallback(tmp_path):
     import tifffile
 
     from segtool.errors import InputError
-    from segtool.unet.bigimage import open_lazy
+    from segtool.pipeline.read import open_lazy
 
     rgb = np.random.default_rng(0).integers(0, 255, (40, 50, 3)).astype(np.uint8)
     tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb", tile=(16, 16), compression="zlib")
@@ -370,17 +373,19 @@ def test_open_lazy_channels_and_fallback(tmp_path):
 def test_file_in_bands_writes_tiled_bigtiff(tmp_path):
     import tifffile
 
-    from segtool.unet.bigimage import open_lazy, predict_file_in_bands
+    from segtool.pipeline.read import open_lazy
+    from segtool.unet.bigimage import predict_file_in_bands
 
     rng = np.random.default_rng(5)
     image, _ = _domes((150, 130), [(int(r), int(c)) for r, c in rng.integers(8, 122, size=(20, 2))], radius=7)
     image = (image * 3000 + 100).astype(np.uint16)
     tifffile.imwrite(tmp_path / "in.tif", image)
     model = _dome_model(patch=32)
-    whole = predict_image(image, model, min_size=5)
+    whole = predict_image(image, model, objects=ObjectOptions(min_size=5))
     with open_lazy(tmp_path / "in.tif") as lazy:
         figures = predict_file_in_bands(lazy, model, tmp_path / "out" / "labels.tif", prob_path=tmp_path / "out" / "prob.tif",
-                                        overlay_path=tmp_path / "out" / "overlay.png", band_rows=32, halo=16, min_size=5)
+                                        overlay_path=tmp_path / "out" / "overlay.png", band_rows=32, halo=16,
+                                        objects=ObjectOptions(min_size=5))
     assert figures["bands"] == 5 and figures["objects"] == whole.n_objects and figures["dtype"] == "uint16"
     with tifffile.TiffFile(tmp_path / "out" / "labels.tif") as tif:
         assert tif.is_bigtiff and tif.pages[0].is_tiled

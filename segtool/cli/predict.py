@@ -39,6 +39,7 @@ from segtool.cli._common import (
 from segtool.cli.zstack import StitchThreshold, ZMode, ZSpacing
 from segtool.errors import InputError, SegtoolError, first_line
 from segtool.inputs import output_path
+from segtool.pipeline.options import ObjectOptions, TileOptions
 
 PANEL_MODEL = "Model"
 PANEL_TILING = "Tiling"
@@ -119,18 +120,13 @@ class PredictTask:
             outputs["overlay"] = output_path(path, "_overlay.png", output_dir=self.output_dir)
         return outputs
 
-    def _options(self) -> dict[str, Any]:
-        return {
-            "tile": self.tile,
-            "overlap": self.overlap,
-            "tile_halo": self.tile_halo,
-            "batch_size": self.batch_size,
-            "tta": self.tta,
-            "prob_threshold": self.prob_threshold,
-            "min_size": self.min_size,
-            "seed_threshold": self.seed_threshold,
-            "split_height": self.split_height,
-        }
+    def _tiling(self) -> TileOptions:
+        return TileOptions(tile=self.tile, overlap=self.overlap, tile_halo=self.tile_halo, batch_size=self.batch_size,
+                           tta=self.tta, scale=self.scale)
+
+    def _objects(self) -> ObjectOptions:
+        return ObjectOptions(prob_threshold=self.prob_threshold, min_size=self.min_size,
+                             seed_threshold=self.seed_threshold, split_height=self.split_height)
 
     @property
     def finish_threads(self) -> int:
@@ -203,11 +199,9 @@ class PredictTask:
             image = state["large_image"]
             return Finished(self._run_bands(image.data, self.model(), state["outputs"],
                                             calibration=(image.pixel_size, image.unit)))
-        options = self._options()
         maps, n_tiles = predict_maps(
-            state.pop("normalized"), self.model(), state["image"].data.shape[-2:], tile=options["tile"],
-            overlap=options["overlap"], batch_size=options["batch_size"], tta=options["tta"],
-            tile_halo=options["tile_halo"], stages=state["stages"],
+            state.pop("normalized"), self.model(), state["image"].data.shape[-2:], tiling=self._tiling(),
+            stages=state["stages"],
         )
         state.update(maps=maps, n_tiles=n_tiles)
         return state
@@ -222,13 +216,11 @@ class PredictTask:
         from segtool.io import write_float, write_labels, write_png
         from segtool.overlay import outline_overlay
         from segtool.unet.instances import maps_to_labels
-        from segtool.unet.predict import postprocess_options
 
         image, maps, outputs, stages = state["image"], state["maps"], state["outputs"], state["stages"]
         model = self.model()
         start = time.perf_counter()
-        options = postprocess_options(model.config, prob_threshold=self.prob_threshold, min_size=self.min_size,
-                                      seed_threshold=self.seed_threshold, split_height=self.split_height)
+        options = self._objects().resolve(model.config)
         labels = maps_to_labels(maps, target=model.config.target, **options)
         # An empty well: percentile normalisation would stretch its uneven illumination into a bright blob.
         empty_reason = empty_image_reason(image.data if image.data.ndim == 2 else image.data.mean(axis=0, dtype=np.float32))
@@ -269,7 +261,8 @@ class PredictTask:
             overwrite=self.overwrite,
             band_rows=self.band_rows,
             halo=self.halo,
-            **self._options(),
+            tiling=self._tiling(),
+            objects=self._objects(),
         )
         figures["predict_seconds"] = figures.pop("seconds")
         figures["model"] = self.model_name or str(self.model_path)
@@ -471,9 +464,10 @@ def predict(
         from segtool.distributed.big_tasks import BigPredictTask
 
         # Big-image mode plans its blocks on the blended tile grid.
-        options = {"tile": tile, "overlap": 0.25 if overlap is None else overlap, "batch_size": batch_size or 4, "tta": tta,
-                   "prob_threshold": prob_threshold, "min_size": min_size, "seed_threshold": seed_threshold,
-                   "split_height": split_height}
+        options = {"tiling": TileOptions(tile=tile, overlap=0.25 if overlap is None else overlap,
+                                         batch_size=batch_size or 4, tta=tta),
+                   "objects": ObjectOptions(prob_threshold=prob_threshold, min_size=min_size,
+                                            seed_threshold=seed_threshold, split_height=split_height)}
         task = BigPredictTask(model_path=model_path, block_size=block_size, halo=halo, zarr=zarr, output_dir=output,
                               overwrite=overwrite, options=options, device=device.value, threads=threads,
                               channel=channel, plane=plane, precision=precision.value)

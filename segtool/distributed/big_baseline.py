@@ -46,6 +46,7 @@ from segtool.baseline import (
     segment_baseline,
 )
 from segtool.errors import InputError
+from segtool.pipeline.seams import join_pieces, number_objects, touching_pairs
 
 __all__ = ["BlockBaselineResult", "segment_baseline_blocks"]
 
@@ -390,7 +391,7 @@ def _label(foreground: Any, *, min_size: int, fill_holes: bool) -> tuple[Any, in
         # A filled hole counts towards its owner's size (in memory it is part of
         # the object when min_size is applied), not towards its numbering.
         np.add.at(sizes, owners, gaps.sizes[holes])
-    lut = _renumber(sizes, objects.first, min_size)
+    lut = number_objects(sizes, objects.first, min_size)
     labels = _relabel(foreground, objects, lut, structure=OBJECT_STRUCTURE)
     if fill_holes:
         hole_lut = np.zeros(len(gaps.sizes), dtype=np.uint32)
@@ -441,9 +442,6 @@ def _pieces(mask: np.ndarray, structure: np.ndarray, *, origin: tuple[int, int],
 
 def _join(grid: list[list[_Pieces]], structure: np.ndarray) -> _Components:
     """Connected components of the image from its blocks' pieces (``grid[i][j]`` for block (i, j))."""
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     counts = np.array([[p.count for p in row] for row in grid], dtype=np.int64)
     offsets = (np.cumsum(counts) - counts.ravel()).reshape(counts.shape)
     n = int(counts.sum())
@@ -464,48 +462,24 @@ def _join(grid: list[list[_Pieces]], structure: np.ndarray) -> _Components:
     for i in range(n_y - 1):  # between block rows i and i + 1, across the whole width
         above = np.concatenate([global_ids(i, j, grid[i][j].bottom) for j in range(n_x)])
         below = np.concatenate([global_ids(i + 1, j, grid[i + 1][j].top) for j in range(n_x)])
-        pairs += _touching(above, below, np.flatnonzero(structure[2]) - 1)
+        pairs += touching_pairs(above, below, np.flatnonzero(structure[2]) - 1)
     for j in range(n_x - 1):  # between block columns j and j + 1, across the whole height
         left = np.concatenate([global_ids(i, j, grid[i][j].right) for i in range(n_y)])
         right = np.concatenate([global_ids(i, j + 1, grid[i][j + 1].left) for i in range(n_y)])
-        pairs += _touching(left, right, np.flatnonzero(structure[:, 2]) - 1)
+        pairs += touching_pairs(left, right, np.flatnonzero(structure[:, 2]) - 1)
     a = np.concatenate([np.empty(0, dtype=np.int64)] + [x for x, _ in pairs])
     b = np.concatenate([np.empty(0, dtype=np.int64)] + [y for _, y in pairs])
-    graph = coo_matrix((np.ones(a.size, dtype=np.int8), (a, b)), shape=(n + 1, n + 1))
-    _, component = connected_components(graph, directed=False)
+    component, comp_sizes, comp_first = join_pieces(n + 1, a, b, sizes, first)
     # Id 0 (background) has no edges, so its component holds it alone; make that component 0.
     zero = component[0]
     component = np.where(component == zero, 0, np.where(component == 0, zero, component))
-    m = int(component.max()) + 1
-    comp_sizes = np.zeros(m, dtype=np.int64)
-    np.add.at(comp_sizes, component, sizes)
-    comp_first = np.full(m, np.iinfo(np.int64).max, dtype=np.int64)
-    np.minimum.at(comp_first, component, first)
+    m = comp_sizes.size
+    swap = np.arange(m)
+    swap[[0, zero]] = swap[[zero, 0]]
+    comp_sizes, comp_first = comp_sizes[swap], comp_first[swap]
     on_border = np.zeros(m, dtype=bool)
     on_border[component[np.concatenate(border)]] = True
     return _Components(offsets=offsets, component=component, sizes=comp_sizes, first=comp_first, border=on_border)
-
-
-def _touching(a: np.ndarray, b: np.ndarray, shifts: np.ndarray) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Pairs of nonzero ids ``(a[k], b[k + s])`` for each shift ``s``: pixels that touch across a seam."""
-    out = []
-    for s in shifts:
-        x, y = (a[: a.size - s], b[s:]) if s >= 0 else (a[-s:], b[: b.size + s])
-        both = (x > 0) & (y > 0)
-        out.append((x[both], y[both]))
-    return out
-
-
-def _renumber(sizes: np.ndarray, first: np.ndarray, min_size: int) -> np.ndarray:
-    """uint32 table: components of at least ``min_size`` pixels to 1..N in raster order of their first pixel."""
-    keep = np.flatnonzero(sizes >= max(min_size, 1))
-    keep = keep[keep > 0]
-    if keep.size > np.iinfo(np.uint32).max:
-        raise InputError(f"{keep.size} objects do not fit in uint32 labels")
-    keep = keep[np.argsort(first[keep], kind="stable")]
-    lut = np.zeros(len(sizes), dtype=np.uint32)
-    lut[keep] = np.arange(1, keep.size + 1, dtype=np.uint32)
-    return lut
 
 
 def _relabel(

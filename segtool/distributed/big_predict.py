@@ -6,7 +6,7 @@ the workers; only small tables reach the client.
 
 1. **Normalisation** uses the whole image's percentiles (the model's
    ``norm_low`` and ``norm_high``), from a distributed reduction,
-   :func:`dask_percentiles`: exact (a histogram) for integer images of up to
+   :func:`segtool.pipeline.percentiles.dask_percentiles`: exact (a histogram) for integer images of up to
    16 bits, a regular subsample otherwise. Per-block percentiles would give
    every block its own contrast, and so its own objects.
 2. **Per block** a task segments the block's *window* (the block plus
@@ -63,7 +63,6 @@ process loads it once (:func:`_load_model`).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,15 +71,16 @@ from typing import Any
 import numpy as np
 
 from segtool.errors import InputError, ModelError
+from segtool.normalize import map_to_unit
+from segtool.pipeline.blend import add_weighted, predict_in_batches
+from segtool.pipeline.options import ObjectOptions, TileOptions
+from segtool.pipeline.percentiles import dask_percentiles
+from segtool.pipeline.seams import join_pieces, number_objects, overlap_pairs
 
-__all__ = ["BlockPrediction", "dask_percentiles", "predict_blocks"]
+__all__ = ["BlockPrediction", "predict_blocks"]
 
 #: Labels must reach within this many pixels of a block edge (in their own core) to be joined across it.
 SEAM_REACH = 3
-#: Largest number of pixels :func:`dask_percentiles` samples from a float image (16 MB on the client).
-MAX_SAMPLES = 2**22
-#: Share of the smaller label's strip pixels two labels must share to be one object.
-_MIN_SHARED = 0.5
 
 
 @dataclass
@@ -124,74 +124,6 @@ class BlockPrediction:
     seconds: float
 
 
-# --------------------------------------------------------------------------- normalisation
-
-
-def dask_percentiles(image, percentiles, *, max_samples: int = MAX_SAMPLES) -> tuple[float, ...]:
-    """Percentiles of a Dask array, computed by the cluster.
-
-    Exact (linear interpolation, as :func:`numpy.percentile`) for boolean and
-    integer images of up to 16 bits, from a histogram summed over the chunks
-    (:func:`dask.array.histogram`). Other dtypes use a regular grid subsample
-    of at most ``max_samples`` pixels (only the subsample reaches the client).
-
-    Parameters
-    ----------
-    image : dask.array.Array
-        Any shape.
-    percentiles : sequence of float
-        In [0, 100].
-    max_samples : int, optional
-        Subsample size for float and wide integer images.
-
-    Returns
-    -------
-    values : tuple of float
-
-    Raises
-    ------
-    InputError
-        If the image is empty or its subsample holds NaN or infinite values.
-
-    Examples
-    --------
-    >>> import dask.array as da
-    >>> image = da.from_array(np.arange(100, dtype=np.uint8).reshape(10, 10), chunks=4)
-    >>> dask_percentiles(image, [1, 99.8])
-    (0.99, 98.802)
-    """
-    import dask.array as da
-
-    q = np.asarray(percentiles, dtype=np.float64)
-    if image.size == 0:
-        raise InputError("image is empty")
-    dtype = np.dtype(image.dtype)
-    if dtype.kind == "b" or (dtype.kind in "ui" and dtype.itemsize <= 2):
-        data = image.astype(np.uint8) if dtype.kind == "b" else image
-        lowest, highest = (0, 1) if dtype.kind == "b" else (int(np.iinfo(dtype).min), int(np.iinfo(dtype).max))
-        # Integer values sit in the middle of unit-wide bins, so binning is exact.
-        counts, _ = da.histogram(data, bins=highest - lowest + 1, range=(lowest - 0.5, highest + 0.5))
-        return _percentiles_from_counts(np.asarray(counts.compute()), lowest, q)
-    step = max(1, math.ceil((image.size / max(int(max_samples), 1)) ** (1.0 / image.ndim)))
-    sample = np.asarray(image[(slice(None, None, step),) * image.ndim].astype(np.float32).compute())
-    if not np.isfinite(sample).all():
-        raise InputError("image contains NaN or infinite values")
-    return tuple(float(v) for v in np.percentile(sample, q))
-
-
-def _percentiles_from_counts(counts: np.ndarray, lowest: int, q: np.ndarray) -> tuple[float, ...]:
-    """Linear-interpolation percentiles of integer values ``lowest + i`` seen ``counts[i]`` times."""
-    cumulative = np.cumsum(counts, dtype=np.int64)
-    n = int(cumulative[-1])
-    position = q / 100.0 * (n - 1)
-    below = np.floor(position).astype(np.int64)
-    above = np.minimum(below + 1, n - 1)
-    # The k-th smallest value (0-based) is the first bin whose running count exceeds k.
-    v_below = np.searchsorted(cumulative, below, side="right").astype(np.float64) + lowest
-    v_above = np.searchsorted(cumulative, above, side="right").astype(np.float64) + lowest
-    return tuple(round(float(v), 10) for v in v_below + (position - below) * (v_above - v_below))
-
-
 # --------------------------------------------------------------------------- per-block segmentation
 
 
@@ -200,9 +132,9 @@ def _load_model(path: str, device: str, threads: int | None, precision: str = "f
 
     Torch modules are not shipped through the task graph (large to pickle,
     not always picklable): each worker loads the file itself, once for all its
-    blocks (:func:`segtool.unet.predict.load_for_inference_cached`).
+    blocks (:func:`segtool.unet.inference.load_for_inference_cached`).
     """
-    from segtool.unet.predict import load_for_inference_cached
+    from segtool.unet.inference import load_for_inference_cached
 
     return load_for_inference_cached(path, device=device, threads=threads, precision=precision)
 
@@ -242,13 +174,11 @@ def _blend_tiles(data: np.ndarray, predictor, plan: _BlockPlan, tile: tuple[int,
     acc = np.zeros((out_channels,) + data.shape[1:], np.float32)
     weight = np.zeros(data.shape[1:], np.float32)
     corners = [(y, x) for y in plan.tiles[0] for x in plan.tiles[1]]
-    for first in range(0, len(corners), batch_size):
-        batch = corners[first : first + batch_size]
-        inputs = np.stack([data[:, y : y + tile[0], x : x + tile[1]] for y, x in batch])
-        maps = np.asarray(predictor(inputs))
-        for (y, x), tile_maps in zip(batch, maps):
-            acc[:, y : y + tile[0], x : x + tile[1]] += tile_maps * weight_tile
-            weight[y : y + tile[0], x : x + tile[1]] += weight_tile
+    batches = predict_in_batches(corners, lambda c: data[:, c[0] : c[0] + tile[0], c[1] : c[1] + tile[1]], predictor,
+                                 batch_size=batch_size, out_channels=out_channels)
+    for batch, maps in batches:
+        places = [(slice(y, y + tile[0]), slice(x, x + tile[1])) for y, x in batch]
+        add_weighted(acc, weight, maps, places, weight_tile)
     return acc[(slice(None),) + plan.window] / weight[plan.window]
 
 
@@ -267,7 +197,7 @@ class _UNetSegmenter:
 
     def __call__(self, normalized: np.ndarray, plan: _BlockPlan) -> np.ndarray:
         from segtool.unet.instances import maps_to_labels
-        from segtool.unet.predict import make_predictor
+        from segtool.unet.inference import make_predictor
         from segtool.unet.tiling import pad_reflect
 
         model = _load_model(self.model_path, self.device, self.threads, self.precision)
@@ -290,8 +220,7 @@ def _segment_block(region: np.ndarray, segmenter, plan: _BlockPlan, low: float, 
     data = np.asarray(region)
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         raise InputError("image contains NaN or infinite values")
-    # As segtool.normalize.normalize_percentile, with the whole image's percentiles.
-    normalized = (data.astype(np.float32) - np.float32(low)) / np.float32(high - low + 1e-20)
+    normalized = map_to_unit(data, low, high)  # with the whole image's percentiles
     labels = segmenter(normalized, plan)
     seams = {}
     for side, (rows, cols) in plan.seams.items():
@@ -311,34 +240,6 @@ def _block_summary(result: _BlockLabels) -> tuple[np.ndarray, np.ndarray]:
 
 def _seam_strip(result: _BlockLabels, side: str) -> np.ndarray:
     return result.seams[side]
-
-
-def _seam_pairs(first: np.ndarray, second: np.ndarray, near_first: slice, near_second: slice) -> tuple[np.ndarray, np.ndarray]:
-    """Label pairs ``(a, b)`` of two blocks' strips over the same pixels that are one object.
-
-    ``first`` and ``second`` are the two blocks' labels on the same strip,
-    crossing axis first; ``near_*`` are the rows (of the strip) in each
-    block's own core next to the edge. See the module docstring for the rule.
-
-    Examples
-    --------
-    >>> first = np.array([[1, 1, 0, 2], [1, 1, 0, 2]])
-    >>> second = np.array([[5, 5, 0, 6], [5, 5, 0, 0]])  # 6 does not reach the edge
-    >>> _seam_pairs(first, second, slice(0, 1), slice(1, 2))
-    (array([1]), array([5]))
-    """
-    a = first.ravel().astype(np.int64)
-    b = second.ravel().astype(np.int64)
-    both = (a > 0) & (b > 0)
-    if not both.any():
-        empty = np.zeros(0, np.int64)
-        return empty, empty
-    span = int(b.max()) + 1
-    keys, shared = np.unique(a[both] * span + b[both], return_counts=True)
-    pa, pb = keys // span, keys % span
-    smaller = np.minimum(np.bincount(a)[pa], np.bincount(b)[pb])
-    keep = (shared >= _MIN_SHARED * smaller) & np.isin(pa, first[near_first]) & np.isin(pb, second[near_second])
-    return pa[keep], pb[keep]
 
 
 def _relabel(result: _BlockLabels, lookup: np.ndarray) -> np.ndarray:
@@ -438,9 +339,6 @@ def _merge_tables(summaries, pairs, edges, min_size: int) -> tuple[list[np.ndarr
     Returns the lookup tables, the number of objects, and how many of them
     were assembled from more than one block.
     """
-    from scipy.sparse import coo_matrix
-    from scipy.sparse.csgraph import connected_components
-
     # Every (block, local label) present in a core is a node; node order is block order, then label.
     sizes = np.array([ids.size for ids, _ in summaries], np.int64)
     base = np.concatenate([[0], np.cumsum(sizes)])
@@ -455,25 +353,17 @@ def _merge_tables(summaries, pairs, edges, min_size: int) -> tuple[list[np.ndarr
         v_parts.append(base[second] + np.searchsorted(ids_b, pb))
     u = np.concatenate(u_parts) if u_parts else np.zeros(0, np.int64)
     v = np.concatenate(v_parts) if v_parts else np.zeros(0, np.int64)
-    graph = coo_matrix((np.ones(u.size, np.int8), (u, v)), shape=(n_nodes, n_nodes))
-    n_components, component = connected_components(graph, directed=False)
-
-    object_area = np.bincount(component, weights=areas, minlength=n_components)
-    pieces = np.bincount(component, minlength=n_components)
-    kept = object_area >= max(int(min_size), 1)
     # Number kept objects in order of their first piece, so the result does not depend on scipy's numbering.
-    first_node = np.full(n_components, n_nodes, np.int64)
-    np.minimum.at(first_node, component, np.arange(n_nodes))
-    order = np.argsort(first_node[kept], kind="stable")
-    final = np.zeros(n_components, np.uint32)
-    final[np.flatnonzero(kept)[order]] = np.arange(1, order.size + 1, dtype=np.uint32)
-
+    component, object_area, first_node = join_pieces(n_nodes, u, v, areas, np.arange(n_nodes))
+    final = number_objects(object_area, first_node, min_size)
+    kept = final > 0
+    pieces = np.bincount(component, minlength=final.size)
     lookups = []
     for k, (ids, _) in enumerate(summaries):
         lookup = np.zeros(int(ids.max()) + 1 if ids.size else 1, np.uint32)
         lookup[ids] = final[component[base[k] : base[k + 1]]]
         lookups.append(lookup)
-    return lookups, int(order.size), int(np.count_nonzero(kept & (pieces > 1)))
+    return lookups, int(np.count_nonzero(kept)), int(np.count_nonzero(kept & (pieces > 1)))
 
 
 def _predict_with(
@@ -517,7 +407,7 @@ def _predict_with(
     for first, second, side_first, side_second, (near_first, near_second) in edges:
         strip_a = dask.delayed(_seam_strip)(results[first], side_first)
         strip_b = dask.delayed(_seam_strip)(results[second], side_second)
-        pair_tasks.append(dask.delayed(_seam_pairs)(strip_a, strip_b, near_first, near_second))
+        pair_tasks.append(dask.delayed(overlap_pairs)(strip_a, strip_b, near_first, near_second))
     pairs = dask.compute(*pair_tasks)
     lookups, n_objects, joined = _merge_tables(summaries, pairs, edges, min_size)
     merged = time.perf_counter()
@@ -565,14 +455,8 @@ def predict_blocks(
     *,
     block: int = 2048,
     halo: int = 128,
-    tile: int | None = None,
-    overlap: float = 0.25,
-    batch_size: int = 4,
-    tta: bool = False,
-    prob_threshold: float | None = None,
-    seed_threshold: float | None = None,
-    min_size: int | None = None,
-    split_height: float | None = None,
+    tiling: TileOptions = TileOptions(),
+    objects: ObjectOptions = ObjectOptions(),
     device: str = "cpu",
     threads: int | None = None,
     precision: str = "fp32",
@@ -596,7 +480,11 @@ def predict_blocks(
     halo : int, optional
         Context pixels read around each block; make it larger than the
         largest object (see the module docstring for what happens otherwise).
-    tile, overlap, batch_size, tta, prob_threshold, seed_threshold, min_size, split_height
+    tiling : TileOptions, optional
+        As in :func:`segtool.unet.predict.predict_image`, except that blocks
+        always blend overlapping tiles: ``overlap`` defaults to 0.25 and
+        ``batch_size`` to 4; ``tile_halo`` and ``scale`` are not used.
+    objects : ObjectOptions, optional
         As in :func:`segtool.unet.predict.predict_image`; ``min_size`` also
         applies to objects assembled across blocks.
     device : str, optional
@@ -637,7 +525,7 @@ def predict_blocks(
     from segtool.unet.config import UNetConfig
     from segtool.unet.instances import DEFAULT_MIN_SIZE, maps_to_labels
     from segtool.unet.modelfile import read_model_info
-    from segtool.unet.predict import check_common, postprocess_options, resolve_tile
+    from segtool.pipeline.options import check_common, resolve_tile
 
     if not isinstance(image, da.Array):
         image = da.asarray(image)
@@ -652,13 +540,14 @@ def predict_blocks(
     config = UNetConfig.from_dict(read_model_info(model_path)["config"])
     if config.in_channels != 1:
         raise ModelError(f"model expects {config.in_channels} input channels, the image has 1")
+    overlap = 0.25 if tiling.overlap is None else tiling.overlap
+    batch_size = 4 if tiling.batch_size is None else tiling.batch_size
     check_common(None, overlap, batch_size, 1.0)
     # The whole image's tile grid, as predict_image would lay it out; every block runs its share of it.
-    tile_hw = resolve_tile(config, image.shape, tile)
+    tile_hw = resolve_tile(config, image.shape, tiling.tile)
     if block < max(tile_hw):
         raise InputError(f"block ({block}) must be at least the tile size ({max(tile_hw)})")
-    options = postprocess_options(config, prob_threshold=prob_threshold, min_size=min_size, seed_threshold=seed_threshold,
-                                  split_height=split_height)
+    options = objects.resolve(config)
     # Check the post-processing values here, once, rather than in every block task on the workers.
     maps_to_labels(np.zeros((config.out_channels, 1, 1), np.float32), target=config.target, **options)
 
@@ -668,7 +557,7 @@ def predict_blocks(
         threads=None if threads is None else _check_int(threads, "threads", 1),
         tile=tile_hw,
         batch_size=int(batch_size),
-        tta=bool(tta),
+        tta=bool(tiling.tta),
         options=options,
         precision=str(precision),
     )

@@ -22,14 +22,13 @@ from typing import Any
 
 import numpy as np
 
+from segtool.calibration import normalise_unit, tiff_calibration
 from segtool.errors import InputError, first_line
 from segtool.io import (
     PLANE_AXES,
     IMAGE_SUFFIXES,
     check_readable_file,
-    normalise_unit,
     reduce_to_2d,
-    tiff_calibration,
     is_zarr_store,
     read_image,
 )

@@ -23,19 +23,17 @@ import sys
 import uuid
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from segtool.distributed.blockio import dask_array_module
 from segtool.errors import InputError, OutputError, first_line
-from segtool.io import atomic_output, check_output_free, is_zarr_store
+from segtool.io import check_output_free, is_zarr_store
 from segtool.labels import check_labels
+from segtool.pipeline.write import row_tiles, write_tiled_tiff
 
 __all__ = ["write_labels_zarr", "write_labels_tiff"]
 
-#: Tile size of written TIFFs (as :func:`segtool.io.write_labels` uses for large images).
-TIFF_TILE = (512, 512)
 #: Space units of OME-NGFF 0.4 axes (UDUNITS-2 names).
 _NGFF_SPACE_UNITS = frozenset(
     "angstrom attometer centimeter decimeter exameter femtometer foot gigameter hectometer inch kilometer "
@@ -255,47 +253,20 @@ def write_labels_tiff(
         ``path`` exists (without ``overwrite``), is a folder, or cannot be
         written.
     """
-    import tifffile
-
     labels, label_dtype = _prepare_labels(labels, n_objects)
     scale = _scale(pixel_size)
     path = Path(path)
     check_output_free(path, overwrite=overwrite)  # refuse before computing anything
-    kwargs: dict[str, Any] = {"metadata": None}
-    if scale is not None:
-        kwargs["resolution"] = (1.0 / scale[1], 1.0 / scale[0])
-        kwargs["resolutionunit"] = "CENTIMETER" if unit == "cm" else "NONE"
-        if unit:
-            kwargs["metadata"] = {"unit": unit}
-    with atomic_output(path, overwrite=overwrite) as temp:
-        tifffile.imwrite(
-            temp,
-            _row_tiles(labels, TIFF_TILE),
-            shape=labels.shape,
-            dtype=label_dtype,
-            tile=TIFF_TILE,
-            bigtiff=True,
-            compression="zlib",
-            photometric="minisblack",
-            software="segtool",
-            **kwargs,
-        )
-    return path
+    return write_tiled_tiff(path, row_tiles(_row_blocks(labels)), labels.shape, label_dtype, pixel_size=scale,
+                            unit=unit, unit_in_metadata=True, overwrite=overwrite)
 
 
-def _row_tiles(labels, tile: tuple[int, int]):
-    """Tiles of a 2-D Dask array in row-major order, computing one row of blocks at a time."""
-    height, width = labels.shape
-    pending = None
+def _row_blocks(labels):
+    """The rows of blocks of a 2-D Dask array, top to bottom, each computed when it is needed."""
     top = 0
     for rows in labels.chunks[0]:
-        block = np.asarray(labels[top : top + rows].compute())
+        yield np.asarray(labels[top : top + rows].compute())
         top += rows
-        pending = block if pending is None else np.concatenate([pending, block])
-        while pending.shape[0] >= tile[0] or (top == height and pending.shape[0]):
-            band, pending = pending[: tile[0]], pending[tile[0] :]
-            for left in range(0, width, tile[1]):
-                yield band[:, left : left + tile[1]]
 
 
 # --------------------------------------------------------------------------- atomic folder output

@@ -128,8 +128,9 @@ def segment(image: np.ndarray, options: SegmentOptions = SegmentOptions(), *,
         if on_progress:
             on_progress(1, 1)
         return result.labels
-    from segtool.unet.predict import find_packaged_model, load_for_inference_cached, predict_image
+    from segtool.unet.predict import ObjectOptions, TileOptions, find_packaged_model, load_for_inference_cached, predict_image
 
     path = options.model or find_packaged_model()
     model = load_for_inference_cached(path, device="cpu")
-    return predict_image(image, model, tta=options.tta, min_size=options.min_size, on_tile=on_progress).labels
+    return predict_image(image, model, tiling=TileOptions(tta=options.tta), objects=ObjectOptions(min_size=options.min_size),
+                         on_tile=on_progress).labels

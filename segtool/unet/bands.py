@@ -33,15 +33,9 @@ import numpy as np
 from segtool.errors import InputError, ModelError
 from segtool.pipeline.stream import prefetch
 from segtool.unet.instances import maps_to_labels
-from segtool.unet.predict import (
-    check_common,
-    network_device_type,
-    prepared_net,
-    make_predictor,
-    plan_inference_tiles,
-    postprocess_options,
-    timed_predictor,
-)
+from segtool.pipeline.options import ObjectOptions, TileOptions, check_common
+from segtool.unet.inference import make_predictor, network_device_type, prepared_net
+from segtool.unet.predict import timed_predictor
 from segtool.unet.tiling import (
     TileCallback,
     pad_mode,
@@ -94,19 +88,12 @@ def predict_label_bands(
     shape: Sequence[int],
     model,
     *,
-    tile: int | None = None,
-    overlap: float | None = None,
-    batch_size: int | None = None,
-    tta: bool = False,
-    prob_threshold: float | None = None,
-    min_size: int | None = None,
-    seed_threshold: float | None = None,
-    split_height: float | None = None,
+    tiling: TileOptions = TileOptions(),
+    objects: ObjectOptions = ObjectOptions(),
     band_rows: int = 1024,
     halo: int = 128,
     keep_maps: bool = False,
     on_tile: TileCallback | None = None,
-    tile_halo: int | None = None,
     stages: dict[str, float] | None = None,
 ) -> Iterator[LabelBand]:
     """Predict a large image in horizontal bands, yielding finished label rows.
@@ -130,8 +117,9 @@ def predict_label_bands(
     shape : (H, W)
         Image size.
     model : LoadedModel
-    tile, overlap, batch_size, tta, prob_threshold, min_size, seed_threshold, split_height, tile_halo
-        As in :func:`segtool.unet.predict.predict_image`.
+    tiling, objects : TileOptions, ObjectOptions, optional
+        As in :func:`segtool.unet.predict.predict_image` (``tiling.scale``
+        is not used).
     band_rows : int, optional
         Rows per band (the core, without the halo).
     halo : int, optional
@@ -153,16 +141,14 @@ def predict_label_bands(
         Consecutive bands covering all rows; ``labels`` are uint32.
     """
     config = model.config
-    check_common(model, overlap, batch_size, 1.0)
+    check_common(model, tiling.overlap, tiling.batch_size, 1.0)
     if int(band_rows) < 1 or int(halo) < 0:
         raise InputError(f"band_rows must be >= 1 and halo >= 0, got {band_rows} and {halo}")
     band_rows, halo = int(band_rows), int(halo)
     height, width = (int(n) for n in shape)
-    options = postprocess_options(config, prob_threshold=prob_threshold, min_size=min_size, seed_threshold=seed_threshold,
-                                  split_height=split_height)
+    options = objects.resolve(config)
     net = prepared_net(model)
-    plan = plan_inference_tiles(config, (height, width), device_type=network_device_type(net), tile=tile, overlap=overlap,
-                                tile_halo=tile_halo, batch_size=batch_size)
+    plan = tiling.plan(config, (height, width), device_type=network_device_type(net))
     tile_hw = plan.tile
     # The grid the tiles cover: the image padded (by reflection, as the in-memory path pads) to the tile size,
     # or, for halo tiles, to a multiple of 2**depth.
@@ -183,7 +169,7 @@ def predict_label_bands(
         return block
 
     source = reflect_rows(padded_rows, height, padded_h, mode=mode)
-    predictor = timed_predictor(make_predictor(net, config.target, tta=tta), stages)
+    predictor = timed_predictor(make_predictor(net, config.target, tta=tiling.tta), stages)
     stream = predict_tiled_rows(
         source,
         (padded_h, padded_w),

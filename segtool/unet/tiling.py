@@ -34,6 +34,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 
 from segtool.errors import InputError
+from segtool.pipeline.blend import RowBlender, predict_in_batches
 
 __all__ = [
     "blend_window",
@@ -436,68 +437,32 @@ def predict_tiled_rows(
     tiles = plan_tiles((height, width), (tile_h, tile_w), overlap)
     total = len(tiles)
     window = blend_window((tile_h, tile_w))
-
-    # Rolling accumulators for rows [base, base + capacity).
-    base = 0
-    capacity = 2 * tile_h
-    acc = np.zeros((out_channels, capacity, width), np.float32)
-    weight = np.zeros((capacity, width), np.float32)
+    blender = RowBlender(out_channels, width, 2 * tile_h)
     rows_cache: dict[int, np.ndarray] = {}
     remaining_in_row: dict[int, int] = {}
     for sy, _ in tiles:
         remaining_in_row[sy.start] = remaining_in_row.get(sy.start, 0) + 1
 
-    done = 0
-    for first in range(0, total, batch_size):
-        batch_tiles = tiles[first : first + batch_size]
-        inputs = []
-        for sy, sx in batch_tiles:
-            y = sy.start
-            if y not in rows_cache:
-                block = np.asarray(read_rows(y, y + tile_h), dtype=np.float32)
-                if block.ndim != 3 or block.shape[1:] != (tile_h, width):
-                    raise InputError(
-                        f"read_rows({y}, {y + tile_h}) returned shape {block.shape}, expected (C, {tile_h}, {width})"
-                    )
-                rows_cache[y] = block
-            inputs.append(rows_cache[y][:, :, sx])
-            remaining_in_row[y] -= 1
-        batch = np.ascontiguousarray(np.stack(inputs))
-        del inputs
-        maps = np.asarray(predictor(batch))
-        expected = (len(batch_tiles), out_channels, tile_h, tile_w)
-        if maps.shape != expected:
-            raise InputError(f"predictor returned shape {maps.shape}, expected {expected}")
+    def cut(place: tuple[slice, slice]) -> np.ndarray:
+        y = place[0].start
+        if y not in rows_cache:
+            rows_cache[y] = _read_block(read_rows, y, y + tile_h, width)
+        remaining_in_row[y] -= 1
+        return rows_cache[y][:, :, place[1]]
 
-        bottom = max(sy.stop for sy, _ in batch_tiles)
-        if bottom - base > capacity:
-            capacity = bottom - base
-            grown_acc = np.zeros((out_channels, capacity, width), np.float32)
-            grown_weight = np.zeros((capacity, width), np.float32)
-            grown_acc[:, : acc.shape[1]] = acc
-            grown_weight[: weight.shape[0]] = weight
-            acc, weight = grown_acc, grown_weight
-        for (sy, sx), tile_maps in zip(batch_tiles, maps):
-            rows = slice(sy.start - base, sy.stop - base)
-            acc[:, rows, sx] += tile_maps * window
-            weight[rows, sx] += window
+    done = 0
+    for batch_tiles, maps in predict_in_batches(tiles, cut, predictor, batch_size=batch_size, out_channels=out_channels):
+        blender.add(batch_tiles, maps, window)
         for y in [y for y, left in remaining_in_row.items() if left == 0 and y in rows_cache]:
             del rows_cache[y]
         done += len(batch_tiles)
         if on_tile is not None:
             on_tile(done, total)
-
         # Rows above the next tile still to come are final.
-        final = tiles[done][0].start if done < total else height
-        if final > base:
-            n = final - base
-            yield base, acc[:, :n] / weight[:n]
-            keep = capacity - n
-            acc[:, :keep] = acc[:, n:]
-            weight[:keep] = weight[n:]
-            acc[:, keep:] = 0
-            weight[keep:] = 0
-            base = final
+        start = blender.base
+        band = blender.finish(tiles[done][0].start if done < total else height)
+        if band is not None:
+            yield start, band
 
 
 def _read_block(read_rows, start: int, stop: int, width: int) -> np.ndarray:
@@ -519,13 +484,9 @@ def _predict_cropped_rows(read_rows, shape, predictor, tiles, batch_size, out_ch
         block = _read_block(read_rows, top, bottom, width)
         core_y = row_tiles[0][1][0]
         band = np.empty((out_channels, core_y.stop - core_y.start, width), np.float32)
-        for first in range(0, len(row_tiles), batch_size):
-            batch_tiles = row_tiles[first : first + batch_size]
-            batch = np.ascontiguousarray(np.stack([block[:, :, sx] for (_, sx), _ in batch_tiles]))
-            maps = np.asarray(predictor(batch))
-            expected = (len(batch_tiles), out_channels) + batch.shape[2:]
-            if maps.shape != expected:
-                raise InputError(f"predictor returned shape {maps.shape}, expected {expected}")
+        cores = predict_in_batches(row_tiles, lambda item: block[:, :, item[0][1]], predictor, batch_size=batch_size,
+                                   out_channels=out_channels)
+        for batch_tiles, maps in cores:
             for ((_, sx), (cy, cx)), tile_maps in zip(batch_tiles, maps):
                 band[:, :, cx] = tile_maps[:, cy.start - top : cy.stop - top, cx.start - sx.start : cx.stop - sx.start]
             done += len(batch_tiles)

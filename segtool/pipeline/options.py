@@ -1,0 +1,311 @@
+"""What a prediction run is asked to do, passed whole: tiling and object options, and the tile plan.
+
+Two small frozen dataclasses travel from the command line through every
+schedule (whole image, bands, Dask blocks) unchanged:
+
+- :class:`TileOptions`: how the network stage cuts the image (tile size,
+  blending overlap or halo tiling, batch size, test-time augmentation, and
+  the rescaling before the network);
+- :class:`ObjectOptions`: the post-processing values that override the
+  model's tuned ones (:func:`postprocess_options`).
+
+:func:`plan_inference_tiles` turns tile options into a :class:`TilePlan` for
+one image; :func:`check_common` validates the values every schedule shares.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from segtool.errors import InputError
+from segtool.unet.tiling import halo_padded_shape, plan_halo_tiles, plan_tiles
+
+__all__ = [
+    "BATCH_PIXELS",
+    "MAX_TILE",
+    "ObjectOptions",
+    "TileOptions",
+    "TilePlan",
+    "check_common",
+    "default_tile_halo",
+    "plan_inference_tiles",
+    "postprocess_options",
+    "resolve_tile",
+]
+
+
+@dataclass(frozen=True)
+class TileOptions:
+    """How the network stage tiles an image (see :func:`plan_inference_tiles`).
+
+    Attributes
+    ----------
+    tile : int or None
+        Tile size in pixels (multiple of ``2**depth``): the largest tile of
+        halo tiling (default per device, :data:`MAX_TILE`), or the tile size
+        with ``overlap`` (default the model's patch size).
+    overlap : float or None
+        Blend fixed-size tiles overlapping by this fraction instead of halo
+        tiling.
+    tile_halo : int or None
+        Halo of halo tiling in pixels (default :func:`default_tile_halo`).
+    batch_size : int or None
+        Tiles per network call (default: from the tile size).
+    tta : bool
+        Test-time augmentation (flips and rotations, averaged).
+    scale : float
+        Resize the image by this factor before the network (in-memory
+        schedule only).
+
+    Examples
+    --------
+    >>> TileOptions(tile=256, overlap=0.25)
+    TileOptions(tile=256, overlap=0.25, tile_halo=None, batch_size=None, tta=False, scale=1.0)
+    """
+
+    tile: int | None = None
+    overlap: float | None = None
+    tile_halo: int | None = None
+    batch_size: int | None = None
+    tta: bool = False
+    scale: float = 1.0
+
+    def check(self) -> None:
+        """Raise :class:`InputError` if a value is out of range (:func:`check_common`)."""
+        check_common(None, self.overlap, self.batch_size, self.scale)
+
+    def plan(self, config, shape: Sequence[int], *, device_type: str = "cpu") -> TilePlan:
+        """The tile plan for an image of ``shape`` (:func:`plan_inference_tiles`)."""
+        return plan_inference_tiles(config, shape, device_type=device_type, tile=self.tile, overlap=self.overlap,
+                                    tile_halo=self.tile_halo, batch_size=self.batch_size)
+
+
+@dataclass(frozen=True)
+class ObjectOptions:
+    """Post-processing values that override the model's tuned ones; None keeps the model's.
+
+    See :func:`segtool.unet.instances.maps_to_labels`; ``split_height=0``
+    turns the model's shape splitting off.
+
+    Examples
+    --------
+    >>> from segtool.unet.config import UNetConfig
+    >>> ObjectOptions(min_size=5).resolve(UNetConfig(postprocess={"prob_threshold": 0.4}))
+    {'prob_threshold': 0.4, 'min_size': 5}
+    """
+
+    prob_threshold: float | None = None
+    min_size: int | None = None
+    seed_threshold: float | None = None
+    split_height: float | None = None
+
+    def resolve(self, config) -> dict[str, Any]:
+        """Keywords for :func:`segtool.unet.instances.maps_to_labels` (:func:`postprocess_options`)."""
+        return postprocess_options(config, prob_threshold=self.prob_threshold, min_size=self.min_size,
+                                   seed_threshold=self.seed_threshold, split_height=self.split_height)
+
+
+#: Largest tile side per device type for halo tiling. Chosen by measurement (BENCHMARKS.md): on a 2-core CPU
+#: 2048^2 tiles ran as fast per pixel as smaller ones and keep recomputation at or under 1.21x for images of
+#: 4096^2 and up (peak ~2 GB float32 for one tile); a GPU has the memory for 4096^2.
+MAX_TILE = {"cpu": 2048, "cuda": 4096, "mps": 2048}
+
+#: Pixels per network call when batching halo tiles (several small tiles, or one large one).
+BATCH_PIXELS = {"cpu": 2048 * 2048, "cuda": 4096 * 4096, "mps": 2048 * 2048}
+
+#: Keys of ``UNetConfig.postprocess`` that :func:`maps_to_labels` understands.
+_POSTPROCESS_KEYS = ("prob_threshold", "min_size", "seed_threshold", "min_seed_size", "split_height")
+
+def resolve_tile(config, shape: Sequence[int], tile: int | None = None) -> tuple[int, int]:
+    """Tile size for an image: ``tile`` (default the model's patch size), shrunk for small images.
+
+    An axis shorter than the tile gets a tile of the axis length rounded up
+    to the network's size multiple (``2**depth``), so a small image is padded
+    by at most ``2**depth - 1`` pixels instead of to a full tile.
+
+    Raises
+    ------
+    InputError
+        If ``tile`` is not a positive multiple of ``2**depth``.
+
+    Examples
+    --------
+    >>> from segtool.unet.config import UNetConfig
+    >>> resolve_tile(UNetConfig(depth=4, patch_size=256), (100, 3000))
+    (112, 256)
+    """
+    multiple = int(config.size_multiple)
+    size = int(config.patch_size if tile is None else tile)
+    if size < multiple or size % multiple:
+        raise InputError(f"tile must be a positive multiple of {multiple} for this model (2**depth), got {size}")
+    return tuple(min(size, multiple * math.ceil(int(n) / multiple)) for n in shape)  # type: ignore[return-value]
+
+
+def default_tile_halo(config) -> int:
+    """Halo for halo tiling: the network's effective context, estimated from its depth.
+
+    A U-Net of depth ``d`` (two 3x3 convolutions per level, 2x pooling and
+    bilinear up-sampling) sees at most ``9 * 2**d - 7`` pixels to each side;
+    an input change that far away moves the output by exactly 0. The
+    *effective* context, where a change still moves the output by more than
+    1e-3, is smaller: 100 px for the shipped depth-4 model
+    (``bench/bench_context.py``), 0.73 of the 137 px bound. The default is
+    0.75 of the bound, rounded up to a multiple of 8 (104 px for depth 4).
+    Measure a model of your own with ``bench/bench_context.py`` and pass
+    ``tile_halo`` (``--tile-halo``) if it needs more.
+
+    Examples
+    --------
+    >>> from segtool.unet.config import UNetConfig
+    >>> default_tile_halo(UNetConfig(depth=4)), default_tile_halo(UNetConfig(depth=2))
+    (104, 24)
+    """
+    bound = 9 * 2 ** int(config.depth) - 7
+    return 8 * math.ceil(0.75 * bound / 8)
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    """How an image is cut into network tiles (see :func:`plan_inference_tiles`).
+
+    Attributes
+    ----------
+    tile : (int, int)
+        Tile size (halo tiling: the largest tile; the plan may use smaller).
+    overlap : float or None
+        Blending overlap, or None for halo tiling.
+    tile_halo : int or None
+        Halo of halo tiling, or None when blending.
+    align : int
+        ``2**depth``: halo tiles start at multiples of it.
+    batch_size : int
+        Tiles per network call.
+    n_tiles : int
+        Tiles the network runs on.
+    """
+
+    tile: tuple[int, int]
+    overlap: float | None
+    tile_halo: int | None
+    align: int
+    batch_size: int
+    n_tiles: int
+
+    def tiling_options(self) -> dict[str, Any]:
+        """Keywords for :func:`segtool.unet.tiling.predict_tiled` and ``predict_tiled_rows``."""
+        return {"tile": self.tile, "overlap": 0.0 if self.overlap is None else self.overlap, "tile_halo": self.tile_halo,
+                "align": self.align, "batch_size": self.batch_size}
+
+
+def plan_inference_tiles(
+    config,
+    shape: Sequence[int],
+    *,
+    device_type: str = "cpu",
+    tile: int | None = None,
+    overlap: float | None = None,
+    tile_halo: int | None = None,
+    batch_size: int | None = None,
+) -> TilePlan:
+    """Choose the tiling for an image of ``shape`` (after any rescaling).
+
+    Without ``overlap`` (the default): halo tiling with tiles of at most
+    ``tile`` (default :data:`MAX_TILE` for the device) and a halo of
+    ``tile_halo`` (default :func:`default_tile_halo`); an image that fits
+    in one tile runs whole. With ``overlap``: tiles of ``tile`` (default the
+    model's patch size) overlapping by that fraction, blended.
+
+    Raises
+    ------
+    InputError
+        If ``tile`` is not a multiple of ``2**depth``, the tile leaves no core
+        inside the halo, or an option is out of range.
+
+    Examples
+    --------
+    >>> from segtool.unet.config import UNetConfig
+    >>> plan = plan_inference_tiles(UNetConfig(depth=4), (4096, 4096))
+    >>> plan.tile_halo, plan.n_tiles, plan.batch_size
+    (104, 9, 1)
+    >>> plan_inference_tiles(UNetConfig(depth=4, patch_size=128), (256, 256), overlap=0.25).n_tiles
+    9
+    """
+    align = int(config.size_multiple)
+    device_type = device_type if device_type in MAX_TILE else "cpu"
+    if overlap is not None:
+        tile_hw = resolve_tile(config, shape, tile)
+        padded = tuple(max(n, t) for n, t in zip(shape, tile_hw))
+        n_tiles = len(plan_tiles(padded, tile_hw, overlap))
+        return TilePlan(tile_hw, float(overlap), None, align, 4 if batch_size is None else int(batch_size), n_tiles)
+    halo = default_tile_halo(config) if tile_halo is None else int(tile_halo)
+    if halo < 0:
+        raise InputError(f"tile halo must be >= 0, got {halo}")
+    largest = MAX_TILE[device_type] if tile is None else int(tile)
+    if largest < align or largest % align:
+        raise InputError(f"tile must be a positive multiple of {align} for this model (2**depth), got {largest}")
+    padded = halo_padded_shape(shape, align)
+    plan = plan_halo_tiles(padded, largest, halo, align=align)
+    (sy, sx), _ = plan[0]
+    tile_hw = (sy.stop - sy.start, sx.stop - sx.start)
+    if batch_size is None:
+        batch_size = max(1, min(16, BATCH_PIXELS[device_type] // (tile_hw[0] * tile_hw[1])))
+    return TilePlan(tile_hw, None, halo, align, int(batch_size), len(plan))
+
+
+def postprocess_options(
+    config,
+    *,
+    prob_threshold: float | None = None,
+    min_size: int | None = None,
+    seed_threshold: float | None = None,
+    split_height: float | None = None,
+) -> dict[str, Any]:
+    """Post-processing keywords for :func:`maps_to_labels`: the model's tuned values, then overrides.
+
+    ``split_height=0`` turns off the model's shape splitting.
+
+    Examples
+    --------
+    >>> from segtool.unet.config import UNetConfig
+    >>> cfg = UNetConfig(postprocess={"prob_threshold": 0.4, "min_size": 30, "note": "x"})
+    >>> postprocess_options(cfg, min_size=5)
+    {'prob_threshold': 0.4, 'min_size': 5}
+    """
+    options = {k: config.postprocess[k] for k in _POSTPROCESS_KEYS if config.postprocess.get(k) is not None}
+    for key, value in (("prob_threshold", prob_threshold), ("min_size", min_size), ("seed_threshold", seed_threshold),
+                       ("split_height", split_height)):
+        if value is not None:
+            options[key] = value
+    if options.get("split_height") == 0:
+        del options["split_height"]
+    return options
+
+
+def check_common(model, overlap: float | None, batch_size: int | None, scale: float) -> None:
+    """Validate the options shared by every prediction schedule.
+
+    Parameters
+    ----------
+    model : UNetModel
+        A loaded model.
+    overlap : float or None
+        Tile overlap fraction, in [0, 1).
+    batch_size : int or None
+        Tiles per forward pass, >= 1.
+    scale : float
+        Rescale factor, 0.05 to 20.
+
+    Raises
+    ------
+    InputError
+        If any value is out of range.
+    """
+    if overlap is not None and not 0 <= float(overlap) < 1:
+        raise InputError(f"overlap must be in [0, 1), got {overlap}")
+    if batch_size is not None and (isinstance(batch_size, bool) or int(batch_size) < 1):
+        raise InputError(f"batch size must be >= 1, got {batch_size}")
+    if not (math.isfinite(float(scale)) and 0.05 <= float(scale) <= 20):
+        raise InputError(f"scale must be between 0.05 and 20, got {scale}")

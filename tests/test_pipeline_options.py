@@ -1,0 +1,35 @@
+"""Options passed whole: TileOptions and ObjectOptions."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from segtool.errors import InputError
+from segtool.pipeline.options import ObjectOptions, TileOptions, plan_inference_tiles
+from segtool.unet.config import UNetConfig
+
+
+def test_options_are_frozen_and_default_to_the_model():
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        TileOptions().tile = 64  # type: ignore[misc]
+    config = UNetConfig(postprocess={"prob_threshold": 0.4, "min_size": 30, "split_height": 2.0})
+    assert ObjectOptions().resolve(config) == {"prob_threshold": 0.4, "min_size": 30, "split_height": 2.0}
+    assert ObjectOptions(min_size=5, split_height=0).resolve(config) == {"prob_threshold": 0.4, "min_size": 5}
+
+
+def test_tile_options_plan_as_the_planner_does():
+    config = UNetConfig(depth=4, patch_size=128)
+    for options in (TileOptions(), TileOptions(tile=512, tile_halo=40), TileOptions(tile=128, overlap=0.25, batch_size=2)):
+        expected = plan_inference_tiles(config, (1000, 700), device_type="cpu", tile=options.tile, overlap=options.overlap,
+                                        tile_halo=options.tile_halo, batch_size=options.batch_size)
+        assert options.plan(config, (1000, 700)) == expected
+    assert TileOptions(tile=128, overlap=0.25).plan(config, (256, 256)).n_tiles == 9
+
+
+@pytest.mark.parametrize("options, match", [(TileOptions(overlap=1.0), "overlap"), (TileOptions(batch_size=0), "batch size"),
+                                            (TileOptions(scale=30), "scale")])
+def test_tile_options_check(options, match):
+    with pytest.raises(InputError, match=match):
+        options.check()
