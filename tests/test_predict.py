@@ -282,8 +282,9 @@ def test_bands_labelled_ahead_after_the_last_tile_row_match_in_memory_labels():
     image, _ = _domes((320, 160), centres, radius=7)
     image = (image * 1000 + rng.normal(0, 5, image.shape)).astype(np.float32)
     model = _dome_model(patch=32)
-    whole = predict_image(image, model, min_size=5, tile=96, tile_halo=16)
-    bands, labels, _ = _run_bands(image, model, band_rows=24, halo=20, min_size=5, tile=96, tile_halo=16)
+    tiling, objects = TileOptions(tile=96, tile_halo=16), ObjectOptions(min_size=5)
+    whole = predict_image(image, model, tiling=tiling, objects=objects)
+    bands, labels, _ = _run_bands(image, model, band_rows=24, halo=20, tiling=tiling, objects=objects)
     assert len(bands) == 14
     assert bands[-1].n_objects == whole.n_objects == int(labels.max())
     assert _same_partition(labels, whole.labels)

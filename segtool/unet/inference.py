@@ -1,11 +1,10 @@
 """The network stage's model: a U-Net made ready for inference, wrapped as a predictor.
 
 - :func:`prepare_for_inference` makes an inference copy of the network:
-  eval mode, BatchNorm folded into the convolution before it, the 1x1
-  channel reduction of each up-sampling step moved before the bilinear
-  up-sampling (the two are linear and commute, so the result is the same
-  and the convolution runs on a quarter of the pixels), and channels-last
-  memory layout on CPU/CUDA. All three measured faster on CPU (see
+  eval mode, BatchNorm folded into the convolution before it (the network
+  itself already reduces channels before each bilinear up-sampling, see
+  :mod:`segtool.interop.bioimageio_unet`), and channels-last
+  memory layout on CPU/CUDA. Both measured faster on CPU (see
   BENCHMARKS.md); outputs agree with the plain network to ~1e-6. With
   ``precision="bf16"`` the network also runs under bfloat16 autocast
   (:mod:`segtool.unet.precision`; maps differ by ~1e-2).
@@ -65,46 +64,6 @@ def _fold_batchnorm(net) -> int:
     return folded
 
 
-def _reduce_before_upsampling(net) -> int:
-    """Swap "bilinear 2x up-sample, then 1x1 conv" for the equivalent, cheaper reverse order.
-
-    A 1x1 convolution mixes channels per pixel and bilinear interpolation
-    mixes pixels per channel with weights that sum to one, so they commute
-    (bias included); running the convolution first does it on 4x fewer pixels.
-    """
-    from torch import nn
-
-    from segtool.unet import model as unet_model
-
-    up_type = getattr(unet_model, "_Up", None)
-    if up_type is None:
-        return 0
-
-    class _ReduceFirstUp(nn.Module):
-        def __init__(self, up) -> None:
-            super().__init__()
-            self.reduce = up.reduce
-            self.conv = up.conv
-
-        def forward(self, x, skip):
-            torch = _torch()
-            x = nn.functional.interpolate(self.reduce(x), scale_factor=2, mode="bilinear", align_corners=False)
-            return self.conv(torch.cat([skip, x], dim=1))
-
-    swapped = 0
-    for module in net.modules():
-        for name, child in list(module._modules.items()):
-            if (
-                type(child) is up_type
-                and type(getattr(child, "reduce", None)) is nn.Conv2d
-                and child.reduce.kernel_size == (1, 1)
-                and set(child._modules) == {"reduce", "conv"}
-            ):
-                module._modules[name] = _ReduceFirstUp(child)
-                swapped += 1
-    return swapped
-
-
 def prepare_for_inference(net, *, channels_last: bool | None = None, precision: str = "fp32", copy: bool = True):
     """Return an inference-only copy of a network (the original is not changed unless ``copy=False``).
 
@@ -126,7 +85,7 @@ def prepare_for_inference(net, *, channels_last: bool | None = None, precision: 
     -------
     prepared : torch.nn.Module
         In eval mode, gradients off, BatchNorm folded into the preceding
-        convolutions, up-sampling reordered. Has ``segtool_channels_last``
+        convolutions. Has ``segtool_channels_last``
         and ``segtool_precision`` set so :func:`make_predictor` lays inputs
         out and runs the network to match.
 
@@ -148,7 +107,6 @@ def prepare_for_inference(net, *, channels_last: bool | None = None, precision: 
     for parameter in prepared.parameters():
         parameter.requires_grad_(False)
     _fold_batchnorm(prepared)
-    _reduce_before_upsampling(prepared)
     try:
         device = next(prepared.parameters()).device
     except StopIteration:
