@@ -59,7 +59,7 @@ def parse_thresholds(text: str | None) -> tuple[float, ...]:
 def _evaluate_pair(
     pair: LabelPair, thresholds: tuple[float, ...], memory: MemoryBudget | None = None
 ) -> tuple[MatchCounts, dict[str, Any]]:
-    from segtool.volume.tasks import read_labels_any  # 2-D images, or Z stacks matched by 3-D IoU
+    from segtool.tasks.stack import read_labels_any  # 2-D images, or Z stacks matched by 3-D IoU
 
     try:
         pred = read_labels_any(pair.pred, memory=memory)[0]
