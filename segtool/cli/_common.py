@@ -1,9 +1,10 @@
 """Options and reporting shared by every command that processes many files.
 
 A command module declares its options with the ``Annotated`` aliases below,
-builds a picklable :class:`segtool.batch.Task`, and calls :func:`run_files`,
-which expands the inputs, runs the batch, prints results and exits with the
-documented code:
+gathers the batch options once into a :class:`BatchOptions` (:func:`batch_options`),
+builds a picklable :class:`segtool.batch.Task` (see :mod:`segtool.tasks`), and
+calls :func:`run_files`, which expands the inputs, runs the batch, prints
+results and exits with the documented code:
 
 * 0 — every input succeeded (or was skipped with ``--skip-existing``);
 * 1 — at least one input failed (each reported on stderr, the rest processed);
@@ -19,6 +20,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -35,6 +37,8 @@ from segtool.memory import WORKING_BYTES, MemoryBudget, parse_memory_limit
 from segtool.quiet import quiet_libraries
 
 __all__ = [
+    "BatchOptions",
+    "batch_options",
     "Device",
     "stderr",
     "error_line",
@@ -54,6 +58,7 @@ __all__ = [
     "Debug",
     "Channel",
     "Plane",
+    "SaveOverlay",
     "ClusterOpt",
     "BlockSize",
     "ZarrOut",
@@ -174,6 +179,15 @@ Plane = Annotated[
     typer.Option("--plane", min=0, help="Plane of a Z or T stack to use (0-based); stacks need it.", rich_help_panel=PANEL_IO),
 ]
 
+SaveOverlay = Annotated[
+    bool,
+    typer.Option(
+        "--save-overlay",
+        help="Also write outlines drawn on the image (<stem>_overlay.png).",
+        rich_help_panel="Extra outputs",
+    ),
+]
+
 
 PANEL_DISTRIBUTED = "Dask cluster (pip install 'segtool[distributed]')"
 
@@ -231,6 +245,42 @@ MaxMemory = Annotated[
 ]
 
 
+@dataclass(frozen=True)
+class BatchOptions:
+    """The options every many-file command shares, parsed once and passed whole.
+
+    Field names are the command functions' parameter names, so
+    :func:`batch_options` can collect them; a command without an option (say
+    ``export`` has no ``--block-size``) keeps the default.
+    """
+
+    output: Path | None = None  # -o: folder for the results (None: beside each input)
+    recursive: bool = False
+    overwrite: bool = False
+    skip_existing: bool = False
+    json_out: bool = False
+    manifest: Path | None = None
+    on_error: OnError = OnError.skip
+    jobs: int = 1
+    max_memory: str | None = None
+    cluster: str | None = None
+    block_size: int | None = None  # big-image mode (Dask blocks) when set
+    zarr: bool = False
+    quiet: bool = False
+    debug: bool = False
+
+    @property
+    def big(self) -> bool:
+        """Whether big-image mode (``--block-size``) was asked for."""
+        return self.block_size is not None
+
+
+def batch_options(ctx: typer.Context) -> BatchOptions:
+    """The :class:`BatchOptions` of the running command, from the parameters Typer parsed."""
+    names = {field.name for field in fields(BatchOptions)}
+    return BatchOptions(**{name: value for name, value in ctx.params.items() if name in names})
+
+
 def memory_budget(
     text: str | None, command: str, *, jobs: int = 1, way_out: str = "", streamed_above: int | None = None
 ) -> MemoryBudget:
@@ -271,21 +321,11 @@ def expand_specs(specs: Sequence[str], *, kind: str = "image", recursive: bool =
 def run_files(
     specs: Sequence[str],
     task: Task,
+    batch: BatchOptions,
     *,
     kind: str = "image",
-    recursive: bool = False,
-    on_error: OnError | str = OnError.skip,
-    skip_existing: bool = False,
-    overwrite: bool = False,
-    jobs: int = 1,
-    json_out: bool = False,
-    manifest: Path | None = None,
-    quiet: bool = False,
-    debug: bool = False,
     columns: Sequence[tuple[str, Callable[[ItemResult], Any]]] = (),
     verb: str = "Processing",
-    cluster: str | None = None,
-    big: bool = False,
 ) -> BatchSummary:
     """Expand ``specs``, run ``task`` on each file, report, and exit with the batch's code.
 
@@ -295,19 +335,20 @@ def run_files(
     Errors go to stderr as ``segtool: error: <file>: <reason>``, progress and
     the final summary too (unless ``quiet``).
 
-    With ``cluster`` (a ``--cluster`` value) the inputs run as one task each on
-    that Dask cluster. With ``big`` (big-image mode) they run one after the
-    other in this process, each spread over the cluster (``local`` when no
-    ``cluster`` is given) block by block.
+    With ``batch.cluster`` (a ``--cluster`` value) the inputs run as one task
+    each on that Dask cluster. In big-image mode (``batch.block_size``) they
+    run one after the other in this process, each spread over the cluster
+    (``local`` when no ``--cluster`` is given) block by block.
 
     Raises
     ------
     typer.Exit
         Always, with the batch's exit code.
     """
-    on_error = OnError(on_error)
-    cluster_spec = _cluster_spec(cluster, big=big, jobs=jobs)
-    expanded = expand_specs(specs, recursive=recursive, kind=kind)
+    on_error = OnError(batch.on_error)
+    quiet, json_out, manifest = batch.quiet, batch.json_out, batch.manifest
+    cluster_spec = _cluster_spec(batch.cluster, big=batch.big, jobs=batch.jobs)
+    expanded = expand_specs(specs, recursive=batch.recursive, kind=kind)
     err_console = stderr()
     table_mode = not json_out and sys.stdout.isatty()
     rows: list[ItemResult] = []
@@ -315,7 +356,7 @@ def run_files(
 
     with ExitStack() as stack:
         # Library warnings and log records stay off stderr (shown with --debug).
-        stack.enter_context(quiet_libraries(debug))
+        stack.enter_context(quiet_libraries(batch.debug))
         client = None
         if cluster_spec is not None and expanded.files:
             client = _connect(stack, cluster_spec, quiet=quiet)
@@ -363,7 +404,7 @@ def run_files(
                 expanded.files = []
             task_id = progress.add_task(verb, total=len(expanded.files)) if expanded.files else None
             runner = None
-            if client is not None and not big:
+            if client is not None and not batch.big:
                 from segtool.distributed.folder import cluster_runner
 
                 runner = cluster_runner(client)
@@ -372,11 +413,11 @@ def run_files(
                     expanded.files,
                     task,
                     on_error=on_error.value,
-                    skip_existing=skip_existing,
-                    overwrite=overwrite,
-                    jobs=jobs,
+                    skip_existing=batch.skip_existing,
+                    overwrite=batch.overwrite,
+                    jobs=batch.jobs,
                     on_result=emit,
-                    debug=debug,
+                    debug=batch.debug,
                     runner=runner,
                 )
             except KeyboardInterrupt as interrupt:

@@ -24,8 +24,10 @@ from segtool.cli._common import (
     Plane,
     Quiet,
     Recursive,
+    SaveOverlay,
     SkipExisting,
     ZarrOut,
+    batch_options,
     fail,
     memory_budget,
     run_files,
@@ -56,6 +58,7 @@ def parse_threshold(text: str) -> str | float:
 
 @app.command(rich_help_panel="Segment")
 def baseline(
+    ctx: typer.Context,
     images: Inputs,
     output: OutputDir = None,
     degree: Annotated[
@@ -103,9 +106,7 @@ def baseline(
     save_corrected: Annotated[
         bool, typer.Option("--save-corrected", help="Also write image minus background (<stem>_corrected.tif, float32).", rich_help_panel=PANEL_EXTRA)
     ] = False,
-    save_overlay: Annotated[
-        bool, typer.Option("--save-overlay", help="Also write outlines drawn on the image (<stem>_overlay.png).", rich_help_panel=PANEL_EXTRA)
-    ] = False,
+    save_overlay: SaveOverlay = False,
     channel: Channel = None,
     plane: Plane = None,
     z_spacing: ZSpacing = None,
@@ -144,21 +145,22 @@ def baseline(
         "smooth": smooth,
         "split": split,
     }
-    if block_size is not None:
+    batch = batch_options(ctx)
+    if batch.big:
         extras = [name for name, on in (("--save-background", save_background), ("--save-corrected", save_corrected),
                                         ("--save-overlay", save_overlay)) if on]
         if extras:
             fail(f"{', '.join(extras)}: not available in big-image mode (--block-size)", code=2)
         from segtool.tasks.big import BigBaselineTask
 
-        task = BigBaselineTask(block_size=block_size, zarr=zarr, output_dir=output, overwrite=overwrite,
-                               options=method, channel=channel, plane=plane)
-    elif zarr:
+        task = BigBaselineTask(block_size=batch.block_size, zarr=batch.zarr, output_dir=batch.output,
+                               overwrite=batch.overwrite, options=method, channel=channel, plane=plane)
+    elif batch.zarr:
         fail("--zarr writes big-image mode's labels: add --block-size N", code=2)
     else:
         task = BaselineTask(
-            output_dir=output,
-            overwrite=overwrite,
+            output_dir=batch.output,
+            overwrite=batch.overwrite,
             **method,
             save_background=save_background,
             save_corrected=save_corrected,
@@ -166,26 +168,9 @@ def baseline(
             channel=channel,
             plane=plane,
             memory=memory_budget(
-                max_memory, "baseline --split" if split else "baseline", jobs=jobs,
+                batch.max_memory, "baseline --split" if split else "baseline", jobs=batch.jobs,
                 way_out="segment it in blocks with --block-size 4096 (needs segtool[distributed])",
             ),
             z_spacing=z_spacing,
         )
-    run_files(
-        images,
-        task,
-        kind="image",
-        recursive=recursive,
-        on_error=on_error,
-        skip_existing=skip_existing,
-        overwrite=overwrite,
-        jobs=jobs,
-        cluster=cluster,
-        big=block_size is not None,
-        json_out=json_out,
-        manifest=manifest,
-        quiet=quiet,
-        debug=debug,
-        columns=_COLUMNS,
-        verb="baseline",
-    )
+    run_files(images, task, batch, kind="image", columns=_COLUMNS, verb="baseline")

@@ -28,6 +28,8 @@ from segtool.cli._common import (
     Quiet,
     Recursive,
     SkipExisting,
+    BatchOptions,
+    batch_options,
     expand_specs,
     fail,
     memory_budget,
@@ -98,6 +100,7 @@ ImageOpt = Annotated[
 
 @app.command(rich_help_panel="Export and evaluate")
 def export(
+    ctx: typer.Context,
     labels: Inputs,
     formats: FormatOpt = [],  # noqa: B006  (Typer needs a list default)
     image: ImageOpt = None,
@@ -126,19 +129,26 @@ def export(
         chosen = parse_formats(formats)
     except InputError as err:
         fail(str(err), code=EXIT_USAGE)
+    batch = batch_options(ctx)
+    task = ExportTask(formats=chosen, output_dir=batch.output, overwrite=batch.overwrite, image=_checked_image(image),
+                      channel=channel, plane=plane, memory=_memory_guard(batch, "export"))
+    _run_label_files(labels, task, batch, verb="export")
+
+
+def _checked_image(image: Path | None) -> Path | None:
+    """``--image``, or exit 2 when it does not exist."""
     if image is not None and not image.exists():
         fail("--image: no such file or folder", where=str(image), code=EXIT_USAGE)
-    memory = memory_budget(max_memory, "export", jobs=jobs, way_out="raise --max-memory if this machine has the memory")
-    task = ExportTask(formats=chosen, output_dir=output, overwrite=overwrite, image=image, channel=channel, plane=plane,
-                      memory=memory)
-    _run_label_files(labels, task, verb="export", recursive=recursive, on_error=on_error, skip_existing=skip_existing,
-                     overwrite=overwrite, jobs=jobs, json_out=json_out, manifest=manifest, quiet=quiet, debug=debug,
-                     cluster=cluster)
+    return image
 
 
-def _run_label_files(labels, task, *, verb: str, **batch) -> None:
+def _memory_guard(batch: BatchOptions, command: str):
+    return memory_budget(batch.max_memory, command, jobs=batch.jobs, way_out="raise --max-memory if this machine has the memory")
+
+
+def _run_label_files(labels, task, batch: BatchOptions, *, verb: str) -> None:
     """Run an export-type task over label images with the shared batch options (export and measure)."""
-    run_files(labels, task, kind="labels", columns=[("objects", lambda r: r.figures["objects"])], verb=verb, **batch)
+    run_files(labels, task, batch, kind="labels", columns=[("objects", lambda r: r.figures["objects"])], verb=verb)
 
 
 SUMMARY_COLUMNS = ("labels", "objects", "mean_area", "median_area", "coverage")
@@ -147,6 +157,7 @@ SUMMARY_COLUMNS_3D = ("labels", "objects", "mean_volume", "median_volume", "cove
 
 @app.command(rich_help_panel="Export and evaluate")
 def measure(
+    ctx: typer.Context,
     labels: Inputs,
     image: ImageOpt = None,
     summary: Annotated[
@@ -181,31 +192,30 @@ def measure(
     calibrated columns (e.g. area_um2) when the TIFF carries a pixel size. With --summary, prints one row per
     image instead.
     """
-    if image is not None and not image.exists():
-        fail("--image: no such file or folder", where=str(image), code=EXIT_USAGE)
-    memory = memory_budget(max_memory, "measure", jobs=jobs, way_out="raise --max-memory if this machine has the memory")
+    image = _checked_image(image)
+    batch = batch_options(ctx)
+    memory = _memory_guard(batch, "measure")
     if not summary:
-        task = ExportTask(formats=("csv",), output_dir=output, overwrite=overwrite, image=image, channel=channel, plane=plane,
-                          memory=memory)
-        _run_label_files(labels, task, verb="measure", recursive=recursive, on_error=on_error,
-                         skip_existing=skip_existing, overwrite=overwrite, jobs=jobs, json_out=json_out,
-                         manifest=manifest, quiet=quiet, debug=debug, cluster=cluster)
-    if cluster is not None:
+        task = ExportTask(formats=("csv",), output_dir=batch.output, overwrite=batch.overwrite, image=image,
+                          channel=channel, plane=plane, memory=memory)
+        _run_label_files(labels, task, batch, verb="measure")
+    if batch.cluster is not None:
         fail("--cluster is not available with --summary (the summary is computed in this process)", code=EXIT_USAGE)
     task = ExportTask(formats=("csv",), image=image, channel=channel, plane=plane, summary=True, memory=memory)
-    _summary_rows(labels, task, recursive=recursive, on_error=on_error, jobs=jobs, json_out=json_out, quiet=quiet, debug=debug)
+    _summary_rows(labels, task, batch)
 
 
-def _summary_rows(specs, task: ExportTask, *, recursive, on_error, jobs, json_out, quiet, debug) -> None:
+def _summary_rows(specs, task: ExportTask, batch: BatchOptions) -> None:
     """Run ``task`` on every label file and stream one CSV row (or JSON line) per image to stdout."""
     import csv
 
-    expanded = expand_specs(specs, recursive=recursive, kind="labels")
+    on_error, json_out = OnError(batch.on_error), batch.json_out
+    expanded = expand_specs(specs, recursive=batch.recursive, kind="labels")
     failed = 0
     for spec, message in expanded.problems:
         print_error(spec, message)
         failed += 1
-    if failed and OnError(on_error) == OnError.stop:
+    if failed and on_error == OnError.stop:
         raise typer.Exit(1)
     if not expanded.files:
         fail("no input files given")
@@ -229,9 +239,10 @@ def _summary_rows(specs, task: ExportTask, *, recursive, on_error, jobs, json_ou
         writer.writerow([_format_cell(row.get(name, "")) for name in columns])
         sys.stdout.flush()
 
-    with quiet_libraries(debug):
-        summary = run_batch(expanded.files, task, on_error=OnError(on_error).value, jobs=jobs, on_result=emit, debug=debug)
-    if not quiet:
+    with quiet_libraries(batch.debug):
+        summary = run_batch(expanded.files, task, on_error=on_error.value, jobs=batch.jobs, on_result=emit,
+                            debug=batch.debug)
+    if not batch.quiet:
         stderr().print(f"segtool: {summary.done} done, {summary.failed + failed} failed", markup=False, highlight=False)
     raise typer.Exit(1 if summary.failed or failed else 0)
 

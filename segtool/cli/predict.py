@@ -11,6 +11,7 @@ import typer
 from segtool.batch import EXIT_USAGE
 from segtool.cli._app import app
 from segtool.cli._common import (
+    BatchOptions,
     Device,
     BlockSize,
     Channel,
@@ -29,8 +30,10 @@ from segtool.cli._common import (
     Precision,
     Quiet,
     Recursive,
+    SaveOverlay,
     SkipExisting,
     ZarrOut,
+    batch_options,
     fail,
     memory_budget,
     run_files,
@@ -57,120 +60,140 @@ def load_prepared(model_path: Path, *, device: str = "auto", threads: int | None
     return load_for_inference(model_path, device=device, threads=threads, precision=precision)
 
 
+ModelOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--model",
+        "-m",
+        help="Model file from `segtool train`, or a shipped model's name (`segtool model list`: nuclei, nuclei-he). "
+        "Default: nuclei, the shipped fluorescence model.",
+        rich_help_panel=PANEL_MODEL,
+        dir_okay=False,
+    ),
+]
+DeviceOpt = Annotated[
+    Device, typer.Option("--device", help="Where the network runs.", rich_help_panel=PANEL_MODEL, case_sensitive=False)
+]
+ThreadsOpt = Annotated[
+    Optional[int], typer.Option("--threads", min=1, help="CPU threads for the network (default: all cores).", rich_help_panel=PANEL_MODEL)
+]
+PrecisionOpt = Annotated[
+    Precision,
+    typer.Option(
+        "--precision",
+        help="Network arithmetic: fp32, bf16 (bfloat16, faster on CPUs with AVX512-BF16/AMX and recent GPUs), "
+        "or auto (bf16 where the hardware runs it natively).",
+        rich_help_panel=PANEL_MODEL,
+        case_sensitive=False,
+    ),
+]
+TileOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--tile",
+        min=16,
+        help="Largest tile side in pixels, a multiple of 2**depth (default: 2048 on CPU, 4096 on CUDA; lower it to "
+        "save memory). With --overlap: the tile size (default: the model's patch size).",
+        rich_help_panel=PANEL_TILING,
+    ),
+]
+TileHaloOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--tile-halo",
+        min=0,
+        help="Network context kept around each tile's core, in pixels (default: the model's effective context, "
+        "104 for the shipped model); tile cores then match whole-image inference within 1e-3.",
+        rich_help_panel=PANEL_TILING,
+    ),
+]
+OverlapOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--overlap",
+        min=0.0,
+        max=0.9,
+        help="Instead of halo tiles: tiles of --tile overlapping by this fraction, blended with a Gaussian window "
+        "(the tiling segtool used before halo tiles; 0.25 computes every pixel about 1.8 times).",
+        rich_help_panel=PANEL_TILING,
+        show_default=False,
+    ),
+]
+BatchSizeOpt = Annotated[
+    Optional[int],
+    typer.Option("--batch-size", "-b", min=1, help="Tiles per network call (default: as many as fit 2048^2 pixels on CPU, 4096^2 on CUDA; 4 with --overlap).", rich_help_panel=PANEL_TILING, show_default=False),
+]
+TtaOpt = Annotated[
+    bool, typer.Option("--tta", help="Test-time augmentation: average 8 flips/rotations (8x slower).", rich_help_panel=PANEL_TILING)
+]
+ScaleOpt = Annotated[
+    Optional[float],
+    typer.Option("--scale", min=0.05, max=20.0, help="Resize images by this factor before the network; labels come back at the original size.", rich_help_panel=PANEL_TILING),
+]
+DiameterOpt = Annotated[
+    Optional[float],
+    typer.Option("--diameter", min=0.0, help="Typical object diameter in pixels; sets --scale from the model's training diameter.", rich_help_panel=PANEL_TILING),
+]
+ProbThresholdOpt = Annotated[
+    Optional[float],
+    typer.Option("--prob-threshold", min=0.0, max=1.0, help="Foreground probability threshold (default: the model's tuned value, else 0.5).", rich_help_panel=PANEL_POST),
+]
+SeedThresholdOpt = Annotated[
+    Optional[float],
+    typer.Option("--seed-threshold", min=0.0, max=1.0, help="Interior probability / distance above which a pixel seeds an object (default: the model's value).", rich_help_panel=PANEL_POST),
+]
+MinSizeOpt = Annotated[
+    Optional[int], typer.Option("--min-size", min=0, help="Remove objects smaller than this many pixels (default: the model's value).", rich_help_panel=PANEL_POST)
+]
+SplitHeightOpt = Annotated[
+    Optional[float],
+    typer.Option("--split-height", min=0.0, help="Split seed regions shaped like touching discs whose peaks stand this many pixels above the neck (default: the model's value; 0: no splitting).", rich_help_panel=PANEL_POST),
+]
+SaveProbOpt = Annotated[
+    bool, typer.Option("--save-prob", help="Also write the probability maps (<stem>_prob.tif, float32, one plane per class).", rich_help_panel=PANEL_EXTRA)
+]
+BandsOpt = Annotated[
+    Optional[bool],
+    typer.Option(
+        "--bands/--no-bands",
+        help=f"Predict band by band with bounded memory and write tiled BigTIFF. Default: for images over {BAND_PIXELS // 2**20} Mpixel.",
+        rich_help_panel=PANEL_LARGE,
+        show_default=False,
+    ),
+]
+BandRowsOpt = Annotated[
+    Optional[int], typer.Option("--band-rows", min=16, help="Rows per band (default: from the image width).", rich_help_panel=PANEL_LARGE)
+]
+HaloOpt = Annotated[
+    int, typer.Option("--halo", min=0, help="Context around each band (rows) or block (pixels, --block-size); objects up to 4x this tall are never cut by a band, objects under half of it are never cut by a block.", rich_help_panel=PANEL_LARGE)
+]
+
+
 @app.command(rich_help_panel="Segment")
 def predict(
+    ctx: typer.Context,
     images: Inputs,
-    model: Annotated[
-        Optional[Path],
-        typer.Option(
-            "--model",
-            "-m",
-            help="Model file from `segtool train`, or a shipped model's name (`segtool model list`: nuclei, nuclei-he). "
-            "Default: nuclei, the shipped fluorescence model.",
-            rich_help_panel=PANEL_MODEL,
-            dir_okay=False,
-        ),
-    ] = None,
+    model: ModelOpt = None,
     output: OutputDir = None,
-    device: Annotated[
-        Device, typer.Option("--device", help="Where the network runs.", rich_help_panel=PANEL_MODEL, case_sensitive=False)
-    ] = Device.auto,
-    threads: Annotated[
-        Optional[int], typer.Option("--threads", min=1, help="CPU threads for the network (default: all cores).", rich_help_panel=PANEL_MODEL)
-    ] = None,
-    precision: Annotated[
-        Precision,
-        typer.Option(
-            "--precision",
-            help="Network arithmetic: fp32, bf16 (bfloat16, faster on CPUs with AVX512-BF16/AMX and recent GPUs), "
-            "or auto (bf16 where the hardware runs it natively).",
-            rich_help_panel=PANEL_MODEL,
-            case_sensitive=False,
-        ),
-    ] = Precision.auto,
-    tile: Annotated[
-        Optional[int],
-        typer.Option(
-            "--tile",
-            min=16,
-            help="Largest tile side in pixels, a multiple of 2**depth (default: 2048 on CPU, 4096 on CUDA; lower it to "
-            "save memory). With --overlap: the tile size (default: the model's patch size).",
-            rich_help_panel=PANEL_TILING,
-        ),
-    ] = None,
-    tile_halo: Annotated[
-        Optional[int],
-        typer.Option(
-            "--tile-halo",
-            min=0,
-            help="Network context kept around each tile's core, in pixels (default: the model's effective context, "
-            "104 for the shipped model); tile cores then match whole-image inference within 1e-3.",
-            rich_help_panel=PANEL_TILING,
-        ),
-    ] = None,
-    overlap: Annotated[
-        Optional[float],
-        typer.Option(
-            "--overlap",
-            min=0.0,
-            max=0.9,
-            help="Instead of halo tiles: tiles of --tile overlapping by this fraction, blended with a Gaussian window "
-            "(the tiling segtool used before halo tiles; 0.25 computes every pixel about 1.8 times).",
-            rich_help_panel=PANEL_TILING,
-            show_default=False,
-        ),
-    ] = None,
-    batch_size: Annotated[
-        Optional[int],
-        typer.Option("--batch-size", "-b", min=1, help="Tiles per network call (default: as many as fit 2048^2 pixels on CPU, 4096^2 on CUDA; 4 with --overlap).", rich_help_panel=PANEL_TILING, show_default=False),
-    ] = None,
-    tta: Annotated[
-        bool, typer.Option("--tta", help="Test-time augmentation: average 8 flips/rotations (8x slower).", rich_help_panel=PANEL_TILING)
-    ] = False,
-    scale: Annotated[
-        Optional[float],
-        typer.Option("--scale", min=0.05, max=20.0, help="Resize images by this factor before the network; labels come back at the original size.", rich_help_panel=PANEL_TILING),
-    ] = None,
-    diameter: Annotated[
-        Optional[float],
-        typer.Option("--diameter", min=0.0, help="Typical object diameter in pixels; sets --scale from the model's training diameter.", rich_help_panel=PANEL_TILING),
-    ] = None,
-    prob_threshold: Annotated[
-        Optional[float],
-        typer.Option("--prob-threshold", min=0.0, max=1.0, help="Foreground probability threshold (default: the model's tuned value, else 0.5).", rich_help_panel=PANEL_POST),
-    ] = None,
-    seed_threshold: Annotated[
-        Optional[float],
-        typer.Option("--seed-threshold", min=0.0, max=1.0, help="Interior probability / distance above which a pixel seeds an object (default: the model's value).", rich_help_panel=PANEL_POST),
-    ] = None,
-    min_size: Annotated[
-        Optional[int], typer.Option("--min-size", min=0, help="Remove objects smaller than this many pixels (default: the model's value).", rich_help_panel=PANEL_POST)
-    ] = None,
-    split_height: Annotated[
-        Optional[float],
-        typer.Option("--split-height", min=0.0, help="Split seed regions shaped like touching discs whose peaks stand this many pixels above the neck (default: the model's value; 0: no splitting).", rich_help_panel=PANEL_POST),
-    ] = None,
-    save_prob: Annotated[
-        bool, typer.Option("--save-prob", help="Also write the probability maps (<stem>_prob.tif, float32, one plane per class).", rich_help_panel=PANEL_EXTRA)
-    ] = False,
-    save_overlay: Annotated[
-        bool, typer.Option("--save-overlay", help="Also write outlines drawn on the image (<stem>_overlay.png).", rich_help_panel=PANEL_EXTRA)
-    ] = False,
-    bands: Annotated[
-        Optional[bool],
-        typer.Option(
-            "--bands/--no-bands",
-            help=f"Predict band by band with bounded memory and write tiled BigTIFF. Default: for images over {BAND_PIXELS // 2**20} Mpixel.",
-            rich_help_panel=PANEL_LARGE,
-            show_default=False,
-        ),
-    ] = None,
-    band_rows: Annotated[
-        Optional[int], typer.Option("--band-rows", min=16, help="Rows per band (default: from the image width).", rich_help_panel=PANEL_LARGE)
-    ] = None,
-    halo: Annotated[
-        int, typer.Option("--halo", min=0, help="Context around each band (rows) or block (pixels, --block-size); objects up to 4x this tall are never cut by a band, objects under half of it are never cut by a block.", rich_help_panel=PANEL_LARGE)
-    ] = 128,
+    device: DeviceOpt = Device.auto,
+    threads: ThreadsOpt = None,
+    precision: PrecisionOpt = Precision.auto,
+    tile: TileOpt = None,
+    tile_halo: TileHaloOpt = None,
+    overlap: OverlapOpt = None,
+    batch_size: BatchSizeOpt = None,
+    tta: TtaOpt = False,
+    scale: ScaleOpt = None,
+    diameter: DiameterOpt = None,
+    prob_threshold: ProbThresholdOpt = None,
+    seed_threshold: SeedThresholdOpt = None,
+    min_size: MinSizeOpt = None,
+    split_height: SplitHeightOpt = None,
+    save_prob: SaveProbOpt = False,
+    save_overlay: SaveOverlay = False,
+    bands: BandsOpt = None,
+    band_rows: BandRowsOpt = None,
+    halo: HaloOpt = 128,
     channel: Channel = None,
     plane: Plane = None,
     z_spacing: ZSpacing = None,
@@ -196,42 +219,21 @@ def predict(
     Images over 16 Mpixel are processed in bands with bounded memory and written as tiled BigTIFF.
     A Z stack (without --plane) is predicted plane by plane and its objects linked in 3-D (--z-mode).
     """
-    from segtool.unet.predict import scale_for_diameter
-    from segtool.unet.shipped import resolve_model
-
+    batch = batch_options(ctx)
     if scale is not None and diameter is not None:
         fail("give --scale or --diameter, not both", code=EXIT_USAGE)
-    if threads is None and jobs > 1:
-        threads = max(1, (os.cpu_count() or 1) // jobs)  # parallel images share the cores instead of each taking all
-    if threads is None and (cluster is not None or block_size is not None):
-        from segtool.distributed.cluster import parse_cluster, threads_per_local_worker
-
-        try:  # the workers of a local cluster share this machine's cores
-            threads = threads_per_local_worker(parse_cluster(cluster or "local"))
-        except SegtoolError:
-            pass  # run_files reports a bad --cluster value (exit 2)
-    try:
-        model_path, model_name = resolve_model(model)
-    except SegtoolError as err:
-        fail(first_line(err), code=EXIT_USAGE)
-    try:
-        loaded = load_prepared(model_path, device=device.value, threads=threads, precision=precision.value)
-        factor = scale_for_diameter(loaded, diameter) if diameter is not None else (scale or 1.0)
-    except SegtoolError as err:
-        fail(first_line(err), where=str(model_path), code=EXIT_USAGE)
+    threads = _network_threads(threads, batch)
+    model_path, model_name, loaded, factor = _prepare_model(
+        model, device=device.value, threads=threads, precision=precision.value, scale=scale, diameter=diameter
+    )
     if tile is not None or tile_halo is not None:
-        from segtool.unet.predict import network_device_type, plan_inference_tiles
-
-        try:  # a tile the halo leaves no core in is a usage error, found before any image is read
-            side = 4 * (tile or 2048)
-            plan_inference_tiles(loaded.config, (side, side), device_type=network_device_type(loaded.net), tile=tile,
-                                 overlap=overlap, tile_halo=tile_halo)
-        except SegtoolError as err:
-            fail(first_line(err), code=EXIT_USAGE)
-    if block_size is not None:
+        _check_tiles(loaded, tile=tile, tile_halo=tile_halo, overlap=overlap)
+    objects = {"prob_threshold": prob_threshold, "min_size": min_size, "seed_threshold": seed_threshold,
+               "split_height": split_height}
+    if batch.big:
         tile_side = tile if tile is not None else int(loaded.config.patch_size)
-        if block_size < tile_side:
-            fail(f"--block-size ({block_size}) must be at least the tile size ({tile_side}; see --tile)", code=EXIT_USAGE)
+        if batch.block_size < tile_side:
+            fail(f"--block-size ({batch.block_size}) must be at least the tile size ({tile_side}; see --tile)", code=EXIT_USAGE)
         refused = [name for name, on in (("--save-prob", save_prob), ("--save-overlay", save_overlay),
                                          ("--scale/--diameter", factor != 1.0), ("--bands", bool(bands))) if on]
         if refused:
@@ -240,12 +242,11 @@ def predict(
 
         # Big-image mode plans its blocks on the blended tile grid.
         options = {"tile": tile, "overlap": 0.25 if overlap is None else overlap, "batch_size": batch_size or 4, "tta": tta,
-                   "prob_threshold": prob_threshold, "min_size": min_size, "seed_threshold": seed_threshold,
-                   "split_height": split_height}
-        task = BigPredictTask(model_path=model_path, block_size=block_size, halo=halo, zarr=zarr, output_dir=output,
-                              overwrite=overwrite, options=options, device=device.value, threads=threads,
-                              channel=channel, plane=plane, precision=precision.value)
-    elif zarr:
+                   **objects}
+        task = BigPredictTask(model_path=model_path, block_size=batch.block_size, halo=halo, zarr=batch.zarr,
+                              output_dir=batch.output, overwrite=batch.overwrite, options=options, device=device.value,
+                              threads=threads, channel=channel, plane=plane, precision=precision.value)
+    elif batch.zarr:
         fail("--zarr writes big-image mode's labels: add --block-size N", code=EXIT_USAGE)
     else:
         task = PredictTask(
@@ -253,18 +254,15 @@ def predict(
             device=device.value,
             threads=threads,
             precision=precision.value,
-            output_dir=output,
-            overwrite=overwrite,
+            output_dir=batch.output,
+            overwrite=batch.overwrite,
             tile=tile,
             overlap=overlap,
             tile_halo=tile_halo,
             batch_size=batch_size,
             tta=tta,
             scale=float(factor),
-            prob_threshold=prob_threshold,
-            min_size=min_size,
-            seed_threshold=seed_threshold,
-            split_height=split_height,
+            **objects,
             save_prob=save_prob,
             save_overlay=save_overlay,
             bands=bands,
@@ -273,32 +271,67 @@ def predict(
             channel=channel,
             plane=plane,
             model_name=model_name,
-            # Band mode (automatic over BAND_PIXELS) keeps memory bounded: then only the decoded image counts.
-            memory=memory_budget(
-                max_memory, "predict", jobs=jobs, streamed_above=None if bands is False else BAND_PIXELS,
-                way_out="drop --no-bands (large images are then predicted band by band)" if bands is False
-                else "save it as a TIFF, which predict reads band by band",
-            ),
+            memory=_memory_guard(batch, bands),
             z_spacing=z_spacing,
             z_mode=z_mode,
             stitch_threshold=stitch_threshold,
         )
         task.use_model(loaded)
-    run_files(
-        images,
-        task,
-        kind="image",
-        recursive=recursive,
-        on_error=on_error,
-        skip_existing=skip_existing,
-        overwrite=overwrite,
-        jobs=jobs,
-        cluster=cluster,
-        big=block_size is not None,
-        json_out=json_out,
-        manifest=manifest,
-        quiet=quiet,
-        debug=debug,
-        columns=_COLUMNS,
-        verb="predict",
+    run_files(images, task, batch, kind="image", columns=_COLUMNS, verb="predict")
+
+
+def _network_threads(threads: int | None, batch: BatchOptions) -> int | None:
+    """``--threads``, or the share of the cores each of several parallel images (or local workers) gets."""
+    if threads is None and batch.jobs > 1:
+        threads = max(1, (os.cpu_count() or 1) // batch.jobs)  # parallel images share the cores instead of each taking all
+    if threads is None and (batch.cluster is not None or batch.big):
+        from segtool.distributed.cluster import parse_cluster, threads_per_local_worker
+
+        try:  # the workers of a local cluster share this machine's cores
+            threads = threads_per_local_worker(parse_cluster(batch.cluster or "local"))
+        except SegtoolError:
+            pass  # run_files reports a bad --cluster value (exit 2)
+    return threads
+
+
+def _prepare_model(model: Path | None, *, device: str, threads: int | None, precision: str, scale: float | None,
+                   diameter: float | None):
+    """The model named by ``-m`` loaded once, and the image scale factor; exit 2 when it cannot be used.
+
+    Returns ``(model_path, model_name, loaded, factor)``.
+    """
+    from segtool.unet.predict import scale_for_diameter
+    from segtool.unet.shipped import resolve_model
+
+    try:
+        model_path, model_name = resolve_model(model)
+    except SegtoolError as err:
+        fail(first_line(err), code=EXIT_USAGE)
+    try:
+        loaded = load_prepared(model_path, device=device, threads=threads, precision=precision)
+        factor = scale_for_diameter(loaded, diameter) if diameter is not None else (scale or 1.0)
+    except SegtoolError as err:
+        fail(first_line(err), where=str(model_path), code=EXIT_USAGE)
+    return model_path, model_name, loaded, factor
+
+
+def _check_tiles(loaded, *, tile: int | None, tile_halo: int | None, overlap: float | None) -> None:
+    """Exit 2 when ``--tile``/``--tile-halo`` leave no core in a tile: a usage error, found before any image is read."""
+    from segtool.unet.predict import network_device_type, plan_inference_tiles
+
+    try:
+        side = 4 * (tile or 2048)
+        plan_inference_tiles(loaded.config, (side, side), device_type=network_device_type(loaded.net), tile=tile,
+                             overlap=overlap, tile_halo=tile_halo)
+    except SegtoolError as err:
+        fail(first_line(err), code=EXIT_USAGE)
+
+
+def _memory_guard(batch: BatchOptions, bands: bool | None):
+    """The memory guard of predict: band mode (automatic over BAND_PIXELS) keeps memory bounded, so then only
+    the decoded image counts."""
+    return memory_budget(
+        batch.max_memory, "predict", jobs=batch.jobs, streamed_above=None if bands is False else BAND_PIXELS,
+        way_out="drop --no-bands (large images are then predicted band by band)" if bands is False
+        else "save it as a TIFF, which predict reads band by band",
     )
