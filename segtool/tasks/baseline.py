@@ -35,6 +35,19 @@ class BaselineTask:
     memory: MemoryBudget | None = None  # the memory guard (--max-memory)
     z_spacing: float | None = None  # Z stacks (no --plane) are segmented in 3-D
 
+    def method(self) -> dict[str, Any]:
+        """The segmentation options, as keywords of :func:`segtool.baseline.segment_baseline` (and its 3-D twin)."""
+        return {
+            "degree": self.degree,
+            "robust": self.robust,
+            "polarity": self.polarity,
+            "threshold": self.threshold,
+            "min_size": self.min_size,
+            "fill_holes": self.fill_holes,
+            "smooth": self.smooth,
+            "split": self.split,
+        }
+
     def planned_outputs(self, path: Path) -> dict[str, Path]:
         outputs = {"labels": output_path(path, "_labels.tif", output_dir=self.output_dir)}
         if self.save_background:
@@ -54,17 +67,7 @@ class BaselineTask:
         if figures is not None:
             return figures
         image = read_image(path, channel=self.channel, plane=self.plane, memory=self.memory)
-        result = segment_baseline(
-            image.data,
-            degree=self.degree,
-            robust=self.robust,
-            polarity=self.polarity,
-            threshold=self.threshold,
-            min_size=self.min_size,
-            fill_holes=self.fill_holes,
-            smooth=self.smooth,
-            split=self.split,
-        )
+        result = segment_baseline(image.data, **self.method())
         outputs = self.planned_outputs(path)
         calibration = {"pixel_size": image.pixel_size, "unit": image.unit, "overwrite": self.overwrite}
         write_labels(outputs["labels"], result.labels, **calibration)

@@ -44,18 +44,7 @@ def baseline_stack(task: Any, path: Path) -> dict[str, Any] | None:
     if not is_z_stack(path, plane=task.plane, z_spacing=z_spacing):
         return None
     volume = read_volume(path, channel=task.channel, z_spacing=z_spacing)
-    result = segment_baseline_3d(
-        volume.data,
-        z_spacing=volume.z_spacing,
-        degree=task.degree,
-        robust=task.robust,
-        polarity=task.polarity,
-        threshold=task.threshold,
-        min_size=task.min_size,
-        fill_holes=task.fill_holes,
-        smooth=task.smooth,
-        split=task.split,
-    )
+    result = segment_baseline_3d(volume.data, z_spacing=volume.z_spacing, **task.method())
     outputs = task.planned_outputs(path)
     keep = {"voxel_size": volume.voxel_size, "unit": volume.unit, "overwrite": task.overwrite}
     write_label_volume(outputs["labels"], result.labels, **keep)

@@ -95,7 +95,7 @@ class EpochReport:
 
 @dataclass
 class TrainResult:
-    """The outcome of :func:`train_model`.
+    """The outcome of :func:`segtool.unet.train.train_model`.
 
     Attributes
     ----------
