@@ -350,8 +350,6 @@ def run_files(
     cluster_spec = _cluster_spec(batch.cluster, big=batch.big, jobs=batch.jobs)
     expanded = expand_specs(specs, recursive=batch.recursive, kind=kind)
     err_console = stderr()
-    table_mode = not json_out and sys.stdout.isatty()
-    rows: list[ItemResult] = []
     summary_problems = BatchSummary()
 
     with ExitStack() as stack:
@@ -360,41 +358,9 @@ def run_files(
         client = None
         if cluster_spec is not None and expanded.files:
             client = _connect(stack, cluster_spec, quiet=quiet)
-        manifest_file = None
-        if manifest is not None:
-            try:
-                manifest.parent.mkdir(parents=True, exist_ok=True)
-                manifest_file = stack.enter_context(open(manifest, "a", encoding="utf-8"))
-            except OSError as err:
-                fail(f"cannot open manifest: {err.strerror or err}", where=str(manifest), code=EXIT_USAGE)
-
-        def emit(result: ItemResult) -> None:
-            record = result.to_json()
-            if manifest_file is not None:
-                manifest_file.write(json.dumps(record) + "\n")
-                manifest_file.flush()
-            if result.status == "failed":
-                progress.console.print(error_line(result.input, result.error or "failed"), markup=False, highlight=False)
-            if json_out:
-                print(json.dumps(record), flush=True)
-            elif table_mode:
-                rows.append(result)
-            elif result.status != "failed" and result.outputs:
-                print(next(iter(result.outputs.values())), flush=True)
-            if task_id is not None:
-                progress.advance(task_id)
-
-        show_progress = not quiet and err_console.is_terminal
-        progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-            disable=not show_progress,
-        )
-        task_id = None
+        progress = _progress_bar(err_console, quiet=quiet)
+        emit = _Reporter(progress, manifest=_open_manifest(stack, manifest), json_out=json_out,
+                         table_mode=not json_out and sys.stdout.isatty())
         with progress:
             for spec, message in expanded.problems:
                 result = ItemResult(spec, "failed", error=message)
@@ -402,7 +368,7 @@ def run_files(
                 emit(result)
             if summary_problems.failed and on_error == OnError.stop:
                 expanded.files = []
-            task_id = progress.add_task(verb, total=len(expanded.files)) if expanded.files else None
+            emit.task_id = progress.add_task(verb, total=len(expanded.files)) if expanded.files else None
             runner = None
             if client is not None and not batch.big:
                 from segtool.distributed.folder import cluster_runner
@@ -428,13 +394,71 @@ def run_files(
                 raise typer.Exit(code) from None
 
     summary.failed += summary_problems.failed
-    if table_mode and rows:
-        _print_table(rows, columns)
+    if emit.rows:
+        _print_table(emit.rows, columns)
     if not quiet:
         _print_summary(err_console, summary, BatchSummary())
     if not expanded.files and not summary_problems.failed:
         fail("no input files given")
     raise typer.Exit(summary.exit_code)
+
+
+def _open_manifest(stack: ExitStack, manifest: Path | None):
+    """The ``--manifest`` file opened for appending (closed with ``stack``), or None; exit 2 when it cannot be."""
+    if manifest is None:
+        return None
+    try:
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        return stack.enter_context(open(manifest, "a", encoding="utf-8"))
+    except OSError as err:
+        fail(f"cannot open manifest: {err.strerror or err}", where=str(manifest), code=EXIT_USAGE)
+
+
+def _progress_bar(console: Console, *, quiet: bool) -> Progress:
+    """The bar over the inputs, drawn on a terminal only (and never with ``--quiet``)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=quiet or not console.is_terminal,
+    )
+
+
+class _Reporter:
+    """Where each input's result goes as soon as it is known.
+
+    The manifest gets its JSON line; a failure gets its error line on
+    stderr; stdout gets the JSON line (``--json``), or the main output path
+    when piped, or nothing yet on a terminal (``rows`` become the table at
+    the end); the progress bar advances.
+    """
+
+    def __init__(self, progress: Progress, *, manifest, json_out: bool, table_mode: bool) -> None:
+        self.progress = progress
+        self.manifest = manifest
+        self.json_out = json_out
+        self.table_mode = table_mode
+        self.rows: list[ItemResult] = []
+        self.task_id = None  # the bar's task, once the number of inputs is known
+
+    def __call__(self, result: ItemResult) -> None:
+        record = result.to_json()
+        if self.manifest is not None:
+            self.manifest.write(json.dumps(record) + "\n")
+            self.manifest.flush()
+        if result.status == "failed":
+            self.progress.console.print(error_line(result.input, result.error or "failed"), markup=False, highlight=False)
+        if self.json_out:
+            print(json.dumps(record), flush=True)
+        elif self.table_mode:
+            self.rows.append(result)
+        elif result.status != "failed" and result.outputs:
+            print(next(iter(result.outputs.values())), flush=True)
+        if self.task_id is not None:
+            self.progress.advance(self.task_id)
 
 
 def _cluster_spec(cluster: str | None, *, big: bool, jobs: int):
