@@ -425,6 +425,7 @@ def client():
             yield client
 
 
+@pytest.mark.slow
 def test_blocks_on_a_cluster(tmp_path, rng, client):
     data = _image(rng, np.uint16)
     tiled, plain = tmp_path / "tiled.tif", tmp_path / "plain.tif"

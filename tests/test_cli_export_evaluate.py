@@ -268,3 +268,17 @@ def test_evaluate_prefers_label_files_saved_beside_images(tmp_path):
     tifffile.imwrite(folder / "a_mask.tif", two_squares())  # now two label files claim "a"
     result = invoke("evaluate", folder, tmp_path / "a_masks.tif")
     assert result.exit_code == 1 and "several prediction files for 'a'" in result.stderr
+
+
+def test_evaluate_plot_without_matplotlib_is_refused_before_any_work(tmp_path, monkeypatch):
+    import segtool.plotting
+
+    monkeypatch.setattr(segtool.plotting, "plotting_available", lambda: False)
+    tifffile.imwrite(tmp_path / "a_labels.tif", two_squares())
+    tifffile.imwrite(tmp_path / "a_masks.tif", two_squares())
+    csv_path = tmp_path / "scores.csv"
+    result = invoke("evaluate", tmp_path / "a_labels.tif", tmp_path / "a_masks.tif", "--csv", csv_path,
+                    "--plot", tmp_path / "p.png")
+    assert result.exit_code == 2
+    assert result.stderr.strip() == "segtool: error: --plot needs matplotlib: pip install 'segtool[plot]' (matplotlib)"
+    assert not csv_path.exists() and not (tmp_path / "p.png").exists()

@@ -46,6 +46,7 @@ def write_set(root: Path, count: int = 5, *, mask_suffix: str = "", seed: int = 
     return root
 
 
+@pytest.mark.slow
 def test_train_one_folder_writes_model_log_curve_and_checkpoints(tmp_path):
     data = write_set(tmp_path / "data")
     model = tmp_path / "out" / "nuclei.pt"
@@ -72,6 +73,7 @@ def test_train_one_folder_writes_model_log_curve_and_checkpoints(tmp_path):
     assert len(meta["training_files"]) == 4 and len(meta["validation_files"]) == 1
 
 
+@pytest.mark.slow
 def test_train_two_folders_with_mask_suffix_val_and_json(tmp_path):
     data = write_set(tmp_path / "data", 3, mask_suffix="_cp_masks")
     val = write_set(tmp_path / "val", 2, mask_suffix="_mask", seed=1)
@@ -87,6 +89,7 @@ def test_train_two_folders_with_mask_suffix_val_and_json(tmp_path):
     assert load_model(model).config.target == "distance"
 
 
+@pytest.mark.slow
 def test_three_class_distance_model_trains_and_predicts_from_the_cli(tmp_path):
     data = write_set(tmp_path / "data", 3)
     model = tmp_path / "m.pt"
@@ -100,6 +103,7 @@ def test_three_class_distance_model_trains_and_predicts_from_the_cli(tmp_path):
     assert tifffile.imread(probs[0]).shape[0] == 4
 
 
+@pytest.mark.slow
 def test_model_info_text_and_json(tmp_path):
     data = write_set(tmp_path / "data", 3)
     model = tmp_path / "m.pt"
@@ -185,6 +189,7 @@ def test_usage_errors(tmp_path):
     assert not (tmp_path / "m.pt").exists()
 
 
+@pytest.mark.slow
 def test_val_seed_keeps_the_validation_images_of_another_seed(tmp_path):
     data = write_set(tmp_path / "data", 8)
     runs = {}
@@ -198,6 +203,7 @@ def test_val_seed_keeps_the_validation_images_of_another_seed(tmp_path):
     assert runs["c"]["validation_files"] != runs["a"]["validation_files"]
 
 
+@pytest.mark.slow
 def test_precision_is_resolved_reported_and_stored(tmp_path):
     from segtool.unet.precision import bf16_supported
 
@@ -236,6 +242,7 @@ def test_workers_are_resolved_reported_stored_and_kept_on_resume(tmp_path):
     assert ", 1 data workers" in result.stderr and "continuing with" not in result.stderr
 
 
+@pytest.mark.slow
 def test_workers_on_the_cpu_leave_their_cores_to_them(tmp_path):
     data = write_set(tmp_path / "data", 3)
     before = torch.get_num_threads()
@@ -253,6 +260,7 @@ def test_workers_on_the_cpu_leave_their_cores_to_them(tmp_path):
         torch.set_num_threads(before)
 
 
+@pytest.mark.slow
 def test_refuses_to_overwrite_and_points_to_resume(tmp_path):
     data = write_set(tmp_path / "data", 3)
     model = tmp_path / "m.pt"
@@ -327,6 +335,7 @@ def test_ctrl_c_in_a_terminal_spares_the_data_workers_and_resume_finishes(tmp_pa
     assert load_model(model).metadata["options"]["workers"] >= 1
 
 
+@pytest.mark.slow
 def test_training_time_is_recorded_and_shown(tmp_path):
     import csv
 
@@ -341,3 +350,17 @@ def test_training_time_is_recorded_and_shown(tmp_path):
     assert recorded >= 0 and abs(recorded - logged) < 0.01
     info = invoke("model", "info", model)
     assert info.exit_code == 0 and "training time" in info.stdout
+
+
+@pytest.mark.slow
+def test_without_matplotlib_the_curve_is_skipped_with_a_note(tmp_path, monkeypatch):
+    import segtool.cli.train as train_command
+
+    monkeypatch.setattr(train_command, "plotting_available", lambda: False)
+    data = write_set(tmp_path / "data", 3)
+    model = tmp_path / "m.pt"
+    result = invoke("train", data, "-o", model, "--epochs", "1", "--json", *TINY)
+    assert result.exit_code == 0, result.stderr
+    assert "no training curve (m_curve.png): pip install 'segtool[plot]'" in result.stderr
+    assert json.loads(result.stdout)["curve"] is None
+    assert model.exists() and (tmp_path / "m_log.csv").exists() and not (tmp_path / "m_curve.png").exists()

@@ -100,6 +100,7 @@ def test_colour_overlay_keeps_the_stain_hue():
         outline_overlay(np.zeros((2, 8, 8)), labels)
 
 
+@pytest.mark.slow
 def test_rgb_training_normalises_per_channel_and_predict_reads_colour(tmp_path):
     data = stained_set(tmp_path / "data")
     model = tmp_path / "rgb.pt"
@@ -121,6 +122,7 @@ def test_rgb_training_normalises_per_channel_and_predict_reads_colour(tmp_path):
     assert result.exit_code != 0 and "--channel picks one channel" in result.output
 
 
+@pytest.mark.slow
 def test_rgb_fine_tune_from_a_grey_parent_spreads_the_first_convolution(tmp_path):
     data = stained_set(tmp_path / "data")
     parent = tmp_path / "grey.pt"
@@ -192,6 +194,7 @@ def test_shipped_histo_model_is_a_grey_model_scored_on_the_histo_test_split():
     assert info.exit_code == 0 and "dsb2018_histo" in info.stdout
 
 
+@pytest.mark.slow
 def test_torchscript_export_of_an_rgb_model_takes_a_colour_sample(tmp_path):
     data = stained_set(tmp_path / "data", 3)
     model = tmp_path / "rgb.pt"

@@ -269,6 +269,7 @@ def client():
         yield client
 
 
+@pytest.mark.slow
 def test_on_local_cluster(client, nuclei):
     options = {"smooth": 0.7, "fill_holes": True, "polarity": "auto"}
     with dask.config.set(scheduler=client):

@@ -49,6 +49,7 @@ def big_image(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_baseline_block_mode_equals_in_memory(big_image, tmp_path):
     memory = _run(["baseline", str(big_image), "-o", str(tmp_path / "memory"), "--json"])
     blocks = _run(["baseline", str(big_image), "-o", str(tmp_path / "blocks"), "--json", "--block-size", "128",
@@ -66,6 +67,7 @@ def test_baseline_block_mode_equals_in_memory(big_image, tmp_path):
         assert tif.pages[0].is_tiled and tif.is_bigtiff
 
 
+@pytest.mark.slow
 def test_baseline_block_mode_writes_and_reads_ome_zarr(big_image, tmp_path):
     out = tmp_path / "out"
     first = _run(["baseline", str(big_image), "-o", str(out), "--block-size", "256", "--zarr", "-q"])
@@ -91,6 +93,7 @@ def test_baseline_block_mode_writes_and_reads_ome_zarr(big_image, tmp_path):
     assert json.loads(accepted.stdout)["objects"] >= 1
 
 
+@pytest.mark.slow
 def test_predict_block_mode_matches_in_memory(tmp_path, sample_images):
     from segtool.metrics import match_labels
 

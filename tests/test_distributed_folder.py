@@ -145,6 +145,7 @@ class _DiesOnce:
         return {}
 
 
+@pytest.mark.slow
 def test_a_worker_dying_mid_task_loses_nothing_even_on_one_worker(tmp_path):
     from distributed import Client, LocalCluster
 
@@ -172,6 +173,7 @@ def test_a_worker_dying_mid_task_loses_nothing_even_on_one_worker(tmp_path):
     assert again.results[0].status == "failed" and "output exists" in again.results[0].error
 
 
+@pytest.mark.slow
 def test_relative_paths_reach_workers_as_absolute_paths(tmp_path, sample_images):
     _copies(tmp_path, sample_images, 2)
     proc = subprocess.run([*SEGTOOL, "baseline", "in", "-o", "out", "--json", "--cluster", "local:1"], cwd=tmp_path,
@@ -183,6 +185,7 @@ def test_relative_paths_reach_workers_as_absolute_paths(tmp_path, sample_images)
     assert all(Path(r["outputs"]["labels"]).parent == tmp_path / "out" for r in records)
 
 
+@pytest.mark.slow
 def test_baseline_on_local_cluster_equals_in_process_run(tmp_path, sample_images):
     folder = _copies(tmp_path, sample_images, 6)
     (folder / "broken.tif").write_bytes(b"not a tiff")
@@ -216,6 +219,7 @@ def test_baseline_on_local_cluster_equals_in_process_run(tmp_path, sample_images
     _same_files(tmp_path / "alone", tmp_path / "dask")
 
 
+@pytest.mark.slow
 def test_on_error_stop_on_cluster_starts_nothing_new(tmp_path, sample_images):
     folder = tmp_path / "in"
     folder.mkdir()
@@ -231,6 +235,7 @@ def test_on_error_stop_on_cluster_starts_nothing_new(tmp_path, sample_images):
     assert not (tmp_path / "out").exists() or not list((tmp_path / "out").iterdir())
 
 
+@pytest.mark.slow
 def test_predict_on_local_cluster_equals_in_process_run(tmp_path, sample_images):
     folder = _copies(tmp_path, sample_images, 3)
     # Same thread count on both sides: PyTorch's sums may be ordered differently with another.
@@ -240,6 +245,7 @@ def test_predict_on_local_cluster_equals_in_process_run(tmp_path, sample_images)
     assert len(_same_files(tmp_path / "alone", tmp_path / "dask")) == 3
 
 
+@pytest.mark.slow
 def test_export_on_local_cluster_equals_in_process_run(tmp_path):
     labels = tmp_path / "labels"
     labels.mkdir()
@@ -278,6 +284,7 @@ def _worker_count(scheduler_file: Path) -> int:
         return len(client.scheduler_info()["workers"])
 
 
+@pytest.mark.slow
 def test_real_scheduler_survives_a_killed_worker(tmp_path, sample_images):
     folder = _copies(tmp_path, sample_images, 40)
     scheduler_file = tmp_path / "scheduler.json"

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segtool.cli.baseline import BaselineTask
+from segtool.tasks import BaselineTask
 from segtool.errors import SegtoolError
 from segtool.io import read_labels
 

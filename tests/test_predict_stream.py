@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from segtool.batch import run_batch
-from segtool.cli.predict import PredictTask
+from segtool.tasks import PredictTask
 from segtool.io import read_labels
 from segtool.unet.predict import find_packaged_model, load_for_inference
 

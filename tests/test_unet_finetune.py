@@ -158,6 +158,7 @@ def synthetic_pairs(count: int, seed: int) -> list[tuple[np.ndarray, np.ndarray]
     return pairs
 
 
+@pytest.mark.slow
 def test_frozen_encoder_keeps_the_parent_weights_while_the_decoder_learns(parent_file, tmp_path):
     init = load_init(parent_file)
     config = child_config(init.config)
@@ -173,6 +174,7 @@ def test_frozen_encoder_keeps_the_parent_weights_while_the_decoder_learns(parent
     assert any(not torch.equal(trained[k], init.state_dict[k]) for k in decoder)
 
 
+@pytest.mark.slow
 def test_unfrozen_fine_tune_starts_from_the_parent_not_from_a_random_net(parent_file, tmp_path):
     init = load_init(parent_file)
     config = child_config(init.config)
@@ -190,6 +192,7 @@ def test_unfrozen_fine_tune_starts_from_the_parent_not_from_a_random_net(parent_
     assert not torch.allclose(weight, scratch, atol=1e-2)
 
 
+@pytest.mark.slow
 def test_interrupted_fine_tune_resumes_to_the_uninterrupted_result(parent_file, tmp_path):
     init = load_init(parent_file)
     config = child_config(init.config)
@@ -220,6 +223,7 @@ def test_interrupted_fine_tune_resumes_to_the_uninterrupted_result(parent_file, 
 # ---------------------------------------------------------------- CLI
 
 
+@pytest.mark.slow
 def test_cli_init_records_lineage_and_model_info_shows_it(parent_file, tmp_path):
     data = write_set(tmp_path / "data", seed=5)
     child = tmp_path / "child.pt"
@@ -251,6 +255,7 @@ def test_cli_init_records_lineage_and_model_info_shows_it(parent_file, tmp_path)
     assert load_model(grandchild).metadata["options"]["learning_rate"] == 1e-4
 
 
+@pytest.mark.slow
 def test_cli_resume_of_a_fine_tune_keeps_the_lineage(parent_file, tmp_path):
     data = write_set(tmp_path / "data", seed=6)
     model = tmp_path / "ft.pt"

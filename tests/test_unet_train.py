@@ -206,6 +206,7 @@ def test_options_validate_and_roundtrip():
 # ---------------------------------------------------------------- training
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("target", ["three_class", "distance", "three_class_distance"])
 def test_tiny_training_loss_falls_and_saved_model_predicts(pairs, tmp_path, target):
     steps, epochs = [], []
@@ -241,6 +242,7 @@ def test_tiny_training_loss_falls_and_saved_model_predicts(pairs, tmp_path, targ
     assert torch.isfinite(maps).all()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_training_learns_the_synthetic_task(pairs, tmp_path, precision):
     result = train_model(
@@ -253,6 +255,7 @@ def test_training_learns_the_synthetic_task(pairs, tmp_path, precision):
     assert result.best.val_f1 >= 0.6
 
 
+@pytest.mark.slow
 def test_bf16_training_is_reproducible_and_stores_plain_float32_weights(pairs, tmp_path):
     config, options = tiny_config(), tiny_options(epochs=1, precision="bf16")
     a = train_model(pairs[:4], pairs[6:7], config, options=options, checkpoint_dir=tmp_path / "a")
@@ -270,6 +273,7 @@ def test_bf16_training_is_reproducible_and_stores_plain_float32_weights(pairs, t
     assert read_checkpoint_settings(a.last_checkpoint)[1].precision == "bf16"
 
 
+@pytest.mark.slow
 def test_same_seed_same_weights_and_other_seed_differs(pairs, tmp_path):
     config, options = tiny_config(), tiny_options(epochs=1)
     a = train_model(pairs[:4], pairs[6:7], config, options=options, checkpoint_dir=tmp_path / "a")
@@ -279,6 +283,7 @@ def test_same_seed_same_weights_and_other_seed_differs(pairs, tmp_path):
     assert not same_weights(weights_of(a.net), weights_of(c.net))
 
 
+@pytest.mark.slow
 def test_same_seed_and_worker_count_give_the_same_weights(pairs, tmp_path):
     config = tiny_config()
     options = {w: tiny_options(epochs=2, workers=w, augment=AugmentOptions(elastic=True)) for w in (0, 1, 2)}
@@ -325,6 +330,7 @@ def test_a_killed_data_worker_ends_training_with_a_one_line_error(pairs, tmp_pat
 
 # stop_requested is polled before each of the 4 steps and each of the 2 validation images of an epoch:
 # after 8 calls it stops in the middle of epoch 2's training, after 10 before its validation.
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "stop_after, step_in_epoch, precision, ema, workers, resume_with",
     [
@@ -373,6 +379,7 @@ def test_interrupt_and_resume_gives_the_uninterrupted_result(
     assert same_weights(weights_of(resumed.net), weights_of(full.net))
 
 
+@pytest.mark.slow
 def test_resume_refuses_other_options_data_and_files(pairs, tmp_path):
     config, options = tiny_config(), tiny_options(epochs=1)
     result = train_model(pairs[:3], pairs[6:7], config, options=options, checkpoint_dir=tmp_path)
@@ -395,6 +402,7 @@ def test_resume_refuses_other_options_data_and_files(pairs, tmp_path):
     assert again.stop_reason == "completed" and len(again.history) == 1
 
 
+@pytest.mark.slow
 def test_early_stopping_and_best_epoch_choice(pairs, tmp_path, monkeypatch):
     import segtool.unet.train as train_module
 
@@ -431,6 +439,7 @@ def test_update_average_follows_the_ramped_decay():
     assert average_decay(0.999, 10**6) == 0.999 and average_decay(0.999, 8) == 0.5
 
 
+@pytest.mark.slow
 def test_weight_average_is_validated_and_saved_without_changing_training(pairs, tmp_path, monkeypatch):
     import segtool.unet.train as train_module
 
@@ -457,6 +466,7 @@ def test_weight_average_is_validated_and_saved_without_changing_training(pairs, 
     assert load_model(averaged.best_checkpoint).metadata["options"]["ema_decay"] == 0.9
 
 
+@pytest.mark.slow
 def test_no_validation_picks_lowest_training_loss(pairs, tmp_path):
     # without validation images the best epoch is the lowest training loss
     result = train_model(pairs[:2], [], tiny_config(), options=tiny_options(epochs=3, patches_per_epoch=4), checkpoint_dir=tmp_path / "b")

@@ -1,9 +1,10 @@
 """Options and reporting shared by every command that processes many files.
 
 A command module declares its options with the ``Annotated`` aliases below,
-builds a picklable :class:`segtool.batch.Task`, and calls :func:`run_files`,
-which expands the inputs, runs the batch, prints results and exits with the
-documented code:
+gathers the batch options once into a :class:`BatchOptions` (:func:`batch_options`),
+builds a picklable :class:`segtool.batch.Task` (see :mod:`segtool.tasks`), and
+calls :func:`run_files`, which expands the inputs, runs the batch, prints
+results and exits with the documented code:
 
 * 0 — every input succeeded (or was skipped with ``--skip-existing``);
 * 1 — at least one input failed (each reported on stderr, the rest processed);
@@ -19,6 +20,7 @@ import sys
 import traceback
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
+from dataclasses import dataclass, fields
 from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -35,6 +37,8 @@ from segtool.memory import WORKING_BYTES, MemoryBudget, parse_memory_limit
 from segtool.quiet import quiet_libraries
 
 __all__ = [
+    "BatchOptions",
+    "batch_options",
     "Device",
     "stderr",
     "error_line",
@@ -54,6 +58,7 @@ __all__ = [
     "Debug",
     "Channel",
     "Plane",
+    "SaveOverlay",
     "ClusterOpt",
     "BlockSize",
     "ZarrOut",
@@ -174,6 +179,15 @@ Plane = Annotated[
     typer.Option("--plane", min=0, help="Plane of a Z or T stack to use (0-based); stacks need it.", rich_help_panel=PANEL_IO),
 ]
 
+SaveOverlay = Annotated[
+    bool,
+    typer.Option(
+        "--save-overlay",
+        help="Also write outlines drawn on the image (<stem>_overlay.png).",
+        rich_help_panel="Extra outputs",
+    ),
+]
+
 
 PANEL_DISTRIBUTED = "Dask cluster (pip install 'segtool[distributed]')"
 
@@ -231,6 +245,42 @@ MaxMemory = Annotated[
 ]
 
 
+@dataclass(frozen=True)
+class BatchOptions:
+    """The options every many-file command shares, parsed once and passed whole.
+
+    Field names are the command functions' parameter names, so
+    :func:`batch_options` can collect them; a command without an option (say
+    ``export`` has no ``--block-size``) keeps the default.
+    """
+
+    output: Path | None = None  # -o: folder for the results (None: beside each input)
+    recursive: bool = False
+    overwrite: bool = False
+    skip_existing: bool = False
+    json_out: bool = False
+    manifest: Path | None = None
+    on_error: OnError = OnError.skip
+    jobs: int = 1
+    max_memory: str | None = None
+    cluster: str | None = None
+    block_size: int | None = None  # big-image mode (Dask blocks) when set
+    zarr: bool = False
+    quiet: bool = False
+    debug: bool = False
+
+    @property
+    def big(self) -> bool:
+        """Whether big-image mode (``--block-size``) was asked for."""
+        return self.block_size is not None
+
+
+def batch_options(ctx: typer.Context) -> BatchOptions:
+    """The :class:`BatchOptions` of the running command, from the parameters Typer parsed."""
+    names = {field.name for field in fields(BatchOptions)}
+    return BatchOptions(**{name: value for name, value in ctx.params.items() if name in names})
+
+
 def memory_budget(
     text: str | None, command: str, *, jobs: int = 1, way_out: str = "", streamed_above: int | None = None
 ) -> MemoryBudget:
@@ -271,21 +321,11 @@ def expand_specs(specs: Sequence[str], *, kind: str = "image", recursive: bool =
 def run_files(
     specs: Sequence[str],
     task: Task,
+    batch: BatchOptions,
     *,
     kind: str = "image",
-    recursive: bool = False,
-    on_error: OnError | str = OnError.skip,
-    skip_existing: bool = False,
-    overwrite: bool = False,
-    jobs: int = 1,
-    json_out: bool = False,
-    manifest: Path | None = None,
-    quiet: bool = False,
-    debug: bool = False,
     columns: Sequence[tuple[str, Callable[[ItemResult], Any]]] = (),
     verb: str = "Processing",
-    cluster: str | None = None,
-    big: bool = False,
 ) -> BatchSummary:
     """Expand ``specs``, run ``task`` on each file, report, and exit with the batch's code.
 
@@ -295,65 +335,32 @@ def run_files(
     Errors go to stderr as ``segtool: error: <file>: <reason>``, progress and
     the final summary too (unless ``quiet``).
 
-    With ``cluster`` (a ``--cluster`` value) the inputs run as one task each on
-    that Dask cluster. With ``big`` (big-image mode) they run one after the
-    other in this process, each spread over the cluster (``local`` when no
-    ``cluster`` is given) block by block.
+    With ``batch.cluster`` (a ``--cluster`` value) the inputs run as one task
+    each on that Dask cluster. In big-image mode (``batch.block_size``) they
+    run one after the other in this process, each spread over the cluster
+    (``local`` when no ``--cluster`` is given) block by block.
 
     Raises
     ------
     typer.Exit
         Always, with the batch's exit code.
     """
-    on_error = OnError(on_error)
-    cluster_spec = _cluster_spec(cluster, big=big, jobs=jobs)
-    expanded = expand_specs(specs, recursive=recursive, kind=kind)
+    on_error = OnError(batch.on_error)
+    quiet, json_out, manifest = batch.quiet, batch.json_out, batch.manifest
+    cluster_spec = _cluster_spec(batch.cluster, big=batch.big, jobs=batch.jobs)
+    expanded = expand_specs(specs, recursive=batch.recursive, kind=kind)
     err_console = stderr()
-    table_mode = not json_out and sys.stdout.isatty()
-    rows: list[ItemResult] = []
     summary_problems = BatchSummary()
 
     with ExitStack() as stack:
         # Library warnings and log records stay off stderr (shown with --debug).
-        stack.enter_context(quiet_libraries(debug))
+        stack.enter_context(quiet_libraries(batch.debug))
         client = None
         if cluster_spec is not None and expanded.files:
             client = _connect(stack, cluster_spec, quiet=quiet)
-        manifest_file = None
-        if manifest is not None:
-            try:
-                manifest.parent.mkdir(parents=True, exist_ok=True)
-                manifest_file = stack.enter_context(open(manifest, "a", encoding="utf-8"))
-            except OSError as err:
-                fail(f"cannot open manifest: {err.strerror or err}", where=str(manifest), code=EXIT_USAGE)
-
-        def emit(result: ItemResult) -> None:
-            record = result.to_json()
-            if manifest_file is not None:
-                manifest_file.write(json.dumps(record) + "\n")
-                manifest_file.flush()
-            if result.status == "failed":
-                progress.console.print(error_line(result.input, result.error or "failed"), markup=False, highlight=False)
-            if json_out:
-                print(json.dumps(record), flush=True)
-            elif table_mode:
-                rows.append(result)
-            elif result.status != "failed" and result.outputs:
-                print(next(iter(result.outputs.values())), flush=True)
-            if task_id is not None:
-                progress.advance(task_id)
-
-        show_progress = not quiet and err_console.is_terminal
-        progress = Progress(
-            TextColumn("{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
-            TimeElapsedColumn(),
-            console=err_console,
-            transient=True,
-            disable=not show_progress,
-        )
-        task_id = None
+        progress = _progress_bar(err_console, quiet=quiet)
+        emit = _Reporter(progress, manifest=_open_manifest(stack, manifest), json_out=json_out,
+                         table_mode=not json_out and sys.stdout.isatty())
         with progress:
             for spec, message in expanded.problems:
                 result = ItemResult(spec, "failed", error=message)
@@ -361,9 +368,9 @@ def run_files(
                 emit(result)
             if summary_problems.failed and on_error == OnError.stop:
                 expanded.files = []
-            task_id = progress.add_task(verb, total=len(expanded.files)) if expanded.files else None
+            emit.task_id = progress.add_task(verb, total=len(expanded.files)) if expanded.files else None
             runner = None
-            if client is not None and not big:
+            if client is not None and not batch.big:
                 from segtool.distributed.folder import cluster_runner
 
                 runner = cluster_runner(client)
@@ -372,11 +379,11 @@ def run_files(
                     expanded.files,
                     task,
                     on_error=on_error.value,
-                    skip_existing=skip_existing,
-                    overwrite=overwrite,
-                    jobs=jobs,
+                    skip_existing=batch.skip_existing,
+                    overwrite=batch.overwrite,
+                    jobs=batch.jobs,
                     on_result=emit,
-                    debug=debug,
+                    debug=batch.debug,
                     runner=runner,
                 )
             except KeyboardInterrupt as interrupt:
@@ -387,13 +394,71 @@ def run_files(
                 raise typer.Exit(code) from None
 
     summary.failed += summary_problems.failed
-    if table_mode and rows:
-        _print_table(rows, columns)
+    if emit.rows:
+        _print_table(emit.rows, columns)
     if not quiet:
         _print_summary(err_console, summary, BatchSummary())
     if not expanded.files and not summary_problems.failed:
         fail("no input files given")
     raise typer.Exit(summary.exit_code)
+
+
+def _open_manifest(stack: ExitStack, manifest: Path | None):
+    """The ``--manifest`` file opened for appending (closed with ``stack``), or None; exit 2 when it cannot be."""
+    if manifest is None:
+        return None
+    try:
+        manifest.parent.mkdir(parents=True, exist_ok=True)
+        return stack.enter_context(open(manifest, "a", encoding="utf-8"))
+    except OSError as err:
+        fail(f"cannot open manifest: {err.strerror or err}", where=str(manifest), code=EXIT_USAGE)
+
+
+def _progress_bar(console: Console, *, quiet: bool) -> Progress:
+    """The bar over the inputs, drawn on a terminal only (and never with ``--quiet``)."""
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+        disable=quiet or not console.is_terminal,
+    )
+
+
+class _Reporter:
+    """Where each input's result goes as soon as it is known.
+
+    The manifest gets its JSON line; a failure gets its error line on
+    stderr; stdout gets the JSON line (``--json``), or the main output path
+    when piped, or nothing yet on a terminal (``rows`` become the table at
+    the end); the progress bar advances.
+    """
+
+    def __init__(self, progress: Progress, *, manifest, json_out: bool, table_mode: bool) -> None:
+        self.progress = progress
+        self.manifest = manifest
+        self.json_out = json_out
+        self.table_mode = table_mode
+        self.rows: list[ItemResult] = []
+        self.task_id = None  # the bar's task, once the number of inputs is known
+
+    def __call__(self, result: ItemResult) -> None:
+        record = result.to_json()
+        if self.manifest is not None:
+            self.manifest.write(json.dumps(record) + "\n")
+            self.manifest.flush()
+        if result.status == "failed":
+            self.progress.console.print(error_line(result.input, result.error or "failed"), markup=False, highlight=False)
+        if self.json_out:
+            print(json.dumps(record), flush=True)
+        elif self.table_mode:
+            self.rows.append(result)
+        elif result.status != "failed" and result.outputs:
+            print(next(iter(result.outputs.values())), flush=True)
+        if self.task_id is not None:
+            self.progress.advance(self.task_id)
 
 
 def _cluster_spec(cluster: str | None, *, big: bool, jobs: int):

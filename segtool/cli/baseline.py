@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -26,17 +24,17 @@ from segtool.cli._common import (
     Plane,
     Quiet,
     Recursive,
+    SaveOverlay,
     SkipExisting,
     ZarrOut,
+    batch_options,
     fail,
     memory_budget,
     run_files,
 )
 from segtool.cli.zstack import ZSpacing
 from segtool.errors import InputError
-from segtool.inputs import output_path
-from segtool.io import read_image, write_float, write_labels, write_png
-from segtool.memory import MemoryBudget
+from segtool.tasks.baseline import BaselineTask
 from segtool.thresholds import THRESHOLD_METHODS
 
 PANEL_METHOD = "Method"
@@ -58,80 +56,9 @@ def parse_threshold(text: str) -> str | float:
         raise InputError(f"--threshold must be one of {', '.join(THRESHOLD_METHODS)} or a number, got {text!r}") from None
 
 
-@dataclass(frozen=True)
-class BaselineTask:
-    """Per-file work of ``segtool baseline`` (picklable for ``--jobs``)."""
-
-    output_dir: Path | None
-    overwrite: bool
-    degree: int
-    robust: bool
-    polarity: str
-    threshold: str | float
-    min_size: int
-    fill_holes: bool
-    smooth: float
-    split: bool
-    save_background: bool
-    save_corrected: bool
-    save_overlay: bool
-    channel: int | None
-    plane: int | None
-    memory: MemoryBudget | None = None  # the memory guard (--max-memory)
-    z_spacing: float | None = None  # Z stacks (no --plane) are segmented in 3-D
-
-    def planned_outputs(self, path: Path) -> dict[str, Path]:
-        outputs = {"labels": output_path(path, "_labels.tif", output_dir=self.output_dir)}
-        if self.save_background:
-            outputs["background"] = output_path(path, "_background.tif", output_dir=self.output_dir)
-        if self.save_corrected:
-            outputs["corrected"] = output_path(path, "_corrected.tif", output_dir=self.output_dir)
-        if self.save_overlay:
-            outputs["overlay"] = output_path(path, "_overlay.png", output_dir=self.output_dir)
-        return outputs
-
-    def run(self, path: Path) -> dict[str, Any]:
-        from segtool.baseline import segment_baseline
-        from segtool.overlay import outline_overlay
-        from segtool.volume.tasks import baseline_stack
-
-        figures = baseline_stack(self, path)
-        if figures is not None:
-            return figures
-        image = read_image(path, channel=self.channel, plane=self.plane, memory=self.memory)
-        result = segment_baseline(
-            image.data,
-            degree=self.degree,
-            robust=self.robust,
-            polarity=self.polarity,
-            threshold=self.threshold,
-            min_size=self.min_size,
-            fill_holes=self.fill_holes,
-            smooth=self.smooth,
-            split=self.split,
-        )
-        outputs = self.planned_outputs(path)
-        calibration = {"pixel_size": image.pixel_size, "unit": image.unit, "overwrite": self.overwrite}
-        write_labels(outputs["labels"], result.labels, **calibration)
-        if self.save_background:
-            write_float(outputs["background"], result.background, **calibration)
-        if self.save_corrected:
-            write_float(outputs["corrected"], result.corrected, **calibration)
-        if self.save_overlay:
-            write_png(outputs["overlay"], outline_overlay(image.data, result.labels), overwrite=self.overwrite)
-        return {
-            "objects": int(result.labels.max()),
-            # None (JSON null) when the image was flat: there was nothing to threshold.
-            "threshold": None if result.threshold is None else round(float(result.threshold), 6),
-            "empty_reason": result.empty_reason,
-            "polarity": result.polarity,
-            "background": result.fit.summary(),
-            "shape": list(image.data.shape),
-        }
-
-
 @app.command(rich_help_panel="Segment")
 def baseline(
+    ctx: typer.Context,
     images: Inputs,
     output: OutputDir = None,
     degree: Annotated[
@@ -179,9 +106,7 @@ def baseline(
     save_corrected: Annotated[
         bool, typer.Option("--save-corrected", help="Also write image minus background (<stem>_corrected.tif, float32).", rich_help_panel=PANEL_EXTRA)
     ] = False,
-    save_overlay: Annotated[
-        bool, typer.Option("--save-overlay", help="Also write outlines drawn on the image (<stem>_overlay.png).", rich_help_panel=PANEL_EXTRA)
-    ] = False,
+    save_overlay: SaveOverlay = False,
     channel: Channel = None,
     plane: Plane = None,
     z_spacing: ZSpacing = None,
@@ -220,21 +145,22 @@ def baseline(
         "smooth": smooth,
         "split": split,
     }
-    if block_size is not None:
+    batch = batch_options(ctx)
+    if batch.big:
         extras = [name for name, on in (("--save-background", save_background), ("--save-corrected", save_corrected),
                                         ("--save-overlay", save_overlay)) if on]
         if extras:
             fail(f"{', '.join(extras)}: not available in big-image mode (--block-size)", code=2)
-        from segtool.distributed.big_tasks import BigBaselineTask
+        from segtool.tasks.big import BigBaselineTask
 
-        task = BigBaselineTask(block_size=block_size, zarr=zarr, output_dir=output, overwrite=overwrite,
-                               options=method, channel=channel, plane=plane)
-    elif zarr:
+        task = BigBaselineTask(block_size=batch.block_size, zarr=batch.zarr, output_dir=batch.output,
+                               overwrite=batch.overwrite, options=method, channel=channel, plane=plane)
+    elif batch.zarr:
         fail("--zarr writes big-image mode's labels: add --block-size N", code=2)
     else:
         task = BaselineTask(
-            output_dir=output,
-            overwrite=overwrite,
+            output_dir=batch.output,
+            overwrite=batch.overwrite,
             **method,
             save_background=save_background,
             save_corrected=save_corrected,
@@ -242,26 +168,9 @@ def baseline(
             channel=channel,
             plane=plane,
             memory=memory_budget(
-                max_memory, "baseline --split" if split else "baseline", jobs=jobs,
+                batch.max_memory, "baseline --split" if split else "baseline", jobs=batch.jobs,
                 way_out="segment it in blocks with --block-size 4096 (needs segtool[distributed])",
             ),
             z_spacing=z_spacing,
         )
-    run_files(
-        images,
-        task,
-        kind="image",
-        recursive=recursive,
-        on_error=on_error,
-        skip_existing=skip_existing,
-        overwrite=overwrite,
-        jobs=jobs,
-        cluster=cluster,
-        big=block_size is not None,
-        json_out=json_out,
-        manifest=manifest,
-        quiet=quiet,
-        debug=debug,
-        columns=_COLUMNS,
-        verb="baseline",
-    )
+    run_files(images, task, batch, kind="image", columns=_COLUMNS, verb="baseline")

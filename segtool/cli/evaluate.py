@@ -21,6 +21,7 @@ from segtool.io import check_output_free
 from segtool.metrics import DEFAULT_THRESHOLDS, MatchCounts, match_labels, pixel_scores
 from segtool.memory import MemoryBudget
 from segtool.pairing import LabelPair, pair_label_files
+from segtool.plotting import require_plotting
 from segtool.quiet import quiet_libraries
 
 PANEL_OUT = "Outputs"
@@ -59,7 +60,7 @@ def parse_thresholds(text: str | None) -> tuple[float, ...]:
 def _evaluate_pair(
     pair: LabelPair, thresholds: tuple[float, ...], memory: MemoryBudget | None = None
 ) -> tuple[MatchCounts, dict[str, Any]]:
-    from segtool.volume.tasks import read_labels_any  # 2-D images, or Z stacks matched by 3-D IoU
+    from segtool.tasks.stack import read_labels_any  # 2-D images, or Z stacks matched by 3-D IoU
 
     try:
         pred = read_labels_any(pair.pred, memory=memory)[0]
@@ -206,6 +207,11 @@ def evaluate(
         values = parse_thresholds(thresholds)
     except InputError as err:
         fail(str(err), code=EXIT_USAGE)
+    if plot is not None:
+        try:  # matplotlib is the optional [plot] extra: say so before any work
+            require_plotting("--plot")
+        except SegtoolError as err:
+            fail(first_line(err), code=EXIT_USAGE)
     for target in (csv_path, plot):
         if target is not None:
             try:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Optional
 
@@ -29,6 +28,8 @@ from segtool.cli._common import (
     Quiet,
     Recursive,
     SkipExisting,
+    BatchOptions,
+    batch_options,
     expand_specs,
     fail,
     memory_budget,
@@ -37,24 +38,10 @@ from segtool.cli._common import (
     stderr,
 )
 from segtool.errors import InputError
-from segtool.io import Image, read_image, read_labels
-from segtool.memory import MemoryBudget
 from segtool.quiet import quiet_libraries
-from segtool.pairing import find_image, mask_stem
+from segtool.tasks.export import FORMAT_SUFFIXES, ExportTask
 
 PANEL_FORMAT = "Formats"
-
-#: Output name ending of each format (``<stem><suffix>``); png depends on --image.
-FORMAT_SUFFIXES = {
-    "labels": "_labels.tif",
-    "binary": "_binary.tif",
-    "png": "_labels.png",
-    "imagej-roi": "_rois.zip",
-    "geojson": ".geojson",
-    "csv": "_objects.csv",
-}
-OVERLAY_SUFFIX = "_overlay.png"
-
 
 def parse_formats(values: list[str]) -> tuple[str, ...]:
     """``--format`` values (repeatable and/or comma-separated), checked and de-duplicated.
@@ -79,106 +66,6 @@ def parse_formats(values: list[str]) -> tuple[str, ...]:
     if not formats:
         raise InputError(f"give at least one --format ({', '.join(FORMAT_SUFFIXES)})")
     return tuple(formats)
-
-
-@dataclass(frozen=True)
-class ExportTask:
-    """Per-file work of ``segtool export`` / ``segtool measure`` (picklable for ``--jobs``)."""
-
-    formats: tuple[str, ...]
-    output_dir: Path | None = None
-    overwrite: bool = False
-    image: Path | None = None
-    channel: int | None = None
-    plane: int | None = None
-    summary: bool = False  # measure --summary: compute the summary row, write nothing
-    memory: MemoryBudget | None = None  # the memory guard (--max-memory)
-
-    def planned_outputs(self, path: Path) -> dict[str, Path]:
-        if self.summary:
-            return {}
-        folder = self.output_dir if self.output_dir is not None else path.parent
-        stem = mask_stem(path)
-        outputs = {}
-        for name in self.formats:
-            suffix = OVERLAY_SUFFIX if name == "png" and self.image is not None else FORMAT_SUFFIXES[name]
-            target = folder / f"{stem}{suffix}"
-            if target.exists() and path.exists() and target.resolve() == path.resolve():
-                raise InputError(f"the {name} output would replace the input itself; choose another folder with -o")
-            outputs[name] = target
-        return outputs
-
-    def _read(self, path: Path) -> tuple[Image, Image | None]:
-        labels = read_labels(path, plane=self.plane, memory=self.memory)
-        if self.image is None:
-            return labels, None
-        image_path = find_image(path, self.image)
-        try:
-            image = read_image(image_path, channel=self.channel, plane=self.plane, memory=self.memory)
-        except InputError as err:
-            raise InputError(f"image {image_path}: {err}") from err
-        if image.data.shape != labels.data.shape:
-            raise InputError(f"image {image_path} is {image.data.shape} but the labels are {labels.data.shape}")
-        return labels, image
-
-    def run(self, path: Path) -> dict[str, Any]:
-        from segtool import export
-        from segtool.io import write_labels, write_png
-        from segtool.overlay import color_labels, outline_overlay
-        from segtool.volume.tasks import export_stack
-
-        figures_3d = export_stack(self, path)  # a Z-stack label file (no --plane): 3-D measurements, per-plane ROIs
-        if figures_3d is not None:
-            return figures_3d
-        labels, image = self._read(path)
-        data = labels.data
-        # Calibration from the labels, else from the image they were made from.
-        pixel_size, unit = labels.pixel_size, labels.unit
-        if pixel_size is None and image is not None:
-            pixel_size, unit = image.pixel_size, image.unit
-        table = None
-        if self.summary or {"csv", "geojson"} & set(self.formats):
-            table = export.object_table(data, image=None if image is None else image.data, pixel_size=pixel_size, unit=unit)
-        figures: dict[str, Any] = {"objects": int(len(table["label"])) if table is not None else int(len(_labels_present(data)))}
-        if self.summary:
-            figures.update(export.summary_row(data, table))
-            figures["objects"] = int(figures["objects"])
-            return figures
-
-        outputs = self.planned_outputs(path)
-        polygons = export.label_polygons(data) if {"imagej-roi", "geojson"} & set(self.formats) else None
-        keep = {"overwrite": self.overwrite}
-        for name, target in outputs.items():
-            if name == "labels":
-                write_labels(target, data, pixel_size=pixel_size, unit=unit, **keep)
-            elif name == "binary":
-                export.write_binary_tiff(target, data, pixel_size=pixel_size, unit=unit, **keep)
-            elif name == "png":
-                picture = color_labels(data) if image is None else outline_overlay(image.data, data)
-                write_png(target, picture, **keep)
-            elif name == "imagej-roi":
-                export.write_roi_zip(target, export.imagej_rois(polygons), **keep)
-            elif name == "geojson":
-                export.write_geojson(target, export.geojson_features(polygons, table=table), **keep)
-            elif name == "csv":
-                export.write_csv(target, table, **keep)
-        figures.update(
-            {
-                "shape": list(data.shape),
-                "pixel_size": list(pixel_size) if pixel_size is not None else None,
-                "unit": unit if pixel_size is not None else None,
-            }
-        )
-        return figures
-
-
-def _labels_present(data) -> list[int]:
-    import numpy as np
-
-    counts = np.bincount(data.reshape(-1)) if data.dtype.itemsize <= 2 else None
-    if counts is not None:
-        return np.flatnonzero(counts[1:]).tolist()
-    return [v for v in np.unique(data).tolist() if v != 0]
 
 
 FormatOpt = Annotated[
@@ -213,6 +100,7 @@ ImageOpt = Annotated[
 
 @app.command(rich_help_panel="Export and evaluate")
 def export(
+    ctx: typer.Context,
     labels: Inputs,
     formats: FormatOpt = [],  # noqa: B006  (Typer needs a list default)
     image: ImageOpt = None,
@@ -241,19 +129,26 @@ def export(
         chosen = parse_formats(formats)
     except InputError as err:
         fail(str(err), code=EXIT_USAGE)
+    batch = batch_options(ctx)
+    task = ExportTask(formats=chosen, output_dir=batch.output, overwrite=batch.overwrite, image=_checked_image(image),
+                      channel=channel, plane=plane, memory=_memory_guard(batch, "export"))
+    _run_label_files(labels, task, batch, verb="export")
+
+
+def _checked_image(image: Path | None) -> Path | None:
+    """``--image``, or exit 2 when it does not exist."""
     if image is not None and not image.exists():
         fail("--image: no such file or folder", where=str(image), code=EXIT_USAGE)
-    memory = memory_budget(max_memory, "export", jobs=jobs, way_out="raise --max-memory if this machine has the memory")
-    task = ExportTask(formats=chosen, output_dir=output, overwrite=overwrite, image=image, channel=channel, plane=plane,
-                      memory=memory)
-    _run_label_files(labels, task, verb="export", recursive=recursive, on_error=on_error, skip_existing=skip_existing,
-                     overwrite=overwrite, jobs=jobs, json_out=json_out, manifest=manifest, quiet=quiet, debug=debug,
-                     cluster=cluster)
+    return image
 
 
-def _run_label_files(labels, task, *, verb: str, **batch) -> None:
+def _memory_guard(batch: BatchOptions, command: str):
+    return memory_budget(batch.max_memory, command, jobs=batch.jobs, way_out="raise --max-memory if this machine has the memory")
+
+
+def _run_label_files(labels, task, batch: BatchOptions, *, verb: str) -> None:
     """Run an export-type task over label images with the shared batch options (export and measure)."""
-    run_files(labels, task, kind="labels", columns=[("objects", lambda r: r.figures["objects"])], verb=verb, **batch)
+    run_files(labels, task, batch, kind="labels", columns=[("objects", lambda r: r.figures["objects"])], verb=verb)
 
 
 SUMMARY_COLUMNS = ("labels", "objects", "mean_area", "median_area", "coverage")
@@ -262,6 +157,7 @@ SUMMARY_COLUMNS_3D = ("labels", "objects", "mean_volume", "median_volume", "cove
 
 @app.command(rich_help_panel="Export and evaluate")
 def measure(
+    ctx: typer.Context,
     labels: Inputs,
     image: ImageOpt = None,
     summary: Annotated[
@@ -296,31 +192,30 @@ def measure(
     calibrated columns (e.g. area_um2) when the TIFF carries a pixel size. With --summary, prints one row per
     image instead.
     """
-    if image is not None and not image.exists():
-        fail("--image: no such file or folder", where=str(image), code=EXIT_USAGE)
-    memory = memory_budget(max_memory, "measure", jobs=jobs, way_out="raise --max-memory if this machine has the memory")
+    image = _checked_image(image)
+    batch = batch_options(ctx)
+    memory = _memory_guard(batch, "measure")
     if not summary:
-        task = ExportTask(formats=("csv",), output_dir=output, overwrite=overwrite, image=image, channel=channel, plane=plane,
-                          memory=memory)
-        _run_label_files(labels, task, verb="measure", recursive=recursive, on_error=on_error,
-                         skip_existing=skip_existing, overwrite=overwrite, jobs=jobs, json_out=json_out,
-                         manifest=manifest, quiet=quiet, debug=debug, cluster=cluster)
-    if cluster is not None:
+        task = ExportTask(formats=("csv",), output_dir=batch.output, overwrite=batch.overwrite, image=image,
+                          channel=channel, plane=plane, memory=memory)
+        _run_label_files(labels, task, batch, verb="measure")
+    if batch.cluster is not None:
         fail("--cluster is not available with --summary (the summary is computed in this process)", code=EXIT_USAGE)
     task = ExportTask(formats=("csv",), image=image, channel=channel, plane=plane, summary=True, memory=memory)
-    _summary_rows(labels, task, recursive=recursive, on_error=on_error, jobs=jobs, json_out=json_out, quiet=quiet, debug=debug)
+    _summary_rows(labels, task, batch)
 
 
-def _summary_rows(specs, task: ExportTask, *, recursive, on_error, jobs, json_out, quiet, debug) -> None:
+def _summary_rows(specs, task: ExportTask, batch: BatchOptions) -> None:
     """Run ``task`` on every label file and stream one CSV row (or JSON line) per image to stdout."""
     import csv
 
-    expanded = expand_specs(specs, recursive=recursive, kind="labels")
+    on_error, json_out = OnError(batch.on_error), batch.json_out
+    expanded = expand_specs(specs, recursive=batch.recursive, kind="labels")
     failed = 0
     for spec, message in expanded.problems:
         print_error(spec, message)
         failed += 1
-    if failed and OnError(on_error) == OnError.stop:
+    if failed and on_error == OnError.stop:
         raise typer.Exit(1)
     if not expanded.files:
         fail("no input files given")
@@ -344,9 +239,10 @@ def _summary_rows(specs, task: ExportTask, *, recursive, on_error, jobs, json_ou
         writer.writerow([_format_cell(row.get(name, "")) for name in columns])
         sys.stdout.flush()
 
-    with quiet_libraries(debug):
-        summary = run_batch(expanded.files, task, on_error=OnError(on_error).value, jobs=jobs, on_result=emit, debug=debug)
-    if not quiet:
+    with quiet_libraries(batch.debug):
+        summary = run_batch(expanded.files, task, on_error=on_error.value, jobs=batch.jobs, on_result=emit,
+                            debug=batch.debug)
+    if not batch.quiet:
         stderr().print(f"segtool: {summary.done} done, {summary.failed + failed} failed", markup=False, highlight=False)
     raise typer.Exit(1 if summary.failed or failed else 0)
 

@@ -26,7 +26,6 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +47,7 @@ from segtool.unet.modelfile import (
     save_model,
 )
 from segtool.unet.precision import autocast
+from segtool.unet.report import EpochReport, StepReport, TrainResult, build_metadata
 from segtool.unet.targets import class_weights, target_loss
 
 __all__ = [
@@ -63,92 +63,6 @@ __all__ = [
 ]
 
 Pair = tuple[np.ndarray, np.ndarray]
-
-
-@dataclass(frozen=True)
-class StepReport:
-    """Progress inside an epoch: one training step or one validation image."""
-
-    phase: str  # "train" or "val"
-    epoch: int  # 1-based
-    step: int  # 1-based within the phase
-    steps: int
-    loss: float | None  # running mean training loss of this epoch (train phase)
-
-
-@dataclass(frozen=True)
-class EpochReport:
-    """What happened in one epoch (one row of the training log)."""
-
-    epoch: int
-    epochs: int
-    train_loss: float
-    val_loss: float | None
-    val_f1: float | None
-    val_ap: float | None
-    val_ap_mean: float | None
-    learning_rate: float
-    patches: int
-    seconds: float  # whole epoch: training steps and validation
-    train_seconds: float  # training steps only (data loading included)
-    data_seconds: float  # patch sampling, augmentation and tensor conversion
-    improved: bool
-    best_epoch: int
-
-    @property
-    def patches_per_second(self) -> float:
-        """Training throughput (validation time excluded)."""
-        return self.patches / self.train_seconds if self.train_seconds > 0 else float("nan")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-
-@dataclass
-class TrainResult:
-    """The outcome of :func:`train_model`.
-
-    Attributes
-    ----------
-    net : UNet
-        Weights of the best epoch, in eval mode.
-    config : UNetConfig
-    options : TrainOptions
-    history : list of EpochReport
-    best_epoch : int
-        1-based; 0 if no epoch finished.
-    stop_reason : {"completed", "early_stopped", "interrupted"}
-    last_checkpoint : Path
-        Resumable checkpoint (``last.pt``).
-    best_checkpoint : Path or None
-        Model file of the best epoch (``best.pt``), loadable by
-        :func:`segtool.unet.modelfile.load_model`.
-    train_data, val_data : dict
-        Counts and content hash (:func:`segtool.unet.dataset.summarize_pairs`).
-    class_weights : list of float or None
-    device : str
-    """
-
-    net: UNet
-    config: UNetConfig
-    options: TrainOptions
-    history: list[EpochReport]
-    best_epoch: int
-    stop_reason: str
-    last_checkpoint: Path
-    best_checkpoint: Path | None
-    train_data: dict[str, Any]
-    val_data: dict[str, Any]
-    class_weights: list[float] | None
-    device: str
-
-    @property
-    def best(self) -> EpochReport | None:
-        """The report of the best epoch."""
-        for report in self.history:
-            if report.epoch == self.best_epoch:
-                return report
-        return None
 
 
 def learning_rate_at(step: int, *, total_steps: int, warmup_steps: int, options: TrainOptions) -> float:
@@ -294,57 +208,6 @@ def _make_optimizer(net: UNet, options: TrainOptions) -> torch.optim.Optimizer:
     return torch.optim.Adam(net.parameters(), lr=options.learning_rate, weight_decay=options.weight_decay)
 
 
-def build_metadata(result: TrainResult, *, command: str | None = None, extra: dict[str, Any] | None = None) -> dict[str, Any]:
-    """The training summary stored in a model file's metadata.
-
-    Parameters
-    ----------
-    result : TrainResult
-    command : str, optional
-        The command line that trained it.
-    extra : dict, optional
-        Merged in last (e.g. file lists from the CLI).
-
-    Returns
-    -------
-    metadata : dict, JSON-safe
-    """
-    from segtool import __version__
-
-    best = result.best
-    metadata: dict[str, Any] = {
-        "segtool_version": __version__,
-        "torch_version": torch.__version__,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": command,
-        "epochs_run": len(result.history),
-        "epochs_planned": result.options.epochs,
-        "best_epoch": result.best_epoch,
-        "stop_reason": result.stop_reason,
-        # epochs' wall time (steps + validation), summed over resumed runs too: the cost of reproducing the model
-        "training_seconds": round(sum(report.seconds for report in result.history), 3),
-        "validation": None
-        if best is None or best.val_f1 is None
-        else {
-            "images": result.val_data.get("images"),
-            "loss": best.val_loss,
-            "f1_iou50": best.val_f1,
-            "ap_iou50": best.val_ap,
-            "ap_iou50_95": best.val_ap_mean,
-        },
-        "train_loss": None if best is None else best.train_loss,
-        # median equivalent diameter (px) of the training objects: lets prediction rescale other images
-        "median_diameter": result.train_data.get("median_diameter"),
-        "training_data": result.train_data,
-        "validation_data": result.val_data,
-        "options": result.options.to_dict(),
-        "class_weights": result.class_weights,
-        "device": result.device,
-    }
-    metadata.update(extra or {})
-    return metadata
-
-
 def train_model(
     train_pairs: Sequence[Pair],
     val_pairs: Sequence[Pair],
@@ -418,229 +281,35 @@ def train_model(
     device = resolve_device(options.device)
     if not train_pairs:
         raise InputError("no training images")
-    train_samples = prepare_samples(train_pairs, config, names=train_names)
-    val_samples = prepare_samples(val_pairs, config, names=val_names)
-    train_data = summarize_pairs(train_pairs)
-    val_data = summarize_pairs(val_pairs)
-
-    weights_list = None
-    weights = None
-    if config.target in ("three_class", "three_class_distance") and options.class_weighting:
-        weights_list = [float(w) for w in class_weights([s.target[0] for s in train_samples])]
-        weights = torch.tensor(weights_list, dtype=torch.float32, device=device)
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(options.seed)
-        net = UNet(config)
-    if init_weights is not None and resume_from is None:
-        try:
-            net.load_state_dict(init_weights, strict=True)
-        except (RuntimeError, KeyError) as err:
-            raise ModelError(f"initial weights do not fit the network: {str(err).splitlines()[0][:200]}") from None
-    net.to(device)
-    # bfloat16 convolutions are fastest on channels-last tensors (oneDNN's native layout); float32
-    # keeps the plain layout so that runs made before the precision option reproduce bit for bit.
-    memory_format = torch.channels_last if options.precision == "bf16" else torch.contiguous_format
-    net.to(memory_format=memory_format)
-    optimizer = _make_optimizer(net, options)
-    # with --ema, validation, best epoch and saved models use the weight average, not the last step's weights
-    average = copy.deepcopy(net) if options.ema_decay > 0 else None
-    scored = average if average is not None else net
-    rng = np.random.default_rng(options.seed)
-    sampler = PatchSampler(
-        train_samples,
-        patch_size=config.patch_size,
-        rng=rng,
-        foreground_fraction=options.foreground_fraction,
-        augment=options.augment,
-    )
-    steps_per_epoch = _steps_per_epoch(train_samples, config, options)
-    total_steps = steps_per_epoch * options.epochs
-    warmup_steps = min(round(options.warmup_epochs * steps_per_epoch), total_steps // 2)
-
-    checkpoint_dir = Path(checkpoint_dir)
-    last_path = checkpoint_dir / "last.pt"
-    best_path = checkpoint_dir / "best.pt"
-    loop = _Loop()
-    best_state: dict[str, torch.Tensor] | None = None
-
-    if resume_from is not None:
-        payload = load_checkpoint(resume_from)
-        check_resume(payload, config, options, train_data, val_data)
-        state = json.loads(payload["state"])
-        loop = _Loop(**state["loop"])
-        try:
-            net.load_state_dict(payload["model"])
-            optimizer.load_state_dict(payload["optimizer"])
-            if average is not None:
-                average.load_state_dict(payload["average_model"])
-        except (RuntimeError, ValueError, KeyError) as err:
-            raise ModelError(f"checkpoint weights do not fit: {str(err).splitlines()[0][:200]}") from None
-        _restore_numpy_state(rng, state["numpy_rng"])
-        best_state = payload.get("best_model") or None
-
-    checkpoint_dir.mkdir(parents=True, exist_ok=True)
-
-    def write_last() -> None:
-        best = best_state if best_state is not None else {}
-        save_checkpoint(
-            last_path,
-            {
-                "config": json.dumps(config.to_dict()),
-                "options": json.dumps(options.to_dict()),
-                "state": json.dumps(
-                    {
-                        "loop": asdict(loop),
-                        "numpy_rng": _numpy_state(rng),
-                        "train_data": train_data,
-                        "val_data": val_data,
-                        "steps_per_epoch": steps_per_epoch,
-                        "extra": checkpoint_extra or {},
-                    }
-                ),
-                "model": _cpu_weights(net),
-                "best_model": best,
-                **({"average_model": _cpu_weights(average)} if average is not None else {}),
-                "optimizer": _cpu_state(optimizer.state_dict()),
-                "torch_rng": torch.get_rng_state(),
-            },
-        )
-
-    def result(stop_reason: str, result_net: UNet) -> TrainResult:
-        return TrainResult(
-            net=result_net,
-            config=config,
-            options=options,
-            history=[EpochReport(**h) for h in loop.history],
-            best_epoch=loop.best_epoch,
-            stop_reason=stop_reason,
-            last_checkpoint=last_path,
-            best_checkpoint=best_path if best_path.exists() and loop.best_epoch else None,
-            train_data=train_data,
-            val_data=val_data,
-            class_weights=weights_list,
-            device=str(device),
-        )
-
-    def finish(stop_reason: str) -> TrainResult:
-        if best_state is not None:
-            net.load_state_dict(best_state)
-        return result(stop_reason, net.eval())
-
+    run = _Training(train_pairs, val_pairs, config, options, checkpoint_dir, device=device,
+                    names=(train_names, val_names), init_weights=init_weights, resume_from=resume_from,
+                    checkpoint_extra=checkpoint_extra)
     stop_reason = "completed"
     batches = iterate_batches(
-        sampler,
+        run.sampler,
         batch_size=options.batch_size,
         seed=options.seed,
-        start=loop.global_step,
-        stop=total_steps,
+        start=run.loop.global_step,
+        stop=run.total_steps,
         workers=options.workers,
-        pin_memory=device.type == "cuda",
+        pin_memory=run.device.type == "cuda",
     )
     try:
-        while loop.epoch < options.epochs:
-            epoch = loop.epoch + 1
+        while run.loop.epoch < options.epochs:
+            epoch = run.loop.epoch + 1
             try:
-                net.train()
-                while loop.step < steps_per_epoch:
-                    if stop_requested is not None and stop_requested():
-                        raise _Interrupted
-                    started = time.perf_counter()
-                    x, y = next(batches)
-                    # from pinned memory on CUDA: the copy overlaps the CPU work that follows
-                    x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-                    y = y.to(device, non_blocking=True)
-                    loaded = time.perf_counter()
-                    lr = learning_rate_at(loop.global_step, total_steps=total_steps, warmup_steps=warmup_steps, options=options)
-                    for group in optimizer.param_groups:
-                        group["lr"] = lr
-                    with autocast(options.precision, device):
-                        logits = net(x)
-                    loss = target_loss(logits.float(), y, config.target, weights=weights, dice_weight=options.dice_weight)
-                    if not torch.isfinite(loss):
-                        raise InputError(
-                            f"training diverged at epoch {epoch} (loss {float(loss)}); lower the learning rate"
-                        )
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                    if loop.epoch < options.freeze_encoder_epochs:
-                        # no gradient: AdamW leaves the parameter alone (no step, no weight decay)
-                        for parameter in net.encoders.parameters():
-                            parameter.grad = None
-                    optimizer.step()
-                    if average is not None:
-                        update_average(average, net, decay=options.ema_decay, step=loop.global_step + 1)
-                    loop.loss_sum += float(loss.detach())
-                    loop.step += 1
-                    loop.global_step += 1
-                    loop.seconds += time.perf_counter() - started
-                    loop.data_seconds += loaded - started
-                    if on_step is not None:
-                        on_step(StepReport("train", epoch, loop.step, steps_per_epoch, loop.loss_sum / loop.step))
-                started = time.perf_counter()
-                if val_samples:
-                    val_loss, val_f1, val_ap, val_ap_mean = _validate(
-                        scored,
-                        val_samples,
-                        config,
-                        weights=weights,
-                        dice_weight=options.dice_weight,
-                        device=device,
-                        epoch=epoch,
-                        on_step=on_step,
-                        stop_requested=stop_requested,
-                    )
-                else:
-                    val_loss = val_f1 = val_ap = val_ap_mean = None
-                val_seconds = time.perf_counter() - started
+                run.train_epoch(epoch, batches, on_step=on_step, stop_requested=stop_requested)
+                validation = run.validate(epoch, on_step=on_step, stop_requested=stop_requested)
             except _Interrupted:
-                write_last()
-                return finish("interrupted")
-
-            train_loss = loop.loss_sum / max(loop.step, 1)
-            # best = highest validation F1, ties (e.g. F1 still 0 early on) broken by the lower loss
-            score = [val_f1, -val_loss] if val_f1 is not None else [-train_loss, 0.0]
-            improved = loop.best_score is None or tuple(score) > tuple(loop.best_score)
-            if improved:
-                loop.best_score = score
-                loop.best_epoch = epoch
-                loop.bad_epochs = 0
-                best_state = _cpu_weights(scored)
-            else:
-                loop.bad_epochs += 1
-            report = EpochReport(
-                epoch=epoch,
-                epochs=options.epochs,
-                train_loss=train_loss,
-                val_loss=val_loss,
-                val_f1=val_f1,
-                val_ap=val_ap,
-                val_ap_mean=val_ap_mean,
-                learning_rate=learning_rate_at(
-                    loop.global_step - 1, total_steps=total_steps, warmup_steps=warmup_steps, options=options
-                ),
-                patches=loop.step * options.batch_size,
-                seconds=loop.seconds + val_seconds,
-                train_seconds=loop.seconds,
-                data_seconds=loop.data_seconds,
-                improved=improved,
-                best_epoch=loop.best_epoch,
-            )
-            loop.history.append(report.to_dict())
-            loop.epoch = epoch
-            loop.step = 0
-            loop.loss_sum = 0.0
-            loop.seconds = loop.data_seconds = 0.0
-            if improved:
-                best_net = copy.deepcopy(scored).cpu().eval()
-                save_model(best_path, best_net, config, metadata=build_metadata(result("in_progress", best_net)), overwrite=True)
-            write_last()
+                run.write_last()
+                return run.finish("interrupted")
+            report = run.end_epoch(epoch, *validation)
             if on_epoch is not None:
                 on_epoch(report)
-            if options.patience and loop.bad_epochs >= options.patience:
+            if options.patience and run.loop.bad_epochs >= options.patience:
                 stop_reason = "early_stopped"
                 break
-        return finish(stop_reason)
+        return run.finish(stop_reason)
     except RuntimeError as err:
         failure = worker_failure(err)
         if failure is None:
@@ -648,6 +317,232 @@ def train_model(
         raise failure from None
     finally:
         batches.close()  # ends the worker processes, also after an error, an interruption or an early stop
+
+
+class _Training:
+    """One run of :func:`train_model`: the network, its optimiser and weight average, the patch sampler,
+    the loop counters, and the checkpoints they are saved to (set up, or restored from ``resume_from``)."""
+
+    def __init__(self, train_pairs, val_pairs, config: UNetConfig, options: TrainOptions, checkpoint_dir, *,
+                 device: torch.device, names, init_weights, resume_from, checkpoint_extra) -> None:
+        self.config, self.options, self.checkpoint_extra = config, options, checkpoint_extra
+        self.device = device
+        self.train_samples = prepare_samples(train_pairs, config, names=names[0])
+        self.val_samples = prepare_samples(val_pairs, config, names=names[1])
+        self.train_data = summarize_pairs(train_pairs)
+        self.val_data = summarize_pairs(val_pairs)
+
+        self.weights_list = None
+        self.weights = None
+        if config.target in ("three_class", "three_class_distance") and options.class_weighting:
+            self.weights_list = [float(w) for w in class_weights([s.target[0] for s in self.train_samples])]
+            self.weights = torch.tensor(self.weights_list, dtype=torch.float32, device=device)
+
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(options.seed)
+            net = UNet(config)
+        if init_weights is not None and resume_from is None:
+            try:
+                net.load_state_dict(init_weights, strict=True)
+            except (RuntimeError, KeyError) as err:
+                raise ModelError(f"initial weights do not fit the network: {str(err).splitlines()[0][:200]}") from None
+        net.to(device)
+        # bfloat16 convolutions are fastest on channels-last tensors (oneDNN's native layout); float32
+        # keeps the plain layout so that runs made before the precision option reproduce bit for bit.
+        self.memory_format = torch.channels_last if options.precision == "bf16" else torch.contiguous_format
+        net.to(memory_format=self.memory_format)
+        self.net = net
+        self.optimizer = _make_optimizer(net, options)
+        # with --ema, validation, best epoch and saved models use the weight average, not the last step's weights
+        self.average = copy.deepcopy(net) if options.ema_decay > 0 else None
+        self.scored = self.average if self.average is not None else net
+        self.rng = np.random.default_rng(options.seed)
+        self.sampler = PatchSampler(
+            self.train_samples,
+            patch_size=config.patch_size,
+            rng=self.rng,
+            foreground_fraction=options.foreground_fraction,
+            augment=options.augment,
+        )
+        self.steps_per_epoch = _steps_per_epoch(self.train_samples, config, options)
+        self.total_steps = self.steps_per_epoch * options.epochs
+        self.warmup_steps = min(round(options.warmup_epochs * self.steps_per_epoch), self.total_steps // 2)
+
+        checkpoint_dir = Path(checkpoint_dir)
+        self.last_path = checkpoint_dir / "last.pt"
+        self.best_path = checkpoint_dir / "best.pt"
+        self.loop = _Loop()
+        self.best_state: dict[str, torch.Tensor] | None = None
+        if resume_from is not None:
+            self._restore(resume_from)
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+
+    def _restore(self, resume_from) -> None:
+        """Continue from a ``last.pt``: weights, optimiser, average, loop counters and random state."""
+        payload = load_checkpoint(resume_from)
+        check_resume(payload, self.config, self.options, self.train_data, self.val_data)
+        state = json.loads(payload["state"])
+        self.loop = _Loop(**state["loop"])
+        try:
+            self.net.load_state_dict(payload["model"])
+            self.optimizer.load_state_dict(payload["optimizer"])
+            if self.average is not None:
+                self.average.load_state_dict(payload["average_model"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise ModelError(f"checkpoint weights do not fit: {str(err).splitlines()[0][:200]}") from None
+        _restore_numpy_state(self.rng, state["numpy_rng"])
+        self.best_state = payload.get("best_model") or None
+
+    def learning_rate(self, step: int) -> float:
+        return learning_rate_at(step, total_steps=self.total_steps, warmup_steps=self.warmup_steps, options=self.options)
+
+    def train_epoch(self, epoch: int, batches, *, on_step, stop_requested) -> None:
+        """The rest of epoch ``epoch``'s training steps (all of them, unless resumed mid-epoch)."""
+        net, loop, options, device = self.net, self.loop, self.options, self.device
+        net.train()
+        while loop.step < self.steps_per_epoch:
+            if stop_requested is not None and stop_requested():
+                raise _Interrupted
+            started = time.perf_counter()
+            x, y = next(batches)
+            # from pinned memory on CUDA: the copy overlaps the CPU work that follows
+            x = x.to(device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            y = y.to(device, non_blocking=True)
+            loaded = time.perf_counter()
+            lr = self.learning_rate(loop.global_step)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            with autocast(options.precision, device):
+                logits = net(x)
+            loss = target_loss(logits.float(), y, self.config.target, weights=self.weights, dice_weight=options.dice_weight)
+            if not torch.isfinite(loss):
+                raise InputError(f"training diverged at epoch {epoch} (loss {float(loss)}); lower the learning rate")
+            self.optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if loop.epoch < options.freeze_encoder_epochs:
+                # no gradient: AdamW leaves the parameter alone (no step, no weight decay)
+                for parameter in net.encoders.parameters():
+                    parameter.grad = None
+            self.optimizer.step()
+            if self.average is not None:
+                update_average(self.average, net, decay=options.ema_decay, step=loop.global_step + 1)
+            loop.loss_sum += float(loss.detach())
+            loop.step += 1
+            loop.global_step += 1
+            loop.seconds += time.perf_counter() - started
+            loop.data_seconds += loaded - started
+            if on_step is not None:
+                on_step(StepReport("train", epoch, loop.step, self.steps_per_epoch, loop.loss_sum / loop.step))
+
+    def validate(self, epoch: int, *, on_step, stop_requested) -> tuple:
+        """``(val_loss, val_f1, val_ap, val_ap_mean, seconds)``; the scores are None without validation images."""
+        started = time.perf_counter()
+        if self.val_samples:
+            scores = _validate(
+                self.scored,
+                self.val_samples,
+                self.config,
+                weights=self.weights,
+                dice_weight=self.options.dice_weight,
+                device=self.device,
+                epoch=epoch,
+                on_step=on_step,
+                stop_requested=stop_requested,
+            )
+        else:
+            scores = (None, None, None, None)
+        return (*scores, time.perf_counter() - started)
+
+    def end_epoch(self, epoch: int, val_loss, val_f1, val_ap, val_ap_mean, val_seconds: float) -> EpochReport:
+        """Score the epoch, keep the best weights, reset the counters and write the checkpoints."""
+        loop, options = self.loop, self.options
+        train_loss = loop.loss_sum / max(loop.step, 1)
+        # best = highest validation F1, ties (e.g. F1 still 0 early on) broken by the lower loss
+        score = [val_f1, -val_loss] if val_f1 is not None else [-train_loss, 0.0]
+        improved = loop.best_score is None or tuple(score) > tuple(loop.best_score)
+        if improved:
+            loop.best_score = score
+            loop.best_epoch = epoch
+            loop.bad_epochs = 0
+            self.best_state = _cpu_weights(self.scored)
+        else:
+            loop.bad_epochs += 1
+        report = EpochReport(
+            epoch=epoch,
+            epochs=options.epochs,
+            train_loss=train_loss,
+            val_loss=val_loss,
+            val_f1=val_f1,
+            val_ap=val_ap,
+            val_ap_mean=val_ap_mean,
+            learning_rate=self.learning_rate(loop.global_step - 1),
+            patches=loop.step * options.batch_size,
+            seconds=loop.seconds + val_seconds,
+            train_seconds=loop.seconds,
+            data_seconds=loop.data_seconds,
+            improved=improved,
+            best_epoch=loop.best_epoch,
+        )
+        loop.history.append(report.to_dict())
+        loop.epoch = epoch
+        loop.step = 0
+        loop.loss_sum = 0.0
+        loop.seconds = loop.data_seconds = 0.0
+        if improved:
+            best_net = copy.deepcopy(self.scored).cpu().eval()
+            save_model(self.best_path, best_net, self.config, metadata=build_metadata(self.result("in_progress", best_net)),
+                       overwrite=True)
+        self.write_last()
+        return report
+
+    def write_last(self) -> None:
+        """The resumable checkpoint ``last.pt``."""
+        best = self.best_state if self.best_state is not None else {}
+        average = self.average
+        save_checkpoint(
+            self.last_path,
+            {
+                "config": json.dumps(self.config.to_dict()),
+                "options": json.dumps(self.options.to_dict()),
+                "state": json.dumps(
+                    {
+                        "loop": asdict(self.loop),
+                        "numpy_rng": _numpy_state(self.rng),
+                        "train_data": self.train_data,
+                        "val_data": self.val_data,
+                        "steps_per_epoch": self.steps_per_epoch,
+                        "extra": self.checkpoint_extra or {},
+                    }
+                ),
+                "model": _cpu_weights(self.net),
+                "best_model": best,
+                **({"average_model": _cpu_weights(average)} if average is not None else {}),
+                "optimizer": _cpu_state(self.optimizer.state_dict()),
+                "torch_rng": torch.get_rng_state(),
+            },
+        )
+
+    def result(self, stop_reason: str, result_net: UNet) -> TrainResult:
+        return TrainResult(
+            net=result_net,
+            config=self.config,
+            options=self.options,
+            history=[EpochReport(**h) for h in self.loop.history],
+            best_epoch=self.loop.best_epoch,
+            stop_reason=stop_reason,
+            last_checkpoint=self.last_path,
+            best_checkpoint=self.best_path if self.best_path.exists() and self.loop.best_epoch else None,
+            train_data=self.train_data,
+            val_data=self.val_data,
+            class_weights=self.weights_list,
+            device=str(self.device),
+        )
+
+    def finish(self, stop_reason: str) -> TrainResult:
+        """The result, with the best epoch's weights in the network."""
+        if self.best_state is not None:
+            self.net.load_state_dict(self.best_state)
+        return self.result(stop_reason, self.net.eval())
 
 
 def _cpu_weights(net: UNet) -> dict[str, torch.Tensor]:

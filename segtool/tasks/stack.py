@@ -35,7 +35,7 @@ def _middle_overlay(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
 def baseline_stack(task: Any, path: Path) -> dict[str, Any] | None:
     """``segtool baseline`` on a Z stack; None when ``path`` is not one (or ``--plane`` was given).
 
-    ``task`` is a :class:`segtool.cli.baseline.BaselineTask`.
+    ``task`` is a :class:`segtool.tasks.baseline.BaselineTask`.
     """
     from segtool.io import write_png
     from segtool.volume.baseline import segment_baseline_3d
@@ -44,18 +44,7 @@ def baseline_stack(task: Any, path: Path) -> dict[str, Any] | None:
     if not is_z_stack(path, plane=task.plane, z_spacing=z_spacing):
         return None
     volume = read_volume(path, channel=task.channel, z_spacing=z_spacing)
-    result = segment_baseline_3d(
-        volume.data,
-        z_spacing=volume.z_spacing,
-        degree=task.degree,
-        robust=task.robust,
-        polarity=task.polarity,
-        threshold=task.threshold,
-        min_size=task.min_size,
-        fill_holes=task.fill_holes,
-        smooth=task.smooth,
-        split=task.split,
-    )
+    result = segment_baseline_3d(volume.data, z_spacing=volume.z_spacing, **task.method())
     outputs = task.planned_outputs(path)
     keep = {"voxel_size": volume.voxel_size, "unit": volume.unit, "overwrite": task.overwrite}
     write_label_volume(outputs["labels"], result.labels, **keep)
@@ -79,7 +68,7 @@ def baseline_stack(task: Any, path: Path) -> dict[str, Any] | None:
 def predict_stack_task(task: Any, path: Path) -> dict[str, Any] | None:
     """``segtool predict`` on a Z stack; None when ``path`` is not one (or ``--plane`` was given).
 
-    ``task`` is a :class:`segtool.cli.predict.PredictTask`. ``--save-prob`` and
+    ``task`` is a :class:`segtool.tasks.predict.PredictTask`. ``--save-prob`` and
     ``--scale``/``--diameter`` are 2-D only; ``--save-overlay`` shows the
     middle plane.
     """
@@ -131,7 +120,7 @@ def read_labels_any(path: Path, *, memory: Any = None) -> tuple[np.ndarray, tupl
 def export_stack(task: Any, path: Path) -> dict[str, Any] | None:
     """``segtool export``/``measure`` on a Z-stack label file; None when it is not one.
 
-    ``task`` is a :class:`segtool.cli.export.ExportTask`. CSV gets 3-D
+    ``task`` is a :class:`segtool.tasks.export.ExportTask`. CSV gets 3-D
     measurements (:func:`segtool.volume.measure.object_table_3d`); the ROI zip
     has one ROI per object per plane with its Z position; GeoJSON is refused
     (QuPath's GeoJSON has no z); labels/binary are written as stacks; png

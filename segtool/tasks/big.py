@@ -50,15 +50,29 @@ def _one_line_when_a_worker_dies(run):
     return guarded
 
 
-def _write(path: Path, labels, *, n_objects: int, image, zarr: bool, overwrite: bool) -> None:
-    from segtool.distributed.labelstore import write_labels_tiff, write_labels_zarr
+class _BlockTask:
+    """What both block tasks share: one labels output, the input opened in blocks, the labels written."""
 
-    writer = write_labels_zarr if zarr else write_labels_tiff
-    writer(path, labels, n_objects=n_objects, pixel_size=image.pixel_size, unit=image.unit, overwrite=overwrite)
+    def planned_outputs(self, path: Path) -> dict[str, Path]:
+        return {"labels": output_path(path, labels_suffix(self.zarr), output_dir=self.output_dir)}
+
+    def open(self, path: Path):
+        """``path`` read lazily as a Dask array of ``block_size`` blocks (:func:`~segtool.distributed.blockio.open_blocks`)."""
+        from segtool.distributed.blockio import open_blocks
+
+        return open_blocks(path, channel=self.channel, plane=self.plane, chunks=self.block_size)
+
+    def write(self, path: Path, result, image) -> None:
+        """Write ``result.labels`` as tiled BigTIFF or, with ``zarr``, OME-Zarr, with ``image``'s calibration."""
+        from segtool.distributed.labelstore import write_labels_tiff, write_labels_zarr
+
+        writer = write_labels_zarr if self.zarr else write_labels_tiff
+        writer(self.planned_outputs(path)["labels"], result.labels, n_objects=result.n_objects,
+               pixel_size=image.pixel_size, unit=image.unit, overwrite=self.overwrite)
 
 
 @dataclass(frozen=True)
-class BigBaselineTask:
+class BigBaselineTask(_BlockTask):
     """``segtool baseline --block-size N``: exact fit and threshold, labels across block borders."""
 
     block_size: int
@@ -69,19 +83,14 @@ class BigBaselineTask:
     channel: int | None = None
     plane: int | None = None
 
-    def planned_outputs(self, path: Path) -> dict[str, Path]:
-        return {"labels": output_path(path, labels_suffix(self.zarr), output_dir=self.output_dir)}
-
     @_one_line_when_a_worker_dies
     def run(self, path: Path) -> dict[str, Any]:
         from segtool.distributed.big_baseline import segment_baseline_blocks
-        from segtool.distributed.blockio import open_blocks
 
-        image = open_blocks(path, channel=self.channel, plane=self.plane, chunks=self.block_size)
+        image = self.open(path)
         start = time.perf_counter()
         result = segment_baseline_blocks(image.data, **self.options)
-        output = self.planned_outputs(path)["labels"]
-        _write(output, result.labels, n_objects=result.n_objects, image=image, zarr=self.zarr, overwrite=self.overwrite)
+        self.write(path, result, image)
         return {
             "objects": int(result.n_objects),
             "threshold": None if result.threshold is None else round(float(result.threshold), 6),
@@ -95,7 +104,7 @@ class BigBaselineTask:
 
 
 @dataclass(frozen=True)
-class BigPredictTask:
+class BigPredictTask(_BlockTask):
     """``segtool predict --block-size N``: per-block U-Net with a halo, objects merged across borders."""
 
     model_path: Path
@@ -111,15 +120,11 @@ class BigPredictTask:
     plane: int | None = None
     precision: str = "fp32"
 
-    def planned_outputs(self, path: Path) -> dict[str, Path]:
-        return {"labels": output_path(path, labels_suffix(self.zarr), output_dir=self.output_dir)}
-
     @_one_line_when_a_worker_dies
     def run(self, path: Path) -> dict[str, Any]:
         from segtool.distributed.big_predict import predict_blocks
-        from segtool.distributed.blockio import open_blocks
 
-        image = open_blocks(path, channel=self.channel, plane=self.plane, chunks=self.block_size)
+        image = self.open(path)
         start = time.perf_counter()
         result = predict_blocks(
             image.data,
@@ -131,8 +136,7 @@ class BigPredictTask:
             precision=self.precision,
             **self.options,
         )
-        output = self.planned_outputs(path)["labels"]
-        _write(output, result.labels, n_objects=result.n_objects, image=image, zarr=self.zarr, overwrite=self.overwrite)
+        self.write(path, result, image)
         return {
             "objects": int(result.n_objects),
             "tiles": None,

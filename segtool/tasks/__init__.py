@@ -1,0 +1,33 @@
+"""What one input means for each command, used alike by the CLI, the batch runner and Dask.
+
+Every task follows :class:`segtool.batch.Task`: ``planned_outputs(path)`` names
+the files an input will produce (so the batch runner can skip, refuse or
+resume), and ``run(path)`` does the work and returns the figures reported per
+input. Tasks are picklable, so ``--jobs`` worker processes and Dask workers
+receive the same objects the CLI built.
+
+- :mod:`~segtool.tasks.baseline` — ``baseline`` (2-D, or 3-D for a Z stack);
+- :mod:`~segtool.tasks.predict` — ``predict`` (whole image, bands, Z stack);
+- :mod:`~segtool.tasks.export` — ``export`` and ``measure``;
+- :mod:`~segtool.tasks.big` — big-image mode (``--block-size``) of baseline and predict on Dask blocks;
+- :mod:`~segtool.tasks.stack` — what a Z-stack input means for each command.
+"""
+
+from __future__ import annotations
+
+from segtool.tasks.baseline import BaselineTask
+from segtool.tasks.big import BigBaselineTask, BigPredictTask, labels_suffix
+from segtool.tasks.export import FORMAT_SUFFIXES, OVERLAY_SUFFIX, ExportTask
+from segtool.tasks.predict import BAND_PIXELS, PredictTask
+
+__all__ = [
+    "BAND_PIXELS",
+    "FORMAT_SUFFIXES",
+    "OVERLAY_SUFFIX",
+    "BaselineTask",
+    "BigBaselineTask",
+    "BigPredictTask",
+    "ExportTask",
+    "PredictTask",
+    "labels_suffix",
+]

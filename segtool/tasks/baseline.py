@@ -1,0 +1,88 @@
+"""What one input means for ``segtool baseline``: background fit, threshold, labels (2-D or a Z stack)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from segtool.inputs import output_path
+from segtool.io import read_image, write_float, write_labels, write_png
+from segtool.memory import MemoryBudget
+
+__all__ = ["BaselineTask"]
+
+
+@dataclass(frozen=True)
+class BaselineTask:
+    """Per-file work of ``segtool baseline`` (picklable for ``--jobs``)."""
+
+    output_dir: Path | None
+    overwrite: bool
+    degree: int
+    robust: bool
+    polarity: str
+    threshold: str | float
+    min_size: int
+    fill_holes: bool
+    smooth: float
+    split: bool
+    save_background: bool
+    save_corrected: bool
+    save_overlay: bool
+    channel: int | None
+    plane: int | None
+    memory: MemoryBudget | None = None  # the memory guard (--max-memory)
+    z_spacing: float | None = None  # Z stacks (no --plane) are segmented in 3-D
+
+    def method(self) -> dict[str, Any]:
+        """The segmentation options, as keywords of :func:`segtool.baseline.segment_baseline` (and its 3-D twin)."""
+        return {
+            "degree": self.degree,
+            "robust": self.robust,
+            "polarity": self.polarity,
+            "threshold": self.threshold,
+            "min_size": self.min_size,
+            "fill_holes": self.fill_holes,
+            "smooth": self.smooth,
+            "split": self.split,
+        }
+
+    def planned_outputs(self, path: Path) -> dict[str, Path]:
+        outputs = {"labels": output_path(path, "_labels.tif", output_dir=self.output_dir)}
+        if self.save_background:
+            outputs["background"] = output_path(path, "_background.tif", output_dir=self.output_dir)
+        if self.save_corrected:
+            outputs["corrected"] = output_path(path, "_corrected.tif", output_dir=self.output_dir)
+        if self.save_overlay:
+            outputs["overlay"] = output_path(path, "_overlay.png", output_dir=self.output_dir)
+        return outputs
+
+    def run(self, path: Path) -> dict[str, Any]:
+        from segtool.baseline import segment_baseline
+        from segtool.overlay import outline_overlay
+        from segtool.tasks.stack import baseline_stack
+
+        figures = baseline_stack(self, path)
+        if figures is not None:
+            return figures
+        image = read_image(path, channel=self.channel, plane=self.plane, memory=self.memory)
+        result = segment_baseline(image.data, **self.method())
+        outputs = self.planned_outputs(path)
+        calibration = {"pixel_size": image.pixel_size, "unit": image.unit, "overwrite": self.overwrite}
+        write_labels(outputs["labels"], result.labels, **calibration)
+        if self.save_background:
+            write_float(outputs["background"], result.background, **calibration)
+        if self.save_corrected:
+            write_float(outputs["corrected"], result.corrected, **calibration)
+        if self.save_overlay:
+            write_png(outputs["overlay"], outline_overlay(image.data, result.labels), overwrite=self.overwrite)
+        return {
+            "objects": int(result.labels.max()),
+            # None (JSON null) when the image was flat: there was nothing to threshold.
+            "threshold": None if result.threshold is None else round(float(result.threshold), 6),
+            "empty_reason": result.empty_reason,
+            "polarity": result.polarity,
+            "background": result.fit.summary(),
+            "shape": list(image.data.shape),
+        }

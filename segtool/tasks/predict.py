@@ -1,0 +1,241 @@
+"""What one input means for ``segtool predict``: a U-Net on a whole image, in bands, or on a Z stack.
+
+:class:`PredictTask` is a :class:`segtool.batch.StagedTask`: read and
+normalise, network, objects and writing are separate stages, which the
+streamed schedule (:mod:`segtool.pipeline.stream`) overlaps across images.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from segtool.errors import InputError
+from segtool.inputs import output_path
+from segtool.pipeline.options import ObjectOptions, TileOptions
+
+__all__ = ["BAND_PIXELS", "PredictTask"]
+
+#: Images with more pixels than this are predicted band by band unless --no-bands.
+BAND_PIXELS = 4096 * 4096
+
+
+@dataclass
+class PredictTask:
+    """Per-file work of ``segtool predict`` (picklable for ``--jobs``/``--cluster``: each process loads the model once)."""
+
+    model_path: Path
+    device: str
+    threads: int | None
+    precision: str
+    output_dir: Path | None
+    overwrite: bool
+    tile: int | None
+    overlap: float | None
+    batch_size: int | None
+    tta: bool
+    scale: float
+    prob_threshold: float | None
+    min_size: int | None
+    seed_threshold: float | None
+    split_height: float | None
+    save_prob: bool
+    save_overlay: bool
+    bands: bool | None
+    band_rows: int | None
+    halo: int
+    channel: int | None
+    plane: int | None
+    tile_halo: int | None = None
+    memory: Any = None  # the memory guard (segtool.memory.MemoryBudget, --max-memory)
+    model_name: str | None = None  # what -m named (a shipped model's name, or the file), recorded per image
+    _model: Any = field(default=None, init=False, repr=False, compare=False)
+    # Z stacks (no --plane): predicted per plane, then 3-D objects (segtool.volume.predict).
+    z_spacing: float | None = None
+    z_mode: str = "auto"
+    stitch_threshold: float = 0.25
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_model"] = None
+        return state
+
+    def use_model(self, loaded) -> None:
+        """Use an already loaded, inference-prepared model (the CLI loads it once to check the file first)."""
+        self._model = loaded
+
+    def model(self):
+        """The loaded, inference-prepared model (loaded on first use in each process)."""
+        if self._model is None:
+            from segtool.unet.predict import load_for_inference_cached
+
+            # Cached per process: worker processes get the task without the model,
+            # once per image, and must not reload the file for every image.
+            self._model = load_for_inference_cached(
+                self.model_path, device=self.device, threads=self.threads, precision=self.precision
+            )
+        return self._model
+
+    def planned_outputs(self, path: Path) -> dict[str, Path]:
+        outputs = {"labels": output_path(path, "_labels.tif", output_dir=self.output_dir)}
+        if self.save_prob:
+            outputs["prob"] = output_path(path, "_prob.tif", output_dir=self.output_dir)
+        if self.save_overlay:
+            outputs["overlay"] = output_path(path, "_overlay.png", output_dir=self.output_dir)
+        return outputs
+
+    def _tiling(self) -> TileOptions:
+        return TileOptions(tile=self.tile, overlap=self.overlap, tile_halo=self.tile_halo, batch_size=self.batch_size,
+                           tta=self.tta, scale=self.scale)
+
+    def _objects(self) -> ObjectOptions:
+        return ObjectOptions(prob_threshold=self.prob_threshold, min_size=self.min_size,
+                             seed_threshold=self.seed_threshold, split_height=self.split_height)
+
+    @property
+    def finish_threads(self) -> int:
+        """Images post-processed at once beside the network: the cores torch's threads leave free (at least 1)."""
+        cores = os.cpu_count() or 1
+        if self.device in ("cuda", "mps") or (self.device == "auto" and self._model is not None
+                                               and _device_type(self._model) != "cpu"):
+            return max(1, min(8, cores - 1))
+        return max(1, cores - (self.threads or cores))
+
+    def run(self, path: Path) -> dict[str, Any]:
+        # The same three stages the streamed schedule (segtool.pipeline.stream) overlaps across images.
+        from segtool.pipeline.stream import Finished
+
+        state = self.load(path)
+        if not isinstance(state, Finished):
+            state = self.infer(state)
+        return state.value if isinstance(state, Finished) else self.finish(state)
+
+    def load(self, path: Path):
+        """Stage 1: read and normalise (a large image is only looked at: the network stage predicts it in bands)."""
+        import time
+
+        from segtool.io import read_image
+        from segtool.unet.bigimage import open_lazy
+        from segtool.unet.predict import normalize_for_model
+        from segtool.tasks.stack import is_z_stack
+
+        start = time.perf_counter()
+        if is_z_stack(path, plane=self.plane, z_spacing=self.z_spacing):
+            return {"stack_path": path}  # the network stage predicts it plane by plane
+        model = self.model()
+        outputs = self.planned_outputs(path)
+        colour = model.config.channels == "rgb"
+        if colour:
+            # a colour model reads R, G and B whole; band-by-band reading decodes one grey channel only
+            if self.bands:
+                raise InputError("--bands is not available with a colour (--channels rgb) model")
+            if self.channel is not None:
+                raise InputError("--channel picks one channel; a colour (--channels rgb) model reads R, G and B")
+        if self.bands is not False and self.plane is None and not colour:
+            lazy = open_lazy(path, channel=self.channel)
+            if lazy is not None:
+                with lazy:
+                    if self.bands or lazy.size > BAND_PIXELS:
+                        return {"lazy_path": path, "outputs": outputs}
+        image = read_image(path, channel=self.channel, plane=self.plane, memory=self.memory, colour=colour)
+        if not colour and (self.bands or (self.bands is None and image.data.size > BAND_PIXELS)):
+            return {"large_image": image, "outputs": outputs}
+        stages = {"read": time.perf_counter() - start}
+        start = time.perf_counter()
+        normalized = normalize_for_model(image.data, model, scale=self.scale)
+        stages["normalize"] = time.perf_counter() - start
+        return {"image": image, "normalized": normalized, "outputs": outputs, "stages": stages}
+
+    def infer(self, state: dict[str, Any]):
+        """Stage 2: the network, tile by tile (a large image: all of it, band by band, on this thread)."""
+        from segtool.pipeline.stream import Finished
+        from segtool.unet.bigimage import open_lazy
+        from segtool.unet.predict import predict_maps
+
+        if "stack_path" in state:
+            from segtool.tasks.stack import predict_stack_task
+
+            return Finished(predict_stack_task(self, state["stack_path"]))
+        if "lazy_path" in state:
+            with open_lazy(state["lazy_path"], channel=self.channel) as lazy:
+                return Finished(self._run_bands(lazy, self.model(), state["outputs"]))
+        if "large_image" in state:
+            image = state["large_image"]
+            return Finished(self._run_bands(image.data, self.model(), state["outputs"],
+                                            calibration=(image.pixel_size, image.unit)))
+        maps, n_tiles = predict_maps(
+            state.pop("normalized"), self.model(), state["image"].data.shape[-2:], tiling=self._tiling(),
+            stages=state["stages"],
+        )
+        state.update(maps=maps, n_tiles=n_tiles)
+        return state
+
+    def finish(self, state: dict[str, Any]) -> dict[str, Any]:
+        """Stage 3: objects from the maps, then the outputs."""
+        import time
+
+        import numpy as np
+
+        from segtool.baseline import empty_image_reason
+        from segtool.io import write_float, write_labels, write_png
+        from segtool.overlay import outline_overlay
+        from segtool.unet.instances import maps_to_labels
+
+        image, maps, outputs, stages = state["image"], state["maps"], state["outputs"], state["stages"]
+        model = self.model()
+        start = time.perf_counter()
+        options = self._objects().resolve(model.config)
+        labels = maps_to_labels(maps, target=model.config.target, **options)
+        # An empty well: percentile normalisation would stretch its uneven illumination into a bright blob.
+        empty_reason = empty_image_reason(image.data if image.data.ndim == 2 else image.data.mean(axis=0, dtype=np.float32))
+        if empty_reason is not None:
+            labels = np.zeros_like(labels)
+        stages["postprocess"] = time.perf_counter() - start
+        start = time.perf_counter()
+        calibration = {"pixel_size": image.pixel_size, "unit": image.unit, "overwrite": self.overwrite}
+        write_labels(outputs["labels"], labels, **calibration)
+        if self.save_prob:
+            write_float(outputs["prob"], maps, **calibration)
+        if self.save_overlay:
+            write_png(outputs["overlay"], outline_overlay(image.data, labels), overwrite=self.overwrite)
+        stages["write"] = time.perf_counter() - start
+        n_objects = int(labels.max()) if labels.size else 0
+        return {
+            "objects": n_objects,
+            "empty_reason": empty_reason,
+            "tiles": state["n_tiles"],
+            "predict_seconds": round(sum(stages.get(k, 0.0) for k in ("normalize", "network", "tiles", "postprocess")), 3),
+            "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
+            "shape": list(image.data.shape),
+            "bands": 0,
+            "model": self.model_name or str(self.model_path),
+        }
+
+    def _run_bands(self, source, model, outputs: dict[str, Path], calibration=None) -> dict[str, Any]:
+        from segtool.unet.bigimage import predict_file_in_bands
+
+        if self.scale != 1.0:
+            raise InputError("--scale/--diameter is not available for images predicted in bands (large images); add --no-bands")
+        figures = predict_file_in_bands(
+            source,
+            model,
+            outputs["labels"],
+            prob_path=outputs.get("prob"),
+            overlay_path=outputs.get("overlay"),
+            overwrite=self.overwrite,
+            band_rows=self.band_rows,
+            halo=self.halo,
+            tiling=self._tiling(),
+            objects=self._objects(),
+        )
+        figures["predict_seconds"] = figures.pop("seconds")
+        figures["model"] = self.model_name or str(self.model_path)
+        return figures
+
+
+def _device_type(model) -> str:
+    from segtool.unet.predict import network_device_type
+
+    return network_device_type(model.net)
