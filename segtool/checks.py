@@ -57,7 +57,7 @@ def check_count(value: Any, name: str) -> int:
     return int(value)
 
 
-def check_nonnegative(value: Any, name: str) -> float:
+def check_nonnegative(value: Any, name: str, *, meaning: str | None = None) -> float:
     """Validate a finite number >= 0.
 
     Parameters
@@ -66,6 +66,9 @@ def check_nonnegative(value: Any, name: str) -> float:
         The given value.
     name : str
         Option name for the error message.
+    meaning : str, optional
+        What the number is, added in brackets after ``>= 0`` in the message
+        (``"Gaussian sigma in pixels"``).
 
     Returns
     -------
@@ -77,7 +80,8 @@ def check_nonnegative(value: Any, name: str) -> float:
         If ``value`` is not a finite number >= 0.
     """
     if not is_finite_number(value) or value < 0:
-        raise InputError(f"{name} must be a number >= 0, got {value!r}")
+        said = f" ({meaning})" if meaning else ""
+        raise InputError(f"{name} must be a number >= 0{said}, got {value!r}")
     return float(value)
 
 

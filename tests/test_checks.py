@@ -33,6 +33,12 @@ def test_nonnegative_accepts_zero_and_refuses_the_rest():
             check_nonnegative(bad, "noise")
 
 
+def test_nonnegative_says_what_the_number_means():
+    with pytest.raises(InputError) as err:
+        check_nonnegative(-1, "smooth", meaning="Gaussian sigma in pixels")
+    assert str(err.value) == "smooth must be a number >= 0 (Gaussian sigma in pixels), got -1"
+
+
 def test_positive_refuses_zero():
     assert check_positive(0.5, "z_spacing") == 0.5
     for bad in (0, -2, math.inf, True):
