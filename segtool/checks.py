@@ -14,7 +14,7 @@ from typing import Any
 
 from segtool.errors import InputError
 
-__all__ = ["is_finite_number", "check_count", "check_nonnegative", "check_positive", "check_choice"]
+__all__ = ["is_finite_number", "check_count", "check_nonnegative", "check_positive", "check_choice", "check_shape"]
 
 
 def is_finite_number(value: Any) -> bool:
@@ -122,3 +122,43 @@ def check_choice(value: Any, choices: tuple[str, ...], name: str) -> str:
     if not isinstance(value, str) or value.lower() not in choices:
         raise InputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value.lower()
+
+
+_COUNT_WORDS = {2: "two", 3: "three"}
+
+
+def check_shape(shape: Any, ndim: int, *, axes: str = "") -> tuple[int, ...]:
+    """Validate an image shape: ``ndim`` integers >= 1.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The given shape.
+    ndim : int
+        Number of axes required (2 or 3).
+    axes : str, optional
+        Axis names for the message, such as ``"(H, W)"``.
+
+    Returns
+    -------
+    shape : tuple of int
+
+    Raises
+    ------
+    InputError
+        If ``shape`` is not ``ndim`` positive integers.
+
+    Examples
+    --------
+    >>> check_shape([4, 5.0], 2)
+    (4, 5)
+    """
+    said = f" {axes}" if axes else ""
+    message = f"shape must be {_COUNT_WORDS[ndim]} positive integers{said}, got {shape!r}"
+    try:
+        sizes = tuple(int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise InputError(message) from None
+    if len(sizes) != ndim or min(sizes) < 1:
+        raise InputError(message)
+    return sizes
