@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from segtool.checks import check_choice
+from segtool.checks import check_choice, check_shape
 from segtool.errors import InputError
 # correct_rows and evaluate_at are re-exported: baseline and big-image mode take them from here.
 from segtool.legendre import correct_rows, evaluate_at, legendre_table, matmul_blocks
@@ -122,7 +122,7 @@ class BackgroundFit:
         >>> fit.evaluate().tolist()[0]
         [7.0, 7.0, 7.0, 7.0]
         """
-        shape = self.shape if shape is None else _check_shape(shape)
+        shape = self.shape if shape is None else check_shape(shape, 2)
         out = np.empty(shape, dtype=np.float32)
         evaluate_at(self.coefficients, shape, np.arange(shape[0]), np.arange(shape[1]), out)
         return out
@@ -533,16 +533,6 @@ def finite_range(data: np.ndarray) -> tuple[float, float]:
     if not (math.isfinite(lo) and math.isfinite(hi)):
         raise InputError("image contains NaN or infinite values")
     return lo, hi
-
-
-def _check_shape(shape: Any) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in shape)
-    except (TypeError, ValueError):
-        raise InputError(f"shape must be two positive integers, got {shape!r}") from None
-    if h < 1 or w < 1:
-        raise InputError(f"shape must be two positive integers, got {shape!r}")
-    return h, w
 
 
 def check_degree(degree: Any) -> int:

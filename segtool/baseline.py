@@ -32,7 +32,7 @@ from segtool.background import (
     fit_background,
     subtract_background,
 )
-from segtool.checks import check_count, is_finite_number  # check_count: re-exported, callers import it from here
+from segtool.checks import check_count, check_nonnegative, is_finite_number  # check_count: re-exported, callers import it from here
 from segtool.contrast import MIN_CONTRAST, object_contrast
 from segtool.errors import InputError
 from segtool.thresholds import THRESHOLD_METHODS
@@ -522,11 +522,9 @@ def check_sigma(value: Any) -> float:
     Raises
     ------
     InputError
-        If ``value`` is not a finite number >= 0.
+        As :func:`segtool.checks.check_nonnegative`, naming ``smooth``.
     """
-    if not is_finite_number(value) or value < 0:
-        raise InputError(f"smooth must be a number >= 0 (Gaussian sigma in pixels), got {value!r}")
-    return float(value)
+    return check_nonnegative(value, "smooth", meaning="Gaussian sigma in pixels")
 
 
 def check_threshold(threshold: Any) -> str | float:

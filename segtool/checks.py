@@ -14,7 +14,7 @@ from typing import Any
 
 from segtool.errors import InputError
 
-__all__ = ["is_finite_number", "check_count", "check_nonnegative", "check_positive", "check_choice"]
+__all__ = ["is_finite_number", "check_count", "check_nonnegative", "check_positive", "check_choice", "check_shape"]
 
 
 def is_finite_number(value: Any) -> bool:
@@ -57,7 +57,7 @@ def check_count(value: Any, name: str) -> int:
     return int(value)
 
 
-def check_nonnegative(value: Any, name: str) -> float:
+def check_nonnegative(value: Any, name: str, *, meaning: str | None = None) -> float:
     """Validate a finite number >= 0.
 
     Parameters
@@ -66,6 +66,9 @@ def check_nonnegative(value: Any, name: str) -> float:
         The given value.
     name : str
         Option name for the error message.
+    meaning : str, optional
+        What the number is, added in brackets after ``>= 0`` in the message
+        (``"Gaussian sigma in pixels"``).
 
     Returns
     -------
@@ -77,7 +80,8 @@ def check_nonnegative(value: Any, name: str) -> float:
         If ``value`` is not a finite number >= 0.
     """
     if not is_finite_number(value) or value < 0:
-        raise InputError(f"{name} must be a number >= 0, got {value!r}")
+        said = f" ({meaning})" if meaning else ""
+        raise InputError(f"{name} must be a number >= 0{said}, got {value!r}")
     return float(value)
 
 
@@ -118,3 +122,43 @@ def check_choice(value: Any, choices: tuple[str, ...], name: str) -> str:
     if not isinstance(value, str) or value.lower() not in choices:
         raise InputError(f"{name} must be one of {', '.join(choices)}, got {value!r}")
     return value.lower()
+
+
+_COUNT_WORDS = {2: "two", 3: "three"}
+
+
+def check_shape(shape: Any, ndim: int, *, axes: str = "") -> tuple[int, ...]:
+    """Validate an image shape: ``ndim`` integers >= 1.
+
+    Parameters
+    ----------
+    shape : sequence of int
+        The given shape.
+    ndim : int
+        Number of axes required (2 or 3).
+    axes : str, optional
+        Axis names for the message, such as ``"(H, W)"``.
+
+    Returns
+    -------
+    shape : tuple of int
+
+    Raises
+    ------
+    InputError
+        If ``shape`` is not ``ndim`` positive integers.
+
+    Examples
+    --------
+    >>> check_shape([4, 5.0], 2)
+    (4, 5)
+    """
+    said = f" {axes}" if axes else ""
+    message = f"shape must be {_COUNT_WORDS[ndim]} positive integers{said}, got {shape!r}"
+    try:
+        sizes = tuple(int(v) for v in shape)
+    except (TypeError, ValueError):
+        raise InputError(message) from None
+    if len(sizes) != ndim or min(sizes) < 1:
+        raise InputError(message)
+    return sizes

@@ -15,7 +15,7 @@ import contextlib
 import os
 import re
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +39,7 @@ __all__ = [
     "write_float",
     "write_png",
     "atomic_output",
+    "staged_output",
     "check_output_free",
     "PLANE_AXES",
     "check_readable_file",
@@ -436,6 +437,41 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = False) -> Iterat
     """
     path = Path(path)
     check_output_free(path, overwrite=overwrite)
+
+    def publish(temp: Path) -> None:
+        if not temp.exists():
+            raise OutputError(f"{path}: nothing was written")
+        os.replace(temp, path)
+
+    def discard(temp: Path) -> None:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+
+    with staged_output(path, publish=publish, discard=discard) as temp:
+        yield temp
+
+
+@contextlib.contextmanager
+def staged_output(path: Path, *, publish: Callable[[Path], None], discard: Callable[[Path], None]) -> Iterator[Path]:
+    """Yield a hidden ``.part`` path next to ``path``; publish it on success, discard it on failure.
+
+    What every atomic output shares, a file (:func:`atomic_output`) or a Zarr folder
+    (:mod:`segtool.distributed.labelstore`); an ``OSError`` becomes an ``OutputError``.
+
+    Parameters
+    ----------
+    path : Path
+        Final destination; its folder is created if missing.
+    publish : callable
+        ``publish(temp)`` moves the finished ``temp`` onto ``path``.
+    discard : callable
+        ``discard(temp)`` removes it after any exception (Ctrl-C too); must not raise.
+
+    Raises
+    ------
+    OutputError
+        If the folder cannot be created, or writing or publishing fails.
+    """
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -443,12 +479,9 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = False) -> Iterat
     temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
     try:
         yield temp
-        if not temp.exists():
-            raise OutputError(f"{path}: nothing was written")
-        os.replace(temp, path)
+        publish(temp)
     except BaseException as err:
-        with contextlib.suppress(OSError):
-            temp.unlink()
+        discard(temp)
         if isinstance(err, OSError) and not isinstance(err, OutputError):
             raise OutputError(f"{path}: cannot write: {err.strerror or first_line(err)}") from err
         raise

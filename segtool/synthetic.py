@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-from segtool.checks import check_count, check_nonnegative
+from segtool.checks import check_count, check_nonnegative, check_shape
 from segtool.errors import InputError
 
 __all__ = [
@@ -122,7 +122,7 @@ def make_nuclei_image(
     >>> bool(image[labels > 0].mean() > image[labels == 0].mean())
     True
     """
-    shape = _check_shape(shape)
+    shape = check_shape(shape, 2, axes="(H, W)")
     seed = check_count(seed, "seed")
     n_nuclei = check_count(n_nuclei, "n_nuclei")
     illumination = _check_illumination(illumination)
@@ -167,7 +167,7 @@ def make_background(
     >>> float(bg.min()), float(bg.max())
     (400.0, 400.0)
     """
-    shape = _check_shape(shape)
+    shape = check_shape(shape, 2, axes="(H, W)")
     field = _illumination(shape, _check_illumination(illumination), check_count(seed, "seed"))
     return background_counts(field)
 
@@ -271,16 +271,6 @@ def _draw_nuclei(
     signal *= 1.0 + texture
     # A nucleus can lose every pixel to overlapping neighbours: renumber 1..N.
     return renumber_present(labels, len(nuclei)), signal
-
-
-def _check_shape(shape: Any) -> tuple[int, int]:
-    try:
-        h, w = (int(v) for v in shape)
-    except (TypeError, ValueError):
-        raise InputError(f"shape must be two positive integers (H, W), got {shape!r}") from None
-    if h < 1 or w < 1:
-        raise InputError(f"shape must be two positive integers (H, W), got {shape!r}")
-    return h, w
 
 
 def _check_illumination(kind: Any) -> str:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import segtool.checks
-from segtool.checks import check_count, check_nonnegative, check_positive, is_finite_number
+from segtool.checks import check_count, check_nonnegative, check_positive, check_shape, is_finite_number
 from segtool.errors import InputError
 
 
@@ -31,6 +31,27 @@ def test_nonnegative_accepts_zero_and_refuses_the_rest():
     for bad in (-0.1, math.inf, math.nan, False, "1"):
         with pytest.raises(InputError, match=r"^noise must be a number >= 0, got "):
             check_nonnegative(bad, "noise")
+
+
+def test_nonnegative_says_what_the_number_means():
+    with pytest.raises(InputError) as err:
+        check_nonnegative(-1, "smooth", meaning="Gaussian sigma in pixels")
+    assert str(err.value) == "smooth must be a number >= 0 (Gaussian sigma in pixels), got -1"
+
+
+def test_shapes_are_tuples_of_positive_ints():
+    assert check_shape((np.int64(3), 4.0), 2) == (3, 4)
+    assert check_shape([2, 3, 4], 3, axes="(Z, Y, X)") == (2, 3, 4)
+
+
+@pytest.mark.parametrize("bad", [(0, 4), (4,), (2, 3, 4, 5), "ab", None, (2, "x")])
+def test_a_bad_shape_says_how_many_axes(bad):
+    with pytest.raises(InputError) as err:
+        check_shape(bad, 2, axes="(H, W)")
+    assert str(err.value) == f"shape must be two positive integers (H, W), got {bad!r}"
+    with pytest.raises(InputError) as err:
+        check_shape(bad, 3)
+    assert str(err.value) == f"shape must be three positive integers, got {bad!r}"
 
 
 def test_positive_refuses_zero():

@@ -9,7 +9,16 @@ import pytest
 import tifffile
 
 from segtool.errors import InputError, OutputError
-from segtool.io import atomic_output, read_image, read_labels, to_label_dtype, write_float, write_labels, write_png
+from segtool.io import (
+    atomic_output,
+    read_image,
+    read_labels,
+    staged_output,
+    to_label_dtype,
+    write_float,
+    write_labels,
+    write_png,
+)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.uint32, np.float32, np.float64])
@@ -175,6 +184,19 @@ def test_atomic_output_disk_full_becomes_output_error(tmp_path):
             temp.write_bytes(b"partial")
             raise OSError(28, os.strerror(28))
     assert list(tmp_path.iterdir()) == []
+
+
+def test_staged_output_publishes_or_discards_a_hidden_sibling(tmp_path):
+    seen = []
+    target = tmp_path / "sub" / "out.zarr"
+    with staged_output(target, publish=lambda t: seen.append(("publish", t)), discard=seen.append) as temp:
+        assert temp.parent == target.parent and temp.name.startswith(".out.zarr.") and temp.name.endswith(".part")
+    assert seen == [("publish", temp)]
+    seen.clear()
+    with pytest.raises(OutputError, match=r"out\.zarr: cannot write: Permission denied"):
+        with staged_output(target, publish=seen.append, discard=lambda t: seen.append(("discard", t))) as temp:
+            raise PermissionError(13, "Permission denied")
+    assert seen == [("discard", temp)]
 
 
 def test_unwritable_folder(tmp_path):

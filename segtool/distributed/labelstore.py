@@ -27,8 +27,8 @@ from pathlib import Path
 import numpy as np
 
 from segtool.distributed.blockio import dask_array_module
-from segtool.errors import InputError, OutputError, first_line
-from segtool.io import check_output_free, is_zarr_store
+from segtool.errors import InputError, OutputError
+from segtool.io import check_output_free, is_zarr_store, staged_output
 from segtool.labels import check_labels
 from segtool.pipeline.write import row_tiles, write_tiled_tiff
 
@@ -342,22 +342,10 @@ def _check_zarr_output(path: Path, *, overwrite: bool) -> None:
         raise OutputError(f"{path}: output path is a folder that is not a Zarr store; refusing to replace it")
 
 
-@contextlib.contextmanager
 def _temporary_sibling(path: Path, *, overwrite: bool):
     """Yield a hidden temporary folder next to ``path``; on success move it to ``path``, else delete it."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise OutputError(f"{path.parent}: cannot create output folder: {err.strerror or err}") from err
-    temp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.part")
-    try:
-        yield temp
-        _move_into_place(temp, path, overwrite=overwrite)
-    except BaseException as err:
-        _remove_after_writers(temp)
-        if isinstance(err, OSError) and not isinstance(err, OutputError):
-            raise OutputError(f"{path}: cannot write: {err.strerror or first_line(err)}") from err
-        raise
+    return staged_output(path, publish=partial(_move_into_place, path=path, overwrite=overwrite),
+                         discard=_remove_after_writers)
 
 
 def _move_into_place(temp: Path, path: Path, *, overwrite: bool) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from segtool.checks import check_count, check_nonnegative, check_positive
+from segtool.checks import check_count, check_nonnegative, check_positive, check_shape
 from segtool.errors import InputError
 from segtool.synthetic import (
     background_counts,
@@ -117,7 +117,7 @@ def make_nuclei_stack(
     >>> bool(image[labels > 0].mean() > image[labels == 0].mean())
     True
     """
-    shape = _check_shape3(shape)
+    shape = check_shape(shape, 3, axes="(Z, Y, X)")
     z_spacing = check_positive(z_spacing, "z_spacing")
     n_nuclei = check_count(n_nuclei, "n_nuclei")
     seed = check_count(seed, "seed")
@@ -148,7 +148,7 @@ def make_background_stack(
     >>> float(bg.min()), float(bg.max())
     (400.0, 400.0)
     """
-    shape = _check_shape3(shape)
+    shape = check_shape(shape, 3, axes="(Z, Y, X)")
     _check_illumination(illumination)
     return background_counts(_field(shape, illumination, check_count(seed, "seed")))
 
@@ -235,16 +235,6 @@ def _draw(shape: tuple[int, int, int], z_spacing: float, nuclei: list[Nucleus]) 
         paint_nucleus(labels, signal, nearest, tuple(slice(a, b) for a, b in zip(lo, hi)), rho2, index, brightness)
     # A nucleus can lose every voxel to neighbours or fall between planes: renumber 1..N.
     return renumber_present(labels, len(nuclei)), signal
-
-
-def _check_shape3(shape: Any) -> tuple[int, int, int]:
-    try:
-        z, h, w = (int(v) for v in shape)
-    except (TypeError, ValueError):
-        raise InputError(f"shape must be three positive integers (Z, Y, X), got {shape!r}") from None
-    if min(z, h, w) < 1:
-        raise InputError(f"shape must be three positive integers (Z, Y, X), got {shape!r}")
-    return z, h, w
 
 
 def _check_illumination(kind: Any) -> None:
