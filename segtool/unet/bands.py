@@ -208,15 +208,21 @@ def _label_bands(for_rows, buffer, ahead, height, width, band_rows, halo, max_ex
                 rows_in_image = max(0, min(maps.shape[1], height - start))
                 if rows_in_image:
                     buffer.append(start, maps[:, :rows_in_image, :width])
-            window = buffer.rows(need_start, need_stop)
             if buffer.stop == height and not ahead.started:
-                # The network has finished, so the cores it used are free: label the later bands' windows on a
-                # second thread while this one labels the current band (the labelling releases the GIL). Without
-                # this the last one or two bands were labelled one after the other after the network's end.
+                # The network has finished, so the cores it used are free: what is left is labelled on two
+                # threads (the labelling releases the GIL), in two bands of equal height when this band has not
+                # grown yet. Without this the last one or two bands were labelled one after the other after the
+                # network's end, the whole command's tail. Where this happens depends only on the image and
+                # tile sizes, so the bands (and the labels) are the same on every run.
+                if extra == 0:
+                    band_rows = min(band_rows, -(-(height - core_start) // 2))
+                    core_stop = min(height, core_start + band_rows)
+                    need_stop = min(height, core_stop + halo)
                 ahead.start(buffer, [
                     (max(0, core - halo), min(height, core + band_rows + halo))
                     for core in range(core_stop, height, band_rows)
                 ])
+            window = buffer.rows(need_start, need_stop)
             labels, seconds = ahead.labels(buffer, need_start, need_stop)
             owned = _owned_objects(labels, need_start, (core_start, core_stop))
             if stages is not None:
