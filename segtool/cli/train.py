@@ -46,6 +46,7 @@ from segtool.inputs import expand_inputs
 from segtool.memory import parse_memory_limit
 from segtool.pairing import Pair, pair_by_stem
 from segtool.unet.finetune import FINETUNE_DEFAULTS
+from segtool.unet.intake import INPUT_TRANSFORMS, reads_colour
 
 PANEL_IO = "Inputs and outputs"
 PANEL_NET = "Network"
@@ -75,7 +76,7 @@ _FIXED_BY_CHECKPOINT = (
     "depth", "base_channels", "target", "norm_low", "norm_high", "patch_size", "epochs", "batch_size",
     "patches_per_epoch", "lr", "weight_decay", "optimizer", "schedule", "patience", "foreground_fraction",
     "seed", "augment", "elastic", "rotate", "zoom", "val_fraction", "val_seed", "class_weights", "precision",
-    "ema", "dice_weight", "init", "freeze_encoder", "channels",
+    "ema", "dice_weight", "init", "freeze_encoder", "channels", "input_transform",
 )
 
 # Options that --init takes from the parent model: given together with it they are ignored (and we say so).
@@ -85,6 +86,9 @@ _FIXED_BY_PARENT = ("depth", "base_channels", "target", "norm_low", "norm_high")
 class Channels(str, Enum):
     grey = "grey"
     rgb = "rgb"
+
+
+InputTransform = Enum("InputTransform", {name: name for name in INPUT_TRANSFORMS}, type=str)
 
 
 class Target(str, Enum):
@@ -398,6 +402,17 @@ def train(
             show_default=False,
         ),
     ] = None,
+    input_transform: Annotated[
+        Optional[InputTransform],
+        typer.Option(
+            "--input",
+            help="Transform before normalisation, stored in the model and applied when predicting: intensity (values as "
+            "read; the default), inverted (dark objects become bright) or hematoxylin (hematoxylin optical density of "
+            "RGB stained tissue; grey images read as R = G = B). With --init, default: the parent's.",
+            rich_help_panel=PANEL_NET,
+            show_default=False,
+        ),
+    ] = None,
     freeze_encoder: Annotated[
         int,
         typer.Option(
@@ -549,7 +564,8 @@ def train(
             with exit_on_error(debug, where=init):
                 parent_model = load_init(init)
             mode = channels.value if channels is not None else parent_model.config.channels
-            config = child_config(parent_model.config, channels=mode)
+            config = child_config(parent_model.config, channels=mode,
+                                  input_transform=input_transform.value if input_transform is not None else None)
             if _explicit(ctx, ["patch_size"]):
                 config = replace(config, patch_size=patch_size)
             init_weights = parent_model.weights_for(config)
@@ -564,6 +580,7 @@ def train(
             config = UNetConfig(
                 in_channels=CHANNEL_MODES[mode],
                 channels=mode,
+                input=input_transform.value if input_transform is not None else "intensity",
                 depth=depth,
                 base_channels=base_channels,
                 target=target.value,
@@ -652,7 +669,7 @@ def train(
     with exit_on_error(debug):
         try:
             pairs = find_pairs(data, recursive=recursive)
-            colour = config.channels == "rgb"
+            colour = config.channels == "rgb" or reads_colour(config.input)
             arrays, names = load_pairs(pairs, channel=channel, colour=colour, memory_limit=memory_limit)
             if val is not None:
                 val_pairs = find_pairs(list(val), recursive=recursive)

@@ -652,6 +652,8 @@ def predict_blocks(
     config = UNetConfig.from_dict(read_model_info(model_path)["config"])
     if config.in_channels != 1:
         raise ModelError(f"model expects {config.in_channels} input channels, the image has 1")
+    if config.input != "intensity":  # blocks normalise raw values with the whole image's percentiles
+        raise ModelError(f"{model_path.name}: Dask prediction does not apply the input transform {config.input!r}")
     check_common(None, overlap, batch_size, 1.0)
     # The whole image's tile grid, as predict_image would lay it out; every block runs its share of it.
     tile_hw = resolve_tile(config, image.shape, tile)
