@@ -198,7 +198,7 @@ def test_cli_train_records_the_transform_predict_uses_it_and_model_info_shows_it
     assert sorted(p.name for p in out.iterdir() if p.suffix == ".tif") == ["cell0_labels.tif", "cell1_labels.tif"]
     info = invoke("model", "info", inverted_model)
     assert info.exit_code == 0
-    assert any(row.startswith("input transform") and "inverted" in row for row in info.stdout.splitlines())
+    assert any(row.startswith("transform ") and "inverted" in row for row in info.stdout.splitlines())
 
 
 def test_cli_init_with_input_fine_tunes_a_hematoxylin_child_on_colour_files_and_resumes(inverted_model, tmp_path):

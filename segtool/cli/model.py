@@ -105,9 +105,9 @@ def describe(info: dict[str, Any]) -> str:
         ("architecture", architecture),
         ("input size", f"any multiple of {2 ** config['depth']} px (predict pads); trained on {config['patch_size']} px patches"),
         ("input", "colour: R, G, B as 3 channels (--channels rgb; grey files repeated)" if config.get("channels") == "rgb"
-         else "one channel made from R, G, B (see input transform)" if config.get("input") == "hematoxylin"
+         else "one channel made from R, G, B (see transform)" if config.get("input") == "hematoxylin"
          else "grey (RGB files averaged to one channel)" if config["in_channels"] == 1 else f"{config['in_channels']} channels"),
-        ("input transform", f"{config.get('input', 'intensity')}: {INPUT_TRANSFORMS.get(config.get('input', 'intensity'), '?')}"),
+        ("transform", f"{config.get('input', 'intensity')}: {INPUT_TRANSFORMS.get(config.get('input', 'intensity'), '?')}"),
         ("normalisation", f"per-image{' and per-channel' if config['in_channels'] > 1 else ''} percentiles "
          f"{config['norm_low']:g} / {config['norm_high']:g} mapped to 0 / 1"),
         ("postprocess", ", ".join(f"{k}={v}" for k, v in config.get("postprocess", {}).items()) or "defaults"),
