@@ -235,7 +235,7 @@ def test_cli_channel_and_transform_mismatches_are_one_line(inverted_model, tmp_p
     assert "Traceback" not in result.output
 
 
-@pytest.mark.parametrize("fmt, suffix", [("torchscript", ".pt"), ("onnx", ".onnx")])
+@pytest.mark.parametrize("fmt, suffix", [("torchscript", ".pt"), ("onnx", ".onnx"), ("bioimageio", ".zip")])
 def test_export_refuses_a_model_with_a_transform_in_one_line(inverted_model, tmp_path, fmt, suffix):
     target = tmp_path / f"net{suffix}"
     result = invoke("model", "export", inverted_model, "--format", fmt, "-o", target)
@@ -249,3 +249,10 @@ def test_dask_prediction_refuses_a_model_with_a_transform(inverted_model):
 
     with pytest.raises(ModelError, match="input transform 'inverted'"):
         predict_blocks(np.zeros((64, 64), np.uint8), inverted_model)
+
+
+def test_z_stack_prediction_refuses_a_model_with_a_transform():
+    from segtool.volume.predict import predict_stack
+
+    with pytest.raises(InputError, match="input transform 'inverted'"):
+        predict_stack(np.zeros((2, 16, 16), np.uint8), tiny_model("inverted"))
