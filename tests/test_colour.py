@@ -187,6 +187,8 @@ def test_shipped_histo_model_is_a_grey_model_scored_on_the_histo_test_split():
 
     he = load_model(find_shipped_model("nuclei-he"))
     assert he.config.in_channels == 1 and he.config.channels == "grey"
+    # it reads the hematoxylin channel and was fine-tuned from the fluorescence model
+    assert he.config.input == "hematoxylin" and he.metadata["parent"]["name"] == "nuclei"
     assert he.metadata["card"]["test"]["images"] == 20  # the histo test split, not the fluorescence one
     assert all(name.endswith(".tif") for name in he.metadata["training_files"])
     assert he.net.state_dict()[FIRST_CONV].dtype == torch.float32  # stored float16, loaded as float32

@@ -14,6 +14,7 @@ import typer
 from segtool.cli._app import app
 from segtool.cli._common import Debug, exit_on_error, print_error
 from segtool.errors import SegtoolError, first_line
+from segtool.unet.intake import INPUT_TRANSFORMS, reads_colour
 
 model_app = typer.Typer(
     name="model",
@@ -104,7 +105,9 @@ def describe(info: dict[str, Any]) -> str:
         ("architecture", architecture),
         ("input size", f"any multiple of {2 ** config['depth']} px (predict pads); trained on {config['patch_size']} px patches"),
         ("input", "colour: R, G, B as 3 channels (--channels rgb; grey files repeated)" if config.get("channels") == "rgb"
+         else "one channel made from R, G, B (see transform)" if config.get("input") == "hematoxylin"
          else "grey (RGB files averaged to one channel)" if config["in_channels"] == 1 else f"{config['in_channels']} channels"),
+        ("transform", f"{config.get('input', 'intensity')}: {INPUT_TRANSFORMS.get(config.get('input', 'intensity'), '?')}"),
         ("normalisation", f"per-image{' and per-channel' if config['in_channels'] > 1 else ''} percentiles "
          f"{config['norm_low']:g} / {config['norm_high']:g} mapped to 0 / 1"),
         ("postprocess", ", ".join(f"{k}={v}" for k, v in config.get("postprocess", {}).items()) or "defaults"),
@@ -289,7 +292,7 @@ def export(
     with exit_on_error(debug, where=str(model_path)):
         loaded = load_model(model_path, device="cpu")
     with exit_on_error(debug, where=str(sample) if sample else None):
-        image, origin = _sample_image(sample, colour=loaded.config.channels == "rgb")
+        image, origin = _sample_image(sample, colour=loaded.config.channels == "rgb" or reads_colour(loaded.config.input))
     suffix = _SUFFIXES[fmt.value]
     if output.suffix.lower() != suffix:
         print(f"segtool: note: {fmt.value} files usually end in {suffix}", file=sys.stderr)

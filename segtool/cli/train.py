@@ -48,6 +48,7 @@ from segtool.cli.train_options import (
     JsonOutOpt,
     InitOpt,
     ChannelsOpt,
+    InputTransformOpt,
     FreezeEncoderOpt,
     TargetOpt,
     DepthOpt,
@@ -81,6 +82,7 @@ from segtool.cli.train_options import (
 from segtool.errors import SegtoolError, first_line
 from segtool.memory import parse_memory_limit
 from segtool.unet.finetune import FINETUNE_DEFAULTS
+from segtool.unet.intake import reads_colour
 from segtool.plotting import PLOT_HINT, plotting_available
 from segtool.unet.report import build_metadata, epoch_line, output_files, plot_curve, write_log
 
@@ -89,7 +91,7 @@ _FIXED_BY_CHECKPOINT = (
     "depth", "base_channels", "target", "norm_low", "norm_high", "patch_size", "epochs", "batch_size",
     "patches_per_epoch", "lr", "weight_decay", "optimizer", "schedule", "patience", "foreground_fraction",
     "seed", "augment", "elastic", "rotate", "zoom", "val_fraction", "val_seed", "class_weights", "precision",
-    "ema", "dice_weight", "init", "freeze_encoder", "channels",
+    "ema", "dice_weight", "init", "freeze_encoder", "channels", "input_transform",
 )
 
 # Options that --init takes from the parent model: given together with it they are ignored (and we say so).
@@ -119,6 +121,7 @@ def train(
     json_out: JsonOutOpt = False,
     init: InitOpt = None,
     channels: ChannelsOpt = None,
+    input_transform: InputTransformOpt = None,
     freeze_encoder: FreezeEncoderOpt = 0,
     target: TargetOpt = Target.three_class,
     depth: DepthOpt = 4,
@@ -259,7 +262,9 @@ def _new_run(ctx: typer.Context, err) -> _Settings:
         with exit_on_error(p["debug"], where=p["init"]):
             parent_model = load_init(p["init"])
         mode = channels.value if channels is not None else parent_model.config.channels
-        config = child_config(parent_model.config, channels=mode)
+        transform = p["input_transform"]
+        config = child_config(parent_model.config, channels=mode,
+                              input_transform=transform.value if transform is not None else None)
         if _explicit(ctx, ["patch_size"]):
             config = replace(config, patch_size=p["patch_size"])
         init_weights = parent_model.weights_for(config)
@@ -272,6 +277,7 @@ def _new_run(ctx: typer.Context, err) -> _Settings:
         config = UNetConfig(
             in_channels=CHANNEL_MODES[mode],
             channels=mode,
+            input=p["input_transform"].value if p["input_transform"] is not None else "intensity",
             depth=p["depth"],
             base_channels=p["base_channels"],
             target=p["target"].value,
@@ -358,7 +364,7 @@ def _read_data(ctx: typer.Context, run: _Settings):
         try:
             return load_training_data(
                 p["data"], p["val"], fraction=run.fraction, split_seed=run.split_seed, recursive=p["recursive"],
-                channel=p["channel"], colour=run.config.channels == "rgb", memory_limit=memory_limit,
+                channel=p["channel"], colour=run.config.channels == "rgb" or reads_colour(run.config.input), memory_limit=memory_limit,
             )
         except BadPairs as bad:
             for where, message in bad.problems:

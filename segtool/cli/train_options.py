@@ -13,6 +13,7 @@ import typer
 
 from segtool.cli._common import Device, Precision
 from segtool.unet.finetune import FINETUNE_DEFAULTS
+from segtool.unet.intake import INPUT_TRANSFORMS
 
 __all__ = [
     "Channels",
@@ -28,6 +29,8 @@ __all__ = [
     "JsonOutOpt",
     "InitOpt",
     "ChannelsOpt",
+    "InputTransform",
+    "InputTransformOpt",
     "FreezeEncoderOpt",
     "TargetOpt",
     "DepthOpt",
@@ -69,6 +72,9 @@ PANEL_RUN = "Hardware and resuming"
 class Channels(str, Enum):
     grey = "grey"
     rgb = "rgb"
+
+
+InputTransform = Enum("InputTransform", {name: name for name in INPUT_TRANSFORMS}, type=str)
 
 
 class Target(str, Enum):
@@ -150,6 +156,17 @@ ChannelsOpt = Annotated[
         help="Network input: grey (RGB files averaged to one channel; the default) or rgb (three channels, each "
         "normalised by its own percentiles; grey files repeated). With --init, default: the parent's; a grey "
         "parent's first convolution is then spread over R, G and B.",
+        rich_help_panel=PANEL_NET,
+        show_default=False,
+    ),
+]
+InputTransformOpt = Annotated[
+    Optional[InputTransform],
+    typer.Option(
+        "--input",
+        help="Transform before normalisation, stored in the model and applied when predicting: intensity (values as "
+        "read; the default), inverted (dark objects become bright) or hematoxylin (hematoxylin optical density of "
+        "RGB stained tissue; grey images read as R = G = B). With --init, default: the parent's.",
         rich_help_panel=PANEL_NET,
         show_default=False,
     ),

@@ -540,6 +540,8 @@ def predict_blocks(
     config = UNetConfig.from_dict(read_model_info(model_path)["config"])
     if config.in_channels != 1:
         raise ModelError(f"model expects {config.in_channels} input channels, the image has 1")
+    if config.input != "intensity":  # blocks normalise raw values with the whole image's percentiles
+        raise ModelError(f"{model_path.name}: Dask prediction does not apply the input transform {config.input!r}")
     overlap = 0.25 if tiling.overlap is None else tiling.overlap
     batch_size = 4 if tiling.batch_size is None else tiling.batch_size
     check_common(None, overlap, batch_size, 1.0)

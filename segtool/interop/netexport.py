@@ -78,6 +78,11 @@ def build_export_net(model):
 
     from segtool.interop.bioimageio_unet import SegtoolUNet
 
+    if model.config.input != "intensity":  # exported networks start at the normalised image, after the transform
+        name = model.path.name if getattr(model, "path", None) else "model"
+        raise ModelError(f"{name}: cannot export a model with input transform {model.config.input!r}; "
+                         "exported networks expect intensity input")
+
     config = model.config
     net = SegtoolUNet(in_channels=config.in_channels, depth=config.depth, base_channels=config.base_channels,
                       target=config.target)

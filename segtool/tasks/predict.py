@@ -118,6 +118,7 @@ class PredictTask:
 
         from segtool.io import read_image
         from segtool.unet.bigimage import open_lazy
+        from segtool.unet.intake import reads_colour
         from segtool.unet.predict import normalize_for_model
         from segtool.tasks.stack import is_z_stack
 
@@ -126,21 +127,25 @@ class PredictTask:
             return {"stack_path": path}  # the network stage predicts it plane by plane
         model = self.model()
         outputs = self.planned_outputs(path)
-        colour = model.config.channels == "rgb"
+        colour = model.config.channels == "rgb" or reads_colour(model.config.input)
+        # bands read grey values and normalise with whole-image percentiles; they know no input transform
+        plain = model.config.input == "intensity"
+        if self.bands and not plain:
+            raise InputError(f"--bands is not available with a model whose input transform is {model.config.input!r}")
         if colour:
             # a colour model reads R, G and B whole; band-by-band reading decodes one grey channel only
             if self.bands:
                 raise InputError("--bands is not available with a colour (--channels rgb) model")
             if self.channel is not None:
                 raise InputError("--channel picks one channel; a colour (--channels rgb) model reads R, G and B")
-        if self.bands is not False and self.plane is None and not colour:
+        if self.bands is not False and self.plane is None and not colour and plain:
             lazy = open_lazy(path, channel=self.channel)
             if lazy is not None:
                 with lazy:
                     if self.bands or lazy.size > BAND_PIXELS:
                         return {"lazy_path": path, "outputs": outputs}
         image = read_image(path, channel=self.channel, plane=self.plane, memory=self.memory, colour=colour)
-        if not colour and (self.bands or (self.bands is None and image.data.size > BAND_PIXELS)):
+        if not colour and plain and (self.bands or (self.bands is None and image.data.size > BAND_PIXELS)):
             return {"large_image": image, "outputs": outputs}
         stages = {"read": time.perf_counter() - start}
         start = time.perf_counter()

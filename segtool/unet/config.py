@@ -15,6 +15,7 @@ from typing import Any
 
 from segtool.errors import InputError
 from segtool.unet.augment import AugmentOptions
+from segtool.unet.intake import INPUT_TRANSFORMS
 
 __all__ = ["CHANNEL_MODES", "TARGETS", "UNetConfig", "target_channels"]
 
@@ -107,6 +108,7 @@ class UNetConfig:
 
     in_channels: int = 1
     channels: str = "grey"
+    input: str = "intensity"
     depth: int = 4
     base_channels: int = 16
     target: str = "three_class"
@@ -126,6 +128,10 @@ class UNetConfig:
             raise InputError(f"channels must be one of {', '.join(CHANNEL_MODES)}, got {self.channels!r}")
         if self.channels == "rgb" and self.in_channels != 3:
             raise InputError(f"channels 'rgb' needs in_channels 3, got {self.in_channels}")
+        if self.input not in INPUT_TRANSFORMS:
+            raise InputError(f"input must be one of {', '.join(INPUT_TRANSFORMS)}, got {self.input!r}")
+        if self.input == "hematoxylin" and self.channels != "grey":
+            raise InputError("input 'hematoxylin' gives one channel; it needs channels 'grey'")
         if not 1 <= self.depth <= 8:
             raise InputError(f"depth must be between 1 and 8, got {self.depth}")
         if not 1 <= self.base_channels <= 1024:

@@ -19,6 +19,7 @@ from segtool.errors import InputError
 from segtool.normalize import normalize_percentile
 from segtool.unet.augment import AugmentOptions, augment_pair, context_margin
 from segtool.unet.config import UNetConfig
+from segtool.unet.intake import apply_input_transform
 from segtool.unet.targets import make_target
 
 __all__ = [
@@ -93,7 +94,7 @@ def prepare_sample(image: np.ndarray, labels: np.ndarray, config: UNetConfig, *,
     labels : (H, W) ndarray of int
         Instance labels, 0 = background.
     config : UNetConfig
-        Supplies ``in_channels``, the percentiles and the target type.
+        Supplies the input transform, ``in_channels``, the percentiles and the target type.
     name : str, optional
         Used in error messages.
 
@@ -114,6 +115,10 @@ def prepare_sample(image: np.ndarray, labels: np.ndarray, config: UNetConfig, *,
     ((1, 4, 4), (1, 4, 4), [0, 5, 10, 15])
     """
     name = name or "image"
+    try:
+        image = apply_input_transform(image, config.input)
+    except InputError as err:
+        raise InputError(f"{name}: {err}") from None
     image = _as_channels(image, config.in_channels, name)
     labels = _check_labels(labels, image.shape[1:], name)
     normalised = np.stack(

@@ -77,22 +77,34 @@ def adapt_input_weights(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     )
 
 
-def child_config(parent: UNetConfig, *, channels: str | None = None) -> UNetConfig:
+def child_config(parent: UNetConfig, *, channels: str | None = None, input_transform: str | None = None) -> UNetConfig:
     """The config of a network fine-tuned from ``parent``.
 
     Everything is the parent's (architecture, normalisation, target, patch
     size, tuned post-processing as the starting point), except the input
     ``channels`` mode (``"grey"`` or ``"rgb"``) when given, which sets
-    ``in_channels`` to match.
+    ``in_channels`` to match, and the ``input_transform`` when given (see
+    :mod:`segtool.unet.intake`): the child keeps the transform chosen for
+    it, which is what its weights will learn to read.
+
+    Raises
+    ------
+    InputError
+        If the channels and the transform do not go together.
 
     Examples
     --------
     >>> child_config(UNetConfig(depth=2), channels="rgb").in_channels
     3
+    >>> child_config(UNetConfig(depth=2), input_transform="hematoxylin").input
+    'hematoxylin'
     """
-    if channels is None or channels == parent.channels:
-        return replace(parent)
-    return replace(parent, channels=channels, in_channels=CHANNEL_MODES[channels])
+    changes: dict[str, Any] = {}
+    if channels is not None and channels != parent.channels:
+        changes.update(channels=channels, in_channels=CHANNEL_MODES[channels])
+    if input_transform is not None:
+        changes["input"] = input_transform
+    return replace(parent, **changes)
 
 
 def parent_record(path: Path, *, name: str | None, metadata: dict[str, Any]) -> dict[str, Any]:

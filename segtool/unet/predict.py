@@ -50,6 +50,7 @@ from segtool.unet.inference import (
     prepare_for_inference,
     prepared_net,
 )
+from segtool.unet.intake import apply_input_transform
 from segtool.unet.instances import maps_to_labels
 from segtool.unet.tiling import TileCallback, predict_tiled
 
@@ -332,7 +333,7 @@ def normalize_for_model(image: np.ndarray, model, *, scale: float = 1.0) -> np.n
     """
     config = model.config
     check_common(model, None, None, scale)
-    data = _as_channels(image, config.in_channels)
+    data = _as_channels(apply_input_transform(image, config.input), config.in_channels)
     normalized = np.stack([normalize_percentile(c, config.norm_low, config.norm_high) for c in data])
     if scale != 1.0:
         height, width = normalized.shape[1:]

@@ -37,7 +37,7 @@ class ShippedModel:
 #: The models segtool knows by name, the default first.
 SHIPPED_MODELS: tuple[ShippedModel, ...] = (
     ShippedModel("nuclei", "nuclei.pt", "fluorescence nuclei (bright on dark), grey input"),
-    ShippedModel("nuclei-he", "nuclei_he.pt", "nuclei in H&E-like stained tissue and brightfield (dark on bright), grey input"),
+    ShippedModel("nuclei-he", "nuclei_he.pt", "nuclei in H&E-like stained tissue and brightfield (dark on bright), hematoxylin input"),
 )
 
 DEFAULT_MODEL = SHIPPED_MODELS[0].name

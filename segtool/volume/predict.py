@@ -180,6 +180,8 @@ def predict_stack_maps(
                 on_plane(done)
             yield np.ascontiguousarray(m[:, :h, :w])
 
+    if config.input != "intensity":  # planes are normalised here with the stack's percentiles, untransformed
+        raise InputError(f"3-D prediction does not apply the model's input transform {config.input!r}")
     for plane in planes:
         data = np.asarray(plane)
         if data.ndim != 2:

@@ -1,0 +1,258 @@
+"""Input transforms (segtool.unet.intake): the pure functions, the stored config, and their use in train/predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+import torch
+from skimage.draw import disk
+from typer.testing import CliRunner
+
+from segtool.cli import app
+from segtool.errors import InputError, ModelError
+from segtool.normalize import normalize_percentile
+from segtool.unet.config import UNetConfig
+from segtool.unet.finetune import child_config
+from segtool.unet.intake import apply_input_transform, hematoxylin_density
+from segtool.unet.model import UNet
+from segtool.unet.modelfile import LoadedModel, load_model
+from segtool.unet.predict import normalize_for_model, predict_image
+
+runner = CliRunner()
+TINY = ["--depth", "2", "--base-channels", "4", "--patch-size", "32", "--batch-size", "4",
+        "--patches-per-epoch", "8", "--device", "cpu", "--threads", "1", "--epochs", "1", "--quiet"]
+TINY_RUN = ["--batch-size", "4", "--patches-per-epoch", "8", "--device", "cpu", "--threads", "1", "--epochs", "1",
+            "--quiet"]
+
+# Optical density per unit stain in R, G, B (Ruifrok & Johnston 2001), written out here on purpose
+HEMATOXYLIN = np.array([0.65, 0.70, 0.29])
+EOSIN = np.array([0.07, 0.99, 0.11])
+DAB = np.array([0.27, 0.57, 0.78])
+
+
+def invoke(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def stained(h: np.ndarray, e: np.ndarray, d: np.ndarray) -> np.ndarray:
+    """A (3, H, W) float image in [0, 1] transmitting 10**-(optical density) of the given stain amounts."""
+    density = h[..., None] * HEMATOXYLIN + e[..., None] * EOSIN + d[..., None] * DAB
+    return np.moveaxis(10.0 ** -density, -1, 0)
+
+
+# ---------------------------------------------------------------- the pure functions
+
+
+def test_hematoxylin_density_recovers_the_amount_of_stain_mixed_in():
+    rng = np.random.default_rng(0)
+    h, e, d = rng.uniform(0, 1, (3, 6, 7))
+    out = hematoxylin_density(stained(h, e, d))
+    assert out.shape == (6, 7) and out.dtype == np.float32
+    np.testing.assert_allclose(out, h, atol=1e-5)
+
+
+def test_unstained_and_eosin_only_pixels_have_no_hematoxylin():
+    zero = np.zeros((2, 2))
+    white = hematoxylin_density(stained(zero, zero, zero))
+    pink = hematoxylin_density(stained(zero, np.full((2, 2), 0.8), zero))
+    assert np.all(white == 0) and np.all(np.abs(pink) < 1e-6)
+
+
+def test_integer_images_are_scaled_by_their_type_maximum():
+    rng = np.random.default_rng(1)
+    rgb8 = rng.integers(1, 256, (3, 5, 5)).astype(np.uint8)
+    as16 = (rgb8.astype(np.uint16) * 257)  # 255 -> 65535: the same transmissions
+    np.testing.assert_allclose(hematoxylin_density(as16), hematoxylin_density(rgb8), atol=1e-6)
+    np.testing.assert_allclose(hematoxylin_density(rgb8), hematoxylin_density(rgb8 / 255.0), atol=1e-6)
+
+
+def test_grey_images_count_as_equal_red_green_blue_and_darker_means_more_stain():
+    grey = np.array([[255, 200], [100, 20]], np.uint8)
+    out = hematoxylin_density(grey)
+    np.testing.assert_array_equal(out, hematoxylin_density(np.stack([grey] * 3)))
+    np.testing.assert_array_equal(out, hematoxylin_density(grey[np.newaxis]))
+    assert out[0, 0] == 0 and out[0, 0] < out[0, 1] < out[1, 0] < out[1, 1]
+
+
+def test_an_alpha_channel_is_ignored_and_other_channel_counts_are_refused():
+    rgb = np.random.default_rng(2).integers(0, 256, (3, 4, 4)).astype(np.uint8)
+    rgba = np.concatenate([rgb, np.full((1, 4, 4), 255, np.uint8)])
+    np.testing.assert_array_equal(hematoxylin_density(rgba), hematoxylin_density(rgb))
+    with pytest.raises(InputError, match="RGB or grey"):
+        hematoxylin_density(np.zeros((2, 4, 4)))
+
+
+def test_inverted_input_normalises_to_one_minus_the_plain_one():
+    image = np.array([[0, 10], [30, 200]], np.uint8)
+    inverted = normalize_percentile(apply_input_transform(image, "inverted"), 0, 100)
+    np.testing.assert_allclose(inverted, (200 - image) / 200.0, atol=1e-6)
+
+
+def test_intensity_is_the_image_itself_and_unknown_names_are_refused():
+    image = np.arange(6, dtype=np.uint8).reshape(2, 3)
+    assert apply_input_transform(image, "intensity") is image
+    with pytest.raises(InputError, match="unknown input transform"):
+        apply_input_transform(image, "sepia")
+
+
+# ---------------------------------------------------------------- the config
+
+
+def test_config_stores_the_transform_and_old_configs_read_as_intensity():
+    config = UNetConfig(depth=2, input="hematoxylin")
+    assert UNetConfig.from_dict(config.to_dict()).input == "hematoxylin"
+    old = config.to_dict()
+    del old["input"]
+    assert UNetConfig.from_dict(old).input == "intensity"
+    with pytest.raises(InputError, match="needs channels 'grey'"):
+        UNetConfig(in_channels=3, channels="rgb", input="hematoxylin")
+    with pytest.raises(InputError, match="input must be one of"):
+        UNetConfig(input="negative")
+
+
+def test_a_child_keeps_its_chosen_transform_or_else_the_parent_one():
+    parent = UNetConfig(depth=2, input="inverted", postprocess={"min_size": 7})
+    assert child_config(parent).input == "inverted"
+    child = child_config(parent, input_transform="hematoxylin")
+    assert child.input == "hematoxylin" and child.postprocess == {"min_size": 7} and child.depth == 2
+
+
+# ---------------------------------------------------------------- prediction applies it
+
+
+def tiny_model(input_transform: str, seed: int = 0) -> LoadedModel:
+    torch.manual_seed(seed)
+    config = UNetConfig(depth=2, base_channels=4, patch_size=16, input=input_transform)
+    return LoadedModel(net=UNet(config).eval(), config=config)
+
+
+def test_prediction_applies_the_stored_transform_before_normalising():
+    rng = np.random.default_rng(3)
+    rgb = rng.integers(0, 256, (3, 24, 20)).astype(np.uint8)
+    hema, plain = tiny_model("hematoxylin"), tiny_model("intensity")
+    plain.net.load_state_dict(hema.net.state_dict())
+    by_model = predict_image(rgb, hema).maps
+    by_hand = predict_image(hematoxylin_density(rgb), plain).maps
+    np.testing.assert_allclose(by_model, by_hand, atol=1e-6)
+    inverted = tiny_model("inverted")
+    inverted.net.load_state_dict(hema.net.state_dict())
+    np.testing.assert_allclose(normalize_for_model(rgb[0], inverted),
+                               normalize_for_model(255 - rgb[0].astype(np.int32), plain), atol=1e-6)
+
+
+def test_a_hematoxylin_model_reads_grey_images_as_equal_channels():
+    grey = np.random.default_rng(4).integers(0, 256, (20, 20)).astype(np.uint8)
+    model = tiny_model("hematoxylin")
+    np.testing.assert_array_equal(predict_image(grey, model).maps, predict_image(np.stack([grey] * 3), model).maps)
+    with pytest.raises(InputError, match="RGB or grey"):
+        predict_image(np.zeros((2, 20, 20), np.uint8), model)
+
+
+# ---------------------------------------------------------------- the command line
+
+
+def write_set(root: Path, count: int = 4, *, seed: int = 0, colour: bool = False) -> Path:
+    """Dark purple disks on a light pink background (or their grey average)."""
+    rng = np.random.default_rng(seed)
+    (root / "images").mkdir(parents=True)
+    (root / "masks").mkdir(parents=True)
+    for index in range(count):
+        labels = np.zeros((48, 48), np.uint16)
+        for k in range(1, 4):
+            labels[disk(tuple(rng.integers(8, 40, 2)), 6, shape=labels.shape)] = k
+        h = (labels > 0) * 0.8 + rng.uniform(0, 0.05, labels.shape)
+        rgb = stained(h, np.full(labels.shape, 0.3), np.zeros(labels.shape))
+        image = np.moveaxis((rgb * 255).round().astype(np.uint8), 0, -1)
+        tifffile.imwrite(root / "images" / f"cell{index}.tif", image if colour else image.mean(-1).astype(np.uint8))
+        tifffile.imwrite(root / "masks" / f"cell{index}.tif", labels)
+    return root
+
+
+@pytest.fixture(scope="module")
+def inverted_model(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("inv")
+    data = write_set(root / "data")
+    model = root / "inv.pt"
+    result = invoke("train", data, "-o", model, "--input", "inverted", "--target", "three_class_distance", *TINY)
+    assert result.exit_code == 0, result.output
+    return model
+
+
+def test_cli_train_records_the_transform_predict_uses_it_and_model_info_shows_it(inverted_model, tmp_path):
+    assert load_model(inverted_model).config.input == "inverted"
+    data = write_set(tmp_path / "data", count=2, seed=1)
+    out = tmp_path / "pred"
+    result = invoke("predict", data / "images", "-m", inverted_model, "-o", out, "-q", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    assert sorted(p.name for p in out.iterdir() if p.suffix == ".tif") == ["cell0_labels.tif", "cell1_labels.tif"]
+    info = invoke("model", "info", inverted_model)
+    assert info.exit_code == 0
+    assert any(row.startswith("transform ") and "inverted" in row for row in info.stdout.splitlines())
+
+
+def test_cli_init_with_input_fine_tunes_a_hematoxylin_child_on_colour_files_and_resumes(inverted_model, tmp_path):
+    data = write_set(tmp_path / "data", seed=2, colour=True)
+    child = tmp_path / "child.pt"
+    result = invoke("train", data, "-o", child, "--init", inverted_model, "--input", "hematoxylin", *TINY_RUN)
+    assert result.exit_code == 0, result.output
+    loaded, parent = load_model(child), load_model(inverted_model)
+    assert loaded.config.input == "hematoxylin" and loaded.config.in_channels == 1
+    assert loaded.metadata["parent"]["file"] == "inv.pt"
+    assert parent.config.input == "inverted"  # the parent is untouched
+    # without --input the child keeps the parent's transform
+    same = tmp_path / "same.pt"
+    assert invoke("train", data, "-o", same, "--init", inverted_model, *TINY_RUN).exit_code == 0
+    assert load_model(same).config.input == "inverted"
+    # a resume of the fine-tune keeps its transform and its lineage (and says it ignores a new --input)
+    child.unlink()
+    result = invoke("train", data, "-o", child, "--resume", tmp_path / "child.ckpt" / "last.pt", "--input", "intensity",
+                    "--device", "cpu", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    assert "ignoring" in result.stderr and "input" in result.stderr
+    resumed = load_model(child)
+    assert resumed.config.input == "hematoxylin" and resumed.metadata["parent"]["file"] == "inv.pt"
+
+
+def test_cli_channel_and_transform_mismatches_are_one_line(inverted_model, tmp_path):
+    data = write_set(tmp_path / "data", count=2, seed=3, colour=True)
+    result = invoke("train", data, "-o", tmp_path / "m.pt", "--input", "hematoxylin", "--channels", "rgb", *TINY)
+    assert result.exit_code != 0 and not (tmp_path / "m.pt").exists()
+    assert len(result.stderr.strip().splitlines()) == 1 and "hematoxylin" in result.stderr
+    assert "Traceback" not in result.output
+    result = invoke("predict", data / "images", "-m", inverted_model, "-o", tmp_path / "p", "--bands", "-q")
+    assert result.exit_code != 0 and "input transform is 'inverted'" in result.stderr
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("fmt, suffix", [("torchscript", ".pt"), ("onnx", ".onnx"), ("bioimageio", ".zip")])
+def test_export_refuses_a_model_with_a_transform_in_one_line(inverted_model, tmp_path, fmt, suffix):
+    target = tmp_path / f"net{suffix}"
+    result = invoke("model", "export", inverted_model, "--format", fmt, "-o", target)
+    assert result.exit_code != 0 and not target.exists()
+    assert "inv.pt" in result.stderr and "'inverted'" in result.stderr and "Traceback" not in result.output
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_dask_prediction_refuses_a_model_with_a_transform(inverted_model):
+    from segtool.distributed.big_predict import predict_blocks
+
+    with pytest.raises(ModelError, match="input transform 'inverted'"):
+        predict_blocks(np.zeros((64, 64), np.uint8), inverted_model)
+
+
+def test_z_stack_prediction_refuses_a_model_with_a_transform():
+    from segtool.volume.predict import predict_stack
+
+    with pytest.raises(InputError, match="input transform 'inverted'"):
+        predict_stack(np.zeros((2, 16, 16), np.uint8), tiny_model("inverted"))
