@@ -8,7 +8,6 @@ import still ties two modules together).
 from __future__ import annotations
 
 import ast
-import warnings
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parent.parent / "segtool"
@@ -103,14 +102,9 @@ def test_no_private_name_is_imported_across_modules():
     assert not crossings, "\n".join(crossings)
 
 
-def test_module_line_counts():
-    """Informational: modules over ~600 lines are listed as a warning, not a failure."""
+def test_no_module_is_over_the_line_limit():
+    """Small modules with one job: none over MAX_LINES lines (issue #23)."""
     counts = {name: len(path.read_text(encoding="utf-8").splitlines()) for name, path in _modules().items()}
-    assert counts and all(n >= 0 for n in counts.values())
+    assert len(counts) > 50  # the walk found the package
     large = sorted(((n, name) for name, n in counts.items() if n > MAX_LINES), reverse=True)
-    if large:
-        warnings.warn(
-            f"modules over {MAX_LINES} lines: " + ", ".join(f"{name} ({n})" for n, name in large),
-            UserWarning,
-            stacklevel=1,
-        )
+    assert not large, "modules over the limit: " + ", ".join(f"{name} ({n})" for n, name in large)
