@@ -217,7 +217,10 @@ def _label_bands(for_rows, buffer, ahead, height, width, band_rows, halo, max_ex
                 if extra == 0:
                     band_rows = min(band_rows, -(-(height - core_start) // 2))
                     core_stop = min(height, core_start + band_rows)
-                    need_stop = min(height, core_stop + halo)
+                    # This band starts with the window an object reaching its bottom would make it grow to: that
+                    # second labelling would run alone, after the other thread has finished.
+                    extra = max(halo, 1)
+                    need_stop = min(height, core_stop + halo + extra)
                 ahead.start(buffer, [
                     (max(0, core - halo), min(height, core + band_rows + halo))
                     for core in range(core_stop, height, band_rows)
