@@ -169,6 +169,40 @@ def test_segment_with_unet_uses_the_shipped_model_and_reports_tiles():
     assert seen and seen[-1][0] == seen[-1][1]
 
 
+def test_image_plane_keeps_or_averages_colour_and_picks_the_plane_of_a_colour_stack():
+    rgb = np.zeros((2, 4, 5, 3), np.uint8)  # two RGB planes: (T, Y, X, colour)
+    rgb[1, ..., 0], rgb[1, ..., 1], rgb[1, ..., 2] = 30, 60, 90
+    kept = image_plane(rgb, rgb=True, keep_colour=True, current_step=(1, 0, 0))
+    assert kept.shape == (3, 4, 5) and kept.dtype == np.uint8
+    assert [int(kept[c, 0, 0]) for c in range(3)] == [30, 60, 90]
+    grey = image_plane(rgb, rgb=True, current_step=(1, 0, 0))
+    assert grey.shape == (4, 5) and float(grey[0, 0]) == 60.0
+
+
+@pytest.mark.parametrize(("model_name", "colour"), [("nuclei_he.pt", True), ("nuclei.pt", False)])
+def test_segment_gives_colour_to_a_colour_reading_model_and_grey_to_a_grey_one(monkeypatch, model_name, colour):
+    import segtool.unet.predict as unet_predict
+
+    seen = {}
+
+    def fake_predict_image(image, model, **kwargs):
+        seen["image"] = np.asarray(image)
+        return unet_predict.PredictResult(labels=np.zeros(np.shape(image)[-2:], np.uint16),
+                                          maps=np.zeros((3,) + np.shape(image)[-2:], np.float32), n_tiles=1,
+                                          seconds=0.0)
+
+    monkeypatch.setattr(unet_predict, "predict_image", fake_predict_image)
+    planes = np.stack([np.full((16, 20), v, np.uint8) for v in (200, 100, 150)])  # R, G, B
+    model = str(Path(segtool.__file__).parent / "models" / model_name)
+    segment(planes, SegmentOptions(method="U-Net", model=model))
+    if colour:  # the hematoxylin model reads R, G and B as given
+        assert seen["image"].shape == (3, 16, 20)
+        np.testing.assert_array_equal(seen["image"], planes)
+    else:  # a grey model reads their average, as segtool predict reads a colour file
+        assert seen["image"].shape == (16, 20)
+        assert np.allclose(seen["image"], 150.0)
+
+
 def test_segment_options_refuse_unknown_values():
     with pytest.raises(InputError, match="method"):
         SegmentOptions(method="magic")

@@ -59,15 +59,21 @@ class SegmentOptions:
             raise InputError(f"polarity must be one of {', '.join(POLARITIES)}, got {self.polarity!r}")
 
 
-def image_plane(data: Any, *, rgb: bool = False, current_step: tuple[int, ...] = ()) -> np.ndarray:
-    """The 2-D image the widget segments: the layer itself, RGB averaged, or the displayed plane of a stack.
+def image_plane(data: Any, *, rgb: bool = False, keep_colour: bool = False,
+                current_step: tuple[int, ...] = ()) -> np.ndarray:
+    """The 2-D image the widget segments: the layer itself, RGB averaged or kept, or the displayed plane of a stack.
 
     Parameters
     ----------
     data : array_like
         A napari image layer's data (a multiscale layer gives its first level).
     rgb : bool, optional
-        The last axis holds colours (averaged to gray).
+        The last axis holds colours.
+    keep_colour : bool, optional
+        With ``rgb``: return the red, green and blue planes, ``(3, Y, X)``
+        (channels first, as :func:`segtool.io.read_image` reads colour), for
+        :func:`segment` to hand to a model that reads colour; otherwise the
+        colours are averaged to grey.
     current_step : tuple of int, optional
         The viewer's position on every axis; the leading axes of a stack are
         indexed with it.
@@ -78,17 +84,21 @@ def image_plane(data: Any, *, rgb: bool = False, current_step: tuple[int, ...] =
     (3, 4)
     >>> image_plane(np.ones((3, 4, 3)), rgb=True).shape
     (3, 4)
+    >>> image_plane(np.ones((3, 4, 3)), rgb=True, keep_colour=True).shape
+    (3, 3, 4)
     """
     if isinstance(data, (list, tuple)):
         data = data[0]
     array = np.asarray(data)
-    if rgb:
-        array = array[..., :3].mean(axis=-1, dtype=np.float32)
-    if array.ndim > 2:
-        leading = array.ndim - 2
-        steps = tuple(current_step)[-(leading + 2):-2] if len(current_step) >= array.ndim else (0,) * leading
+    spatial = array.ndim - 1 if rgb else array.ndim  # the viewer's axes: the colour axis is not one of them
+    if spatial > 2:
+        leading = spatial - 2
+        steps = tuple(current_step)[-(leading + 2):-2] if len(current_step) >= spatial else (0,) * leading
         array = array[tuple(int(s) for s in steps)]
-    if array.ndim != 2:
+    if rgb and array.ndim == 3:
+        colours = array[..., :3]
+        array = np.moveaxis(colours, -1, 0) if keep_colour else colours.mean(axis=-1, dtype=np.float32)
+    if array.ndim != (3 if rgb and keep_colour else 2):
         raise InputError(f"expected a 2-D image layer, got shape {np.shape(data)}")
     return array
 
@@ -99,7 +109,9 @@ def segment(image: np.ndarray, options: SegmentOptions = SegmentOptions(), *,
 
     Parameters
     ----------
-    image : (Y, X) ndarray
+    image : (Y, X) or (3, Y, X) ndarray
+        Grey, or red, green and blue planes (:func:`image_plane` with
+        ``keep_colour``): averaged to grey unless the model reads colour.
     options : SegmentOptions, optional
     on_progress : callable, optional
         ``on_progress(done, total)``: network tiles for the U-Net, 0/1 then
@@ -117,6 +129,7 @@ def segment(image: np.ndarray, options: SegmentOptions = SegmentOptions(), *,
     """
     image = np.asarray(image)
     if options.method == "baseline":
+        image = _grey(image)
         from segtool.baseline import segment_baseline
 
         if on_progress:
@@ -130,7 +143,16 @@ def segment(image: np.ndarray, options: SegmentOptions = SegmentOptions(), *,
         return result.labels
     from segtool.unet.predict import ObjectOptions, TileOptions, find_packaged_model, load_for_inference_cached, predict_image
 
+    from segtool.unet.intake import reads_colour
+
     path = options.model or find_packaged_model()
     model = load_for_inference_cached(path, device="cpu")
+    if not (model.config.channels == "rgb" or reads_colour(model.config.input)):
+        image = _grey(image)  # a grey model reads colour files averaged, as segtool predict does
     return predict_image(image, model, tiling=TileOptions(tta=options.tta), objects=ObjectOptions(min_size=options.min_size),
                          on_tile=on_progress).labels
+
+
+def _grey(image: np.ndarray) -> np.ndarray:
+    """A (3, Y, X) colour image averaged to (Y, X) float32; a 2-D image as it is."""
+    return image.mean(axis=0, dtype=np.float32) if image.ndim == 3 else image

@@ -127,7 +127,8 @@ class SegmentWidget(_qt_widget_base()):  # type: ignore[misc]
             return None
         try:
             current = tuple(getattr(self.viewer.dims, "current_step", ()))
-            image = image_plane(layer.data, rgb=bool(getattr(layer, "rgb", False)), current_step=current)
+            image = image_plane(layer.data, rgb=bool(getattr(layer, "rgb", False)), keep_colour=True,
+                                current_step=current)
             options = self.options()
         except InputError as err:
             self.status.value = f"error: {err}"
