@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 
 from segtool.io import read_image, read_labels
-from segtool.unet.intake import reads_colour
 from segtool.unet.modelfile import LoadedModel, load_model
 
 
@@ -22,7 +21,7 @@ def load_validation(model_path: Path, data: Path) -> tuple[LoadedModel, list[str
     if not names:
         raise SystemExit(f"{model_path}: metadata lists no validation files")
     # a colour model (--channels rgb, or --input hematoxylin) reads R, G and B, as segtool predict does
-    colour = model.config.channels == "rgb" or reads_colour(model.config.input)
+    colour = model.config.reads_colour
     images = [read_image(data / "images" / name, colour=colour).data for name in names]
     truths = [read_labels(data / "masks" / name).data for name in names]
     return model, names, images, truths

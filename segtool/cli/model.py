@@ -14,7 +14,7 @@ import typer
 from segtool.cli._app import app
 from segtool.cli._common import Debug, exit_on_error, print_error
 from segtool.errors import SegtoolError, first_line
-from segtool.unet.intake import INPUT_TRANSFORMS, reads_colour
+from segtool.unet.intake import INPUT_TRANSFORMS
 
 model_app = typer.Typer(
     name="model",
@@ -292,7 +292,7 @@ def export(
     with exit_on_error(debug, where=str(model_path)):
         loaded = load_model(model_path, device="cpu")
     with exit_on_error(debug, where=str(sample) if sample else None):
-        image, origin = _sample_image(sample, colour=loaded.config.channels == "rgb" or reads_colour(loaded.config.input))
+        image, origin = _sample_image(sample, colour=loaded.config.reads_colour)
     suffix = _SUFFIXES[fmt.value]
     if output.suffix.lower() != suffix:
         print(f"segtool: note: {fmt.value} files usually end in {suffix}", file=sys.stderr)

@@ -82,7 +82,6 @@ from segtool.cli.train_options import (
 from segtool.errors import SegtoolError, first_line
 from segtool.memory import parse_memory_limit
 from segtool.unet.finetune import FINETUNE_DEFAULTS
-from segtool.unet.intake import reads_colour
 from segtool.plotting import PLOT_HINT, plotting_available
 from segtool.unet.report import build_metadata, epoch_line, output_files, plot_curve, write_log
 
@@ -364,7 +363,7 @@ def _read_data(ctx: typer.Context, run: _Settings):
         try:
             return load_training_data(
                 p["data"], p["val"], fraction=run.fraction, split_seed=run.split_seed, recursive=p["recursive"],
-                channel=p["channel"], colour=run.config.channels == "rgb" or reads_colour(run.config.input), memory_limit=memory_limit,
+                channel=p["channel"], colour=run.config.reads_colour, memory_limit=memory_limit,
             )
         except BadPairs as bad:
             for where, message in bad.problems:

@@ -143,11 +143,9 @@ def segment(image: np.ndarray, options: SegmentOptions = SegmentOptions(), *,
         return result.labels
     from segtool.unet.predict import ObjectOptions, TileOptions, find_packaged_model, load_for_inference_cached, predict_image
 
-    from segtool.unet.intake import reads_colour
-
     path = options.model or find_packaged_model()
     model = load_for_inference_cached(path, device="cpu")
-    if not (model.config.channels == "rgb" or reads_colour(model.config.input)):
+    if not model.config.reads_colour:
         image = _grey(image)  # a grey model reads colour files averaged, as segtool predict does
     return predict_image(image, model, tiling=TileOptions(tta=options.tta), objects=ObjectOptions(min_size=options.min_size),
                          on_tile=on_progress).labels

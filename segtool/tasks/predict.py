@@ -118,7 +118,6 @@ class PredictTask:
 
         from segtool.io import read_image
         from segtool.unet.bigimage import open_lazy
-        from segtool.unet.intake import reads_colour
         from segtool.unet.predict import normalize_for_model
         from segtool.tasks.stack import is_z_stack
 
@@ -127,7 +126,7 @@ class PredictTask:
             return {"stack_path": path}  # the network stage predicts it plane by plane
         model = self.model()
         outputs = self.planned_outputs(path)
-        colour = model.config.channels == "rgb" or reads_colour(model.config.input)
+        colour = model.config.reads_colour
         # bands read grey values and normalise with whole-image percentiles; they know no input transform
         plain = model.config.input == "intensity"
         if self.bands and not plain:

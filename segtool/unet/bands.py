@@ -226,7 +226,7 @@ def _label_bands(for_rows, buffer, ahead, height, width, band_rows, halo, max_ex
                     for core in range(core_stop, height, band_rows)
                 ])
             window = buffer.rows(need_start, need_stop)
-            labels, seconds = ahead.labels(buffer, need_start, need_stop)
+            labels, seconds = ahead.labels(need_start, need_stop, window)
             owned = _owned_objects(labels, need_start, (core_start, core_stop))
             if stages is not None:
                 stages["postprocess"] = stages.get("postprocess", 0.0) + seconds
@@ -283,12 +283,12 @@ class _LookAhead:
         for start, stop in windows:
             self._futures[(start, stop)] = self._pool.submit(self._timed, buffer.rows(start, stop))
 
-    def labels(self, buffer: _RowBuffer, start: int, stop: int) -> tuple[np.ndarray, float]:
-        """Labels of rows ``start:stop`` and the seconds they took: from the look-ahead, or computed here."""
+    def labels(self, start: int, stop: int, rows: np.ndarray) -> tuple[np.ndarray, float]:
+        """Labels of ``rows`` (image rows ``start:stop``) and the seconds they took: from the look-ahead, or computed here."""
         future = self._futures.pop((start, stop), None)
         if future is not None:
             return future.result()
-        return self._timed(buffer.rows(start, stop))
+        return self._timed(rows)
 
     def close(self) -> None:
         if self._pool is not None:

@@ -15,7 +15,7 @@ from typing import Any
 
 from segtool.errors import InputError
 from segtool.unet.augment import AugmentOptions
-from segtool.unet.intake import INPUT_TRANSFORMS
+from segtool.unet.intake import INPUT_TRANSFORMS, reads_colour
 
 __all__ = ["CHANNEL_MODES", "TARGETS", "UNetConfig", "target_channels"]
 
@@ -160,6 +160,11 @@ class UNetConfig:
     def out_channels(self) -> int:
         """Number of output channels, derived from :attr:`target`."""
         return TARGETS[self.target]
+
+    @property
+    def reads_colour(self) -> bool:
+        """Whether images are read as R, G and B (a colour network, or a transform that needs colour)."""
+        return self.channels == "rgb" or reads_colour(self.input)
 
     @property
     def size_multiple(self) -> int:
