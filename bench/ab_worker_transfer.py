@@ -1,15 +1,17 @@
-"""How data workers hand batches back: arrays through the worker's pipe, or tensors in shared memory.
+"""How data workers hand batches back: through DataLoader, or into a shared-memory ring.
 
-An A/B check behind :mod:`segtool.unet.loader`'s choice. Three ways to get
-the same 60 batches (128 px, elastic, batch 8; 2 workers where there are
-workers), interleaved round by round, median of the rounds:
+An A/B check behind :mod:`segtool.unet.ring`. Four ways to get the same 60
+batches (128 px, elastic, batch 8; 2 workers where there are workers),
+interleaved round by round, median of the rounds:
 
 * ``in-process``: ``iterate_batches(workers=0)``, no workers;
 * ``tensors (shm)``: a DataLoader whose workers return tensors, which PyTorch
   moves to a new shared-memory segment per tensor and hands over with a
   hand-shake with the sending worker (what segtool did first);
-* ``arrays (pipe)``: ``iterate_batches(workers=2)``, whose workers return
-  NumPy arrays, pickled through their pipe (what segtool does).
+* ``arrays (pipe)``: a DataLoader whose workers return NumPy arrays, pickled
+  through their pipe (what segtool did next);
+* ``ring (shm)``: ``iterate_batches(workers=2)``: workers write each batch
+  into a slot of a shared-memory ring allocated once (what segtool does).
 
 It prints CPU milliseconds per patch over all processes (this one and its
 workers, start-up included), which other load on the machine changes
@@ -52,6 +54,17 @@ class TensorBatches(torch.utils.data.Dataset):
         return torch.from_numpy(x), torch.from_numpy(y)
 
 
+class ArrayBatches(TensorBatches):
+    """Batch ``index`` as arrays (the DataLoader pickles them through the worker's pipe)."""
+
+    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        return self.sampler.batch(self.batch_size, rng=batch_generator(0, index))
+
+
+def as_is(batch):
+    return batch
+
+
 def cpu_seconds() -> float:
     own, children = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
     return own.ru_utime + own.ru_stime + children.ru_utime + children.ru_stime
@@ -60,9 +73,10 @@ def cpu_seconds() -> float:
 def run(samples, mode: str, batches: int, batch_size: int, patch_size: int) -> tuple[float, float]:
     sampler = PatchSampler(samples, patch_size=patch_size, rng=np.random.default_rng(0), augment=AugmentOptions(elastic=True))
     c0, t0 = cpu_seconds(), time.perf_counter()
-    if mode == "tensors (shm)":
+    if mode in ("tensors (shm)", "arrays (pipe)"):
+        dataset = (TensorBatches if mode == "tensors (shm)" else ArrayBatches)(sampler, batch_size)
         loader = torch.utils.data.DataLoader(
-            TensorBatches(sampler, batch_size), batch_size=None, sampler=range(batches), num_workers=2, prefetch_factor=2
+            dataset, batch_size=None, sampler=range(batches), num_workers=2, prefetch_factor=2, collate_fn=as_is
         )
         for _ in loader:
             pass
@@ -87,7 +101,7 @@ def main() -> None:
     from bench_train import load_pairs
 
     samples = prepare_samples(load_pairs(40), UNetConfig(patch_size=args.patch_size))
-    modes = ("in-process", "tensors (shm)", "arrays (pipe)")
+    modes = ("in-process", "tensors (shm)", "arrays (pipe)", "ring (shm)")
     rows = {m: [] for m in modes}
     for _ in range(args.rounds):
         for mode in modes:

@@ -17,6 +17,13 @@ Usage::
 ``--half`` stores the weights in float16 (half the file size; logits change
 by about 1e-3). ``--tta`` scores maps averaged over the 8 flips/rotations
 (what ``segtool predict --tta`` computes), to see what TTA is worth.
+
+``--held-out-check`` guards against tuning on too few images: each
+validation image in turn is left out, the grid's best settings on the others
+are scored on it, and the counts are summed over the images so left out. The
+tuned settings are written only if that held-out AP beats the defaults' AP
+on the same images; otherwise the model keeps segtool's defaults (and says
+so in its metadata). The check uses validation images only.
 """
 
 from __future__ import annotations
@@ -56,6 +63,25 @@ SPLIT_SEED_THRESHOLDS = {
 }
 
 
+def summary(counts) -> dict:
+    return {"f1_iou50": float(counts.f1[0]), "ap_iou50": float(counts.ap[0]), "ap_iou70": float(counts.ap[1])}
+
+
+def held_out_scores(per_image: dict, default: dict, rank) -> dict:
+    """Leave-one-image-out: tune on the other images, score on the one left out; counts summed over all."""
+    settings = list(per_image)
+    images = len(next(iter(per_image.values())))
+    default_key = next(k for k in settings if all(default[name] == value for name, value in k))
+    tuned = defaults = None
+    for left in range(images):
+        def on_others(key):
+            return rank(summary(sum(c for i, c in enumerate(per_image[key]) if i != left)))
+        chosen = max(settings, key=on_others)
+        tuned = per_image[chosen][left] if tuned is None else tuned + per_image[chosen][left]
+        defaults = per_image[default_key][left] if defaults is None else defaults + per_image[default_key][left]
+    return {"tuned": summary(tuned), "defaults": summary(defaults), "images": images}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("model", type=Path)
@@ -70,6 +96,8 @@ def main() -> None:
         default=MIN_SIZES,
         help=f"comma-separated minimum object sizes (px) for the grid (default {','.join(map(str, MIN_SIZES))})",
     )
+    parser.add_argument("--held-out-check", action="store_true",
+                        help="keep the defaults unless tuning wins on images left out of it (leave-one-image-out)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -80,12 +108,15 @@ def main() -> None:
     maps = [predict_image(image, model, tiling=TileOptions(tta=args.tta)).maps for image in images]
     predict_seconds = time.perf_counter() - start
 
+    per_image = {}  # settings -> the match counts of each validation image, for the held-out check
+
     def score(**options) -> dict:
-        counts = sum(
+        counts = [
             match_labels(truth, maps_to_labels(m, target=target, **options), thresholds=(0.5, 0.7))
             for m, truth in zip(maps, truths)
-        )
-        return {**options, "f1_iou50": float(counts.f1[0]), "ap_iou50": float(counts.ap[0]), "ap_iou70": float(counts.ap[1])}
+        ]
+        per_image[tuple(options.items())] = counts
+        return {**options, **summary(sum(counts))}
 
     def rank(row: dict) -> tuple[float, float]:
         return row["ap_iou50"], row["ap_iou70"]
@@ -115,6 +146,13 @@ def main() -> None:
     print("best:", json.dumps(best))
     for row in results[:8]:
         print(json.dumps(row))
+    held_out = None
+    if args.held_out_check:
+        held_out = held_out_scores(per_image, default, rank)
+        print("held out, one image at a time:", json.dumps(held_out))
+        if held_out["tuned"]["ap_iou50"] <= held_out["defaults"]["ap_iou50"]:
+            print("tuning does not beat the defaults on held-out images: the model keeps the defaults")
+            best = default
 
     payload = torch.load(args.model, map_location="cpu", weights_only=True)
     config = json.loads(payload["config"])
@@ -128,6 +166,8 @@ def main() -> None:
         "before": default,
         "after": best,
     }
+    if held_out is not None:
+        metadata["postprocess_tuning"]["held_out_check"] = held_out
     payload["config"] = json.dumps(config)
     payload["metadata"] = json.dumps(metadata)
     if args.half:

@@ -13,6 +13,7 @@ from segtool.unet.augment import AugmentOptions
 from segtool.unet.config import UNetConfig
 from segtool.unet.dataset import PatchSampler, prepare_sample
 from segtool.unet.loader import auto_workers, batch_generator, iterate_batches, resume_workers
+from segtool.unet.ring import ring_batches
 
 
 def make_sampler(seed: int = 0, *, elastic: bool = True) -> PatchSampler:
@@ -100,3 +101,20 @@ def test_auto_workers_reads_this_machines_cores():
 def test_resume_keeps_the_scheme_of_random_draws():
     assert resume_workers(0, 0) == 0 and resume_workers(0, 8) == 0
     assert resume_workers(3, 8) == 8 and resume_workers(3, 0) == 1
+
+
+def numbered_batch(number: int, x: np.ndarray, y: np.ndarray) -> None:
+    if number == 4:
+        raise ValueError("no patch for this one")
+    x[...], y[...] = number, -number
+
+
+def test_the_ring_yields_batches_in_order_and_raises_a_workers_error():
+    first = (np.full((2, 1, 4, 4), 1, np.float32), np.full((2, 3, 4, 4), -1, np.float32))
+    seen = []
+    with pytest.raises(RuntimeError, match="data worker failed on batch 4:(.|\n)*no patch for this one"):
+        for x, y in ring_batches(numbered_batch, first, start=1, stop=9, workers=3):
+            assert x.shape == (2, 1, 4, 4) and y.shape == (2, 3, 4, 4)
+            assert bool((x == x[0, 0, 0, 0]).all()) and bool((y == -x[0, 0, 0, 0]).all())
+            seen.append(int(x[0, 0, 0, 0]))
+    assert seen == [1, 2, 3]

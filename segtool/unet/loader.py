@@ -2,9 +2,9 @@
 
 Patch sampling and augmentation (elastic deformation above all) run on the
 CPU, one core per process. With ``workers=0`` they run in the training
-process between optimiser steps; with ``workers >= 1`` a
-:class:`torch.utils.data.DataLoader` runs them in that many worker processes
-while the network trains on the batches already made.
+process between optimiser steps; with ``workers >= 1`` that many worker
+processes make them into shared memory (:mod:`segtool.unet.ring`) while the
+network trains on the batches already made.
 
 Reproducibility
 ---------------
@@ -27,20 +27,16 @@ copies one block per step.
 from __future__ import annotations
 
 import os
-import signal
 from collections.abc import Iterator
 
 import numpy as np
 import torch
 
-from segtool.errors import InputError, SegtoolError, first_line
+from segtool.errors import InputError
 from segtool.unet.dataset import PatchSampler
+from segtool.unet.ring import ring_batches
 
-__all__ = ["auto_workers", "batch_generator", "iterate_batches", "resume_workers", "worker_failure"]
-
-# how many batches each worker keeps ready (DataLoader's prefetch_factor): enough to ride out one slow batch,
-# few enough that memory stays small and an early stop wastes little work
-_PREFETCH = 2
+__all__ = ["auto_workers", "batch_generator", "iterate_batches", "resume_workers"]
 
 
 def auto_workers(device: torch.device | str, *, cores: int | None = None) -> int:
@@ -109,30 +105,17 @@ def batch_generator(seed: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(index,)))
 
 
-class _Batches(torch.utils.data.Dataset):
-    """Batch number ``index`` of a run, made by whichever worker gets it."""
+class _BatchInto:
+    """Makes batch number ``k`` of a run into given arrays, in a worker process (picklable for spawn)."""
 
-    def __init__(self, sampler: PatchSampler, batch_size: int, seed: int) -> None:
-        self.sampler = sampler
-        self.batch_size = batch_size
-        self.seed = seed
+    def __init__(self, sampler: PatchSampler, seed: int) -> None:
+        self.sampler, self.seed = sampler, seed
 
-    def __getitem__(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        return self.sampler.batch(self.batch_size, rng=batch_generator(self.seed, index))
-
-
-def _as_is(batch: tuple[np.ndarray, np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    # Arrays travel back pickled through the worker's pipe. Tensors would travel in shared memory, but each one
-    # needs a new shared segment and a hand-shake with the worker that made it. bench/ab_worker_transfer.py
-    # (2 workers, 128 px elastic batches of 8, busy 2-core host): 1.97 CPU ms per patch over all processes as
-    # tensors, 1.88 as arrays, 1.28 without workers; a first run of the same comparison 1.89 / 1.62 / 1.24.
-    return batch
-
-
-def _ignore_interrupt(worker_id: int) -> None:
-    # Ctrl-C in a terminal reaches the whole process group. The training process handles it (finish the step,
-    # write last.pt); a worker that died of it would leave that step without its batch.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    def __call__(self, number: int, x: np.ndarray, y: np.ndarray) -> None:
+        # the same draws, in the same order, as sampler.batch(len(x), rng=...) makes, written in place
+        rng = batch_generator(self.seed, number)
+        for i in range(len(x)):
+            x[i], y[i] = self.sampler.sample(rng)
 
 
 def iterate_batches(
@@ -169,6 +152,8 @@ def iterate_batches(
     ------
     x : (B, C, P, P) Tensor of float32
     y : (B, K, P, P) Tensor of float32
+        With workers (and without ``pin_memory``) they are views of shared
+        memory, valid until the next batch is asked for.
 
     Raises
     ------
@@ -176,7 +161,7 @@ def iterate_batches(
         If ``workers`` < 0 or ``start`` > ``stop``.
     SegtoolError
         If a worker process dies (killed, out of memory) while a batch is
-        awaited (see :func:`worker_failure` for the other moments).
+        awaited.
 
     Notes
     -----
@@ -201,60 +186,11 @@ def iterate_batches(
             x, y = (torch.from_numpy(a) for a in sampler.batch(batch_size))
             yield (x.pin_memory(), y.pin_memory()) if pin_memory else (x, y)
         return
-    loader = torch.utils.data.DataLoader(
-        _Batches(sampler, batch_size, seed),
-        batch_size=None,  # the dataset's items are whole batches
-        sampler=range(start, stop),
-        num_workers=workers,
-        collate_fn=_as_is,
-        worker_init_fn=_ignore_interrupt,
-        prefetch_factor=_PREFETCH,
-    )
-    iterator = iter(loader)
-    try:
-        while True:
-            try:
-                arrays = next(iterator)
-            except StopIteration:
-                return
-            except (RuntimeError, ConnectionError, EOFError) as err:
-                failure = worker_failure(err)
-                if failure is None:
-                    raise
-                raise failure from None
-            x, y = (torch.from_numpy(a) for a in arrays)
-            yield (x.pin_memory(), y.pin_memory()) if pin_memory else (x, y)
-    finally:
-        # PyTorch ends the workers when the iterator is garbage-collected, but a traceback passing through
-        # it keeps it alive, and with it a SIGCHLD handler that raises about a dead worker at random later
-        # moments: end them now
-        shutdown = getattr(iterator, "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+    if start == stop:
+        return
+    # batch ``start`` is made here: it fixes the shapes of the shared slots the workers fill
+    first = sampler.batch(batch_size, rng=batch_generator(seed, start))
+    for x, y in ring_batches(_BatchInto(sampler, seed), first, start=start, stop=stop, workers=workers):
+        yield (x.pin_memory(), y.pin_memory()) if pin_memory else (x, y)
 
 
-def worker_failure(err: BaseException) -> SegtoolError | None:
-    """The one-line error for a data worker that died, or None if ``err`` is something else.
-
-    A worker killed from outside (most often by the kernel when memory runs
-    out) is not a bug, so it should not end in a traceback. PyTorch reports
-    it as a ``RuntimeError``, from the next batch or, through its SIGCHLD
-    handler, from wherever the training process happens to be: callers
-    catch it around their whole loop.
-
-    Examples
-    --------
-    >>> str(worker_failure(RuntimeError("DataLoader worker (pid 7) is killed by signal: Killed.")))
-    'data worker process stopped: DataLoader worker (pid 7) is killed by signal: Killed; if memory ran out, use fewer --workers'
-    >>> worker_failure(RuntimeError("shapes do not match")) is None
-    True
-    """
-    text = first_line(err)
-    died = isinstance(err, RuntimeError) and text.startswith("DataLoader worker") and (
-        "exited unexpectedly" in text or "killed by signal" in text
-    )
-    # a worker that died while sending a batch: the pipe to it breaks
-    lost = isinstance(err, (ConnectionError, EOFError))
-    if died or lost:
-        return SegtoolError(f"data worker process stopped: {text.rstrip('. ')}; if memory ran out, use fewer --workers")
-    return None

@@ -37,7 +37,7 @@ from segtool.unet.config import TrainOptions, UNetConfig
 from segtool.unet.dataset import PatchSampler, Sample, prepare_samples, summarize_pairs
 from segtool.unet.ema import update_average
 from segtool.unet.heads import activate
-from segtool.unet.loader import iterate_batches, worker_failure
+from segtool.unet.loader import iterate_batches
 from segtool.unet.model import UNet, resolve_device
 from segtool.unet.modelfile import (
     check_resume,
@@ -310,11 +310,6 @@ def train_model(
                 stop_reason = "early_stopped"
                 break
         return run.finish(stop_reason)
-    except RuntimeError as err:
-        failure = worker_failure(err)
-        if failure is None:
-            raise
-        raise failure from None
     finally:
         batches.close()  # ends the worker processes, also after an error, an interruption or an early stop
 

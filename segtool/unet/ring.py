@@ -1,0 +1,196 @@
+"""Worker processes that make training batches straight into shared memory.
+
+A data worker spends its time cutting and deforming patches; what it costs
+beyond that is moving each batch to the training process. PyTorch's
+DataLoader pickles a returned array through a pipe (four copies of every
+batch and a fresh allocation on each side), or gives each returned tensor a
+new shared-memory segment with a hand-shake per tensor. Both cost a third of
+the patch work again on a 2-core machine (BENCHMARKS.md, "Data workers").
+
+Here the training process allocates a fixed ring of batch slots in shared
+memory once. It tells a worker "make batch ``k`` into slot ``s``" through
+that worker's pipe; the worker writes the patches into the slot in place
+and answers "``k`` is in ``s``" (a few bytes). The training process hands
+the slot out as tensors without copying, and gives the slot back to the
+ring when the next batch is asked for.
+
+Which worker makes which batch does not matter: a batch's random draws come
+from its own generator (``make_batch`` receives the batch number), so the
+batches are the same, in the same order, for any number of workers.
+"""
+
+from __future__ import annotations
+
+import signal
+import traceback
+from collections.abc import Callable, Iterator
+from multiprocessing.connection import Connection, wait
+
+import numpy as np
+import torch
+import torch.multiprocessing as mp
+
+from segtool.errors import SegtoolError
+
+__all__ = ["BatchMaker", "ring_batches"]
+
+#: ``make_batch(number, x, y)`` writes batch ``number``'s patches into the arrays ``x`` and ``y`` (in place).
+BatchMaker = Callable[[int, np.ndarray, np.ndarray], None]
+
+# Batches a worker may have been asked for and not yet delivered: one in the making and one queued, so that it
+# never waits for the training process to hand it the next number.
+_AHEAD_PER_WORKER = 2
+
+
+def _worker_loop(make_batch: BatchMaker, slots_x: torch.Tensor, slots_y: torch.Tensor, conn: Connection) -> None:
+    # Ctrl-C in a terminal reaches the whole process group; the training process handles it (finishes the step,
+    # writes last.pt) and then ends the workers.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    torch.set_num_threads(1)
+    xs, ys = slots_x.numpy(), slots_y.numpy()
+    while True:
+        try:
+            task = conn.recv()
+        except EOFError:  # the training process is gone
+            return
+        if task is None:
+            return
+        number, slot = task
+        try:
+            make_batch(number, xs[slot], ys[slot])
+        except BaseException:  # noqa: BLE001 - reported to the training process, which raises it
+            conn.send(("error", number, traceback.format_exc()))
+            return
+        conn.send(("done", number, slot))
+
+
+class _Ring:
+    """The slots, the worker processes and the book-keeping of who holds which slot."""
+
+    def __init__(self, make_batch: BatchMaker, first: tuple[np.ndarray, np.ndarray], workers: int) -> None:
+        slots = _AHEAD_PER_WORKER * workers + 1  # + the one the training step is using
+        self.x = torch.empty((slots, *first[0].shape), dtype=torch.from_numpy(first[0]).dtype).share_memory_()
+        self.y = torch.empty((slots, *first[1].shape), dtype=torch.from_numpy(first[1]).dtype).share_memory_()
+        self.free = list(range(slots))
+        self.asked = [0] * workers  # batches asked of each worker and not yet delivered
+        self.ready: dict[int, int] = {}  # batch number -> slot
+        context = mp.get_context()
+        self.conns: list[Connection] = []
+        self.processes = []
+        for _ in range(workers):
+            ours, theirs = context.Pipe()
+            process = context.Process(target=_worker_loop, args=(make_batch, self.x, self.y, theirs), daemon=True)
+            process.start()
+            theirs.close()
+            self.conns.append(ours)
+            self.processes.append(process)
+
+    def ask(self, number: int) -> bool:
+        """Give batch ``number`` to the least busy worker, if a slot is free."""
+        if not self.free:
+            return False
+        worker = min(range(len(self.conns)), key=self.asked.__getitem__)
+        try:
+            self.conns[worker].send((number, self.free[-1]))
+        except (BrokenPipeError, ConnectionError):
+            process = self.processes[worker]
+            process.join(timeout=5)  # the pipe breaks as the process dies: let it finish dying, for its exit code
+            raise _dead(process) from None
+        self.free.pop()
+        self.asked[worker] += 1
+        return True
+
+    def receive(self) -> None:
+        """Wait until some worker delivers a batch (or dies) and note it."""
+        sentinels = {p.sentinel: p for p in self.processes}
+        for ready in wait(self.conns + list(sentinels)):
+            if ready in sentinels:
+                # a sentinel is also ready when the process has finished its last message; read that first
+                continue
+            worker = self.conns.index(ready)
+            try:
+                kind, number, detail = ready.recv()
+            except (EOFError, ConnectionError):
+                raise _dead(self.processes[worker]) from None
+            if kind == "error":
+                raise RuntimeError(f"data worker failed on batch {number}:\n{detail}")
+            self.asked[worker] -= 1
+            self.ready[number] = detail
+        for process in self.processes:
+            if process.exitcode is not None:
+                raise _dead(process)
+
+    def close(self) -> None:
+        for conn in self.conns:
+            try:
+                conn.send(None)
+            except (BrokenPipeError, ConnectionError, OSError):
+                pass
+        for process in self.processes:
+            process.join(timeout=5)
+            if process.is_alive():
+                process.kill()
+                process.join(timeout=5)
+        for conn in self.conns:
+            conn.close()
+
+
+def _dead(process) -> SegtoolError:
+    code = process.exitcode
+    how = f"killed by signal {signal.Signals(-code).name}" if code is not None and code < 0 else f"exit code {code}"
+    return SegtoolError(f"data worker process stopped: {how}; if memory ran out, use fewer --workers")
+
+
+def ring_batches(make_batch: BatchMaker, first: tuple[np.ndarray, np.ndarray], *, start: int, stop: int,
+                 workers: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield batches ``start`` to ``stop - 1`` as tensors, made by ``workers`` processes.
+
+    Parameters
+    ----------
+    make_batch : callable
+        ``make_batch(number, x, y)`` fills ``x`` and ``y`` with batch
+        ``number``. It runs in the worker processes (started by fork where
+        the platform has it, so it need not be picklable there).
+    first : tuple of ndarray
+        Batch ``start``, already made (by the caller, while the workers
+        would still be starting); it fixes the slots' shapes and dtypes.
+    start, stop : int
+        The batch numbers to yield, ``start < stop``.
+    workers : int
+        Worker processes, at least 1.
+
+    Yields
+    ------
+    x, y : Tensor
+        Views of a shared-memory slot, valid until the next batch is asked
+        for (then a worker may write the slot again). Copy what must outlive
+        the step.
+
+    Raises
+    ------
+    SegtoolError
+        If a worker process dies (killed, out of memory).
+    RuntimeError
+        If ``make_batch`` raised in a worker (a bug): the message carries the
+        worker's traceback.
+
+    Notes
+    -----
+    Closing the generator (or dropping it) ends the workers.
+    """
+    ring = _Ring(make_batch, first, workers)
+    following = start + 1
+    try:
+        while following < stop and ring.ask(following):
+            following += 1
+        yield torch.from_numpy(first[0]), torch.from_numpy(first[1])
+        for number in range(start + 1, stop):
+            while number not in ring.ready:
+                ring.receive()
+            slot = ring.ready.pop(number)
+            yield ring.x[slot], ring.y[slot]
+            ring.free.append(slot)
+            while following < stop and ring.ask(following):
+                following += 1
+    finally:
+        ring.close()
