@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -14,11 +15,12 @@ from typer.testing import CliRunner
 from segtool.cli import app
 from segtool.errors import InputError, ModelError
 from segtool.normalize import normalize_percentile
+from segtool.pipeline.read import open_lazy
 from segtool.unet.config import UNetConfig
 from segtool.unet.finetune import child_config
 from segtool.unet.intake import apply_input_transform, hematoxylin_density
 from segtool.unet.model import UNet
-from segtool.unet.modelfile import LoadedModel, load_model
+from segtool.unet.modelfile import LoadedModel, load_model, save_model
 from segtool.unet.predict import normalize_for_model, predict_image
 
 runner = CliRunner()
@@ -230,9 +232,61 @@ def test_cli_channel_and_transform_mismatches_are_one_line(inverted_model, tmp_p
     assert result.exit_code != 0 and not (tmp_path / "m.pt").exists()
     assert len(result.stderr.strip().splitlines()) == 1 and "hematoxylin" in result.stderr
     assert "Traceback" not in result.output
-    result = invoke("predict", data / "images", "-m", inverted_model, "-o", tmp_path / "p", "--bands", "-q")
-    assert result.exit_code != 0 and "input transform is 'inverted'" in result.stderr
-    assert "Traceback" not in result.output
+    hema = tmp_path / "hema.pt"
+    save_model(hema, tiny_model("hematoxylin").net, tiny_model("hematoxylin").config)
+    result = invoke("predict", data / "images", "-m", hema, "-o", tmp_path / "p", "--channel", "1", "-q")
+    assert result.exit_code != 0 and "hematoxylin input reads R, G and B" in result.stderr
+    assert "Traceback" not in result.output and not (tmp_path / "p").exists()
+
+
+def stained_tissue(shape: tuple[int, int], seed: int) -> np.ndarray:
+    """(H, W, 3) uint8: hematoxylin disks on an eosin background."""
+    rng = np.random.default_rng(seed)
+    labels = np.zeros(shape, np.uint16)
+    for k in range(1, 40):
+        labels[disk(tuple(rng.integers(6, np.array(shape) - 6)), int(rng.integers(4, 8)), shape=shape)] = k
+    h = (labels > 0) * 0.8 + rng.uniform(0, 0.1, shape)
+    rgb = stained(h, rng.uniform(0.2, 0.4, shape), np.zeros(shape))
+    return np.moveaxis((rgb * 255).round().astype(np.uint8), 0, -1)
+
+
+@pytest.mark.parametrize("layout", [{"tile": (64, 64), "compression": "zlib"}, {}])
+def test_bands_apply_the_transform_row_by_row_as_the_whole_image_gets_it(tmp_path, layout):
+    # tiled + compressed: rows decoded tile by tile; plain: rows read through a memory map
+    src = tmp_path / "tissue.tif"
+    tifffile.imwrite(src, stained_tissue((200, 150), seed=5), photometric="rgb", **layout)
+    model = tmp_path / "hema.pt"
+    save_model(model, tiny_model("hematoxylin", seed=1).net, tiny_model("hematoxylin", seed=1).config)
+    common = ["-m", model, "--tile", "64", "--save-prob", "--json", "--threads", "1"]
+    whole = invoke("predict", src, "-o", tmp_path / "whole", "--no-bands", *common)
+    bands = invoke("predict", src, "-o", tmp_path / "bands", "--bands", "--band-rows", "64", "--halo", "16", *common)
+    assert whole.exit_code == 0 and bands.exit_code == 0, whole.output + bands.output
+    assert json.loads(bands.stdout)["bands"] == 4
+    a = tifffile.imread(tmp_path / "whole" / "tissue_prob.tif")
+    b = tifffile.imread(tmp_path / "bands" / "tissue_prob.tif")
+    assert a.shape == b.shape == (3, 200, 150)
+    # the network saw the hematoxylin plane in both: the same maps (the grey average would give other ones)
+    np.testing.assert_allclose(a, b, atol=1e-3)
+    # what the bands read: each row block is the transform of the whole image, cut to those rows
+    rgb = stained_tissue((200, 150), seed=5)
+    with open_lazy(src, input_transform="hematoxylin") as lazy:
+        assert lazy.dtype == np.float32
+        rows = lazy.read_rows(70, 135)
+    np.testing.assert_array_equal(rows, hematoxylin_density(np.moveaxis(rgb, -1, 0))[70:135])
+    with open_lazy(src, input_transform="inverted") as lazy:
+        np.testing.assert_array_equal(lazy.read_rows(0, 9), -rgb[:9].astype(np.float32).mean(-1))
+
+
+def test_an_inverted_model_predicts_in_bands_as_in_memory(inverted_model, tmp_path):
+    src = tmp_path / "grey.tif"
+    tifffile.imwrite(src, stained_tissue((160, 120), seed=6).mean(-1).astype(np.uint8), tile=(32, 32))
+    common = ["-m", inverted_model, "--tile", "64", "--save-prob", "--json", "--threads", "1"]
+    whole = invoke("predict", src, "-o", tmp_path / "whole", "--no-bands", *common)
+    bands = invoke("predict", src, "-o", tmp_path / "bands", "--bands", "--band-rows", "48", "--halo", "16", *common)
+    assert whole.exit_code == 0 and bands.exit_code == 0, whole.output + bands.output
+    assert json.loads(bands.stdout)["bands"] >= 3
+    np.testing.assert_allclose(tifffile.imread(tmp_path / "whole" / "grey_prob.tif"),
+                               tifffile.imread(tmp_path / "bands" / "grey_prob.tif"), atol=1e-3)
 
 
 @pytest.mark.parametrize("fmt, suffix", [("torchscript", ".pt"), ("onnx", ".onnx"), ("bioimageio", ".zip")])

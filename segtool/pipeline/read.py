@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from segtool.errors import InputError, first_line
+from segtool.unet.intake import apply_input_transform, hematoxylin_density
 
 __all__ = ["LazyImage", "open_lazy"]
 
@@ -35,13 +36,16 @@ class LazyImage:
     shape : (int, int)
         (H, W) of the plane.
     dtype : numpy.dtype
-        dtype of the rows :meth:`read_rows` returns (float32 when RGB is averaged).
+        dtype of the rows :meth:`read_rows` returns (float32 when RGB is
+        averaged or an input transform is applied).
     pixel_size : (float, float) or None
     unit : str or None
     """
 
-    def __init__(self, path: Path, tif, page, *, channel: int | None, samples: int, memmap) -> None:
+    def __init__(self, path: Path, tif, page, *, channel: int | None, samples: int, memmap,
+                 input_transform: str = "intensity") -> None:
         self.path = path
+        self._transform = input_transform
         self._tif = tif
         self._page = page
         self._channel = channel
@@ -50,7 +54,8 @@ class LazyImage:
         self._cache: dict[int, np.ndarray] = {}
         self.shape = (int(page.imagelength), int(page.imagewidth))
         averaged = samples > 1 and channel is None
-        self.dtype = np.dtype(np.float32) if averaged else np.dtype(page.dtype)
+        transformed = input_transform != "intensity"
+        self.dtype = np.dtype(np.float32) if averaged or transformed else np.dtype(page.dtype)
         self.pixel_size, self.unit = _calibration(tif, page)
 
     @property
@@ -71,7 +76,15 @@ class LazyImage:
         self._tif.close()
 
     def _reduce(self, data: np.ndarray) -> np.ndarray:
-        """(rows, W[, S]) -> (rows, W) following the channel rule of :func:`segtool.io.read_image`."""
+        """(rows, W[, S]) -> (rows, W) following the channel rule of :func:`segtool.io.read_image`,
+        then the model's input transform (pixel by pixel, so row blocks give what the whole image gives)."""
+        if self._transform == "hematoxylin":  # reads R, G and B (grey as R = G = B), not their average
+            planes = data.reshape(data.shape[0], data.shape[1], -1)
+            return hematoxylin_density(np.moveaxis(planes, -1, 0))
+        grey = self._grey(data)
+        return apply_input_transform(grey, self._transform) if self._transform != "intensity" else grey
+
+    def _grey(self, data: np.ndarray) -> np.ndarray:
         if self._samples == 1:
             return data.reshape(data.shape[0], data.shape[1])
         if self._channel is not None:
@@ -157,7 +170,8 @@ def _calibration(tif, page) -> tuple[tuple[float, float] | None, str | None]:
         return None, None
 
 
-def open_lazy(path: str | os.PathLike, *, channel: int | None = None) -> LazyImage | None:
+def open_lazy(path: str | os.PathLike, *, channel: int | None = None,
+              input_transform: str = "intensity") -> LazyImage | None:
     """Open a TIFF for row-by-row reading, or return None if it cannot be read that way.
 
     Single-page grayscale (Y, X) TIFFs and interleaved multi-sample (Y, X, S)
@@ -171,6 +185,11 @@ def open_lazy(path: str | os.PathLike, *, channel: int | None = None) -> LazyIma
     channel : int, optional
         Channel of a multi-sample image, with the rule of
         :func:`segtool.io.read_image` (RGB(A) is averaged without it).
+    input_transform : str, optional
+        A model's input transform (:mod:`segtool.unet.intake`), applied to
+        the rows as they are read. ``hematoxylin`` reads R, G and B, and
+        takes no ``channel``; a floating-point file returns None with it
+        (its white level is the whole image's maximum, which rows cannot tell).
 
     Returns
     -------
@@ -208,6 +227,12 @@ def open_lazy(path: str | os.PathLike, *, channel: int | None = None) -> LazyIma
         if page.dtype is None or np.dtype(page.dtype).kind not in "uif" or page.is_subsampled:
             tif.close()
             return None
+        if input_transform == "hematoxylin":
+            if channel is not None:
+                raise InputError("--channel picks one channel; the hematoxylin input reads R, G and B")
+            if np.dtype(page.dtype).kind == "f":
+                tif.close()
+                return None
         if samples == 1 and channel not in (None, 0):
             raise InputError(f"--channel {channel} given but the image has a single channel")
         if samples > 1:
@@ -222,7 +247,8 @@ def open_lazy(path: str | os.PathLike, *, channel: int | None = None) -> LazyIma
         elif not page.dataoffsets or page.chunks is None:
             tif.close()
             return None
-        return LazyImage(path, tif, page, channel=channel, samples=samples, memmap=memmap)
+        return LazyImage(path, tif, page, channel=channel, samples=samples, memmap=memmap,
+                         input_transform=input_transform)
     except InputError:
         tif.close()
         raise

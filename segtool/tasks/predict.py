@@ -127,24 +127,23 @@ class PredictTask:
         model = self.model()
         outputs = self.planned_outputs(path)
         colour = model.config.reads_colour
-        # bands read grey values and normalise with whole-image percentiles; they know no input transform
-        plain = model.config.input == "intensity"
-        if self.bands and not plain:
-            raise InputError(f"--bands is not available with a model whose input transform is {model.config.input!r}")
+        transform = model.config.input
+        # bands feed the network one channel: a three-channel (--channels rgb) network is predicted whole
+        banded = model.config.in_channels == 1
         if colour:
-            # a colour model reads R, G and B whole; band-by-band reading decodes one grey channel only
-            if self.bands:
+            if self.bands and not banded:
                 raise InputError("--bands is not available with a colour (--channels rgb) model")
             if self.channel is not None:
-                raise InputError("--channel picks one channel; a colour (--channels rgb) model reads R, G and B")
-        if self.bands is not False and self.plane is None and not colour and plain:
-            lazy = open_lazy(path, channel=self.channel)
+                kind = "the hematoxylin input" if banded else "a colour (--channels rgb) model"
+                raise InputError(f"--channel picks one channel; {kind} reads R, G and B")
+        if self.bands is not False and self.plane is None and banded:
+            lazy = open_lazy(path, channel=self.channel, input_transform=transform)
             if lazy is not None:
                 with lazy:
                     if self.bands or lazy.size > BAND_PIXELS:
                         return {"lazy_path": path, "outputs": outputs}
         image = read_image(path, channel=self.channel, plane=self.plane, memory=self.memory, colour=colour)
-        if not colour and plain and (self.bands or (self.bands is None and image.data.size > BAND_PIXELS)):
+        if banded and (self.bands or (self.bands is None and image.data.shape[-2] * image.data.shape[-1] > BAND_PIXELS)):
             return {"large_image": image, "outputs": outputs}
         stages = {"read": time.perf_counter() - start}
         start = time.perf_counter()
@@ -163,11 +162,15 @@ class PredictTask:
 
             return Finished(predict_stack_task(self, state["stack_path"]))
         if "lazy_path" in state:
-            with open_lazy(state["lazy_path"], channel=self.channel) as lazy:
+            with open_lazy(state["lazy_path"], channel=self.channel, input_transform=self.model().config.input) as lazy:
                 return Finished(self._run_bands(lazy, self.model(), state["outputs"]))
         if "large_image" in state:
+            from segtool.unet.intake import apply_input_transform
+
             image = state["large_image"]
-            return Finished(self._run_bands(image.data, self.model(), state["outputs"],
+            # the transform of the whole image, as in memory; the bands then see one plane of the network's input
+            plane = apply_input_transform(image.data, self.model().config.input)
+            return Finished(self._run_bands(plane, self.model(), state["outputs"],
                                             calibration=(image.pixel_size, image.unit)))
         maps, n_tiles = predict_maps(
             state.pop("normalized"), self.model(), state["image"].data.shape[-2:], tiling=self._tiling(),
