@@ -298,11 +298,41 @@ def test_export_refuses_a_model_with_a_transform_in_one_line(inverted_model, tmp
     assert len(result.stderr.strip().splitlines()) == 1
 
 
-def test_dask_prediction_refuses_a_model_with_a_transform(inverted_model):
+def test_dask_prediction_refuses_an_untransformed_image_for_a_model_with_a_transform(inverted_model):
     from segtool.distributed.big_predict import predict_blocks
 
-    with pytest.raises(ModelError, match="input transform 'inverted'"):
+    with pytest.raises(ModelError, match="input transform 'inverted'.*open_blocks"):
         predict_blocks(np.zeros((64, 64), np.uint8), inverted_model)
+
+
+def test_dask_blocks_come_transformed_as_the_whole_image(tmp_path):
+    from segtool.distributed.blockio import open_blocks
+
+    rgb = stained_tissue((150, 130), seed=7)
+    src = tmp_path / "tissue.tif"
+    tifffile.imwrite(src, rgb, photometric="rgb", tile=(32, 32), compression="zlib")
+    image = open_blocks(src, chunks=64, input_transform="hematoxylin").data
+    assert image.dtype == np.float32 and image.npartitions > 1
+    np.testing.assert_array_equal(image.compute(), hematoxylin_density(np.moveaxis(rgb, -1, 0)))
+    grey = open_blocks(src, chunks=64, input_transform="inverted").data.compute()
+    np.testing.assert_array_equal(grey, -rgb.astype(np.float32).mean(-1))
+    floats = tmp_path / "float.tif"
+    tifffile.imwrite(floats, rgb.astype(np.float32) / 255, photometric="rgb")
+    with pytest.raises(InputError, match="floating-point image needs the whole image's maximum"):
+        open_blocks(floats, chunks=64, input_transform="hematoxylin")
+
+
+def test_cli_predicts_dask_blocks_with_a_hematoxylin_model(tmp_path):
+    pytest.importorskip("distributed")
+    src = tmp_path / "tissue.tif"
+    tifffile.imwrite(src, stained_tissue((150, 130), seed=8), photometric="rgb", tile=(32, 32))
+    model = tmp_path / "hema.pt"
+    save_model(model, tiny_model("hematoxylin", seed=2).net, tiny_model("hematoxylin", seed=2).config)
+    result = invoke("predict", src, "-m", model, "-o", tmp_path / "out", "--block-size", "64", "--tile", "64",
+                    "--halo", "16", "--json", "--threads", "1", "--jobs", "1")
+    assert result.exit_code == 0, result.output
+    labels = tifffile.imread(json.loads(result.stdout)["outputs"]["labels"])
+    assert labels.shape == (150, 130)
 
 
 def test_z_stack_prediction_refuses_a_model_with_a_transform():

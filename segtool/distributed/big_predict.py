@@ -460,6 +460,7 @@ def predict_blocks(
     device: str = "cpu",
     threads: int | None = None,
     precision: str = "fp32",
+    transformed: bool = False,
 ) -> BlockPrediction:
     """Segment a large 2-D image with a U-Net, block by block on a Dask cluster.
 
@@ -495,6 +496,11 @@ def predict_blocks(
     precision : {"fp32", "bf16", "auto"}, optional
         Arithmetic of the network on each worker
         (:func:`segtool.unet.precision.resolve_precision`).
+    transformed : bool, optional
+        ``image`` already went through the model's input transform
+        (``open_blocks(path, input_transform=...)`` applies it as blocks are
+        read). Without it, a model whose transform is not ``intensity`` is
+        refused.
 
     Returns
     -------
@@ -540,8 +546,9 @@ def predict_blocks(
     config = UNetConfig.from_dict(read_model_info(model_path)["config"])
     if config.in_channels != 1:
         raise ModelError(f"model expects {config.in_channels} input channels, the image has 1")
-    if config.input != "intensity":  # blocks normalise raw values with the whole image's percentiles
-        raise ModelError(f"{model_path.name}: Dask prediction does not apply the input transform {config.input!r}")
+    if config.input != "intensity" and not transformed:  # blocks normalise the values they are given
+        raise ModelError(f"{model_path.name}: Dask prediction needs the image after the input transform {config.input!r}: "
+                         "open it with open_blocks(path, input_transform=...)")
     overlap = 0.25 if tiling.overlap is None else tiling.overlap
     batch_size = 4 if tiling.batch_size is None else tiling.batch_size
     check_common(None, overlap, batch_size, 1.0)

@@ -24,6 +24,7 @@ import numpy as np
 
 from segtool.calibration import normalise_unit, tiff_calibration
 from segtool.errors import InputError, first_line
+from segtool.unet.intake import apply_input_transform, hematoxylin_density, reads_colour
 from segtool.io import (
     PLANE_AXES,
     IMAGE_SUFFIXES,
@@ -74,6 +75,7 @@ def open_blocks(
     channel: int | None = None,
     plane: int | None = None,
     chunks: int | tuple[int, int] = 2048,
+    input_transform: str = "intensity",
 ) -> LazyImage2D:
     """Open a 2-D image lazily as a Dask array of about ``chunks`` x ``chunks`` blocks.
 
@@ -90,12 +92,18 @@ def open_blocks(
         Block height and width. Block edges are moved to the nearest multiple
         of the file's own tiles or strips, where those are smaller, so no
         tile is decoded twice for neighbouring blocks of a tiled image.
+    input_transform : str, optional
+        A model's input transform (:mod:`segtool.unet.intake`), applied to
+        each block as it is read (pixel by pixel, so the blocks make up the
+        whole image's transform). ``hematoxylin`` reads R, G and B and takes
+        no ``channel``; it refuses floating-point pixels, whose white level
+        is the whole image's maximum.
 
     Returns
     -------
     LazyImage2D
         ``data`` equals ``read_image(path, channel=channel, plane=plane).data``
-        once computed.
+        (after ``input_transform``) once computed.
 
     Raises
     ------
@@ -110,14 +118,18 @@ def open_blocks(
     if path.is_dir():
         if not is_zarr_path(path):
             raise InputError("is a folder but not a Zarr store (no .zattrs, .zarray, .zgroup or zarr.json inside)")
-        return _open_zarr(path.resolve(), channel=channel, plane=plane, block=block)
+        return _open_zarr(path.resolve(), channel=channel, plane=plane, block=block, transform=input_transform)
     suffix = path.suffix.lower()
     if suffix in (".tif", ".tiff"):
-        return _open_tiff(path.resolve(), channel=channel, plane=plane, block=block)
+        return _open_tiff(path.resolve(), channel=channel, plane=plane, block=block, transform=input_transform)
     if suffix in IMAGE_SUFFIXES:
-        image = read_image(path, channel=channel, plane=plane)
+        colour = reads_colour(input_transform)
+        if colour and channel is not None:
+            raise InputError("--channel picks one channel; the hematoxylin input reads R, G and B")
+        image = read_image(path, channel=channel, plane=plane, colour=colour)
         da = dask_array_module()
-        data = da.from_array(image.data, chunks=block, name=f"open-blocks-{uuid.uuid4().hex}")
+        data = da.from_array(apply_input_transform(image.data, input_transform), chunks=block,
+                             name=f"open-blocks-{uuid.uuid4().hex}")
         return LazyImage2D(data, path, image.pixel_size, image.unit)
     if suffix == ".zarr":
         raise InputError("is a file, not a Zarr folder (zipped Zarr stores are not supported)")
@@ -181,9 +193,11 @@ class _BlockReader:
     pickled, so the task graph can be shipped to distributed workers.
     """
 
-    def __init__(self, source: _Source, shape: tuple[int, ...], axes: str, *, channel: int | None, plane: int | None, dtype) -> None:
+    def __init__(self, source: _Source, shape: tuple[int, ...], axes: str, *, channel: int | None, plane: int | None, dtype,
+                 transform: str = "intensity") -> None:
         self.source = source
         self.axes = axes
+        self.transform = transform
         self.average = False
         self._select: list[Any] = []  # per file axis: "Y", "X", an index, or a slice of channels to average
         kept = []
@@ -235,8 +249,14 @@ class _BlockReader:
             where = f"rows {_span(ys)}, columns {_span(xs)} of {Path(self.source.path).name}"
             raise InputError(f"cannot read block at {where}: {first_line(err)}") from err
         region = region.transpose(self._order)
+        if self.transform == "hematoxylin":  # R, G and B (a grey image as R = G = B), not their average
+            return hematoxylin_density(np.moveaxis(region, -1, 0) if region.ndim == 3 else region)
         if self.average:  # as read_image: mean of the colour channels in float32
-            return region.astype(np.float32).mean(axis=-1)
+            region = region.astype(np.float32).mean(axis=-1)
+        if self.transform != "intensity":
+            return apply_input_transform(region, self.transform)
+        if self.average:
+            return region
         if self.source.kind == "memmap":  # a copy, so no block keeps the file mapped
             return np.array(region, dtype=self.dtype, order="C")
         return np.ascontiguousarray(region, dtype=self.dtype)
@@ -249,7 +269,8 @@ def _span(index) -> str:
 
 
 def _lazy_image(
-    source: _Source, path: Path, shape, axes: str, dtype, *, channel, plane, rgb: bool, segment, block, pixel_size, unit
+    source: _Source, path: Path, shape, axes: str, dtype, *, channel, plane, rgb: bool, segment, block, pixel_size, unit,
+    transform: str = "intensity",
 ) -> LazyImage2D:
     """Validate the axes with read_image's rules, then wrap the reader as a Dask array."""
     shape = tuple(int(n) for n in shape)
@@ -263,8 +284,15 @@ def _lazy_image(
     dtype = np.dtype(dtype)
     if dtype.kind not in "uifb":
         raise InputError(f"unsupported pixel type {dtype}")
-    reader = _BlockReader(source, shape, axes, channel=channel, plane=plane, dtype=dtype.newbyteorder("="))
-    if reader.average:
+    if transform == "hematoxylin":
+        if channel is not None:
+            raise InputError("--channel picks one channel; the hematoxylin input reads R, G and B")
+        if dtype.kind == "f":
+            raise InputError("the hematoxylin input of a floating-point image needs the whole image's maximum; "
+                             "predict it without --block-size")
+    reader = _BlockReader(source, shape, axes, channel=channel, plane=plane, dtype=dtype.newbyteorder("="),
+                          transform=transform)
+    if reader.average or transform != "intensity":
         reader.dtype = np.dtype(np.float32)
     height, width = reader.shape
     iy, ix = axes.index("Y"), axes.index("X")
@@ -282,7 +310,7 @@ def _lazy_image(
     return LazyImage2D(data, path, pixel_size, unit)
 
 
-def _open_tiff(path: Path, *, channel, plane, block) -> LazyImage2D:
+def _open_tiff(path: Path, *, channel, plane, block, transform: str) -> LazyImage2D:
     import tifffile
 
     check_readable_file(path)
@@ -319,6 +347,7 @@ def _open_tiff(path: Path, *, channel, plane, block) -> LazyImage2D:
     return _lazy_image(
         source, path, shape, axes, dtype,
         channel=channel, plane=plane, rgb=rgb, segment=segment, block=block, pixel_size=pixel_size, unit=unit,
+        transform=transform,
     )  # fmt: skip
 
 
@@ -340,7 +369,7 @@ def _tiff_segments(tif) -> tuple[int, ...]:
     return segment
 
 
-def _open_zarr(path: Path, *, channel, plane, block) -> LazyImage2D:
+def _open_zarr(path: Path, *, channel, plane, block, transform: str) -> LazyImage2D:
     try:
         import zarr
     except ImportError as err:
@@ -357,6 +386,7 @@ def _open_zarr(path: Path, *, channel, plane, block) -> LazyImage2D:
     return _lazy_image(
         source, path, array.shape, axes, array.dtype,
         channel=channel, plane=plane, rgb=False, segment=segment, block=block, pixel_size=pixel_size, unit=unit,
+        transform=transform,
     )  # fmt: skip
 
 

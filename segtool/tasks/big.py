@@ -56,11 +56,12 @@ class _BlockTask:
     def planned_outputs(self, path: Path) -> dict[str, Path]:
         return {"labels": output_path(path, labels_suffix(self.zarr), output_dir=self.output_dir)}
 
-    def open(self, path: Path):
+    def open(self, path: Path, input_transform: str = "intensity"):
         """``path`` read lazily as a Dask array of ``block_size`` blocks (:func:`~segtool.distributed.blockio.open_blocks`)."""
         from segtool.distributed.blockio import open_blocks
 
-        return open_blocks(path, channel=self.channel, plane=self.plane, chunks=self.block_size)
+        return open_blocks(path, channel=self.channel, plane=self.plane, chunks=self.block_size,
+                           input_transform=input_transform)
 
     def write(self, path: Path, result, image) -> None:
         """Write ``result.labels`` as tiled BigTIFF or, with ``zarr``, OME-Zarr, with ``image``'s calibration."""
@@ -123,12 +124,15 @@ class BigPredictTask(_BlockTask):
     @_one_line_when_a_worker_dies
     def run(self, path: Path) -> dict[str, Any]:
         from segtool.distributed.big_predict import predict_blocks
+        from segtool.unet.modelfile import read_model_info
 
-        image = self.open(path)
+        transform = read_model_info(self.model_path)["config"].get("input", "intensity")
+        image = self.open(path, input_transform=transform)  # the blocks come transformed, as the model reads them
         start = time.perf_counter()
         result = predict_blocks(
             image.data,
             self.model_path,
+            transformed=True,
             block=self.block_size,
             halo=self.halo,
             device=self.device,
