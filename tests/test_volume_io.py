@@ -152,3 +152,16 @@ def test_no_overwrite_and_no_partial_file(tmp_path, stack):
         json.dump({}, f)
     with pytest.raises(InputError, match="not a Z stack"):
         read_volume(tmp_path / "x.json")
+
+
+@pytest.mark.parametrize("depth", [3, 4])
+def test_a_stack_of_three_or_four_planes_in_one_page_is_read_plane_by_plane(tmp_path, depth):
+    # tifffile stores a (3 or 4, Y, X) stack as the samples of a single page: pages are then not planes
+    stack = np.arange(depth * 20 * 18, dtype=np.float32).reshape(depth, 20, 18)
+    path = tmp_path / "few.tif"
+    tifffile.imwrite(path, stack, metadata={"axes": "ZYX"})
+    info, planes = iter_planes(path)
+    planes = list(planes)
+    assert info.n_planes == depth and len(planes) == depth
+    for plane, expected in zip(planes, stack):
+        np.testing.assert_array_equal(plane, expected)

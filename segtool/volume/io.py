@@ -457,6 +457,11 @@ def _planes(path: Path, info: StackInfo, keep: int | None) -> Iterator[np.ndarra
     try:
         with tifffile.TiffFile(path) as tif:
             series = tif.series[0]
+            if len(series.pages) != step:
+                # fewer pages than planes: tifffile stores a stack of 3 or 4 planes as the samples of one page
+                whole = np.asarray(series.asarray())
+                yield from _to_zyx(whole, info.axes, info.z_axis, info.channel_axis, keep)
+                return
             for z in range(info.n_planes):
                 key = z * strides[info.z_axis]
                 if keep is not None and info.channel_axis in strides:  # a channel axis of pages (not samples)

@@ -32,7 +32,7 @@ import numpy as np
 
 from segtool.errors import InputError
 
-__all__ = ["STACK_MODES", "StackPredictOptions", "stack_percentiles", "predict_stack_maps", "maps_to_labels_3d",
+__all__ = ["STACK_MODES", "StackPredictOptions", "model_planes", "stack_percentiles", "predict_stack_maps", "maps_to_labels_3d",
            "predict_stack", "predict_stack_file"]
 
 #: Values of ``mode``.
@@ -147,6 +147,9 @@ def predict_stack_maps(
 ) -> Iterator[np.ndarray]:
     """Network maps of each (Y, X) plane, in order, normalised with ``norm`` = (low, high) values.
 
+    ``planes`` and ``norm`` are those of the stack after the model's input
+    transform (:func:`model_planes`).
+
     Planes that fit in one tile are sent ``options.batch_size`` at a time in
     one network call; larger planes are tiled one by one
     (:func:`segtool.unet.tiling.predict_tiled`).
@@ -180,8 +183,6 @@ def predict_stack_maps(
                 on_plane(done)
             yield np.ascontiguousarray(m[:, :h, :w])
 
-    if config.input != "intensity":  # planes are normalised here with the stack's percentiles, untransformed
-        raise InputError(f"3-D prediction does not apply the model's input transform {config.input!r}")
     for plane in planes:
         data = np.asarray(plane)
         if data.ndim != 2:
@@ -224,6 +225,26 @@ def _watershed_3d(foreground: np.ndarray, seed_map: np.ndarray, *, seed_threshol
     return relabel_sequential_3d(labels, min_size=min_size)
 
 
+def model_planes(planes: Iterable[np.ndarray], config) -> Iterator[np.ndarray]:
+    """The planes as the model reads them: after its input transform, plane by plane.
+
+    ``inverted`` works pixel by pixel, so planes give what the whole stack
+    gives. ``hematoxylin`` is refused: stacks are read as grey planes (an RGB
+    stack averaged), and its optical density needs the colours.
+
+    Raises
+    ------
+    InputError
+        For the ``hematoxylin`` transform.
+    """
+    from segtool.unet.intake import apply_input_transform
+
+    if config.input == "hematoxylin":
+        raise InputError("3-D prediction reads grey planes; the model's input transform 'hematoxylin' needs R, G and B")
+    for plane in planes:
+        yield apply_input_transform(plane, config.input) if config.input != "intensity" else plane
+
+
 def predict_stack(
     image: np.ndarray,
     model,
@@ -257,8 +278,9 @@ def predict_stack(
     if data.ndim != 3 or data.size == 0:
         raise InputError(f"stack must be 3-D (Z, Y, X), got shape {data.shape}")
     config = model.config
-    norm = stack_percentiles(list(data), config.norm_low, config.norm_high)
-    maps = predict_stack_maps(list(data), model, norm=norm, options=options, on_plane=on_plane)
+    planes = list(model_planes(data, config))
+    norm = stack_percentiles(planes, config.norm_low, config.norm_high)
+    maps = predict_stack_maps(planes, model, norm=norm, options=options, on_plane=on_plane)
     options = replace(options, mode=options.resolved(data.size))
     return maps_to_labels_3d(maps, model.config, z_spacing=z_spacing, options=options)
 
@@ -373,7 +395,7 @@ def predict_stack_file(
         # One pass over a subsample of the planes for the stack's normalisation.
         every = max(1, depth // 16)
         _, planes = iter_planes(path, channel=channel, z_spacing=z_spacing)
-        sample = [p[::4, ::4].copy() for z, p in enumerate(planes) if z % every == 0]
+        sample = [p[::4, ::4].copy() for z, p in enumerate(model_planes(planes, config)) if z % every == 0]
         norm = stack_percentiles(sample, config.norm_low, config.norm_high)
         del sample
         post = postprocess_options(config, prob_threshold=options.prob_threshold, min_size=options.min_size,
@@ -394,8 +416,8 @@ def predict_stack_file(
             with open(scratch, "wb") as handle:
                 _, planes = iter_planes(path, channel=channel, z_spacing=z_spacing)
                 progress = (lambda n: on_plane(n, depth)) if on_plane is not None else None
-                for z, maps in enumerate(predict_stack_maps(keep_middle(planes), model, norm=norm, options=options,
-                                                            on_plane=progress)):
+                for z, maps in enumerate(predict_stack_maps(model_planes(keep_middle(planes), config), model, norm=norm,
+                                                            options=options, on_plane=progress)):
                     labels2d = stitcher.add(maps_to_labels(maps, target=config.target, **post))
                     if z == depth // 2:
                         middle = (middle_image[0], labels2d)
