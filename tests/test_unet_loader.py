@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import psutil
 import pytest
 import torch
 from skimage.draw import disk
 
-from segtool.errors import InputError
+from segtool.errors import InputError, SegtoolError
 from segtool.unet.augment import AugmentOptions
 from segtool.unet.config import UNetConfig
 from segtool.unet.dataset import PatchSampler, prepare_sample
 from segtool.unet.loader import auto_workers, batch_generator, iterate_batches, resume_workers
-from segtool.unet.ring import ring_batches
+from segtool.unet.ring import check_shared_memory, ring_batches
 
 
 def make_sampler(seed: int = 0, *, elastic: bool = True) -> PatchSampler:
@@ -118,3 +120,10 @@ def test_the_ring_yields_batches_in_order_and_raises_a_workers_error():
             assert bool((x == x[0, 0, 0, 0]).all()) and bool((y == -x[0, 0, 0, 0]).all())
             seen.append(int(x[0, 0, 0, 0]))
     assert seen == [1, 2, 3]
+
+
+def test_a_ring_larger_than_the_free_shared_memory_is_refused_in_one_line(tmp_path):
+    free = os.statvfs(tmp_path).f_bavail * os.statvfs(tmp_path).f_frsize
+    check_shared_memory(1024, 2, folder=str(tmp_path))  # fits: nothing raised
+    with pytest.raises(SegtoolError, match=r"^2 data workers need \d+ MiB of shared memory .* use fewer --workers"):
+        check_shared_memory(free + 2**30, 2, folder=str(tmp_path))

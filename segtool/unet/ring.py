@@ -21,6 +21,7 @@ batches are the same, in the same order, for any number of workers.
 
 from __future__ import annotations
 
+import os
 import signal
 import traceback
 from collections.abc import Callable, Iterator
@@ -32,7 +33,7 @@ import torch.multiprocessing as mp
 
 from segtool.errors import SegtoolError
 
-__all__ = ["BatchMaker", "ring_batches"]
+__all__ = ["BatchMaker", "check_shared_memory", "ring_batches"]
 
 #: ``make_batch(number, x, y)`` writes batch ``number``'s patches into the arrays ``x`` and ``y`` (in place).
 BatchMaker = Callable[[int, np.ndarray, np.ndarray], None]
@@ -69,6 +70,7 @@ class _Ring:
 
     def __init__(self, make_batch: BatchMaker, first: tuple[np.ndarray, np.ndarray], workers: int) -> None:
         slots = _AHEAD_PER_WORKER * workers + 1  # + the one the training step is using
+        check_shared_memory(slots * (first[0].nbytes + first[1].nbytes), workers)
         self.x = torch.empty((slots, *first[0].shape), dtype=torch.from_numpy(first[0]).dtype).share_memory_()
         self.y = torch.empty((slots, *first[1].shape), dtype=torch.from_numpy(first[1]).dtype).share_memory_()
         self.free = list(range(slots))
@@ -133,6 +135,37 @@ class _Ring:
                 process.join(timeout=5)
         for conn in self.conns:
             conn.close()
+
+
+def check_shared_memory(needed: int, workers: int, *, folder: str = "/dev/shm") -> None:
+    """Refuse, in one line, a ring that the shared-memory file system cannot hold.
+
+    Shared memory lives in ``/dev/shm`` on Linux, which containers often
+    keep small (Docker: 64 MiB). Allocating more than it holds does not fail
+    at once: the first write to a missing page kills the worker with SIGBUS.
+    Where the folder does not exist (macOS, Windows), nothing is checked.
+
+    Raises
+    ------
+    SegtoolError
+        If ``needed`` bytes exceed what ``folder`` has free.
+
+    Examples
+    --------
+    >>> check_shared_memory(1, 2, folder="/no/such/folder") is None
+    True
+    """
+    try:
+        stats = os.statvfs(folder)
+    except (OSError, AttributeError):
+        return None
+    free = stats.f_bavail * stats.f_frsize
+    if needed > free:
+        raise SegtoolError(
+            f"{workers} data workers need {needed / 2**20:.0f} MiB of shared memory for their batches and {folder} "
+            f"has {free / 2**20:.0f} MiB free: use fewer --workers, a smaller --batch-size, or a larger {folder}"
+        )
+    return None
 
 
 def _dead(process) -> SegtoolError:
