@@ -76,6 +76,8 @@ class _Ring:
         self.free = list(range(slots))
         self.asked = [0] * workers  # batches asked of each worker and not yet delivered
         self.ready: dict[int, int] = {}  # batch number -> slot
+        self.failed: dict[int, str] = {}  # batch number -> the traceback of the worker that failed on it
+        self.failed_workers: set[int] = set()
         context = mp.get_context()
         self.conns: list[Connection] = []
         self.processes = []
@@ -88,10 +90,11 @@ class _Ring:
             self.processes.append(process)
 
     def ask(self, number: int) -> bool:
-        """Give batch ``number`` to the least busy worker, if a slot is free."""
-        if not self.free:
+        """Give batch ``number`` to the least busy working worker, if a slot is free (and a worker is left)."""
+        working = [w for w in range(len(self.conns)) if w not in self.failed_workers]
+        if not self.free or not working:
             return False
-        worker = min(range(len(self.conns)), key=self.asked.__getitem__)
+        worker = min(working, key=self.asked.__getitem__)
         try:
             self.conns[worker].send((number, self.free[-1]))
         except (BrokenPipeError, ConnectionError):
@@ -103,9 +106,18 @@ class _Ring:
         return True
 
     def receive(self) -> None:
-        """Wait until some worker delivers a batch (or dies) and note it."""
-        sentinels = {p.sentinel: p for p in self.processes}
-        for ready in wait(self.conns + list(sentinels)):
+        """Wait until some worker delivers a batch, reports a failure, or dies, and note it.
+
+        A worker whose ``make_batch`` raised reports it and ends; the failure
+        is kept by batch number (:attr:`failed`), so the batches before it are
+        still delivered. A worker that dies without a word is an error at once.
+        """
+        working = [w for w in range(len(self.conns)) if w not in self.failed_workers]
+        if not working:  # cannot happen: a batch waited for comes after the failed ones, which raise first
+            raise RuntimeError(f"every data worker failed: {self.failed}")
+        conns = [self.conns[w] for w in working]
+        sentinels = {self.processes[w].sentinel: self.processes[w] for w in working}
+        for ready in wait(conns + list(sentinels)):
             if ready in sentinels:
                 # a sentinel is also ready when the process has finished its last message; read that first
                 continue
@@ -115,12 +127,14 @@ class _Ring:
             except (EOFError, ConnectionError):
                 raise _dead(self.processes[worker]) from None
             if kind == "error":
-                raise RuntimeError(f"data worker failed on batch {number}:\n{detail}")
+                self.failed[number] = detail
+                self.failed_workers.add(worker)
+                continue
             self.asked[worker] -= 1
             self.ready[number] = detail
-        for process in self.processes:
-            if process.exitcode is not None:
-                raise _dead(process)
+        for worker in working:
+            if worker not in self.failed_workers and self.processes[worker].exitcode is not None:
+                raise _dead(self.processes[worker])
 
     def close(self) -> None:
         for conn in self.conns:
@@ -219,6 +233,8 @@ def ring_batches(make_batch: BatchMaker, first: tuple[np.ndarray, np.ndarray], *
         yield torch.from_numpy(first[0]), torch.from_numpy(first[1])
         for number in range(start + 1, stop):
             while number not in ring.ready:
+                if number in ring.failed:
+                    raise RuntimeError(f"data worker failed on batch {number}:\n{ring.failed[number]}")
                 ring.receive()
             slot = ring.ready.pop(number)
             yield ring.x[slot], ring.y[slot]
