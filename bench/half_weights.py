@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from segtool.io import atomic_output
-from segtool.unet.modelfile import load_model
+
+from _payload import save_payload  # bench/ helper, beside this script
 
 
 def main() -> None:
@@ -27,9 +27,7 @@ def main() -> None:
     args = parser.parse_args()
     payload = torch.load(args.model, map_location="cpu", weights_only=True)
     payload["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
-    with atomic_output(args.output, overwrite=True) as temp:
-        torch.save(payload, temp)
-    load_model(args.output)  # refuse to leave a file that does not load
+    save_payload(payload, args.output)  # atomically, and reloaded: no file left that does not load
     print(args.output)
 
 

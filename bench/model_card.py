@@ -25,8 +25,8 @@ from pathlib import Path
 
 import torch
 
-from segtool.io import atomic_output
-from segtool.unet.modelfile import load_model
+
+from _payload import save_payload  # bench/ helper, beside this script
 
 
 def test_scores(report: dict, command: str | None) -> dict:
@@ -70,9 +70,7 @@ def main() -> None:
     metadata = json.loads(payload["metadata"])
     metadata["card"] = card
     payload["metadata"] = json.dumps(metadata)
-    with atomic_output(args.model, overwrite=True) as temp:
-        torch.save(payload, temp)
-    load_model(args.model)  # refuse to leave a file that does not load
+    save_payload(payload, args.model)  # atomically, and reloaded: no file left that does not load
     print(json.dumps(card))
 
 

@@ -36,13 +36,12 @@ from pathlib import Path
 
 import torch
 
-from segtool.io import atomic_output
 from segtool.metrics import match_labels
 from segtool.unet.instances import DEFAULT_SEED_THRESHOLD, maps_to_labels
-from segtool.unet.modelfile import load_model
 from segtool.unet.predict import TileOptions, predict_image
 
-from _validation import load_validation  # bench/ helper, beside this script
+from _payload import save_payload  # bench/ helpers, beside this script
+from _validation import load_validation
 
 PROB_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
 # Seeds: interior probability for three_class (high values keep only nucleus cores, which splits touching
@@ -172,9 +171,7 @@ def main() -> None:
     payload["metadata"] = json.dumps(metadata)
     if args.half:
         payload["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in payload["state_dict"].items()}
-    with atomic_output(args.output, overwrite=True) as temp:
-        torch.save(payload, temp)
-    load_model(args.output)  # refuse to leave a file that does not load
+    save_payload(payload, args.output)  # atomically, and reloaded: no file left that does not load
     print(args.output)
 
 

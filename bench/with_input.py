@@ -18,11 +18,11 @@ from pathlib import Path
 
 import torch
 
-from segtool.io import atomic_output
 from segtool.unet.config import UNetConfig
 from segtool.unet.intake import INPUT_TRANSFORMS
-from segtool.unet.modelfile import load_model
 from segtool.unet.shipped import resolve_model
+
+from _payload import save_payload  # bench/ helper, beside this script
 
 
 def main() -> None:
@@ -40,9 +40,7 @@ def main() -> None:
     metadata = json.loads(payload.get("metadata") or "{}")
     metadata["input_changed_from"] = {"file": path.name, "input": before}
     payload["metadata"] = json.dumps(metadata)
-    with atomic_output(args.output, overwrite=True) as temp:
-        torch.save(payload, temp)
-    load_model(args.output)  # refuse to leave a file that does not load
+    save_payload(payload, args.output)  # atomically, and reloaded: no file left that does not load
     print(args.output)
 
 

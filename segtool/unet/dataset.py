@@ -307,11 +307,18 @@ class PatchSampler:
         image, target = (_window(a[index], y0, x0, self.patch_size, self._margin) for a in (self._images, self._targets))
         return augment_pair(image, target, rng, options=self.augment, output_size=self.patch_size)
 
-    def batch(self, size: int, rng: np.random.Generator | None = None) -> tuple[np.ndarray, np.ndarray]:
+    def batch(self, size: int, rng: np.random.Generator | None = None, *,
+              out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
         """``size`` patches stacked as ``(B, C, P, P)`` and ``(B, K, P, P)`` float32.
 
         Every draw comes from ``rng``, by default the sampler's own generator
-        (a worker process passes a generator of its own per batch).
+        (a worker process passes a generator of its own per batch). With
+        ``out``, the patches are written into those two arrays (a worker's
+        shared-memory slot) and they are returned; the draws are the same.
         """
+        if out is not None:
+            for i in range(size):
+                out[0][i], out[1][i] = self.sample(rng)
+            return out
         patches = [self.sample(rng) for _ in range(size)]
         return np.stack([p[0] for p in patches]), np.stack([p[1] for p in patches])

@@ -112,10 +112,7 @@ class _BatchInto:
         self.sampler, self.seed = sampler, seed
 
     def __call__(self, number: int, x: np.ndarray, y: np.ndarray) -> None:
-        # the same draws, in the same order, as sampler.batch(len(x), rng=...) makes, written in place
-        rng = batch_generator(self.seed, number)
-        for i in range(len(x)):
-            x[i], y[i] = self.sampler.sample(rng)
+        self.sampler.batch(len(x), rng=batch_generator(self.seed, number), out=(x, y))
 
 
 def iterate_batches(
