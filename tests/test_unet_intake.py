@@ -18,7 +18,7 @@ from segtool.normalize import normalize_percentile
 from segtool.pipeline.read import open_lazy
 from segtool.unet.config import UNetConfig
 from segtool.unet.finetune import child_config
-from segtool.unet.intake import apply_input_transform, hematoxylin_density
+from segtool.unet.intake import apply_input_transform, hematoxylin_density, samples_last_to_input
 from segtool.unet.model import UNet
 from segtool.unet.modelfile import LoadedModel, load_model, save_model
 from segtool.unet.predict import normalize_for_model, predict_image
@@ -109,6 +109,26 @@ def test_intensity_is_the_image_itself_and_unknown_names_are_refused():
 
 
 # ---------------------------------------------------------------- the config
+
+
+@pytest.mark.parametrize("transform", ["intensity", "inverted", "hematoxylin"])
+def test_samples_last_pieces_give_the_channels_first_rule_of_read_image(transform):
+    rng = np.random.default_rng(3)
+    rgba = rng.integers(0, 256, (6, 5, 4), dtype=np.uint8)
+    grey = rgba[..., 0]
+    # the whole-image path: channels first, RGB averaged in float32 unless the transform reads colour
+    if transform == "hematoxylin":
+        expected_rgb = hematoxylin_density(np.moveaxis(rgba, -1, 0))
+    else:
+        expected_rgb = apply_input_transform(rgba[..., :3].astype(np.float32).mean(axis=-1), transform)
+    expected_grey = apply_input_transform(grey, transform)
+    np.testing.assert_allclose(samples_last_to_input(rgba, transform), expected_rgb, rtol=1e-6)
+    np.testing.assert_allclose(samples_last_to_input(grey[..., np.newaxis], transform), expected_grey, rtol=1e-6)
+    # pieces of rows make up the whole
+    halves = [samples_last_to_input(rgba[:3], transform), samples_last_to_input(rgba[3:], transform)]
+    np.testing.assert_array_equal(np.concatenate(halves), samples_last_to_input(rgba, transform))
+    if transform == "intensity":
+        assert samples_last_to_input(grey, transform).dtype == np.uint8  # grey intensity keeps the stored type
 
 
 def test_config_stores_the_transform_and_old_configs_read_as_intensity():

@@ -24,7 +24,7 @@ import numpy as np
 
 from segtool.calibration import normalise_unit, tiff_calibration
 from segtool.errors import InputError, first_line
-from segtool.unet.intake import apply_input_transform, hematoxylin_density, reads_colour
+from segtool.unet.intake import apply_input_transform, reads_colour, samples_last_to_input
 from segtool.io import (
     PLANE_AXES,
     IMAGE_SUFFIXES,
@@ -249,14 +249,8 @@ class _BlockReader:
             where = f"rows {_span(ys)}, columns {_span(xs)} of {Path(self.source.path).name}"
             raise InputError(f"cannot read block at {where}: {first_line(err)}") from err
         region = region.transpose(self._order)
-        if self.transform == "hematoxylin":  # R, G and B (a grey image as R = G = B), not their average
-            return hematoxylin_density(np.moveaxis(region, -1, 0) if region.ndim == 3 else region)
-        if self.average:  # as read_image: mean of the colour channels in float32
-            region = region.astype(np.float32).mean(axis=-1)
-        if self.transform != "intensity":
-            return apply_input_transform(region, self.transform)
-        if self.average:
-            return region
+        if self.average or self.transform != "intensity":  # read_image's channel rule, then the model's transform
+            return samples_last_to_input(region, self.transform)
         if self.source.kind == "memmap":  # a copy, so no block keeps the file mapped
             return np.array(region, dtype=self.dtype, order="C")
         return np.ascontiguousarray(region, dtype=self.dtype)

@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from segtool.errors import InputError, first_line
-from segtool.unet.intake import apply_input_transform, hematoxylin_density
+from segtool.unet.intake import samples_last_to_input
 
 __all__ = ["LazyImage", "open_lazy"]
 
@@ -78,18 +78,10 @@ class LazyImage:
     def _reduce(self, data: np.ndarray) -> np.ndarray:
         """(rows, W[, S]) -> (rows, W) following the channel rule of :func:`segtool.io.read_image`,
         then the model's input transform (pixel by pixel, so row blocks give what the whole image gives)."""
-        if self._transform == "hematoxylin":  # reads R, G and B (grey as R = G = B), not their average
-            planes = data.reshape(data.shape[0], data.shape[1], -1)
-            return hematoxylin_density(np.moveaxis(planes, -1, 0))
-        grey = self._grey(data)
-        return apply_input_transform(grey, self._transform) if self._transform != "intensity" else grey
-
-    def _grey(self, data: np.ndarray) -> np.ndarray:
-        if self._samples == 1:
-            return data.reshape(data.shape[0], data.shape[1])
+        samples = data.reshape(data.shape[0], data.shape[1], -1)
         if self._channel is not None:
-            return data[..., self._channel]
-        return data[..., :3].astype(np.float32).mean(axis=-1)
+            samples = samples[..., self._channel]
+        return samples_last_to_input(samples, self._transform)
 
     def read_rows(self, start: int, stop: int) -> np.ndarray:
         """Rows ``start:stop`` as a new (rows, W) array.

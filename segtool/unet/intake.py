@@ -26,7 +26,9 @@ import numpy as np
 
 from segtool.errors import InputError
 
-__all__ = ["INPUT_TRANSFORMS", "STAIN_RGB", "apply_input_transform", "hematoxylin_density", "reads_colour"]
+__all__ = [
+    "INPUT_TRANSFORMS", "STAIN_RGB", "apply_input_transform", "hematoxylin_density", "reads_colour", "samples_last_to_input",
+]
 
 #: The transforms a model can store, with a one-line description (``model info``, ``--help``).
 INPUT_TRANSFORMS: dict[str, str] = {
@@ -137,3 +139,42 @@ def apply_input_transform(image: np.ndarray, input_transform: str) -> np.ndarray
     if input_transform == "hematoxylin":
         return hematoxylin_density(image)
     raise InputError(f"unknown input transform {input_transform!r}; choose one of {', '.join(INPUT_TRANSFORMS)}")
+
+
+def samples_last_to_input(pixels: np.ndarray, input_transform: str) -> np.ndarray:
+    """A model's (H, W) input from pixels stored samples last, as file readers get them.
+
+    The readers that stream an image in pieces (row bands, Dask blocks) see
+    each piece as the file stores it, channels last. This applies the rule of
+    :func:`segtool.io.read_image` to a piece: ``hematoxylin`` reads R, G and B
+    (a grey image as R = G = B); any other transform sees the float32 mean of
+    the first three samples, or the single sample. Every step is pixel by
+    pixel, so the pieces make up what the whole image gives.
+
+    Parameters
+    ----------
+    pixels : (H, W) or (H, W, S) ndarray
+        One sample (grey, or a channel the caller already picked) or S
+        samples per pixel (RGB or RGBA).
+    input_transform : {"intensity", "inverted", "hematoxylin"}
+        The model's transform.
+
+    Returns
+    -------
+    image : (H, W) ndarray
+        ``pixels`` itself for grey ``intensity`` input, otherwise float32.
+
+    Examples
+    --------
+    >>> rgb = np.array([[[30, 60, 90]]], np.uint8)
+    >>> samples_last_to_input(rgb, "intensity").tolist(), samples_last_to_input(rgb, "inverted").tolist()
+    ([[60.0]], [[-60.0]])
+    """
+    data = np.asarray(pixels)
+    if data.ndim == 3 and data.shape[-1] == 1:
+        data = data[..., 0]
+    if input_transform == "hematoxylin":
+        return hematoxylin_density(np.moveaxis(data, -1, 0) if data.ndim == 3 else data)
+    if data.ndim == 3:
+        data = data[..., :3].astype(np.float32).mean(axis=-1)
+    return apply_input_transform(data, input_transform)
