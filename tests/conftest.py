@@ -39,3 +39,14 @@ def pytest_runtest_makereport(item, call):
     if report.skipped and os.environ.get("CI") and not hasattr(report, "wasxfail"):
         report.outcome = "failed"
         report.longrepr = f"test skipped under CI ({report.longrepr}); skips are not allowed to count as passes"
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Run a test with one PyTorch thread (deterministic and cheap on a 2-core CI machine), then restore."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

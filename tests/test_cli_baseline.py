@@ -8,17 +8,11 @@ import shutil
 import numpy as np
 import pytest
 import tifffile
-from typer.testing import CliRunner
 
 from segtool import __version__
-from segtool.cli import app
 from segtool.io import read_labels
 
-runner = CliRunner()
-
-
-def invoke(*args, input=None):
-    return runner.invoke(app, [str(a) for a in args], input=input)
+from helpers import invoke
 
 
 def test_version_and_help_list_commands():

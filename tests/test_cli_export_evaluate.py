@@ -12,16 +12,10 @@ import pytest
 import roifile
 import tifffile
 from PIL import Image as PILImage
-from typer.testing import CliRunner
 
-from segtool.cli import app
 from segtool.io import read_labels
 
-runner = CliRunner()
-
-
-def invoke(*args, input=None):
-    return runner.invoke(app, [str(a) for a in args], input=input)
+from helpers import invoke
 
 
 def error_lines(result) -> list[str]:

@@ -7,57 +7,11 @@ import json
 import numpy as np
 import pytest
 import tifffile
-import torch
-from typer.testing import CliRunner
 
-from segtool.cli import app
 from segtool.io import read_labels
-from segtool.unet.config import UNetConfig
-from segtool.unet.model import UNet
 from segtool.unet.modelfile import save_model
 
-runner = CliRunner()
-
-
-def invoke(*args, input=None):
-    return runner.invoke(app, [str(a) for a in args], input=input)
-
-
-def _intensity_unet(postprocess=None, in_channels=1):
-    """A real UNet whose weights make it a pointwise 'dome detector' (distance target).
-
-    The first encoder passes x (as relu(x), relu(-x)) to the skip connection, the last decoder
-    passes the skip on, everything else is zero; the head turns x into logits
-    foreground = 15 (x - 0.3) and distance = 15 (x - 0.55).
-    """
-    config = UNetConfig(depth=2, base_channels=4, patch_size=32, target="distance",
-                        in_channels=in_channels, postprocess=postprocess or {"min_size": 5})
-    net = UNet(config)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.zero_()
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.fill_(1.0)
-                m.running_mean.zero_()
-                m.running_var.fill_(1.0)
-        first = net.encoders[0]
-        first[0].weight[0, 0, 1, 1] = 1.0
-        first[0].weight[1, 0, 1, 1] = -1.0
-        first[3].weight[0, 0, 1, 1] = 1.0
-        first[3].weight[1, 1, 1, 1] = 1.0
-        last = net.decoders[-1].conv
-        last[0].weight[0, 0, 1, 1] = 1.0  # skip channels come first in the concatenation
-        last[0].weight[1, 1, 1, 1] = 1.0
-        last[3].weight[0, 0, 1, 1] = 1.0
-        last[3].weight[1, 1, 1, 1] = 1.0
-        net.head.weight[0, 0] = 15.0
-        net.head.weight[0, 1] = -15.0
-        net.head.bias[0] = -4.5
-        net.head.weight[1, 0] = 15.0
-        net.head.weight[1, 1] = -15.0
-        net.head.bias[1] = -8.25
-    return net.eval(), config
+from helpers import dome_unet, invoke
 
 
 def _domes(shape, centres, radius=8):
@@ -82,7 +36,7 @@ def _matched_iou(a, b):
 
 @pytest.fixture
 def model_file(tmp_path):
-    net, config = _intensity_unet()
+    net, config = dome_unet()
     path = tmp_path / "nuclei.pt"
     save_model(path, net, config, metadata={"test": True})
     return path
@@ -151,7 +105,7 @@ def test_bands_give_the_same_objects_as_in_memory(tmp_path, model_file):
 
 
 def test_scale_and_diameter(tmp_path, images):
-    net, config = _intensity_unet(postprocess={"min_size": 5, "median_diameter": 16.0})
+    net, config = dome_unet(postprocess={"min_size": 5, "median_diameter": 16.0})
     model = tmp_path / "m.pt"
     save_model(model, net, config, metadata={})
     result = invoke("predict", images[0], "-m", model, "-o", tmp_path / "a", "--diameter", "32", "--json")
@@ -202,13 +156,13 @@ def test_existing_output_needs_overwrite(tmp_path, model_file, images):
 
 
 def test_wrong_input_channels_and_bad_tile(tmp_path, images):
-    net, config = _intensity_unet(in_channels=2)
+    net, config = dome_unet(in_channels=2)
     model = tmp_path / "two.pt"
     save_model(model, net, config, metadata={})
     result = invoke("predict", images[0], "-m", model, "-o", tmp_path / "o")
     assert result.exit_code == 1
     assert "model expects 2 input channels, the image has 1" in result.stderr
-    net, config = _intensity_unet()
+    net, config = dome_unet()
     save_model(tmp_path / "one.pt", net, config, metadata={})
     result = invoke("predict", images[0], "-m", tmp_path / "one.pt", "--tile", "30")
     assert result.exit_code == 2 and "multiple of 4" in result.stderr
@@ -239,7 +193,7 @@ def test_split_height_option_overrides_the_model(tmp_path):
         ("model", {"min_size": 5, "seed_threshold": 0.02, "split_height": 1.0}, []),
         ("off", {"min_size": 5, "seed_threshold": 0.02, "split_height": 1.0}, ["--split-height", "0"]),
     ]:
-        net, config = _intensity_unet(postprocess=postprocess)
+        net, config = dome_unet(postprocess=postprocess)
         model = tmp_path / f"{name}.pt"
         save_model(model, net, config, metadata={})
         result = invoke("predict", src, "-m", model, "-o", tmp_path / name, "--json", *extra)

@@ -15,35 +15,22 @@ import numpy as np
 import pytest
 import tifffile
 import torch
-from skimage.draw import disk
-from typer.testing import CliRunner
 
-from segtool.cli import app
 from segtool.unet.modelfile import load_checkpoint, load_model
+
+from helpers import disk_training_set, invoke
 from test_fuzz import huge_tiled_tiff
 
-runner = CliRunner()
 
 TINY = ["--depth", "2", "--base-channels", "4", "--patch-size", "32", "--batch-size", "4",
         "--patches-per-epoch", "8", "--device", "cpu", "--threads", "1"]
 
 
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
 def write_set(root: Path, count: int = 5, *, mask_suffix: str = "", seed: int = 0) -> Path:
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir(parents=True)
-    for index in range(count):
-        labels = np.zeros((48, 48), np.uint16)
-        for k in range(1, 4):
-            labels[disk(tuple(rng.integers(8, 40, 2)), 6, shape=labels.shape)] = k
-        image = ((labels > 0) * 120 + rng.normal(20, 5, labels.shape)).clip(0, 255).astype(np.uint8)
-        tifffile.imwrite(root / "images" / f"cell{index}.tif", image)
-        tifffile.imwrite(root / "masks" / f"cell{index}{mask_suffix}.tif", labels)
-    return root
+    def paint(labels, rng, index):
+        return ((labels > 0) * 120 + rng.normal(20, 5, labels.shape)).clip(0, 255).astype(np.uint8)
+
+    return disk_training_set(root, paint, count=count, seed=seed, mask_suffix=mask_suffix)
 
 
 @pytest.mark.slow

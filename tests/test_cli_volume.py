@@ -12,18 +12,12 @@ import numpy as np
 import pytest
 import tifffile
 from roifile import ImagejRoi
-from typer.testing import CliRunner
 
-from segtool.cli import app
 from segtool.io import read_labels
 from segtool.volume.io import read_label_volume, write_label_volume
 from segtool.volume.synthetic import make_nuclei_stack
 
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
+from helpers import invoke
 
 
 @pytest.fixture

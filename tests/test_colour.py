@@ -10,10 +10,7 @@ import PIL.Image
 import pytest
 import tifffile
 import torch
-from skimage.draw import disk
-from typer.testing import CliRunner
 
-from segtool.cli import app
 from segtool.errors import InputError, ModelError
 from segtool.io import read_image
 from segtool.overlay import outline_overlay
@@ -21,42 +18,25 @@ from segtool.unet.config import UNetConfig
 from segtool.unet.finetune import FIRST_CONV
 from segtool.unet.modelfile import load_model
 
-runner = CliRunner()
+from helpers import disk_training_set, invoke
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = ["--depth", "2", "--base-channels", "4", "--patch-size", "32", "--batch-size", "4",
         "--patches-per-epoch", "8", "--device", "cpu", "--threads", "1"]
 
 
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def stained_set(root: Path, count: int = 4, *, seed: int = 0, grey_too: bool = True) -> Path:
     """Purple disks on pink (RGB files), and one grey file, with their masks."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir(parents=True)
-    for index in range(count):
-        labels = np.zeros((48, 48), np.uint16)
-        for k in range(1, 4):
-            labels[disk(tuple(rng.integers(8, 40, 2)), 6, shape=labels.shape)] = k
+    def paint(labels, rng, index):
         inside = labels > 0
         rgb = np.empty((48, 48, 3), np.float64)
         for c, (pink, purple) in enumerate(zip((240, 180, 210), (90, 40, 150))):
             rgb[..., c] = np.where(inside, purple, pink) + rng.normal(0, 4, labels.shape)
         image = rgb.clip(0, 255).astype(np.uint8)
-        if grey_too and index == count - 1:
-            image = image.mean(axis=2).astype(np.uint8)
-        tifffile.imwrite(root / "images" / f"cell{index}.tif", image, photometric="rgb" if image.ndim == 3 else None)
-        tifffile.imwrite(root / "masks" / f"cell{index}.tif", labels)
-    return root
+        return image.mean(axis=2).astype(np.uint8) if grey_too and index == count - 1 else image
+
+    return disk_training_set(root, paint, count=count, seed=seed)
 
 
 def test_colour_read_keeps_rgb_planes_and_repeats_grey(tmp_path):

@@ -4,15 +4,11 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-import torch
 from scipy import ndimage
-from torch import nn
 
 from segtool.errors import InputError
 from segtool.unet.config import UNetConfig
 from segtool.unet.context import measure_context
-from segtool.unet.model import UNet
-from segtool.unet.modelfile import LoadedModel
 from segtool.unet.predict import (
     TileOptions,
     default_tile_halo,
@@ -22,20 +18,7 @@ from segtool.unet.predict import (
     prepare_for_inference,
 )
 
-
-def _model(depth=2, base=4, seed=0):
-    torch.manual_seed(seed)
-    config = UNetConfig(depth=depth, base_channels=base, patch_size=32, target="three_class")
-    net = UNet(config)
-    for module in net.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.1, 0.1)
-    with torch.no_grad():
-        net.head.weight.mul_(60.0)
-    return LoadedModel(net=net.eval(), config=config)
+from helpers import random_unet
 
 
 def _image(shape, seed=0):
@@ -54,7 +37,7 @@ def test_blur_context_is_its_radius():
 
 
 def test_unet_context_is_within_the_receptive_field_and_halo_tiling_matches_whole_image():
-    model = _model(depth=2)
+    model = random_unet("three_class", depth=2, gain=60.0)
     net = prepare_for_inference(model.net)
     predictor = make_predictor(net, "three_class")
     profile = measure_context(_image((192, 192)), predictor, tile=64, align=4)
@@ -99,7 +82,7 @@ def test_band_prediction_with_halo_tiles_equals_in_memory():
     from segtool.normalize import normalize_percentile
     from segtool.unet.bands import predict_label_bands
 
-    model = _model(depth=2)
+    model = random_unet("three_class", depth=2, gain=60.0)
     image = _image((203, 150), seed=2)
     whole = predict_image(image, model, tiling=TileOptions(tile=64))
     assert whole.n_tiles >= 12  # several rows of tiles stream through the bands

@@ -8,16 +8,10 @@ import math
 import numpy as np
 import pytest
 import tifffile
-from typer.testing import CliRunner
 
 from segtool.baseline import empty_image_reason
-from segtool.cli import app
 
-runner = CliRunner()
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
+from helpers import invoke
 
 
 def _no_nan(value) -> bool:

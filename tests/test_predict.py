@@ -11,7 +11,6 @@ from torch import nn
 from segtool.errors import InputError, ModelError
 from segtool.metrics import match_labels
 from segtool.unet.config import UNetConfig
-from segtool.unet.model import UNet
 from segtool.unet.bands import predict_label_bands
 from segtool.unet.modelfile import LoadedModel
 from segtool.unet.predict import (
@@ -25,21 +24,7 @@ from segtool.unet.predict import (
     scale_for_diameter,
 )
 
-
-def _random_model(target="distance", *, depth=2, base=4, patch=32, in_channels=1, gain=40.0, seed=0):
-    """A tiny random U-Net whose outputs span a useful range (head weights scaled up)."""
-    torch.manual_seed(seed)
-    config = UNetConfig(depth=depth, base_channels=base, patch_size=patch, target=target, in_channels=in_channels)
-    net = UNet(config)
-    for module in net.modules():
-        if isinstance(module, nn.BatchNorm2d):
-            module.running_mean.uniform_(-0.2, 0.2)
-            module.running_var.uniform_(0.5, 2.0)
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.1, 0.1)
-    with torch.no_grad():
-        net.head.weight.mul_(gain)
-    return LoadedModel(net=net.eval(), config=config)
+from helpers import random_unet
 
 
 class _DomeNet(nn.Module):
@@ -97,7 +82,7 @@ def _one_to_one(truth, pred):
 
 
 def test_prepare_matches_plain_network_and_leaves_it_alone():
-    model = _random_model("three_class", depth=3, base=8)
+    model = random_unet("three_class", depth=3, base=8)
     before = {k: v.clone() for k, v in model.net.state_dict().items()}
     fast = prepare_for_inference(model.net)
     assert not any(isinstance(m, nn.BatchNorm2d) for m in fast.modules())
@@ -126,7 +111,7 @@ def test_predictor_tta_is_exact_for_an_equivariant_network():
 def test_tiled_matches_whole_image_inference(target):
     from scipy import ndimage
 
-    model = _random_model(target, depth=3, base=8, patch=64)
+    model = random_unet(target, depth=3, base=8, patch=64)
     image = ndimage.gaussian_filter(np.random.default_rng(0).random((150, 210)), 2).astype(np.float32)
     tiled = predict_image(image, model, tiling=TileOptions(tile=64, overlap=0.25))
     whole = predict_image(image, model, tiling=TileOptions(tile=224))  # one tile: the whole image
@@ -158,7 +143,7 @@ def test_blank_image_gives_no_objects():
 @pytest.mark.parametrize("tiling", [TileOptions(tile=32, overlap=0.25), TileOptions(tile=64), TileOptions()])
 @pytest.mark.parametrize("shape", [(1, 1), (5, 7), (17, 33), (37, 53), (100, 3)])
 def test_tiny_and_non_multiple_sizes(shape, tiling):
-    model = _random_model("three_class", depth=2)
+    model = random_unet("three_class", depth=2)
     image = np.random.default_rng(0).integers(0, 255, shape).astype(np.uint8)
     result = predict_image(image, model, tiling=tiling)
     assert result.labels.shape == shape and result.maps.shape == (3,) + shape
@@ -177,22 +162,22 @@ def test_dtypes_and_ranges_normalise_the_same():
 def test_input_is_not_modified():
     image = np.random.default_rng(0).random((40, 40)).astype(np.float32)
     before = image.copy()
-    predict_image(image, _random_model(), tiling=TileOptions(tile=32, overlap=0.25))
-    predict_image(image, _random_model())
+    predict_image(image, random_unet(), tiling=TileOptions(tile=32, overlap=0.25))
+    predict_image(image, random_unet())
     np.testing.assert_array_equal(image, before)
 
 
 def test_wrong_number_of_input_channels_is_a_model_error():
-    model = _random_model(in_channels=2)
+    model = random_unet(in_channels=2)
     with pytest.raises(ModelError, match="model expects 2 input channels, the image has 1"):
         predict_image(np.zeros((32, 32), np.float32), model)
-    model = _random_model(in_channels=1)
+    model = random_unet(in_channels=1)
     with pytest.raises(ModelError, match="expects 1 input channel, the image has 3"):
         predict_image(np.zeros((3, 32, 32), np.float32), model)
 
 
 def test_multichannel_model_runs():
-    model = _random_model(in_channels=2)
+    model = random_unet(in_channels=2)
     result = predict_image(np.random.default_rng(0).random((2, 40, 36)), model, tiling=TileOptions(tile=32, overlap=0.25))
     assert result.labels.shape == (40, 36)
 
@@ -208,7 +193,7 @@ def test_scale_maps_labels_back_to_the_original_size():
 
 
 def test_tta_runs_and_counts_tiles():
-    model = _random_model("three_class")
+    model = random_unet("three_class")
     calls = []
     result = predict_image(np.random.default_rng(0).random((48, 48)), model, tiling=TileOptions(tile=32, overlap=0.25, tta=True),
                            on_tile=lambda done, total: calls.append((done, total)))
@@ -230,7 +215,7 @@ def test_postprocess_defaults_come_from_the_model():
 )
 def test_rejects_bad_options(kwargs, match):
     with pytest.raises(InputError, match=match):
-        predict_image(np.zeros((32, 32)), _random_model(), tiling=kwargs)
+        predict_image(np.zeros((32, 32)), random_unet(), tiling=kwargs)
 
 
 def test_resolve_tile_and_diameter():
@@ -324,7 +309,7 @@ def test_bands_on_images_narrower_or_shorter_than_a_tile():
 
 
 def test_bands_reject_wrong_channels():
-    model = _random_model(in_channels=2)
+    model = random_unet(in_channels=2)
     with pytest.raises(ModelError, match="expects 2 input channels"):
         list(predict_label_bands(lambda a, b: np.zeros((b - a, 40), np.float32), (40, 40), model))
 

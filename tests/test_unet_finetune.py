@@ -10,9 +10,7 @@ import pytest
 import tifffile
 import torch
 from skimage.draw import disk
-from typer.testing import CliRunner
 
-from segtool.cli import app
 from segtool.errors import ModelError
 from segtool.unet.config import TrainOptions, UNetConfig
 from segtool.unet.finetune import FIRST_CONV, adapt_input_weights, child_config, load_init
@@ -20,24 +18,14 @@ from segtool.unet.model import UNet
 from segtool.unet.modelfile import load_model, read_checkpoint_settings
 from segtool.unet.train import train_model
 
-runner = CliRunner()
+from helpers import invoke
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TINY = ["--depth", "2", "--base-channels", "4", "--patch-size", "32", "--batch-size", "4",
         "--patches-per-epoch", "8", "--device", "cpu", "--threads", "1"]
 # --init takes the architecture from the parent: only the run's size is given
 TINY_RUN = ["--batch-size", "4", "--patches-per-epoch", "8", "--device", "cpu", "--threads", "1"]
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def disks(rng: np.random.Generator, size: int = 48) -> np.ndarray:

@@ -10,9 +10,7 @@ import pytest
 import tifffile
 import torch
 from skimage.draw import disk
-from typer.testing import CliRunner
 
-from segtool.cli import app
 from segtool.errors import InputError, ModelError
 from segtool.normalize import normalize_percentile
 from segtool.pipeline.read import open_lazy
@@ -23,7 +21,10 @@ from segtool.unet.model import UNet
 from segtool.unet.modelfile import LoadedModel, load_model, save_model
 from segtool.unet.predict import normalize_for_model, predict_image
 
-runner = CliRunner()
+from helpers import disk_training_set, invoke
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 TINY = ["--depth", "2", "--base-channels", "4", "--patch-size", "32", "--batch-size", "4",
         "--patches-per-epoch", "8", "--device", "cpu", "--threads", "1", "--epochs", "1", "--quiet"]
 TINY_RUN = ["--batch-size", "4", "--patches-per-epoch", "8", "--device", "cpu", "--threads", "1", "--epochs", "1",
@@ -33,18 +34,6 @@ TINY_RUN = ["--batch-size", "4", "--patches-per-epoch", "8", "--device", "cpu", 
 HEMATOXYLIN = np.array([0.65, 0.70, 0.29])
 EOSIN = np.array([0.07, 0.99, 0.11])
 DAB = np.array([0.27, 0.57, 0.78])
-
-
-def invoke(*args):
-    return runner.invoke(app, [str(a) for a in args])
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def stained(h: np.ndarray, e: np.ndarray, d: np.ndarray) -> np.ndarray:
@@ -186,19 +175,13 @@ def test_a_hematoxylin_model_reads_grey_images_as_equal_channels():
 
 def write_set(root: Path, count: int = 4, *, seed: int = 0, colour: bool = False) -> Path:
     """Dark purple disks on a light pink background (or their grey average)."""
-    rng = np.random.default_rng(seed)
-    (root / "images").mkdir(parents=True)
-    (root / "masks").mkdir(parents=True)
-    for index in range(count):
-        labels = np.zeros((48, 48), np.uint16)
-        for k in range(1, 4):
-            labels[disk(tuple(rng.integers(8, 40, 2)), 6, shape=labels.shape)] = k
+    def paint(labels, rng, index):
         h = (labels > 0) * 0.8 + rng.uniform(0, 0.05, labels.shape)
         rgb = stained(h, np.full(labels.shape, 0.3), np.zeros(labels.shape))
         image = np.moveaxis((rgb * 255).round().astype(np.uint8), 0, -1)
-        tifffile.imwrite(root / "images" / f"cell{index}.tif", image if colour else image.mean(-1).astype(np.uint8))
-        tifffile.imwrite(root / "masks" / f"cell{index}.tif", labels)
-    return root
+        return image if colour else image.mean(-1).astype(np.uint8)
+
+    return disk_training_set(root, paint, count=count, seed=seed)
 
 
 @pytest.fixture(scope="module")

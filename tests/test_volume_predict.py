@@ -7,18 +7,17 @@ import json
 import numpy as np
 import pytest
 import tifffile
-import torch
 from typer.testing import CliRunner
 
 from segtool.cli import app
 from segtool.errors import InputError
 from segtool.metrics import match_labels
-from segtool.unet.config import UNetConfig
-from segtool.unet.model import UNet
 from segtool.unet.modelfile import LoadedModel, save_model
 from segtool.volume.io import read_label_volume
 from segtool.volume.predict import StackPredictOptions, predict_stack, predict_stack_file, predict_stack_maps
 from segtool.volume.stitch import PlaneStitcher, stitch_planes
+
+from helpers import dome_unet
 
 runner = CliRunner()
 SHAPE = (12, 40, 48)
@@ -26,40 +25,9 @@ Z_SPACING = 2.0
 BALLS = [((5.5, 12, 12), 8.0), ((6.0, 26, 32), 9.0), ((3.0, 30, 10), 6.0)]
 
 
-def _dome_unet():
-    """A real UNet made pointwise (distance target): foreground where x > 0.3, distance seeds where x > 0.55."""
-    config = UNetConfig(depth=2, base_channels=4, patch_size=32, target="distance", postprocess={"min_size": 5})
-    net = UNet(config)
-    with torch.no_grad():
-        for p in net.parameters():
-            p.zero_()
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.weight.fill_(1.0)
-                m.running_mean.zero_()
-                m.running_var.fill_(1.0)
-        first = net.encoders[0]
-        first[0].weight[0, 0, 1, 1] = 1.0
-        first[0].weight[1, 0, 1, 1] = -1.0
-        first[3].weight[0, 0, 1, 1] = 1.0
-        first[3].weight[1, 1, 1, 1] = 1.0
-        last = net.decoders[-1].conv
-        last[0].weight[0, 0, 1, 1] = 1.0
-        last[0].weight[1, 1, 1, 1] = 1.0
-        last[3].weight[0, 0, 1, 1] = 1.0
-        last[3].weight[1, 1, 1, 1] = 1.0
-        net.head.weight[0, 0] = 15.0
-        net.head.weight[0, 1] = -15.0
-        net.head.bias[0] = -4.5
-        net.head.weight[1, 0] = 15.0
-        net.head.weight[1, 1] = -15.0
-        net.head.bias[1] = -8.25
-    return net.eval(), config
-
-
 @pytest.fixture(scope="module")
 def dome_model():
-    net, config = _dome_unet()
+    net, config = dome_unet()
     return LoadedModel(net=net, config=config)
 
 
@@ -144,7 +112,7 @@ def test_stack_file_gives_a_calibrated_label_tiff(tmp_path, dome_model, balls, m
 
 def test_cli_predict_on_a_stack(tmp_path, balls):
     image, truth = balls
-    net, config = _dome_unet()
+    net, config = dome_unet()
     model_path = save_model(tmp_path / "dome.pt", net, config)
     tifffile.imwrite(tmp_path / "s.tif", image, imagej=True, metadata={"axes": "ZYX"})
     result = runner.invoke(app, ["predict", str(tmp_path / "s.tif"), "-m", str(model_path), "-o", str(tmp_path / "o"),
