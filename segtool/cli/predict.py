@@ -247,7 +247,8 @@ def predict(
                    "objects": ObjectOptions(**objects)}
         task = BigPredictTask(model_path=model_path, block_size=batch.block_size, halo=halo, zarr=batch.zarr,
                               output_dir=batch.output, overwrite=batch.overwrite, options=options, device=device.value,
-                              threads=threads, channel=channel, plane=plane, precision=precision.value)
+                              threads=threads, channel=channel, plane=plane, precision=precision.value,
+                              input_transform=loaded.config.input)
     elif batch.zarr:
         fail("--zarr writes big-image mode's labels: add --block-size N", code=EXIT_USAGE)
     else:

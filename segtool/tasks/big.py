@@ -120,14 +120,15 @@ class BigPredictTask(_BlockTask):
     channel: int | None = None
     plane: int | None = None
     precision: str = "fp32"
+    #: the model's input transform (``UNetConfig.input``), known to the caller that loaded the model
+    input_transform: str = "intensity"
 
     @_one_line_when_a_worker_dies
     def run(self, path: Path) -> dict[str, Any]:
         from segtool.distributed.big_predict import predict_blocks
-        from segtool.unet.modelfile import read_model_info
 
-        transform = read_model_info(self.model_path)["config"].get("input", "intensity")
-        image = self.open(path, input_transform=transform)  # the blocks come transformed, as the model reads them
+        # the blocks come transformed, as the model reads them
+        image = self.open(path, input_transform=self.input_transform)
         start = time.perf_counter()
         result = predict_blocks(
             image.data,
