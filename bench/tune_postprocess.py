@@ -17,6 +17,9 @@ Usage::
 ``--half`` stores the weights in float16 (half the file size; logits change
 by about 1e-3). ``--tta`` scores maps averaged over the 8 flips/rotations
 (what ``segtool predict --tta`` computes), to see what TTA is worth.
+``--scale F`` computes the maps of images resized by F, as ``segtool predict
+--scale F`` does (maps come back to full size; thresholds and minimum sizes
+apply there).
 
 ``--held-out-check`` guards against tuning on too few images: each
 validation image in turn is left out, the grid's best settings on the others
@@ -89,6 +92,8 @@ def main() -> None:
     parser.add_argument("--half", action="store_true", help="store weights as float16")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--tta", action="store_true", help="score maps averaged over 8 flips/rotations (predict --tta)")
+    parser.add_argument("--scale", type=float, default=1.0,
+                        help="resize images by this factor before the network, as predict --scale (labels at full size)")
     parser.add_argument(
         "--min-sizes",
         type=lambda text: tuple(int(v) for v in text.split(",")),
@@ -104,7 +109,7 @@ def main() -> None:
     target = model.config.target
 
     start = time.perf_counter()
-    maps = [predict_image(image, model, tiling=TileOptions(tta=args.tta)).maps for image in images]
+    maps = [predict_image(image, model, tiling=TileOptions(tta=args.tta, scale=args.scale)).maps for image in images]
     predict_seconds = time.perf_counter() - start
 
     per_image = {}  # settings -> the match counts of each validation image, for the held-out check
