@@ -41,7 +41,7 @@ import torch
 
 from segtool.metrics import match_labels
 from segtool.unet.instances import DEFAULT_SEED_THRESHOLD, maps_to_labels
-from segtool.unet.predict import TileOptions, predict_image
+from segtool.unet.predict import TileOptions, postprocess_options, predict_image
 
 from _payload import save_payload  # bench/ helpers, beside this script
 from _validation import load_validation
@@ -114,12 +114,13 @@ def main() -> None:
 
     per_image = {}  # settings -> the match counts of each validation image, for the held-out check
 
-    def score(**options) -> dict:
+    def score(record: bool = True, **options) -> dict:
         counts = [
             match_labels(truth, maps_to_labels(m, target=target, **options), thresholds=(0.5, 0.7))
             for m, truth in zip(maps, truths)
         ]
-        per_image[tuple(options.items())] = counts
+        if record:  # a grid setting, a candidate of the held-out check
+            per_image[tuple(options.items())] = counts
         return {**options, **summary(sum(counts))}
 
     def rank(row: dict) -> tuple[float, float]:
@@ -146,6 +147,9 @@ def main() -> None:
     print(f"validation images: {len(names)}; network maps{' (TTA)' if args.tta else ''} in {predict_seconds:.1f} s; "
           f"{len(results)} settings scored in {grid_seconds:.0f} s")
     print(f"defaults (0.5 / {default_seed} / 20):", json.dumps(default))
+    own = postprocess_options(model.config)
+    if own:  # what predict and the training log use for this model (a child made with --init inherits its parent's)
+        print("the model's own settings:", json.dumps(score(record=False, **own)))
     print("best without splitting:", json.dumps(next(r for r in results if r["split_height"] is None)))
     print("best:", json.dumps(best))
     for row in results[:8]:
