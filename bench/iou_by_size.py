@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from _validation import load_validation
+from segtool.metrics import iou_pairs
 from segtool.unet.predict import TileOptions, predict_image
 
 AREA_EDGES = (0, 100, 200, 400, 800, np.inf)
@@ -30,19 +31,16 @@ AREA_EDGES = (0, 100, 200, 400, 800, np.inf)
 def best_iou_per_object(truth: np.ndarray, predicted: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Per true object: its area, the best IoU any predicted object reaches with it (0 where none overlaps),
     and that predicted object's area (0 where none)."""
-    ids = np.unique(truth)
-    ids = ids[ids > 0]
-    areas, best, best_areas = [], [], []
-    for index in ids:
-        inside = truth == index
-        overlapping = np.unique(predicted[inside])
-        scored = [(np.logical_and(inside, predicted == p).sum() / np.logical_or(inside, predicted == p).sum(),
-                   int((predicted == p).sum())) for p in overlapping[overlapping > 0]]
-        iou, area = max(scored, default=(0.0, 0))
-        areas.append(int(inside.sum()))
-        best.append(iou)
-        best_areas.append(area)
-    return np.array(areas), np.array(best), np.array(best_areas)
+    pairs = iou_pairs(truth, predicted)
+    areas = pairs["true_areas"]
+    best = np.zeros(len(areas))
+    best_areas = np.zeros(len(areas), dtype=np.int64)
+    # pairs sorted by IoU, so for each true object the last write is its best partner
+    for k in np.argsort(pairs["iou"], kind="stable"):
+        row = pairs["rows"][k]
+        best[row] = pairs["iou"][k]
+        best_areas[row] = pairs["pred_areas"][pairs["cols"][k]]
+    return areas, best, best_areas
 
 
 def main() -> None:
