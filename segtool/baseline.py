@@ -32,9 +32,10 @@ from segtool.background import (
     fit_background,
     subtract_background,
 )
-from segtool.checks import check_count, check_nonnegative, is_finite_number  # check_count: re-exported, callers import it from here
+from segtool.checks import check_count, check_nonnegative, check_positive, is_finite_number  # check_count: re-exported, callers import it from here
 from segtool.contrast import MIN_CONTRAST, object_contrast
 from segtool.errors import InputError
+from segtool.objectsize import estimate_diameter, size_defaults
 from segtool.thresholds import THRESHOLD_METHODS
 
 __all__ = [
@@ -103,6 +104,11 @@ class BaselineResult:
         Why the image was found empty by rule (constant, only smooth
         background, or no contrast above the noise), with ``labels`` all 0;
         None when the threshold was applied.
+    diameter : float or None
+        The object diameter the size-dependent defaults followed (given, or
+        estimated with ``diameter="auto"``); None when they were not scaled.
+    min_size : int or None
+        The smallest object kept, in pixels (None for an empty result).
     """
 
     labels: np.ndarray
@@ -112,6 +118,8 @@ class BaselineResult:
     polarity: str
     fit: BackgroundFit
     empty_reason: str | None = None
+    diameter: float | None = None
+    min_size: int | None = None
 
 
 
@@ -122,10 +130,11 @@ def segment_baseline(
     robust: bool = True,
     polarity: str = "bright",
     threshold: str | float = "otsu",
-    min_size: int = MIN_SIZE,
+    min_size: int | None = None,
     fill_holes: bool = False,
     smooth: float = 0.0,
     split: bool = False,
+    diameter: float | str | None = None,
 ) -> BaselineResult:
     """Segment objects by background subtraction, a global threshold and labelling.
 
@@ -148,7 +157,9 @@ def segment_baseline(
         negative for dark objects), or a fixed threshold in corrected-image
         units (image minus background).
     min_size : int, optional
-        Objects with fewer pixels are removed (after ``split``).
+        Objects with fewer pixels are removed (after ``split``). Default
+        :data:`MIN_SIZE`, scaled with ``diameter`` (see
+        :func:`segtool.objectsize.size_defaults`).
     fill_holes : bool, optional
         Fill holes inside objects: background regions not connected to the
         image border and surrounded by a single object become part of it.
@@ -162,7 +173,14 @@ def segment_baseline(
         Separate touching objects with a watershed of the distance transform
         (holes inside an object ignored), seeded at its h-maxima (h = 1 px):
         each distance peak at least 1 px above the saddle to a higher peak
-        seeds an object.
+        seeds an object (h scaled with ``diameter``).
+    diameter : float, "auto" or None, optional
+        Typical object diameter in pixels, which the size-dependent defaults
+        (``min_size``, the split depth h) follow from nuclei of
+        :data:`segtool.objectsize.REFERENCE_DIAMETER` pixels; ``"auto"``
+        estimates it from the thresholded foreground
+        (:func:`segtool.objectsize.estimate_diameter`); None keeps the
+        defaults as they are.
 
     Returns
     -------
@@ -217,7 +235,10 @@ def segment_baseline(
     degree = check_degree(degree)
     polarity = check_choice(polarity, POLARITIES, "polarity")
     method = check_threshold(threshold)
-    min_size = check_count(min_size, "min_size")
+    if min_size is not None:
+        min_size = check_count(min_size, "min_size")
+    if diameter is not None and diameter != "auto":
+        diameter = check_positive(diameter, "diameter")
     smooth = check_sigma(smooth)
 
     grid = fitting_grid(data, fit_steps(*data.shape))
@@ -254,13 +275,17 @@ def segment_baseline(
             reason = f"no object stands out from the noise (contrast {contrast:.2g} < {MIN_CONTRAST:g} noise sigmas)"
             return _empty_result(background, corrected, level, polarity, fit, reason)
 
+    if diameter == "auto":
+        diameter = estimate_diameter(foreground)
+    smallest, split_height = size_defaults(diameter, min_size=MIN_SIZE, split_height=_SPLIT_H)
+    min_size = smallest if min_size is None else min_size
     labels, count = ndi.label(foreground, structure=OBJECT_STRUCTURE)
     if (fill_holes or split) and count:
         holes = _owned_holes(foreground, labels)
         if split:
             # Holes (e.g. dark nucleoli) would put extra maxima in the distance
             # transform and cut a nucleus in two: measure distances without them.
-            labels = _split_touching(foreground, labels, solid=foreground | (holes > 0))
+            labels = _split_touching(foreground, labels, solid=foreground | (holes > 0), height=split_height)
             if fill_holes:
                 # A gap enclosed by a ring of touching nuclei has several owners now.
                 holes = _owned_holes(foreground, labels)
@@ -276,6 +301,8 @@ def segment_baseline(
         threshold=float(level),
         polarity=polarity,
         fit=fit,
+        diameter=diameter,
+        min_size=min_size,
     )
 
 
@@ -471,13 +498,13 @@ def _owned_holes(foreground: np.ndarray, labels: np.ndarray) -> np.ndarray:
     return owner_of[background_ids]
 
 
-def _split_touching(foreground: np.ndarray, labels: np.ndarray, *, solid: np.ndarray) -> np.ndarray:
-    """Watershed of the distance transform of ``solid``, seeded at its h-maxima, within ``foreground``."""
+def _split_touching(foreground: np.ndarray, labels: np.ndarray, *, solid: np.ndarray, height: float = _SPLIT_H) -> np.ndarray:
+    """Watershed of the distance transform of ``solid``, seeded at its h-maxima (h = ``height``), within ``foreground``."""
     from skimage.morphology import h_maxima
     from skimage.segmentation import watershed
 
     distance = ndi.distance_transform_edt(solid).astype(np.float32)
-    peaks = h_maxima(distance, _SPLIT_H).astype(bool)
+    peaks = h_maxima(distance, height).astype(bool)
     peaks &= foreground
     markers, n_markers = ndi.label(peaks, structure=OBJECT_STRUCTURE)
     split = watershed(-distance, markers, mask=foreground)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import math
+from typing import Annotated, Optional
 
 import typer
 
@@ -90,8 +91,11 @@ def baseline(
         ),
     ] = "otsu",
     min_size: Annotated[
-        int, typer.Option("--min-size", min=0, help="Remove objects smaller than this many pixels.", rich_help_panel=PANEL_METHOD)
-    ] = 20,
+        Optional[int], typer.Option("--min-size", min=0, help="Remove objects smaller than this many pixels (default: 20 for nuclei 21 px across, scaled with --diameter; 20 for Z stacks and --block-size).", rich_help_panel=PANEL_METHOD, show_default=False)
+    ] = None,
+    diameter: Annotated[
+        str, typer.Option("--diameter", help="Typical object diameter in pixels, or 'auto' (read from the thresholded objects): --min-size and the --split depth follow it (2-D images).", rich_help_panel=PANEL_METHOD)
+    ] = "auto",
     fill_holes: Annotated[bool, typer.Option("--fill-holes", help="Fill holes inside objects.", rich_help_panel=PANEL_METHOD)] = False,
     smooth: Annotated[
         float,
@@ -135,6 +139,7 @@ def baseline(
         threshold_value = parse_threshold(threshold)
     except InputError as err:
         fail(str(err), code=2)
+    size = _parse_diameter(diameter)
     method = {
         "degree": degree,
         "robust": robust,
@@ -153,8 +158,12 @@ def baseline(
             fail(f"{', '.join(extras)}: not available in big-image mode (--block-size)", code=2)
         from segtool.tasks.big import BigBaselineTask
 
+        from segtool.baseline import MIN_SIZE
+
+        # blocks keep the fixed defaults: a size estimate would need the whole image's foreground
+        fixed = {**method, "min_size": MIN_SIZE if min_size is None else min_size}
         task = BigBaselineTask(block_size=batch.block_size, zarr=batch.zarr, output_dir=batch.output,
-                               overwrite=batch.overwrite, options=method, channel=channel, plane=plane)
+                               overwrite=batch.overwrite, options=fixed, channel=channel, plane=plane)
     elif batch.zarr:
         fail("--zarr writes big-image mode's labels: add --block-size N", code=2)
     else:
@@ -172,5 +181,20 @@ def baseline(
                 way_out="segment it in blocks with --block-size 4096 (needs segtool[distributed])",
             ),
             z_spacing=z_spacing,
+            diameter=size,
         )
     run_files(images, task, batch, kind="image", columns=_COLUMNS, verb="baseline")
+
+
+def _parse_diameter(value: str) -> float | str:
+    """``--diameter``: ``"auto"`` or a positive number of pixels; exit 2 otherwise."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return "auto"
+    try:
+        number = float(text)
+    except ValueError:
+        number = float("nan")
+    if not (math.isfinite(number) and number > 0):
+        fail(f"--diameter must be 'auto' or a positive number of pixels, got {value!r}", code=2)
+    return number

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Annotated, Optional
@@ -132,8 +133,8 @@ ScaleOpt = Annotated[
     typer.Option("--scale", min=0.05, max=20.0, help="Resize images by this factor before the network; labels come back at the original size.", rich_help_panel=PANEL_TILING),
 ]
 DiameterOpt = Annotated[
-    Optional[float],
-    typer.Option("--diameter", min=0.0, help="Typical object diameter in pixels; sets --scale from the model's training diameter.", rich_help_panel=PANEL_TILING),
+    str,
+    typer.Option("--diameter", help="Typical object diameter in pixels, or 'auto': estimated per image by the network at a few scales, and the image resized to the model's training size. A number sets --scale from the model's training diameter.", rich_help_panel=PANEL_TILING),
 ]
 ProbThresholdOpt = Annotated[
     Optional[float],
@@ -185,7 +186,7 @@ def predict(
     batch_size: BatchSizeOpt = None,
     tta: TtaOpt = False,
     scale: ScaleOpt = None,
-    diameter: DiameterOpt = None,
+    diameter: DiameterOpt = "auto",
     prob_threshold: ProbThresholdOpt = None,
     seed_threshold: SeedThresholdOpt = None,
     min_size: MinSizeOpt = None,
@@ -221,11 +222,12 @@ def predict(
     A Z stack (without --plane) is predicted plane by plane and its objects linked in 3-D (--z-mode).
     """
     batch = batch_options(ctx)
-    if scale is not None and diameter is not None:
+    given_diameter = _parse_diameter(diameter)
+    if scale is not None and given_diameter is not None:
         fail("give --scale or --diameter, not both", code=EXIT_USAGE)
     threads = _network_threads(threads, batch)
     model_path, model_name, loaded, factor = _prepare_model(
-        model, device=device.value, threads=threads, precision=precision.value, scale=scale, diameter=diameter
+        model, device=device.value, threads=threads, precision=precision.value, scale=scale, diameter=given_diameter
     )
     if tile is not None or tile_halo is not None:
         _check_tiles(loaded, tile=tile, tile_halo=tile_halo, overlap=overlap)
@@ -236,7 +238,7 @@ def predict(
         if batch.block_size < tile_side:
             fail(f"--block-size ({batch.block_size}) must be at least the tile size ({tile_side}; see --tile)", code=EXIT_USAGE)
         refused = [name for name, on in (("--save-prob", save_prob), ("--save-overlay", save_overlay),
-                                         ("--scale/--diameter", factor != 1.0), ("--bands", bool(bands))) if on]
+                                         ("--scale/--diameter", factor not in (None, 1.0)), ("--bands", bool(bands))) if on]
         if refused:
             fail(f"{', '.join(refused)}: not available in big-image mode (--block-size)", code=EXIT_USAGE)
         from segtool.tasks.big import BigPredictTask
@@ -264,7 +266,8 @@ def predict(
             tile_halo=tile_halo,
             batch_size=batch_size,
             tta=tta,
-            scale=float(factor),
+            scale=factor,
+            diameter=given_diameter,
             **objects,
             save_prob=save_prob,
             save_overlay=save_overlay,
@@ -297,11 +300,28 @@ def _network_threads(threads: int | None, batch: BatchOptions) -> int | None:
     return threads
 
 
+def _parse_diameter(value: str) -> float | None:
+    """``--diameter``: None for ``auto`` (or 0, as in Cellpose), else a positive number of pixels; exit 2 otherwise."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        fail(f"--diameter must be 'auto' or a number of pixels, got {value!r}", code=EXIT_USAGE)
+    if number == 0:
+        return None
+    if not (math.isfinite(number) and number > 0):
+        fail(f"--diameter must be 'auto' or a positive number of pixels, got {value!r}", code=EXIT_USAGE)
+    return number
+
+
 def _prepare_model(model: Path | None, *, device: str, threads: int | None, precision: str, scale: float | None,
                    diameter: float | None):
     """The model named by ``-m`` loaded once, and the image scale factor; exit 2 when it cannot be used.
 
-    Returns ``(model_path, model_name, loaded, factor)``.
+    Returns ``(model_path, model_name, loaded, factor)``; ``factor`` is None when neither ``--scale`` nor a
+    number for ``--diameter`` is given: the size is then estimated per image.
     """
     from segtool.unet.predict import scale_for_diameter
     from segtool.unet.shipped import resolve_model
@@ -312,7 +332,7 @@ def _prepare_model(model: Path | None, *, device: str, threads: int | None, prec
         fail(first_line(err), code=EXIT_USAGE)
     try:
         loaded = load_prepared(model_path, device=device, threads=threads, precision=precision)
-        factor = scale_for_diameter(loaded, diameter) if diameter is not None else (scale or 1.0)
+        factor = scale_for_diameter(loaded, diameter) if diameter is not None else scale
     except SegtoolError as err:
         fail(first_line(err), where=str(model_path), code=EXIT_USAGE)
     return model_path, model_name, loaded, factor

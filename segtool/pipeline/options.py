@@ -56,9 +56,11 @@ class TileOptions:
         Tiles per network call (default: from the tile size).
     tta : bool
         Test-time augmentation (flips and rotations, averaged).
-    scale : float
+    scale : float or None
         Resize the image by this factor before the network (in-memory
-        schedule only).
+        schedule only); None estimates the objects' size in each image and
+        resizes them to the model's training size
+        (:mod:`segtool.unet.sizing`).
 
     Examples
     --------
@@ -71,11 +73,11 @@ class TileOptions:
     tile_halo: int | None = None
     batch_size: int | None = None
     tta: bool = False
-    scale: float = 1.0
+    scale: float | None = 1.0
 
     def check(self) -> None:
         """Raise :class:`InputError` if a value is out of range (:func:`check_common`)."""
-        check_common(None, self.overlap, self.batch_size, self.scale)
+        check_common(None, self.overlap, self.batch_size, 1.0 if self.scale is None else self.scale)
 
     def plan(self, config, shape: Sequence[int], *, device_type: str = "cpu") -> TilePlan:
         """The tile plan for an image of ``shape`` (:func:`plan_inference_tiles`)."""

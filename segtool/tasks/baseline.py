@@ -23,7 +23,7 @@ class BaselineTask:
     robust: bool
     polarity: str
     threshold: str | float
-    min_size: int
+    min_size: int | None  # None: MIN_SIZE, scaled with the diameter (2-D)
     fill_holes: bool
     smooth: float
     split: bool
@@ -34,19 +34,26 @@ class BaselineTask:
     plane: int | None
     memory: MemoryBudget | None = None  # the memory guard (--max-memory)
     z_spacing: float | None = None  # Z stacks (no --plane) are segmented in 3-D
+    diameter: float | str | None = None  # 2-D: "auto" or pixels; the size-dependent defaults follow it
 
     def method(self) -> dict[str, Any]:
-        """The segmentation options, as keywords of :func:`segtool.baseline.segment_baseline` (and its 3-D twin)."""
+        """The segmentation options, as keywords of :func:`segtool.baseline.segment_baseline_3d` (Z stacks)."""
+        from segtool.baseline import MIN_SIZE
+
         return {
             "degree": self.degree,
             "robust": self.robust,
             "polarity": self.polarity,
             "threshold": self.threshold,
-            "min_size": self.min_size,
+            "min_size": MIN_SIZE if self.min_size is None else self.min_size,
             "fill_holes": self.fill_holes,
             "smooth": self.smooth,
             "split": self.split,
         }
+
+    def method_2d(self) -> dict[str, Any]:
+        """Keywords of :func:`segtool.baseline.segment_baseline`: :meth:`method` with the size rule."""
+        return {**self.method(), "min_size": self.min_size, "diameter": self.diameter}
 
     def planned_outputs(self, path: Path) -> dict[str, Path]:
         outputs = {"labels": output_path(path, "_labels.tif", output_dir=self.output_dir)}
@@ -67,7 +74,7 @@ class BaselineTask:
         if figures is not None:
             return figures
         image = read_image(path, channel=self.channel, plane=self.plane, memory=self.memory)
-        result = segment_baseline(image.data, **self.method())
+        result = segment_baseline(image.data, **self.method_2d())
         outputs = self.planned_outputs(path)
         calibration = {"pixel_size": image.pixel_size, "unit": image.unit, "overwrite": self.overwrite}
         write_labels(outputs["labels"], result.labels, **calibration)
@@ -83,6 +90,8 @@ class BaselineTask:
             "threshold": None if result.threshold is None else round(float(result.threshold), 6),
             "empty_reason": result.empty_reason,
             "polarity": result.polarity,
+            "diameter": None if result.diameter is None else round(float(result.diameter), 2),
+            "min_size": result.min_size,
             "background": result.fit.summary(),
             "shape": list(image.data.shape),
         }

@@ -36,7 +36,7 @@ class PredictTask:
     overlap: float | None
     batch_size: int | None
     tta: bool
-    scale: float
+    scale: float | None  # None: estimated per image (--diameter auto)
     prob_threshold: float | None
     min_size: int | None
     seed_threshold: float | None
@@ -51,6 +51,7 @@ class PredictTask:
     tile_halo: int | None = None
     memory: Any = None  # the memory guard (segtool.memory.MemoryBudget, --max-memory)
     model_name: str | None = None  # what -m named (a shipped model's name, or the file), recorded per image
+    diameter: float | None = None  # --diameter given by hand (recorded; it set ``scale``)
     _model: Any = field(default=None, init=False, repr=False, compare=False)
     # Z stacks (no --plane): predicted per plane, then 3-D objects (segtool.volume.predict).
     z_spacing: float | None = None
@@ -88,7 +89,7 @@ class PredictTask:
 
     def _tiling(self) -> TileOptions:
         return TileOptions(tile=self.tile, overlap=self.overlap, tile_halo=self.tile_halo, batch_size=self.batch_size,
-                           tta=self.tta, scale=self.scale)
+                           tta=self.tta, scale=1.0 if self.scale is None else self.scale)
 
     def _objects(self) -> ObjectOptions:
         return ObjectOptions(prob_threshold=self.prob_threshold, min_size=self.min_size,
@@ -147,9 +148,16 @@ class PredictTask:
             return {"large_image": image, "outputs": outputs}
         stages = {"read": time.perf_counter() - start}
         start = time.perf_counter()
-        normalized = normalize_for_model(image.data, model, scale=self.scale)
+        normalized = normalize_for_model(image.data, model, scale=1.0 if self.scale is None else self.scale)
         stages["normalize"] = time.perf_counter() - start
-        return {"image": image, "normalized": normalized, "outputs": outputs, "stages": stages}
+        size = None
+        if self.scale is None:
+            from segtool.unet.predict import fit_to_training_size
+
+            start = time.perf_counter()
+            normalized, size = fit_to_training_size(normalized, model, objects=self._objects())
+            stages["size"] = time.perf_counter() - start
+        return {"image": image, "normalized": normalized, "outputs": outputs, "stages": stages, "size": size}
 
     def infer(self, state: dict[str, Any]):
         """Stage 2: the network, tile by tile (a large image: all of it, band by band, on this thread)."""
@@ -189,12 +197,14 @@ class PredictTask:
         from segtool.io import write_float, write_labels, write_png
         from segtool.overlay import outline_overlay
         from segtool.unet.instances import maps_to_labels
+        from segtool.unet.predict import scaled_objects
 
         image, maps, outputs, stages = state["image"], state["maps"], state["outputs"], state["stages"]
         model = self.model()
         start = time.perf_counter()
-        options = self._objects().resolve(model.config)
-        labels = maps_to_labels(maps, target=model.config.target, **options)
+        size = state.get("size")
+        scale = size.scale if size is not None else (1.0 if self.scale is None else self.scale)
+        labels = maps_to_labels(maps, target=model.config.target, **scaled_objects(self._objects(), model.config, scale))
         # An empty well: percentile normalisation would stretch its uneven illumination into a bright blob.
         empty_reason = empty_image_reason(image.data if image.data.ndim == 2 else image.data.mean(axis=0, dtype=np.float32))
         if empty_reason is not None:
@@ -213,17 +223,27 @@ class PredictTask:
             "objects": n_objects,
             "empty_reason": empty_reason,
             "tiles": state["n_tiles"],
-            "predict_seconds": round(sum(stages.get(k, 0.0) for k in ("normalize", "network", "tiles", "postprocess")), 3),
+            "predict_seconds": round(sum(stages.get(k, 0.0) for k in ("normalize", "size", "network", "tiles", "postprocess")), 3),
             "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
             "shape": list(image.data.shape),
             "bands": 0,
             "model": self.model_name or str(self.model_path),
+            **self._size_record(size, scale),
         }
+
+    def _size_record(self, size, scale: float) -> dict[str, Any]:
+        """``diameter`` (estimated or given, in the image's pixels; None when unknown) and the ``scale`` used."""
+        if size is not None:
+            diameter = None if size.diameter is None else round(size.diameter, 2)
+            return {"diameter": diameter, "diameter_source": "estimated", "scale": round(scale, 4)}
+        if self.diameter is not None:
+            return {"diameter": self.diameter, "diameter_source": "given", "scale": round(scale, 4)}
+        return {"diameter": None, "diameter_source": None, "scale": round(scale, 4)}
 
     def _run_bands(self, source, model, outputs: dict[str, Path], calibration=None) -> dict[str, Any]:
         from segtool.unet.bigimage import predict_file_in_bands
 
-        if self.scale != 1.0:
+        if self.scale not in (None, 1.0):
             raise InputError("--scale/--diameter is not available for images predicted in bands (large images); add --no-bands")
         figures = predict_file_in_bands(
             source,

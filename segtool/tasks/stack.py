@@ -79,7 +79,7 @@ def predict_stack_task(task: Any, path: Path) -> dict[str, Any] | None:
         return None
     if task.save_prob:
         raise InputError("--save-prob is not available for Z stacks (it writes 2-D maps); use --plane N for one plane")
-    if task.scale != 1.0:
+    if task.scale not in (None, 1.0):
         raise InputError("--scale/--diameter is not available for Z stacks yet; use --plane N for one plane")
     options = StackPredictOptions(
         mode=getattr(task, "z_mode", "auto"),

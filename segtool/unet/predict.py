@@ -51,7 +51,8 @@ from segtool.unet.inference import (
     prepared_net,
 )
 from segtool.unet.intake import apply_input_transform
-from segtool.unet.instances import maps_to_labels
+from segtool.unet.instances import DEFAULT_MIN_SIZE, maps_to_labels
+from segtool.unet.sizing import SizeEstimate, SizeOptions, estimate_for_model, min_size_at_scale, resize_channels
 from segtool.unet.tiling import TileCallback, predict_tiled
 
 # The planning and network-preparation names are re-exported: callers outside the pipeline import them from here.
@@ -64,10 +65,12 @@ __all__ = [
     "check_common",
     "default_tile_halo",
     "find_packaged_model",
+    "fit_to_training_size",
     "load_for_inference",
     "load_for_inference_cached",
     "make_predictor",
     "network_device_type",
+    "model_diameter",
     "normalize_for_model",
     "plan_inference_tiles",
     "postprocess_options",
@@ -77,6 +80,7 @@ __all__ = [
     "prepared_net",
     "resolve_tile",
     "scale_for_diameter",
+    "scaled_objects",
     "timed_predictor",
 ]
 
@@ -101,8 +105,13 @@ class PredictResult:
     seconds : float
         Wall time of the whole call.
     stage_seconds : dict of str to float
-        Wall time per stage: ``normalize``, ``network`` (the network calls),
-        ``tiles`` (cutting and stitching around them), ``postprocess``.
+        Wall time per stage: ``normalize``, ``size`` (the size estimate, when
+        asked for), ``network`` (the network calls), ``tiles`` (cutting and
+        stitching around them), ``postprocess``.
+    scale : float
+        The resize factor the network saw the image at.
+    size : SizeEstimate or None
+        The estimated object size, when ``tiling.scale`` was None.
     """
 
     labels: np.ndarray
@@ -110,6 +119,8 @@ class PredictResult:
     n_tiles: int
     seconds: float
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    scale: float = 1.0
+    size: SizeEstimate | None = None
 
     @property
     def n_objects(self) -> int:
@@ -138,7 +149,7 @@ def scale_for_diameter(model, diameter: float) -> float:
     """
     if not (isinstance(diameter, (int, float)) and math.isfinite(diameter) and diameter > 0):
         raise InputError(f"--diameter must be a positive number of pixels, got {diameter!r}")
-    trained = _model_diameter(model)
+    trained = model_diameter(model)
     if trained is None:
         raise ModelError("this model does not record the object diameter it was trained on; use --scale instead of --diameter")
     return float(trained) / float(diameter)
@@ -164,7 +175,16 @@ def find_packaged_model(name: str = "nuclei.pt"):
     raise ModelError("no pretrained model is installed in this segtool; pass -m MODEL (train one with `segtool train`)")
 
 
-def _model_diameter(model) -> float | None:
+def model_diameter(model) -> float | None:
+    """Median object diameter (pixels) of the model's training data, as its file records it; None if it does not.
+
+    Examples
+    --------
+    >>> from types import SimpleNamespace
+    >>> from segtool.unet.config import UNetConfig
+    >>> model_diameter(SimpleNamespace(config=UNetConfig(), metadata={"median_diameter": 21.0}))
+    21.0
+    """
     config = model.config
     sources = [{k: getattr(config, k, None) for k in _DIAMETER_KEYS}, config.postprocess, model.metadata or {}]
     for source in sources:
@@ -196,24 +216,6 @@ def _as_channels(image: np.ndarray, in_channels: int) -> np.ndarray:
 # --------------------------------------------------------------------------- in-memory prediction
 
 
-def _resize(data: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of (C, H, W) float32 to (C, *shape), anti-aliased when shrinking."""
-    from skimage.transform import resize
-
-    if tuple(data.shape[1:]) == tuple(shape):
-        return data
-    shrinking = shape[0] < data.shape[1] or shape[1] < data.shape[2]
-    out = resize(
-        data,
-        (data.shape[0],) + tuple(shape),
-        order=1,
-        mode="reflect",
-        anti_aliasing=shrinking,
-        preserve_range=True,
-    )
-    return out.astype(np.float32, copy=False)
-
-
 def predict_image(
     image: np.ndarray,
     model,
@@ -236,7 +238,9 @@ def predict_image(
         Tiles, batch size, test-time augmentation, and ``scale``: resize the
         image by this factor before the network and map the result back to
         the original size (use when objects are larger or smaller than in the
-        training data; see :func:`scale_for_diameter`).
+        training data; see :func:`scale_for_diameter`); None estimates the
+        objects' size and brings them to the model's training size
+        (:func:`fit_to_training_size`).
     objects : ObjectOptions, optional
         Override the model's tuned post-processing values (see
         :func:`segtool.unet.instances.maps_to_labels`).
@@ -268,16 +272,78 @@ def predict_image(
     """
     start_time = time.perf_counter()
     tiling.check()
-    options = objects.resolve(model.config)
     stages: dict[str, float] = {}
+    size = None
     with _timed(stages, "normalize"):
-        normalized = normalize_for_model(image, model, scale=tiling.scale)
+        normalized = normalize_for_model(image, model, scale=1.0 if tiling.scale is None else tiling.scale)
+    if tiling.scale is None:
+        with _timed(stages, "size"):
+            normalized, size = fit_to_training_size(normalized, model, objects=objects)
+    scale = size.scale if size is not None else float(tiling.scale)
     maps, n_tiles = predict_maps(normalized, model, np.shape(image)[-2:], tiling=tiling, on_tile=on_tile, stages=stages)
     del normalized
     with _timed(stages, "postprocess"):
-        labels = maps_to_labels(maps, target=model.config.target, **options)
+        labels = maps_to_labels(maps, target=model.config.target, **scaled_objects(objects, model.config, scale))
     return PredictResult(labels=labels, maps=maps, n_tiles=n_tiles, seconds=time.perf_counter() - start_time,
-                         stage_seconds=stages)
+                         stage_seconds=stages, scale=scale, size=size)
+
+
+def scaled_objects(objects: ObjectOptions, config, scale: float) -> dict:
+    """Post-processing keywords for labels at the image's size when the network saw it at ``scale``.
+
+    The model's tuned ``min_size`` (and ``min_seed_size``) count pixels at its
+    training size, so they are divided by ``scale**2``; a ``min_size`` given
+    by the user counts the image's own pixels and is kept.
+
+    Examples
+    --------
+    >>> from segtool.unet.config import UNetConfig
+    >>> scaled_objects(ObjectOptions(), UNetConfig(postprocess={"min_size": 30}), 0.5)["min_size"]
+    120
+    >>> scaled_objects(ObjectOptions(min_size=30), UNetConfig(), 0.5)["min_size"]
+    30
+    """
+    options = objects.resolve(config)
+    if scale != 1.0:
+        if objects.min_size is None and "min_size" in options:
+            options["min_size"] = min_size_at_scale(options["min_size"], scale)
+        elif objects.min_size is None:
+            options["min_size"] = min_size_at_scale(DEFAULT_MIN_SIZE, scale)
+        if options.get("min_seed_size"):
+            options["min_seed_size"] = min_size_at_scale(options["min_seed_size"], scale)
+    return options
+
+
+def fit_to_training_size(normalized: np.ndarray, model, *, objects: ObjectOptions = ObjectOptions(),
+                         options: SizeOptions = SizeOptions()) -> tuple[np.ndarray, SizeEstimate | None]:
+    """Estimate the objects' size in a normalised image and resize it to the model's training size.
+
+    Parameters
+    ----------
+    normalized : (C, H, W) ndarray of float32
+        From :func:`normalize_for_model` at scale 1.
+    model : LoadedModel
+    objects : ObjectOptions, optional
+        Post-processing of the estimate's passes.
+    options : SizeOptions, optional
+
+    Returns
+    -------
+    normalized : (C, h, w) ndarray of float32
+        The image at the chosen scale (``normalized`` itself at scale 1).
+    size : SizeEstimate or None
+        None when the model does not record its training diameter (the image
+        is then left at its size).
+    """
+    trained = model_diameter(model)
+    if trained is None:
+        return normalized, None
+    size = estimate_for_model(normalized, model, objects=objects.resolve(model.config), trained_diameter=trained,
+                              options=options)
+    if size.scale != 1.0:
+        height, width = normalized.shape[1:]
+        normalized = resize_channels(normalized, (max(1, round(height * size.scale)), max(1, round(width * size.scale))))
+    return normalized, size
 
 
 class _timed:
@@ -310,6 +376,11 @@ def timed_predictor(predictor: Callable[[np.ndarray], np.ndarray], stages: dict[
 def normalize_for_model(image: np.ndarray, model, *, scale: float = 1.0) -> np.ndarray:
     """The network input for an image: per-channel percentile normalisation, then optional rescaling.
 
+    The percentiles leave out a few objects far brighter than the rest
+    (:func:`segtool.normalize.robust_percentiles`), so saturated mitotic or
+    dead cells do not dim the ordinary nuclei; without such outliers they are
+    the plain per-image percentiles the model was trained with.
+
     The first stage of :func:`predict_image`.
 
     Parameters
@@ -334,10 +405,10 @@ def normalize_for_model(image: np.ndarray, model, *, scale: float = 1.0) -> np.n
     config = model.config
     check_common(model, None, None, scale)
     data = _as_channels(apply_input_transform(image, config.input), config.in_channels)
-    normalized = np.stack([normalize_percentile(c, config.norm_low, config.norm_high) for c in data])
+    normalized = np.stack([normalize_percentile(c, config.norm_low, config.norm_high, robust=True) for c in data])
     if scale != 1.0:
         height, width = normalized.shape[1:]
-        normalized = _resize(normalized, (max(1, round(height * scale)), max(1, round(width * scale))))
+        normalized = resize_channels(normalized, (max(1, round(height * scale)), max(1, round(width * scale))))
     return normalized
 
 
@@ -385,7 +456,7 @@ def predict_maps(
                          **plan.tiling_options())
     height, width = (int(n) for n in shape)
     if maps.shape[1:] != (height, width):
-        maps = _resize(maps, (height, width))
+        maps = resize_channels(maps, (height, width))
     if stages is not None:
         network = stages.get("network", 0.0) - network_before
         stages["tiles"] = stages.get("tiles", 0.0) + time.perf_counter() - start - network

@@ -1,0 +1,204 @@
+"""Object size found automatically (issue #33): the ladder estimate, robust normalisation, the baseline's size rule."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from skimage.measure import label
+from skimage.transform import resize
+
+from segtool.baseline import MIN_SIZE, segment_baseline
+from segtool.errors import InputError
+from segtool.normalize import bright_outlier_mask, normalize_percentile, robust_percentiles
+from segtool.objectsize import EQUIVALENT_PER_INSCRIBED, estimate_diameter, size_defaults
+from segtool.synthetic import make_nuclei_image
+from segtool.unet.sizing import (
+    SizeOptions,
+    choose_window,
+    estimate_size,
+    map_confidence,
+    median_diameter,
+    scale_for_estimate,
+)
+from tests.helpers import invoke
+
+
+def _discs(size: int, period: int, radius: float) -> np.ndarray:
+    yy, xx = np.mgrid[:size, :size]
+    centre = period // 2
+    return ((((yy % period) - centre) ** 2 + ((xx % period) - centre) ** 2) < radius**2).astype(np.float32)
+
+
+def _stand_in(best_diameter: float):
+    """A segmenter that finds bright discs and is most confident on discs ``best_diameter`` across."""
+
+    def segment(window):
+        labels = label(window[0] > 0.5)
+        diameter, _ = median_diameter(labels)
+        confidence = 1.0 / (1.0 + abs(diameter - best_diameter) / best_diameter)
+        fg = window[0] > 0.5
+        maps = np.stack([1.0 - fg, fg * confidence, fg * (1 - confidence), fg]).astype(np.float32)
+        return maps, labels
+
+    return segment
+
+
+# ----------------------------------------------------------------------------- the ladder, with a stand-in network
+
+
+@pytest.mark.parametrize("radius, expected_scale", [(5, 2.0), (10, 1.0), (20, 0.5), (40, 0.25)])
+def test_ladder_picks_the_scale_that_brings_discs_to_the_training_size(radius, expected_scale):
+    image = _discs(8 * radius * 4, 4 * radius, radius)[None]
+    est = estimate_size(image, _stand_in(20.0), target="three_class_distance", trained_diameter=20.0)
+    assert est.diameter == pytest.approx(2 * radius, rel=0.1)
+    assert est.scale == pytest.approx(expected_scale, rel=0.1)
+    # every rung of the ladder is recorded
+    assert [step[0] for step in est.ladder] == sorted(step[0] for step in est.ladder)
+
+
+def test_no_objects_at_any_scale_keeps_the_image_size():
+    est = estimate_size(np.zeros((1, 128, 128), np.float32), _stand_in(20.0), target="three_class", trained_diameter=20.0)
+    assert est.diameter is None and est.scale == 1.0
+
+
+def test_keep_within_leaves_near_sizes_alone():
+    assert scale_for_estimate(24.0, 20.0, SizeOptions(keep_within=1.25)) == 1.0
+    assert scale_for_estimate(40.0, 20.0, SizeOptions(keep_within=1.25)) == 0.5
+    assert scale_for_estimate(1000.0, 20.0) == SizeOptions().min_scale  # bounded
+    with pytest.raises(InputError):
+        SizeOptions(keep_within=0.5)
+
+
+def test_map_confidence_reads_foreground_only():
+    maps = np.zeros((4, 3, 3), np.float32)
+    maps[0] = 1.0  # all background: no foreground to judge
+    assert map_confidence(maps, "three_class_distance") == 0.0
+    maps[:, 1, 1] = [0.0, 0.9, 0.1, 1.0]
+    assert map_confidence(maps, "three_class_distance") == pytest.approx(0.9)
+
+
+def test_window_sits_on_the_objects():
+    image = np.zeros((1, 400, 400), np.float32)
+    image[0, 300:380, 20:100] = _discs(80, 20, 6)
+    rows, cols = choose_window(image, 128)
+    assert rows.start <= 300 and rows.stop >= 380 and cols.start <= 20 and cols.stop >= 100
+    assert rows.stop - rows.start == 128 and cols.stop - cols.start == 128
+
+
+# ----------------------------------------------------------------------------- the shipped network
+
+
+@pytest.fixture(scope="module")
+def shipped():
+    import torch
+
+    from segtool.unet.predict import find_packaged_model, load_for_inference
+
+    torch.set_num_threads(1)
+    return load_for_inference(find_packaged_model(), precision="fp32")
+
+
+@pytest.mark.slow
+def test_synthetic_image_at_several_scales_gets_the_same_count(shipped):
+    from segtool.unet.predict import TileOptions, predict_image
+
+    image, truth = make_nuclei_image((192, 192), n_nuclei=14, seed=3, radius_range=(9, 12), touching=0.0,
+                                     illumination="none")
+    n_true = int(truth.max())
+    counts, fixed = {}, {}
+    for factor in (0.75, 1.0, 2.0, 3.0, 4.0):
+        side = round(192 * factor)
+        scaled = resize(image, (side, side), order=1, preserve_range=True, anti_aliasing=factor < 1).astype(np.float32)
+        result = predict_image(scaled, shipped, tiling=TileOptions(scale=None))
+        counts[factor] = result.n_objects
+        assert result.size is not None and result.size.diameter == pytest.approx(21 * factor, rel=0.3)
+        fixed[factor] = predict_image(scaled, shipped).n_objects
+    assert all(count == n_true for count in counts.values()), counts
+    assert fixed[4.0] != n_true  # without the estimate, 4x larger nuclei are cut into pieces
+
+
+@pytest.mark.slow
+def test_saturated_blobs_keep_the_dim_nuclei(shipped):
+    from segtool.unet.predict import TileOptions, predict_image
+
+    image, truth = make_nuclei_image((256, 256), n_nuclei=25, seed=5, radius_range=(8, 11), touching=0.0,
+                                     illumination="none")
+    bright = image.copy()
+    yy, xx = np.mgrid[:256, :256]
+    peak = float(image.max()) * 20  # saturated mitotic cells, far above the others
+    for cy, cx in ((30, 30), (128, 220), (230, 60)):
+        blob = (yy - cy) ** 2 + (xx - cx) ** 2 < 12**2
+        bright[blob] = peak
+    blob_ids = set(np.unique(truth[bright == peak])) - {0}
+    dim_truth = np.where(np.isin(truth, list(blob_ids)), 0, truth)
+    n_dim = len(set(np.unique(dim_truth)) - {0})
+    result = predict_image(bright, shipped, tiling=TileOptions(scale=1.0))
+    found = set(np.unique(result.labels[dim_truth > 0])) - {0}
+    assert len(found) >= 0.9 * n_dim
+    # without the outlier rule the 99.8th percentile is the blobs' value and the nuclei fade to a twentieth
+    plain = normalize_percentile(bright, 1, 99.8)
+    assert float(np.median(plain[dim_truth > 0])) < 0.1
+    robust = normalize_percentile(bright, 1, 99.8, robust=True)
+    assert float(np.median(robust[dim_truth > 0])) > 0.3
+
+
+def test_robust_percentiles_equal_plain_ones_without_outliers():
+    image, _ = make_nuclei_image((128, 128), n_nuclei=12, seed=1)
+    assert bright_outlier_mask(image, background=float(np.percentile(image, 1))) is None
+    lo, hi = robust_percentiles(image, 1, 99.8)
+    assert (lo, hi) == tuple(np.percentile(image.astype(np.float32), [1, 99.8]))
+
+
+# ----------------------------------------------------------------------------- the command line
+
+
+@pytest.mark.slow
+def test_cli_diameter_given_by_hand_overrides_the_estimate(tmp_path):
+    import tifffile
+
+    image, _ = make_nuclei_image((128, 128), n_nuclei=8, seed=2, radius_range=(15, 20), touching=0.0)
+    tifffile.imwrite(tmp_path / "a.tif", image)
+    given = invoke("predict", str(tmp_path / "a.tif"), "-o", str(tmp_path / "given"), "--diameter", "30", "--json",
+                    "--threads", "1")
+    assert given.exit_code == 0, given.output
+    record = json.loads(given.stdout.splitlines()[0])
+    assert record["diameter"] == 30 and record["diameter_source"] == "given"
+    assert record["scale"] == pytest.approx(20.96 / 30, rel=1e-3)
+    auto = invoke("predict", str(tmp_path / "a.tif"), "-o", str(tmp_path / "auto"), "--json", "--threads", "1")
+    assert auto.exit_code == 0, auto.output
+    record = json.loads(auto.stdout.splitlines()[0])
+    assert record["diameter_source"] == "estimated" and 25 < record["diameter"] < 45
+    assert "size" in record["stage_seconds"]
+    bad = invoke("predict", str(tmp_path / "a.tif"), "-o", str(tmp_path / "bad"), "--diameter", "-3")
+    assert bad.exit_code == 2 and "--diameter" in bad.output
+
+
+# ----------------------------------------------------------------------------- the classical baseline
+
+
+def test_diameter_from_a_mask_counts_touching_discs_as_two():
+    mask = _discs(240, 60, 20) > 0
+    mask[:, 28:32] = True  # join every column of discs into one component
+    assert estimate_diameter(mask) / EQUIVALENT_PER_INSCRIBED == pytest.approx(40, abs=3)
+
+
+def test_size_defaults_scale_with_area_and_diameter():
+    assert size_defaults(42.0, min_size=MIN_SIZE, split_height=1.0) == (80, 2.0)
+    with pytest.raises(InputError):
+        size_defaults(-1.0, min_size=20, split_height=1.0)
+
+
+def test_baseline_follows_the_size_of_large_nuclei():
+    image, truth = make_nuclei_image((128, 128), n_nuclei=10, seed=4, radius_range=(7, 9), touching=0.0,
+                                     illumination="none")
+    large = resize(image, (512, 512), order=1, preserve_range=True).astype(np.float32)
+    auto = segment_baseline(large, diameter="auto")
+    assert auto.diameter == pytest.approx(4 * 16, rel=0.35)
+    assert auto.min_size > 5 * MIN_SIZE
+    given = segment_baseline(large, diameter=30.0)
+    assert given.min_size == round(MIN_SIZE * (30 / 21) ** 2) and given.diameter == 30.0
+    plain = segment_baseline(large)
+    assert plain.min_size == MIN_SIZE and plain.diameter is None
+    assert int(auto.labels.max()) == int(truth.max())
