@@ -202,3 +202,21 @@ def test_baseline_follows_the_size_of_large_nuclei():
     plain = segment_baseline(large)
     assert plain.min_size == MIN_SIZE and plain.diameter is None
     assert int(auto.labels.max()) == int(truth.max())
+
+
+@pytest.mark.slow
+def test_z_stack_is_rescaled_once_from_its_middle_plane(shipped, tmp_path):
+    import tifffile
+
+    from segtool.volume.predict import StackPredictOptions, predict_stack_file
+
+    image, truth = make_nuclei_image((96, 96), n_nuclei=6, seed=7, radius_range=(9, 11), touching=0.0,
+                                     illumination="none")
+    large = resize(image, (288, 288), order=1, preserve_range=True).astype(np.float32)  # nuclei ~60 px across
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([large] * 5), imagej=True, metadata={"axes": "ZYX"})
+    figures = predict_stack_file(tmp_path / "stack.tif", shipped, tmp_path / "auto.tif",
+                                 options=StackPredictOptions(mode="stitch", scale=None))
+    assert figures["diameter_source"] == "estimated"
+    assert figures["scale"] == pytest.approx(21 / 60, rel=0.3)
+    labels = tifffile.imread(tmp_path / "auto.tif")
+    assert int(labels[2].max()) == int(truth.max()) == figures["objects"]

@@ -68,9 +68,9 @@ def baseline_stack(task: Any, path: Path) -> dict[str, Any] | None:
 def predict_stack_task(task: Any, path: Path) -> dict[str, Any] | None:
     """``segtool predict`` on a Z stack; None when ``path`` is not one (or ``--plane`` was given).
 
-    ``task`` is a :class:`segtool.tasks.predict.PredictTask`. ``--save-prob`` and
-    ``--scale``/``--diameter`` are 2-D only; ``--save-overlay`` shows the
-    middle plane.
+    ``task`` is a :class:`segtool.tasks.predict.PredictTask`. ``--save-prob`` is
+    2-D only; ``--save-overlay`` shows the middle plane; the size estimate of
+    ``--diameter auto`` is made once per stack, on its middle plane.
     """
     from segtool.volume.predict import StackPredictOptions, predict_stack_file
 
@@ -79,8 +79,6 @@ def predict_stack_task(task: Any, path: Path) -> dict[str, Any] | None:
         return None
     if task.save_prob:
         raise InputError("--save-prob is not available for Z stacks (it writes 2-D maps); use --plane N for one plane")
-    if task.scale not in (None, 1.0):
-        raise InputError("--scale/--diameter is not available for Z stacks yet; use --plane N for one plane")
     options = StackPredictOptions(
         mode=getattr(task, "z_mode", "auto"),
         stitch_threshold=getattr(task, "stitch_threshold", 0.25),
@@ -93,11 +91,14 @@ def predict_stack_task(task: Any, path: Path) -> dict[str, Any] | None:
         min_size=task.min_size,
         seed_threshold=task.seed_threshold,
         split_height=task.split_height,
+        scale=task.scale,  # None: estimated once per stack, from its middle plane
     )
     outputs = task.planned_outputs(path)
     figures = predict_stack_file(path, task.model(), outputs["labels"], channel=task.channel, z_spacing=z_spacing,
                                  options=options, overwrite=task.overwrite, overlay_path=outputs.get("overlay"))
     figures["predict_seconds"] = figures.pop("seconds")
+    if task.diameter is not None:
+        figures.update(diameter=task.diameter, diameter_source="given")
     return figures
 
 

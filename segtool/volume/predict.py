@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from segtool.errors import InputError
+from segtool.unet.sizing import min_size_at_scale, resize_channels
 
 __all__ = ["STACK_MODES", "StackPredictOptions", "model_planes", "stack_percentiles", "predict_stack_maps", "maps_to_labels_3d",
            "predict_stack", "predict_stack_file"]
@@ -72,6 +73,11 @@ class StackPredictOptions:
         ``"stitch"``). ``"watershed"`` uses the model's ``prob_threshold``
         and its own defaults ``seed_threshold`` 0.3 and ``min_size`` 100
         voxels (see :data:`WATERSHED_SEED_THRESHOLD`).
+    scale : float or None
+        Resize each plane by this factor before the network (maps come back
+        at the plane's size; default ``min_size`` values follow the area);
+        None estimates it once per stack from the middle plane
+        (:func:`stack_scale`).
     """
 
     mode: str = "auto"
@@ -84,6 +90,7 @@ class StackPredictOptions:
     min_size: int | None = None
     seed_threshold: float | None = None
     split_height: float | None = None
+    scale: float | None = 1.0
 
     def __post_init__(self) -> None:
         if self.mode not in STACK_MODES:
@@ -165,9 +172,14 @@ def predict_stack_maps(
     predictor = _predictor(model, options.tta)
     lo, hi = norm
     scale = np.float32(1.0 / (hi - lo + 1e-20))
+    resize = 1.0 if options.scale is None else float(options.scale)
     batch: list[np.ndarray] = []
     tile_hw: tuple[int, int] | None = None
+    plane_hw: tuple[int, int] | None = None
     done = 0
+
+    def back(maps: np.ndarray) -> np.ndarray:
+        return maps if resize == 1.0 else resize_channels(maps, plane_hw)
 
     def flush() -> Iterator[np.ndarray]:
         nonlocal done
@@ -181,7 +193,7 @@ def predict_stack_maps(
             done += 1
             if on_plane is not None:
                 on_plane(done)
-            yield np.ascontiguousarray(m[:, :h, :w])
+            yield back(np.ascontiguousarray(m[:, :h, :w]))
 
     for plane in planes:
         data = np.asarray(plane)
@@ -190,8 +202,12 @@ def predict_stack_maps(
         if config.in_channels != 1:
             raise InputError(f"3-D prediction needs a single-channel model; this one takes {config.in_channels} channels")
         normalized = ((data.astype(np.float32) - np.float32(lo)) * scale)[np.newaxis]
-        tile_hw = resolve_tile(config, data.shape, options.tile)
-        if tile_hw[0] >= data.shape[0] and tile_hw[1] >= data.shape[1]:
+        plane_hw = data.shape
+        if resize != 1.0:
+            normalized = resize_channels(normalized, (max(1, round(data.shape[0] * resize)),
+                                                      max(1, round(data.shape[1] * resize))))
+        tile_hw = resolve_tile(config, normalized.shape[1:], options.tile)
+        if tile_hw[0] >= normalized.shape[1] and tile_hw[1] >= normalized.shape[2]:
             batch.append(normalized)
             if len(batch) >= options.batch_size:
                 yield from flush()
@@ -202,7 +218,7 @@ def predict_stack_maps(
         done += 1
         if on_plane is not None:
             on_plane(done)
-        yield maps
+        yield back(maps)
     yield from flush()
 
 
@@ -280,6 +296,9 @@ def predict_stack(
     config = model.config
     planes = list(model_planes(data, config))
     norm = stack_percentiles(planes, config.norm_low, config.norm_high)
+    if options.scale is None:
+        size = stack_scale(planes[len(planes) // 2], model, norm=norm, options=options)
+        options = replace(options, scale=1.0 if size is None else size.scale)
     maps = predict_stack_maps(planes, model, norm=norm, options=options, on_plane=on_plane)
     options = replace(options, mode=options.resolved(data.size))
     return maps_to_labels_3d(maps, model.config, z_spacing=z_spacing, options=options)
@@ -308,11 +327,9 @@ def maps_to_labels_3d(
     labels : (Z, Y, X) ndarray of uint16 (uint32 above 65535 objects)
     """
     from segtool.unet.instances import maps_to_labels
-    from segtool.unet.predict import postprocess_options
     from segtool.volume.stitch import PlaneStitcher
 
-    post = postprocess_options(config, prob_threshold=options.prob_threshold, min_size=options.min_size,
-                               seed_threshold=options.seed_threshold, split_height=options.split_height)
+    post = plane_postprocess(config, options)
     if options.mode == "stitch":  # "auto" is resolved by the callers, who know the stack's size
         stitcher = PlaneStitcher(options.stitch_threshold)
         out = np.stack([stitcher.add(maps_to_labels(m, target=config.target, **post)) for m in maps])
@@ -323,9 +340,45 @@ def maps_to_labels_3d(
         foreground.append(fg)
         seed_map.append(seed.astype(np.float32))
     seed_threshold = WATERSHED_SEED_THRESHOLD if options.seed_threshold is None else options.seed_threshold
-    min_size = WATERSHED_MIN_SIZE if options.min_size is None else options.min_size
+    min_size = options.min_size
+    if min_size is None:
+        min_size = min_size_at_scale(WATERSHED_MIN_SIZE, 1.0 if options.scale is None else float(options.scale))
     return _watershed_3d(np.stack(foreground), np.stack(seed_map), seed_threshold=seed_threshold,
                          min_size=int(min_size), z_spacing=z_spacing)
+
+
+def plane_postprocess(config, options: StackPredictOptions) -> dict:
+    """Per-plane post-processing keywords: the model's tuned values, ``options``' overrides, and the model's
+    minimum sizes following ``options.scale`` (the planes' labels are at their own size)."""
+    from segtool.unet.instances import DEFAULT_MIN_SIZE
+    from segtool.unet.predict import postprocess_options
+
+    post = postprocess_options(config, prob_threshold=options.prob_threshold, min_size=options.min_size,
+                               seed_threshold=options.seed_threshold, split_height=options.split_height)
+    scale = 1.0 if options.scale is None else float(options.scale)
+    if scale != 1.0 and options.min_size is None:
+        post["min_size"] = min_size_at_scale(post.get("min_size", DEFAULT_MIN_SIZE), scale)
+    return post
+
+
+def stack_scale(middle: np.ndarray, model, *, norm: tuple[float, float],
+                options: StackPredictOptions = StackPredictOptions()):
+    """The size estimate of a stack, from one (Y, X) plane (the middle one) normalised with the stack's ``norm``.
+
+    Returns a :class:`segtool.unet.sizing.SizeEstimate`, or None when the
+    model does not record its training diameter.
+    """
+    from segtool.unet.predict import model_diameter, postprocess_options
+    from segtool.unet.sizing import estimate_for_model
+
+    trained = model_diameter(model)
+    if trained is None:
+        return None
+    lo, hi = norm
+    normalized = ((np.asarray(middle, dtype=np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo + 1e-20)))[np.newaxis]
+    post = postprocess_options(model.config, prob_threshold=options.prob_threshold, min_size=options.min_size,
+                               seed_threshold=options.seed_threshold, split_height=options.split_height)
+    return estimate_for_model(normalized, model, objects=post, trained_diameter=trained)
 
 
 def _fg_and_seed(maps: np.ndarray, target: str, post: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -371,7 +424,6 @@ def predict_stack_file(
     """
     from segtool.io import check_output_free
     from segtool.unet.instances import maps_to_labels
-    from segtool.unet.predict import postprocess_options
     from segtool.volume.io import resolve_voxel_size, anisotropy, iter_planes, read_volume, write_label_volume
     from segtool.volume.stitch import PlaneStitcher
 
@@ -383,8 +435,15 @@ def predict_stack_file(
     depth = info.n_planes
     plane_pixels = info.shape[info.axes.index("Y")] * info.shape[info.axes.index("X")]
     options = replace(options, mode=options.resolved(depth * plane_pixels))
+    size = None
     if options.mode == "watershed":
         volume = read_volume(path, channel=channel, z_spacing=z_spacing)
+        if options.scale is None:
+            planes_in = list(model_planes(volume.data, model.config))
+            size = stack_scale(planes_in[depth // 2], model, options=options,
+                               norm=stack_percentiles(planes_in, model.config.norm_low, model.config.norm_high))
+            options = replace(options, scale=1.0 if size is None else size.scale)
+            del planes_in
         progress = (lambda n: on_plane(n, depth)) if on_plane is not None else None
         labels = predict_stack(volume.data, model, z_spacing=volume.z_spacing, options=options, on_plane=progress)
         write_label_volume(out_path, labels, voxel_size=voxel_size, unit=unit, overwrite=overwrite)
@@ -395,11 +454,19 @@ def predict_stack_file(
         # One pass over a subsample of the planes for the stack's normalisation.
         every = max(1, depth // 16)
         _, planes = iter_planes(path, channel=channel, z_spacing=z_spacing)
-        sample = [p[::4, ::4].copy() for z, p in enumerate(model_planes(planes, config)) if z % every == 0]
+        sample, centre = [], []
+        for z, p in enumerate(model_planes(planes, config)):
+            if z % every == 0:
+                sample.append(p[::4, ::4].copy())
+            if z == depth // 2 and options.scale is None:
+                centre.append(np.array(p, copy=True))
         norm = stack_percentiles(sample, config.norm_low, config.norm_high)
         del sample
-        post = postprocess_options(config, prob_threshold=options.prob_threshold, min_size=options.min_size,
-                                   seed_threshold=options.seed_threshold, split_height=options.split_height)
+        if options.scale is None:
+            size = stack_scale(centre[0], model, norm=norm, options=options)
+            options = replace(options, scale=1.0 if size is None else size.scale)
+            del centre
+        post = plane_postprocess(config, options)
         stitcher = PlaneStitcher(options.stitch_threshold)
         out_path.parent.mkdir(parents=True, exist_ok=True)
         scratch = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:8]}.planes")
@@ -452,5 +519,8 @@ def predict_stack_file(
         "voxel_size": [float(v) for v in voxel_size] if voxel_size is not None else None,
         "z_spacing": round(anisotropy(voxel_size), 6),
         "mode": options.mode,
+        "scale": round(float(options.scale), 4),
+        "diameter": None if size is None or size.diameter is None else round(size.diameter, 2),
+        "diameter_source": None if size is None else "estimated",
         "seconds": round(time.perf_counter() - start, 3),
     }
