@@ -34,7 +34,7 @@ def _discs(size: int, period: int, radius: float) -> np.ndarray:
 def _stand_in(best_diameter: float):
     """A segmenter that finds bright discs and is most confident on discs ``best_diameter`` across."""
 
-    def segment(window):
+    def segment_one(window):
         labels = label(window[0] > 0.5)
         diameter, _ = median_diameter(labels)
         confidence = 1.0 / (1.0 + abs(diameter - best_diameter) / best_diameter)
@@ -42,6 +42,12 @@ def _stand_in(best_diameter: float):
         maps = np.stack([1.0 - fg, fg * confidence, fg * (1 - confidence), fg]).astype(np.float32)
         return maps, labels
 
+    def segment(windows):
+        calls.append(len(windows))
+        return [segment_one(w) for w in windows]
+
+    calls: list[int] = []
+    segment.calls = calls
     return segment
 
 
@@ -56,6 +62,15 @@ def test_ladder_picks_the_scale_that_brings_discs_to_the_training_size(radius, e
     assert est.scale == pytest.approx(expected_scale, rel=0.1)
     # every rung of the ladder is recorded
     assert [step[0] for step in est.ladder] == sorted(step[0] for step in est.ladder)
+
+
+def test_rungs_go_to_the_network_in_one_batch_and_enlarging_only_when_needed():
+    large = _stand_in(20.0)
+    estimate_size(_discs(640, 80, 20)[None], large, target="three_class", trained_diameter=20.0)
+    assert large.calls == [4]  # 1/8 .. 1 together; at scale 1 the discs (40 px) are large enough: no 2x rung
+    small = _stand_in(20.0)
+    estimate_size(_discs(320, 20, 5)[None], small, target="three_class", trained_diameter=20.0)
+    assert len(small.calls) == 2 and small.calls[1] == 1  # 10 px discs: then the 2x rung, on its own
 
 
 def test_no_objects_at_any_scale_keeps_the_image_size():
