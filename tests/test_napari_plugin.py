@@ -340,7 +340,9 @@ def test_labels_tiff_opens_as_labels_with_the_reader_preference_the_readme_gives
     with pytest.raises(MultipleReaderError) as asked:
         viewer.open(str(saved), plugin=None)
     assert {"napari", "segtool"} <= set(asked.value.available_plugins)
-    # the README's one-time choice, Preferences > Plugins: pattern *_labels.tif, reader segtool
+    # the README's one-time choice, Preferences > Plugins: pattern *_labels.tif, reader segtool (offered for it)
+    offered = {r.plugin_name for r in npe2.PluginManager.instance().iter_compatible_readers(["*_labels.tif"])}
+    assert "segtool" in offered
     settings = NapariSettings(config_path=None, plugins={"extension2reader": {"*_labels.tif": "segtool"}})
     monkeypatch.setattr(napari.plugins.utils, "get_settings", lambda: settings)  # not the user's settings file
     [opened] = viewer.open(str(saved), plugin=None)  # what drag and drop calls
