@@ -300,7 +300,7 @@ def test_viewer_opens_results_and_segments_in_a_worker(tmp_path):
         assert [layer.name for layer in widget.image_layer.choices] == ["cells"]  # image layers only
         widget.image_layer.value = viewer.layers["cells"]
         widget.method.value = "baseline"
-        assert widget.options().model == "nuclei"  # the default shipped model, by the name -m takes
+        assert widget.options().model is None  # the baseline runs without a model
         assert widget.model.native.isHidden() and not widget.threshold.native.isHidden()
         widget.min_size.value = 10
         worker = widget.run()
@@ -379,6 +379,9 @@ def test_widget_model_field_says_which_model_runs_and_offers_the_shipped_ones(tm
         assert widget.model_info.value.startswith("choose a model file")
         with pytest.raises(InputError, match="no model file chosen"):
             widget.options()
+        widget.method.value = "baseline"
+        assert widget.options().model is None  # the baseline runs without one
+        widget.method.value = "U-Net"
         widget.model_choice.value = "nuclei"
         widget.model.value = tmp_path / "mine.pt"  # setting a file chooses it
         assert widget.model_choice.value == "file" and widget.model_info.value == "runs mine.pt"

@@ -163,7 +163,8 @@ class SegmentWidget(_qt_widget_base()):  # type: ignore[misc]
 
     def options(self) -> SegmentOptions:
         """The options the widget shows, as one frozen object."""
-        return SegmentOptions(method=self.method.value, model=self._model_spec(), tta=bool(self.tta.value),
+        model = self._model_spec() if self.method.value == "U-Net" else None  # the baseline needs no model
+        return SegmentOptions(method=self.method.value, model=model, tta=bool(self.tta.value),
                               precision=self.precision.value,
                               degree=int(self.degree.value), threshold=self.threshold.value,
                               polarity=self.polarity.value, min_size=int(self.min_size.value) or None,
