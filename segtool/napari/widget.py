@@ -68,7 +68,7 @@ class SegmentWidget(_qt_widget_base()):  # type: ignore[misc]
 
     def __init__(self, napari_viewer) -> None:
         from magicgui import widgets
-        from qtpy.QtWidgets import QVBoxLayout
+        from qtpy.QtWidgets import QSizePolicy, QVBoxLayout
 
         super().__init__()
         self.viewer = napari_viewer
@@ -96,8 +96,10 @@ class SegmentWidget(_qt_widget_base()):  # type: ignore[misc]
         self.progress = widgets.ProgressBar(value=0, min=0, max=1, label="progress")
         self.status = widgets.Label(value="")
         for label in (self.model_info, self.status):
-            # a long message (an error naming a long path) wraps instead of widening the dock panel
+            # a long message (an error naming a long path) wraps to the panel's width; word wrap alone still
+            # asks the dock for the text's width, so the label's own width is ignored by the layout
             label.native.setWordWrap(True)
+            label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
         self._unet_only = [self.model_choice, self.model, self.model_info, self.tta, self.precision]
         self._baseline_only = [self.degree, self.threshold, self.polarity, self.split, self.smooth, self.fill_holes]
         self.container = widgets.Container(widgets=[
