@@ -401,7 +401,7 @@ def test_widget_long_error_wraps_instead_of_widening_the_panel(tmp_path):
     """The widget docked beside a canvas in a shown window, as napari docks it: a long error keeps the dock's width."""
     app = _qt_app()
     from napari.components import ViewerModel
-    from qtpy.QtCore import Qt
+    from qtpy.QtCore import QRect, Qt
     from qtpy.QtWidgets import QDockWidget, QLabel, QMainWindow
 
     viewer = ViewerModel()
@@ -415,20 +415,24 @@ def test_widget_long_error_wraps_instead_of_widening_the_panel(tmp_path):
     window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
     try:
         widget.image_layer.value = viewer.layers["cells"]
-        widget.model.value = tmp_path / ("a_long_folder_name_" * 12) / "model.pt"  # a path without spaces
+        missing = tmp_path / "folder" / ("a_long_file_name_" * 12 + "model.pt")  # no space, no "/" to break at
+        widget.model.value = missing
         window.show()
         _settle(app)
         width = dock.width()
         widget.run()
         _wait(lambda: widget.run_button.enabled and widget.status.value.startswith("error"))
         _settle(app)
-        assert "model file not found" in widget.status.value and len(widget.status.value) > 300
+        assert widget.status.value.startswith(f"error: model file not found: {missing}")  # the message as given
         label = widget.status.native
         assert label.wordWrap()
         assert dock.width() == width  # unwrapped, or wrapped but sized by its text, it widened the dock to ~2000 px
         needed = label.heightForWidth(label.width())
         assert needed >= 3 * label.fontMetrics().lineSpacing()  # on several lines instead
-        assert label.height() >= needed  # and all of them shown
+        assert label.height() >= needed  # all of them shown
+        lines = label.fontMetrics().boundingRect(QRect(0, 0, label.width(), 10**6), Qt.TextFlag.TextWordWrap,
+                                                 label.text())
+        assert lines.width() <= label.width()  # and none wider than the label (clipped)
     finally:
         window.close()
 

@@ -8,6 +8,7 @@ scale and translation.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ from segtool.errors import InputError
 from segtool.napari.segment import METHODS, POLARITIES, PRECISIONS, THRESHOLDS, SegmentOptions, image_plane, segment
 from segtool.unet.shipped import DEFAULT_MODEL, SHIPPED_MODELS
 
-__all__ = ["MODEL_FILE", "SegmentWidget", "model_choices"]
+__all__ = ["MODEL_FILE", "SegmentWidget", "model_choices", "wrappable"]
 
 #: The model menu's last entry: use the file in the "model file" field instead of a shipped model.
 MODEL_FILE = "file"
@@ -36,6 +37,44 @@ def model_choices() -> list[tuple[str, str]]:
     """
     shipped = [(f"{m.name} (shipped{', default' if m.name == DEFAULT_MODEL else ''})", m.name) for m in SHIPPED_MODELS]
     return [*shipped, ("model file...", MODEL_FILE)]
+
+
+def wrappable(text: str, *, run: int = 20) -> str:
+    """``text`` with a zero-width space after every ``run`` characters without a space, so Qt can wrap it there.
+
+    Qt wraps a label at spaces and after ``/`` only; a long file or folder
+    name would otherwise run past the panel's edge.
+
+    Examples
+    --------
+    >>> wrappable("not found: " + "x" * 45, run=20).count("\u200b")
+    2
+    >>> wrappable("short words stay as they are")
+    'short words stay as they are'
+    """
+    return re.sub(rf"(\S{{{run}}})(?=\S)", "\\1\u200b", text)
+
+
+def _message_label():
+    """A label for messages that wraps them to the panel's width; its ``value`` stays the message as given."""
+    from magicgui import widgets
+    from qtpy.QtWidgets import QSizePolicy
+
+    class MessageLabel(widgets.Label):
+        _message = ""
+
+        def get_value(self) -> str:
+            return self._message
+
+        def set_value(self, value) -> None:
+            self._message = str(value)
+            super().set_value(wrappable(self._message))
+
+    label = MessageLabel(value="")
+    label.native.setWordWrap(True)
+    # word wrap alone still asks the dock for the text's whole width: the layout ignores the label's own width
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    return label
 
 
 def _qt_widget_base():
@@ -68,7 +107,7 @@ class SegmentWidget(_qt_widget_base()):  # type: ignore[misc]
 
     def __init__(self, napari_viewer) -> None:
         from magicgui import widgets
-        from qtpy.QtWidgets import QSizePolicy, QVBoxLayout
+        from qtpy.QtWidgets import QVBoxLayout
 
         super().__init__()
         self.viewer = napari_viewer
@@ -80,7 +119,7 @@ class SegmentWidget(_qt_widget_base()):  # type: ignore[misc]
         # nullable: an empty field is empty (a plain FileEdit shows the working folder for "")
         self.model = widgets.FileEdit(label="model file", mode="r", nullable=True, filter="segtool models (*.pt *.zip)",
                                       tooltip="segtool model (.pt) or segtool bioimage.io package (.zip)")
-        self.model_info = widgets.Label(value="")
+        self.model_info = _message_label()
         self.tta = widgets.CheckBox(label="test-time augmentation", value=False)
         self.precision = widgets.ComboBox(label="precision", choices=list(PRECISIONS), value="auto",
                                           tooltip="network arithmetic, as segtool predict --precision: auto (its "
@@ -94,12 +133,7 @@ class SegmentWidget(_qt_widget_base()):  # type: ignore[misc]
         self.min_size = widgets.SpinBox(label="min size (px, 0 = default)", value=0, min=0, max=100000)
         self.run_button = widgets.PushButton(text="Segment")
         self.progress = widgets.ProgressBar(value=0, min=0, max=1, label="progress")
-        self.status = widgets.Label(value="")
-        for label in (self.model_info, self.status):
-            # a long message (an error naming a long path) wraps to the panel's width; word wrap alone still
-            # asks the dock for the text's width, so the label's own width is ignored by the layout
-            label.native.setWordWrap(True)
-            label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+        self.status = _message_label()
         self._unet_only = [self.model_choice, self.model, self.model_info, self.tta, self.precision]
         self._baseline_only = [self.degree, self.threshold, self.polarity, self.split, self.smooth, self.fill_holes]
         self.container = widgets.Container(widgets=[
