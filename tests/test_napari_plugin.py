@@ -409,7 +409,7 @@ def test_widget_long_error_wraps_instead_of_widening_the_panel(tmp_path):
     widget = _widget(viewer)
     window = QMainWindow()
     window.setCentralWidget(QLabel("canvas"))
-    window.resize(1200, 700)
+    window.resize(1200, 1100)  # tall enough for every line, so the check is on width
     dock = QDockWidget("Segment with segtool")
     dock.setWidget(widget)
     window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
