@@ -28,9 +28,31 @@ def _block(data: np.ndarray, factor: int, how: str) -> np.ndarray:
     if factor == 1:
         return data
     padded = _pad_to(data, factor)
-    h, w = padded.shape[0] // factor, padded.shape[1] // factor
-    blocks = padded.reshape(h, factor, w, factor)
-    return blocks.max(axis=(1, 3)) if how == "max" else blocks.mean(axis=(1, 3), dtype=np.float32)
+    # strided slices, rows then columns: 2 x factor whole-array operations, much faster than a
+    # multi-axis reduction over a (h, factor, w, factor) view
+    if how == "max":
+        rows = padded[0::factor].copy()
+        for i in range(1, factor):
+            np.maximum(rows, padded[i::factor], out=rows)
+        out = rows[:, 0::factor].copy()
+        for j in range(1, factor):
+            np.maximum(out, rows[:, j::factor], out=out)
+        return out
+    rows = padded[0::factor].astype(np.float32)
+    for i in range(1, factor):
+        rows += padded[i::factor]
+    out = rows[:, 0::factor].copy()
+    for j in range(1, factor):
+        out += rows[:, j::factor]
+    return out / np.float32(factor * factor)
+
+
+#: Colours by label number (cycled): cheaper than ranking the labels of every thumbnail.
+_PALETTE = color_labels(np.arange(64).reshape(1, -1))[0, 1:]
+
+
+def _colours(ids: np.ndarray) -> np.ndarray:
+    return _PALETTE[(ids.astype(np.int64) - 1) % len(_PALETTE)]
 
 
 def _outline_ids(labels: np.ndarray) -> np.ndarray:
@@ -85,10 +107,13 @@ def thumbnail(labels: np.ndarray, image: np.ndarray | None = None, *, size: int 
         rgb = np.repeat(grey[..., None], 3, axis=2)
     else:
         # no image: the objects themselves, dimmed, so the outlines stand out
-        rgb = (color_labels(labels[::factor, ::factor]) * 0.45).astype(np.uint8)
+        small = labels[::factor, ::factor]
+        rgb = np.zeros(small.shape + (3,), np.uint8)
+        inside = small > 0
+        rgb[inside] = (_colours(small[inside]) * 0.45).astype(np.uint8)
     edge = ids > 0
     if edge.any():
-        rgb[edge] = color_labels(ids)[edge]
+        rgb[edge] = _colours(ids[edge])
     return rgb
 
 
