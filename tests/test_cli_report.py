@@ -84,7 +84,7 @@ def test_report_of_a_run_flags_the_empty_failed_and_oversized_images(run):
     # flagged results come first, and the page states its thresholds
     order = list(cards)
     assert set(order[:3]) == {"empty.tif", "broken.tif", "huge.tif"}
-    assert "robust z-score over 3.5" in page and "over 2x larger or smaller" in page
+    assert "robust z-score over 3.5" in page and "over 2.5x larger or smaller" in page
     assert "estimated Ø 20.5 px" in cards["ok0.tif"] and "model nuclei" in cards["ok0.tif"]
     # every link and picture opens a file that exists; each result links its labels and image
     refs = _refs(page)

@@ -66,7 +66,7 @@ def report(
     model_ratio: Annotated[
         float, typer.Option("--model-ratio", min=1.0, help="Flag objects this many times larger or smaller than the "
                             "model's training objects.", rich_help_panel=PANEL_REPORT)
-    ] = 2.0,
+    ] = 2.5,
     recursive: Recursive = False,
     overwrite: Overwrite = False,
     jobs: Jobs = 1,
