@@ -27,7 +27,7 @@ svg.hist{background:#fff;border:1px solid var(--line);border-radius:4px;font:11p
 svg.hist rect{fill:#4a78c2}svg.hist .a{stroke:#666}svg.hist .m{stroke:#c2410c;fill:#c2410c;stroke-dasharray:4 3}
 svg.hist .t{font-weight:600}
 nav{position:sticky;top:0;background:var(--bg);border-bottom:1px solid var(--line);z-index:1}
-#items{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:10px;padding:12px 20px}
+#items{display:grid;grid-template-columns:repeat(auto-fill,minmax(330px,1fr));gap:10px;padding:12px 20px;align-items:start}
 .card{display:flex;gap:10px;background:#fff;border:1px solid var(--line);border-radius:6px;padding:8px;
 content-visibility:auto;contain-intrinsic-size:auto 150px}
 .card.flagged{border-color:#e8a39c;background:#fffafa}.card img{flex:none;background:#222;image-rendering:auto}
