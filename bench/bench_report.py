@@ -6,8 +6,10 @@ empty and oversized-object results), then times ``segtool report --manifest
 run.jsonl -o report/ --jobs N`` as a separate process and prints its wall
 time, peak memory (largest process), the size of ``index.html``, of the
 thumbnails, and of the whole report folder. With ``--browser`` it also times
-headless Chromium loading the page and taking a screenshot (Debian's
-``chromium`` package).
+headless Chromium loading ``index.html`` (the first page) and taking a
+screenshot (Debian's ``chromium`` package), and reads the page's own
+navigation timing (first paint, DOM ready, load event) from a copy of it
+with a timing script added.
 
 Run::
 
@@ -77,6 +79,24 @@ def folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+_TIMING = ("<script>window.addEventListener('load',function(){var t=performance.getEntriesByType('navigation')[0];"
+           "var p=performance.getEntriesByType('paint');document.title='T '+(p.length?Math.round(p[0].startTime):-1)"
+           "+' '+Math.round(t.domInteractive)+' '+Math.round(t.loadEventStart)})</script>")
+
+
+def page_timing(chromium: str, page: Path) -> dict[str, int]:
+    """First paint, DOM interactive and load event (ms) of ``page`` in headless Chromium."""
+    timed = page.with_name(".timed.html")  # beside the page, so its relative links still work
+    timed.write_text(page.read_text(encoding="utf-8").replace("</body>", _TIMING + "</body>"), encoding="utf-8")
+    try:
+        dom = subprocess.run([chromium, "--headless", "--no-sandbox", "--disable-gpu", "--dump-dom", timed.as_uri()],
+                             capture_output=True, text=True, timeout=300, check=True).stdout
+    finally:
+        timed.unlink()
+    paint, ready, load = dom.split("<title>T ", 1)[1].split("<", 1)[0].split()
+    return {"first_paint_ms": int(paint), "dom_interactive_ms": int(ready), "load_event_ms": int(load)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=10_000)
@@ -109,7 +129,9 @@ def main() -> None:
             "jobs": args.jobs,
             "seconds": round(seconds, 1),
             "peak_rss_mb": round(peak_mb),
+            "html_pages": len(list(report.glob("*.html"))),
             "index_html_mb": round((report / "index.html").stat().st_size / 1e6, 2),
+            "all_html_mb": round(sum(p.stat().st_size for p in report.glob("*.html")) / 1e6, 2),
             "thumbnails": len(thumbs),
             "thumbnail_mean_kb": round(thumb_bytes / max(len(thumbs), 1) / 1e3, 2),
             "report_mb": round(folder_bytes(report) / 1e6, 1),
@@ -124,6 +146,7 @@ def main() -> None:
                                 f"--screenshot={root / 'shot.png'}", (report / "index.html").as_uri()],
                                capture_output=True, timeout=300, check=True)
                 figures["chromium_screenshot_seconds"] = round(time.perf_counter() - start, 1)
+                figures.update(page_timing(chromium, report / "index.html"))
         print(json.dumps(figures))
     finally:
         if args.keep is None:

@@ -143,3 +143,19 @@ def test_an_unreadable_label_file_fails_alone(run):
     assert "ok1_labels.tif" in result.stderr and result.stdout.strip().endswith("index.html")
     cards = _cards((run / "report" / "index.html").read_text(encoding="utf-8"))
     assert "failed: cannot read the result" in cards["ok1.tif"] and len(cards) == 8
+
+
+def test_a_long_report_is_split_into_linked_pages(run):
+    result = invoke("report", "--manifest", "run.jsonl", "-o", "report", "--page-size", "3")
+    assert result.exit_code == 0, result.output
+    pages = [run / "report" / name for name in ("index.html", "page-2.html", "page-3.html")]
+    texts = [p.read_text(encoding="utf-8") for p in pages]
+    cards = [_cards(t) for t in texts]
+    assert [len(c) for c in cards] == [3, 3, 2]
+    assert set(cards[0]) == {"empty.tif", "broken.tif", "huge.tif"}  # the flagged ones open the report
+    assert sorted(n for c in cards for n in c) == sorted([f"ok{i}.tif" for i in range(5)] + ["empty.tif", "huge.tif",
+                                                                                            "broken.tif"])
+    for text in texts:
+        assert 'href="page-3.html"' in text or "<b>3</b>" in text
+        assert all((run / "report" / unquote(ref)).resolve().is_file() for ref in _refs(text))
+    assert not (run / "report" / "page-4.html").exists()

@@ -67,6 +67,10 @@ def report(
         float, typer.Option("--model-ratio", min=1.0, help="Flag objects this many times larger or smaller than the "
                             "model's training objects.", rich_help_panel=PANEL_REPORT)
     ] = 2.5,
+    page_size: Annotated[
+        int, typer.Option("--page-size", min=1, help="Results per HTML page (index.html, page-2.html, ...).",
+                          rich_help_panel=PANEL_REPORT)
+    ] = 1000,
     recursive: Recursive = False,
     overwrite: Overwrite = False,
     jobs: Jobs = 1,
@@ -105,7 +109,7 @@ def report(
         entries.extend(e for e in entries_from_labels(expanded.files) if e.labels.resolve() not in known)
     if not entries:
         fail("no results found")
-    options = ReportOptions(size=thumb_size, jobs=jobs, flags=FlagOptions(z_threshold=z_threshold,
+    options = ReportOptions(size=thumb_size, jobs=jobs, page_size=page_size, flags=FlagOptions(z_threshold=z_threshold,
                                                                           model_ratio=model_ratio))
     console = stderr()
     try:

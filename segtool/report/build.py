@@ -22,7 +22,7 @@ from segtool.io import atomic_output, check_output_free
 from segtool.report.collect import Entry
 from segtool.report.flags import FLAG_ORDER, FlagOptions, flag_rows
 from segtool.report.modelinfo import describe_model
-from segtool.report.page import render_page
+from segtool.report.page import page_name, render_page
 from segtool.report.stats import median_or_none
 from segtool.report.svg import histogram_svg
 from segtool.report.task import ReportTask
@@ -48,6 +48,10 @@ class ReportOptions:
         The page's heading.
     command : str or None
         The command line to show (default: this process's).
+    page_size : int
+        Results per HTML page (``index.html``, ``page-2.html``, ...): a
+        browser builds a page of 1,000 cards several times faster than one
+        of 10,000.
     """
 
     size: int = 128
@@ -56,6 +60,7 @@ class ReportOptions:
     flags: FlagOptions = field(default_factory=FlagOptions)
     title: str = "segtool report"
     command: str | None = None
+    page_size: int = 1000
 
 
 @dataclass
@@ -210,8 +215,15 @@ def build_report(
     order = sorted(range(len(rows)), key=lambda i: (0, rank[rows[i]["flags"][0].kind]) if rows[i]["flags"] else (1, 0))
     ordered = [rows[i] for i in order]
     summary = _summary(entries, rows, models, options, source)
-    with atomic_output(index, overwrite=overwrite) as temp:
-        temp.write_text(render_page(ordered, summary), encoding="utf-8")
+    per_page = max(1, options.page_size)
+    pages = max(1, -(-len(ordered) // per_page))
+    # the other pages first: index.html, written last, only ever links pages that exist
+    for number in [*range(2, pages + 1), 1]:
+        first = (number - 1) * per_page
+        text = render_page(ordered[first:first + per_page], summary, page=number, pages=pages, first=first,
+                           total=len(ordered))
+        with atomic_output(out_dir / page_name(number), overwrite=True if number > 1 else overwrite) as temp:
+            temp.write_text(text, encoding="utf-8")
     unreadable = [(r.input, r.error or "failed") for r in results.values() if r.status == "failed"]
     return ReportOutcome(index=index, results=len(rows), flagged=sum(1 for r in rows if r["flags"]),
                          unreadable=unreadable)

@@ -12,7 +12,7 @@ import html
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["render_page", "format_figures"]
+__all__ = ["render_page", "format_figures", "page_name"]
 
 _STYLE = """
 :root{--fg:#1d2330;--mute:#5b6475;--line:#d8dce3;--bad:#b42318;--warn:#9a6700;--bg:#f6f7f9}
@@ -43,6 +43,24 @@ _SCRIPT = """
 document.getElementById('only-flagged').addEventListener('change',function(e){
 document.body.classList.toggle('only-flagged',e.target.checked)});
 """
+
+
+def page_name(number: int) -> str:
+    """File name of page ``number`` (1-based) of a report.
+
+    Examples
+    --------
+    >>> page_name(1), page_name(12)
+    ('index.html', 'page-12.html')
+    """
+    return "index.html" if number == 1 else f"page-{number}.html"
+
+
+def _pager(page: int, pages: int, first: int, shown: int, total: int) -> str:
+    if pages == 1:
+        return f' &nbsp; <a href="#items">results</a> ({total})'
+    links = " ".join(f"<b>{n}</b>" if n == page else f'<a href="{page_name(n)}">{n}</a>' for n in range(1, pages + 1))
+    return f" &nbsp; results {first + 1}-{first + shown} of {total} &nbsp; page {links}"
 
 
 def _e(value: Any) -> str:
@@ -100,8 +118,9 @@ def _card(index: int, row: dict[str, Any]) -> str:
     return "".join(out)
 
 
-def render_page(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> str:
-    """The whole ``index.html``.
+def render_page(rows: Sequence[dict[str, Any]], summary: dict[str, Any], *, page: int = 1, pages: int = 1,
+                first: int = 0, total: int | None = None) -> str:
+    """One page of the report: the run's summary, then the results ``rows``.
 
     Parameters
     ----------
@@ -117,6 +136,11 @@ def render_page(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> str:
         ``run`` (list of ``(key, value)`` rows: command line, versions,
         models); ``plots`` (SVG strings); ``rules`` (list of flag rule
         sentences).
+    page, pages : int, optional
+        This page's number (1-based) and how many there are: each page
+        links the others (:func:`page_name`).
+    first, total : int, optional
+        Position of ``rows[0]`` among all results, and their number.
 
     Examples
     --------
@@ -136,7 +160,7 @@ def render_page(rows: Sequence[dict[str, Any]], summary: dict[str, Any]) -> str:
         f'<section class="run"><table class="kv">{run}</table>{"".join(summary["plots"])}</section>'
         f'<section><h2>Flags</h2><ul class="rules">{rules}</ul></section>'
         '<nav><label><input type="checkbox" id="only-flagged"> show flagged results only</label>'
-        f' &nbsp; <a href="#items">results</a> ({len(rows)})</nav><main id="items">'
+        f'{_pager(page, pages, first, len(rows), len(rows) if total is None else total)}</nav><main id="items">'
     )
-    cards = "\n".join(_card(i, row) for i, row in enumerate(rows))
+    cards = "\n".join(_card(first + i, row) for i, row in enumerate(rows))
     return f"{head}{cards}</main><script>{_SCRIPT}</script></body></html>\n"
