@@ -106,6 +106,14 @@ def describe_model(spec: str) -> dict[str, Any]:
         ``name``, ``path`` (or None), ``created``, ``segtool_version``,
         ``median_diameter`` (px or None), and ``error`` (a one-line reason
         when the file could not be read; the other values are then None).
+
+    Examples
+    --------
+    >>> info = describe_model("nuclei")
+    >>> info["median_diameter"], info["segtool_version"], info["error"]
+    (20.96, '0.1.0', None)
+    >>> describe_model("no-such-model.pt")["error"].startswith("model file not found")
+    True
     """
     info: dict[str, Any] = {"name": spec, "path": None, "created": None, "segtool_version": None,
                             "median_diameter": None, "error": None}
