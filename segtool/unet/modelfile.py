@@ -27,6 +27,7 @@ from torch import nn
 from segtool.errors import InputError, ModelError, SegtoolError, first_line
 from segtool.unet.config import TrainOptions, UNetConfig
 from segtool.unet.model import UNet, resolve_device
+from segtool.unet.modelcheck import check_state_dict, check_torch_archive
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -156,11 +157,15 @@ def _torch_load(path: Path, what: str) -> Any:
 def _read_payload(path: Path) -> dict[str, Any]:
     from segtool.interop.package import is_bioimageio_package, read_package
 
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise ModelError(f"expected a model file, got a device, pipe or socket: {path}")
     if is_bioimageio_package(path):
         # a package from `segtool model export --format bioimageio`: the same config, metadata and weights
         config, metadata, state = read_package(path)
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "config": json.dumps(config),
                 "metadata": json.dumps(metadata), "state_dict": state}
+    if path.is_file():
+        check_torch_archive(path, "model file")  # before torch.load reads anything it declares
     payload = _torch_load(path, "model file")
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(
@@ -182,16 +187,18 @@ def _read_payload(path: Path) -> dict[str, Any]:
 
 
 def _parse(payload: dict[str, Any]) -> tuple[UNetConfig, dict[str, Any]]:
+    """Config and metadata of a payload, its weights checked against the config (nothing is built yet)."""
     try:
         config = UNetConfig.from_dict(json.loads(payload["config"]))
-    except (ValueError, TypeError) as err:  # JSON errors and InputError are ValueErrors
-        raise ModelError(f"model file has an invalid config: {err}") from None
+    except (ValueError, TypeError, RecursionError) as err:  # JSON errors and InputError are ValueErrors
+        raise ModelError(f"model file has an invalid config: {first_line(err)[:200]}") from None
     try:
         metadata = json.loads(payload["metadata"])
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise ModelError(f"model file has invalid metadata: {err}") from None
     if not isinstance(metadata, dict):
         raise ModelError("model file has invalid metadata: not a JSON object")
+    check_state_dict(config, payload["state_dict"])
     return config, metadata
 
 
@@ -212,8 +219,10 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Loade
     Raises
     ------
     ModelError
-        If the file is missing, truncated, not a segtool model, from a newer
-        format version, or its weights do not fit its config.
+        If the file is missing, truncated, forged, not a segtool model, from a
+        newer format version, or its weights are not exactly those its config
+        implies, or not finite (checked before the network is built, see
+        :mod:`segtool.unet.modelcheck`).
     """
     path = Path(path)
     payload = _read_payload(path)
