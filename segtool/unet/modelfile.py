@@ -34,6 +34,7 @@ __all__ = [
     "FORMAT",
     "FORMAT_VERSION",
     "LoadedModel",
+    "check_model_file",
     "load_checkpoint",
     "load_model",
     "read_model_info",
@@ -273,6 +274,20 @@ def read_model_info(path: str | Path) -> dict[str, Any]:
         "parameters": parameters,
         "file_bytes": path.stat().st_size,
     }
+
+
+def check_model_file(path: str | Path) -> None:
+    """Refuse a model file that :func:`load_model` would refuse, without building its network.
+
+    The file is read (bounded, see :mod:`segtool.unet.modelcheck`) and its
+    weights are checked against its config; nothing is allocated for a network.
+
+    Raises
+    ------
+    ModelError
+        As :func:`load_model`, with the same one-line message.
+    """
+    read_model_info(path)
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
