@@ -331,7 +331,7 @@ def test_memory_cap_works(setting, tmp_path):
     """The cap the corpus runs under does stop a process that allocates past 1 GiB."""
     work = tmp_path / "w"
     work.mkdir()
-    code, _, stderr, _ = run_capped(["-c", f"import torch; data = bytearray({3 * GIB // 2}); print(len(data))"], work,
+    code, _, stderr, _ = run_capped(["-c", f"data = bytearray({3 * GIB // 2}); print(len(data))"], work,
                                     setting["env"])
     assert code != 0 and "MemoryError" in stderr
 
@@ -371,7 +371,7 @@ def test_model_corpus_is_refused_in_one_line(setting):
     _assert_nothing_written(setting)
 
 
-@pytest.mark.parametrize("name", ["mismatch_issue_example.pt", "bomb.zip", "zip_pickle_code.pt"])
+@pytest.mark.parametrize("name", ["mismatch_issue_example.pt", "bomb.zip"])
 def test_worst_files_in_a_real_process(setting, name):
     """As a shell sees it: exit 2, one line on stderr, nothing on stdout, under 1 GiB."""
     folders = setting["folders"]
