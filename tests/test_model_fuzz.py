@@ -215,6 +215,10 @@ def build_model_corpus(folder: Path, marker: Path) -> dict[str, str]:
     save("missing_tensor.pt", _payload(state={k: v for k, v in state.items() if k != "decoders.1.conv.4.bias"}),
          "lack decoders.1.conv.4.bias")
     save("not_a_tensor.pt", _payload(state={**state, "head.bias": [0.0, 0.0, 0.0, 0.0]}), "head.bias is not a plain")
+    save("meta_tensor.pt", _payload(state={**state, "head.bias": torch.empty(4, device="meta")}),
+         "head.bias is not a plain dense tensor with data")
+    save("sparse_tensor.pt", _payload(state={**state, "head.bias": torch.zeros(4).to_sparse()}),
+         "head.bias is not a plain dense tensor with data")
     save("int_weights.pt", _payload(state={**state, "head.bias": torch.zeros(4, dtype=torch.int32)}),
          "head.bias has dtype int32")
     save("list_state.pt", _payload(state=[1, 2, 3]), "'state_dict' is missing")
@@ -384,3 +388,43 @@ def test_worst_files_in_a_real_process(setting, name):
     assert line.startswith(f"segtool: error: {model}: ") and setting["expected"][name] in line
     assert peak < GIB, f"peak RSS {peak / 2**20:.0f} MiB"
     _assert_nothing_written(setting)
+
+
+def _mutate(raw: bytes, rng: np.random.Generator) -> bytes:
+    """Bit flips (mostly in the zip records and the pickle), a truncation, or a run of random bytes."""
+    data = bytearray(raw)
+    kind = rng.integers(3)
+    if kind == 0:
+        for _ in range(int(rng.integers(1, 6))):
+            # half of the flips in the last 2 KB: the central directory, where offsets and sizes live
+            pos = int(rng.integers(len(data))) if rng.random() < 0.5 else len(data) - 1 - int(rng.integers(min(2048, len(data))))
+            data[pos] ^= 1 << int(rng.integers(8))
+    elif kind == 1:
+        data = data[: int(rng.integers(len(data)))]
+    else:
+        start = int(rng.integers(len(data)))
+        data[start:start + 32] = rng.integers(0, 256, len(data[start:start + 32]), dtype=np.uint8).tobytes()
+    return bytes(data)
+
+
+def test_mutated_model_files_load_or_fail_cleanly(tmp_path):
+    """Seeded mutants of a good .pt and a good package: each loads, or is refused with a one-line ModelError."""
+    from segtool.errors import ModelError
+    from segtool.unet.modelfile import load_model
+
+    sources = {".pt": _torch_bytes(_payload()), ".zip": _package(tmp_path / "good.zip", CONFIG.to_dict(), _state()).read_bytes()}
+    rng = np.random.default_rng(20261207)
+    outcomes = {"loaded": 0, "refused": 0}
+    for index in range(240):
+        suffix = ".pt" if index % 2 else ".zip"
+        path = tmp_path / f"m{index:03d}{suffix}"
+        path.write_bytes(_mutate(sources[suffix], rng))
+        try:
+            load_model(path)
+            outcomes["loaded"] += 1
+        except ModelError as err:
+            assert str(err) and "\n" not in str(err).strip()
+            outcomes["refused"] += 1
+        path.unlink()
+    # both paths must really be exercised
+    assert outcomes["loaded"] > 10 and outcomes["refused"] > 100, outcomes

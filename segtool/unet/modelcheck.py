@@ -25,6 +25,7 @@ import zipfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+import numpy as np
 import torch
 
 from segtool.errors import InputError, ModelError
@@ -52,6 +53,9 @@ MAX_PARAMETERS = 2**30
 MAX_PICKLE_BYTES = 16 * 2**20
 #: ``segtool_model.json`` and ``rdf.yaml`` of a package (the shipped model's: a few KB).
 MAX_TEXT_BYTES = 4 * 2**20
+# Weights as segtool (float32), the shipped files (float16) or another tool (bfloat16, float64) store them.
+_WEIGHT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+_COUNTER_DTYPES = (torch.int64, torch.int32)
 # Room for a weights file's pickle and zip records beside its tensors.
 _WEIGHTS_OVERHEAD = 2**20
 
@@ -96,7 +100,10 @@ def check_network_size(config: UNetConfig) -> int:
     >>> check_network_size(config) == sum(t.numel() for n, t in state.items() if not n.endswith("num_batches_tracked"))
     True
     """
-    count = _parameters(config_shapes(config))
+    return _check_size(config, _parameters(config_shapes(config)))
+
+
+def _check_size(config: UNetConfig, count: int) -> int:
     if count > MAX_PARAMETERS:
         raise ModelError(
             f"model file's config describes a network of {count:,} parameters (depth {config.depth}, "
@@ -236,6 +243,12 @@ def _shape(shape: tuple[int, ...]) -> str:
     return "x".join(map(str, shape)) or "a scalar"
 
 
+def _bfloat16_as_float32(tensor: torch.Tensor) -> np.ndarray:
+    """NumPy has no bfloat16; its values are the float32 whose upper 16 bits they are."""
+    bits = tensor.contiguous().view(torch.int16).numpy().view(np.uint16).astype(np.uint32)
+    return (bits << 16).view(np.float32)
+
+
 def check_state_dict(config: UNetConfig, state: Any) -> None:
     """Refuse weights that are not exactly those ``config`` implies, or not finite.
 
@@ -280,17 +293,23 @@ def check_state_dict(config: UNetConfig, state: Any) -> None:
                          f"weights hold {len(state)} and {first}")
     for name, shape in expected.items():
         tensor = state[name]
-        if not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided or tensor.is_quantized:
-            raise ModelError(f"model file is damaged: {name} is not a plain dense tensor")
+        if (not isinstance(tensor, torch.Tensor) or tensor.layout != torch.strided or tensor.is_quantized
+                or tensor.device.type != "cpu"):  # torch.load mapped real storages to the CPU: "meta" holds no data
+            raise ModelError(f"model file is damaged: {name} is not a plain dense tensor with data")
         if tuple(tensor.shape) != shape:
             raise ModelError(f"model file is inconsistent: config says {name} is {_shape(shape)}, "
                              f"weights hold {_shape(tuple(tensor.shape))}")
-        counter = name.endswith("num_batches_tracked")
-        if counter != (not tensor.is_floating_point()) or tensor.is_complex() or tensor.dtype == torch.bool:
+        allowed = _COUNTER_DTYPES if name.endswith("num_batches_tracked") else _WEIGHT_DTYPES
+        if tensor.dtype not in allowed:
             raise ModelError(f"model file is damaged: {name} has dtype {str(tensor.dtype).replace('torch.', '')}")
-    check_network_size(config)
+    _check_size(config, _parameters(expected))
     for name, tensor in state.items():
-        if tensor.is_floating_point() and not bool(torch.isfinite(tensor).all()):
+        if not tensor.is_floating_point():
+            continue
+        # NumPy: one pass, no thread pool to wake for each of ~100 small tensors
+        values = tensor.numpy() if tensor.dtype != torch.bfloat16 else _bfloat16_as_float32(tensor)
+        finite = bool(np.isfinite(values).all())
+        if not finite:
             raise ModelError(f"model file holds non-finite weights (NaN or infinity) in {name}; refused")
-        if name.endswith("running_var") and bool((tensor < 0).any()):
+        if name.endswith("running_var") and (values < 0).any():
             raise ModelError(f"model file is damaged: {name} holds negative variances")
