@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from segtool.errors import InputError, ModelError
+from segtool.errors import ModelError
 from segtool.unet.config import TARGETS, UNetConfig
 from segtool.unet.model import UNet
 
@@ -130,7 +130,7 @@ def weights_entry_limit(config: dict[str, Any]) -> int:
     """
     try:
         parsed = UNetConfig.from_dict(config)
-    except (InputError, TypeError) as err:
+    except (ValueError, TypeError) as err:  # InputError is a ValueError
         raise ModelError(f"model file has an invalid config: {err}") from None
     return 8 * check_network_size(parsed) + _WEIGHTS_OVERHEAD
 
@@ -152,7 +152,7 @@ def read_entry(archive: zipfile.ZipFile, name: str, limit: int, what: str) -> by
         If the entry is, or turns out to be, larger than ``limit``.
     """
     info = archive.getinfo(name)
-    too_big = ModelError(f"{what}: entry {name} would decompress past {limit:,} bytes; refused before reading it")
+    too_big = ModelError(f"{what} entry {name} would decompress past {limit:,} bytes; refused before reading it")
     if info.file_size > limit:
         raise too_big
     with archive.open(info) as entry:

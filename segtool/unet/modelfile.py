@@ -9,7 +9,9 @@ package written by ``segtool model export`` loads the same way, see
      "state_dict": {name: tensor, ...}}
 
 It is read back with ``torch.load(weights_only=True)``, which refuses to
-unpickle arbitrary objects, so a model file from a stranger cannot run code.
+unpickle arbitrary objects, so a model file from a stranger cannot run code;
+before that its zip layout is checked, and after it its weights are checked
+against its config, before any network is built (:mod:`segtool.unet.modelcheck`).
 The config and metadata are JSON text, readable with any tool.
 """
 
@@ -140,13 +142,14 @@ def save_model(
     return path
 
 
-def _torch_load(path: Path, what: str) -> Any:
+def _torch_load(path: Path, what: str, *, mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)``; ``mmap``: tensors map the file, read only when touched."""
     if not path.exists():
         raise ModelError(f"{what} not found: {path}")
     if path.is_dir():
         raise ModelError(f"expected a {what}, got a folder: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001  truncated zip, foreign pickle, unreadable file: all mean "not a model"
         reason = first_line(err)
         if reason.startswith("Weights only load failed"):
@@ -167,7 +170,8 @@ def _read_payload(path: Path) -> dict[str, Any]:
                 "metadata": json.dumps(metadata), "state_dict": state}
     if path.is_file():
         check_torch_archive(path, "model file")  # before torch.load reads anything it declares
-    payload = _torch_load(path, "model file")
+    # mapped, not read: weights that do not fit the config are refused before any of them is in memory
+    payload = _torch_load(path, "model file", mmap=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(
             "not a segtool model file (no 'format': 'segtool-unet' entry); "
