@@ -5,10 +5,12 @@ bytes, pickles with code, path-traversal and decompression-bomb zips,
 config/weights mismatches of every kind, NaN weights, unknown config keys,
 other format versions). Each one goes through ``segtool predict -m``,
 ``segtool model info`` and ``segtool train --init``, each checked on its own,
-inside one subprocess whose data segment is capped at 1 GiB (RLIMIT_DATA:
-RLIMIT_AS would also count the address space that importing torch reserves)
-and whose peak RSS is read back with ``wait4``; the issue's own file and the
-worst few also go through a real ``python -m segtool`` process each.
+inside one subprocess capped at 1 GiB (RLIMIT_DATA, which leaves out address
+space that is only reserved, as some torch builds reserve it in bulk; RLIMIT_AS
+counts it) whose peak RSS is read back with ``wait4``
+(``test_memory_cap_works`` shows the cap stops a 1.5 GiB allocation). The
+issue's own file and the zip bomb also go through a real ``python -m segtool``
+process each; seeded mutants of a good ``.pt`` and package are loaded in-process.
 """
 
 from __future__ import annotations
