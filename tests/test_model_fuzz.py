@@ -314,7 +314,8 @@ def setting(tmp_path_factory):
     for index in range(2):
         labels = np.zeros((48, 48), np.uint16)
         labels[10:20, 10:20], labels[28:40, 25:37] = 1, 2
-        tifffile.imwrite(data / "images" / f"c{index}.tif", ((labels > 0) * 120 + rng.normal(20, 5, labels.shape)).astype(np.uint8))
+        pixels = ((labels > 0) * 120 + rng.normal(20, 5, labels.shape)).astype(np.uint8)
+        tifffile.imwrite(data / "images" / f"c{index}.tif", pixels)
         tifffile.imwrite(data / "masks" / f"c{index}.tif", labels)
     folders = {name: root / name for name in ("work", "tmp", "home", "out")}
     for folder in folders.values():
@@ -345,7 +346,8 @@ def test_memory_cap_works(setting, tmp_path):
 def test_model_corpus_is_refused_in_one_line(setting):
     corpus, expected, folders = setting["corpus"], setting["expected"], setting["folders"]
     code, stdout, stderr, peak = run_capped(
-        ["-c", _DRIVER, str(corpus), str(setting["image"]), str(setting["data"]), str(folders["out"]), *setting["good"]],
+        ["-c", _DRIVER, str(corpus), str(setting["image"]), str(setting["data"]), str(folders["out"]),
+         *setting["good"]],
         folders["work"], setting["env"])
     assert code == 0, stderr[-2000:]
     lines = [json.loads(line) for line in stdout.splitlines()]
@@ -399,7 +401,8 @@ def _mutate(raw: bytes, rng: np.random.Generator) -> bytes:
     if kind == 0:
         for _ in range(int(rng.integers(1, 6))):
             # half of the flips in the last 2 KB: the central directory, where offsets and sizes live
-            pos = int(rng.integers(len(data))) if rng.random() < 0.5 else len(data) - 1 - int(rng.integers(min(2048, len(data))))
+            tail = len(data) - 1 - int(rng.integers(min(2048, len(data))))
+            pos = int(rng.integers(len(data))) if rng.random() < 0.5 else tail
             data[pos] ^= 1 << int(rng.integers(8))
     elif kind == 1:
         data = data[: int(rng.integers(len(data)))]
@@ -414,7 +417,8 @@ def test_mutated_model_files_load_or_fail_cleanly(tmp_path):
     from segtool.errors import ModelError
     from segtool.unet.modelfile import load_model
 
-    sources = {".pt": _torch_bytes(_payload()), ".zip": _package(tmp_path / "good.zip", CONFIG.to_dict(), _state()).read_bytes()}
+    package = _package(tmp_path / "good.zip", CONFIG.to_dict(), _state())
+    sources = {".pt": _torch_bytes(_payload()), ".zip": package.read_bytes()}
     rng = np.random.default_rng(20261207)
     outcomes = {"loaded": 0, "refused": 0}
     for index in range(240):

@@ -110,7 +110,8 @@ def test_model_export_and_the_napari_model_field_refuse_nan_weights(tmp_path):
     out = tmp_path / "nan_ts.pt"
     result = invoke("model", "export", model, "--format", "torchscript", "-o", out)
     assert result.exit_code == 2 and not out.exists()
-    assert result.stderr == f"segtool: error: {model}: model file holds non-finite weights (NaN or infinity) in head.bias; refused\n"
+    assert result.stderr == (f"segtool: error: {model}: model file holds non-finite weights (NaN or infinity) "
+                             "in head.bias; refused\n")
     with pytest.raises(InputError, match=f"^{model}: model file holds non-finite weights"):
         check_model(SegmentOptions(method="U-Net", model=str(model)))
     check_model(SegmentOptions(method="baseline", model=str(model)))  # the baseline does not use it

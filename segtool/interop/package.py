@@ -78,7 +78,8 @@ def read_package(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any
     """
     import torch
 
-    from segtool.unet.modelcheck import MAX_TEXT_BYTES, check_torch_archive, check_zip_names, read_entry, weights_entry_limit
+    from segtool.unet.modelcheck import (MAX_TEXT_BYTES, check_torch_archive, check_zip_names, read_entry,
+                                         weights_entry_limit)
 
     path = Path(path)
     try:

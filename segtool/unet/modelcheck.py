@@ -125,7 +125,8 @@ def weights_entry_limit(config: dict[str, Any]) -> int:
 
     Examples
     --------
-    >>> weights_entry_limit({"depth": 2, "base_channels": 4}) - 2**20 == 8 * check_network_size(UNetConfig(depth=2, base_channels=4))
+    >>> values = check_network_size(UNetConfig(depth=2, base_channels=4))
+    >>> weights_entry_limit({"depth": 2, "base_channels": 4}) == 8 * values + 2**20
     True
     """
     try:
@@ -275,8 +276,9 @@ def check_state_dict(config: UNetConfig, state: Any) -> None:
     >>> try:
     ...     check_state_dict(UNetConfig(depth=3, base_channels=4), UNet(config).state_dict())
     ... except ModelError as err:
-    ...     print(err)
-    model file is inconsistent: config says depth 3, 4 base channels, 1 input channel(s), 3 outputs (three_class), weights hold depth 2, 4 base channels, 1 input channel(s), 3 outputs (three_class)
+    ...     print(*str(err).split(", weights hold "), sep="\\n")
+    model file is inconsistent: config says depth 3, 4 base channels, 1 input channel(s), 3 outputs (three_class)
+    depth 2, 4 base channels, 1 input channel(s), 3 outputs (three_class)
     """
     if not isinstance(state, dict):
         raise ModelError("model file is damaged: its weights are not a state dict")
