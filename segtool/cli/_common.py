@@ -525,8 +525,8 @@ def _print_summary(console: Console, summary: BatchSummary, extra: BatchSummary,
     console.print(f"segtool: {prefix}{', '.join(parts)}", markup=False, highlight=False)
 
 
-def exit_on_error(debug: bool = False, *, where: str | None = None):
-    """Context manager for single-shot commands: a SegtoolError becomes one line and exit 1.
+def exit_on_error(debug: bool = False, *, where: str | None = None, code: int = 1):
+    """Context manager for single-shot commands: a SegtoolError becomes one line and exit ``code`` (1).
 
     ``where`` (the file concerned) is put in front of the message.
 
@@ -534,13 +534,14 @@ def exit_on_error(debug: bool = False, *, where: str | None = None):
     --------
     ``with exit_on_error(debug, where=str(path)): model = load_model(path)``
     """
-    return _ErrorExit(debug, where)
+    return _ErrorExit(debug, where, code)
 
 
 class _ErrorExit:
-    def __init__(self, debug: bool, where: str | None = None):
+    def __init__(self, debug: bool, where: str | None = None, code: int = 1):
         self.debug = debug
         self.where = where
+        self.code = code
 
     def __enter__(self):
         return self
@@ -551,4 +552,4 @@ class _ErrorExit:
         if self.debug:
             traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
         print_error(self.where, first_line(exc))
-        raise typer.Exit(1)
+        raise typer.Exit(self.code)

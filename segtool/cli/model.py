@@ -11,6 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from segtool.batch import EXIT_USAGE
 from segtool.cli._app import app
 from segtool.cli._common import Debug, exit_on_error, print_error
 from segtool.errors import SegtoolError, first_line
@@ -289,7 +290,7 @@ def export(
 
     with exit_on_error(debug):
         model_path = resolve_model(model)[0]
-    with exit_on_error(debug, where=str(model_path)):
+    with exit_on_error(debug, where=str(model_path), code=EXIT_USAGE):  # an unusable model file, as predict -m
         loaded = load_model(model_path, device="cpu")
     with exit_on_error(debug, where=str(sample) if sample else None):
         image, origin = _sample_image(sample, colour=loaded.config.reads_colour)

@@ -258,7 +258,8 @@ def _new_run(ctx: typer.Context, err) -> _Settings:
 
         from segtool.unet.finetune import child_config, load_init
 
-        with exit_on_error(p["debug"], where=p["init"]):
+        # an unusable parent is a usage error, found before any image is read (exit 2, as predict -m)
+        with exit_on_error(p["debug"], where=p["init"], code=EXIT_USAGE):
             parent_model = load_init(p["init"])
         mode = channels.value if channels is not None else parent_model.config.channels
         transform = p["input_transform"]

@@ -15,7 +15,8 @@ import numpy as np
 
 from segtool.errors import InputError
 
-__all__ = ["METHODS", "POLARITIES", "PRECISIONS", "THRESHOLDS", "SegmentOptions", "image_plane", "segment"]
+__all__ = ["METHODS", "POLARITIES", "PRECISIONS", "THRESHOLDS", "SegmentOptions", "check_model", "image_plane",
+           "segment"]
 
 METHODS = ("U-Net", "baseline")
 THRESHOLDS = ("otsu", "li", "triangle", "yen")
@@ -172,3 +173,30 @@ def segment(image: np.ndarray, options: SegmentOptions = SegmentOptions(), *,
 def _grey(image: np.ndarray) -> np.ndarray:
     """A (3, Y, X) colour image averaged to (Y, X) float32; a 2-D image as it is."""
     return image.mean(axis=0, dtype=np.float32) if image.ndim == 3 else image
+
+
+def check_model(options: SegmentOptions) -> None:
+    """Refuse the model file a U-Net run would use, with the checks of ``segtool predict -m``, before it runs.
+
+    Nothing to check for the baseline; a shipped model's name is checked as its file.
+
+    Raises
+    ------
+    InputError
+        Naming the file and the problem (missing, damaged, forged, or weights
+        inconsistent with its config).
+    """
+    if options.method != "U-Net" or options.model is None:
+        return
+    from segtool.errors import ModelError, first_line
+    from segtool.unet.modelfile import check_model_file
+    from segtool.unet.shipped import resolve_model
+
+    try:
+        path = resolve_model(options.model)[0]
+    except ModelError as err:
+        raise InputError(str(err).splitlines()[0]) from None
+    try:
+        check_model_file(path)
+    except ModelError as err:
+        raise InputError(f"{options.model}: {first_line(err)}") from None

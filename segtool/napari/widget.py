@@ -14,7 +14,16 @@ from pathlib import Path
 import numpy as np
 
 from segtool.errors import InputError
-from segtool.napari.segment import METHODS, POLARITIES, PRECISIONS, THRESHOLDS, SegmentOptions, image_plane, segment
+from segtool.napari.segment import (
+    METHODS,
+    POLARITIES,
+    PRECISIONS,
+    THRESHOLDS,
+    SegmentOptions,
+    check_model,
+    image_plane,
+    segment,
+)
 from segtool.unet.shipped import DEFAULT_MODEL, SHIPPED_MODELS
 
 __all__ = ["MODEL_FILE", "SegmentWidget", "model_choices", "wrappable"]
@@ -222,6 +231,7 @@ class SegmentWidget(_qt_widget_base()):  # type: ignore[misc]
             image = image_plane(layer.data, rgb=bool(getattr(layer, "rgb", False)), keep_colour=True,
                                 current_step=current)
             options = self.options()
+            check_model(options)  # an unusable model file is refused here, before a worker starts
         except InputError as err:
             self.status.value = f"error: {err}"
             return None
