@@ -281,6 +281,9 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path):
     last = tmp_path / "m.ckpt" / "last.pt"
     assert last.exists() and not model.exists()
     assert f"checkpoint written to {last}" in err and f"--resume {last}" in err
+    # the printed command leaves out what the checkpoint fixes and a resumed run would ignore (issue #38)
+    again = err.split("continue with:\n", 1)[1].splitlines()[0]
+    assert "--resume" in again and "--epochs" not in again and "--patches-per-epoch" not in again, again
     assert out == ""
     # continue (same data; the checkpoint fixes every setting, so no need to repeat them)
     result = invoke("train", data, "-o", model, "--resume", last, "--device", "cpu", "--threads", "1", "--quiet")
