@@ -197,6 +197,24 @@ def as_run(block: Block) -> str:
     return "set -eo pipefail\n" + text + "\n"
 
 
+def run_block(block: Block, root: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    """Run one block with bash in ``root``; its exit status and output."""
+    return subprocess.run(["bash", "-c", as_run(block)], cwd=root, env=env, capture_output=True, text=True,
+                          timeout=BLOCK_TIMEOUT_S, stdin=subprocess.DEVNULL)
+
+
+def test_a_block_that_drifted_from_the_tool_fails(tmp_path):
+    """What the README check relies on: a wrong option, or a failing stage of a pipeline, fails the block."""
+    (tmp_path / "bin").mkdir()
+    _shim(tmp_path / "bin" / "segtool", "import runpy\nrunpy.run_module('segtool', run_name='__main__', alter_sys=True)\n")
+    env = {**os.environ, "PATH": f"{tmp_path / 'bin'}{os.pathsep}{os.environ['PATH']}", "PYTHONPATH": str(ROOT)}
+    drifted = Block(1, "bash", "segtool baseline --no-such-option sample.tif\necho not reached", None)
+    assert run_block(drifted, tmp_path, env).returncode == 2
+    piped = Block(1, "bash", "segtool baseline missing.tif | cat", None)
+    assert run_block(piped, tmp_path, env).returncode == 1
+    assert run_block(Block(1, "bash", "segtool --help | cat", None), tmp_path, env).returncode == 0
+
+
 def test_the_readme_parser_finds_blocks_and_markers():
     text = "\n".join([
         "```bash", "echo one", "```", "",
@@ -231,8 +249,7 @@ def test_readme_example_runs(block, scratch):
     if block.skip_reason is not None:
         pytest.skip(f"README.md:{block.line}: marked readme-test: skip ({block.skip_reason})")
     root, env = scratch
-    done = subprocess.run(["bash", "-c", as_run(block)], cwd=root, env=env, capture_output=True, text=True,
-                          timeout=BLOCK_TIMEOUT_S, stdin=subprocess.DEVNULL)
+    done = run_block(block, root, env)
     report = f"README.md:{block.line} failed (exit {done.returncode}):\n{block.text}\n--- stderr ---\n{done.stderr[-3000:]}"
     assert done.returncode == 0, report
     assert "Traceback" not in done.stderr, report
