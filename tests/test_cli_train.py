@@ -161,7 +161,7 @@ def test_memory_guard_refuses_a_file_before_decoding_it(tmp_path):
 def test_usage_errors(tmp_path):
     data = write_set(tmp_path / "data", 2)
     result = invoke("train", data / "images", "-o", tmp_path / "m.pt", *TINY)
-    assert result.exit_code == 1 and "give IMAGES and MASKS" in result.stderr
+    assert result.exit_code == 2 and "give IMAGES and MASKS" in result.stderr  # a bad command line (conventions)
     result = invoke("train", data, "-o", tmp_path / "m.pt", "--patch-size", "30", "--depth", "2")
     assert result.exit_code == 1 and "multiple of 2**depth" in result.stderr
     result = invoke("train", data, "-o", tmp_path / "m.pt", "--target", "blobs")
