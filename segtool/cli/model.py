@@ -290,6 +290,8 @@ def export(
 
     segtool's seeds and watershed are not part of it: `segtool predict -m package.zip` applies them.
 
+    A model with an input transform (nuclei-he) carries it inside: its export reads the raw image (R, G, B).
+
     TorchScript and ONNX are checked against PyTorch (max difference <= 1e-4) before they are written.
     """
     from segtool.unet.modelfile import load_model
