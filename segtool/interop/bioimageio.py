@@ -299,13 +299,13 @@ def _rdf(model, name: str, options: PackageOptions, files: dict[str, bytes], tes
          white_level: float = 255.0) -> dict:
     import torch
 
+    from segtool.interop.netexport import transform_kwargs
+
     config, meta = model.config, model.metadata or {}
     card = meta.get("card") or {}
     multiple = config.size_multiple
     version = torch.__version__.split("+")[0]
     sha = {name_: _sha256(data) for name_, data in files.items()}
-    from segtool.interop.netexport import transform_kwargs
-
     input_channels = ["raw"] if config.in_channels == 1 else [f"raw{i}" for i in range(config.in_channels)]
     preprocessing = [{"id": "scale_range", "kwargs": {"axes": ["y", "x"], "min_percentile": float(config.norm_low),
                                                      "max_percentile": float(config.norm_high)}}]
@@ -334,7 +334,8 @@ def _rdf(model, name: str, options: PackageOptions, files: dict[str, bytes], tes
         "attachments": [{"source": PACKAGE_JSON, "sha256": sha[PACKAGE_JSON]}],
         "inputs": [{
             "id": "raw",
-            "description": "image, any intensity range (normalised by the preprocessing)",
+            "description": ("image, any intensity range (normalised by the preprocessing)" if config.input == "intensity"
+                            else f"raw image (input transform {config.input} and normalisation inside the network)"),
             "axes": [
                 {"type": "batch"},
                 {"type": "channel", "channel_names": input_channels},
