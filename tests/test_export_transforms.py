@@ -123,5 +123,8 @@ def test_exported_nuclei_he_gives_predicts_maps(he_reference, fmt):
         assert summary.status == "passed", summary
         sample = core.predict(model=str(out), inputs=batch)
         got = np.asarray(next(iter(sample.members.values())).data)
+        from segtool.unet.modelfile import load_model
+
+        assert load_model(out).config.input == "hematoxylin"  # segtool predict -m package.zip reads it back
     assert got.shape == (1,) + expected.shape
     np.testing.assert_allclose(got[0], expected, atol=1e-3)
