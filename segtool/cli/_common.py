@@ -356,7 +356,8 @@ def run_files(
         # Library warnings and log records stay off stderr (shown with --debug).
         stack.enter_context(quiet_libraries(batch.debug))
         client = None
-        if cluster_spec is not None and expanded.files:
+        # inputs are checked first: no waiting on a scheduler when none of them exists (each fails in one line)
+        if cluster_spec is not None and any(Path(f).exists() for f in expanded.files):
             client = _connect(stack, cluster_spec, quiet=quiet)
         progress = _progress_bar(err_console, quiet=quiet)
         emit = _Reporter(progress, manifest=_open_manifest(stack, manifest), json_out=json_out,
@@ -451,6 +452,9 @@ class _Reporter:
             self.manifest.flush()
         if result.status == "failed":
             self.progress.console.print(error_line(result.input, result.error or "failed"), markup=False, highlight=False)
+        if result.figures.get("hint"):  # a result that looks wrong (e.g. baseline's contrast_hint)
+            self.progress.console.print(f"segtool: note: {result.input}: {result.figures['hint']}", markup=False,
+                                        highlight=False, soft_wrap=True)
         if self.json_out:
             print(json.dumps(record), flush=True)
         elif self.table_mode:

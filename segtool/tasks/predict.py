@@ -239,6 +239,8 @@ class PredictTask:
         )
         figures["predict_seconds"] = figures.pop("seconds")
         figures["model"] = self.model_name or str(self.model_path)
+        # the same keys as in memory; the empty-image rule needs the whole image at once, so bands never apply it
+        figures.setdefault("empty_reason", None)
         return figures
 
 
