@@ -39,6 +39,7 @@ from segtool.objectsize import estimate_diameter, size_defaults
 from segtool.thresholds import THRESHOLD_METHODS
 
 __all__ = [
+    "contrast_hint",
     "POLARITIES",
     "THRESHOLD_METHODS",
     "BackgroundFit",
@@ -305,6 +306,43 @@ def segment_baseline(
         min_size=min_size,
     )
 
+
+
+def contrast_hint(labels: np.ndarray, polarity: str) -> str | None:
+    """A one-line hint when the labels look like the background was taken for an object.
+
+    Stained tissue or brightfield (dark nuclei on a bright background) read
+    with ``polarity="bright"`` gives one "object" covering most of the image.
+    When one object covers over half of it, the hint names the ways out.
+
+    Parameters
+    ----------
+    labels : (H, W) or (Z, H, W) ndarray of int
+    polarity : str
+        The polarity used (``"bright"`` or ``"dark"``).
+
+    Returns
+    -------
+    hint : str or None
+
+    Examples
+    --------
+    >>> labels = np.ones((4, 4), np.uint16); labels[0] = 0
+    >>> contrast_hint(labels, "bright").split(";")[0]
+    'one object covers 75 % of the image'
+    >>> contrast_hint(np.eye(4, dtype=np.uint16), "bright") is None
+    True
+    """
+    if labels.size == 0 or not labels.any():
+        return None
+    largest = int(np.bincount(labels.ravel())[1:].max())
+    if largest * 2 <= labels.size:
+        return None
+    share = round(100 * largest / labels.size)
+    other = "dark" if polarity == "bright" else "bright"
+    tissue = " (stained tissue, brightfield)" if polarity == "bright" else ""
+    return (f"one object covers {share} % of the image; if the objects are {other} on a {polarity} background{tissue}, "
+            "try --polarity auto, or for H&E `segtool predict -m nuclei-he`")
 
 
 def empty_image_reason(image: np.ndarray, *, degree: int = 2) -> str | None:

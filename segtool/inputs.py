@@ -128,7 +128,10 @@ def _expand_one(spec, recursive, kind, add, found, *, allow_glob):
         matches = _folder_images(path, recursive, kind)
         if not matches:
             endings = ", ".join((*IMAGE_SUFFIXES, ".zarr") if kind == "image" else IMAGE_SUFFIXES)
-            found.problems.append((spec, f"folder has no image files ({endings})"))
+            # the folders below may hold the images (a screen in plate folders): point at --recursive
+            below = [] if recursive else _folder_images(path, True, kind)
+            hint = (f"; its sub-folders hold {len(below)} (add --recursive)" if below else "")
+            found.problems.append((spec, f"folder has no image files ({endings}){hint}"))
         for match in matches:
             add(match)
     elif allow_glob and glob.has_magic(spec) and not path.exists():

@@ -161,7 +161,7 @@ def test_memory_guard_refuses_a_file_before_decoding_it(tmp_path):
 def test_usage_errors(tmp_path):
     data = write_set(tmp_path / "data", 2)
     result = invoke("train", data / "images", "-o", tmp_path / "m.pt", *TINY)
-    assert result.exit_code == 1 and "give IMAGES and MASKS" in result.stderr
+    assert result.exit_code == 2 and "give IMAGES and MASKS" in result.stderr  # a bad command line (conventions)
     result = invoke("train", data, "-o", tmp_path / "m.pt", "--patch-size", "30", "--depth", "2")
     assert result.exit_code == 1 and "multiple of 2**depth" in result.stderr
     result = invoke("train", data, "-o", tmp_path / "m.pt", "--target", "blobs")
@@ -281,6 +281,9 @@ def test_ctrl_c_writes_a_checkpoint_and_resume_finishes(tmp_path):
     last = tmp_path / "m.ckpt" / "last.pt"
     assert last.exists() and not model.exists()
     assert f"checkpoint written to {last}" in err and f"--resume {last}" in err
+    # the printed command leaves out what the checkpoint fixes and a resumed run would ignore (issue #38)
+    again = err.split("continue with:\n", 1)[1].splitlines()[0]
+    assert "--resume" in again and "--epochs" not in again and "--patches-per-epoch" not in again, again
     assert out == ""
     # continue (same data; the checkpoint fixes every setting, so no need to repeat them)
     result = invoke("train", data, "-o", model, "--resume", last, "--device", "cpu", "--threads", "1", "--quiet")

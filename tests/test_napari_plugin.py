@@ -21,7 +21,7 @@ import segtool  # noqa: E402
 from segtool.errors import InputError  # noqa: E402
 from segtool.io import read_labels, write_float, write_labels  # noqa: E402
 from segtool.napari.reader import get_reader, prob_channel_names  # noqa: E402
-from segtool.napari.segment import SegmentOptions, image_plane, segment  # noqa: E402
+from segtool.napari.segment import PRECISIONS, SegmentOptions, image_plane, segment  # noqa: E402
 from segtool.napari.writer import write_labels as napari_write_labels  # noqa: E402
 
 MANIFEST = Path(segtool.__file__).parent / "napari" / "napari.yaml"
@@ -208,6 +208,41 @@ def test_segment_options_refuse_unknown_values():
         SegmentOptions(method="magic")
     with pytest.raises(InputError, match="threshold"):
         SegmentOptions(threshold="median")
+    with pytest.raises(InputError, match="precision"):
+        SegmentOptions(precision="fp16")
+
+
+def test_widget_precisions_are_the_clis():
+    from segtool.unet.precision import PRECISIONS as CLI_PRECISIONS
+
+    assert PRECISIONS == CLI_PRECISIONS
+
+
+@pytest.mark.parametrize(("options", "expected"), [
+    (SegmentOptions(), ("nuclei.pt", "auto")),  # segtool predict's defaults: -m nuclei, --precision auto
+    (SegmentOptions(model="nuclei-he", precision="fp32"), ("nuclei_he.pt", "fp32")),  # a shipped name, as -m takes
+])
+def test_segment_loads_the_model_and_precision_as_segtool_predict_does(monkeypatch, options, expected):
+    import segtool.unet.predict as unet_predict
+
+    loaded = {}
+    real_load = unet_predict.load_for_inference_cached
+
+    def spy_load(path, **kwargs):
+        loaded.update(name=Path(path).name, **kwargs)
+        return real_load(path, **kwargs)
+
+    monkeypatch.setattr(unet_predict, "load_for_inference_cached", spy_load)
+    segment(_image(_disks()), options)
+    assert (loaded["name"], loaded["precision"]) == expected
+    assert loaded["device"] == "auto"
+
+
+def test_segment_names_a_missing_model_file(tmp_path):
+    from segtool.errors import ModelError
+
+    with pytest.raises(ModelError, match="model file not found.*shipped models: nuclei, nuclei-he"):
+        segment(_image(_disks()), SegmentOptions(model=str(tmp_path / "gone.pt")))
 
 
 def test_image_plane_picks_the_displayed_plane_of_a_stack():
@@ -231,16 +266,26 @@ def _wait(condition, timeout=60.0):
         time.sleep(0.02)
 
 
+_QT_APPS = []  # the one QApplication, referenced for the whole session: PyQt6 deletes it with its last reference
+
+
+def _qt_app():
+    pytest.importorskip("napari")
+    from qtpy.QtWidgets import QApplication
+
+    app = QApplication.instance() or QApplication([])
+    _QT_APPS[:] = [app]
+    assert app.platformName() == os.environ["QT_QPA_PLATFORM"]
+    return app
+
+
 def test_viewer_opens_results_and_segments_in_a_worker(tmp_path):
     """A headless napari viewer (ViewerModel: the viewer without its OpenGL canvas) and the Qt widget, offscreen."""
-    pytest.importorskip("napari")
+    _qt_app()
     from napari.components import ViewerModel
-    from qtpy.QtWidgets import QApplication
 
     from segtool.napari.widget import SegmentWidget
 
-    app = QApplication.instance() or QApplication([])
-    assert app.platformName() == os.environ["QT_QPA_PLATFORM"]
     labels = _disks()
     saved = write_labels(tmp_path / "cells_labels.tif", labels, pixel_size=(0.5, 0.5), unit="micron")
     import npe2
@@ -255,7 +300,7 @@ def test_viewer_opens_results_and_segments_in_a_worker(tmp_path):
         assert [layer.name for layer in widget.image_layer.choices] == ["cells"]  # image layers only
         widget.image_layer.value = viewer.layers["cells"]
         widget.method.value = "baseline"
-        assert widget.options().model is None  # an empty model field means the shipped model
+        assert widget.options().model is None  # the baseline runs without a model
         assert widget.model.native.isHidden() and not widget.threshold.native.isHidden()
         widget.min_size.value = 10
         worker = widget.run()
@@ -275,5 +320,145 @@ def test_viewer_opens_results_and_segments_in_a_worker(tmp_path):
         _wait(lambda: widget.run_button.enabled and widget.status.value.startswith("error"))
         assert "not a readable segtool model file" in widget.status.value
         assert len(viewer.layers) == 3
+    finally:
+        widget.close()
+
+
+def test_labels_tiff_opens_as_labels_with_the_reader_preference_the_readme_gives(tmp_path, monkeypatch):
+    """napari asks which reader to use (segtool's or its own), unless a preference for the pattern names one."""
+    _qt_app()
+    import napari.plugins.utils
+    import npe2
+    from napari.components import ViewerModel
+    from napari.errors import MultipleReaderError
+    from napari.settings import NapariSettings
+
+    npe2.PluginManager.instance().discover()
+    saved = write_labels(tmp_path / "cells_labels.tif", _disks())
+    viewer = ViewerModel()
+    # no preference: both readers accept the file, so napari asks (drag and drop: the "Choose reader" dialog)
+    with pytest.raises(MultipleReaderError) as asked:
+        viewer.open(str(saved), plugin=None)
+    assert {"napari", "segtool"} <= set(asked.value.available_plugins)
+    # the README's one-time choice, Preferences > Plugins: pattern *_labels.tif, reader segtool (offered for it)
+    offered = {r.plugin_name for r in npe2.PluginManager.instance().iter_compatible_readers(["*_labels.tif"])}
+    assert "segtool" in offered
+    settings = NapariSettings(config_path=None, plugins={"extension2reader": {"*_labels.tif": "segtool"}})
+    monkeypatch.setattr(napari.plugins.utils, "get_settings", lambda: settings)  # not the user's settings file
+    [opened] = viewer.open(str(saved), plugin=None)  # what drag and drop calls
+    assert opened.__class__.__name__ == "Labels" and opened.name == "cells labels"
+    other = write_labels(tmp_path / "cells.tif", _disks())
+    [plain] = viewer.open(str(other), plugin=None)  # other TIFFs still go to napari's own reader
+    assert plain.__class__.__name__ == "Image"
+
+
+def _widget(viewer):
+    from segtool.napari.widget import SegmentWidget
+
+    return SegmentWidget(viewer)
+
+
+def test_widget_model_field_says_which_model_runs_and_offers_the_shipped_ones(tmp_path):
+    _qt_app()
+    from napari.components import ViewerModel
+
+    widget = _widget(ViewerModel())
+    try:
+        menu = widget.model_choice.native
+        assert [menu.itemText(i) for i in range(menu.count())] == [
+            "nuclei (shipped, default)", "nuclei-he (shipped)", "model file..."]
+        assert menu.currentText() == "nuclei (shipped, default)"
+        assert widget.model_info.value == "runs nuclei: fluorescence nuclei (bright on dark), grey input"
+        assert widget.model.native.isHidden()  # no file field while a shipped model is chosen
+        widget.model_choice.value = "nuclei-he"
+        assert widget.model_info.value.startswith("runs nuclei-he: nuclei in H&E")
+        assert widget.options().model == "nuclei-he"
+        widget.model_choice.value = "file"
+        assert not widget.model.native.isHidden()
+        assert widget.model.line_edit.value == ""  # empty, not the working folder
+        assert widget.model_info.value.startswith("choose a model file")
+        with pytest.raises(InputError, match="no model file chosen"):
+            widget.options()
+        widget.method.value = "baseline"
+        assert widget.options().model is None  # the baseline runs without one
+        widget.method.value = "U-Net"
+        widget.model_choice.value = "nuclei"
+        widget.model.value = tmp_path / "mine.pt"  # setting a file chooses it
+        assert widget.model_choice.value == "file" and widget.model_info.value == "runs mine.pt"
+        assert widget.options().model == str(tmp_path / "mine.pt")
+    finally:
+        widget.close()
+
+
+def _settle(app, rounds=10):
+    """Let Qt lay out a window just shown or changed (it takes a few event-loop rounds)."""
+    for _ in range(rounds):
+        app.processEvents()
+        time.sleep(0.02)
+
+
+def test_widget_long_error_wraps_instead_of_widening_the_panel(tmp_path):
+    """The widget docked beside a canvas in a shown window, as napari docks it: a long error keeps the dock's width."""
+    app = _qt_app()
+    from napari.components import ViewerModel
+    from qtpy.QtCore import QRect, Qt
+    from qtpy.QtWidgets import QDockWidget, QLabel, QMainWindow
+
+    viewer = ViewerModel()
+    viewer.add_image(_image(_disks()), name="cells")
+    widget = _widget(viewer)
+    window = QMainWindow()
+    window.setCentralWidget(QLabel("canvas"))
+    window.resize(1200, 1100)  # tall enough for every line, so the check is on width
+    dock = QDockWidget("Segment with segtool")
+    dock.setWidget(widget)
+    window.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, dock)
+    try:
+        widget.image_layer.value = viewer.layers["cells"]
+        missing = tmp_path / "folder" / ("a_long_file_name_" * 12 + "model.pt")  # no space, no "/" to break at
+        widget.model.value = missing
+        window.show()
+        _settle(app)
+        width = dock.width()
+        widget.run()
+        _wait(lambda: widget.run_button.enabled and widget.status.value.startswith("error"))
+        _settle(app)
+        assert widget.status.value.startswith(f"error: model file not found: {missing}")  # the message as given
+        label = widget.status.native
+        assert label.wordWrap()
+        assert dock.width() == width  # unwrapped, or wrapped but sized by its text, it widened the dock to ~2000 px
+        needed = label.heightForWidth(label.width())
+        assert needed >= 3 * label.fontMetrics().lineSpacing()  # on several lines instead
+        assert label.height() >= needed  # all of them shown
+        lines = label.fontMetrics().boundingRect(QRect(0, 0, label.width(), 10**6), Qt.TextFlag.TextWordWrap,
+                                                 label.text())
+        assert lines.width() <= label.width()  # and none wider than the label (clipped)
+    finally:
+        window.close()
+
+
+@pytest.mark.slow
+def test_widget_labels_equal_segtool_predict_on_the_sample_images(tmp_path, sample_images):
+    import tifffile
+    from napari.components import ViewerModel
+
+    from helpers import invoke
+
+    _qt_app()
+    result = invoke("predict", *sample_images, "-o", tmp_path)  # the CLI's defaults: nuclei, --precision auto
+    assert result.exit_code == 0, result.output
+    viewer = ViewerModel()
+    widget = _widget(viewer)
+    try:
+        assert widget.precision.value == "auto"
+        for path in sample_images:
+            layer = viewer.add_image(tifffile.imread(path), name=path.stem)  # as napari's own reader opens it
+            widget.image_layer.value = layer
+            widget.run()
+            _wait(lambda: f"{path.stem} labels" in viewer.layers and widget.run_button.enabled)
+            expected = read_labels(tmp_path / f"{path.stem}_labels.tif").data
+            found = viewer.layers[f"{path.stem} labels"].data
+            assert expected.max() > 0
+            np.testing.assert_array_equal(found, expected, err_msg=path.name)
     finally:
         widget.close()

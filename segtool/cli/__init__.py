@@ -13,7 +13,7 @@ from segtool.batch import EXIT_TERMINATED
 from segtool.cli._app import app
 
 # Importing the command modules registers their commands on ``app``; the order here is the order in --help.
-from segtool.cli import baseline, predict, train, export, evaluate, model  # noqa: E402,F401  isort:skip
+from segtool.cli import baseline, predict, train, export, evaluate, report, model  # noqa: E402,F401  isort:skip
 
 __all__ = ["app", "main"]
 

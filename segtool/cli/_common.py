@@ -356,7 +356,8 @@ def run_files(
         # Library warnings and log records stay off stderr (shown with --debug).
         stack.enter_context(quiet_libraries(batch.debug))
         client = None
-        if cluster_spec is not None and expanded.files:
+        # inputs are checked first: no waiting on a scheduler when none of them exists (each fails in one line)
+        if cluster_spec is not None and any(Path(f).exists() for f in expanded.files):
             client = _connect(stack, cluster_spec, quiet=quiet)
         progress = _progress_bar(err_console, quiet=quiet)
         emit = _Reporter(progress, manifest=_open_manifest(stack, manifest), json_out=json_out,
@@ -451,6 +452,9 @@ class _Reporter:
             self.manifest.flush()
         if result.status == "failed":
             self.progress.console.print(error_line(result.input, result.error or "failed"), markup=False, highlight=False)
+        if result.figures.get("hint"):  # a result that looks wrong (e.g. baseline's contrast_hint)
+            self.progress.console.print(f"segtool: note: {result.input}: {result.figures['hint']}", markup=False,
+                                        highlight=False, soft_wrap=True)
         if self.json_out:
             print(json.dumps(record), flush=True)
         elif self.table_mode:
@@ -525,8 +529,8 @@ def _print_summary(console: Console, summary: BatchSummary, extra: BatchSummary,
     console.print(f"segtool: {prefix}{', '.join(parts)}", markup=False, highlight=False)
 
 
-def exit_on_error(debug: bool = False, *, where: str | None = None):
-    """Context manager for single-shot commands: a SegtoolError becomes one line and exit 1.
+def exit_on_error(debug: bool = False, *, where: str | None = None, code: int = 1):
+    """Context manager for single-shot commands: a SegtoolError becomes one line and exit ``code`` (1).
 
     ``where`` (the file concerned) is put in front of the message.
 
@@ -534,13 +538,14 @@ def exit_on_error(debug: bool = False, *, where: str | None = None):
     --------
     ``with exit_on_error(debug, where=str(path)): model = load_model(path)``
     """
-    return _ErrorExit(debug, where)
+    return _ErrorExit(debug, where, code)
 
 
 class _ErrorExit:
-    def __init__(self, debug: bool, where: str | None = None):
+    def __init__(self, debug: bool, where: str | None = None, code: int = 1):
         self.debug = debug
         self.where = where
+        self.code = code
 
     def __enter__(self):
         return self
@@ -551,4 +556,4 @@ class _ErrorExit:
         if self.debug:
             traceback.print_exception(exc_type, exc, tb, file=sys.stderr)
         print_error(self.where, first_line(exc))
-        raise typer.Exit(1)
+        raise typer.Exit(self.code)

@@ -11,6 +11,7 @@ from typing import Annotated, Any, Optional
 
 import typer
 
+from segtool.batch import EXIT_USAGE
 from segtool.cli._app import app
 from segtool.cli._common import Debug, exit_on_error, print_error
 from segtool.errors import SegtoolError, first_line
@@ -234,10 +235,11 @@ class ExportFormat(str, Enum):
 _SUFFIXES = {"bioimageio": ".zip", "torchscript": ".pt", "onnx": ".onnx"}
 
 
-def _sample_image(sample: Path | None, *, colour: bool = False) -> tuple[Any, str]:
+def _sample_image(sample: Path | None, *, colour: bool = False, stained: bool = False) -> tuple[Any, str]:
     """The raw image the package's test tensors and cover come from, and where it came from.
 
     ``colour``: for a ``--channels rgb`` model, (3, Y, X) as predict reads it (the synthetic image repeated).
+    ``stained``: for a ``hematoxylin`` model, the synthetic nuclei as 8-bit RGB of hematoxylin on light eosin.
     """
     if sample is not None:
         from segtool.io import read_image
@@ -248,6 +250,13 @@ def _sample_image(sample: Path | None, *, colour: bool = False) -> tuple[Any, st
     from segtool.synthetic import make_nuclei_image
 
     image, _ = make_nuclei_image((256, 256), seed=0)
+    if stained:
+        from segtool.unet.intake import STAIN_RGB
+
+        amount = (image - image.min()) / max(float(np.ptp(image)), 1e-6)
+        density = amount[np.newaxis] * STAIN_RGB[0][:, None, None] + 0.15 * STAIN_RGB[1][:, None, None]
+        rgb = np.clip(np.round(255 * 10.0 ** -density), 0, 255).astype(np.uint8)
+        return rgb, "a synthetic stained nuclei image (segtool.synthetic, seed 0, 8-bit RGB)"
     if colour:
         image = np.repeat(image[np.newaxis], 3, axis=0)
     return image, "a synthetic nuclei image (segtool.synthetic, seed 0)"
@@ -282,6 +291,8 @@ def export(
 
     segtool's seeds and watershed are not part of it: `segtool predict -m package.zip` applies them.
 
+    A model with an input transform (nuclei-he) carries it inside: its export reads the raw image (R, G, B).
+
     TorchScript and ONNX are checked against PyTorch (max difference <= 1e-4) before they are written.
     """
     from segtool.unet.modelfile import load_model
@@ -289,10 +300,11 @@ def export(
 
     with exit_on_error(debug):
         model_path = resolve_model(model)[0]
-    with exit_on_error(debug, where=str(model_path)):
+    with exit_on_error(debug, where=str(model_path), code=EXIT_USAGE):  # an unusable model file, as predict -m
         loaded = load_model(model_path, device="cpu")
     with exit_on_error(debug, where=str(sample) if sample else None):
-        image, origin = _sample_image(sample, colour=loaded.config.reads_colour)
+        image, origin = _sample_image(sample, colour=loaded.config.reads_colour,
+                                      stained=loaded.config.input == "hematoxylin")
     suffix = _SUFFIXES[fmt.value]
     if output.suffix.lower() != suffix:
         print(f"segtool: note: {fmt.value} files usually end in {suffix}", file=sys.stderr)
@@ -306,14 +318,21 @@ def export(
             print(f"segtool: bioimage.io package validated; test tensors and cover from {origin}", file=sys.stderr)
         else:
             from segtool.interop.bioimageio import prepare_test_image, scale_range
-            from segtool.interop.netexport import export_checked
+            from segtool.interop.netexport import export_checked, export_white_level
 
             config = loaded.config
-            batch = scale_range(prepare_test_image(image, config), config.norm_low, config.norm_high)
-            check = export_checked(loaded, output, fmt.value, batch, overwrite=overwrite)
+            white = export_white_level(image) if config.input == "hematoxylin" else 255.0
+            batch = prepare_test_image(image, config)
+            if config.input == "intensity":
+                batch = scale_range(batch, config.norm_low, config.norm_high)
+                reads = "input normalised"
+            else:  # the transform and the normalisation are inside the exported network
+                reads = (f"input raw R, G, B with white {white:g}" if config.input == "hematoxylin" else "input raw")
+                reads += f", {config.input} and normalisation inside"
+            check = export_checked(loaded, output, fmt.value, batch, overwrite=overwrite, white_level=white)
             shapes = " and ".join("x".join(map(str, s)) for s in check.shapes)
             print(f"segtool: {fmt.value} matches PyTorch to {check.max_abs_diff:.1e} (max abs difference on {shapes}; "
-                  f"input normalised, sizes multiples of {config.size_multiple})", file=sys.stderr)
+                  f"{reads}, sizes multiples of {config.size_multiple})", file=sys.stderr)
     except SegtoolError as err:
         if debug:
             traceback.print_exc()

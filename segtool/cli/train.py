@@ -258,7 +258,8 @@ def _new_run(ctx: typer.Context, err) -> _Settings:
 
         from segtool.unet.finetune import child_config, load_init
 
-        with exit_on_error(p["debug"], where=p["init"]):
+        # an unusable parent is a usage error, found before any image is read (exit 2, as predict -m)
+        with exit_on_error(p["debug"], where=p["init"], code=EXIT_USAGE):
             parent_model = load_init(p["init"])
         mode = channels.value if channels is not None else parent_model.config.channels
         transform = p["input_transform"]
@@ -340,7 +341,7 @@ def _set_threads(threads: int | None, run: _Settings) -> None:
 
 def _read_data(ctx: typer.Context, run: _Settings):
     """The training and validation arrays (:class:`segtool.unet.trainset.TrainingData`); exit on bad files."""
-    from segtool.unet.trainset import BadPairs, load_training_data
+    from segtool.unet.trainset import BadPairs, check_data_arguments, load_training_data
 
     p = ctx.params
     options = run.options
@@ -357,6 +358,9 @@ def _read_data(ctx: typer.Context, run: _Settings):
             run.split_seed = int(extra.get("val_seed", options.seed))
     try:
         memory_limit = parse_memory_limit(p["max_memory"])
+        for specs in (p["data"], p["val"]):
+            if specs:
+                check_data_arguments(list(specs))
     except SegtoolError as error:
         fail(first_line(error), code=EXIT_USAGE)
     with exit_on_error(p["debug"]):
@@ -503,19 +507,23 @@ def _save_and_report(result, run: _Settings, training, files: dict[str, Path], e
 
 
 def _resume_command(data: Sequence[str], output: Path, checkpoint: Path, from_argv: bool) -> str:
-    """The command line that continues an interrupted run: the original one plus ``--resume``."""
+    """The command line that continues an interrupted run: the original one plus ``--resume``.
+
+    ``--epochs`` and ``--patches-per-epoch`` are left out: the checkpoint holds the run's schedule, which a
+    resumed run keeps, so repeating them would only suggest they could change it.
+    """
     if from_argv:
-        args = list(sys.argv[1:])
+        dropped = ("--resume", "--epochs", "--patches-per-epoch")
         kept = []
         skip = False
-        for arg in args:
+        for arg in sys.argv[1:]:
             if skip:
                 skip = False
                 continue
-            if arg == "--resume":
+            if arg in dropped:
                 skip = True
                 continue
-            if arg.startswith("--resume="):
+            if arg.startswith(tuple(f"{name}=" for name in dropped)):
                 continue
             kept.append(arg)
         return shlex.join(["segtool", *kept, "--resume", str(checkpoint)])

@@ -104,7 +104,7 @@ DataOpt = Annotated[
     list[str],
     typer.Argument(
         help="IMAGES MASKS (folders or glob patterns; masks pair with images by file name, "
-        "optionally ending in _mask, _masks, _labels, _cp_masks), or one folder holding images/ and masks/.",
+        "optionally ending in _mask, _masks, _labels, _cp_masks, _seg), or one folder holding images/ and masks/.",
         show_default=False,
         metavar="IMAGES MASKS | FOLDER",
     ),

@@ -14,7 +14,10 @@ The package is a zip holding ``rdf.yaml`` and the files it names:
 
 The network inside outputs class probabilities (softmax) and the distance map
 (sigmoid); normalisation is declared as ``scale_range`` preprocessing with the
-model's own percentiles. segtool's instance post-processing (seeds, watershed)
+model's own percentiles. A model with an input transform (``inverted``,
+``hematoxylin``) has the transform and the normalisation after it inside the
+network, which then reads the raw image (R, G, B for ``hematoxylin``) with no
+preprocessing declared. segtool's instance post-processing (seeds, watershed)
 has no bioimage.io equivalent: consumers get the maps, and the documentation
 says how segtool turns them into labels.
 """
@@ -105,10 +108,13 @@ def channel_names(target: str) -> list[str]:
         raise ModelError(f"cannot name the outputs of target {target!r}") from None
 
 
-def prepare_test_image(image: np.ndarray, config, *, max_size: int = 256) -> np.ndarray:
+def prepare_test_image(image: np.ndarray, config, *, max_size: int = 256, keep_dtype: bool = False) -> np.ndarray:
     """Crop a (H, W) or (C, H, W) image to the network's size multiple (at most ``max_size``), as (1, C, h, w) float32.
 
     The crop is centred, so the part of the image with most content survives.
+    For a ``hematoxylin`` model C is 3 (R, G, B; a grey image is repeated,
+    an alpha channel dropped), as its exported network reads them.
+    ``keep_dtype`` keeps the image's own type instead of float32.
 
     Raises
     ------
@@ -121,11 +127,16 @@ def prepare_test_image(image: np.ndarray, config, *, max_size: int = 256) -> np.
     >>> prepare_test_image(np.zeros((40, 70)), UNetConfig(depth=2), max_size=64).shape
     (1, 1, 40, 64)
     """
+    from segtool.interop.netexport import export_input_channels
+
     data = np.asarray(image)
+    channels = export_input_channels(config)
     if data.ndim == 2:
         data = data[np.newaxis]
-    if data.ndim != 3 or data.shape[0] != config.in_channels:
-        raise InputError(f"sample image must be (Y, X) or ({config.in_channels}, Y, X), got shape {np.shape(image)}")
+    if config.input == "hematoxylin" and data.ndim == 3 and data.shape[0] in (1, 4):
+        data = np.repeat(data, 3, axis=0) if data.shape[0] == 1 else data[:3]
+    if data.ndim != 3 or data.shape[0] != channels:
+        raise InputError(f"sample image must be (Y, X) or ({channels}, Y, X), got shape {np.shape(image)}")
     multiple = config.size_multiple
     cap = max(multiple, max_size // multiple * multiple)
     sizes = [min(cap, n // multiple * multiple) for n in data.shape[1:]]
@@ -133,7 +144,7 @@ def prepare_test_image(image: np.ndarray, config, *, max_size: int = 256) -> np.
         raise InputError(f"sample image must be at least {multiple} x {multiple} pixels, got {data.shape[1:]}")
     starts = [(n - s) // 2 for n, s in zip(data.shape[1:], sizes)]
     crop = data[:, starts[0]:starts[0] + sizes[0], starts[1]:starts[1] + sizes[1]]
-    return np.ascontiguousarray(crop, dtype=np.float32)[np.newaxis]
+    return np.ascontiguousarray(crop, dtype=None if keep_dtype else np.float32)[np.newaxis]
 
 
 def scale_range(batch: np.ndarray, low: float, high: float, *, eps: float = 1e-6) -> np.ndarray:
@@ -195,12 +206,27 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if isinstance(value, (int, float)) else "-"
 
 
-def _documentation(model, name: str, options: PackageOptions, labels_count: int) -> str:
+def _documentation(model, name: str, options: PackageOptions, labels_count: int, white_level: float = 255.0) -> str:
     """The package's README: the model card in Markdown."""
     config, meta = model.config, model.metadata or {}
     card = meta.get("card") or {}
     channels = channel_names(config.target)
     post = config.postprocess or {}
+    if config.input == "intensity":
+        input_line = (
+            f"- Input `raw`: axes batch, channel, y, x; y and x any multiple of {config.size_multiple} px. "
+            f"Preprocessing: `scale_range` per image and channel, percentiles {config.norm_low:g} / {config.norm_high:g} "
+            "mapped to 0 / 1, not clipped (segtool normalises the same way)."
+        )
+    else:
+        what = ("R, G, B of a brightfield/H&E image, white = " + f"{white_level:g}; the network takes the hematoxylin "
+                "optical density (colour deconvolution, Ruifrok-Johnston stain vectors)"
+                if config.input == "hematoxylin" else "the image as read; the network negates it")
+        input_line = (
+            f"- Input `raw`: axes batch, channel, y, x; y and x any multiple of {config.size_multiple} px: {what}, "
+            f"then maps each image's percentiles {config.norm_low:g} / {config.norm_high:g} to 0 / 1 itself "
+            f"(segtool's input transform `{config.input}` and normalisation, inside the network). No preprocessing."
+        )
     lines = [
         f"# {name}",
         "",
@@ -209,9 +235,7 @@ def _documentation(model, name: str, options: PackageOptions, labels_count: int)
         "",
         "## Inputs and outputs",
         "",
-        f"- Input `raw`: axes batch, channel, y, x; y and x any multiple of {config.size_multiple} px. "
-        f"Preprocessing: `scale_range` per image and channel, percentiles {config.norm_low:g} / {config.norm_high:g} "
-        "mapped to 0 / 1, not clipped (segtool normalises the same way).",
+        input_line,
         f"- Output `maps`: the same size, channels {', '.join(f'{i} = {c}' for i, c in enumerate(channels))}. "
         "The class channels are softmax probabilities (they sum to 1); `distance` and `foreground` are sigmoids, "
         "in [0, 1] (distance: normalised distance to the object border, 1 at object centres).",
@@ -271,8 +295,11 @@ def _documentation(model, name: str, options: PackageOptions, labels_count: int)
     return "\n".join(lines) + "\n"
 
 
-def _rdf(model, name: str, options: PackageOptions, files: dict[str, bytes], test_shape: tuple[int, ...]) -> dict:
+def _rdf(model, name: str, options: PackageOptions, files: dict[str, bytes], test_shape: tuple[int, ...],
+         white_level: float = 255.0) -> dict:
     import torch
+
+    from segtool.interop.netexport import transform_kwargs
 
     config, meta = model.config, model.metadata or {}
     card = meta.get("card") or {}
@@ -280,6 +307,12 @@ def _rdf(model, name: str, options: PackageOptions, files: dict[str, bytes], tes
     version = torch.__version__.split("+")[0]
     sha = {name_: _sha256(data) for name_, data in files.items()}
     input_channels = ["raw"] if config.in_channels == 1 else [f"raw{i}" for i in range(config.in_channels)]
+    preprocessing = [{"id": "scale_range", "kwargs": {"axes": ["y", "x"], "min_percentile": float(config.norm_low),
+                                                     "max_percentile": float(config.norm_high)}}]
+    if config.input == "hematoxylin":
+        input_channels = ["red", "green", "blue"]
+    if config.input != "intensity":  # the network transforms and normalises the raw image itself
+        preprocessing = []
     cite = [dict(_UNET_CITATION)]
     if "BBBC038" in str(card.get("dataset", "")) or "dsb2018" in str(card.get("dataset", "")):
         cite.append(dict(_DATA_CITATION))
@@ -301,7 +334,8 @@ def _rdf(model, name: str, options: PackageOptions, files: dict[str, bytes], tes
         "attachments": [{"source": PACKAGE_JSON, "sha256": sha[PACKAGE_JSON]}],
         "inputs": [{
             "id": "raw",
-            "description": "image, any intensity range (normalised by the preprocessing)",
+            "description": ("image, any intensity range (normalised by the preprocessing)" if config.input == "intensity"
+                            else f"raw image (input transform {config.input} and normalisation inside the network)"),
             "axes": [
                 {"type": "batch"},
                 {"type": "channel", "channel_names": input_channels},
@@ -310,10 +344,7 @@ def _rdf(model, name: str, options: PackageOptions, files: dict[str, bytes], tes
             ],
             "test_tensor": {"source": "test_input.npy", "sha256": sha["test_input.npy"]},
             "data": {"type": "float32"},
-            "preprocessing": [
-                {"id": "scale_range", "kwargs": {"axes": ["y", "x"], "min_percentile": float(config.norm_low),
-                                                 "max_percentile": float(config.norm_high)}},
-            ],
+            "preprocessing": preprocessing,
         }],
         "outputs": [{
             "id": "maps",
@@ -336,7 +367,8 @@ def _rdf(model, name: str, options: PackageOptions, files: dict[str, bytes], tes
                     "sha256": sha["segtool_unet.py"],
                     "callable": "SegtoolUNet",
                     "kwargs": {"in_channels": config.in_channels, "depth": config.depth,
-                               "base_channels": config.base_channels, "target": config.target},
+                               "base_channels": config.base_channels, "target": config.target,
+                               **transform_kwargs(config, white_level=white_level)},
                 },
                 "pytorch_version": version,
             },
@@ -349,6 +381,8 @@ def _rdf(model, name: str, options: PackageOptions, files: dict[str, bytes], tes
         },
         "config": {"segtool": {"model_file": PACKAGE_JSON, "target": config.target,
                                "postprocess": dict(config.postprocess or {}),
+                               "input_transform": config.input,
+                               **({"white_level": white_level} if config.input == "hematoxylin" else {}),
                                "test_shape": list(test_shape)}},
     }
 
@@ -382,14 +416,18 @@ def build_package_files(model, sample: np.ndarray, *, options: PackageOptions = 
     import ruyaml
     import torch
 
-    from segtool.interop.netexport import build_export_net, reference_output, torchscript_bytes
+    from segtool.interop.netexport import build_export_net, export_white_level, reference_output, torchscript_bytes
     from segtool.unet.predict import predict_image
 
     config = model.config
-    test_input = prepare_test_image(sample, config, max_size=options.max_test_size)
-    net = build_export_net(model)
-    test_output = reference_output(net, scale_range(test_input, config.norm_low, config.norm_high))
-    labels = predict_image(test_input[0], model).labels
+    white = export_white_level(sample) if config.input == "hematoxylin" else 255.0
+    raw_crop = prepare_test_image(sample, config, max_size=options.max_test_size, keep_dtype=True)[0]
+    test_input = raw_crop[np.newaxis].astype(np.float32)
+    net = build_export_net(model, white_level=white)
+    # with an input transform the network normalises the raw image itself
+    net_input = test_input if config.input != "intensity" else scale_range(test_input, config.norm_low, config.norm_high)
+    test_output = reference_output(net, net_input)
+    labels = predict_image(raw_crop, model).labels
     state = io.BytesIO()
     torch.save(net.state_dict(), state)
     model_json = {"format": "segtool-unet-bioimageio", "format_version": 1, "config": config.to_dict(),
@@ -398,14 +436,14 @@ def build_package_files(model, sample: np.ndarray, *, options: PackageOptions = 
     files = {
         "weights.pt": state.getvalue(),
         "segtool_unet.py": resources.files("segtool.interop").joinpath("bioimageio_unet.py").read_bytes(),
-        "weights_torchscript.pt": torchscript_bytes(model),
+        "weights_torchscript.pt": torchscript_bytes(model, white_level=white),
         "test_input.npy": _npy_bytes(test_input),
         "test_output.npy": _npy_bytes(test_output),
-        "cover.png": _cover_png(test_input[0, 0], labels),
-        "README.md": _documentation(model, name, options, int(labels.max())).encode(),
+        "cover.png": _cover_png(test_input[0].mean(axis=0), labels),
+        "README.md": _documentation(model, name, options, int(labels.max()), white).encode(),
         PACKAGE_JSON: json.dumps(model_json, indent=1, allow_nan=False).encode(),
     }
-    rdf = _rdf(model, name, options, files, tuple(test_input.shape))
+    rdf = _rdf(model, name, options, files, tuple(test_input.shape), white)
     text = io.StringIO()
     yaml = ruyaml.YAML(typ="safe", pure=True)
     yaml.default_flow_style = False

@@ -17,7 +17,7 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-from segtool.errors import ModelError
+from segtool.errors import ModelError, first_line
 
 __all__ = ["is_bioimageio_package", "read_package"]
 
@@ -37,7 +37,7 @@ def is_bioimageio_package(path: str | os.PathLike) -> bool:
     try:
         with zipfile.ZipFile(path) as archive:
             return any(n in _RDF_NAMES or n.endswith(".bioimageio.yaml") for n in archive.namelist())
-    except (zipfile.BadZipFile, OSError):
+    except Exception:  # noqa: BLE001  any zip that cannot be listed is not a package (load_model then names it)
         return False
 
 
@@ -78,30 +78,33 @@ def read_package(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any
     """
     import torch
 
+    from segtool.unet.modelcheck import (MAX_TEXT_BYTES, check_torch_archive, check_zip_names, read_entry,
+                                         weights_entry_limit)
+
     path = Path(path)
     try:
         with zipfile.ZipFile(path) as archive:
             names = archive.namelist()
+            check_zip_names(archive, "package")
             rdf_name = next((n for n in names if n in _RDF_NAMES or n.endswith(".bioimageio.yaml")), None)
             if rdf_name is None:
                 raise ModelError("a zip file but not a bioimage.io package: no rdf.yaml inside")
-            rdf_text = archive.read(rdf_name).decode("utf-8", errors="replace")
+            rdf_text = read_entry(archive, rdf_name, MAX_TEXT_BYTES, "package").decode("utf-8", errors="replace")
             if _MODEL_JSON not in names:
                 raise _foreign(names, rdf_text)
-            info = json.loads(archive.read(_MODEL_JSON))
+            info = json.loads(read_entry(archive, _MODEL_JSON, MAX_TEXT_BYTES, "package"))
             if _WEIGHTS not in names:
                 raise ModelError(f"segtool package is damaged: {_WEIGHTS} is missing")
-            weights = archive.read(_WEIGHTS)
-    except zipfile.BadZipFile as err:
-        raise ModelError(f"damaged zip file: {err}") from None
-    except ValueError as err:  # JSON
-        raise ModelError(f"segtool package is damaged: {_MODEL_JSON} is not valid JSON ({err})") from None
-    if not isinstance(info, dict) or info.get("format") != "segtool-unet-bioimageio":
-        raise ModelError(f"segtool package is damaged: {_MODEL_JSON} does not describe a segtool U-Net")
-    if not isinstance(info.get("format_version"), int) or info["format_version"] > 1:
-        raise ModelError(f"segtool package format version {info.get('format_version')!r} is not supported; upgrade segtool")
-    if not isinstance(info.get("config"), dict) or not isinstance(info.get("metadata", {}), dict):
-        raise ModelError(f"segtool package is damaged: {_MODEL_JSON} has no config")
+            _check_info(info)
+            # the config says how large the weights can be: a bigger entry is refused before it is decompressed
+            weights = read_entry(archive, _WEIGHTS, weights_entry_limit(info["config"]), "package")
+    except ModelError:
+        raise
+    except (ValueError, RecursionError) as err:  # JSON (zipfile's own complaints are not ValueErrors)
+        raise ModelError(f"segtool package is damaged: {_MODEL_JSON} is not valid JSON ({str(err)[:120]})") from None
+    except Exception as err:  # noqa: BLE001  bad CRC, encrypted or unknown compression, zlib errors: all "damaged"
+        raise ModelError(f"damaged zip file: {first_line(err)[:120]}") from None
+    check_torch_archive(weights, f"package's {_WEIGHTS}")
     try:
         state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
     except Exception as err:  # noqa: BLE001  any failure here means the weights file is not plain weights
@@ -109,3 +112,15 @@ def read_package(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any
     if not isinstance(state, dict):
         raise ModelError(f"segtool package is damaged: {_WEIGHTS} is not a state dict")
     return info["config"], info.get("metadata", {}), state
+
+
+def _check_info(info: Any) -> None:
+    """Refuse a ``segtool_model.json`` that is not segtool's, or of another format version."""
+    if not isinstance(info, dict) or info.get("format") != "segtool-unet-bioimageio":
+        raise ModelError(f"segtool package is damaged: {_MODEL_JSON} does not describe a segtool U-Net")
+    version = info.get("format_version")
+    if not isinstance(version, int) or isinstance(version, bool) or not 1 <= version <= 1:
+        raise ModelError(f"segtool package format version {version!r} is not supported by this segtool "
+                         "(supports 1..1); upgrade segtool")
+    if not isinstance(info.get("config"), dict) or not isinstance(info.get("metadata", {}), dict):
+        raise ModelError(f"segtool package is damaged: {_MODEL_JSON} has no config")

@@ -15,11 +15,15 @@ import numpy as np
 
 from segtool.errors import InputError
 
-__all__ = ["METHODS", "POLARITIES", "THRESHOLDS", "SegmentOptions", "image_plane", "segment"]
+__all__ = ["METHODS", "POLARITIES", "PRECISIONS", "THRESHOLDS", "SegmentOptions", "check_model", "image_plane",
+           "segment"]
 
 METHODS = ("U-Net", "baseline")
 THRESHOLDS = ("otsu", "li", "triangle", "yen")
 POLARITIES = ("bright", "dark", "auto")
+#: ``segtool predict --precision`` values (:data:`segtool.unet.precision.PRECISIONS`, kept here so that building
+#: the widget does not import torch; a test checks that they agree).
+PRECISIONS = ("auto", "fp32", "bf16")
 
 
 @dataclass(frozen=True)
@@ -30,10 +34,15 @@ class SegmentOptions:
     ----------
     method : {"U-Net", "baseline"}
     model : str or None
-        U-Net: a segtool model file (``.pt``) or segtool bioimage.io package
-        (``.zip``); None for the model shipped with segtool.
+        U-Net: what ``segtool predict -m`` takes: a shipped model's name
+        (``segtool model list``), a segtool model file (``.pt``) or segtool
+        bioimage.io package (``.zip``); None for the default shipped model.
     tta : bool
         U-Net: average the eight flips/rotations.
+    precision : {"auto", "fp32", "bf16"}
+        U-Net: the network's arithmetic, as ``segtool predict --precision``
+        (``auto``, its default: bf16 where the hardware runs it natively), so
+        that the widget and the CLI give the same labels.
     degree, threshold, polarity, min_size, split, smooth, fill_holes
         Baseline options, as ``segtool baseline`` (``min_size`` None keeps the
         method's default; for the U-Net it overrides the model's tuned value).
@@ -42,6 +51,7 @@ class SegmentOptions:
     method: str = "U-Net"
     model: str | None = None
     tta: bool = False
+    precision: str = "auto"
     degree: int = 2
     threshold: str = "otsu"
     polarity: str = "bright"
@@ -57,6 +67,8 @@ class SegmentOptions:
             raise InputError(f"threshold must be one of {', '.join(THRESHOLDS)}, got {self.threshold!r}")
         if self.polarity not in POLARITIES:
             raise InputError(f"polarity must be one of {', '.join(POLARITIES)}, got {self.polarity!r}")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
 
 def image_plane(data: Any, *, rgb: bool = False, keep_colour: bool = False,
@@ -141,16 +153,50 @@ def segment(image: np.ndarray, options: SegmentOptions = SegmentOptions(), *,
         if on_progress:
             on_progress(1, 1)
         return result.labels
-    from segtool.unet.predict import ObjectOptions, TileOptions, find_packaged_model, load_for_inference_cached, predict_image
+    from segtool.baseline import empty_image_reason
+    from segtool.unet.predict import ObjectOptions, TileOptions, load_for_inference_cached, predict_image
+    from segtool.unet.shipped import resolve_model
 
-    path = options.model or find_packaged_model()
-    model = load_for_inference_cached(path, device="cpu")
+    # the model, device and precision as `segtool predict` picks them by default, so both give the same labels
+    path, _name = resolve_model(options.model)
+    model = load_for_inference_cached(path, device="auto", precision=options.precision)
     if not model.config.reads_colour:
         image = _grey(image)  # a grey model reads colour files averaged, as segtool predict does
-    return predict_image(image, model, tiling=TileOptions(tta=options.tta), objects=ObjectOptions(min_size=options.min_size),
-                         on_tile=on_progress).labels
+    labels = predict_image(image, model, tiling=TileOptions(tta=options.tta),
+                           objects=ObjectOptions(min_size=options.min_size), on_tile=on_progress).labels
+    # segtool predict's empty-image rule: an empty well's uneven illumination is not an object
+    if empty_image_reason(_grey(image)) is not None:
+        labels = np.zeros_like(labels)
+    return labels
 
 
 def _grey(image: np.ndarray) -> np.ndarray:
     """A (3, Y, X) colour image averaged to (Y, X) float32; a 2-D image as it is."""
     return image.mean(axis=0, dtype=np.float32) if image.ndim == 3 else image
+
+
+def check_model(options: SegmentOptions) -> None:
+    """Refuse the model file a U-Net run would use, with the checks of ``segtool predict -m``, before it runs.
+
+    Nothing to check for the baseline; a shipped model's name is checked as its file.
+
+    Raises
+    ------
+    InputError
+        Naming the file and the problem (missing, damaged, forged, or weights
+        inconsistent with its config).
+    """
+    if options.method != "U-Net" or options.model is None:
+        return
+    from segtool.errors import ModelError, first_line
+    from segtool.unet.modelfile import check_model_file
+    from segtool.unet.shipped import resolve_model
+
+    try:
+        path = resolve_model(options.model)[0]
+    except ModelError as err:
+        raise InputError(str(err).splitlines()[0]) from None
+    try:
+        check_model_file(path)
+    except ModelError as err:
+        raise InputError(f"{options.model}: {first_line(err)}") from None

@@ -8,14 +8,82 @@ scale and translation.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
 
 from segtool.errors import InputError
-from segtool.napari.segment import METHODS, POLARITIES, THRESHOLDS, SegmentOptions, image_plane, segment
+from segtool.napari.segment import (
+    METHODS,
+    POLARITIES,
+    PRECISIONS,
+    THRESHOLDS,
+    SegmentOptions,
+    check_model,
+    image_plane,
+    segment,
+)
+from segtool.unet.shipped import DEFAULT_MODEL, SHIPPED_MODELS
 
-__all__ = ["SegmentWidget"]
+__all__ = ["MODEL_FILE", "SegmentWidget", "model_choices", "wrappable"]
+
+#: The model menu's last entry: use the file in the "model file" field instead of a shipped model.
+MODEL_FILE = "file"
+
+
+def model_choices() -> list[tuple[str, str]]:
+    """The model menu: each shipped model by the name ``-m`` takes (the default marked), then "model file...".
+
+    Returns ``(text shown, value)`` pairs.
+
+    Examples
+    --------
+    >>> model_choices()[0]
+    ('nuclei (shipped, default)', 'nuclei')
+    >>> model_choices()[-1]
+    ('model file...', 'file')
+    """
+    shipped = [(f"{m.name} (shipped{', default' if m.name == DEFAULT_MODEL else ''})", m.name) for m in SHIPPED_MODELS]
+    return [*shipped, ("model file...", MODEL_FILE)]
+
+
+def wrappable(text: str, *, run: int = 20) -> str:
+    """``text`` with a zero-width space after every ``run`` characters without a space, so Qt can wrap it there.
+
+    Qt wraps a label at spaces and after ``/`` only; a long file or folder
+    name would otherwise run past the panel's edge.
+
+    Examples
+    --------
+    >>> wrappable("not found: " + "x" * 45, run=20).count("\u200b")
+    2
+    >>> wrappable("short words stay as they are")
+    'short words stay as they are'
+    """
+    return re.sub(rf"(\S{{{run}}})(?=\S)", "\\1\u200b", text)
+
+
+def _message_label():
+    """A label for messages that wraps them to the panel's width; its ``value`` stays the message as given."""
+    from magicgui import widgets
+    from qtpy.QtWidgets import QSizePolicy
+
+    class MessageLabel(widgets.Label):
+        _message = ""
+
+        def get_value(self) -> str:
+            return self._message
+
+        def set_value(self, value) -> None:
+            self._message = str(value)
+            super().set_value(wrappable(self._message))
+
+    label = MessageLabel(value="")
+    label.native.setWordWrap(True)
+    # word wrap alone still asks the dock for the text's whole width: the layout ignores the label's own width
+    label.native.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Preferred)
+    return label
 
 
 def _qt_widget_base():
@@ -54,11 +122,17 @@ class SegmentWidget(_qt_widget_base()):  # type: ignore[misc]
         self.viewer = napari_viewer
         self.image_layer = widgets.ComboBox(label="image", choices=self._image_layers)
         self.method = widgets.ComboBox(label="method", choices=list(METHODS), value="U-Net")
-        self.model = widgets.FileEdit(label="model", mode="r", filter="segtool models (*.pt *.zip)",
-                                      tooltip="segtool model (.pt) or segtool bioimage.io package (.zip); "
-                                              "empty: the model shipped with segtool")
-        self.model.value = ""
+        self.model_choice = widgets.ComboBox(label="model", choices=model_choices(), value=DEFAULT_MODEL,
+                                             tooltip="a model shipped with segtool (segtool model list), "
+                                                     "or a model file of yours, as segtool predict -m takes")
+        # nullable: an empty field is empty (a plain FileEdit shows the working folder for "")
+        self.model = widgets.FileEdit(label="model file", mode="r", nullable=True, filter="segtool models (*.pt *.zip)",
+                                      tooltip="segtool model (.pt) or segtool bioimage.io package (.zip)")
+        self.model_info = _message_label()
         self.tta = widgets.CheckBox(label="test-time augmentation", value=False)
+        self.precision = widgets.ComboBox(label="precision", choices=list(PRECISIONS), value="auto",
+                                          tooltip="network arithmetic, as segtool predict --precision: auto (its "
+                                                  "default) is bf16 where the hardware runs it natively, else fp32")
         self.degree = widgets.SpinBox(label="background degree", value=2, min=0, max=8)
         self.threshold = widgets.ComboBox(label="threshold", choices=list(THRESHOLDS), value="otsu")
         self.polarity = widgets.ComboBox(label="polarity", choices=list(POLARITIES), value="bright")
@@ -68,8 +142,8 @@ class SegmentWidget(_qt_widget_base()):  # type: ignore[misc]
         self.min_size = widgets.SpinBox(label="min size (px, 0 = default)", value=0, min=0, max=100000)
         self.run_button = widgets.PushButton(text="Segment")
         self.progress = widgets.ProgressBar(value=0, min=0, max=1, label="progress")
-        self.status = widgets.Label(value="")
-        self._unet_only = [self.model, self.tta]
+        self.status = _message_label()
+        self._unet_only = [self.model_choice, self.model, self.model_info, self.tta, self.precision]
         self._baseline_only = [self.degree, self.threshold, self.polarity, self.split, self.smooth, self.fill_holes]
         self.container = widgets.Container(widgets=[
             self.image_layer, self.method, *self._unet_only, *self._baseline_only, self.min_size,
@@ -82,6 +156,8 @@ class SegmentWidget(_qt_widget_base()):  # type: ignore[misc]
         self._relay.progress.connect(self._on_progress)
         self.worker = None
         self.method.changed.connect(self._show_method_options)
+        self.model_choice.changed.connect(self._show_model)
+        self.model.changed.connect(self._model_file_changed)
         self.run_button.changed.connect(self.run)
         self.viewer.layers.events.inserted.connect(self._refresh_layers)
         self.viewer.layers.events.removed.connect(self._refresh_layers)
@@ -103,13 +179,38 @@ class SegmentWidget(_qt_widget_base()):  # type: ignore[misc]
             widget.visible = unet
         for widget in self._baseline_only:
             widget.visible = not unet
+        self._show_model()
+
+    def _model_file_changed(self, _value=None) -> None:
+        if self.model.value is not None:
+            self.model_choice.value = MODEL_FILE  # a file given (typed, chosen or set) is the model to run
+        self._show_model()
+
+    def _show_model(self, _value=None) -> None:
+        """Show the file field only for "model file...", and say which model will run."""
+        choice = self.model_choice.value
+        self.model.visible = self.method.value == "U-Net" and choice == MODEL_FILE
+        if choice != MODEL_FILE:
+            summary = next(m.summary for m in SHIPPED_MODELS if m.name == choice)
+            self.model_info.value = f"runs {choice}: {summary}"
+        elif self.model.value is None:
+            self.model_info.value = "choose a model file (.pt, or a segtool bioimage.io .zip)"
+        else:
+            self.model_info.value = f"runs {Path(self.model.value).name}"
+
+    def _model_spec(self) -> str:
+        """What ``segtool predict -m`` would be given: a shipped model's name, or the model file."""
+        if self.model_choice.value != MODEL_FILE:
+            return self.model_choice.value
+        if self.model.value is None:
+            raise InputError("no model file chosen: choose one, or a shipped model")
+        return str(self.model.value)
 
     def options(self) -> SegmentOptions:
         """The options the widget shows, as one frozen object."""
-        value = self.model.value
-        # an empty FileEdit holds a folder (".", shown as the working folder): that means the shipped model
-        model = str(value) if value and not Path(value).is_dir() else None
+        model = self._model_spec() if self.method.value == "U-Net" else None  # the baseline needs no model
         return SegmentOptions(method=self.method.value, model=model, tta=bool(self.tta.value),
+                              precision=self.precision.value,
                               degree=int(self.degree.value), threshold=self.threshold.value,
                               polarity=self.polarity.value, min_size=int(self.min_size.value) or None,
                               split=bool(self.split.value), smooth=float(self.smooth.value),
@@ -130,6 +231,7 @@ class SegmentWidget(_qt_widget_base()):  # type: ignore[misc]
             image = image_plane(layer.data, rgb=bool(getattr(layer, "rgb", False)), keep_colour=True,
                                 current_step=current)
             options = self.options()
+            check_model(options)  # an unusable model file is refused here, before a worker starts
         except InputError as err:
             self.status.value = f"error: {err}"
             return None

@@ -66,7 +66,7 @@ class BaselineTask:
         return outputs
 
     def run(self, path: Path) -> dict[str, Any]:
-        from segtool.baseline import segment_baseline
+        from segtool.baseline import contrast_hint, segment_baseline
         from segtool.overlay import outline_overlay
         from segtool.tasks.stack import baseline_stack
 
@@ -84,6 +84,7 @@ class BaselineTask:
             write_float(outputs["corrected"], result.corrected, **calibration)
         if self.save_overlay:
             write_png(outputs["overlay"], outline_overlay(image.data, result.labels), overwrite=self.overwrite)
+        hint = contrast_hint(result.labels, result.polarity)
         return {
             "objects": int(result.labels.max()),
             # None (JSON null) when the image was flat: there was nothing to threshold.
@@ -94,4 +95,5 @@ class BaselineTask:
             "min_size": result.min_size,
             "background": result.fit.summary(),
             "shape": list(image.data.shape),
+            **({"hint": hint} if hint else {}),
         }

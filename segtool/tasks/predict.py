@@ -259,6 +259,8 @@ class PredictTask:
         )
         figures["predict_seconds"] = figures.pop("seconds")
         figures["model"] = self.model_name or str(self.model_path)
+        # the same keys as in memory; the empty-image rule needs the whole image at once, so bands never apply it
+        figures.setdefault("empty_reason", None)
         # band mode predicts at the image's own size: the size estimate is not made there (yet)
         figures.update(self._size_record(None, 1.0))
         return figures

@@ -9,7 +9,9 @@ package written by ``segtool model export`` loads the same way, see
      "state_dict": {name: tensor, ...}}
 
 It is read back with ``torch.load(weights_only=True)``, which refuses to
-unpickle arbitrary objects, so a model file from a stranger cannot run code.
+unpickle arbitrary objects, so a model file from a stranger cannot run code;
+before that its zip layout is checked, and after it its weights are checked
+against its config, before any network is built (:mod:`segtool.unet.modelcheck`).
 The config and metadata are JSON text, readable with any tool.
 """
 
@@ -27,12 +29,14 @@ from torch import nn
 from segtool.errors import InputError, ModelError, SegtoolError, first_line
 from segtool.unet.config import TrainOptions, UNetConfig
 from segtool.unet.model import UNet, resolve_device
+from segtool.unet.modelcheck import check_state_dict, check_torch_archive
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "FORMAT",
     "FORMAT_VERSION",
     "LoadedModel",
+    "check_model_file",
     "load_checkpoint",
     "load_model",
     "read_model_info",
@@ -138,13 +142,14 @@ def save_model(
     return path
 
 
-def _torch_load(path: Path, what: str) -> Any:
+def _torch_load(path: Path, what: str, *, mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)``; ``mmap``: tensors map the file, read only when touched."""
     if not path.exists():
         raise ModelError(f"{what} not found: {path}")
     if path.is_dir():
         raise ModelError(f"expected a {what}, got a folder: {path}")
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
     except Exception as err:  # noqa: BLE001  truncated zip, foreign pickle, unreadable file: all mean "not a model"
         reason = first_line(err)
         if reason.startswith("Weights only load failed"):
@@ -156,12 +161,17 @@ def _torch_load(path: Path, what: str) -> Any:
 def _read_payload(path: Path) -> dict[str, Any]:
     from segtool.interop.package import is_bioimageio_package, read_package
 
+    if path.exists() and not path.is_dir() and not path.is_file():
+        raise ModelError(f"expected a model file, got a device, pipe or socket: {path}")
     if is_bioimageio_package(path):
         # a package from `segtool model export --format bioimageio`: the same config, metadata and weights
         config, metadata, state = read_package(path)
         return {"format": FORMAT, "format_version": FORMAT_VERSION, "config": json.dumps(config),
                 "metadata": json.dumps(metadata), "state_dict": state}
-    payload = _torch_load(path, "model file")
+    if path.is_file():
+        check_torch_archive(path, "model file")  # before torch.load reads anything it declares
+    # mapped, not read: weights that do not fit the config are refused before any of them is in memory
+    payload = _torch_load(path, "model file", mmap=True)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ModelError(
             "not a segtool model file (no 'format': 'segtool-unet' entry); "
@@ -182,16 +192,18 @@ def _read_payload(path: Path) -> dict[str, Any]:
 
 
 def _parse(payload: dict[str, Any]) -> tuple[UNetConfig, dict[str, Any]]:
+    """Config and metadata of a payload, its weights checked against the config (nothing is built yet)."""
     try:
         config = UNetConfig.from_dict(json.loads(payload["config"]))
-    except (ValueError, TypeError) as err:  # JSON errors and InputError are ValueErrors
-        raise ModelError(f"model file has an invalid config: {err}") from None
+    except (ValueError, TypeError, RecursionError) as err:  # JSON errors and InputError are ValueErrors
+        raise ModelError(f"model file has an invalid config: {first_line(err)[:200]}") from None
     try:
         metadata = json.loads(payload["metadata"])
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:
         raise ModelError(f"model file has invalid metadata: {err}") from None
     if not isinstance(metadata, dict):
         raise ModelError("model file has invalid metadata: not a JSON object")
+    check_state_dict(config, payload["state_dict"])
     return config, metadata
 
 
@@ -212,8 +224,10 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Loade
     Raises
     ------
     ModelError
-        If the file is missing, truncated, not a segtool model, from a newer
-        format version, or its weights do not fit its config.
+        If the file is missing, truncated, forged, not a segtool model, from a
+        newer format version, or its weights are not exactly those its config
+        implies, or not finite (checked before the network is built, see
+        :mod:`segtool.unet.modelcheck`).
     """
     path = Path(path)
     payload = _read_payload(path)
@@ -264,6 +278,20 @@ def read_model_info(path: str | Path) -> dict[str, Any]:
         "parameters": parameters,
         "file_bytes": path.stat().st_size,
     }
+
+
+def check_model_file(path: str | Path) -> None:
+    """Refuse a model file that :func:`load_model` would refuse, without building its network.
+
+    The file is read (bounded, see :mod:`segtool.unet.modelcheck`) and its
+    weights are checked against its config; nothing is allocated for a network.
+
+    Raises
+    ------
+    ModelError
+        As :func:`load_model`, with the same one-line message.
+    """
+    read_model_info(path)
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:

@@ -19,7 +19,7 @@ from segtool.io import read_image, read_labels
 from segtool.memory import MemoryBudget
 from segtool.pairing import Pair, pair_by_stem
 
-__all__ = ["BadPairs", "TrainingData", "find_pairs", "load_pairs", "load_training_data"]
+__all__ = ["BadPairs", "TrainingData", "check_data_arguments", "find_pairs", "load_pairs", "load_training_data"]
 
 Arrays = list[tuple[np.ndarray, np.ndarray]]
 
@@ -43,6 +43,32 @@ class TrainingData:
     total: int  # image/mask pairs read from the training folders
 
 
+def check_data_arguments(specs: Sequence[str]) -> None:
+    """Check the shape of the data arguments: ``IMAGES MASKS``, or one folder holding ``images/`` and ``masks/``.
+
+    The CLI calls this before anything is read, so a bad command line is
+    refused as one (exit code 2).
+
+    Raises
+    ------
+    InputError
+        Naming what to give instead.
+
+    Examples
+    --------
+    >>> check_data_arguments(["images/", "masks/"])
+    """
+    if len(specs) == 1:
+        root = Path(specs[0])
+        if not (root / "images").is_dir() or not (root / "masks").is_dir():
+            missing = "" if root.exists() else " (no such folder)"
+            raise InputError(
+                f"{root}{missing}: give IMAGES and MASKS, or one folder that holds images/ and masks/ sub-folders"
+            )
+    elif len(specs) != 2:
+        raise InputError(f"expected IMAGES MASKS (2 arguments) or one folder, got {len(specs)} arguments")
+
+
 def find_pairs(specs: Sequence[str], *, recursive: bool = False) -> list[Pair]:
     """Pair images and masks from ``IMAGES MASKS`` or one folder holding ``images/`` and ``masks/``.
 
@@ -52,15 +78,9 @@ def find_pairs(specs: Sequence[str], *, recursive: bool = False) -> list[Pair]:
         Wrong number of arguments, missing folders, nothing found, or files
         without a partner (listed).
     """
+    check_data_arguments(specs)
     if len(specs) == 1:
-        root = Path(specs[0])
-        if not (root / "images").is_dir() or not (root / "masks").is_dir():
-            raise InputError(
-                f"{root}: give IMAGES and MASKS, or one folder that holds images/ and masks/ sub-folders"
-            )
-        specs = [str(root / "images"), str(root / "masks")]
-    if len(specs) != 2:
-        raise InputError(f"expected IMAGES MASKS (2 arguments) or one folder, got {len(specs)} arguments")
+        specs = [str(Path(specs[0]) / "images"), str(Path(specs[0]) / "masks")]
     for spec in specs:
         if not Path(spec).expanduser().exists() and not glob.has_magic(spec):
             raise InputError(f"{spec}: no such file or folder")
