@@ -72,7 +72,7 @@ def publish_new(temp: str | os.PathLike, path: str | os.PathLike) -> None:
     except FileExistsError:
         raise _exists(path) from None
     except OSError as err:
-        if err.errno not in _NO_HARD_LINKS or os.path.lexists(path):
+        if err.errno not in _NO_HARD_LINKS:
             raise
         _claim_then_rename(temp, path)
         return

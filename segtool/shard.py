@@ -55,8 +55,8 @@ class Shard:
 
         Examples
         --------
-        >>> [k for k in range(1, 4) if Shard(k, 3).holds("img01.tif")]
-        [1]
+        >>> [k for k in range(1, 4) if Shard(k, 3).holds("img01.tif")]  # exactly one shard
+        [2]
         """
         digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=8).digest()
         return int.from_bytes(digest, "big") % self.count == self.index - 1
