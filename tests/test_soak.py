@@ -1,8 +1,12 @@
 """Soak test: three processes over one folder with --skip-existing, two of them SIGKILLed and restarted.
 
 Run alone with ``pytest -m soak``; the default ``pytest -q`` runs it too. The
-kills come at random moments (the seed is in every failure message), each
-once its victim has begun writing results.
+first two workers run the plain command over the folder (in step, they race
+for the same images); the third takes the images in a shuffled order
+(``find | shuf`` style, on stdin). The worker never killed runs at a lower
+priority, so that restarted victims still find work. The kills come at random
+moments, within half a second of a victim's first result (the seed is in every
+failure message).
 """
 
 from __future__ import annotations
@@ -48,8 +52,10 @@ def _plate(folder: Path) -> None:
 class _Slot:
     """One of the three workers: its current process, its logs, and how often it is still to be killed."""
 
-    def __init__(self, name: str, command: list[str], logs: Path, kills: int, rng: random.Random):
+    def __init__(self, name: str, command: list[str], logs: Path, kills: int, rng: random.Random, stdin: str = "",
+                 nice: int = 0):
         self.name, self.command, self.logs, self.kills_left, self.rng = name, command, logs, kills, rng
+        self.stdin, self.nice = stdin, nice
         self.runs: list[tuple[Path, Path, int | None]] = []  # (stdout, stderr, exit code or None when killed)
         self.start()
 
@@ -57,8 +63,11 @@ class _Slot:
         n = len(self.runs)
         self.out, self.err = self.logs / f"{self.name}-{n}.out", self.logs / f"{self.name}-{n}.err"
         with open(self.out, "w") as out, open(self.err, "w") as err:
-            self.proc = subprocess.Popen(self.command, stdout=out, stderr=err)
-        self.kill_after = self.rng.uniform(0.0, 0.4)  # seconds after its first result
+            self.proc = subprocess.Popen(self.command, stdin=subprocess.PIPE, stdout=out, stderr=err, text=True,
+                                         preexec_fn=(lambda: os.nice(self.nice)) if self.nice else None)
+        self.proc.stdin.write(self.stdin)  # a few kB: fits the pipe's buffer, read when the inputs are expanded
+        self.proc.stdin.close()
+        self.kill_after = self.rng.uniform(0.0, 0.5)  # seconds after its first result
         self.first_result = None
 
     def step(self) -> bool:
@@ -97,9 +106,15 @@ def test_killed_and_restarted_workers_lose_nothing(tmp_path):
     reference = tmp_path / "reference"
     assert invoke("baseline", folder, "-o", reference, "-q").exit_code == 0  # the clean single-process run
 
-    command = [*SEGTOOL, "baseline", str(folder), "-o", str(out), "--skip-existing", "--json"]
+    command = [*SEGTOOL, "baseline", "-o", str(out), "--skip-existing", "--json"]
     rng = random.Random(seed)
-    slots = [_Slot(f"w{i}", command, logs, 0 if i == 0 else KILLS_PER_VICTIM, rng) for i in range(3)]
+    images = sorted(str(p) for p in folder.iterdir())
+    shuffled = rng.sample(images, len(images))
+    slots = [
+        _Slot("w0", [*command, str(folder)], logs, 0, rng, nice=5),  # never killed
+        _Slot("w1", [*command, str(folder)], logs, KILLS_PER_VICTIM, rng),
+        _Slot("w2", [*command, "-"], logs, KILLS_PER_VICTIM, rng, stdin="\n".join(shuffled)),
+    ]
     deadline = time.monotonic() + 300
     ended = [False] * 3
     try:
