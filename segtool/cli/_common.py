@@ -31,6 +31,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from segtool.batch import EXIT_INTERRUPTED, EXIT_USAGE, BatchSummary, ItemResult, Task, run_batch
+from segtool.cli.cluster_run import cluster_for_run, connect_for_run
 from segtool.errors import SegtoolError, first_line
 from segtool.inputs import ExpandedInputs, expand_inputs
 from segtool.memory import WORKING_BYTES, MemoryBudget, parse_memory_limit
@@ -380,7 +381,10 @@ def run_files(
     """
     on_error = OnError(batch.on_error)
     quiet, json_out, manifest = batch.quiet, batch.json_out, batch.manifest
-    cluster_spec = _cluster_spec(batch.cluster, big=batch.big, jobs=batch.jobs)
+    try:
+        cluster_spec = cluster_for_run(batch.cluster, big=batch.big, jobs=batch.jobs)
+    except SegtoolError as err:
+        fail(first_line(err), code=EXIT_USAGE)
     expanded = expand_specs(specs, recursive=batch.recursive, kind=kind)
     found = len(expanded.files)
     expanded.files = shard_files(expanded.files, specs, batch.shard)
@@ -395,7 +399,10 @@ def run_files(
         client = None
         # inputs are checked first: no waiting on a scheduler when none of them exists (each fails in one line)
         if cluster_spec is not None and any(Path(f).exists() for f in expanded.files):
-            client = _connect(stack, cluster_spec, quiet=quiet)
+            try:
+                client = connect_for_run(stack, cluster_spec, quiet=quiet)
+            except SegtoolError as err:
+                fail(first_line(err), code=EXIT_USAGE)
         progress = _progress_bar(err_console, quiet=quiet)
         emit = _Reporter(progress, manifest=_open_manifest(stack, manifest), json_out=json_out,
                          table_mode=not json_out and sys.stdout.isatty(), shard=batch.shard)
@@ -505,39 +512,6 @@ class _Reporter:
             print("\n".join(result.outputs.values()), flush=True)
         if self.task_id is not None:
             self.progress.advance(self.task_id)
-
-
-def _cluster_spec(cluster: str | None, *, big: bool, jobs: int):
-    """The parsed ``--cluster`` (``local`` for big-image mode without one), or None; exit 2 when unusable."""
-    if cluster is None and not big:
-        return None
-    from segtool.distributed.cluster import parse_cluster, require_distributed
-
-    if jobs > 1:
-        fail("--jobs runs local processes; with --cluster or --block-size give the workers as --cluster local:N", code=EXIT_USAGE)
-    try:
-        require_distributed()
-        return parse_cluster(cluster or "local")
-    except SegtoolError as err:
-        fail(first_line(err), code=EXIT_USAGE)
-
-
-def _connect(stack: ExitStack, spec, *, quiet: bool):
-    """Start or join the cluster for the rest of the command; say where its dashboard is."""
-    from segtool.distributed.cluster import connect, dashboard_link
-
-    try:
-        client = stack.enter_context(connect(spec))
-    except SegtoolError as err:
-        fail(first_line(err), code=EXIT_USAGE)
-    except KeyboardInterrupt:
-        print("segtool: interrupted while connecting to the cluster", file=sys.stderr, flush=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    if not quiet:
-        link = dashboard_link(client)
-        where = f"; dashboard {link}" if link else ""
-        print(f"segtool: running on a {spec.describe()}{where}", file=sys.stderr, flush=True)
-    return client
 
 
 def _print_table(rows: list[ItemResult], columns) -> None:
