@@ -1,0 +1,130 @@
+"""The plumbing of the sweep benchmarks (bench/_sweep.py, bench/sweep_scale.py): what they transform and run."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tifffile
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+from _sweep import REFERENCE, Condition, median_diameter, prepare, resize_image, resize_labels, scale_condition  # noqa: E402
+from sweep_scale import FACTORS, parse_factors, scale_conditions  # noqa: E402
+
+
+def random_labels(rng, shape=(60, 80), n=12):
+    """Labels 1..n as rectangles drawn in order (later ones on top), so some ids may be partly covered."""
+    labels = np.zeros(shape, np.uint16)
+    for k in range(1, n + 1):
+        y, x = rng.integers(0, shape[0] - 8), rng.integers(0, shape[1] - 8)
+        labels[y : y + rng.integers(4, 9), x : x + rng.integers(4, 9)] = k
+    return labels
+
+
+@pytest.mark.parametrize("factor", [1.5, 2.0, 3.0, 5.0])
+def test_enlarged_labels_keep_every_id_and_only_those(factor):
+    labels = random_labels(np.random.default_rng(1))
+    big = resize_labels(labels, (round(60 * factor), round(80 * factor)))
+    assert big.dtype == labels.dtype
+    assert set(np.unique(big)) == set(np.unique(labels))
+
+
+def test_labels_enlarged_by_an_integer_factor_are_pixel_blocks():
+    labels = random_labels(np.random.default_rng(2))
+    assert np.array_equal(resize_labels(labels, (180, 240)), labels.repeat(3, axis=0).repeat(3, axis=1))
+
+
+@pytest.mark.parametrize("factor", [0.4, 0.5, 0.75])
+def test_shrunk_labels_invent_no_id_and_keep_area_in_proportion(factor):
+    labels = random_labels(np.random.default_rng(3), shape=(200, 240), n=20)
+    small = resize_labels(labels, (round(200 * factor), round(240 * factor)))
+    assert set(np.unique(small)) <= set(np.unique(labels))
+    # nearest neighbour samples the grid evenly: the foreground share stays within a few per cent
+    assert abs((small > 0).mean() - (labels > 0).mean()) < 0.03
+
+
+def test_resized_image_keeps_dtype_channels_and_mean():
+    rng = np.random.default_rng(4)
+    rgb = rng.integers(0, 256, (40, 50, 3)).astype(np.uint8)
+    for shape in ((20, 25), (100, 125)):
+        out = resize_image(rgb, shape)
+        assert out.shape == (*shape, 3) and out.dtype == np.uint8
+        assert abs(out.astype(float).mean() - rgb.astype(float).mean()) < 3
+
+
+def test_shrinking_averages_instead_of_picking_pixels():
+    # a one-pixel checkerboard shrunk by 2 must come out grey (low-pass first), not black or white
+    board = (np.indices((64, 64)).sum(axis=0) % 2 * 200).astype(np.uint8)
+    out = resize_image(board, (32, 32))
+    assert 80 < out[4:-4, 4:-4].min() and out[4:-4, 4:-4].max() < 120
+
+
+def test_scale_condition_resizes_image_and_labels_alike():
+    labels = random_labels(np.random.default_rng(5), shape=(51, 77))
+    image = (labels > 0).astype(np.uint8) * 100
+    big_image, big_labels = scale_condition(2.0).transform(image, labels, np.random.default_rng(0))
+    assert big_image.shape == big_labels.shape == (102, 154)
+    # the object pixels of the enlarged image are where the enlarged labels are
+    assert ((big_image > 50) == (big_labels > 0)).mean() > 0.97
+
+
+def test_the_scale_sweep_runs_the_issues_factors_after_the_untouched_split():
+    names = [c.name for c in scale_conditions()]
+    assert names == [REFERENCE] + [f"scale {f:g}" for f in (0.4, 0.5, 0.75, 1.5, 2, 3, 4, 5)]
+    assert FACTORS == (0.4, 0.5, 0.75, 1.5, 2.0, 3.0, 4.0, 5.0)
+    assert [c.name for c in scale_conditions(parse_factors("2,1,0.5"))] == [REFERENCE, "scale 2", "scale 0.5"]
+    with pytest.raises(SystemExit, match="positive"):
+        parse_factors("0.5,-2")
+
+
+def test_median_diameter_of_squares():
+    labels = np.zeros((50, 50), np.uint16)
+    labels[0:10, 0:10], labels[20:30, 20:30], labels[40:44, 40:44] = 1, 2, 3  # areas 100, 100, 16
+    assert median_diameter([labels]) == pytest.approx(np.sqrt(400 / np.pi))
+
+
+def _split(tmp_path, n=2):
+    rng = np.random.default_rng(6)
+    for kind in ("images", "masks"):
+        (tmp_path / "split" / kind).mkdir(parents=True)
+    for k in range(n):
+        labels = random_labels(rng)
+        tifffile.imwrite(tmp_path / "split" / "masks" / f"im{k}.tif", labels)
+        tifffile.imwrite(tmp_path / "split" / "images" / f"im{k}.tif", (labels > 0).astype(np.uint8) * 90)
+    return tmp_path / "split"
+
+
+def test_prepared_files_are_reused_and_rebuilt_when_the_condition_changes(tmp_path):
+    data, cache = _split(tmp_path), tmp_path / "cache"
+    calls = []
+
+    def count(value):
+        def transform(image, labels, rng):
+            calls.append(value)
+            return image + value, labels
+
+        return transform
+
+    folder = prepare(Condition("shift", count(1), {"v": 1}), data, ["im0.tif", "im1.tif"], cache)
+    assert len(calls) == 2 and sorted(p.name for p in (folder / "images").iterdir()) == ["im0.tif", "im1.tif"]
+    prepare(Condition("shift", count(1), {"v": 1}), data, ["im0.tif", "im1.tif"], cache)
+    assert len(calls) == 2  # cached
+    prepare(Condition("shift", count(5), {"v": 5}), data, ["im0.tif", "im1.tif"], cache)
+    assert calls == [1, 1, 5, 5]  # other values: made again
+    expected = tifffile.imread(data / "images" / "im0.tif") + 5
+    assert np.array_equal(tifffile.imread(folder / "images" / "im0.tif"), expected)
+    assert prepare(Condition(REFERENCE, count(9)), data, ["im0.tif"], cache) == data  # the untouched split is read in place
+
+
+def test_random_transforms_draw_the_same_pixels_on_every_rerun(tmp_path):
+    data = _split(tmp_path, n=1)
+
+    def noise(image, labels, rng):
+        return rng.integers(0, 255, image.shape).astype(np.uint8), labels
+
+    first = tifffile.imread(prepare(Condition("noise", noise), data, ["im0.tif"], tmp_path / "a") / "images" / "im0.tif")
+    again = tifffile.imread(prepare(Condition("noise", noise), data, ["im0.tif"], tmp_path / "b") / "images" / "im0.tif")
+    assert np.array_equal(first, again)
