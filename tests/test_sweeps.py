@@ -128,3 +128,51 @@ def test_random_transforms_draw_the_same_pixels_on_every_rerun(tmp_path):
     first = tifffile.imread(prepare(Condition("noise", noise), data, ["im0.tif"], tmp_path / "a") / "images" / "im0.tif")
     again = tifffile.imread(prepare(Condition("noise", noise), data, ["im0.tif"], tmp_path / "b") / "images" / "im0.tif")
     assert np.array_equal(first, again)
+
+
+def test_the_appearance_sweep_runs_the_issues_conditions_after_the_untouched_split():
+    from sweep_appearance import appearance_conditions
+
+    names = [c.name for c in appearance_conditions()]
+    assert names == [REFERENCE, "gamma 0.5", "gamma 2", "blur 2", "poisson 20", "16-bit offset+gradient",
+                     "3 saturated blobs", "jpeg 60"]
+
+
+def _nuclei_field(dark=False):
+    from skimage.draw import disk
+
+    labels = np.zeros((120, 120), np.uint16)
+    for k, (y, x) in enumerate([(20, 20), (20, 90), (60, 55), (95, 25), (95, 95)], start=1):
+        labels[disk((y, x), 8, shape=labels.shape)] = k
+    ramp = np.add.outer(np.arange(120), np.arange(120)) / 12.0  # mid-tones, so a display curve changes them
+    image = (np.where(labels > 0, 60, 10) + ramp).astype(np.uint8)
+    return (255 - image if dark else image), labels
+
+
+def test_every_appearance_condition_keeps_shape_and_masks_and_changes_the_pixels():
+    from sweep_appearance import appearance_conditions
+
+    image, labels = _nuclei_field()
+    for condition in appearance_conditions()[1:]:
+        out, out_labels = condition.transform(image, labels, np.random.default_rng(0))
+        assert out.shape == image.shape, condition.name
+        assert out.dtype == (np.uint16 if condition.name.startswith("16-bit") else np.uint8), condition.name
+        assert not np.array_equal(out, image), condition.name
+        if "blobs" not in condition.name:
+            assert out_labels is labels, condition.name
+
+
+def test_saturated_blobs_become_true_objects_in_fluorescence_only():
+    from sweep_appearance import appearance_conditions
+
+    blobs = {c.name: c for c in appearance_conditions()}["3 saturated blobs"]
+    image, labels = _nuclei_field()
+    out, out_labels = blobs.transform(image, labels, np.random.default_rng(3))
+    kept = len(np.unique(labels[(out_labels > 0) & (out_labels == labels)]))  # old objects still there
+    added = int(out_labels.max()) - kept
+    assert 1 <= added <= 3  # three blobs, some may touch and merge
+    assert (out[out_labels > kept] == out.max()).all()  # the new objects are saturated pixels
+    assert (out == out.max()).sum() == (out_labels > kept).sum()  # and all of them
+    dark, dark_labels = _nuclei_field(dark=True)
+    _, same = blobs.transform(dark, dark_labels, np.random.default_rng(3))
+    assert same is dark_labels  # stained tissue: a saturated patch is glare, not a nucleus
