@@ -222,10 +222,17 @@ def run_predict(paths: Sequence[Path], out: Path, args: Sequence[str]) -> tuple[
     return records, seconds, peak_mib, code
 
 
-def _median_reported(records: Sequence[dict]) -> dict:
+def median_reported(records: Sequence[dict]) -> dict:
+    """Median of the numbers predict reports per image under ``scale`` or ``diameter`` (top level, or one level
+    down, wherever predict's ``--json`` puts them)."""
     out = {}
     for key in ("scale", "diameter"):
-        values = [r[key] for r in records if isinstance(r.get(key), (int, float))]
+        values = []
+        for record in records:
+            for place in (record, *(v for v in record.values() if isinstance(v, dict))):
+                if isinstance(place.get(key), (int, float)) and not isinstance(place.get(key), bool):
+                    values.append(place[key])
+                    break
         if values:
             out[key] = float(np.median(values))
     return out
@@ -266,7 +273,7 @@ def run_condition(condition: Condition, data: Path, names: Sequence[str], cache:
     if not keep:
         shutil.rmtree(out, ignore_errors=True)
     return Row(condition.name, condition.params, len(names), n_true, n_pred, ap, f1, round(seconds, 1), round(peak),
-               failed, args, _median_reported(records))
+               failed, args, median_reported(records))
 
 
 # ---------------------------------------------------------------------------------------------- the command line

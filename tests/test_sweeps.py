@@ -176,3 +176,11 @@ def test_saturated_blobs_become_true_objects_in_fluorescence_only():
     dark, dark_labels = _nuclei_field(dark=True)
     _, same = blobs.transform(dark, dark_labels, np.random.default_rng(3))
     assert same is dark_labels  # stained tissue: a saturated patch is glare, not a nucleus
+
+
+def test_the_size_predict_reports_per_image_is_summarised_wherever_it_sits():
+    from _sweep import median_reported
+
+    records = [{"scale": 0.5}, {"figures": {"scale": 1.0, "diameter": 30}}, {"scale": 2.0, "diameter": None}]
+    assert median_reported(records) == {"scale": 1.0, "diameter": 30.0}
+    assert median_reported([{"objects": 3}]) == {}
