@@ -8,8 +8,9 @@ Conditions (``segtool.appearance`` makes each change; values fixed here, seeded 
 - ``poisson 20``: shot noise, the mean nucleus pixel (true masks) holding 20 photons;
 - ``16-bit offset+gradient``: a uint16 camera image, offset 1000 counts, the image's range over 4000 counts, and
   a linear background ramp of 2000 counts across the field in a random direction;
-- ``3 saturated blobs``: three domes cut at ten times the nuclei's contrast, each 1-2 times the image's median
-  nucleus diameter, at random places (the image then clipped at that level, and at its dtype's maximum). Where
+- ``3 saturated blobs``: three domes cut at ten times the objects' contrast (Otsu's two classes, so in stained
+  tissue white patches), each 1-2 times the image's median nucleus diameter, at random places (clipped at that
+  level and at the dtype's maximum; pixels away from the blobs unchanged). Where
   nuclei are brighter than the background (fluorescence) a saturated blob is a cell, and its saturated area
   becomes a true object over the old masks; where nuclei are darker (stained tissue) it is glare and the masks
   stay as they were;
@@ -106,11 +107,30 @@ def _sixteen_bit(image, labels, rng):
     return to_dtype(counts, np.uint16), labels
 
 
+def _blobs_only(image, rng, diameter):
+    """``appearance.saturated_blobs`` (3 blobs), changed only near the blobs.
+
+    As merged (augment d07fb44) it also lifts every pixel darker than the background level to that level, over
+    the whole image: a fluorescence background's darker half, and in stained tissue every nucleus, which turns
+    pale. Where the blobs are is read from the same call, with the same random draws (they do not depend on the
+    image), on an image whose background is 0 and saturation level 10; away from them the input is kept.
+    """
+    import copy
+
+    probe = np.zeros(image.shape[:2], np.float32)
+    probe[0, 0] = 1.0  # levels: background 0, objects 1, so saturation at 10
+    weight = appearance.saturated_blobs(probe, copy.deepcopy(rng), count=3, diameter=diameter) / 10.0
+    weight[0, 0] = 0.0
+    out = appearance.saturated_blobs(image, rng, count=3, diameter=diameter)
+    near = weight > 0.01  # within ~0.85 of a blob's diameter from its centre
+    return np.where(near if image.ndim == 2 else near[..., None], out, image.astype(np.float32))
+
+
 def _blobs(image, labels, rng):
     diameter = median_diameter([labels])
     if not np.isfinite(diameter):
         diameter = 20.0
-    out = appearance.saturated_blobs(image, rng, count=3, diameter=diameter)
+    out = _blobs_only(image, rng, diameter)
     saturated = to_dtype(out, image.dtype)
     if not nuclei_brighter(image, labels):
         return saturated, labels
@@ -141,7 +161,7 @@ def appearance_conditions() -> list[Condition]:
         Condition("blur 2", _blur, {"sigma": 2.0}),
         Condition("poisson 20", _poisson, {"photons": 20.0}),
         Condition("16-bit offset+gradient", _sixteen_bit, {"offset": OFFSET, "signal": SIGNAL, "ramp": RAMP}),
-        Condition("3 saturated blobs", _blobs, {"count": 3, "size": [1.0, 2.0], "brightness": 10.0}),
+        Condition("3 saturated blobs", _blobs, {"count": 3, "size": [1.0, 2.0], "brightness": 10.0, "elsewhere": "unchanged"}),
         Condition("jpeg 60", _jpeg, {"quality": 60}),
     ]
 

@@ -184,3 +184,20 @@ def test_the_size_predict_reports_per_image_is_summarised_wherever_it_sits():
     records = [{"scale": 0.5}, {"figures": {"scale": 1.0, "diameter": 30}}, {"scale": 2.0, "diameter": None}]
     assert median_reported(records) == {"scale": 1.0, "diameter": 30.0}
     assert median_reported([{"objects": 3}]) == {}
+
+
+@pytest.mark.parametrize("dark", [False, True])
+def test_saturated_blobs_leave_the_image_away_from_them_as_it_was(dark):
+    from sweep_appearance import appearance_conditions
+
+    blobs = {c.name: c for c in appearance_conditions()}["3 saturated blobs"]
+    image, labels = _nuclei_field(dark=dark)
+    out, _ = blobs.transform(image, labels, np.random.default_rng(3))
+    changed = out != image
+    assert changed.any()
+    # every changed pixel lies within a blob's reach (about 1.7 nucleus diameters, 16 px here) of a saturated one
+    from scipy import ndimage as ndi
+
+    distance = ndi.distance_transform_edt(out != out.max())
+    assert distance[changed].max() < 2 * 16
+    assert changed.mean() < 0.5
