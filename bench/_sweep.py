@@ -285,7 +285,8 @@ def add_common_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: ../shared/data/dsb2018_fluo/test)")
     parser.add_argument("-m", "--model", help="passed to segtool predict --model (default: predict's default)")
     parser.add_argument("--threads", type=int, help="passed to segtool predict --threads")
-    parser.add_argument("--predict-args", default="", help='more segtool predict options, one string: "--diameter 21"')
+    parser.add_argument("--predict-args", default="", help='more segtool predict options, one string: "--diameter 21" '
+                        '(a single option needs the = form: --predict-args=--no-bands)')
     parser.add_argument("--oracle-diameter", action="store_true", help="add --diameter D to each condition's predict, "
                         "D the median equivalent diameter of its true objects (the right size, given by hand)")
     parser.add_argument("--limit", type=int, help="only the first N images (sorted by name), for a quick check")
