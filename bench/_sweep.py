@@ -270,6 +270,10 @@ def run_condition(condition: Condition, data: Path, names: Sequence[str], cache:
     out = cache / "predictions" / _slug(f"{data.parent.name}-{data.name}") / _slug(condition.name)
     records, seconds, peak, _ = run_predict([folder / "images" / n for n in names], out, args)
     n_true, n_pred, ap, f1, failed = score(folder, names, records)
+    for record in records:
+        if record.get("status") not in ("done", None):  # say why an image scored as all missed
+            print(f"[sweep] {condition.name}: {Path(record.get('input', '?')).name}: {record.get('error')}",
+                  file=sys.stderr)
     if not keep:
         shutil.rmtree(out, ignore_errors=True)
     return Row(condition.name, condition.params, len(names), n_true, n_pred, ap, f1, round(seconds, 1), round(peak),
@@ -323,6 +327,7 @@ def run_sweep(conditions: Sequence[Condition], args: argparse.Namespace, title: 
         print(json.dumps(document, indent=1))
         return rows
     if args.json_path:
+        Path(args.json_path).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json_path).write_text(json.dumps(document, indent=1) + "\n")
     print(format_table(rows, title=f"{title}: {args.data} ({len(names)} images), segtool predict "
                                    f"{shlex.join(predict_args) or '(defaults)'}"
