@@ -196,6 +196,7 @@ class Row:
     failed: int
     predict_args: list
     reported: dict  # median of what predict's --json reports per image (scale, diameter), where it does
+    per_image: list = field(default_factory=list)  # name, true/predicted/matched@0.5 objects, predict's size figures
 
 
 def run_predict(paths: Sequence[Path], out: Path, args: Sequence[str]) -> tuple[list[dict], float, float, int]:
@@ -238,15 +239,17 @@ def median_reported(records: Sequence[dict]) -> dict:
     return out
 
 
-def score(folder: Path, names: Sequence[str], records: Sequence[dict]) -> tuple[int, int, dict, dict, int]:
+def score(folder: Path, names: Sequence[str], records: Sequence[dict]) -> tuple[int, int, dict, dict, int, list]:
     """Summed ``match_labels`` counts of predict's outputs against ``folder/masks``: n_true, n_pred, AP and F1 per
-    threshold, images that failed (counted as all objects missed)."""
-    outputs = {Path(r["input"]).name: r.get("outputs", {}).get("labels") for r in records if r.get("status") == "done"}
+    threshold, images that failed (counted as all objects missed), and one small record per image."""
+    by_name = {Path(r["input"]).name: r for r in records if "input" in r}
     total = None
     failed = 0
+    per_image = []
     for name in names:
         truth = tifffile.imread(folder / "masks" / name)
-        labels_path = outputs.get(name)
+        record = by_name.get(name, {})
+        labels_path = record.get("outputs", {}).get("labels") if record.get("status") == "done" else None
         if labels_path:
             pred = tifffile.imread(labels_path)
         else:
@@ -254,9 +257,12 @@ def score(folder: Path, names: Sequence[str], records: Sequence[dict]) -> tuple[
             pred = np.zeros_like(truth)
         counts = match_labels(truth, pred, thresholds=THRESHOLDS)
         total = counts if total is None else total + counts
+        per_image.append({"name": name, "n_true": int(counts.n_true), "n_pred": int(counts.n_pred),
+                          "tp@0.5": int(counts.tp[0]), "status": record.get("status"),
+                          **{k: record[k] for k in ("scale", "diameter", "diameter_source", "bands") if k in record}})
     ap = {f"{t:g}": float(v) for t, v in zip(THRESHOLDS, total.ap)}
     f1 = {f"{t:g}": float(v) for t, v in zip(THRESHOLDS, total.f1)}
-    return int(total.n_true), int(total.n_pred), ap, f1, failed
+    return int(total.n_true), int(total.n_pred), ap, f1, failed, per_image
 
 
 def run_condition(condition: Condition, data: Path, names: Sequence[str], cache: Path, predict_args: Sequence[str],
@@ -269,15 +275,18 @@ def run_condition(condition: Condition, data: Path, names: Sequence[str], cache:
         args += ["--diameter", f"{diameter:.2f}"]
     out = cache / "predictions" / _slug(f"{data.parent.name}-{data.name}") / _slug(condition.name)
     records, seconds, peak, _ = run_predict([folder / "images" / n for n in names], out, args)
-    n_true, n_pred, ap, f1, failed = score(folder, names, records)
+    n_true, n_pred, ap, f1, failed, per_image = score(folder, names, records)
     for record in records:
         if record.get("status") not in ("done", None):  # say why an image scored as all missed
             print(f"[sweep] {condition.name}: {Path(record.get('input', '?')).name}: {record.get('error')}",
                   file=sys.stderr)
+    banded = [r for r in records if r.get("bands")]
+    if banded:  # band mode (images over 16 Mpixel) may predict at another scale than the rest
+        print(f"[sweep] {condition.name}: {len(banded)} image(s) predicted in bands", file=sys.stderr)
     if not keep:
         shutil.rmtree(out, ignore_errors=True)
     return Row(condition.name, condition.params, len(names), n_true, n_pred, ap, f1, round(seconds, 1), round(peak),
-               failed, args, median_reported(records))
+               failed, args, median_reported(records), per_image)
 
 
 # ---------------------------------------------------------------------------------------------- the command line
