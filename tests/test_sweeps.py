@@ -201,3 +201,20 @@ def test_saturated_blobs_leave_the_image_away_from_them_as_it_was(dark):
     distance = ndi.distance_transform_edt(out != out.max())
     assert distance[changed].max() < 2 * 16
     assert changed.mean() < 0.5
+
+
+def test_scores_sum_counts_over_images_and_count_a_failed_image_as_all_missed(tmp_path):
+    from _sweep import score
+
+    data = _split(tmp_path, n=2)
+    truth0 = tifffile.imread(data / "masks" / "im0.tif")
+    tifffile.imwrite(tmp_path / "im0_labels.tif", truth0)  # a perfect prediction of the first image
+    records = [{"input": str(data / "images" / "im0.tif"), "status": "done", "scale": 0.5,
+                "outputs": {"labels": str(tmp_path / "im0_labels.tif")}},
+               {"input": str(data / "images" / "im1.tif"), "status": "failed", "error": "too big"}]
+    n_true, n_pred, ap, _, failed, per_image = score(data, ["im0.tif", "im1.tif"], records)
+    n0 = len(np.unique(truth0)) - 1
+    n1 = len(np.unique(tifffile.imread(data / "masks" / "im1.tif"))) - 1
+    assert (n_true, n_pred, failed) == (n0 + n1, n0, 1)
+    assert ap["0.5"] == pytest.approx(n0 / (n0 + n1))  # TP / (TP + FP + FN), the second image's objects all missed
+    assert per_image[0]["tp@0.5"] == n0 and per_image[0]["scale"] == 0.5 and per_image[1]["status"] == "failed"
