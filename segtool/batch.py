@@ -9,12 +9,20 @@ reason and the batch goes on (unless asked to stop), an input whose outputs all
 exist is ``skipped`` with ``skip_existing``, and every result is handed to a
 callback as soon as it is known, so the caller can print or log it.
 
+Several processes may share one output folder (terminals, array jobs). Outputs
+are never replaced without ``overwrite`` (:mod:`segtool.publish`); with
+``skip_existing`` an output that another process writes while this one works
+on the same input makes it ``skipped`` (reason :data:`WRITTEN_ELSEWHERE`), not
+failed.
+
 The module prints nothing: reporting belongs to the caller.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 import multiprocessing
 import os
 import signal
@@ -25,7 +33,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from segtool.errors import SegtoolError
+from segtool.errors import OutputExistsError, SegtoolError
 
 __all__ = [
     "EXIT_OK",
@@ -42,6 +50,9 @@ __all__ = [
     "run_item",
     "precheck_item",
     "error_message",
+    "item_task",
+    "ALREADY_THERE",
+    "WRITTEN_ELSEWHERE",
 ]
 
 EXIT_OK = 0  #: every input succeeded or was skipped
@@ -49,6 +60,11 @@ EXIT_FAILED = 1  #: at least one input failed; the others were processed
 EXIT_USAGE = 2  #: the command line itself was wrong (nothing was processed)
 EXIT_INTERRUPTED = 130  #: stopped by Ctrl-C (SIGINT)
 EXIT_TERMINATED = 143  #: stopped by SIGTERM
+
+#: ``reason`` of an input skipped because another process wrote its output while this one worked on it.
+WRITTEN_ELSEWHERE = "written by another process"
+#: ``reason`` of an input skipped because its outputs existed before it was started.
+ALREADY_THERE = "outputs exist"
 
 
 class Task(Protocol):
@@ -100,6 +116,8 @@ class ItemResult:
         One-line reason when failed.
     seconds : float
         Wall time spent on this input.
+    reason : str or None
+        Why it was skipped: :data:`ALREADY_THERE` or :data:`WRITTEN_ELSEWHERE`.
     """
 
     input: str
@@ -108,11 +126,14 @@ class ItemResult:
     figures: dict[str, Any] = field(default_factory=dict)
     error: str | None = None
     seconds: float = 0.0
+    reason: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        """JSON-safe dict: input, status, outputs, error, seconds, then the figures."""
+        """JSON-safe dict: input, status, outputs, error, seconds (a skip's reason), then the figures."""
         record = asdict(self)
         figures = record.pop("figures")
+        if record["reason"] is None:
+            del record["reason"]
         record["seconds"] = round(self.seconds, 4)
         record.update({k: v for k, v in figures.items() if k not in record})
         return record
@@ -170,16 +191,39 @@ def _existing_outputs(task: Task, path: Path) -> tuple[dict[str, Path], list[Pat
     return planned, [p for p in planned.values() if p.exists()]
 
 
-def run_item(task: Task, path: Path, debug: bool = False) -> ItemResult:
+def run_item(task: Task, path: Path, debug: bool = False, *, skip_existing: bool = False) -> ItemResult:
     """Run ``task`` on one input, turning every error into a failed result.
 
     This is what each worker runs, in a process pool or under another :class:`Runner`.
+    With ``skip_existing``, an input found partly done is redone (its existing
+    outputs replaced), and an output that another process writes meanwhile
+    makes the result ``skipped`` (:data:`WRITTEN_ELSEWHERE`).
     """
     start = time.perf_counter()
     try:
-        return _done(task, path, task.run(path), start)
+        return _done(task, path, item_task(task, path, skip_existing=skip_existing).run(path), start)
     except Exception as err:
-        return _failure(path, err, start, debug)
+        return _failure(path, err, start, debug, task=task, skip_existing=skip_existing)
+
+
+def item_task(task: Task, path: Path, *, skip_existing: bool) -> Task:
+    """``task``, or with ``skip_existing`` and some (not all) of ``path``'s outputs there, a copy allowed to replace them.
+
+    A partly done input (a run killed between two of its outputs) is redone
+    whole; outputs that appear later, written by another process, still turn
+    the input into a skip (:func:`run_item`) when none existed at the start.
+    """
+    if not skip_existing or getattr(task, "overwrite", True) or not dataclasses.is_dataclass(task):
+        return task
+    try:
+        planned, existing = _existing_outputs(task, path)
+    except SegtoolError:
+        return task  # run() reports it
+    if not existing or len(existing) == len(planned):
+        return task
+    clone = copy.copy(task)  # keeps what the task caches (a loaded model), unlike dataclasses.replace
+    object.__setattr__(clone, "overwrite", True)  # frozen dataclasses too
+    return clone
 
 
 def _done(task: Task, path: Path, figures: dict[str, Any], start: float) -> ItemResult:
@@ -188,8 +232,15 @@ def _done(task: Task, path: Path, figures: dict[str, Any], start: float) -> Item
     return ItemResult(str(path), "done", outputs, figures, None, time.perf_counter() - start)
 
 
-def _failure(path: Path, err: Exception, start: float, debug: bool) -> ItemResult:
-    """The failed result for an exception raised while processing ``path``."""
+def _failure(path: Path, err: Exception, start: float, debug: bool, *, task: Task | None = None,
+             skip_existing: bool = False) -> ItemResult:
+    """The failed result for an exception raised while processing ``path`` (with ``skip_existing``, a race is a skip)."""
+    if skip_existing and isinstance(err, OutputExistsError) and task is not None:
+        try:
+            outputs = {k: str(v) for k, v in task.planned_outputs(path).items()}
+        except SegtoolError:
+            outputs = {}
+        return ItemResult(str(path), "skipped", outputs, seconds=time.perf_counter() - start, reason=WRITTEN_ELSEWHERE)
     if isinstance(err, SegtoolError):
         return ItemResult(str(path), "failed", error=error_message(err), seconds=time.perf_counter() - start)
     if isinstance(err, MemoryError):
@@ -223,7 +274,7 @@ def precheck_item(task: Task, path: Path, *, skip_existing: bool, overwrite: boo
     if not planned or not existing or overwrite:
         return None
     if skip_existing and len(existing) == len(planned):
-        return ItemResult(str(path), "skipped", {k: str(v) for k, v in planned.items()})
+        return ItemResult(str(path), "skipped", {k: str(v) for k, v in planned.items()}, reason=ALREADY_THERE)
     if skip_existing:
         return None  # partly done: redo it, replacing only what this run writes
     names = ", ".join(str(p) for p in existing)
@@ -312,7 +363,9 @@ def run_batch(
 
 def _run_sequential(paths, task, summary, record, on_error, skip_existing, overwrite, debug):
     for path in paths:
-        result = precheck_item(task, path, skip_existing=skip_existing, overwrite=overwrite) or run_item(task, path, debug)
+        result = precheck_item(task, path, skip_existing=skip_existing, overwrite=overwrite) or run_item(
+            task, path, debug, skip_existing=skip_existing
+        )
         record(result)
         if result.status == "failed" and on_error == "stop":
             break
@@ -328,16 +381,19 @@ def _run_streamed(paths, task, record, on_error, skip_existing, overwrite, debug
 
     failed = []
 
+    def failure(path, err, start):
+        return _failure(path, err, start, debug, task=task, skip_existing=skip_existing)
+
     def guarded(stage):
         def run(state):
-            path, start, value = state
+            path, start, value, own = state  # own: the task for this input (see item_task)
             try:
-                value = stage(value)
+                value = getattr(own, stage)(value)
                 if isinstance(value, Finished):
                     return Finished(_done(task, path, value.value, start))
             except Exception as err:
-                return Finished(_failure(path, err, start, debug))
-            return path, start, value
+                return Finished(failure(path, err, start))
+            return path, start, value, own
 
         return run
 
@@ -346,14 +402,14 @@ def _run_streamed(paths, task, record, on_error, skip_existing, overwrite, debug
         early = precheck_item(task, path, skip_existing=skip_existing, overwrite=overwrite)
         if early is not None:
             return Finished(early)
-        return guarded(task.load)((path, start, path))
+        return guarded("load")((path, start, path, item_task(task, path, skip_existing=skip_existing)))
 
     def finish(state):
-        path, start, value = state
+        path, start, value, own = state
         try:
-            return _done(task, path, task.finish(value), start)
+            return _done(task, path, own.finish(value), start)
         except Exception as err:
-            return _failure(path, err, start, debug)
+            return failure(path, err, start)
 
     def on_result(path, result):
         record(result)
@@ -363,7 +419,7 @@ def _run_streamed(paths, task, record, on_error, skip_existing, overwrite, debug
     run_staged(
         paths,
         load=load,
-        infer=guarded(task.infer),
+        infer=guarded("infer"),
         finish=finish,
         on_result=on_result,
         should_stop=lambda: bool(failed) and on_error == "stop",
@@ -394,7 +450,7 @@ def _run_parallel(paths, task, summary, record, on_error, skip_existing, overwri
                     record(early)
                     stop = stop or (early.status == "failed" and on_error == "stop")
                     continue
-                worker = idle.pop() if idle else _Worker(task, debug)
+                worker = idle.pop() if idle else _Worker(task, debug, skip_existing)
                 worker.send(path)
                 busy[worker] = path
             if not busy:
@@ -418,11 +474,11 @@ def _run_parallel(paths, task, summary, record, on_error, skip_existing, overwri
 class _Worker:
     """One worker process running :func:`run_item` on the paths sent to it."""
 
-    def __init__(self, task: Task, debug: bool):
+    def __init__(self, task: Task, debug: bool, skip_existing: bool = False):
         # "spawn" keeps workers independent of the parent's threads (torch, BLAS), which fork can deadlock.
         context = multiprocessing.get_context("spawn")
         self.conn, child = context.Pipe()
-        self.process = context.Process(target=_worker_main, args=(child, task, debug), daemon=True)
+        self.process = context.Process(target=_worker_main, args=(child, task, debug, skip_existing), daemon=True)
         self.process.start()
         child.close()
         self.alive = True
@@ -492,7 +548,7 @@ def _death_message(exitcode: int | None) -> str:
     return f"worker process exited unexpectedly (exit code {exitcode}) while processing this input"
 
 
-def _worker_main(conn, task: Task, debug: bool) -> None:
+def _worker_main(conn, task: Task, debug: bool, skip_existing: bool = False) -> None:
     """Worker process: run the task on each path received until told to stop (None) or interrupted."""
     from segtool.quiet import quiet_libraries
 
@@ -504,7 +560,7 @@ def _worker_main(conn, task: Task, debug: bool) -> None:
                 if path is None:
                     return
                 try:
-                    result = run_item(task, path, debug)
+                    result = run_item(task, path, debug, skip_existing=skip_existing)
                 except Exception as err:  # only with --debug: hand the error to the parent
                     detail = "".join(traceback.format_exception(type(err), err, err.__traceback__))
                     conn.send(("raise", _picklable(err, detail)))

@@ -8,7 +8,7 @@ its traceback.
 
 from __future__ import annotations
 
-__all__ = ["SegtoolError", "InputError", "OutputError", "ModelError", "first_line"]
+__all__ = ["SegtoolError", "InputError", "OutputError", "OutputExistsError", "ModelError", "first_line"]
 
 
 class SegtoolError(Exception):
@@ -26,6 +26,14 @@ class InputError(SegtoolError, ValueError):
 
 class OutputError(SegtoolError, OSError):
     """An output cannot be written (exists already, folder not writable, disk full)."""
+
+
+class OutputExistsError(OutputError):
+    """An output exists and may not be replaced: it was there before, or another process wrote it meanwhile.
+
+    With ``--skip-existing`` the batch runner counts the input as skipped
+    ("written by another process"); without it the input fails.
+    """
 
 
 class ModelError(SegtoolError):

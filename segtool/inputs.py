@@ -86,6 +86,9 @@ def expand_inputs(
         (``*_labels.tif``) and skip only outputs that are not labels.
     stdin_lines : iterable of str, optional
         Lines read from standard input; required when ``-`` is among ``specs``.
+        For ``"labels"``, listed files that segtool writes and that are not
+        label images (overlays, tables, ROI sets) are passed over, so the full
+        list of files a command printed can be piped into ``export -``.
 
     Returns
     -------
@@ -114,7 +117,7 @@ def expand_inputs(
                 continue
             for line in stdin_lines:
                 line = line.strip()
-                if line and not line.startswith("#"):
+                if line and not line.startswith("#") and not (kind == "labels" and _other_output(line)):
                     # Each listed path is taken literally (no globbing) but folders still expand.
                     _expand_one(line, recursive, kind, add, found, allow_glob=False)
             continue
@@ -158,6 +161,12 @@ def _folder_images(folder: Path, recursive: bool, kind: str) -> list[Path]:
         elif recursive and entry.is_dir():
             found.extend(_folder_images(entry, recursive, kind))
     return found
+
+
+def _other_output(name: str) -> bool:
+    """Whether ``name`` is a file segtool writes that is not a label image."""
+    name = name.lower()
+    return name.endswith(_NON_LABEL_OUTPUTS) or name.endswith(("_rois.zip", "_objects.csv", ".geojson"))
 
 
 def _is_candidate(path: Path, kind: str) -> bool:

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from segtool.calibration import normalise_unit, tiff_calibration
-from segtool.errors import InputError, OutputError, first_line
+from segtool.errors import InputError, OutputError, OutputExistsError, first_line
 from segtool.memory import MemoryBudget, check_memory
+from segtool.publish import publish_new
 from segtool.quiet import collect_records
 
 __all__ = [
@@ -409,7 +410,7 @@ def check_output_free(path: str | os.PathLike, *, overwrite: bool = False) -> No
     if path.is_dir():
         raise OutputError(f"{path}: output path is a directory")
     if path.exists() and not overwrite:
-        raise OutputError(f"{path}: output exists; use --overwrite to replace it")
+        raise OutputExistsError(f"{path}: output exists; use --overwrite to replace it")
 
 
 @contextlib.contextmanager
@@ -420,7 +421,7 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = False) -> Iterat
     does not cross file systems) and is hidden (leading dot, ``.part``
     ending), so folder scans never take it for a result. On any exception,
     including Ctrl-C, the temporary file is removed and ``path`` is left as it
-    was.
+    was. Without ``overwrite`` a file that appeared meanwhile is never replaced.
 
     Parameters
     ----------
@@ -432,8 +433,8 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = False) -> Iterat
     Raises
     ------
     OutputError
-        If ``path`` exists and ``overwrite`` is false, the folder cannot be
-        created or written, or writing fails (e.g. disk full).
+        If ``path`` exists and ``overwrite`` is false (:class:`OutputExistsError`), the
+        folder cannot be created or written, or writing fails (e.g. disk full).
     """
     path = Path(path)
     check_output_free(path, overwrite=overwrite)
@@ -441,7 +442,7 @@ def atomic_output(path: str | os.PathLike, *, overwrite: bool = False) -> Iterat
     def publish(temp: Path) -> None:
         if not temp.exists():
             raise OutputError(f"{path}: nothing was written")
-        os.replace(temp, path)
+        (os.replace if overwrite else publish_new)(temp, path)
 
     def discard(temp: Path) -> None:
         with contextlib.suppress(OSError):

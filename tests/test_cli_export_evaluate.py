@@ -75,8 +75,8 @@ def test_export_converts_png_and_int64_labels_and_strips_mask_endings(tmp_path):
     picture = np.asarray(PILImage.open(out / "cells_labels.png"))
     assert picture.dtype == np.uint8 and picture.shape == labels.shape + (3,)
     assert (picture[labels == 1] != 0).any() and not picture[labels == 0].any()  # visible colours, black background
-    # Piped stdout: one output path per input.
-    assert result.stdout.split() == [str(out / "cells_labels.tif"), str(out / "big_labels.tif")]
+    # Piped stdout: every file written, one per line, input by input.
+    assert result.stdout.split() == [str(out / f"{stem}_labels.{ext}") for stem in ("cells", "big") for ext in ("tif", "png")]
 
 
 def test_export_refuses_to_replace_its_input(tmp_path):

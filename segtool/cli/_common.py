@@ -31,10 +31,12 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from segtool.batch import EXIT_INTERRUPTED, EXIT_USAGE, BatchSummary, ItemResult, Task, run_batch
+from segtool.cli.cluster_run import cluster_for_run, connect_for_run
 from segtool.errors import SegtoolError, first_line
 from segtool.inputs import ExpandedInputs, expand_inputs
 from segtool.memory import WORKING_BYTES, MemoryBudget, parse_memory_limit
 from segtool.quiet import quiet_libraries
+from segtool.shard import Shard, parse_shard, select_shard
 
 __all__ = [
     "BatchOptions",
@@ -63,6 +65,8 @@ __all__ = [
     "BlockSize",
     "ZarrOut",
     "MaxMemory",
+    "ShardOpt",
+    "shard_files",
     "memory_budget",
     "expand_specs",
     "run_files",
@@ -224,6 +228,27 @@ ZarrOut = Annotated[
 ]
 
 
+def _shard(value: str | None) -> Shard | None:
+    try:
+        return None if value is None else parse_shard(value)
+    except SegtoolError as err:
+        raise typer.BadParameter(first_line(err)) from None
+
+
+ShardOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--shard",
+        metavar="K/N",
+        callback=_shard,
+        help="Take only part K of N of the inputs (K = 1..N), for array jobs and parallel shells: N processes "
+        "with K = 1..N take every input exactly once (split by a hash of each path relative to the folder given).",
+        rich_help_panel=PANEL_BATCH,
+        show_default=False,
+    ),
+]
+
+
 class Device(str, Enum):
     """Where a network runs (``--device``): auto picks CUDA, then Apple MPS, then the CPU."""
 
@@ -268,6 +293,7 @@ class BatchOptions:
     zarr: bool = False
     quiet: bool = False
     debug: bool = False
+    shard: Shard | None = None  # --shard K/N: this process's part of the inputs
 
     @property
     def big(self) -> bool:
@@ -318,6 +344,14 @@ def expand_specs(specs: Sequence[str], *, kind: str = "image", recursive: bool =
     return expand_inputs(specs, recursive=recursive, kind=kind, stdin_lines=stdin_lines)
 
 
+def shard_files(files: Sequence[Path], specs: Sequence[str], shard: Shard | None) -> list[Path]:
+    """The expanded inputs ``files`` that ``--shard`` gives this process (keys relative to the folders in ``specs``)."""
+    if shard is None:
+        return list(files)
+    roots = [Path(spec).expanduser() for spec in specs if spec != "-" and Path(spec).expanduser().is_dir()]
+    return select_shard(files, shard, roots=roots)
+
+
 def run_files(
     specs: Sequence[str],
     task: Task,
@@ -347,8 +381,15 @@ def run_files(
     """
     on_error = OnError(batch.on_error)
     quiet, json_out, manifest = batch.quiet, batch.json_out, batch.manifest
-    cluster_spec = _cluster_spec(batch.cluster, big=batch.big, jobs=batch.jobs)
+    try:
+        cluster_spec = cluster_for_run(batch.cluster, big=batch.big, jobs=batch.jobs)
+    except SegtoolError as err:
+        fail(first_line(err), code=EXIT_USAGE)
     expanded = expand_specs(specs, recursive=batch.recursive, kind=kind)
+    found = len(expanded.files)
+    expanded.files = shard_files(expanded.files, specs, batch.shard)
+    # Which part ran, of how many inputs: the summaries of the N processes add up.
+    note = f"shard {batch.shard} ({len(expanded.files)} of {found} inputs): " if batch.shard else ""
     err_console = stderr()
     summary_problems = BatchSummary()
 
@@ -358,10 +399,13 @@ def run_files(
         client = None
         # inputs are checked first: no waiting on a scheduler when none of them exists (each fails in one line)
         if cluster_spec is not None and any(Path(f).exists() for f in expanded.files):
-            client = _connect(stack, cluster_spec, quiet=quiet)
+            try:
+                client = connect_for_run(stack, cluster_spec, quiet=quiet)
+            except SegtoolError as err:
+                fail(first_line(err), code=EXIT_USAGE)
         progress = _progress_bar(err_console, quiet=quiet)
         emit = _Reporter(progress, manifest=_open_manifest(stack, manifest), json_out=json_out,
-                         table_mode=not json_out and sys.stdout.isatty())
+                         table_mode=not json_out and sys.stdout.isatty(), shard=batch.shard)
         with progress:
             for spec, message in expanded.problems:
                 result = ItemResult(spec, "failed", error=message)
@@ -391,15 +435,15 @@ def run_files(
                 summary = getattr(interrupt, "summary", BatchSummary())
                 code = getattr(interrupt, "exit_code", EXIT_INTERRUPTED)
                 progress.stop()
-                _print_summary(err_console, summary, summary_problems, interrupted=True)
+                _print_summary(err_console, summary, summary_problems, interrupted=True, note=note)
                 raise typer.Exit(code) from None
 
     summary.failed += summary_problems.failed
     if emit.rows:
         _print_table(emit.rows, columns)
     if not quiet:
-        _print_summary(err_console, summary, BatchSummary())
-    if not expanded.files and not summary_problems.failed:
+        _print_summary(err_console, summary, BatchSummary(), note=note)
+    if not found and not summary_problems.failed:
         fail("no input files given")
     raise typer.Exit(summary.exit_code)
 
@@ -431,13 +475,16 @@ def _progress_bar(console: Console, *, quiet: bool) -> Progress:
 class _Reporter:
     """Where each input's result goes as soon as it is known.
 
-    The manifest gets its JSON line; a failure gets its error line on
-    stderr; stdout gets the JSON line (``--json``), or the main output path
-    when piped, or nothing yet on a terminal (``rows`` become the table at
-    the end); the progress bar advances.
+    The manifest gets its JSON line (with ``"shard": "K/N"`` under ``--shard``);
+    a failure gets its error line on stderr; stdout gets the JSON line
+    (``--json``), or every output path, one per line, when piped, or nothing
+    yet on a terminal (``rows`` become the table at the end); the progress bar
+    advances.
     """
 
-    def __init__(self, progress: Progress, *, manifest, json_out: bool, table_mode: bool) -> None:
+    def __init__(self, progress: Progress, *, manifest, json_out: bool, table_mode: bool,
+                 shard: Shard | None = None) -> None:
+        self.shard = None if shard is None else str(shard)
         self.progress = progress
         self.manifest = manifest
         self.json_out = json_out
@@ -447,6 +494,8 @@ class _Reporter:
 
     def __call__(self, result: ItemResult) -> None:
         record = result.to_json()
+        if self.shard is not None:
+            record["shard"] = self.shard
         if self.manifest is not None:
             self.manifest.write(json.dumps(record) + "\n")
             self.manifest.flush()
@@ -460,42 +509,9 @@ class _Reporter:
         elif self.table_mode:
             self.rows.append(result)
         elif result.status != "failed" and result.outputs:
-            print(next(iter(result.outputs.values())), flush=True)
+            print("\n".join(result.outputs.values()), flush=True)
         if self.task_id is not None:
             self.progress.advance(self.task_id)
-
-
-def _cluster_spec(cluster: str | None, *, big: bool, jobs: int):
-    """The parsed ``--cluster`` (``local`` for big-image mode without one), or None; exit 2 when unusable."""
-    if cluster is None and not big:
-        return None
-    from segtool.distributed.cluster import parse_cluster, require_distributed
-
-    if jobs > 1:
-        fail("--jobs runs local processes; with --cluster or --block-size give the workers as --cluster local:N", code=EXIT_USAGE)
-    try:
-        require_distributed()
-        return parse_cluster(cluster or "local")
-    except SegtoolError as err:
-        fail(first_line(err), code=EXIT_USAGE)
-
-
-def _connect(stack: ExitStack, spec, *, quiet: bool):
-    """Start or join the cluster for the rest of the command; say where its dashboard is."""
-    from segtool.distributed.cluster import connect, dashboard_link
-
-    try:
-        client = stack.enter_context(connect(spec))
-    except SegtoolError as err:
-        fail(first_line(err), code=EXIT_USAGE)
-    except KeyboardInterrupt:
-        print("segtool: interrupted while connecting to the cluster", file=sys.stderr, flush=True)
-        raise typer.Exit(EXIT_INTERRUPTED) from None
-    if not quiet:
-        link = dashboard_link(client)
-        where = f"; dashboard {link}" if link else ""
-        print(f"segtool: running on a {spec.describe()}{where}", file=sys.stderr, flush=True)
-    return client
 
 
 def _print_table(rows: list[ItemResult], columns) -> None:
@@ -514,18 +530,19 @@ def _print_table(rows: list[ItemResult], columns) -> None:
             except (KeyError, TypeError, ValueError):
                 value = ""
             cells.append("" if value is None else str(value))
-        cells.append(next(iter(row.outputs.values()), "") if row.outputs else (row.error or ""))
+        cells.append("\n".join(row.outputs.values()) if row.outputs else (row.error or ""))
         cells.append(f"{row.seconds:.2f}")
         table.add_row(*cells)
     Console(highlight=False).print(table)
 
 
-def _print_summary(console: Console, summary: BatchSummary, extra: BatchSummary, *, interrupted: bool = False) -> None:
+def _print_summary(console: Console, summary: BatchSummary, extra: BatchSummary, *, interrupted: bool = False,
+                   note: str = "") -> None:
     failed = summary.failed + extra.failed
     parts = [f"{summary.done} done", f"{summary.skipped} skipped", f"{failed} failed"]
     if summary.not_started:
         parts.append(f"{summary.not_started} not started")
-    prefix = "interrupted: " if interrupted else ""
+    prefix = ("interrupted: " if interrupted else "") + note
     console.print(f"segtool: {prefix}{', '.join(parts)}", markup=False, highlight=False)
 
 

@@ -14,7 +14,8 @@ from rich.table import Table
 
 from segtool.batch import EXIT_USAGE
 from segtool.cli._app import app
-from segtool.cli._common import Debug, MaxMemory, Overwrite, Quiet, Recursive, fail, memory_budget, print_error, stderr
+from segtool.cli._common import Debug, MaxMemory, Overwrite, Quiet, Recursive, ShardOpt, fail, memory_budget, print_error, stderr
+from segtool.cli._common import shard_files
 from segtool.errors import InputError, SegtoolError, first_line
 from segtool.inputs import expand_inputs
 from segtool.io import check_output_free
@@ -192,6 +193,7 @@ def evaluate(
     recursive: Recursive = False,
     overwrite: Overwrite = False,
     max_memory: MaxMemory = None,
+    shard: ShardOpt = None,
     quiet: Quiet = False,
     debug: Debug = False,
 ) -> None:
@@ -238,6 +240,10 @@ def evaluate(
     if len(files) < 2:
         raise typer.Exit(1)
     pairs, problems = pair_label_files(files["pred"], files["gt"])
+    found = len(pairs)
+    if shard is not None:  # split by prediction file; each shard's totals cover its own pairs only
+        kept = set(shard_files([p.pred for p in pairs], [str(pred)], shard))
+        pairs = [p for p in pairs if p.pred in kept]
     for where, message in problems:
         report(where, message)
 
@@ -266,6 +272,11 @@ def evaluate(
                 images.append(_report(pair, counts, pixels))
             progress.advance(task_id)
 
+    note = f"shard {shard} ({len(pairs)} of {found} pairs): " if shard is not None else ""
+    if not images and shard is not None and found and not failed and not pairs:  # an empty shard: nothing to do
+        if not quiet:
+            err_console.print(f"segtool: {note}nothing to evaluate", markup=False, highlight=False)
+        raise typer.Exit(0)
     if not images:
         fail("nothing to evaluate: no prediction could be paired with its ground truth and read")
     total_counts = sum(counts_list)
@@ -289,6 +300,8 @@ def evaluate(
 
     if json_out:
         document = {"thresholds": list(values), "total": total, "images": images, "failed": failed, "outputs": outputs}
+        if shard is not None:
+            document["shard"] = str(shard)
         print(json.dumps(document))
     else:
         _print_tables(Console(highlight=False, soft_wrap=True), images, total, values)
@@ -297,6 +310,6 @@ def evaluate(
                 err_console.print(f"segtool: wrote {name}: {path}", markup=False, highlight=False)
     if not quiet:
         err_console.print(
-            f"segtool: {len(images)} pair(s) evaluated, {failed} problem(s)", markup=False, highlight=False
+            f"segtool: {note}{len(images)} pair(s) evaluated, {failed} problem(s)", markup=False, highlight=False
         )
     raise typer.Exit(1 if failed else 0)

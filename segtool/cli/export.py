@@ -20,6 +20,7 @@ from segtool.cli._common import (
     JsonOut,
     Manifest,
     MaxMemory,
+    ShardOpt,
     OnError,
     OnErrorOpt,
     OutputDir,
@@ -35,6 +36,7 @@ from segtool.cli._common import (
     memory_budget,
     print_error,
     run_files,
+    shard_files,
     stderr,
 )
 from segtool.errors import InputError
@@ -115,6 +117,7 @@ def export(
     on_error: OnErrorOpt = OnError.skip,
     jobs: Jobs = 1,
     max_memory: MaxMemory = None,
+    shard: ShardOpt = None,
     cluster: ClusterOpt = None,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -182,6 +185,7 @@ def measure(
     on_error: OnErrorOpt = OnError.skip,
     jobs: Jobs = 1,
     max_memory: MaxMemory = None,
+    shard: ShardOpt = None,
     cluster: ClusterOpt = None,
     quiet: Quiet = False,
     debug: Debug = False,
@@ -211,13 +215,15 @@ def _summary_rows(specs, task: ExportTask, batch: BatchOptions) -> None:
 
     on_error, json_out = OnError(batch.on_error), batch.json_out
     expanded = expand_specs(specs, recursive=batch.recursive, kind="labels")
+    found = len(expanded.files)
+    expanded.files = shard_files(expanded.files, specs, batch.shard)
     failed = 0
     for spec, message in expanded.problems:
         print_error(spec, message)
         failed += 1
     if failed and on_error == OnError.stop:
         raise typer.Exit(1)
-    if not expanded.files:
+    if not found:
         fail("no input files given")
     writer = csv.writer(sys.stdout, lineterminator="\n")
     columns: list[str] = []
@@ -227,7 +233,7 @@ def _summary_rows(specs, task: ExportTask, batch: BatchOptions) -> None:
         if result.status == "failed":
             print_error(result.input, result.error or "failed")
             return
-        row = {"labels": result.input, **result.figures}
+        row = {"labels": result.input, **result.figures, **({"shard": str(batch.shard)} if batch.shard else {})}
         if json_out:
             print(json.dumps(row), flush=True)
             return
@@ -243,7 +249,8 @@ def _summary_rows(specs, task: ExportTask, batch: BatchOptions) -> None:
         summary = run_batch(expanded.files, task, on_error=on_error.value, jobs=batch.jobs, on_result=emit,
                             debug=batch.debug)
     if not batch.quiet:
-        stderr().print(f"segtool: {summary.done} done, {summary.failed + failed} failed", markup=False, highlight=False)
+        note = f"shard {batch.shard} ({len(expanded.files)} of {found} inputs): " if batch.shard else ""
+        stderr().print(f"segtool: {note}{summary.done} done, {summary.failed + failed} failed", markup=False, highlight=False)
     raise typer.Exit(1 if summary.failed or failed else 0)
 
 

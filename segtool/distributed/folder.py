@@ -75,7 +75,7 @@ def with_absolute_paths(task: Task) -> Task:
     return dataclasses.replace(task, **changes) if changes else task
 
 
-def _retry_safe(task: Task) -> Task:
+def _retry_safe(task: Task, *, skip_existing: bool = False) -> Task:
     """The task as workers run it: allowed to replace outputs that appear after the client's check.
 
     Every input's outputs are checked on the client before it is submitted
@@ -83,7 +83,11 @@ def _retry_safe(task: Task) -> Task:
     a worker runs the task was therefore written by an earlier attempt of this
     very task, on a worker that died before reporting back (or that finished
     part of a group of images); the retry must replace it, not fail on it.
+    With ``skip_existing`` the task is left as it is: such an output (or one
+    another process wrote) makes the input skipped, never replaced.
     """
+    if skip_existing:
+        return task
     if dataclasses.is_dataclass(task) and any(f.name == "overwrite" and f.init for f in dataclasses.fields(task)):
         return dataclasses.replace(task, overwrite=True)
     return task
@@ -140,7 +144,7 @@ def run_on_cluster(
     """
     from distributed import as_completed
 
-    remote_task = _retry_safe(with_absolute_paths(task))
+    remote_task = _retry_safe(with_absolute_paths(task), skip_existing=skip_existing)
     pending = list(paths)
     pending.reverse()  # pop() from the end keeps the input order
     running: dict[Any, list[Path]] = {}
@@ -180,7 +184,8 @@ def run_on_cluster(
                 stop = stop or (early.status == "failed" and on_error == "stop")
             if group:
                 # pure=False: re-running a path must run it again, never reuse a cached result.
-                future = client.submit(run_items, remote_task, [p.absolute() for p in group], debug, pure=False)
+                future = client.submit(run_items, remote_task, [p.absolute() for p in group], debug, skip_existing,
+                                       pure=False)
                 running[future] = group
                 completed.add(future)
 
@@ -200,7 +205,8 @@ def run_on_cluster(
                     # One image of the group may be the culprit: give each its own task,
                     # so only that one is reported as failed.
                     for path in group:
-                        single = client.submit(run_items, remote_task, [path.absolute()], debug, pure=False)
+                        single = client.submit(run_items, remote_task, [path.absolute()], debug, skip_existing,
+                                               pure=False)
                         running[single] = [path]
                         completed.add(single)
                     future.release()
@@ -217,9 +223,9 @@ def run_on_cluster(
         raise
 
 
-def run_items(task: Task, paths: Sequence[Path], debug: bool = False) -> list[ItemResult]:
+def run_items(task: Task, paths: Sequence[Path], debug: bool = False, skip_existing: bool = False) -> list[ItemResult]:
     """:func:`segtool.batch.run_item` on each path in turn (one Dask task for a group of images)."""
-    return [run_item(task, path, debug) for path in paths]
+    return [run_item(task, path, debug, skip_existing=skip_existing) for path in paths]
 
 
 def _wind_down(client: Any, futures: list) -> None:

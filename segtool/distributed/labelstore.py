@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from segtool.distributed.blockio import dask_array_module
-from segtool.errors import InputError, OutputError
+from segtool.errors import InputError, OutputError, OutputExistsError
 from segtool.io import check_output_free, is_zarr_store, staged_output
 from segtool.labels import check_labels
 from segtool.pipeline.write import row_tiles, write_tiled_tiff
@@ -337,7 +337,7 @@ def _check_zarr_output(path: Path, *, overwrite: bool) -> None:
     if not os.path.lexists(path):
         return
     if not overwrite:
-        raise OutputError(f"{path}: output exists; use --overwrite to replace it")
+        raise OutputExistsError(f"{path}: output exists; use --overwrite to replace it")
     if path.is_dir() and not path.is_symlink() and not is_zarr_store(path):
         raise OutputError(f"{path}: output path is a folder that is not a Zarr store; refusing to replace it")
 
@@ -351,7 +351,13 @@ def _temporary_sibling(path: Path, *, overwrite: bool):
 def _move_into_place(temp: Path, path: Path, *, overwrite: bool) -> None:
     """Rename ``temp`` to ``path``; an existing result is swapped out atomically where the system allows."""
     if not os.path.lexists(path):
-        os.rename(temp, path)
+        try:
+            os.rename(temp, path)
+        except OSError as err:  # a store that appeared since the check (another process) is never replaced
+            if err.errno not in (errno.ENOTEMPTY, errno.EEXIST, errno.ENOTDIR, errno.EISDIR):
+                raise
+            _check_zarr_output(path, overwrite=overwrite)
+            return _move_into_place(temp, path, overwrite=overwrite)
         return
     _check_zarr_output(path, overwrite=overwrite)  # it may have appeared while the workers were writing
     if _exchange(temp, path):  # Linux: one atomic swap, readers never see a missing result
