@@ -149,7 +149,7 @@ def segment(image: np.ndarray, options: SegmentOptions = SegmentOptions(), *,
         kwargs = {} if options.min_size is None else {"min_size": options.min_size}
         result = segment_baseline(image, degree=options.degree, polarity=options.polarity,
                                   threshold=options.threshold, split=options.split, smooth=options.smooth,
-                                  fill_holes=options.fill_holes, **kwargs)
+                                  fill_holes=options.fill_holes, diameter="auto", **kwargs)
         if on_progress:
             on_progress(1, 1)
         return result.labels
@@ -157,12 +157,13 @@ def segment(image: np.ndarray, options: SegmentOptions = SegmentOptions(), *,
     from segtool.unet.predict import ObjectOptions, TileOptions, load_for_inference_cached, predict_image
     from segtool.unet.shipped import resolve_model
 
-    # the model, device and precision as `segtool predict` picks them by default, so both give the same labels
+    # the model, device, precision and object size (estimated per image) as `segtool predict` picks them by
+    # default, so both give the same labels
     path, _name = resolve_model(options.model)
     model = load_for_inference_cached(path, device="auto", precision=options.precision)
     if not model.config.reads_colour:
         image = _grey(image)  # a grey model reads colour files averaged, as segtool predict does
-    labels = predict_image(image, model, tiling=TileOptions(tta=options.tta),
+    labels = predict_image(image, model, tiling=TileOptions(tta=options.tta, scale=None),
                            objects=ObjectOptions(min_size=options.min_size), on_tile=on_progress).labels
     # segtool predict's empty-image rule: an empty well's uneven illumination is not an object
     if empty_image_reason(_grey(image)) is not None:
