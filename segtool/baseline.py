@@ -32,7 +32,7 @@ from segtool.background import (
     fit_background,
     subtract_background,
 )
-from segtool.checks import check_count, check_nonnegative, check_positive, is_finite_number  # check_count: re-exported, callers import it from here
+from segtool.checks import check_count, check_positive, check_sigma, check_threshold  # check_count: re-exported, callers import it from here
 from segtool.contrast import MIN_CONTRAST, object_contrast
 from segtool.errors import InputError
 from segtool.objectsize import estimate_diameter, size_defaults
@@ -53,8 +53,6 @@ __all__ = [
     "THRESHOLD_PIXELS",
     "apply_method",
     "check_count",
-    "check_sigma",
-    "check_threshold",
     "fit_polarity",
     "grid_threshold",
     "is_flat",
@@ -567,52 +565,3 @@ def _remove_small(labels: np.ndarray, foreground: np.ndarray, min_size: int) -> 
     # Only object pixels need a lookup; background stays 0.
     out[foreground] = lut[values]
     return out
-
-
-# -------------------------------------------------------------------- validation
-
-
-def check_sigma(value: Any) -> float:
-    """Validate a Gaussian sigma (a finite number >= 0).
-
-    Parameters
-    ----------
-    value : float
-        Sigma in pixels.
-
-    Returns
-    -------
-    sigma : float
-
-    Raises
-    ------
-    InputError
-        As :func:`segtool.checks.check_nonnegative`, naming ``smooth``.
-    """
-    return check_nonnegative(value, "smooth", meaning="Gaussian sigma in pixels")
-
-
-def check_threshold(threshold: Any) -> str | float:
-    """Validate a threshold: a method name (lower-cased) or a finite number.
-
-    Parameters
-    ----------
-    threshold : str or float
-        One of ``THRESHOLD_METHODS`` or a fixed level.
-
-    Returns
-    -------
-    threshold : str or float
-
-    Raises
-    ------
-    InputError
-        If ``threshold`` is neither.
-    """
-    if isinstance(threshold, str):
-        if threshold.lower() in THRESHOLD_METHODS:
-            return threshold.lower()
-    elif is_finite_number(threshold):
-        return float(threshold)
-    raise InputError(f"threshold must be one of {', '.join(THRESHOLD_METHODS)} or a finite number, got {threshold!r}")
-

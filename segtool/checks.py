@@ -13,8 +13,10 @@ import numbers
 from typing import Any
 
 from segtool.errors import InputError
+from segtool.thresholds import THRESHOLD_METHODS
 
-__all__ = ["is_finite_number", "check_count", "check_nonnegative", "check_positive", "check_choice", "check_shape"]
+__all__ = ["is_finite_number", "check_count", "check_nonnegative", "check_positive", "check_choice", "check_shape",
+           "check_sigma", "check_threshold"]
 
 
 def is_finite_number(value: Any) -> bool:
@@ -162,3 +164,48 @@ def check_shape(shape: Any, ndim: int, *, axes: str = "") -> tuple[int, ...]:
     if len(sizes) != ndim or min(sizes) < 1:
         raise InputError(message)
     return sizes
+
+
+def check_sigma(value: Any) -> float:
+    """Validate a Gaussian sigma (a finite number >= 0).
+
+    Parameters
+    ----------
+    value : float
+        Sigma in pixels.
+
+    Returns
+    -------
+    sigma : float
+
+    Raises
+    ------
+    InputError
+        As :func:`segtool.checks.check_nonnegative`, naming ``smooth``.
+    """
+    return check_nonnegative(value, "smooth", meaning="Gaussian sigma in pixels")
+
+
+def check_threshold(threshold: Any) -> str | float:
+    """Validate a threshold: a method name (lower-cased) or a finite number.
+
+    Parameters
+    ----------
+    threshold : str or float
+        One of ``THRESHOLD_METHODS`` or a fixed level.
+
+    Returns
+    -------
+    threshold : str or float
+
+    Raises
+    ------
+    InputError
+        If ``threshold`` is neither.
+    """
+    if isinstance(threshold, str):
+        if threshold.lower() in THRESHOLD_METHODS:
+            return threshold.lower()
+    elif is_finite_number(threshold):
+        return float(threshold)
+    raise InputError(f"threshold must be one of {', '.join(THRESHOLD_METHODS)} or a finite number, got {threshold!r}")

@@ -37,14 +37,13 @@ from segtool.baseline import (
     BackgroundFit,
     apply_method,
     check_count,
-    check_sigma,
-    check_threshold,
     fit_polarity,
     grid_threshold,
     is_flat,
     threshold_grid,
     segment_baseline,
 )
+from segtool.checks import check_sigma, check_threshold
 from segtool.errors import InputError
 from segtool.pipeline.seams import join_pieces, number_objects, touching_pairs
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage as ndi
 
-from segtool.baseline import check_threshold
+from segtool.checks import check_threshold
 from segtool.checks import check_count, check_nonnegative, check_positive
 from segtool.errors import InputError
 from segtool.volume.background import BackgroundFit3D, fit_background_3d
