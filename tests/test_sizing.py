@@ -79,8 +79,9 @@ def test_no_objects_at_any_scale_keeps_the_image_size():
 
 
 def test_keep_within_leaves_near_sizes_alone():
-    assert scale_for_estimate(24.0, 20.0, SizeOptions(keep_within=1.25)) == 1.0
-    assert scale_for_estimate(40.0, 20.0, SizeOptions(keep_within=1.25)) == 0.5
+    assert scale_for_estimate(24.0, 20.0, SizeOptions(keep_within=1.25, keep_always=1.25)) == 1.0
+    assert scale_for_estimate(40.0, 20.0, SizeOptions(keep_within=1.25, keep_always=1.25)) == 0.5
+    assert scale_for_estimate(23.0, 20.0, own_confidence=0.5, best_confidence=0.9) == 1.0  # a tiny resize: never
     # within the band, the image keeps its size only when the network is as sure of it there
     assert scale_for_estimate(40.0, 20.0, own_confidence=0.9, best_confidence=0.9) == 1.0
     assert scale_for_estimate(40.0, 20.0, own_confidence=0.8, best_confidence=0.9) == 0.5
@@ -88,6 +89,8 @@ def test_keep_within_leaves_near_sizes_alone():
     assert scale_for_estimate(1000.0, 20.0) == SizeOptions().min_scale  # bounded
     with pytest.raises(InputError):
         SizeOptions(keep_within=0.5)
+    with pytest.raises(InputError):
+        SizeOptions(keep_within=1.5, keep_always=2.0)
 
 
 def test_map_confidence_reads_foreground_only():

@@ -69,6 +69,11 @@ class SizeOptions:
         Keep the image's own size (scale 1) when the estimated diameter is
         within this factor of the model's training diameter and the network
         is at least as confident there (:func:`scale_for_estimate`).
+    keep_always : float
+        Keep the image's own size when the estimate is within this factor of
+        the training diameter, whatever the confidences (a resize that small
+        changes little but costs time, and moved more objects past IoU 0.7
+        the wrong way than the right way on validation).
     min_scale, max_scale : float
         Bounds of the final scale.
 
@@ -83,6 +88,7 @@ class SizeOptions:
     min_objects: int = 3
     agreement: float = 1.5
     keep_within: float = 2.5
+    keep_always: float = 1.2
     min_scale: float = 0.05
     max_scale: float = 4.0
 
@@ -91,8 +97,8 @@ class SizeOptions:
             raise InputError(f"ladder scales must be positive numbers, got {self.scales!r}")
         if int(self.window) < 32:
             raise InputError(f"size window must be at least 32 pixels, got {self.window!r}")
-        if not self.keep_within >= 1.0:
-            raise InputError(f"keep_within must be >= 1, got {self.keep_within!r}")
+        if not self.keep_within >= self.keep_always >= 1.0:
+            raise InputError(f"need keep_within >= keep_always >= 1, got {self.keep_within!r} and {self.keep_always!r}")
 
 
 @dataclass(frozen=True)
@@ -344,7 +350,8 @@ def scale_for_estimate(diameter: float, trained_diameter: float, options: SizeOp
     """The resize factor for an estimated diameter: to the training size, unless the image's own size is as good.
 
     The image keeps its size (1.0) when the estimate is within
-    :attr:`SizeOptions.keep_within` of the training diameter and the network
+    :attr:`SizeOptions.keep_always` of the training diameter, or within
+    :attr:`SizeOptions.keep_within` of it and the network
     was at least as confident at the image's own size (``own_confidence``)
     as at the winning rungs (``best_confidence``); without the two
     confidences, the first condition alone decides. The model was trained on
@@ -361,8 +368,12 @@ def scale_for_estimate(diameter: float, trained_diameter: float, options: SizeOp
     1.0
     >>> scale_for_estimate(42.0, 21.0, own_confidence=0.85, best_confidence=0.93)
     0.5
+    >>> scale_for_estimate(23.0, 21.0, own_confidence=0.85, best_confidence=0.93)
+    1.0
     """
     factor = trained_diameter / diameter
+    if 1.0 / options.keep_always <= factor <= options.keep_always:
+        return 1.0
     within = 1.0 / options.keep_within <= factor <= options.keep_within
     if within and (own_confidence is None or best_confidence is None or own_confidence >= best_confidence):
         return 1.0
