@@ -87,8 +87,8 @@ class SizeOptions:
     window: int = 384
     min_objects: int = 3
     agreement: float = 1.5
-    keep_within: float = 2.5
-    keep_always: float = 1.2
+    keep_within: float = 3.0
+    keep_always: float = 1.3
     min_scale: float = 0.05
     max_scale: float = 4.0
 
