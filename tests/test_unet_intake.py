@@ -283,7 +283,7 @@ def test_bands_apply_the_transform_row_by_row_as_the_whole_image_gets_it(tmp_pat
 def test_an_inverted_model_predicts_in_bands_as_in_memory(inverted_model, tmp_path):
     src = tmp_path / "grey.tif"
     tifffile.imwrite(src, stained_tissue((160, 120), seed=6).mean(-1).astype(np.uint8), tile=(32, 32))
-    common = ["-m", inverted_model, "--tile", "64", "--save-prob", "--json", "--threads", "1"]
+    common = ["-m", inverted_model, "--tile", "64", "--save-prob", "--json", "--threads", "1", "--scale", "1"]  # bands: no size estimate
     whole = invoke("predict", src, "-o", tmp_path / "whole", "--no-bands", *common)
     bands = invoke("predict", src, "-o", tmp_path / "bands", "--bands", "--band-rows", "48", "--halo", "16", *common)
     assert whole.exit_code == 0 and bands.exit_code == 0, whole.output + bands.output
