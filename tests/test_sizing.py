@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -242,3 +243,27 @@ def test_z_stack_is_rescaled_once_from_its_middle_plane(shipped, tmp_path):
     assert figures["scale"] == pytest.approx(21 / 60, rel=0.3)
     labels = tifffile.imread(tmp_path / "auto.tif")
     assert int(labels[2].max()) == int(truth.max()) == figures["objects"]
+
+
+@pytest.mark.slow
+def test_a_large_image_of_large_objects_is_shrunk_in_memory_instead_of_banded(tmp_path, monkeypatch):
+    import tifffile
+
+    import segtool.tasks.predict as predict_task
+
+    # thresholds scaled down so that a small image plays a large one
+    monkeypatch.setattr(predict_task, "BAND_PIXELS", 200 * 200)
+    monkeypatch.setattr(predict_task, "AUTO_WHOLE_PIXELS", 400 * 400)
+    image, truth = make_nuclei_image((96, 96), n_nuclei=6, seed=7, radius_range=(9, 11), touching=0.0,
+                                     illumination="none")
+    tifffile.imwrite(tmp_path / "large.tif", resize(image, (288, 288), order=1, preserve_range=True).astype(np.float32))
+    tifffile.imwrite(tmp_path / "small.tif", np.tile(image, (3, 3)))  # objects of the model's size: bands
+    tifffile.imwrite(tmp_path / "huge.tif", np.zeros((420, 420), np.float32))  # over AUTO_WHOLE_PIXELS: bands
+    result = invoke("predict", str(tmp_path / "large.tif"), str(tmp_path / "small.tif"), str(tmp_path / "huge.tif"),
+                    "-o", str(tmp_path / "out"), "--json", "--threads", "1")
+    assert result.exit_code == 0, result.output
+    records = {Path(r["input"]).name: r for r in map(json.loads, result.stdout.splitlines())}
+    assert records["large.tif"]["bands"] == 0 and records["large.tif"]["scale"] < 0.6
+    assert records["large.tif"]["objects"] == int(truth.max())
+    assert records["small.tif"]["bands"] > 0 and records["small.tif"]["scale"] == 1.0
+    assert records["huge.tif"]["bands"] > 0

@@ -16,10 +16,15 @@ from segtool.errors import InputError
 from segtool.inputs import output_path
 from segtool.pipeline.options import ObjectOptions, TileOptions
 
-__all__ = ["BAND_PIXELS", "PredictTask"]
+__all__ = ["AUTO_WHOLE_PIXELS", "BAND_PIXELS", "PredictTask"]
 
 #: Images with more pixels than this are predicted band by band unless --no-bands.
 BAND_PIXELS = 4096 * 4096
+#: With ``--diameter auto`` an image over BAND_PIXELS but not over this is read whole for its size estimate: when
+#: its objects are larger than the model's, it is predicted in memory at the smaller scale (its network input then
+#: at most BAND_PIXELS); otherwise in bands at its own size, as before. Reading it whole takes about 40 bytes a
+#: pixel (1 GB here) where bands would take a few rows.
+AUTO_WHOLE_PIXELS = 24 * 2**20
 
 
 @dataclass
@@ -137,14 +142,19 @@ class PredictTask:
             if self.channel is not None:
                 kind = "the hematoxylin input" if banded else "a colour (--channels rgb) model"
                 raise InputError(f"--channel picks one channel; {kind} reads R, G and B")
+        # --diameter auto may bring a large image of large objects under the band threshold
+        estimate_whole = self.scale is None and not self.bands
         if self.bands is not False and self.plane is None and banded:
             lazy = open_lazy(path, channel=self.channel, input_transform=transform)
             if lazy is not None:
                 with lazy:
                     if self.bands or lazy.size > BAND_PIXELS:
-                        return {"lazy_path": path, "outputs": outputs}
+                        if not (estimate_whole and lazy.size <= AUTO_WHOLE_PIXELS):
+                            return {"lazy_path": path, "outputs": outputs}
         image = read_image(path, channel=self.channel, plane=self.plane, memory=self.memory, colour=colour)
-        if banded and (self.bands or (self.bands is None and image.data.shape[-2] * image.data.shape[-1] > BAND_PIXELS)):
+        pixels = image.data.shape[-2] * image.data.shape[-1]
+        large = banded and (self.bands or (self.bands is None and pixels > BAND_PIXELS))
+        if large and not (estimate_whole and pixels <= AUTO_WHOLE_PIXELS):
             return {"large_image": image, "outputs": outputs}
         stages = {"read": time.perf_counter() - start}
         start = time.perf_counter()
@@ -157,6 +167,8 @@ class PredictTask:
             start = time.perf_counter()
             normalized, size = fit_to_training_size(normalized, model, objects=self._objects())
             stages["size"] = time.perf_counter() - start
+            if large and (size is None or size.scale * size.scale * pixels > BAND_PIXELS):
+                return {"large_image": image, "outputs": outputs}  # objects not larger than the model's: bands
         return {"image": image, "normalized": normalized, "outputs": outputs, "stages": stages, "size": size}
 
     def infer(self, state: dict[str, Any]):
