@@ -142,6 +142,8 @@ def make_predictor(net, target: str, *, tta: bool = False) -> Callable[[np.ndarr
     -------
     predictor : callable
     """
+    if getattr(net, "segtool_backend", None) == "onnxruntime":
+        return net.predictor(tta=tta)  # segtool.unet.onnxbackend.OnnxNet: its graph ends with the activation
     torch = _torch()
     from segtool.unet.heads import activate
     from segtool.unet.precision import autocast
