@@ -172,6 +172,17 @@ class PredictTask:
             plane = apply_input_transform(image.data, self.model().config.input)
             return Finished(self._run_bands(plane, self.model(), state["outputs"],
                                             calibration=(image.pixel_size, image.unit)))
+        if self.scale == 1.0:
+            from segtool.unet.bands import label_by_tile_rows
+
+            # Several tile rows: each is labelled while the network computes the next (the same labels).
+            done = label_by_tile_rows(state["normalized"], self.model(), tiling=self._tiling(),
+                                      objects=self._objects(), stages=state["stages"])
+            if done is not None:
+                del state["normalized"]
+                labels, maps, n_tiles = done
+                state.update(labels=labels, maps=maps, n_tiles=n_tiles)
+                return state
         maps, n_tiles = predict_maps(
             state.pop("normalized"), self.model(), state["image"].data.shape[-2:], tiling=self._tiling(),
             stages=state["stages"],
@@ -194,7 +205,7 @@ class PredictTask:
         model = self.model()
         start = time.perf_counter()
         options = self._objects().resolve(model.config)
-        labels = maps_to_labels(maps, target=model.config.target, **options)
+        labels = state["labels"] if "labels" in state else maps_to_labels(maps, target=model.config.target, **options)
         # An empty well: percentile normalisation would stretch its uneven illumination into a bright blob.
         empty_reason = empty_image_reason(image.data if image.data.ndim == 2 else image.data.mean(axis=0, dtype=np.float32))
         if empty_reason is not None:

@@ -29,6 +29,7 @@ __all__ = [
     "load_for_inference_cached",
     "make_predictor",
     "network_device_type",
+    "network_precision",
     "prepare_for_inference",
     "prepared_net",
 ]
@@ -197,6 +198,11 @@ def network_device_type(net) -> str:
         return next(net.parameters()).device.type
     except (StopIteration, AttributeError):
         return "cpu"
+
+
+def network_precision(net) -> str:
+    """"fp32" or "bf16": the arithmetic of a prepared network's large calls (what its tile budget is sized for)."""
+    return str(getattr(net, "segtool_precision", "fp32"))
 
 
 def prepared_net(model):

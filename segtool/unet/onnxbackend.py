@@ -247,7 +247,9 @@ def load_onnx_model(model_path: str | os.PathLike, *, threads: int | None = None
         copy.unlink(missing_ok=True)
         return None
     large = _torch_for_large(path, config, threads) if torch_for_large else None
-    return OnnxModel(net=OnnxNet(session, large=large), config=config, metadata=metadata, path=path)
+    # tiles are planned for the arithmetic of the large calls (segtool.pipeline.options.budget_tile)
+    net = OnnxNet(session, large=large, segtool_precision="bf16" if large else "fp32")
+    return OnnxModel(net=net, config=config, metadata=metadata, path=path)
 
 
 def write_onnx_copy(model_path: str | os.PathLike) -> Path | None:
