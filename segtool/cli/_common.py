@@ -33,7 +33,7 @@ from rich.table import Table
 from segtool.batch import EXIT_INTERRUPTED, EXIT_USAGE, BatchSummary, ItemResult, Task, run_batch
 from segtool.errors import SegtoolError, first_line
 from segtool.inputs import ExpandedInputs, expand_inputs
-from segtool.memory import WORKING_BYTES, MemoryBudget, parse_memory_limit
+from segtool.memory import FIXED_BYTES, WORKING_BYTES, MemoryBudget, parse_memory_limit
 from segtool.quiet import quiet_libraries
 
 __all__ = [
@@ -298,6 +298,7 @@ def memory_budget(
         command=command.split()[0],
         way_out=way_out,
         streamed_above=streamed_above,
+        fixed_bytes=FIXED_BYTES.get(command, 0.0),
     )
 
 
