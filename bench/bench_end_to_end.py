@@ -168,7 +168,8 @@ def worker(kind: str, image_path: Path, threads: int) -> dict:
         if getattr(net, "segtool_backend", None) == "onnxruntime":
             from segtool.unet.onnxbackend import LARGE_BATCH_PIXELS
 
-            large = net.large is not None and plan.batch_size * plan.tile[0] * plan.tile[1] >= LARGE_BATCH_PIXELS
+            per_call = min(plan.batch_size, plan.n_tiles) * plan.tile[0] * plan.tile[1]  # what OnnxNet routes by
+            large = net.large is not None and per_call >= LARGE_BATCH_PIXELS
             backend = "torch bf16" if large else "onnxruntime fp32"
         return {"wall": spent[0], "tiles": plan.n_tiles, "tile": list(plan.tile), "backend": backend}
 

@@ -133,3 +133,16 @@ def test_predict_on_onnxruntime_gives_torch_labels_without_importing_torch(tmp_p
     onnx_labels = tifffile.imread(tmp_path / "onnx" / "img_labels.tif")
     assert torch_labels.max() >= 3
     np.testing.assert_array_equal(onnx_labels, torch_labels)
+
+
+def test_warm_large_loads_the_torch_side_on_a_thread_only_for_large_images():
+    calls = []
+    net = OnnxNet(_FakeSession(), large=lambda tta: calls.append(tta))
+    net.warm_large(64 * 64)
+    assert net._warming is None and calls == []
+    net.warm_large(LARGE_BATCH_PIXELS)
+    net._warming.join(timeout=10)
+    net.warm_large(LARGE_BATCH_PIXELS)  # once
+    net._warming.join(timeout=10)
+    assert calls == [False]
+    OnnxNet(_FakeSession()).warm_large(LARGE_BATCH_PIXELS)  # no torch side: nothing to load

@@ -280,8 +280,11 @@ def write_onnx_copy(model_path: str | os.PathLike) -> Path | None:
     import tempfile
     import warnings
 
+    from segtool.unet.modelinfo import read_model_header
+
     path = Path(model_path)
-    if not onnxruntime_available() or not path.is_file():
+    # a file load_onnx_model cannot read without torch (a bioimage.io package) would get a copy it never uses
+    if not onnxruntime_available() or not path.is_file() or read_model_header(path) is None:
         return None
     try:
         import onnxruntime
