@@ -82,6 +82,8 @@ def measure_one(command: str, image: Path, labels: Path, out: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--size", type=int, default=3000, help="side of the synthetic image (predict uses 2/3 of it)")
+    parser.add_argument("--commands", default=",".join(COMMANDS),
+                        help="comma-separated commands to measure (default: all)")
     parser.add_argument("--one", help=argparse.SUPPRESS)  # internal: measure one command in this process
     parser.add_argument("--folder", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -94,7 +96,7 @@ def main() -> None:
     print("| command | image | measured bytes/pixel | guard assumes | ratio |")
     print("|---|---|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:
-        for command in COMMANDS:
+        for command in [c.strip() for c in args.commands.split(",") if c.strip()]:
             size = args.size * 2 // 3 if command == "predict" else args.size
             folder = Path(tmp) / str(size)
             if not folder.exists():

@@ -27,6 +27,7 @@ from segtool.errors import InputError
 
 __all__ = [
     "DEFAULT_SHARE",
+    "FIXED_BYTES",
     "WORKING_BYTES",
     "MemoryBudget",
     "available_memory",
@@ -45,17 +46,25 @@ _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
 #: Working memory per pixel of the 2-D plane, in bytes, on top of the decoded
 #: file, by command: the peak-RSS growth measured by ``python bench/bench_memory.py
 #: --size 3000`` (3000 x 3000 uint16 image, 2000 x 2000 for predict, every extra
-#: output on; 2-core AMD EPYC, shared) was baseline 40.7, --split 92.5, predict
-#: 72.4 (in memory, bfloat16), export 37.5, measure 0.6 and evaluate 8.0; these
-#: values lie above with a margin (measure's grows with the object count).
+#: output on; 2-core AMD EPYC, shared) was baseline 40.7, --split 92.5, export 37.5,
+#: measure 0.6 and evaluate 8.0; these values lie above with a margin (measure's
+#: grows with the object count). predict: its network tiles are sized under a memory
+#: budget (``segtool.pipeline.options.TILE_MEMORY``), so its working memory is a
+#: fixed part (:data:`FIXED_BYTES`) plus a part per pixel. ``bench_memory.py
+#: --commands predict`` at --size 3000 and 4500 (in memory, bfloat16, 2-core Intel
+#: Xeon, issue #40) measured 231.0 B/px on 2000^2 and 108.3 B/px on 3000^2, i.e.
+#: 924 and 975 MB: 883 MB fixed plus 10 B/px; 40 B/px and 1 GiB lie above both.
 WORKING_BYTES = {
     "baseline": 48.0,
     "baseline --split": 104.0,
-    "predict": 80.0,
+    "predict": 40.0,
     "export": 48.0,
     "measure": 12.0,
     "evaluate": 20.0,
 }
+
+#: Working memory of a command that does not grow with the image, in bytes (see :data:`WORKING_BYTES`).
+FIXED_BYTES = {"predict": float(2**30)}
 
 
 @dataclass(frozen=True)
@@ -76,6 +85,9 @@ class MemoryBudget:
     streamed_above : int or None
         Pixels above which the command streams the image (bounded memory), so
         that only the decoded file counts; None = never.
+    fixed_bytes : float
+        Working memory that does not grow with the image (predict's network
+        tiles), counted with ``bytes_per_pixel`` when the image is not streamed.
     """
 
     limit: int | None
@@ -83,6 +95,7 @@ class MemoryBudget:
     command: str = "segtool"
     way_out: str = ""
     streamed_above: int | None = None
+    fixed_bytes: float = 0.0
 
 
 def available_memory(
@@ -238,7 +251,7 @@ def check_memory(shape: tuple[int, ...], dtype: np.dtype | str, plane_pixels: in
     itemsize = np.dtype(dtype).itemsize
     decoded = float(np.prod([float(n) for n in shape])) * itemsize
     streamed = budget.streamed_above is not None and plane_pixels > budget.streamed_above
-    need = decoded + (0.0 if streamed else float(plane_pixels) * budget.bytes_per_pixel)
+    need = decoded + (0.0 if streamed else float(plane_pixels) * budget.bytes_per_pixel + budget.fixed_bytes)
     if need <= budget.limit:
         return
     size = "x".join(str(int(n)) for n in shape)

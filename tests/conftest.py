@@ -50,3 +50,9 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _predict_on_torch(monkeypatch):
+    """Tests run predict on torch, writing no ONNX copy to the user's cache (tests/test_onnx_backend.py covers that)."""
+    monkeypatch.setenv("SEGTOOL_BACKEND", "torch")

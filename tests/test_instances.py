@@ -202,3 +202,36 @@ def test_split_height_deeper_than_the_neck_keeps_objects_joined():
     _, maps = _joined_interior_maps(gap_rows=10)  # a wide neck: the saddle is only ~1 px lower
     assert maps_to_labels(maps, target="three_class", min_size=10, split_height=0.5).max() == 2
     assert maps_to_labels(maps, target="three_class", min_size=10, split_height=3.0).max() == 1
+
+
+@pytest.mark.parametrize("target", ["distance", "three_class", "three_class_distance"])
+def test_number_as_whole_restores_the_whole_image_numbering(target):
+    from segtool.unet.instances import number_as_whole
+
+    rng = np.random.default_rng(3)
+    maps = ndimage.gaussian_filter(rng.random((4, 120, 90)), (0, 3, 3)).astype(np.float32)
+    maps = (maps - maps.min()) / (maps.max() - maps.min())
+    maps = maps[: {"distance": 2, "three_class": 3, "three_class_distance": 4}[target]]
+    options = {"prob_threshold": 0.4, "seed_threshold": 0.55, "min_size": 4}
+    whole = maps_to_labels(maps, target=target, **options)
+    assert whole.max() >= 5
+    # the same objects under shuffled numbers (as bands number them): the whole image's numbers come back
+    shuffled = np.concatenate([[0], rng.permutation(int(whole.max())) + 1])[whole]
+    again = number_as_whole(shuffled, maps, target=target, **options)
+    assert again.dtype == whole.dtype
+    np.testing.assert_array_equal(again, whole)
+    with pytest.raises(InputError, match="split_height"):
+        number_as_whole(shuffled, maps, target=target, split_height=2.0)
+
+
+def test_number_as_whole_puts_unseeded_objects_last():
+    from segtool.unet.instances import number_as_whole
+
+    maps = np.zeros((2, 10, 20), np.float32)
+    maps[0, 1:4, 1:4] = 1.0  # foreground without a seed, first in raster order
+    maps[0, 5:9, 10:14] = 1.0
+    maps[1, 5:9, 10:14] = 0.9  # seeded
+    whole = maps_to_labels(maps, target="distance", min_size=1)
+    assert whole[2, 2] == 2 and whole[6, 11] == 1
+    swapped = np.where(whole > 0, 3 - whole.astype(np.int64), 0)
+    np.testing.assert_array_equal(number_as_whole(swapped, maps, target="distance", min_size=1), whole)

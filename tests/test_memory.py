@@ -143,3 +143,20 @@ def test_quiet_libraries_silences_warnings_and_logs(capsys):
     err = capsys.readouterr().err
     assert "segtool: debug: distributed.nanny: restarting worker" in err
     assert "segtool: debug: segtool: tifffile: odd tag" in err
+
+
+def test_fixed_working_memory_counts_unless_streamed():
+    budget = MemoryBudget(limit=GIB, bytes_per_pixel=40, command="predict", streamed_above=16 * 2**20,
+                          fixed_bytes=0.9 * GIB)
+    check_memory((1000, 1000), "uint8", 1_000_000, budget)  # 1 MB + 40 MB + 0.9 GiB < 1 GiB
+    with pytest.raises(InputError, match="predict would need about 1.1 GiB"):
+        check_memory((2000, 2000), "uint8", 4_000_000, budget)  # 4 MB + 160 MB + 0.9 GiB
+    check_memory((8000, 8000), "uint8", 64_000_000, budget)  # streamed: the decoded file alone
+
+
+def test_predict_guard_has_its_fixed_part():
+    from segtool.cli._common import memory_budget
+    from segtool.memory import FIXED_BYTES
+
+    assert memory_budget("4G", "predict").fixed_bytes == FIXED_BYTES["predict"] > 0
+    assert memory_budget("4G", "baseline").fixed_bytes == 0

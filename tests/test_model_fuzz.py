@@ -321,7 +321,8 @@ def setting(tmp_path_factory):
     for folder in folders.values():
         folder.mkdir()
     env = dict(os.environ, PYTHONPATH=str(ROOT), TMPDIR=str(folders["tmp"]), HOME=str(folders["home"]),
-               XDG_CACHE_HOME=str(folders["home"] / ".cache"), MPLCONFIGDIR=str(folders["home"] / ".mpl"))
+               XDG_CACHE_HOME=str(folders["home"] / ".cache"), MPLCONFIGDIR=str(folders["home"] / ".mpl"),
+               SEGTOOL_BACKEND="torch")  # the control runs with good models would otherwise leave an ONNX copy
     listing = {p.name: p.stat().st_mtime_ns for p in corpus.iterdir()}
     return {"root": root, "marker": marker, "corpus": corpus, "expected": expected, "good": good, "image": image,
             "data": data, "folders": folders, "env": env, "listing": listing}

@@ -33,3 +33,22 @@ def test_tile_options_plan_as_the_planner_does():
 def test_tile_options_check(options, match):
     with pytest.raises(InputError, match=match):
         options.check()
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+@pytest.mark.parametrize("shape", [(300, 200), (3000, 3000), (8192, 8192), (20000, 700)])
+def test_default_cpu_tiles_fit_the_memory_budget(precision, shape):
+    from segtool.pipeline.options import TILE_MEMORY, activation_bytes, budget_tile
+
+    config = UNetConfig(depth=4, patch_size=128)
+    plan = plan_inference_tiles(config, shape, device_type="cpu", precision=precision)
+    call = plan.batch_size * plan.tile[0] * plan.tile[1] * activation_bytes(config, precision)
+    assert call <= TILE_MEMORY["cpu"]
+    # halo tiles are evened out below the budget's side, never above it
+    assert max(plan.tile) <= budget_tile(config, device_type="cpu", precision=precision)
+
+
+def test_an_explicit_tile_is_not_capped_by_the_budget():
+    config = UNetConfig(depth=4, patch_size=128)
+    # 2048 holds four cores of 1840 (2048 - 2 halos): the evened-out tiles of 8192 are 1808 > the budget's 1136
+    assert plan_inference_tiles(config, (8192, 8192), device_type="cpu", tile=2048).tile == (1808, 1808)

@@ -108,3 +108,45 @@ def test_no_module_is_over_the_line_limit():
     assert len(counts) > 50  # the walk found the package
     large = sorted(((n, name) for name, n in counts.items() if n > MAX_LINES), reverse=True)
     assert not large, "modules over the limit: " + ", ".join(f"{name} ({n})" for n, name in large)
+
+def _module_level_imports(path: Path) -> set[str]:
+    """Every module imported at module level (not in functions, not under ``if TYPE_CHECKING``)."""
+    found: set[str] = set()
+    for node in ast.parse(path.read_text(encoding="utf-8"), filename=str(path)).body:
+        nodes = [node] + (node.body + node.handlers[0].body if isinstance(node, ast.Try) and node.handlers else [])
+        for n in nodes:
+            if isinstance(n, ast.Import):
+                found |= {alias.name for alias in n.names}
+            elif isinstance(n, ast.ImportFrom) and n.module and not n.level:
+                found |= {n.module} | {f"{n.module}.{alias.name}" for alias in n.names}
+    return found
+
+
+def test_the_cli_imports_no_torch_at_module_level():
+    """``segtool --help`` and the commands without a network start without torch (issue #40).
+
+    Walks the modules ``segtool.cli`` imports at module level, transitively (a module's packages
+    included); none may import torch there: commands that need it import it inside the function.
+    """
+    modules = _modules()
+    seen: dict[str, str | None] = {"segtool.cli": None}
+    todo = ["segtool.cli"]
+    offenders = []
+    while todo:
+        name = todo.pop()
+        imported = _module_level_imports(modules[name])
+        if any(m == "torch" or m.startswith("torch.") for m in imported):
+            chain, step = [name], seen[name]
+            while step:
+                chain.append(step)
+                step = seen[step]
+            offenders.append(" <- ".join(chain))
+        for module in imported:
+            parts = module.split(".")
+            for i in range(1, len(parts) + 1):
+                parent = ".".join(parts[:i])
+                if parent in modules and parent not in seen:
+                    seen[parent] = name
+                    todo.append(parent)
+    assert len(seen) > 20  # the walk followed the CLI's imports
+    assert not offenders, "torch imported at module level by: " + "; ".join(offenders)

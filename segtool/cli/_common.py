@@ -34,7 +34,7 @@ from segtool.batch import EXIT_INTERRUPTED, EXIT_USAGE, BatchSummary, ItemResult
 from segtool.cli.cluster_run import cluster_for_run, connect_for_run
 from segtool.errors import SegtoolError, first_line
 from segtool.inputs import ExpandedInputs, expand_inputs
-from segtool.memory import WORKING_BYTES, MemoryBudget, parse_memory_limit
+from segtool.memory import FIXED_BYTES, WORKING_BYTES, MemoryBudget, parse_memory_limit
 from segtool.quiet import quiet_libraries
 from segtool.shard import Shard, parse_shard, select_shard
 
@@ -324,6 +324,7 @@ def memory_budget(
         command=command.split()[0],
         way_out=way_out,
         streamed_above=streamed_above,
+        fixed_bytes=FIXED_BYTES.get(command, 0.0),
     )
 
 

@@ -85,7 +85,7 @@ def lineage(parent: dict[str, Any] | None) -> str:
 
 
 def describe(info: dict[str, Any]) -> str:
-    """Human-readable summary of :func:`segtool.unet.modelfile.read_model_info` output.
+    """Human-readable summary of :func:`segtool.unet.modelinfo.read_model_info` output.
 
     Examples
     --------
@@ -177,7 +177,7 @@ def info(
     debug: Debug = False,
 ) -> None:
     """Print a model's architecture, normalisation, target, training data and validation scores."""
-    from segtool.unet.modelfile import read_model_info
+    from segtool.unet.modelinfo import read_model_info
     from segtool.unet.shipped import resolve_model
 
     failed = 0
@@ -204,7 +204,7 @@ def list_models(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per shipped model.")] = False,
 ) -> None:
     """List the models shipped with segtool (use a name with -m, --init or model info)."""
-    from segtool.unet.modelfile import read_model_info
+    from segtool.unet.modelinfo import read_model_info
     from segtool.unet.shipped import DEFAULT_MODEL, SHIPPED_MODELS, find_shipped_model
 
     for shipped in SHIPPED_MODELS:

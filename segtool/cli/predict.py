@@ -39,11 +39,19 @@ from segtool.cli._common import (
     fail,
     memory_budget,
     run_files,
+    stderr,
 )
 from segtool.cli.zstack import StitchThreshold, ZMode, ZSpacing
 from segtool.errors import SegtoolError, first_line
 from segtool.pipeline.options import ObjectOptions, TileOptions
 from segtool.tasks.predict import BAND_PIXELS, PredictTask
+from segtool.unet.onnxbackend import (
+    OnnxModel,
+    load_onnx_model,
+    native_bf16_cpu,
+    prefer_onnxruntime,
+    write_onnx_copy,
+)
 
 PANEL_MODEL = "Model"
 PANEL_TILING = "Tiling"
@@ -228,8 +236,12 @@ def predict(
     if scale is not None and given_diameter is not None:
         fail("give --scale or --diameter, not both", code=EXIT_USAGE)
     threads = _network_threads(threads, batch)
+    # onnxruntime runs the network in this process only (workers of --jobs/--cluster and block mode load torch)
+    onnx = batch.jobs == 1 and batch.cluster is None and not batch.big and prefer_onnxruntime(
+        device=device.value, precision=precision.value)
     model_path, model_name, loaded, factor = _prepare_model(
-        model, device=device.value, threads=threads, precision=precision.value, scale=scale, diameter=given_diameter
+        model, device=device.value, threads=threads, precision=precision.value, scale=scale, diameter=given_diameter,
+        onnx=onnx,
     )
     if tile is not None or tile_halo is not None:
         _check_tiles(loaded, tile=tile, tile_halo=tile_halo, overlap=overlap)
@@ -285,7 +297,20 @@ def predict(
             stitch_threshold=stitch_threshold,
         )
         task.use_model(loaded)
-    run_files(images, task, batch, kind="image", columns=_COLUMNS, verb="predict")
+    try:
+        run_files(images, task, batch, kind="image", columns=_COLUMNS, verb="predict")
+    except typer.Exit:
+        if onnx and not isinstance(loaded, OnnxModel):
+            _write_onnx_copy(model_path, quiet=batch.quiet)
+        raise
+
+
+def _write_onnx_copy(model_path: Path, *, quiet: bool) -> None:
+    """After a run on torch: the model's ONNX copy, so later runs start without torch (a few seconds, once)."""
+    copy = write_onnx_copy(model_path)
+    if copy is not None and not quiet:
+        stderr().print(f"segtool: note: wrote an onnxruntime copy of the model ({copy}); later runs start faster",
+                       markup=False, highlight=False)
 
 
 def _network_threads(threads: int | None, batch: BatchOptions) -> int | None:
@@ -319,9 +344,10 @@ def _parse_diameter(value: str) -> float | None:
 
 
 def _prepare_model(model: Path | None, *, device: str, threads: int | None, precision: str, scale: float | None,
-                   diameter: float | None):
+                   diameter: float | None, onnx: bool = False):
     """The model named by ``-m`` loaded once, and the image scale factor; exit 2 when it cannot be used.
 
+    ``onnx``: run the network on onnxruntime where the model has an ONNX copy (without importing torch).
     Returns ``(model_path, model_name, loaded, factor)``; ``factor`` is None when neither ``--scale`` nor a
     number for ``--diameter`` is given: the size is then estimated per image.
     """
@@ -333,7 +359,10 @@ def _prepare_model(model: Path | None, *, device: str, threads: int | None, prec
     except SegtoolError as err:
         fail(first_line(err), code=EXIT_USAGE)
     try:
-        loaded = load_prepared(model_path, device=device, threads=threads, precision=precision)
+        loaded = load_onnx_model(model_path, threads=threads,
+                                 torch_for_large=precision == "auto" and native_bf16_cpu()) if onnx else None
+        if loaded is None:
+            loaded = load_prepared(model_path, device=device, threads=threads, precision=precision)
         factor = scale_for_diameter(loaded, diameter) if diameter is not None else scale
     except SegtoolError as err:
         fail(first_line(err), where=str(model_path), code=EXIT_USAGE)

@@ -81,9 +81,8 @@ from segtool.cli.train_options import (
 )
 from segtool.errors import SegtoolError, first_line
 from segtool.memory import parse_memory_limit
-from segtool.unet.finetune import FINETUNE_DEFAULTS
+from segtool.unet.config import FINETUNE_DEFAULTS
 from segtool.plotting import PLOT_HINT, plotting_available
-from segtool.unet.report import build_metadata, epoch_line, output_files, plot_curve, write_log
 
 # Options that a checkpoint fixes: given together with --resume they are ignored (and we say so).
 _FIXED_BY_CHECKPOINT = (
@@ -160,6 +159,9 @@ def train(
     <stem>.ckpt/ (last.pt to --resume, best.pt the best epoch so far). Ctrl-C stops cleanly with a
     resumable checkpoint.
     """
+    # The report module needs torch; imported here, not at the top, so other commands start without it.
+    from segtool.unet.report import output_files, write_log
+
     err = stderr()
     files = output_files(output)
     launched_as_segtool = bool(sys.argv) and Path(sys.argv[0]).name in ("segtool", "__main__.py")
@@ -378,6 +380,7 @@ def _read_data(ctx: typer.Context, run: _Settings):
 def _train(run: _Settings, training, files: dict[str, Path], err, *, resume: Path | None, quiet: bool, debug: bool):
     """Run the training loop with a progress bar and the epoch log; returns ``(result, stop_flag)``."""
     from segtool.unet.interrupt import StopFlag
+    from segtool.unet.report import epoch_line, write_log
     from segtool.unet.train import EpochReport, train_model
 
     options = run.options
@@ -457,6 +460,8 @@ def _say_stopping() -> None:
 
 def _write_curve(path: Path, history, *, title: str, err, quiet: bool) -> None:
     """The training curve PNG, or a one-line note when matplotlib (the optional [plot] extra) is missing."""
+    from segtool.unet.report import plot_curve
+
     if plotting_available():
         plot_curve(path, history, title=title)
     elif not quiet:
@@ -467,6 +472,7 @@ def _save_and_report(result, run: _Settings, training, files: dict[str, Path], e
                      ctx: typer.Context) -> None:
     """Write the model file, then the summary on stderr and the model path (or --json) on stdout."""
     from segtool.unet.modelfile import save_model
+    from segtool.unet.report import build_metadata
 
     p = ctx.params
     extra = {

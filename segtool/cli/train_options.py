@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from segtool.cli._common import Device, Precision
-from segtool.unet.finetune import FINETUNE_DEFAULTS
+from segtool.unet.config import FINETUNE_DEFAULTS
 from segtool.unet.intake import INPUT_TRANSFORMS
 
 __all__ = [

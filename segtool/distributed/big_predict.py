@@ -530,7 +530,7 @@ def predict_blocks(
 
     from segtool.unet.config import UNetConfig
     from segtool.unet.instances import DEFAULT_MIN_SIZE, maps_to_labels
-    from segtool.unet.modelfile import read_model_info
+    from segtool.unet.modelinfo import read_model_info
     from segtool.pipeline.options import check_common, resolve_tile
 
     if not isinstance(image, da.Array):

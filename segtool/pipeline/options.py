@@ -24,8 +24,12 @@ from segtool.errors import InputError
 from segtool.unet.tiling import halo_padded_shape, plan_halo_tiles, plan_tiles
 
 __all__ = [
+    "ACTIVATION_BYTES",
     "BATCH_PIXELS",
     "MAX_TILE",
+    "TILE_MEMORY",
+    "activation_bytes",
+    "budget_tile",
     "ObjectOptions",
     "TileOptions",
     "TilePlan",
@@ -79,10 +83,10 @@ class TileOptions:
         """Raise :class:`InputError` if a value is out of range (:func:`check_common`)."""
         check_common(None, self.overlap, self.batch_size, 1.0 if self.scale is None else self.scale)
 
-    def plan(self, config, shape: Sequence[int], *, device_type: str = "cpu") -> TilePlan:
+    def plan(self, config, shape: Sequence[int], *, device_type: str = "cpu", precision: str = "fp32") -> TilePlan:
         """The tile plan for an image of ``shape`` (:func:`plan_inference_tiles`)."""
         return plan_inference_tiles(config, shape, device_type=device_type, tile=self.tile, overlap=self.overlap,
-                                    tile_halo=self.tile_halo, batch_size=self.batch_size)
+                                    tile_halo=self.tile_halo, batch_size=self.batch_size, precision=precision)
 
 
 @dataclass(frozen=True)
@@ -118,8 +122,57 @@ MAX_TILE = {"cpu": 2048, "cuda": 4096, "mps": 2048}
 #: Pixels per network call when batching halo tiles (several small tiles, or one large one).
 BATCH_PIXELS = {"cpu": 2048 * 2048, "cuda": 4096 * 4096, "mps": 2048 * 2048}
 
+#: Peak memory of one network call per input pixel, in bytes, for the shipped network (depth 4, 16 base
+#: channels): the peak-RSS growth of one call on a 1024^2 / 2048^2 tile, measured in fresh processes
+#: (``bench/bench_tile_memory.py``; 2-core AMD EPYC): torch float32 521 / 422, onnxruntime float32 492 / 496,
+#: torch bfloat16 265 / 225; rounded up here. It grows with the network's width (:func:`activation_bytes`).
+ACTIVATION_BYTES = {"fp32": 520.0, "bf16": 270.0}
+
+#: Memory budget of one network call (activations of the tile batch) by default, per device type; None = no
+#: budget (a GPU's memory is not the host's; MAX_TILE alone applies). On CPU it keeps ``segtool predict`` of an
+#: 8192^2 image at about 1.3 GiB peak RSS (BENCHMARKS.md): tiles of up to 1568^2 in bfloat16, 1136^2 in float32.
+TILE_MEMORY = {"cpu": 640 * 2**20, "cuda": None, "mps": None}
+
 #: Keys of ``UNetConfig.postprocess`` that :func:`maps_to_labels` understands.
 _POSTPROCESS_KEYS = ("prob_threshold", "min_size", "seed_threshold", "min_seed_size", "split_height")
+
+def activation_bytes(config, precision: str = "fp32") -> float:
+    """Peak memory of a network call per input pixel, in bytes (:data:`ACTIVATION_BYTES`, scaled by width).
+
+    Examples
+    --------
+    >>> from segtool.unet.config import UNetConfig
+    >>> activation_bytes(UNetConfig(base_channels=16)), activation_bytes(UNetConfig(base_channels=32), "bf16")
+    (520.0, 540.0)
+    """
+    per_pixel = ACTIVATION_BYTES.get(precision, ACTIVATION_BYTES["fp32"])
+    return per_pixel * int(config.base_channels) / 16
+
+
+def budget_tile(config, *, device_type: str = "cpu", precision: str = "fp32") -> int:
+    """The largest halo tile side (a multiple of ``2**depth``) whose network call fits :data:`TILE_MEMORY`.
+
+    At most :data:`MAX_TILE` for the device, and at least 512 (or 4 halos plus one block of ``2**depth``,
+    whichever is larger), so a tile always keeps a core.
+
+    Examples
+    --------
+    >>> from segtool.unet.config import UNetConfig
+    >>> budget_tile(UNetConfig(depth=4)), budget_tile(UNetConfig(depth=4), precision="bf16")
+    (1136, 1568)
+    >>> budget_tile(UNetConfig(depth=4), device_type="cuda")
+    4096
+    """
+    device_type = device_type if device_type in MAX_TILE else "cpu"
+    largest = MAX_TILE[device_type]
+    budget = TILE_MEMORY.get(device_type)
+    if budget is None:
+        return largest
+    align = int(config.size_multiple)
+    side = int(math.sqrt(budget / activation_bytes(config, precision))) // align * align
+    floor = max(512, 4 * default_tile_halo(config) + align) // align * align
+    return max(floor, min(largest, side))
+
 
 def resolve_tile(config, shape: Sequence[int], tile: int | None = None) -> tuple[int, int]:
     """Tile size for an image: ``tile`` (default the model's patch size), shrunk for small images.
@@ -211,11 +264,13 @@ def plan_inference_tiles(
     overlap: float | None = None,
     tile_halo: int | None = None,
     batch_size: int | None = None,
+    precision: str = "fp32",
 ) -> TilePlan:
     """Choose the tiling for an image of ``shape`` (after any rescaling).
 
     Without ``overlap`` (the default): halo tiling with tiles of at most
-    ``tile`` (default :data:`MAX_TILE` for the device) and a halo of
+    ``tile`` (default :func:`budget_tile` for the device and the network's
+    ``precision``: :data:`MAX_TILE` capped by :data:`TILE_MEMORY`) and a halo of
     ``tile_halo`` (default :func:`default_tile_halo`); an image that fits
     in one tile runs whole. With ``overlap``: tiles of ``tile`` (default the
     model's patch size) overlapping by that fraction, blended.
@@ -229,7 +284,7 @@ def plan_inference_tiles(
     Examples
     --------
     >>> from segtool.unet.config import UNetConfig
-    >>> plan = plan_inference_tiles(UNetConfig(depth=4), (4096, 4096))
+    >>> plan = plan_inference_tiles(UNetConfig(depth=4), (4096, 4096), precision="bf16")
     >>> plan.tile_halo, plan.n_tiles, plan.batch_size
     (104, 9, 1)
     >>> plan_inference_tiles(UNetConfig(depth=4, patch_size=128), (256, 256), overlap=0.25).n_tiles
@@ -245,7 +300,7 @@ def plan_inference_tiles(
     halo = default_tile_halo(config) if tile_halo is None else int(tile_halo)
     if halo < 0:
         raise InputError(f"tile halo must be >= 0, got {halo}")
-    largest = MAX_TILE[device_type] if tile is None else int(tile)
+    largest = budget_tile(config, device_type=device_type, precision=precision) if tile is None else int(tile)
     if largest < align or largest % align:
         raise InputError(f"tile must be a positive multiple of {align} for this model (2**depth), got {largest}")
     padded = halo_padded_shape(shape, align)
@@ -253,7 +308,9 @@ def plan_inference_tiles(
     (sy, sx), _ = plan[0]
     tile_hw = (sy.stop - sy.start, sx.stop - sx.start)
     if batch_size is None:
-        batch_size = max(1, min(16, BATCH_PIXELS[device_type] // (tile_hw[0] * tile_hw[1])))
+        # a batch of small tiles stays within the budget of one large tile
+        batch_pixels = min(BATCH_PIXELS[device_type], max(largest, tile_hw[0]) * max(largest, tile_hw[1]))
+        batch_size = max(1, min(16, batch_pixels // (tile_hw[0] * tile_hw[1])))
     return TilePlan(tile_hw, None, halo, align, int(batch_size), len(plan))
 
 

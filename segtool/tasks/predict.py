@@ -150,9 +150,11 @@ class PredictTask:
                 with lazy:
                     if self.bands or lazy.size > BAND_PIXELS:
                         if not (estimate_whole and lazy.size <= AUTO_WHOLE_PIXELS):
+                            _warm_network(model, lazy.size)
                             return {"lazy_path": path, "outputs": outputs}
         image = read_image(path, channel=self.channel, plane=self.plane, memory=self.memory, colour=colour)
         pixels = image.data.shape[-2] * image.data.shape[-1]
+        _warm_network(model, pixels)
         large = banded and (self.bands or (self.bands is None and pixels > BAND_PIXELS))
         if large and not (estimate_whole and pixels <= AUTO_WHOLE_PIXELS):
             return {"large_image": image, "outputs": outputs}
@@ -192,6 +194,18 @@ class PredictTask:
             plane = apply_input_transform(image.data, self.model().config.input)
             return Finished(self._run_bands(plane, self.model(), state["outputs"],
                                             calibration=(image.pixel_size, image.unit)))
+        size = state.get("size")
+        if (size.scale if size is not None else (1.0 if self.scale is None else self.scale)) == 1.0:
+            from segtool.unet.bands import label_by_tile_rows
+
+            # Several tile rows: each is labelled while the network computes the next (the same labels).
+            done = label_by_tile_rows(state["normalized"], self.model(), tiling=self._tiling(),
+                                      objects=self._objects(), stages=state["stages"])
+            if done is not None:
+                del state["normalized"]
+                labels, maps, n_tiles = done
+                state.update(labels=labels, maps=maps, n_tiles=n_tiles)
+                return state
         maps, n_tiles = predict_maps(
             state.pop("normalized"), self.model(), state["image"].data.shape[-2:], tiling=self._tiling(),
             stages=state["stages"],
@@ -216,12 +230,14 @@ class PredictTask:
         start = time.perf_counter()
         size = state.get("size")
         scale = size.scale if size is not None else (1.0 if self.scale is None else self.scale)
-        labels = maps_to_labels(maps, target=model.config.target, **scaled_objects(self._objects(), model.config, scale))
+        options = scaled_objects(self._objects(), model.config, scale)
+        labels = state["labels"] if "labels" in state else maps_to_labels(maps, target=model.config.target, **options)
         # An empty well: percentile normalisation would stretch its uneven illumination into a bright blob.
         empty_reason = empty_image_reason(image.data if image.data.ndim == 2 else image.data.mean(axis=0, dtype=np.float32))
         if empty_reason is not None:
             labels = np.zeros_like(labels)
-        stages["postprocess"] = time.perf_counter() - start
+        # (labelled beside the network: the bands' labelling is already counted)
+        stages["postprocess"] = stages.get("postprocess", 0.0) + time.perf_counter() - start
         start = time.perf_counter()
         calibration = {"pixel_size": image.pixel_size, "unit": image.unit, "overwrite": self.overwrite}
         write_labels(outputs["labels"], labels, **calibration)
@@ -276,6 +292,13 @@ class PredictTask:
         # band mode predicts at the image's own size: the size estimate is not made there (yet)
         figures.update(self._size_record(None, 1.0))
         return figures
+
+
+def _warm_network(model, pixels: int) -> None:
+    """Where the network of a large image loads on first use (onnxruntime handing big tiles to torch), start now."""
+    warm = getattr(model.net, "warm_large", None)
+    if warm is not None:
+        warm(int(pixels))
 
 
 def _device_type(model) -> str:

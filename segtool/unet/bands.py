@@ -34,7 +34,7 @@ from segtool.errors import InputError, ModelError
 from segtool.pipeline.stream import prefetch
 from segtool.unet.instances import maps_to_labels
 from segtool.pipeline.options import ObjectOptions, TileOptions, check_common
-from segtool.unet.inference import make_predictor, network_device_type, prepared_net
+from segtool.unet.inference import make_predictor, network_device_type, network_precision, prepared_net
 from segtool.unet.predict import timed_predictor
 from segtool.unet.tiling import (
     TileCallback,
@@ -43,7 +43,7 @@ from segtool.unet.tiling import (
     reflect_rows,
 )
 
-__all__ = ["LabelBand", "predict_label_bands"]
+__all__ = ["LabelBand", "label_by_tile_rows", "predict_label_bands"]
 
 
 @dataclass
@@ -148,7 +148,8 @@ def predict_label_bands(
     height, width = (int(n) for n in shape)
     options = objects.resolve(config)
     net = prepared_net(model)
-    plan = tiling.plan(config, (height, width), device_type=network_device_type(net))
+    plan = tiling.plan(config, (height, width), device_type=network_device_type(net),
+                       precision=network_precision(net))
     tile_hw = plan.tile
     # The grid the tiles cover: the image padded (by reflection, as the in-memory path pads) to the tile size,
     # or, for halo tiles, to a multiple of 2**depth.
@@ -189,6 +190,73 @@ def predict_label_bands(
     finally:
         ahead.close()
         for_rows.close()
+
+
+def label_by_tile_rows(
+    normalized: np.ndarray,
+    model,
+    *,
+    tiling: TileOptions = TileOptions(),
+    objects: ObjectOptions = ObjectOptions(),
+    halo: int = 128,
+    stages: dict[str, float] | None = None,
+) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """An image in memory labelled tile row by tile row while the network works on the next row.
+
+    The in-memory schedule runs the network over all tiles, then labels the
+    whole image; here :func:`predict_label_bands` labels each finished tile
+    row (bands of one tile row's core, ``halo`` rows of context) on this
+    thread while the network computes the next one, and
+    :func:`segtool.unet.instances.number_as_whole` gives the objects the
+    numbers the whole-image labelling would: the label image is the same.
+
+    Parameters
+    ----------
+    normalized : (C, H, W) ndarray of float32
+        From :func:`segtool.unet.predict.normalize_for_model` (not rescaled).
+    model : LoadedModel
+    tiling, objects : TileOptions, ObjectOptions, optional
+    halo : int, optional
+        Rows of context above and below each band (as :func:`predict_label_bands`).
+    stages : dict, optional
+        Seconds per stage, as :func:`predict_label_bands`.
+
+    Returns
+    -------
+    (labels, maps, n_tiles) or None
+        uint16 (uint32 above 65535 objects) labels, the (C_out, H, W) maps
+        and the tile count; None when the image fits in one tile row, or the
+        options split seeds by shape (``split_height``), where labelling the
+        whole image after the network is as fast or the only way.
+    """
+    config = model.config
+    options = objects.resolve(config)
+    if options.get("split_height") is not None:
+        return None
+    height, width = normalized.shape[1:]
+    net = prepared_net(model)
+    plan = tiling.plan(config, (height, width), device_type=network_device_type(net), precision=network_precision(net))
+    if plan.tile_halo is not None:
+        core = plan.tile[0] - 2 * plan.tile_halo
+    else:
+        core = max(1, int(plan.tile[0] * (1 - plan.overlap)))
+    if height <= plan.tile[0] or core < 1:
+        return None
+    from segtool.unet.instances import number_as_whole
+
+    labels = np.zeros((height, width), np.uint32)
+    maps = np.empty((config.out_channels, height, width), np.float32)
+    for band in predict_label_bands(lambda start, stop: normalized[:, start:stop], (height, width), model,
+                                    tiling=tiling, objects=objects, band_rows=core, halo=halo, keep_maps=True,
+                                    stages=stages):
+        rows = band.labels.shape[0]
+        labels[band.start : band.start + rows] = band.labels
+        maps[:, band.start : band.start + rows] = band.maps
+    started = time.perf_counter()
+    labels = number_as_whole(labels, maps, target=config.target, **options)
+    if stages is not None:
+        stages["postprocess"] = stages.get("postprocess", 0.0) + time.perf_counter() - started
+    return labels, maps, plan.n_tiles
 
 
 def _label_bands(for_rows, buffer, ahead, height, width, band_rows, halo, max_extra, keep_maps, stages):

@@ -115,7 +115,7 @@ def predict_file_in_bands(
     """
     from segtool.io import check_output_free
     from segtool.unet.bands import predict_label_bands
-    from segtool.unet.inference import network_device_type
+    from segtool.unet.inference import network_device_type, network_precision
 
     start_time = time.perf_counter()
     labels_path = Path(labels_path)
@@ -157,7 +157,8 @@ def predict_file_in_bands(
 
     if band_rows is None:
         band_rows = default_band_rows(width, halo=halo)
-    n_tiles = tiling.plan(config, (height, width), device_type=network_device_type(model.net)).n_tiles
+    n_tiles = tiling.plan(config, (height, width), device_type=network_device_type(model.net),
+                          precision=network_precision(model.net)).n_tiles
     folder = labels_path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -17,7 +17,13 @@ from segtool.errors import InputError
 from segtool.unet.augment import AugmentOptions
 from segtool.unet.intake import INPUT_TRANSFORMS, reads_colour
 
-__all__ = ["CHANNEL_MODES", "TARGETS", "UNetConfig", "target_channels"]
+__all__ = ["CHANNEL_MODES", "FINETUNE_DEFAULTS", "TARGETS", "UNetConfig", "target_channels"]
+
+#: Training defaults with ``--init`` (explicit options win). The learning rate is scratch training's: on
+#: dsb2018_histo train the usual lower fine-tuning rate (3e-4) learnt less in the same steps than 1e-3, as
+#: those images invert the parent's contrast (MODELS.md, "Fine-tuning defaults"). The warm-up is short (a
+#: quarter epoch instead of one): the start is a trained network, not a random one.
+FINETUNE_DEFAULTS: dict[str, float] = {"lr": 1e-3, "warmup_epochs": 0.25}
 
 #: How image files become network input, and the input channels each gives.
 CHANNEL_MODES: dict[str, int] = {"grey": 1, "rgb": 3}

@@ -17,15 +17,10 @@ from typing import Any
 import torch
 
 from segtool.errors import ModelError
-from segtool.unet.config import CHANNEL_MODES, UNetConfig
+# FINETUNE_DEFAULTS lives with the configs so the CLI can show it without importing torch.
+from segtool.unet.config import CHANNEL_MODES, FINETUNE_DEFAULTS, UNetConfig
 
 __all__ = ["FINETUNE_DEFAULTS", "FIRST_CONV", "InitModel", "adapt_input_weights", "child_config", "load_init", "parent_record"]
-
-#: Training defaults with ``--init`` (explicit options win). The learning rate is scratch training's: on
-#: dsb2018_histo train the usual lower fine-tuning rate (3e-4) learnt less in the same steps than 1e-3, as
-#: those images invert the parent's contrast (MODELS.md, "Fine-tuning defaults"). The warm-up is short (a
-#: quarter epoch instead of one): the start is a trained network, not a random one.
-FINETUNE_DEFAULTS: dict[str, float] = {"lr": 1e-3, "warmup_epochs": 0.25}
 
 #: State-dict key of the first convolution, the only weight whose shape depends on the input channels.
 FIRST_CONV = "encoders.0.0.weight"

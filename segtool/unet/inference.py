@@ -29,6 +29,7 @@ __all__ = [
     "load_for_inference_cached",
     "make_predictor",
     "network_device_type",
+    "network_precision",
     "prepare_for_inference",
     "prepared_net",
 ]
@@ -142,6 +143,8 @@ def make_predictor(net, target: str, *, tta: bool = False) -> Callable[[np.ndarr
     -------
     predictor : callable
     """
+    if getattr(net, "segtool_backend", None) == "onnxruntime":
+        return net.predictor(tta=tta)  # segtool.unet.onnxbackend.OnnxNet: its graph ends with the activation
     torch = _torch()
     from segtool.unet.heads import activate
     from segtool.unet.precision import autocast
@@ -195,6 +198,11 @@ def network_device_type(net) -> str:
         return next(net.parameters()).device.type
     except (StopIteration, AttributeError):
         return "cpu"
+
+
+def network_precision(net) -> str:
+    """"fp32" or "bf16": the arithmetic of a prepared network's large calls (what its tile budget is sized for)."""
+    return str(getattr(net, "segtool_precision", "fp32"))
 
 
 def prepared_net(model):

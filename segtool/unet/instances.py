@@ -40,7 +40,7 @@ from scipy import ndimage
 from segtool.errors import InputError
 from segtool.unet.config import TARGETS
 
-__all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_SEED_THRESHOLD", "maps_to_labels"]
+__all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_SEED_THRESHOLD", "maps_to_labels", "number_as_whole"]
 
 #: Default seed threshold per target type.
 DEFAULT_SEED_THRESHOLD = {"three_class": 0.5, "distance": 0.4, "three_class_distance": 0.4}
@@ -151,13 +151,7 @@ def maps_to_labels(
         seed_map = data[1]
         elevation = -data[1].astype(np.float32, copy=False)
 
-    seeds = foreground & (seed_map > np.float32(seed_threshold))
-    if split_height is not None:
-        seeds = _shape_seeds(seeds, split_height)
-    markers, n_seeds = ndimage.label(seeds)
-    del seeds
-    if n_seeds and min_seed_size > 1 and split_height is None:
-        markers = _drop_small(markers, min_seed_size)
+    markers = _markers(foreground, seed_map, seed_threshold, min_seed_size, split_height)
     labels = _watershed(elevation, markers, foreground)
     del markers, elevation
 
@@ -167,6 +161,91 @@ def maps_to_labels(
         offset = int(labels.max())
         labels[extra > 0] = extra[extra > 0] + offset
     return _finish(labels, min_size)
+
+
+def _markers(foreground, seed_map, seed_threshold: float, min_seed_size: int, split_height: float | None) -> np.ndarray:
+    """The watershed's markers: seed regions labelled in raster order, small ones dropped (numbers kept)."""
+    seeds = foreground & (seed_map > np.float32(seed_threshold))
+    if split_height is not None:
+        seeds = _shape_seeds(seeds, split_height)
+    markers, n_seeds = ndimage.label(seeds)
+    del seeds
+    if n_seeds and min_seed_size > 1 and split_height is None:
+        markers = _drop_small(markers, min_seed_size)
+    return markers
+
+
+def number_as_whole(labels: np.ndarray, maps: np.ndarray, *, target: str, prob_threshold: float = 0.5,
+                    min_size: int = DEFAULT_MIN_SIZE, seed_threshold: float | None = None,
+                    min_seed_size: int | None = None, split_height: float | None = None) -> np.ndarray:
+    """Renumber objects found piece by piece as :func:`maps_to_labels` numbers the whole image.
+
+    :func:`maps_to_labels` numbers the objects grown from seeds in the raster
+    order of their seeds' first pixels, then the foreground left without a
+    seed in the raster order of its first pixels. Labels made band by band
+    (:func:`segtool.unet.bands.predict_label_bands`) hold the same objects,
+    numbered band by band; this gives them the whole image's numbers, so the
+    two paths write identical label images.
+
+    Parameters
+    ----------
+    labels : (H, W) ndarray of int
+        Objects (any numbering, 0 background) found on these ``maps`` with these options.
+    maps : (C, H, W) ndarray
+        The maps they were found on.
+    target, prob_threshold, min_size, seed_threshold, min_seed_size, split_height
+        As given to :func:`maps_to_labels`; ``split_height`` must be None
+        (its seeds depend on each seed region's shape, not on pixels alone).
+
+    Returns
+    -------
+    labels : (H, W) ndarray of uint16, or uint32 above 65535 objects
+
+    Examples
+    --------
+    >>> maps = np.zeros((2, 5, 9), np.float32)
+    >>> maps[:, 1:4, 1:4] = [[[1]], [[0.9]]]
+    >>> maps[:, 1:4, 5:8] = [[[1]], [[0.9]]]
+    >>> swapped = np.where(maps_to_labels(maps, target="distance", min_size=1) == 1, 2, 0)
+    >>> swapped[:, 5:8] = 1
+    >>> relabelled = number_as_whole(swapped * (maps[0] > 0.5), maps, target="distance", min_size=1)
+    >>> bool((relabelled == maps_to_labels(maps, target="distance", min_size=1)).all())
+    True
+    """
+    if split_height is not None:
+        raise InputError("number_as_whole cannot follow shape-split seeds (split_height)")
+    data = np.asarray(maps)
+    if target == "three_class":
+        foreground, seed_map = data[0] < np.float32(1.0 - prob_threshold), data[1]
+    elif target == "three_class_distance":
+        foreground, seed_map = data[0] < np.float32(1.0 - prob_threshold), data[3]
+    else:
+        foreground, seed_map = data[0] > np.float32(prob_threshold), data[1]
+    if seed_threshold is None:
+        seed_threshold = DEFAULT_SEED_THRESHOLD[target]
+    if min_seed_size is None:
+        min_seed_size = max(1, int(min_size) // 4)
+    markers = _markers(foreground, seed_map, float(seed_threshold), int(min_seed_size), None)
+    del foreground
+    flat = np.asarray(labels).ravel()
+    count = int(flat.max()) if flat.size else 0
+    # key of each object: (0, first seed pixel) when grown from a seed, else (1, first pixel); raster order
+    key = np.full(count + 1, np.iinfo(np.int64).max, np.int64)
+    seeded = np.flatnonzero((markers.ravel() > 0) & (flat > 0))
+    objects, first = np.unique(flat[seeded], return_index=True)
+    key[objects] = seeded[first]
+    pixels = np.flatnonzero(flat)
+    objects, first = np.unique(flat[pixels], return_index=True)
+    no_seed = key[objects] == np.iinfo(np.int64).max
+    key[objects[no_seed]] = flat.size + pixels[first[no_seed]]
+    present = np.zeros(count + 1, bool)
+    present[objects] = True
+    present[0] = False
+    order = np.flatnonzero(present)[np.argsort(key[present], kind="stable")]
+    dtype = np.uint16 if order.size <= np.iinfo(np.uint16).max else np.uint32
+    lookup = np.zeros(count + 1, dtype)
+    lookup[order] = np.arange(1, order.size + 1, dtype=dtype)
+    return lookup[np.asarray(labels)]
 
 
 def _check_positive(name: str, value: float) -> float:

@@ -29,7 +29,8 @@ from torch import nn
 from segtool.errors import InputError, ModelError, SegtoolError, first_line
 from segtool.unet.config import TrainOptions, UNetConfig
 from segtool.unet.model import UNet, resolve_device
-from segtool.unet.modelcheck import check_state_dict, check_torch_archive
+# Reading a file's dict lives in modelinfo (torch-free for the shipped models' `model list`/`info`); re-exported here.
+from segtool.unet.modelinfo import FORMAT, FORMAT_VERSION, parse_payload, read_model_info, read_payload, torch_load
 
 __all__ = [
     "CHECKPOINT_FORMAT",
@@ -44,8 +45,6 @@ __all__ = [
     "save_model",
 ]
 
-FORMAT = "segtool-unet"
-FORMAT_VERSION = 1
 CHECKPOINT_FORMAT = "segtool-unet-checkpoint"
 CHECKPOINT_VERSION = 1
 
@@ -142,71 +141,6 @@ def save_model(
     return path
 
 
-def _torch_load(path: Path, what: str, *, mmap: bool = False) -> Any:
-    """``torch.load(weights_only=True)``; ``mmap``: tensors map the file, read only when touched."""
-    if not path.exists():
-        raise ModelError(f"{what} not found: {path}")
-    if path.is_dir():
-        raise ModelError(f"expected a {what}, got a folder: {path}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap)
-    except Exception as err:  # noqa: BLE001  truncated zip, foreign pickle, unreadable file: all mean "not a model"
-        reason = first_line(err)
-        if reason.startswith("Weights only load failed"):
-            # torch's advice here (reload with weights_only=False) would run code from the file: don't relay it.
-            reason = "not a PyTorch file, or one holding more than plain weights"
-        raise ModelError(f"not a readable segtool {what} (torch.load failed: {reason[:200]})") from None
-
-
-def _read_payload(path: Path) -> dict[str, Any]:
-    from segtool.interop.package import is_bioimageio_package, read_package
-
-    if path.exists() and not path.is_dir() and not path.is_file():
-        raise ModelError(f"expected a model file, got a device, pipe or socket: {path}")
-    if is_bioimageio_package(path):
-        # a package from `segtool model export --format bioimageio`: the same config, metadata and weights
-        config, metadata, state = read_package(path)
-        return {"format": FORMAT, "format_version": FORMAT_VERSION, "config": json.dumps(config),
-                "metadata": json.dumps(metadata), "state_dict": state}
-    if path.is_file():
-        check_torch_archive(path, "model file")  # before torch.load reads anything it declares
-    # mapped, not read: weights that do not fit the config are refused before any of them is in memory
-    payload = _torch_load(path, "model file", mmap=True)
-    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
-        raise ModelError(
-            "not a segtool model file (no 'format': 'segtool-unet' entry); "
-            "train one with `segtool train` or pass a file it wrote"
-        )
-    version = payload.get("format_version")
-    if not isinstance(version, int) or version > FORMAT_VERSION or version < 1:
-        raise ModelError(
-            f"model file format version {version!r} is not supported by this segtool "
-            f"(supports 1..{FORMAT_VERSION}); upgrade segtool"
-        )
-    for key in ("config", "metadata"):
-        if not isinstance(payload.get(key), str):
-            raise ModelError(f"model file is damaged: '{key}' is missing or not JSON text")
-    if not isinstance(payload.get("state_dict"), dict):
-        raise ModelError("model file is damaged: 'state_dict' is missing")
-    return payload
-
-
-def _parse(payload: dict[str, Any]) -> tuple[UNetConfig, dict[str, Any]]:
-    """Config and metadata of a payload, its weights checked against the config (nothing is built yet)."""
-    try:
-        config = UNetConfig.from_dict(json.loads(payload["config"]))
-    except (ValueError, TypeError, RecursionError) as err:  # JSON errors and InputError are ValueErrors
-        raise ModelError(f"model file has an invalid config: {first_line(err)[:200]}") from None
-    try:
-        metadata = json.loads(payload["metadata"])
-    except (ValueError, RecursionError) as err:
-        raise ModelError(f"model file has invalid metadata: {err}") from None
-    if not isinstance(metadata, dict):
-        raise ModelError("model file has invalid metadata: not a JSON object")
-    check_state_dict(config, payload["state_dict"])
-    return config, metadata
-
-
 def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> LoadedModel:
     """Load a model file written by :func:`save_model`.
 
@@ -230,8 +164,8 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Loade
         :mod:`segtool.unet.modelcheck`).
     """
     path = Path(path)
-    payload = _read_payload(path)
-    config, metadata = _parse(payload)
+    payload = read_payload(path)
+    config, metadata = parse_payload(payload)
     net = UNet(config)
     try:
         net.load_state_dict(payload["state_dict"], strict=True)
@@ -247,39 +181,6 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Loade
     return LoadedModel(net=net, config=config, metadata=metadata, path=path)
 
 
-def read_model_info(path: str | Path) -> dict[str, Any]:
-    """Return the config and metadata of a model file without building the net.
-
-    Returns
-    -------
-    info : dict
-        ``{"path", "format", "format_version", "config", "metadata",
-        "parameters", "file_bytes"}``, JSON-safe.
-
-    Raises
-    ------
-    ModelError
-        As :func:`load_model`.
-    """
-    path = Path(path)
-    payload = _read_payload(path)
-    config, metadata = _parse(payload)
-    parameters = sum(
-        int(t.numel())
-        for name, t in payload["state_dict"].items()
-        if isinstance(t, torch.Tensor) and not name.endswith(("running_mean", "running_var", "num_batches_tracked"))
-    )
-    return {
-        "path": str(path),
-        "format": payload["format"],
-        "format_version": payload["format_version"],
-        "config": config.to_dict(),
-        "metadata": metadata,
-        "parameters": parameters,
-        "file_bytes": path.stat().st_size,
-    }
-
-
 def check_model_file(path: str | Path) -> None:
     """Refuse a model file that :func:`load_model` would refuse, without building its network.
 
@@ -291,7 +192,7 @@ def check_model_file(path: str | Path) -> None:
     ModelError
         As :func:`load_model`, with the same one-line message.
     """
-    read_model_info(path)
+    parse_payload(read_payload(Path(path)))
 
 
 def save_checkpoint(path: str | Path, payload: dict[str, Any]) -> Path:
@@ -320,7 +221,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
         checkpoint (a model file is named as such, since it cannot resume).
     """
     path = Path(path)
-    payload = _torch_load(path, "checkpoint")
+    payload = torch_load(path, "checkpoint")
     if isinstance(payload, dict) and payload.get("format") == FORMAT:
         raise ModelError(
             "this is a finished model file, not a training checkpoint; resume from the "

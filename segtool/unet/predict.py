@@ -47,6 +47,7 @@ from segtool.unet.inference import (
     load_for_inference_cached,
     make_predictor,
     network_device_type,
+    network_precision,
     prepare_for_inference,
     prepared_net,
 )
@@ -450,7 +451,8 @@ def predict_maps(
     start = time.perf_counter()
     network_before = (stages or {}).get("network", 0.0)
     net = prepared_net(model)
-    plan = tiling.plan(config, normalized.shape[1:], device_type=network_device_type(net))
+    plan = tiling.plan(config, normalized.shape[1:], device_type=network_device_type(net),
+                       precision=network_precision(net))
     predictor = timed_predictor(make_predictor(net, config.target, tta=tiling.tta), stages)
     maps = predict_tiled(normalized, predictor, out_channels=config.out_channels, on_tile=on_tile,
                          **plan.tiling_options())
