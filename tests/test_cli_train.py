@@ -61,6 +61,20 @@ def test_train_one_folder_writes_model_log_curve_and_checkpoints(tmp_path):
 
 
 @pytest.mark.slow
+def test_train_with_appearance_records_it_and_without_it_records_none(tmp_path):
+    data = write_set(tmp_path / "data")
+    on, off = tmp_path / "on.pt", tmp_path / "off.pt"
+    result = invoke("train", data, "-o", on, "--epochs", "1", "--appearance", "--zoom", "1", "--target",
+                    "three_class_distance", "--quiet", *TINY)
+    assert result.exit_code == 0, result.stderr
+    augment = load_model(on).metadata["options"]["augment"]
+    assert augment["appearance"] == 0.15 and augment["zoom"] == 1.0
+    assert augment["gamma"] > 0 and augment["jpeg"] > 0 and augment["blobs"] > 0
+    assert invoke("train", data, "-o", off, "--epochs", "1", "--quiet", *TINY).exit_code == 0
+    assert load_model(off).metadata["options"]["augment"]["appearance"] == 0.0
+
+
+@pytest.mark.slow
 def test_train_two_folders_with_mask_suffix_val_and_json(tmp_path):
     data = write_set(tmp_path / "data", 3, mask_suffix="_cp_masks")
     val = write_set(tmp_path / "val", 2, mask_suffix="_mask", seed=1)

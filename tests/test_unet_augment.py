@@ -203,3 +203,91 @@ def test_output_size_must_fit_the_input():
         augment_pair(np.zeros((1, 8, 8)), np.zeros((1, 8, 8)), np.random.default_rng(0), output_size=9)
     with pytest.raises(InputError, match="zoom"):
         AugmentOptions(zoom=-0.1)
+
+
+# --- appearance changes of other microscopes (off unless appearance > 0) ---
+
+ONLY = dict(flip=False, rotate90=False, intensity_scale=0.0, intensity_shift=0.0, noise_std=0.0,
+            gamma=0.0, blur=0.0, photons=0.0, gradient=0.0, blobs=0, jpeg=0)
+
+
+def nuclei_patch(size=64):
+    labels = np.zeros((size, size), np.float32)
+    labels[disk((16, 16), 8)] = 1
+    labels[disk((40, 44), 10)] = 1
+    shade = np.linspace(0.5, 0.8, size, dtype=np.float32)  # objects brighter to the right: mid-tones for gamma
+    image = (labels * shade + 0.05)[None]  # a normalised patch: background near 0, objects near 1
+    return image.astype(np.float32), labels[None]
+
+
+def test_appearance_off_draws_nothing_and_changes_nothing():
+    image, target = nuclei_patch()
+    plain = augment_pair(image, target, np.random.default_rng(4), options=AugmentOptions(elastic=True))
+    rng = np.random.default_rng(4)
+    ranged = augment_pair(image, target, rng, options=AugmentOptions(elastic=True, gamma=3.0, blur=5.0, jpeg=10))
+    assert np.array_equal(plain[0], ranged[0]) and np.array_equal(plain[1], ranged[1])
+    after = np.random.default_rng(4)
+    augment_pair(image, target, after, options=AugmentOptions(elastic=True))
+    assert rng.random() == after.random()  # the same number of draws
+
+
+def test_appearance_changes_the_image_only_and_is_seeded():
+    image, target = nuclei_patch()
+    before = image.copy()
+    off = augment_pair(image, target, np.random.default_rng(7), options=AugmentOptions(elastic=True))
+    on = augment_pair(image, target, np.random.default_rng(7), options=AugmentOptions.microscopes(1.0, elastic=True))
+    again = augment_pair(image, target, np.random.default_rng(7), options=AugmentOptions.microscopes(1.0, elastic=True))
+    assert np.array_equal(on[1], off[1])  # the geometry (drawn first) is the same
+    assert not np.allclose(on[0], off[0], atol=0.05)
+    assert np.array_equal(on[0], again[0]) and np.array_equal(image, before)
+    assert on[0].dtype == np.float32 and on[0].flags.c_contiguous and np.all(np.isfinite(on[0]))
+
+
+@pytest.mark.parametrize(
+    ("change", "check"),
+    [
+        ({"gamma": 1.0}, lambda out, img: out.max() == pytest.approx(img.max()) and not np.allclose(out, img)),
+        ({"blur": 3.0}, lambda out, img: np.abs(out - img).max() > 0.1 and out.sum() == pytest.approx(img.sum(), rel=0.01)),
+        ({"photons": 5.0}, lambda out, img: 0.01 < np.abs(out - img)[img > 0.3].mean() < 0.4),
+        ({"jpeg": 10}, lambda out, img: 0 < np.abs(out - img).mean() < 0.1),
+        ({"gradient": 1.0}, lambda out, img: np.ptp(out[img < 0.5]) > 0.01),
+    ],
+)
+def test_each_appearance_change_alone(change, check):
+    image, target = nuclei_patch()
+    options = AugmentOptions(**{**ONLY, **change, "appearance": 1.0})
+    hits = 0
+    for seed in range(6):
+        out, tgt = augment_pair(image, target, np.random.default_rng(seed), options=options)
+        assert np.array_equal(tgt, target)
+        hits += bool(check(out[0], image[0]))
+    assert hits >= 5  # a drawn strength near 0 may leave one patch almost as it was
+
+
+def test_saturated_objects_keep_their_shape_and_the_background():
+    image, target = nuclei_patch()
+    options = AugmentOptions(**{**ONLY, "blobs": 2, "appearance": 1.0})
+    for seed in range(5):
+        out, _ = augment_pair(image, target, np.random.default_rng(seed), options=options)
+        changed = out[0] != image[0]
+        assert changed.any() and np.all(target[0][changed] == 1)
+        assert out[0].max() > 0.05 + 3 * 0.5  # saturated at 3-10 times the contrast
+
+
+def test_appearance_on_several_channels():
+    image, target = nuclei_patch()
+    for channels in (2, 3):
+        stack = np.repeat(image, channels, axis=0)
+        out, _ = augment_pair(stack, target, np.random.default_rng(0), options=AugmentOptions.microscopes(1.0))
+        assert out.shape == stack.shape and np.all(np.isfinite(out))
+
+
+def test_appearance_options_validate_and_roundtrip():
+    options = AugmentOptions.microscopes(0.3, zoom=1.0)
+    assert AugmentOptions.from_dict(options.to_dict()) == options
+    old = {k: v for k, v in AugmentOptions().to_dict().items() if k not in ("appearance", "gamma", "jpeg")}
+    assert AugmentOptions.from_dict(old).appearance == 0.0  # models saved before the option
+    for bad, message in [({"appearance": 1.5}, "probability"), ({"jpeg": 100}, "jpeg"), ({"blobs": -1}, "blobs"),
+                         ({"blur": -1.0}, "blur"), ({"photons": float("nan")}, "photons")]:
+        with pytest.raises(InputError, match=message):
+            AugmentOptions(**bad)

@@ -481,3 +481,30 @@ def test_train_model_refuses_empty_and_bad_input(pairs, tmp_path):
     bad = [(pairs[0][0], pairs[0][1][:10])]
     with pytest.raises(InputError, match="a.tif: mask shape"):
         train_model(bad, [], tiny_config(), options=tiny_options(), checkpoint_dir=tmp_path, train_names=["a.tif"])
+
+
+def _ring_is_closed(classes: np.ndarray) -> bool:
+    """No interior pixel (1) has a background 4-neighbour (0): every object is outlined by boundary pixels."""
+    interior = classes == 1
+    padded = np.pad(classes, 1, mode="edge")
+    neighbours = [padded[:-2, 1:-1], padded[2:, 1:-1], padded[1:-1, :-2], padded[1:-1, 2:]]
+    return not any(np.any(interior & (n == 0)) for n in neighbours)
+
+
+@pytest.mark.parametrize("target", ["three_class", "three_class_distance"])
+def test_zoomed_patches_get_class_targets_made_again_at_their_scale(target):
+    labels = np.zeros((96, 96), np.uint16)
+    for index, centre in enumerate([(20, 20), (20, 60), (60, 30), (70, 75)], start=1):
+        labels[disk(centre, 11)] = index
+    labels[disk((60, 44), 9)] = 5  # touches object 3
+    sample = prepare_sample(labels * 40, labels, tiny_config(target=target))
+    options = AugmentOptions(zoom=1.0, intensity_scale=0, intensity_shift=0, noise_std=0)
+    fixed = PatchSampler([sample], patch_size=48, rng=np.random.default_rng(0), augment=options, target=target).batch(24)
+    warped = PatchSampler([sample], patch_size=48, rng=np.random.default_rng(0), augment=options).batch(24)
+    assert fixed[1].shape == warped[1].shape == (24, sample.target.shape[0], 48, 48)
+    assert np.array_equal(fixed[0], warped[0])  # the same draws, the same images
+    assert all(_ring_is_closed(classes) for classes in fixed[1][:, 0])
+    # warping the class map itself breaks outlines when zooming out (the reason for making them again)
+    assert not all(_ring_is_closed(classes) for classes in warped[1][:, 0])
+    if target == "three_class_distance":
+        assert np.array_equal(fixed[1][:, 1], warped[1][:, 1])  # the scale-free distance is warped as it was

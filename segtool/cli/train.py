@@ -69,6 +69,7 @@ from segtool.cli.train_options import (
     DiceWeightOpt,
     EmaOpt,
     SeedOpt,
+    AppearanceOpt,
     AugmentOpt,
     ElasticOpt,
     RotateOpt,
@@ -88,7 +89,7 @@ from segtool.plotting import PLOT_HINT, plotting_available
 _FIXED_BY_CHECKPOINT = (
     "depth", "base_channels", "target", "norm_low", "norm_high", "patch_size", "epochs", "batch_size",
     "patches_per_epoch", "lr", "weight_decay", "optimizer", "schedule", "patience", "foreground_fraction",
-    "seed", "augment", "elastic", "rotate", "zoom", "val_fraction", "val_seed", "class_weights", "precision",
+    "seed", "augment", "elastic", "rotate", "zoom", "appearance", "val_fraction", "val_seed", "class_weights", "precision",
     "ema", "dice_weight", "init", "freeze_encoder", "channels", "input_transform",
 )
 
@@ -144,6 +145,7 @@ def train(
     elastic: ElasticOpt = False,
     rotate: RotateOpt = False,
     zoom: ZoomOpt = 0.0,
+    appearance: AppearanceOpt = False,
     device: DeviceOpt = Device.auto,
     precision: PrecisionOpt = Precision.auto,
     threads: ThreadsOpt = None,
@@ -288,7 +290,13 @@ def _new_run(ctx: typer.Context, err) -> _Settings:
             patch_size=p["patch_size"],
         )
     tuned = p["init"] is not None
-    augment = AugmentOptions(elastic=p["elastic"], rotate=p["rotate"], zoom=p["zoom"]) if p["augment"] else AugmentOptions.none()
+    geometry = {"elastic": p["elastic"], "rotate": p["rotate"], "zoom": p["zoom"]}
+    if not p["augment"]:
+        augment = AugmentOptions.none()
+    elif p["appearance"]:
+        augment = AugmentOptions.microscopes(**geometry)
+    else:
+        augment = AugmentOptions(**geometry)
     options = TrainOptions(
         epochs=p["epochs"],
         batch_size=p["batch_size"],

@@ -51,6 +51,7 @@ __all__ = [
     "DiceWeightOpt",
     "EmaOpt",
     "SeedOpt",
+    "AppearanceOpt",
     "AugmentOpt",
     "ElasticOpt",
     "RotateOpt",
@@ -248,6 +249,15 @@ RotateOpt = Annotated[bool, typer.Option("--rotate", help="Add rotations by any 
 ZoomOpt = Annotated[
     float,
     typer.Option("--zoom", min=0.0, max=1.0, help="Add random zoom by a factor between 1/(1+Z) and 1+Z (0: off).", rich_help_panel=PANEL_AUG),
+]
+AppearanceOpt = Annotated[
+    bool,
+    typer.Option(
+        "--appearance",
+        help="Add other microscopes' appearance: gamma, blur, shot noise, camera offset and uneven background, "
+        "saturated objects, JPEG (each on 15% of patches).",
+        rich_help_panel=PANEL_AUG,
+    ),
 ]
 DeviceOpt = Annotated[Device, typer.Option("--device", help="auto picks CUDA, then Apple MPS, then the CPU.", rich_help_panel=PANEL_RUN)]
 PrecisionOpt = Annotated[

@@ -2,7 +2,10 @@
 
 Geometric transforms (flips, 90-degree rotations, rotation by any angle and
 zoom, elastic deformation) move image and target pixels identically;
-intensity transforms (scale, shift, Gaussian noise) change the image only.
+intensity transforms (scale, shift, Gaussian noise) change the image only,
+as do the appearance changes of other microscopes (gamma, blur, shot noise,
+camera offset and uneven illumination, saturated objects, JPEG; see
+:mod:`segtool.appearance`), which are off unless ``appearance`` > 0.
 Every random draw comes from the :class:`numpy.random.Generator` passed in,
 so a seeded generator gives the same patches every run.
 
@@ -56,6 +59,26 @@ class AugmentOptions:
     zoom : float
         Random zoom by a factor drawn log-uniformly from
         ``[1 / (1 + z), 1 + z]`` (objects grow or shrink); 0 disables.
+    appearance : float
+        Probability (0-1) with which each of the appearance changes below is
+        applied to a patch, independently; 0 (the default) applies none and
+        draws nothing, so runs without it are unchanged.
+    gamma : float
+        Gamma drawn log-uniformly from ``[1 / (1 + g), 1 + g]``; 0 disables.
+    blur : float
+        Gaussian blur with sigma drawn from ``[0, blur]`` pixels; 0 disables.
+    photons : float
+        Shot noise at a photon count per object pixel drawn log-uniformly
+        from ``[photons, 100 * photons]``; 0 disables.
+    gradient : float
+        A 16-bit camera recording with a random offset, a random (often
+        small, so coarsely quantised) signal range and a background ramp or
+        smooth surface up to ``gradient`` times the patch's range; 0 disables.
+    blobs : int
+        Saturate between 1 and ``blobs`` of the patch's objects (their shape
+        kept, brightness 3-10 times their contrast); 0 disables.
+    jpeg : int
+        JPEG compression at a quality drawn from ``[jpeg, 95]``; 0 disables.
     """
 
     flip: bool = True
@@ -68,14 +91,28 @@ class AugmentOptions:
     elastic_spacing: int = 32
     rotate: bool = False
     zoom: float = 0.0
+    appearance: float = 0.0
+    gamma: float = 1.2
+    blur: float = 2.5
+    photons: float = 10.0
+    gradient: float = 1.0
+    blobs: int = 3
+    jpeg: int = 50
 
     def __post_init__(self) -> None:
-        for name in ("intensity_scale", "intensity_shift", "noise_std", "elastic_alpha", "zoom"):
+        for name in ("intensity_scale", "intensity_shift", "noise_std", "elastic_alpha", "zoom",
+                     "appearance", "gamma", "blur", "photons", "gradient"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise InputError(f"{name} must be a number >= 0, got {value!r}")
         if int(self.elastic_spacing) < 2:
             raise InputError(f"elastic_spacing must be >= 2, got {self.elastic_spacing!r}")
+        if self.appearance > 1:
+            raise InputError(f"appearance is a probability (0-1), got {self.appearance!r}")
+        if not isinstance(self.blobs, int) or self.blobs < 0:
+            raise InputError(f"blobs must be an integer >= 0, got {self.blobs!r}")
+        if not isinstance(self.jpeg, int) or not (self.jpeg == 0 or 1 <= self.jpeg <= 95):
+            raise InputError(f"jpeg must be 0 (off) or a quality from 1 to 95, got {self.jpeg!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -84,6 +121,20 @@ class AugmentOptions:
     def from_dict(cls, data: dict[str, Any]) -> AugmentOptions:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+    @classmethod
+    def microscopes(cls, probability: float = 0.15, **changes: Any) -> AugmentOptions:
+        """The default options plus every appearance change, each applied with ``probability``.
+
+        With 0.15 about 40% of patches keep their own appearance and most of
+        the rest get one or two changes.
+
+        Examples
+        --------
+        >>> AugmentOptions.microscopes().appearance
+        0.15
+        """
+        return cls(appearance=probability, **changes)
 
     @classmethod
     def none(cls) -> AugmentOptions:
@@ -234,6 +285,15 @@ def augment_pair(
         New arrays; without ``output_size``, rotations by 90 or 270 degrees
         swap H and W.
 
+    Notes
+    -----
+    The appearance changes (``options.appearance`` > 0) come after the
+    geometry and before the intensity scale, shift and noise. They work on
+    the normalised patch as if it were a raw image whose background is near
+    0 and whose objects are near 1, and take the objects' pixels to be
+    those where the target's first channel is 1 (the interior class of
+    ``three_class`` targets, the foreground of ``distance`` ones).
+
     Raises
     ------
     InputError
@@ -279,6 +339,8 @@ def augment_pair(
         img, tgt = img[window], tgt[window]
     img = np.array(img, dtype=np.float32)  # always a fresh, contiguous copy
     tgt = np.array(tgt, dtype=np.float32)
+    if options.appearance:
+        img = _appearance(img, tgt[0] == 1, rng, options)
     if options.intensity_scale:
         bound = math.log1p(options.intensity_scale)
         img *= np.float32(math.exp(rng.uniform(-bound, bound)))
@@ -288,3 +350,53 @@ def augment_pair(
         sigma = rng.uniform(0.0, options.noise_std)
         img += rng.standard_normal(img.shape, dtype=np.float32) * np.float32(sigma)
     return img, tgt
+
+
+def _appearance(image: np.ndarray, objects: np.ndarray, rng: np.random.Generator, options: AugmentOptions) -> np.ndarray:
+    """Other microscopes' appearance on a normalised (C, H, W) patch, in the order light meets them.
+
+    Uneven background, camera offset and quantisation first (so that their
+    range is the objects' and not that of saturated ones), then saturated
+    objects (the sample), blur (optics), shot noise (detection), gamma
+    (display), JPEG (storage). Each change present in ``options`` is applied with
+    probability ``options.appearance``; its strength is drawn only then.
+    """
+    from segtool import appearance as look
+
+    def chance(strength: float) -> bool:
+        return bool(strength) and rng.random() < options.appearance
+
+    channels = image.shape[0]
+    data = image[0] if channels == 1 else np.moveaxis(image, 0, -1)  # appearance works on (H, W[, C])
+    found = objects if objects.any() else None
+    if chance(options.gradient):
+        offset, signal = float(rng.uniform(0.0, 2000.0)), math.exp(rng.uniform(math.log(64.0), math.log(4096.0)))
+        low, high = float(data.min()), float(np.percentile(data, 99.8))
+        counts = look.offset_gradient(
+            data, rng, offset=offset, signal=signal, gradient=float(rng.uniform(0.0, options.gradient)),
+            smooth=bool(rng.random() < 0.5),
+        )
+        # back to the patch's own units, so that what follows (and the network) sees the usual range
+        data = ((counts - np.float32(offset)) * np.float32((high - low) / signal) + np.float32(low)).astype(np.float32)
+    if chance(options.blobs):
+        if found is not None:
+            data = look.saturate_objects(
+                data, objects, rng, count=int(rng.integers(1, options.blobs + 1)),
+                diameter=max(data.shape[:2]) / 4.0, brightness=float(rng.uniform(3.0, 10.0)),
+            )
+    if chance(options.blur):
+        data = look.gaussian_blur(data, float(rng.uniform(0.0, options.blur)))
+    if chance(options.photons):
+        count = options.photons * math.exp(rng.uniform(0.0, math.log(100.0)))
+        data = look.shot_noise(data, rng, photons=count, foreground=found)
+    if chance(options.gamma):
+        bound = math.log1p(options.gamma)
+        data = look.adjust_gamma(data, math.exp(rng.uniform(-bound, bound)))
+    if chance(options.jpeg):
+        quality = int(rng.integers(options.jpeg, 96))
+        if data.ndim == 2 or data.shape[2] == 3:
+            data = look.jpeg_artifacts(data, quality=quality)
+        else:  # 2 or 4+ channels: each as its own grey JPEG
+            data = np.stack([look.jpeg_artifacts(data[..., c], quality=quality) for c in range(channels)], axis=-1)
+    out = data[None] if channels == 1 else np.moveaxis(data, -1, 0)
+    return np.ascontiguousarray(out, dtype=np.float32)

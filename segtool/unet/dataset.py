@@ -20,7 +20,7 @@ from segtool.normalize import normalize_percentile
 from segtool.unet.augment import AugmentOptions, augment_pair, context_margin
 from segtool.unet.config import UNetConfig
 from segtool.unet.intake import apply_input_transform
-from segtool.unet.targets import make_target
+from segtool.unet.targets import make_target, three_class_target
 
 __all__ = [
     "PatchSampler",
@@ -236,6 +236,14 @@ class PatchSampler:
     margin of surrounding image (:func:`segtool.unet.augment.context_margin`)
     that the warp reads from.
 
+    With zoom on and a target that has classes (``target`` is
+    ``"three_class"`` or ``"three_class_distance"``), the instance labels are
+    warped with the patch and its class channel is made again from them:
+    warping the class map itself by nearest neighbour would drop parts of
+    the one-pixel boundaries between touching objects when zooming out (and
+    thicken them when zooming in), teaching the network merged objects. The
+    normalised distance channel is scale-free and is warped as it is.
+
     Parameters
     ----------
     samples : sequence of Sample
@@ -244,6 +252,8 @@ class PatchSampler:
         Every random draw (image, position, augmentation) comes from it.
     foreground_fraction : float, optional
     augment : AugmentOptions, optional
+    target : str, optional
+        The target type of the samples (see above); None: targets are warped as they are.
 
     Examples
     --------
@@ -261,6 +271,7 @@ class PatchSampler:
         rng: np.random.Generator,
         foreground_fraction: float = 0.8,
         augment: AugmentOptions | None = None,
+        target: str | None = None,
     ) -> None:
         if not samples:
             raise InputError("no training images")
@@ -273,6 +284,12 @@ class PatchSampler:
         self._margin = context_margin(self.patch_size, self.augment)
         self._images = [_pad_to(s.image, self.patch_size) for s in samples]
         self._targets = [_pad_to(s.target, self.patch_size) for s in samples]
+        self._relabel = bool(self.augment.zoom) and target in ("three_class", "three_class_distance")
+        if self._relabel:  # labels ride along as a last target channel (float32 is exact below 2**24 objects)
+            self._targets = [
+                np.concatenate([t, _pad_to(s.labels[None].astype(np.float32), self.patch_size)])
+                for t, s in zip(self._targets, samples)
+            ]
         self._foreground = [s.foreground for s in samples]
         self._widths = [s.image.shape[2] for s in samples]
         areas = np.array([s.image.shape[1] * s.image.shape[2] for s in samples], np.float64)
@@ -303,9 +320,15 @@ class PatchSampler:
         y0, x0 = self._origin(index, rng)
         if not self._margin:
             window = np.s_[:, y0 : y0 + self.patch_size, x0 : x0 + self.patch_size]
-            return augment_pair(self._images[index][window], self._targets[index][window], rng, options=self.augment)
-        image, target = (_window(a[index], y0, x0, self.patch_size, self._margin) for a in (self._images, self._targets))
-        return augment_pair(image, target, rng, options=self.augment, output_size=self.patch_size)
+            patch = augment_pair(self._images[index][window], self._targets[index][window], rng, options=self.augment)
+        else:
+            image, target = (_window(a[index], y0, x0, self.patch_size, self._margin) for a in (self._images, self._targets))
+            patch = augment_pair(image, target, rng, options=self.augment, output_size=self.patch_size)
+        if not self._relabel:
+            return patch
+        image, target = patch
+        target[0] = three_class_target(target[-1].astype(np.int64))
+        return image, np.ascontiguousarray(target[:-1])
 
     def batch(self, size: int, rng: np.random.Generator | None = None, *,
               out: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:

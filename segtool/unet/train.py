@@ -358,6 +358,7 @@ class _Training:
             rng=self.rng,
             foreground_fraction=options.foreground_fraction,
             augment=options.augment,
+            target=config.target,
         )
         self.steps_per_epoch = _steps_per_epoch(self.train_samples, config, options)
         self.total_steps = self.steps_per_epoch * options.epochs
