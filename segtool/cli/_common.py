@@ -16,6 +16,7 @@ results and exits with the documented code:
 from __future__ import annotations
 
 import json
+import math
 import sys
 import traceback
 from collections.abc import Callable, Sequence
@@ -40,6 +41,7 @@ from segtool.shard import Shard, parse_shard, select_shard
 
 __all__ = [
     "BatchOptions",
+    "parse_diameter",
     "batch_options",
     "Device",
     "stderr",
@@ -91,6 +93,22 @@ def error_line(where: str | None, message: str) -> str:
 def print_error(where: str | None, message: str) -> None:
     """Print one error line (see :func:`error_line`) on stderr."""
     print(error_line(where, message), file=sys.stderr, flush=True)
+
+
+def parse_diameter(value: str) -> float | None:
+    """``--diameter``: None for ``auto`` (or 0, as in Cellpose), else a positive number of pixels; exit 2 otherwise."""
+    text = str(value).strip().lower()
+    if text == "auto":
+        return None
+    try:
+        number = float(text)
+    except ValueError:
+        number = float("nan")
+    if number == 0:
+        return None
+    if not (math.isfinite(number) and number > 0):
+        fail(f"--diameter must be 'auto' or a positive number of pixels, got {value!r}", code=EXIT_USAGE)
+    return number
 
 
 def fail(message: str, *, where: str | None = None, code: int = 1) -> None:

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import math
 from typing import Annotated, Optional
 
 import typer
 
 from segtool.cli._app import app
 from segtool.cli._common import (
+    parse_diameter,
     BlockSize,
     Channel,
     ClusterOpt,
@@ -141,7 +141,7 @@ def baseline(
         threshold_value = parse_threshold(threshold)
     except InputError as err:
         fail(str(err), code=2)
-    size = _parse_diameter(diameter)
+    size = parse_diameter(diameter) or "auto"
     method = {
         "degree": degree,
         "robust": robust,
@@ -188,15 +188,3 @@ def baseline(
     run_files(images, task, batch, kind="image", columns=_COLUMNS, verb="baseline")
 
 
-def _parse_diameter(value: str) -> float | str:
-    """``--diameter``: ``"auto"`` or a positive number of pixels; exit 2 otherwise."""
-    text = str(value).strip().lower()
-    if text == "auto":
-        return "auto"
-    try:
-        number = float(text)
-    except ValueError:
-        number = float("nan")
-    if not (math.isfinite(number) and number > 0):
-        fail(f"--diameter must be 'auto' or a positive number of pixels, got {value!r}", code=2)
-    return number

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Annotated, Optional
@@ -12,6 +11,7 @@ import typer
 from segtool.batch import EXIT_USAGE
 from segtool.cli._app import app
 from segtool.cli._common import (
+    parse_diameter,
     BatchOptions,
     Device,
     BlockSize,
@@ -232,7 +232,7 @@ def predict(
     A Z stack (without --plane) is predicted plane by plane and its objects linked in 3-D (--z-mode).
     """
     batch = batch_options(ctx)
-    given_diameter = _parse_diameter(diameter)
+    given_diameter = parse_diameter(diameter)
     if scale is not None and given_diameter is not None:
         fail("give --scale or --diameter, not both", code=EXIT_USAGE)
     threads = _network_threads(threads, batch)
@@ -327,20 +327,6 @@ def _network_threads(threads: int | None, batch: BatchOptions) -> int | None:
     return threads
 
 
-def _parse_diameter(value: str) -> float | None:
-    """``--diameter``: None for ``auto`` (or 0, as in Cellpose), else a positive number of pixels; exit 2 otherwise."""
-    text = str(value).strip().lower()
-    if text == "auto":
-        return None
-    try:
-        number = float(text)
-    except ValueError:
-        fail(f"--diameter must be 'auto' or a number of pixels, got {value!r}", code=EXIT_USAGE)
-    if number == 0:
-        return None
-    if not (math.isfinite(number) and number > 0):
-        fail(f"--diameter must be 'auto' or a positive number of pixels, got {value!r}", code=EXIT_USAGE)
-    return number
 
 
 def _prepare_model(model: Path | None, *, device: str, threads: int | None, precision: str, scale: float | None,

@@ -68,9 +68,9 @@ def cache_dir() -> Path:
     Examples
     --------
     >>> import os
-    >>> os.environ[CACHE_ENV] = "/tmp/segtool-cache"
+    >>> os.environ[CACHE_ENV] = "segtool-cache"
     >>> str(cache_dir())
-    '/tmp/segtool-cache'
+    'segtool-cache'
     >>> del os.environ[CACHE_ENV]
     """
     if os.environ.get(CACHE_ENV):

@@ -349,16 +349,12 @@ def maps_to_labels_3d(
 
 def plane_postprocess(config, options: StackPredictOptions) -> dict:
     """Per-plane post-processing keywords: the model's tuned values, ``options``' overrides, and the model's
-    minimum sizes following ``options.scale`` (the planes' labels are at their own size)."""
-    from segtool.unet.instances import DEFAULT_MIN_SIZE
-    from segtool.unet.predict import postprocess_options
+    minimum sizes following ``options.scale`` (:func:`segtool.unet.predict.scaled_objects`)."""
+    from segtool.unet.predict import ObjectOptions, scaled_objects
 
-    post = postprocess_options(config, prob_threshold=options.prob_threshold, min_size=options.min_size,
-                               seed_threshold=options.seed_threshold, split_height=options.split_height)
-    scale = 1.0 if options.scale is None else float(options.scale)
-    if scale != 1.0 and options.min_size is None:
-        post["min_size"] = min_size_at_scale(post.get("min_size", DEFAULT_MIN_SIZE), scale)
-    return post
+    objects = ObjectOptions(prob_threshold=options.prob_threshold, min_size=options.min_size,
+                            seed_threshold=options.seed_threshold, split_height=options.split_height)
+    return scaled_objects(objects, config, 1.0 if options.scale is None else float(options.scale))
 
 
 def stack_scale(middle: np.ndarray, model, *, norm: tuple[float, float],
