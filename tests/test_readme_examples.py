@@ -12,8 +12,9 @@ How it works (and how a new README block passes):
 - ``segtool`` and ``python`` (and ``.venv/bin/segtool``, ``.venv/bin/python``, ``.venv/bin/bioimageio``) run the
   project under test. A block that cannot run here (needs a GPU, a cluster address, a GUI, the network) gets a
   marker on a line of its own just above its fence (blank lines and other ``<!-- -->`` comments may sit between):
-  ``<!-- readme-test: skip (REASON) -->``. The skipped blocks are listed in the test output (``-rA``) and must give
-  a reason.
+  ``<!-- readme-test: skip (REASON) -->``. Such a block is not collected as a test at all (a skipped test would
+  read as a pass); ``test_blocks_not_run_give_reasons_and_name_real_commands`` checks that each gives a reason and
+  that every ``segtool`` sub-command it names exists.
 - Long runs are shortened in a listed way, never silently: every ``segtool train`` gets ``TRAIN_OVERRIDES``
   appended (the last value of an option wins), and ``TEXT_SUBSTITUTIONS`` replace literal text in a block; each
   substitution must still match the README, so a stale entry fails the test.
@@ -240,14 +241,27 @@ def scratch(tmp_path_factory):
     return root, make_scratch(root)
 
 
-_BLOCKS = runnable_blocks()
+_BLOCKS = [b for b in runnable_blocks() if b.skip_reason is None]
+_NOT_RUN = [b for b in runnable_blocks() if b.skip_reason is not None]
+SUBCOMMAND = re.compile(r"(?:^|[\s|;&(])(?:\.venv/bin/)?segtool\s+(?P<name>[a-z][a-z-]*)")
+
+
+def test_blocks_not_run_give_reasons_and_name_real_commands():
+    """A block marked as not runnable here still names only sub-commands the tool has."""
+    names = set()
+    for block in _NOT_RUN:
+        assert len(block.skip_reason) > 3, f"README.md:{block.line}: the skip marker needs a reason"
+        commands = "\n".join(line.split("#", 1)[0] for line in block.text.splitlines())  # comments are prose
+        names.update(m.group("name") for m in SUBCOMMAND.finditer(commands))
+    for name in sorted(names):
+        done = subprocess.run([sys.executable, "-m", "segtool", name, "--help"], capture_output=True, text=True,
+                              cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        assert done.returncode == 0, f"a README block not run here names `segtool {name}`, which does not exist"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("block", _BLOCKS, ids=[f"README.md:{b.line}" for b in _BLOCKS])
 def test_readme_example_runs(block, scratch):
-    if block.skip_reason is not None:
-        pytest.skip(f"README.md:{block.line}: marked readme-test: skip ({block.skip_reason})")
     root, env = scratch
     done = run_block(block, root, env)
     report = f"README.md:{block.line} failed (exit {done.returncode}):\n{block.text}\n--- stderr ---\n{done.stderr[-3000:]}"
