@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from segtool.io import atomic_output
-from segtool.unet.modelfile import load_model
+from segtool.model.modelfile import load_model
 
 
 def save_payload(payload: dict, path: Path) -> Path:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 
 from segtool.io import read_image, read_labels
-from segtool.unet.modelfile import LoadedModel, load_model
+from segtool.model.modelfile import LoadedModel, load_model
 
 
 def load_validation(model_path: Path, data: Path) -> tuple[LoadedModel, list[str], list[np.ndarray], list[np.ndarray]]:

@@ -1,6 +1,6 @@
 """How data workers hand batches back: through DataLoader, or into a shared-memory ring.
 
-An A/B check behind :mod:`segtool.unet.ring`. Four ways to get the same 60
+An A/B check behind :mod:`segtool.train.ring`. Four ways to get the same 60
 batches (128 px, elastic, batch 8; 2 workers where there are workers),
 interleaved round by round, median of the rounds:
 
@@ -37,10 +37,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segtool.unet.augment import AugmentOptions
-from segtool.unet.config import UNetConfig
-from segtool.unet.dataset import PatchSampler, prepare_samples
-from segtool.unet.loader import batch_generator, iterate_batches
+from segtool.train.augment import AugmentOptions
+from segtool.model.config import UNetConfig
+from segtool.train.dataset import PatchSampler, prepare_samples
+from segtool.train.loader import batch_generator, iterate_batches
 
 
 class TensorBatches(torch.utils.data.Dataset):

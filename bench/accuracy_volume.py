@@ -39,7 +39,8 @@ def main() -> None:
 
     model = None
     if {"stitch", "watershed"} & set(args.methods):
-        from segtool.unet.predict import find_packaged_model, load_for_inference
+        from segtool.infer.predict import find_packaged_model
+        from segtool.infer.network import load_for_inference
 
         model = load_for_inference(args.model or find_packaged_model(), device="cpu")
 

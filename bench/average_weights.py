@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from segtool.unet.modelfile import load_model, save_model
+from segtool.model.modelfile import load_model, save_model
 
 
 def main() -> None:

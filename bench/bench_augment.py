@@ -1,11 +1,11 @@
 """Cost of elastic augmentation per training patch: segtool's elastic field against a 2-D spline zoom.
 
-:func:`segtool.unet.augment.elastic_field` up-samples the random control
+:func:`segtool.train.augment.elastic_field` up-samples the random control
 points with two small matrix products (cubic spline up-sampling is
 separable). The reference does the same up-sampling with one
 ``scipy.ndimage.zoom`` call on the 2-D grid, as segtool did before. Both are
 timed alone and inside a whole elastic training patch
-(:class:`segtool.unet.dataset.PatchSampler`, the shipped model's recipe:
+(:class:`segtool.train.dataset.PatchSampler`, the shipped model's recipe:
 128 px, ``three_class_distance``), interleaved round by round, median of the
 rounds; the two fields are also compared value by value.
 
@@ -28,10 +28,10 @@ from unittest import mock
 
 import numpy as np
 
-import segtool.unet.augment as augment
-from segtool.unet.augment import AugmentOptions
-from segtool.unet.config import UNetConfig
-from segtool.unet.dataset import PatchSampler, prepare_samples
+import segtool.train.augment as augment
+from segtool.train.augment import AugmentOptions
+from segtool.model.config import UNetConfig
+from segtool.train.dataset import PatchSampler, prepare_samples
 
 
 def zoom_field(shape: tuple[int, int], rng: np.random.Generator, *, alpha: float, spacing: int) -> np.ndarray:

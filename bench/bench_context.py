@@ -2,7 +2,7 @@
 
 Predicts a mosaic of real images whole, then probe tiles of it, and reports
 how far from a cut tile edge the maps still differ from whole-image inference
-by more than the tolerance (:func:`segtool.unet.context.measure_context`).
+by more than the tolerance (:func:`segtool.model.context.measure_context`).
 
 Run::
 
@@ -24,8 +24,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _mosaic import make_mosaic  # noqa: E402
 
 from segtool.normalize import normalize_percentile  # noqa: E402
-from segtool.unet.context import measure_context  # noqa: E402
-from segtool.unet.predict import find_packaged_model, load_for_inference, make_predictor  # noqa: E402
+from segtool.model.context import measure_context  # noqa: E402
+from segtool.infer.predict import find_packaged_model  # noqa: E402
+from segtool.infer.network import load_for_inference, make_predictor
 
 
 def main() -> None:

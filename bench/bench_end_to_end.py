@@ -9,7 +9,7 @@ machine hits all alike:
   loading, reading, network, objects, writing) and its peak RSS.
 * ``network``: the same network as ``segtool predict`` runs it (the same
   backend, precision and preparation) on the same tiles: the sum of the
-  network calls of :func:`segtool.unet.tiling.predict_tiled` with the default
+  network calls of :func:`segtool.pipeline.tiling.predict_tiled` with the default
   tile plan, after one warm-up call. No imports, reading, blending or objects.
 * ``monai``: MONAI ``sliding_window_inference`` as an expert would tune it:
   the fewest equal windows of at most segtool's tile side on each axis,
@@ -139,9 +139,11 @@ def worker(kind: str, image_path: Path, threads: int) -> dict:
     torch.set_num_threads(threads)
     image = tifffile.imread(image_path)
     from segtool.pipeline.options import TileOptions, budget_tile
-    from segtool.unet.inference import network_device_type, network_precision
-    from segtool.unet.onnxbackend import load_onnx_model, native_bf16_cpu, prefer_onnxruntime
-    from segtool.unet.predict import load_for_inference, make_predictor, normalize_for_model, predict_tiled
+    from segtool.infer.network import network_device_type, network_precision
+    from segtool.infer.onnxbackend import load_onnx_model, native_bf16_cpu, prefer_onnxruntime
+    from segtool.infer.network import load_for_inference, make_predictor
+    from segtool.infer.predict import normalize_for_model
+    from segtool.pipeline.tiling import predict_tiled
 
     if kind == "network":
         model = None
@@ -166,7 +168,7 @@ def worker(kind: str, image_path: Path, threads: int) -> dict:
         predict_tiled(normalized, timed, out_channels=model.config.out_channels, **plan.tiling_options())
         backend = f"torch {network_precision(net)}"
         if getattr(net, "segtool_backend", None) == "onnxruntime":
-            from segtool.unet.onnxbackend import LARGE_BATCH_PIXELS
+            from segtool.infer.onnxbackend import LARGE_BATCH_PIXELS
 
             per_call = min(plan.batch_size, plan.n_tiles) * plan.tile[0] * plan.tile[1]  # what OnnxNet routes by
             large = net.large is not None and per_call >= LARGE_BATCH_PIXELS
@@ -175,9 +177,9 @@ def worker(kind: str, image_path: Path, threads: int) -> dict:
 
     from monai.inferers import sliding_window_inference
 
-    from segtool.unet.heads import activate
-    from segtool.unet.modelfile import load_model
-    from segtool.unet.precision import autocast, bf16_supported
+    from segtool.model.heads import activate
+    from segtool.model.modelfile import load_model
+    from segtool.model.precision import autocast, bf16_supported
 
     model = load_model(MODEL, device="cpu")
     net = model.net.eval()

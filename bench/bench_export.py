@@ -37,9 +37,10 @@ import numpy as np
 import torch
 
 from segtool.interop.netexport import build_export_net, export_onnx, export_torchscript
-from segtool.unet.heads import activate
-from segtool.unet.modelfile import load_model
-from segtool.unet.predict import find_packaged_model, prepare_for_inference
+from segtool.model.heads import activate
+from segtool.model.modelfile import load_model
+from segtool.infer.predict import find_packaged_model
+from segtool.infer.network import prepare_for_inference
 
 
 def main() -> None:

@@ -66,7 +66,7 @@ def measure_one(command: str, image: Path, labels: Path, out: Path) -> float:
     if command != "evaluate":
         args += ["-o", str(out), "--overwrite", "--max-memory", "none"]
     if command == "predict":
-        from segtool.unet.predict import load_for_inference_cached
+        from segtool.infer.network import load_for_inference_cached
 
         load_for_inference_cached(Path(__file__).resolve().parents[1] / "segtool/models/nuclei.pt", device="cpu", threads=2,
                                   precision="auto")

@@ -1,7 +1,7 @@
 """Inference in float32 versus bfloat16: speed, and whether the objects change.
 
 For one model and a folder of images, every image is segmented with
-:func:`segtool.unet.predict.predict_image` twice per round, once with the
+:func:`segtool.infer.predict.predict_image` twice per round, once with the
 network prepared in each precision (``prepare_for_inference(precision=...)``,
 what ``segtool predict --precision`` does). The two alternate round by round
 so other load on the machine hits both alike; the median wall time over rounds
@@ -34,9 +34,11 @@ import torch
 
 from segtool.io import read_image, read_labels
 from segtool.metrics import match_labels
-from segtool.unet.modelfile import LoadedModel, load_model
-from segtool.unet.precision import bf16_supported
-from segtool.unet.predict import TileOptions, predict_image, prepare_for_inference
+from segtool.model.modelfile import LoadedModel, load_model
+from segtool.model.precision import bf16_supported
+from segtool.pipeline.options import TileOptions
+from segtool.infer.predict import predict_image
+from segtool.infer.network import prepare_for_inference
 
 PRECISIONS = ("fp32", "bf16")
 

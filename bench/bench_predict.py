@@ -8,8 +8,8 @@ implementations run the same default network (``UNetConfig()``: depth 4,
 statistics, seeded; ``UNetConfig()`` defaults, whatever they are), the same tile size, overlap and batch size, Gaussian
 blending in both, and produce the activated ``(3, H, W)`` maps:
 
-* ``segtool``: :func:`segtool.unet.tiling.predict_tiled` with
-  :func:`segtool.unet.predict.prepare_for_inference` (BatchNorm folded,
+* ``segtool``: :func:`segtool.pipeline.tiling.predict_tiled` with
+  :func:`segtool.infer.predict.prepare_for_inference` (BatchNorm folded,
   up-sampling reordered, channels-last) under ``torch.inference_mode()``.
 * ``monai``: ``monai.inferers.sliding_window_inference`` on the plain eval
   network under ``torch.no_grad()``, as in MONAI's tutorials.
@@ -20,12 +20,12 @@ hits both alike, and the median over rounds is reported. Both wall time and
 process CPU time are recorded: with ``--threads 1`` CPU time is insensitive to
 other processes sharing the cores. The maps of the two are compared (max and
 mean absolute difference). ``segtool`` is also timed end to end
-(:func:`segtool.unet.predict.predict_image`, normalisation to labels).
+(:func:`segtool.infer.predict.predict_image`, normalisation to labels).
 
 **Memory** (``--memory-size``, default 20000). A ``W x W`` uint16 image of
 synthetic nuclei is written as a tiled zlib TIFF (so no page of it is mapped
 into the process), then segmented band by band with
-:func:`segtool.unet.bigimage.predict_file_in_bands` into a tiled BigTIFF, as
+:func:`segtool.infer.bands.predict_file_in_bands` into a tiled BigTIFF, as
 ``segtool predict`` does for large images. Peak RSS is the process's
 ``ru_maxrss``; a sampler thread also records the peak of anonymous memory. The
 network has the default architecture (``--memory-base-channels`` can shrink it
@@ -70,8 +70,8 @@ def make_net(base_channels: int | None = None, *, seed: int = 0, detector: bool 
     """The default U-Net with seeded random weights, or hand-set 'intensity detector' weights."""
     import torch
 
-    from segtool.unet.config import UNetConfig
-    from segtool.unet.model import UNet
+    from segtool.model.config import UNetConfig
+    from segtool.model.model import UNet
 
     torch.manual_seed(seed)
     config = UNetConfig(postprocess={"min_size": 10})
@@ -163,7 +163,7 @@ def worker_throughput(args) -> dict:
     import torch
 
     from segtool.normalize import normalize_percentile
-    from segtool.unet.heads import activate
+    from segtool.model.heads import activate
 
     torch.set_num_threads(args.threads)
     net, config = make_net()
@@ -197,9 +197,9 @@ def worker_throughput(args) -> dict:
             wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
         extra = {}
     else:
-        from segtool.unet.modelfile import LoadedModel
-        from segtool.unet.predict import TileOptions, make_predictor, predict_image, prepare_for_inference
-        from segtool.unet.tiling import predict_tiled
+        from segtool.model.modelfile import LoadedModel
+        from segtool.infer.predict import TileOptions, make_predictor, predict_image, prepare_for_inference
+        from segtool.pipeline.tiling import predict_tiled
 
         prepared = prepare_for_inference(net)
         predictor = make_predictor(prepared, config.target)
@@ -232,9 +232,10 @@ def worker_memory(args) -> dict:
     import tifffile
     import torch
 
-    from segtool.unet.bigimage import open_lazy, predict_file_in_bands
-    from segtool.unet.modelfile import load_model, save_model
-    from segtool.unet.predict import TileOptions, prepare_for_inference
+    from segtool.pipeline.read import open_lazy
+from segtool.infer.bands import predict_file_in_bands
+    from segtool.model.modelfile import load_model, save_model
+    from segtool.infer.predict import TileOptions, prepare_for_inference
 
     torch.set_num_threads(args.threads)
     folder = Path(args.workdir)

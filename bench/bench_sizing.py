@@ -44,8 +44,10 @@ def main() -> None:
     import torch
     from skimage.transform import resize
 
-    from segtool.unet.precision import resolve_precision
-    from segtool.unet.predict import TileOptions, find_packaged_model, load_for_inference, predict_image
+    from segtool.model.precision import resolve_precision
+    from segtool.pipeline.options import TileOptions
+    from segtool.infer.predict import find_packaged_model, predict_image
+    from segtool.infer.network import load_for_inference
 
     torch.set_num_threads(args.threads)
     precision = resolve_precision(args.precision, torch.device("cpu"))

@@ -6,11 +6,11 @@ machine hits all of them alike (the median over rounds is reported):
 * ``plain loop``: the same U-Net, loss and optimiser on one pre-made batch of
   random tensors: forward, backward and optimiser step timed separately. This
   is the compute-only ceiling.
-* ``segtool train loop``: :func:`segtool.unet.train.train_model` for one epoch
+* ``segtool train loop``: :func:`segtool.train.loop.train_model` for one epoch
   of ``--steps`` steps on real images (patch sampling biased to foreground,
   augmentation, the same network and loss), no validation. Its own timer
   splits data time (sampling + augmentation + tensor conversion) from the rest.
-* ``sampling only``: :class:`segtool.unet.dataset.PatchSampler` alone, to show
+* ``sampling only``: :class:`segtool.train.dataset.PatchSampler` alone, to show
   what a DataLoader with worker processes could at best hide.
 
 ``--precisions fp32 bf16`` runs the two loops at each precision (bfloat16
@@ -20,7 +20,7 @@ interleaved too, and prints the bf16 / fp32 throughput ratio of each loop.
 ``--workers 0 2`` runs segtool's loop once per data worker count (as
 ``segtool train --workers N``), interleaved too, and prints each count's
 throughput against the first. It adds a fourth loop, ``data pipeline``:
-:func:`segtool.unet.loader.iterate_batches` (the batches ``train_model``
+:func:`segtool.train.loader.iterate_batches` (the batches ``train_model``
 gets, made in the process or by workers) feeding a stand-in network of one
 1x1 convolution with a mean-squared loss, so that patch sampling and
 augmentation, not the network, bound it: what workers can win at most.
@@ -53,14 +53,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from segtool.unet.augment import AugmentOptions
-from segtool.unet.config import UNetConfig
-from segtool.unet.dataset import PatchSampler, prepare_samples
-from segtool.unet.loader import iterate_batches
-from segtool.unet.model import UNet
-from segtool.unet.precision import autocast
-from segtool.unet.targets import target_loss
-from segtool.unet.train import TrainOptions, train_model
+from segtool.train.augment import AugmentOptions
+from segtool.model.config import UNetConfig
+from segtool.train.dataset import PatchSampler, prepare_samples
+from segtool.train.loader import iterate_batches
+from segtool.model.model import UNet
+from segtool.model.precision import autocast
+from segtool.train.targets import target_loss
+from segtool.model.config import TrainOptions
+from segtool.train.loop import train_model
 
 DATA = Path("/work/shared/data/dsb2018_fluo/train")
 

@@ -48,9 +48,9 @@ def write_pointwise_model(path: Path) -> Path:
     """A depth-2, 4-channel U-Net (distance target) set to pass the intensity through: fg > 0.3, seeds > 0.55."""
     import torch
 
-    from segtool.unet.config import UNetConfig
-    from segtool.unet.model import UNet
-    from segtool.unet.modelfile import save_model
+    from segtool.model.config import UNetConfig
+    from segtool.model.model import UNet
+    from segtool.model.modelfile import save_model
 
     config = UNetConfig(depth=2, base_channels=4, patch_size=256, target="distance", postprocess={"min_size": 5})
     net = UNet(config)

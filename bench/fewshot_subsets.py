@@ -1,7 +1,7 @@
 """Make the training folders of a few-shot study: N images, with the validation images held apart.
 
 The validation images are those ``segtool train DATA --val-seed SEED`` holds out of DATA (the same
-rule, :func:`segtool.unet.dataset.split_validation`), so every few-shot run is chosen and compared on
+rule, :func:`segtool.train.dataset.split_validation`), so every few-shot run is chosen and compared on
 the same held-out images as a run on the whole folder. The N training images are the first N of one
 seeded permutation of the remaining ones, so the subsets are nested (5 within 10 within 20). Files
 are symbolic links; nothing is copied.
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from segtool.cli.train import find_pairs
-from segtool.unet.dataset import split_validation
+from segtool.train.dataset import split_validation
 
 
 def _link(pairs, folder: Path) -> None:

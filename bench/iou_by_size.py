@@ -23,7 +23,8 @@ import torch
 
 from _validation import load_validation
 from segtool.metrics import iou_pairs
-from segtool.unet.predict import TileOptions, predict_image
+from segtool.pipeline.options import TileOptions
+from segtool.infer.predict import predict_image
 
 AREA_EDGES = (0, 100, 200, 400, 800, np.inf)
 

@@ -25,7 +25,7 @@ import argparse
 import os
 from pathlib import Path
 
-from segtool.unet.modelfile import load_model
+from segtool.model.modelfile import load_model
 
 
 def link(source: Path, target: Path) -> None:

@@ -26,9 +26,9 @@ import numpy as np
 import torch
 
 from segtool.metrics import match_labels
-from segtool.unet.instances import maps_to_labels
-from segtool.unet.modelfile import load_model
-from segtool.unet.predict import predict_image
+from segtool.infer.instances import maps_to_labels
+from segtool.model.modelfile import load_model
+from segtool.infer.predict import predict_image
 
 from _validation import load_validation  # bench/ helper, beside this script
 

@@ -29,8 +29,9 @@ import numpy as np
 import torch
 
 from segtool.metrics import match_labels
-from segtool.unet.instances import maps_to_labels
-from segtool.unet.predict import TileOptions, predict_image
+from segtool.infer.instances import maps_to_labels
+from segtool.pipeline.options import TileOptions
+from segtool.infer.predict import predict_image
 
 from _validation import load_validation  # bench/ helper, beside this script
 

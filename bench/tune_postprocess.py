@@ -40,8 +40,9 @@ from pathlib import Path
 import torch
 
 from segtool.metrics import match_labels
-from segtool.unet.instances import DEFAULT_SEED_THRESHOLD, maps_to_labels
-from segtool.unet.predict import TileOptions, postprocess_options, predict_image
+from segtool.infer.instances import DEFAULT_SEED_THRESHOLD, maps_to_labels
+from segtool.pipeline.options import TileOptions, postprocess_options
+from segtool.infer.predict import predict_image
 
 from _payload import save_payload  # bench/ helpers, beside this script
 from _validation import load_validation

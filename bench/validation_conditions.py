@@ -40,7 +40,8 @@ from skimage.transform import rescale
 
 from segtool import appearance as look
 from segtool.metrics import match_labels
-from segtool.unet.predict import TileOptions, predict_image
+from segtool.pipeline.options import TileOptions
+from segtool.infer.predict import predict_image
 
 from _validation import load_validation  # bench/ helpers, beside this script
 

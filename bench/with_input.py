@@ -18,9 +18,9 @@ from pathlib import Path
 
 import torch
 
-from segtool.unet.config import UNetConfig
-from segtool.unet.intake import INPUT_TRANSFORMS
-from segtool.unet.shipped import resolve_model
+from segtool.model.config import UNetConfig
+from segtool.intake import INPUT_TRANSFORMS
+from segtool.model.shipped import resolve_model
 
 from _payload import save_payload  # bench/ helper, beside this script
 

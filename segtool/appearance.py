@@ -6,7 +6,7 @@ would change it: a different display gamma, defocus, few photons, a camera
 offset with uneven illumination, a few saturated cells, lossy compression.
 They are used to measure how well segmentation survives such images (the
 appearance sweep in ``bench/``) and to train models that survive them
-(:mod:`segtool.unet.augment`). Every random draw comes from the
+(:mod:`segtool.train.augment`). Every random draw comes from the
 :class:`numpy.random.Generator` passed in, so a seeded generator gives the
 same result every run; the input array is never modified.
 

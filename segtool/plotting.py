@@ -1,6 +1,6 @@
 """matplotlib is an optional extra (``segtool[plot]``): find out whether plots can be drawn.
 
-The training curve (:func:`segtool.unet.report.plot_curve`) and the score plot
+The training curve (:func:`segtool.train.report.plot_curve`) and the score plot
 of ``evaluate --plot`` (:func:`segtool.export.write_score_plot`) need it; the
 rest of segtool does not.
 """

@@ -16,9 +16,9 @@ from torch import nn
 from typer.testing import CliRunner
 
 from segtool.cli import app
-from segtool.unet.config import UNetConfig
-from segtool.unet.model import UNet
-from segtool.unet.modelfile import LoadedModel
+from segtool.model.config import UNetConfig
+from segtool.model.model import UNet
+from segtool.model.modelfile import LoadedModel
 
 runner = CliRunner()
 

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from segtool.io import read_labels
-from segtool.unet.modelfile import save_model
+from segtool.model.modelfile import save_model
 
 from helpers import dome_unet, invoke
 

@@ -16,7 +16,7 @@ import pytest
 import tifffile
 import torch
 
-from segtool.unet.modelfile import load_checkpoint, load_model
+from segtool.model.modelfile import load_checkpoint, load_model
 
 from helpers import disk_training_set, invoke
 from test_fuzz import huge_tiled_tiff
@@ -206,7 +206,7 @@ def test_val_seed_keeps_the_validation_images_of_another_seed(tmp_path):
 
 @pytest.mark.slow
 def test_precision_is_resolved_reported_and_stored(tmp_path):
-    from segtool.unet.precision import bf16_supported
+    from segtool.model.precision import bf16_supported
 
     data = write_set(tmp_path / "data", 3)
     expected = {"fp32": "fp32", "bf16": "bf16", "auto": "bf16" if bf16_supported(torch.device("cpu")) else "fp32"}
@@ -222,7 +222,7 @@ def test_precision_is_resolved_reported_and_stored(tmp_path):
 
 @pytest.mark.slow  # five short trainings: about 13 s on the loaded 2-core host
 def test_workers_are_resolved_reported_stored_and_kept_on_resume(tmp_path):
-    from segtool.unet.loader import auto_workers
+    from segtool.train.loader import auto_workers
 
     data = write_set(tmp_path / "data", 3)
     for name, used in (("auto", auto_workers(torch.device("cpu"))), ("2", 2), ("0", 0)):

@@ -14,9 +14,9 @@ import torch
 from segtool.errors import InputError, ModelError
 from segtool.io import read_image
 from segtool.overlay import outline_overlay
-from segtool.unet.config import UNetConfig
-from segtool.unet.finetune import FIRST_CONV
-from segtool.unet.modelfile import load_model
+from segtool.model.config import UNetConfig
+from segtool.train.finetune import FIRST_CONV
+from segtool.model.modelfile import load_model
 
 from helpers import disk_training_set, invoke
 
@@ -126,7 +126,7 @@ def test_rgb_fine_tune_from_a_grey_parent_spreads_the_first_convolution(tmp_path
 
 
 def test_model_list_names_each_shipped_model_with_its_card_line():
-    from segtool.unet.shipped import SHIPPED_MODELS, find_shipped_model
+    from segtool.model.shipped import SHIPPED_MODELS, find_shipped_model
 
     result = invoke("model", "list", "--json")
     assert result.exit_code == 0
@@ -153,7 +153,7 @@ def test_predict_by_shipped_name_records_the_model_and_unknown_names_fail_in_one
 
 
 def test_resolve_model_prefers_an_existing_file_over_a_shipped_name(tmp_path, monkeypatch):
-    from segtool.unet.shipped import resolve_model
+    from segtool.model.shipped import resolve_model
 
     monkeypatch.chdir(tmp_path)
     Path("nuclei").write_bytes(b"x")
@@ -163,7 +163,7 @@ def test_resolve_model_prefers_an_existing_file_over_a_shipped_name(tmp_path, mo
 
 
 def test_shipped_histo_model_is_a_grey_model_scored_on_the_histo_test_split():
-    from segtool.unet.shipped import find_shipped_model
+    from segtool.model.shipped import find_shipped_model
 
     he = load_model(find_shipped_model("nuclei-he"))
     assert he.config.in_channels == 1 and he.config.channels == "grey"

@@ -1,4 +1,4 @@
-"""Tests for segtool.unet.context and halo tiling on real (tiny) U-Nets."""
+"""Tests for segtool.model.context and halo tiling on real (tiny) U-Nets."""
 
 from __future__ import annotations
 
@@ -7,16 +7,11 @@ import pytest
 from scipy import ndimage
 
 from segtool.errors import InputError
-from segtool.unet.config import UNetConfig
-from segtool.unet.context import measure_context
-from segtool.unet.predict import (
-    TileOptions,
-    default_tile_halo,
-    make_predictor,
-    plan_inference_tiles,
-    predict_image,
-    prepare_for_inference,
-)
+from segtool.model.config import UNetConfig
+from segtool.model.context import measure_context
+from segtool.pipeline.options import TileOptions, default_tile_halo, plan_inference_tiles
+from segtool.infer.network import make_predictor, prepare_for_inference
+from segtool.infer.predict import predict_image
 
 from helpers import random_unet
 
@@ -83,7 +78,7 @@ def test_plan_defaults_per_device_and_explicit_overlap():
 
 def test_band_prediction_with_halo_tiles_equals_in_memory():
     from segtool.normalize import normalize_percentile
-    from segtool.unet.bands import predict_label_bands
+    from segtool.infer.bands import predict_label_bands
 
     model = random_unet("three_class", depth=2, gain=60.0)
     image = _image((203, 150), seed=2)
@@ -101,13 +96,13 @@ def test_band_prediction_with_halo_tiles_equals_in_memory():
 @pytest.mark.parametrize("tiling", [TileOptions(tile=64), TileOptions(tile=48, overlap=0.25)])
 def test_labelling_tile_rows_beside_the_network_gives_the_in_memory_labels(tiling):
     from segtool.pipeline.options import ObjectOptions
-    from segtool.unet.bands import label_by_tile_rows
-    from segtool.unet.instances import maps_to_labels
+    from segtool.infer.bands import label_by_tile_rows
+    from segtool.infer.instances import maps_to_labels
 
     from helpers import dome_unet
 
     from segtool.normalize import normalize_percentile
-    from segtool.unet.modelfile import LoadedModel
+    from segtool.model.modelfile import LoadedModel
 
     net, config = dome_unet()  # foreground where the image is over 0.3, seeds over 0.55
     model = LoadedModel(net=net, config=config)

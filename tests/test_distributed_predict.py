@@ -86,7 +86,7 @@ def _truth_image(seed: int, *, touching: float) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def model_path() -> Path:
-    from segtool.unet.predict import find_packaged_model
+    from segtool.infer.predict import find_packaged_model
 
     return find_packaged_model()
 
@@ -114,8 +114,8 @@ def mosaic() -> np.ndarray:
 @pytest.fixture(scope="module")
 def reference(mosaic, model_path) -> np.ndarray:
     """In-memory tiled prediction of the mosaic."""
-    from segtool.unet.modelfile import load_model
-    from segtool.unet.predict import predict_image
+    from segtool.model.modelfile import load_model
+    from segtool.infer.predict import predict_image
 
     return predict_image(mosaic, load_model(model_path)).labels
 
@@ -231,8 +231,8 @@ def float_image(mosaic) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def float_reference(float_image, model_path) -> np.ndarray:
-    from segtool.unet.modelfile import load_model
-    from segtool.unet.predict import predict_image
+    from segtool.model.modelfile import load_model
+    from segtool.infer.predict import predict_image
 
     return predict_image(float_image, load_model(model_path)).labels
 

@@ -14,11 +14,11 @@ from helpers import invoke
 
 from segtool.interop.bioimageio_unet import SegtoolUNet, percentile_rows
 from segtool.interop.netexport import build_export_net, export_checked, reference_output
-from segtool.unet.config import UNetConfig
-from segtool.unet.intake import STAIN_RGB
-from segtool.unet.model import UNet
-from segtool.unet.modelfile import LoadedModel
-from segtool.unet.predict import normalize_for_model
+from segtool.model.config import UNetConfig
+from segtool.intake import STAIN_RGB
+from segtool.model.model import UNet
+from segtool.model.modelfile import LoadedModel
+from segtool.infer.predict import normalize_for_model
 
 
 def _stained_rgb(shape=(96, 128), seed=0) -> np.ndarray:
@@ -123,7 +123,7 @@ def test_exported_nuclei_he_gives_predicts_maps(he_reference, fmt):
         assert summary.status == "passed", summary
         sample = core.predict(model=str(out), inputs=batch)
         got = np.asarray(next(iter(sample.members.values())).data)
-        from segtool.unet.modelfile import load_model
+        from segtool.model.modelfile import load_model
 
         assert load_model(out).config.input == "hematoxylin"  # segtool predict -m package.zip reads it back
     assert got.shape == (1,) + expected.shape

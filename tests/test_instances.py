@@ -1,4 +1,4 @@
-"""Tests for segtool.unet.instances.maps_to_labels."""
+"""Tests for segtool.infer.instances.maps_to_labels."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from skimage.draw import disk, ellipse
 from skimage.segmentation import find_boundaries
 
 from segtool.errors import InputError
-from segtool.unet.instances import maps_to_labels
+from segtool.infer.instances import maps_to_labels
 
 
 def _disks(shape=(96, 128)):
@@ -206,7 +206,7 @@ def test_split_height_deeper_than_the_neck_keeps_objects_joined():
 
 @pytest.mark.parametrize("target", ["distance", "three_class", "three_class_distance"])
 def test_number_as_whole_restores_the_whole_image_numbering(target):
-    from segtool.unet.instances import number_as_whole
+    from segtool.infer.instances import number_as_whole
 
     rng = np.random.default_rng(3)
     maps = ndimage.gaussian_filter(rng.random((4, 120, 90)), (0, 3, 3)).astype(np.float32)
@@ -225,7 +225,7 @@ def test_number_as_whole_restores_the_whole_image_numbering(target):
 
 
 def test_number_as_whole_puts_unseeded_objects_last():
-    from segtool.unet.instances import number_as_whole
+    from segtool.infer.instances import number_as_whole
 
     maps = np.zeros((2, 10, 20), np.float32)
     maps[0, 1:4, 1:4] = 1.0  # foreground without a seed, first in raster order

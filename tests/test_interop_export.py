@@ -15,9 +15,9 @@ from segtool.cli import app
 from segtool.errors import ModelError
 from segtool.interop.bioimageio_unet import SegtoolUNet
 from segtool.interop.netexport import EXPORT_TOLERANCE, export_checked, export_onnx
-from segtool.unet.config import UNetConfig
-from segtool.unet.model import UNet
-from segtool.unet.modelfile import LoadedModel, load_model, save_model
+from segtool.model.config import UNetConfig
+from segtool.model.model import UNet
+from segtool.model.modelfile import LoadedModel, load_model, save_model
 
 runner = CliRunner()
 
@@ -176,7 +176,7 @@ def test_tiny_package_passes_bioimageio_test_model(tmp_path):
 
 
 def test_predict_reads_segtool_package_like_the_pt(tmp_path):
-    from segtool.unet.predict import predict_image
+    from segtool.infer.predict import predict_image
 
     model, image, path = _export_tiny_package(tmp_path)
     loaded = load_model(path)
@@ -229,7 +229,7 @@ def test_shipped_model_package_passes_test_model_and_predicts_the_same_labels(tm
     test_model = pytest.importorskip("bioimageio.core").test_model
 
     from segtool.io import read_image
-    from segtool.unet.predict import find_packaged_model, predict_image
+    from segtool.infer.predict import find_packaged_model, predict_image
 
     out = tmp_path / "nuclei.zip"
     result = runner.invoke(app, ["model", "export", "--format", "bioimageio", "-o", str(out),

@@ -32,8 +32,8 @@ import pytest
 import tifffile
 import torch
 
-from segtool.unet.config import UNetConfig
-from segtool.unet.model import UNet
+from segtool.model.config import UNetConfig
+from segtool.model.model import UNet
 
 GIB = 2**30
 ROOT = Path(__file__).resolve().parents[1]
@@ -416,7 +416,7 @@ def _mutate(raw: bytes, rng: np.random.Generator) -> bytes:
 def test_mutated_model_files_load_or_fail_cleanly(tmp_path):
     """Seeded mutants of a good .pt and a good package: each loads, or is refused with a one-line ModelError."""
     from segtool.errors import ModelError
-    from segtool.unet.modelfile import load_model
+    from segtool.model.modelfile import load_model
 
     package = _package(tmp_path / "good.zip", CONFIG.to_dict(), _state())
     sources = {".pt": _torch_bytes(_payload()), ".zip": package.read_bytes()}

@@ -181,17 +181,17 @@ def test_image_plane_keeps_or_averages_colour_and_picks_the_plane_of_a_colour_st
 
 @pytest.mark.parametrize(("model_name", "colour"), [("nuclei_he.pt", True), ("nuclei.pt", False)])
 def test_segment_gives_colour_to_a_colour_reading_model_and_grey_to_a_grey_one(monkeypatch, model_name, colour):
-    import segtool.unet.predict as unet_predict
+    import segtool.infer.predict as infer_predict
 
     seen = {}
 
     def fake_predict_image(image, model, **kwargs):
         seen["image"] = np.asarray(image)
-        return unet_predict.PredictResult(labels=np.zeros(np.shape(image)[-2:], np.uint16),
+        return infer_predict.PredictResult(labels=np.zeros(np.shape(image)[-2:], np.uint16),
                                           maps=np.zeros((3,) + np.shape(image)[-2:], np.float32), n_tiles=1,
                                           seconds=0.0)
 
-    monkeypatch.setattr(unet_predict, "predict_image", fake_predict_image)
+    monkeypatch.setattr(infer_predict, "predict_image", fake_predict_image)
     planes = np.stack([np.full((16, 20), v, np.uint8) for v in (200, 100, 150)])  # R, G, B
     model = str(Path(segtool.__file__).parent / "models" / model_name)
     segment(planes, SegmentOptions(method="U-Net", model=model))
@@ -213,7 +213,7 @@ def test_segment_options_refuse_unknown_values():
 
 
 def test_widget_precisions_are_the_clis():
-    from segtool.unet.precision import PRECISIONS as CLI_PRECISIONS
+    from segtool.model.precision import PRECISIONS as CLI_PRECISIONS
 
     assert PRECISIONS == CLI_PRECISIONS
 
@@ -223,16 +223,16 @@ def test_widget_precisions_are_the_clis():
     (SegmentOptions(model="nuclei-he", precision="fp32"), ("nuclei_he.pt", "fp32")),  # a shipped name, as -m takes
 ])
 def test_segment_loads_the_model_and_precision_as_segtool_predict_does(monkeypatch, options, expected):
-    import segtool.unet.predict as unet_predict
+    import segtool.infer.network as network
 
     loaded = {}
-    real_load = unet_predict.load_for_inference_cached
+    real_load = network.load_for_inference_cached
 
     def spy_load(path, **kwargs):
         loaded.update(name=Path(path).name, **kwargs)
         return real_load(path, **kwargs)
 
-    monkeypatch.setattr(unet_predict, "load_for_inference_cached", spy_load)
+    monkeypatch.setattr(network, "load_for_inference_cached", spy_load)
     segment(_image(_disks()), options)
     assert (loaded["name"], loaded["precision"]) == expected
     assert loaded["device"] == "auto"

@@ -1,4 +1,4 @@
-"""predict's network on onnxruntime (segtool.unet.onnxbackend): the copy, the choice, and the same labels as torch."""
+"""predict's network on onnxruntime (segtool.infer.onnxbackend): the copy, the choice, and the same labels as torch."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import tifffile
 
-from segtool.unet.modelfile import save_model
-from segtool.unet.onnxbackend import (
+from segtool.model.modelfile import save_model
+from segtool.infer.onnxbackend import (
     BACKEND_ENV,
     CACHE_ENV,
     LARGE_BATCH_PIXELS,
@@ -86,7 +86,7 @@ def test_the_choice(monkeypatch):
 def test_copy_reproduces_torch_maps(tmp_path, monkeypatch):
     import torch
 
-    from segtool.unet.inference import make_predictor, prepare_for_inference
+    from segtool.infer.network import make_predictor, prepare_for_inference
 
     monkeypatch.setenv(CACHE_ENV, str(tmp_path / "cache"))
     model = random_unet("three_class_distance", depth=2, base=4)

@@ -8,7 +8,7 @@ import pytest
 
 from segtool.errors import InputError
 from segtool.pipeline.options import ObjectOptions, TileOptions, plan_inference_tiles
-from segtool.unet.config import UNetConfig
+from segtool.model.config import UNetConfig
 
 
 def test_options_are_frozen_and_default_to_the_model():

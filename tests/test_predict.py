@@ -1,4 +1,4 @@
-"""Tests for segtool.unet.predict: network preparation, tiled U-Net inference, band-by-band inference."""
+"""Tests for segtool.infer.predict: network preparation, tiled U-Net inference, band-by-band inference."""
 
 from __future__ import annotations
 
@@ -10,19 +10,12 @@ from torch import nn
 
 from segtool.errors import InputError, ModelError
 from segtool.metrics import match_labels
-from segtool.unet.config import UNetConfig
-from segtool.unet.bands import predict_label_bands
-from segtool.unet.modelfile import LoadedModel
-from segtool.unet.predict import (
-    ObjectOptions,
-    TileOptions,
-    make_predictor,
-    postprocess_options,
-    predict_image,
-    prepare_for_inference,
-    resolve_tile,
-    scale_for_diameter,
-)
+from segtool.model.config import UNetConfig
+from segtool.infer.bands import predict_label_bands
+from segtool.model.modelfile import LoadedModel
+from segtool.pipeline.options import ObjectOptions, TileOptions, postprocess_options, resolve_tile
+from segtool.infer.network import make_predictor, prepare_for_inference
+from segtool.infer.predict import predict_image, scale_for_diameter
 
 from helpers import random_unet
 
@@ -360,7 +353,7 @@ def test_file_in_bands_writes_tiled_bigtiff(tmp_path):
     import tifffile
 
     from segtool.pipeline.read import open_lazy
-    from segtool.unet.bigimage import predict_file_in_bands
+    from segtool.infer.bands import predict_file_in_bands
 
     rng = np.random.default_rng(5)
     image, _ = _domes((150, 130), [(int(r), int(c)) for r, c in rng.integers(8, 122, size=(20, 2))], radius=7)

@@ -14,7 +14,8 @@ import pytest
 from segtool.batch import run_batch
 from segtool.tasks import PredictTask
 from segtool.io import read_labels
-from segtool.unet.predict import find_packaged_model, load_for_inference
+from segtool.infer.predict import find_packaged_model
+from segtool.infer.network import load_for_inference
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ from typer.testing import CliRunner
 from segtool.cli import app
 from segtool.io import read_image, read_labels
 from segtool.metrics import match_labels
-from segtool.unet.modelfile import load_model
-from segtool.unet.predict import find_packaged_model, predict_image
+from segtool.model.modelfile import load_model
+from segtool.infer.predict import find_packaged_model, predict_image
 
 runner = CliRunner()
 

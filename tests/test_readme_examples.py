@@ -119,7 +119,7 @@ def _nuclei(shape, seed, dtype=np.uint16):
 
 def _stained(shape, seed):
     """An 8-bit RGB image of hematoxylin discs on eosin, and its labels."""
-    from segtool.unet.intake import STAIN_RGB
+    from segtool.intake import STAIN_RGB
 
     _, labels = _nuclei(shape, seed)
     rng = np.random.default_rng(seed)

@@ -21,7 +21,7 @@ from helpers import invoke
 from segtool.baseline import contrast_hint
 from segtool.inputs import expand_inputs
 from segtool.measure import object_table
-from segtool.unet.intake import STAIN_RGB
+from segtool.intake import STAIN_RGB
 
 ROOT = Path(__file__).resolve().parents[1]
 README = (ROOT / "README.md").read_text(encoding="utf-8")

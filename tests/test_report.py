@@ -147,8 +147,8 @@ def test_model_header_reads_shipped_models_without_torch():
 
 
 def test_model_header_agrees_with_the_torch_reader():
-    from segtool.unet.modelfile import read_model_info
-    from segtool.unet.shipped import find_shipped_model
+    from segtool.model.modelinfo import read_model_info
+    from segtool.model.shipped import find_shipped_model
 
     path = find_shipped_model("nuclei-he")
     header, info = read_model_header(path), read_model_info(path)

@@ -15,7 +15,7 @@ from segtool.errors import InputError
 from segtool.normalize import bright_outlier_mask, normalize_percentile, robust_percentiles
 from segtool.objectsize import EQUIVALENT_PER_INSCRIBED, estimate_diameter, size_defaults
 from segtool.synthetic import make_nuclei_image
-from segtool.unet.sizing import (
+from segtool.infer.sizing import (
     SizeOptions,
     choose_window,
     estimate_size,
@@ -117,7 +117,8 @@ def test_window_sits_on_the_objects():
 def shipped():
     import torch
 
-    from segtool.unet.predict import find_packaged_model, load_for_inference
+    from segtool.infer.predict import find_packaged_model
+    from segtool.infer.network import load_for_inference
 
     torch.set_num_threads(1)
     return load_for_inference(find_packaged_model(), precision="fp32")
@@ -125,7 +126,8 @@ def shipped():
 
 @pytest.mark.slow
 def test_synthetic_image_at_several_scales_gets_the_same_count(shipped):
-    from segtool.unet.predict import TileOptions, predict_image
+    from segtool.pipeline.options import TileOptions
+    from segtool.infer.predict import predict_image
 
     image, truth = make_nuclei_image((192, 192), n_nuclei=14, seed=3, radius_range=(9, 12), touching=0.0,
                                      illumination="none")
@@ -144,7 +146,8 @@ def test_synthetic_image_at_several_scales_gets_the_same_count(shipped):
 
 @pytest.mark.slow
 def test_saturated_blobs_keep_the_dim_nuclei(shipped):
-    from segtool.unet.predict import TileOptions, predict_image
+    from segtool.pipeline.options import TileOptions
+    from segtool.infer.predict import predict_image
 
     image, truth = make_nuclei_image((256, 256), n_nuclei=25, seed=5, radius_range=(8, 11), touching=0.0,
                                      illumination="none")

@@ -1,4 +1,4 @@
-"""Tests for segtool.unet.tiling: tile plans, the blending window, tiled prediction."""
+"""Tests for segtool.pipeline.tiling: tile plans, the blending window, tiled prediction."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from segtool.errors import InputError
-from segtool.unet.tiling import (
+from segtool.pipeline.tiling import (
     blend_window,
     halo_padded_shape,
     plan_halo_tiles,

@@ -7,7 +7,7 @@ import pytest
 from skimage.draw import disk
 
 from segtool.errors import InputError
-from segtool.unet.augment import AugmentOptions, augment_pair, context_margin, elastic_field
+from segtool.train.augment import AugmentOptions, augment_pair, context_margin, elastic_field
 
 GEOMETRY_ONLY = AugmentOptions(intensity_scale=0.0, intensity_shift=0.0, noise_std=0.0)
 

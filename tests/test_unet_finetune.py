@@ -12,11 +12,11 @@ import torch
 from skimage.draw import disk
 
 from segtool.errors import ModelError
-from segtool.unet.config import TrainOptions, UNetConfig
-from segtool.unet.finetune import FIRST_CONV, adapt_input_weights, child_config, load_init
-from segtool.unet.model import UNet
-from segtool.unet.modelfile import load_model, read_checkpoint_settings
-from segtool.unet.train import train_model
+from segtool.model.config import TrainOptions, UNetConfig
+from segtool.train.finetune import FIRST_CONV, adapt_input_weights, child_config, load_init
+from segtool.model.model import UNet
+from segtool.model.modelfile import load_model, read_checkpoint_settings
+from segtool.train.loop import train_model
 
 from helpers import invoke
 
@@ -120,7 +120,7 @@ def test_load_init_reads_the_parent_weights_and_records_its_hash(parent_file):
 
 
 def test_load_init_accepts_a_shipped_name_and_refuses_unknown_ones(tmp_path):
-    from segtool.unet.shipped import find_shipped_model
+    from segtool.model.shipped import find_shipped_model
 
     init = load_init("nuclei")
     assert init.record["name"] == "nuclei"
@@ -224,7 +224,7 @@ def test_cli_init_records_lineage_and_model_info_shows_it(parent_file, tmp_path)
     assert loaded.metadata["parent"]["sha256"] == sha256(parent_file)
     assert loaded.metadata["options"]["freeze_encoder_epochs"] == 1
     # fine-tuning defaults apply when --lr is not given
-    from segtool.unet.finetune import FINETUNE_DEFAULTS
+    from segtool.model.config import FINETUNE_DEFAULTS
 
     assert loaded.metadata["options"]["learning_rate"] == FINETUNE_DEFAULTS["lr"]
     # the encoder was frozen for the only epoch: its convolutions are exactly the parent's

@@ -1,4 +1,4 @@
-"""Input transforms (segtool.unet.intake): the pure functions, the stored config, and their use in train/predict."""
+"""Input transforms (segtool.intake): the pure functions, the stored config, and their use in train/predict."""
 
 from __future__ import annotations
 
@@ -14,12 +14,12 @@ from skimage.draw import disk
 from segtool.errors import InputError, ModelError
 from segtool.normalize import normalize_percentile
 from segtool.pipeline.read import open_lazy
-from segtool.unet.config import UNetConfig
-from segtool.unet.finetune import child_config
-from segtool.unet.intake import apply_input_transform, hematoxylin_density, samples_last_to_input
-from segtool.unet.model import UNet
-from segtool.unet.modelfile import LoadedModel, load_model, save_model
-from segtool.unet.predict import normalize_for_model, predict_image
+from segtool.model.config import UNetConfig
+from segtool.train.finetune import child_config
+from segtool.intake import apply_input_transform, hematoxylin_density, samples_last_to_input
+from segtool.model.model import UNet
+from segtool.model.modelfile import LoadedModel, load_model, save_model
+from segtool.infer.predict import normalize_for_model, predict_image
 
 from helpers import disk_training_set, invoke
 

@@ -1,4 +1,4 @@
-"""Tests for segtool.unet.interrupt: the flag a first Ctrl-C or SIGTERM sets, and a second Ctrl-C that aborts."""
+"""Tests for segtool.train.interrupt: the flag a first Ctrl-C or SIGTERM sets, and a second Ctrl-C that aborts."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import threading
 
 import pytest
 
-from segtool.unet.interrupt import StopFlag
+from segtool.train.interrupt import StopFlag
 
 
 def test_first_signal_sets_the_flag_a_second_ctrl_c_aborts_and_handlers_come_back():

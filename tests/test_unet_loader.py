@@ -1,4 +1,4 @@
-"""Tests for segtool.unet.loader: training batches made here or by worker processes."""
+"""Tests for segtool.train.loader: training batches made here or by worker processes."""
 
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import torch
 from skimage.draw import disk
 
 from segtool.errors import InputError, SegtoolError
-from segtool.unet.augment import AugmentOptions
-from segtool.unet.config import UNetConfig
-from segtool.unet.dataset import PatchSampler, prepare_sample
-from segtool.unet.loader import auto_workers, batch_generator, iterate_batches, resume_workers
-from segtool.unet.ring import check_shared_memory, ring_batches
+from segtool.train.augment import AugmentOptions
+from segtool.model.config import UNetConfig
+from segtool.train.dataset import PatchSampler, prepare_sample
+from segtool.train.loader import auto_workers, batch_generator, iterate_batches, resume_workers
+from segtool.train.ring import check_shared_memory, ring_batches
 
 
 def make_sampler(seed: int = 0, *, elastic: bool = True) -> PatchSampler:

@@ -9,11 +9,12 @@ import pytest
 import torch
 
 from segtool.errors import InputError, ModelError, OutputError
-from segtool.unet.config import UNetConfig
-from segtool.unet.heads import activate
+from segtool.model.config import UNetConfig
+from segtool.model.heads import activate
 from segtool.interop.bioimageio_unet import Up
-from segtool.unet.model import UNet, resolve_device
-from segtool.unet.modelfile import load_model, read_model_info, save_model
+from segtool.model.model import UNet, resolve_device
+from segtool.model.modelfile import load_model, save_model
+from segtool.model.modelinfo import read_model_info
 
 
 def tiny(**kwargs) -> UNetConfig:

@@ -1,4 +1,4 @@
-"""A model file checked against itself before a network is built (segtool.unet.modelcheck).
+"""A model file checked against itself before a network is built (segtool.model.modelcheck).
 
 The hostile corpus, run through the CLI under a memory cap, is tests/test_model_fuzz.py;
 here are the pieces, in-process.
@@ -16,9 +16,9 @@ from helpers import invoke
 
 from segtool.errors import InputError, ModelError
 from segtool.napari.segment import SegmentOptions, check_model
-from segtool.unet.config import UNetConfig
-from segtool.unet.model import UNet
-from segtool.unet.modelcheck import (
+from segtool.model.config import UNetConfig
+from segtool.model.model import UNet
+from segtool.model.modelcheck import (
     MAX_PARAMETERS,
     check_network_size,
     check_state_dict,
@@ -27,8 +27,8 @@ from segtool.unet.modelcheck import (
     read_entry,
     weights_entry_limit,
 )
-from segtool.unet.modelfile import check_model_file, load_model, save_model
-from segtool.unet.shipped import find_shipped_model
+from segtool.model.modelfile import check_model_file, load_model, save_model
+from segtool.model.shipped import find_shipped_model
 
 TINY = UNetConfig(depth=2, base_channels=4, patch_size=32)
 

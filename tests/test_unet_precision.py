@@ -7,9 +7,9 @@ import pytest
 import torch
 
 from segtool.errors import InputError
-from segtool.unet.config import UNetConfig
-from segtool.unet.model import UNet
-from segtool.unet.precision import autocast, bf16_supported, resolve_precision
+from segtool.model.config import UNetConfig
+from segtool.model.model import UNet
+from segtool.model.precision import autocast, bf16_supported, resolve_precision
 
 CPU = torch.device("cpu")
 
@@ -46,8 +46,9 @@ def test_bf16_context_rounds_convolutions_and_fp32_context_does_not():
 def test_bf16_inference_gives_the_same_objects_on_a_real_image(sample_images):
     from segtool.io import read_image, read_labels
     from segtool.metrics import match_labels
-    from segtool.unet.modelfile import load_model
-    from segtool.unet.predict import find_packaged_model, predict_image, prepare_for_inference
+    from segtool.model.modelfile import load_model
+    from segtool.infer.predict import find_packaged_model, predict_image
+    from segtool.infer.network import prepare_for_inference
 
     model = load_model(find_packaged_model())
     exact = prepare_for_inference(model.net)

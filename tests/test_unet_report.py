@@ -1,4 +1,4 @@
-"""Tests for segtool.unet.report (epoch log, curve, model-file summary) and segtool.plotting (the [plot] extra)."""
+"""Tests for segtool.train.report (epoch log, curve, model-file summary) and segtool.plotting (the [plot] extra)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 
 from segtool import plotting
 from segtool.errors import SegtoolError
-from segtool.unet.report import LOG_COLUMNS, EpochReport, epoch_line, output_files, plot_curve, write_log
+from segtool.train.report import LOG_COLUMNS, EpochReport, epoch_line, output_files, plot_curve, write_log
 
 
 def report(epoch: int, *, val: bool = True, improved: bool = True, best_epoch: int | None = None) -> EpochReport:

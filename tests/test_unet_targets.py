@@ -9,7 +9,7 @@ from scipy import ndimage as ndi
 from skimage.draw import disk
 
 from segtool.errors import InputError
-from segtool.unet.targets import (
+from segtool.train.targets import (
     class_weights,
     distance_target,
     make_target,

@@ -9,23 +9,19 @@ from skimage.draw import disk
 
 from segtool.errors import InputError, ModelError
 from segtool.normalize import normalize_percentile
-from segtool.unet.augment import AugmentOptions
-from segtool.unet.config import UNetConfig
-from segtool.unet.dataset import (
+from segtool.train.augment import AugmentOptions
+from segtool.model.config import UNetConfig
+from segtool.train.dataset import (
     PatchSampler,
     prepare_sample,
     split_validation,
     summarize_pairs,
 )
-from segtool.unet.heads import activate
-from segtool.unet.modelfile import load_checkpoint, load_model
-from segtool.unet.train import (
-    TrainOptions,
-    learning_rate_at,
-    predict_maps,
-    read_checkpoint_settings,
-    train_model,
-)
+from segtool.model.heads import activate
+from segtool.model.modelfile import load_checkpoint, load_model
+from segtool.model.config import TrainOptions
+from segtool.train.loop import learning_rate_at, train_model, whole_image_logits
+from segtool.model.modelfile import read_checkpoint_settings
 
 
 def synthetic_pair(rng: np.random.Generator, size: int = 64):
@@ -237,7 +233,7 @@ def test_tiny_training_loss_falls_and_saved_model_predicts(pairs, tmp_path, targ
     image, labels = pairs[6]
     sample = prepare_sample(image, labels, loaded.config)
     with torch.no_grad():
-        maps = activate(predict_maps(loaded.net, sample.image), loaded.config.target)
+        maps = activate(whole_image_logits(loaded.net, sample.image), loaded.config.target)
     assert tuple(maps.shape) == (loaded.config.out_channels, 64, 64)
     assert torch.isfinite(maps).all()
 
@@ -404,7 +400,7 @@ def test_resume_refuses_other_options_data_and_files(pairs, tmp_path):
 
 @pytest.mark.slow
 def test_early_stopping_and_best_epoch_choice(pairs, tmp_path, monkeypatch):
-    import segtool.unet.train as train_module
+    import segtool.train.loop as train_module
 
     # scripted validation results: (loss, F1); equal F1 with lower loss counts as better
     script = iter([(1.0, 0.5), (0.9, 0.5), (0.8, 0.7), (0.7, 0.6), (0.6, 0.7), (0.5, 0.2), (0.4, 0.1)])
@@ -423,7 +419,7 @@ def test_early_stopping_and_best_epoch_choice(pairs, tmp_path, monkeypatch):
 
 
 def test_update_average_follows_the_ramped_decay():
-    from segtool.unet.ema import average_decay, update_average
+    from segtool.train.ema import average_decay, update_average
 
     average, net = torch.nn.BatchNorm1d(2), torch.nn.BatchNorm1d(2)
     with torch.no_grad():
@@ -441,7 +437,7 @@ def test_update_average_follows_the_ramped_decay():
 
 @pytest.mark.slow
 def test_weight_average_is_validated_and_saved_without_changing_training(pairs, tmp_path, monkeypatch):
-    import segtool.unet.train as train_module
+    import segtool.train.loop as train_module
 
     validated = []
 

@@ -1,4 +1,4 @@
-"""Tests for segtool.unet.trainset: pairing, reading under the memory guard, and the validation hold-out."""
+"""Tests for segtool.train.trainset: pairing, reading under the memory guard, and the validation hold-out."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 import tifffile
 
 from segtool.errors import InputError
-from segtool.unet.trainset import BadPairs, find_pairs, load_pairs, load_training_data
+from segtool.train.trainset import BadPairs, find_pairs, load_pairs, load_training_data
 
 
 def write_set(root: Path, count: int, *, size: int = 24) -> Path:

@@ -12,7 +12,7 @@ from typer.testing import CliRunner
 from segtool.cli import app
 from segtool.errors import InputError
 from segtool.metrics import match_labels
-from segtool.unet.modelfile import LoadedModel, save_model
+from segtool.model.modelfile import LoadedModel, save_model
 from segtool.volume.io import read_label_volume
 from segtool.volume.predict import StackPredictOptions, predict_stack, predict_stack_file, predict_stack_maps
 from segtool.volume.stitch import PlaneStitcher, stitch_planes

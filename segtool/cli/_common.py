@@ -118,7 +118,7 @@ def fail(message: str, *, where: str | None = None, code: int = 1) -> None:
 
 
 class Precision(str, Enum):
-    """Network arithmetic for ``train`` and ``predict`` (see :mod:`segtool.unet.precision`)."""
+    """Network arithmetic for ``train`` and ``predict`` (see :mod:`segtool.model.precision`)."""
 
     auto = "auto"
     fp32 = "fp32"

@@ -15,7 +15,7 @@ from segtool.batch import EXIT_USAGE
 from segtool.cli._app import app
 from segtool.cli._common import Debug, exit_on_error, print_error
 from segtool.errors import SegtoolError, first_line
-from segtool.unet.intake import INPUT_TRANSFORMS
+from segtool.intake import INPUT_TRANSFORMS
 
 model_app = typer.Typer(
     name="model",
@@ -85,7 +85,7 @@ def lineage(parent: dict[str, Any] | None) -> str:
 
 
 def describe(info: dict[str, Any]) -> str:
-    """Human-readable summary of :func:`segtool.unet.modelinfo.read_model_info` output.
+    """Human-readable summary of :func:`segtool.model.modelinfo.read_model_info` output.
 
     Examples
     --------
@@ -177,8 +177,8 @@ def info(
     debug: Debug = False,
 ) -> None:
     """Print a model's architecture, normalisation, target, training data and validation scores."""
-    from segtool.unet.modelinfo import read_model_info
-    from segtool.unet.shipped import resolve_model
+    from segtool.model.modelinfo import read_model_info
+    from segtool.model.shipped import resolve_model
 
     failed = 0
     for index, path in enumerate(models or [None]):
@@ -204,8 +204,8 @@ def list_models(
     json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per shipped model.")] = False,
 ) -> None:
     """List the models shipped with segtool (use a name with -m, --init or model info)."""
-    from segtool.unet.modelinfo import read_model_info
-    from segtool.unet.shipped import DEFAULT_MODEL, SHIPPED_MODELS, find_shipped_model
+    from segtool.model.modelinfo import read_model_info
+    from segtool.model.shipped import DEFAULT_MODEL, SHIPPED_MODELS, find_shipped_model
 
     for shipped in SHIPPED_MODELS:
         record: dict[str, Any] = {"name": shipped.name, "default": shipped.name == DEFAULT_MODEL, "summary": shipped.summary}
@@ -251,7 +251,7 @@ def _sample_image(sample: Path | None, *, colour: bool = False, stained: bool = 
 
     image, _ = make_nuclei_image((256, 256), seed=0)
     if stained:
-        from segtool.unet.intake import STAIN_RGB
+        from segtool.intake import STAIN_RGB
 
         amount = (image - image.min()) / max(float(np.ptp(image)), 1e-6)
         density = amount[np.newaxis] * STAIN_RGB[0][:, None, None] + 0.15 * STAIN_RGB[1][:, None, None]
@@ -295,8 +295,8 @@ def export(
 
     TorchScript and ONNX are checked against PyTorch (max difference <= 1e-4) before they are written.
     """
-    from segtool.unet.modelfile import load_model
-    from segtool.unet.shipped import resolve_model
+    from segtool.model.modelfile import load_model
+    from segtool.model.shipped import resolve_model
 
     with exit_on_error(debug):
         model_path = resolve_model(model)[0]

@@ -45,7 +45,7 @@ from segtool.cli.zstack import StitchThreshold, ZMode, ZSpacing
 from segtool.errors import SegtoolError, first_line
 from segtool.pipeline.options import ObjectOptions, TileOptions
 from segtool.tasks.predict import BAND_PIXELS, PredictTask
-from segtool.unet.onnxbackend import (
+from segtool.infer.onnxbackend import (
     OnnxModel,
     load_onnx_model,
     native_bf16_cpu,
@@ -66,7 +66,7 @@ _COLUMNS = [
 
 def load_prepared(model_path: Path, *, device: str = "auto", threads: int | None = None, precision: str = "fp32"):
     """Load a model file and prepare its network for inference (threads set for this process)."""
-    from segtool.unet.predict import load_for_inference
+    from segtool.infer.network import load_for_inference
 
     return load_for_inference(model_path, device=device, threads=threads, precision=precision)
 
@@ -337,8 +337,8 @@ def _prepare_model(model: Path | None, *, device: str, threads: int | None, prec
     Returns ``(model_path, model_name, loaded, factor)``; ``factor`` is None when neither ``--scale`` nor a
     number for ``--diameter`` is given: the size is then estimated per image.
     """
-    from segtool.unet.predict import scale_for_diameter
-    from segtool.unet.shipped import resolve_model
+    from segtool.infer.predict import scale_for_diameter
+    from segtool.model.shipped import resolve_model
 
     try:
         model_path, model_name = resolve_model(model)
@@ -357,7 +357,8 @@ def _prepare_model(model: Path | None, *, device: str, threads: int | None, prec
 
 def _check_tiles(loaded, *, tile: int | None, tile_halo: int | None, overlap: float | None) -> None:
     """Exit 2 when ``--tile``/``--tile-halo`` leave no core in a tile: a usage error, found before any image is read."""
-    from segtool.unet.predict import network_device_type, plan_inference_tiles
+    from segtool.infer.network import network_device_type
+    from segtool.pipeline.options import plan_inference_tiles
 
     try:
         side = 4 * (tile or 2048)

@@ -82,7 +82,7 @@ from segtool.cli.train_options import (
 )
 from segtool.errors import SegtoolError, first_line
 from segtool.memory import parse_memory_limit
-from segtool.unet.config import FINETUNE_DEFAULTS
+from segtool.model.config import FINETUNE_DEFAULTS
 from segtool.plotting import PLOT_HINT, plotting_available
 
 # Options that a checkpoint fixes: given together with --resume they are ignored (and we say so).
@@ -162,7 +162,7 @@ def train(
     resumable checkpoint.
     """
     # The report module needs torch; imported here, not at the top, so other commands start without it.
-    from segtool.unet.report import output_files, write_log
+    from segtool.train.report import output_files, write_log
 
     err = stderr()
     files = output_files(output)
@@ -212,13 +212,13 @@ class _Settings:
 
 def _settings(ctx: typer.Context, err) -> _Settings:
     """The network config and training options of this run, with notes about options that do not apply."""
-    from segtool.unet.loader import auto_workers, resume_workers
-    from segtool.unet.model import resolve_device
-    from segtool.unet.precision import resolve_precision
+    from segtool.train.loader import auto_workers, resume_workers
+    from segtool.model.model import resolve_device
+    from segtool.model.precision import resolve_precision
 
     p = ctx.params
     if p["resume"] is not None:
-        from segtool.unet.train import read_checkpoint_settings
+        from segtool.model.modelfile import read_checkpoint_settings
 
         with exit_on_error(p["debug"], where=str(p["resume"])):
             config, options, resume_state = read_checkpoint_settings(p["resume"])
@@ -250,9 +250,9 @@ def _settings(ctx: typer.Context, err) -> _Settings:
 
 def _new_run(ctx: typer.Context, err) -> _Settings:
     """Settings of a run that starts from scratch or from a parent model (--init)."""
-    from segtool.unet.augment import AugmentOptions
-    from segtool.unet.config import CHANNEL_MODES, UNetConfig
-    from segtool.unet.train import TrainOptions
+    from segtool.train.augment import AugmentOptions
+    from segtool.model.config import CHANNEL_MODES, UNetConfig
+    from segtool.model.config import TrainOptions
 
     p = ctx.params
     init_weights = parent = None
@@ -260,7 +260,7 @@ def _new_run(ctx: typer.Context, err) -> _Settings:
     if p["init"] is not None:
         from dataclasses import replace
 
-        from segtool.unet.finetune import child_config, load_init
+        from segtool.train.finetune import child_config, load_init
 
         # an unusable parent is a usage error, found before any image is read (exit 2, as predict -m)
         with exit_on_error(p["debug"], where=p["init"], code=EXIT_USAGE):
@@ -350,8 +350,8 @@ def _set_threads(threads: int | None, run: _Settings) -> None:
 
 
 def _read_data(ctx: typer.Context, run: _Settings):
-    """The training and validation arrays (:class:`segtool.unet.trainset.TrainingData`); exit on bad files."""
-    from segtool.unet.trainset import BadPairs, check_data_arguments, load_training_data
+    """The training and validation arrays (:class:`segtool.train.trainset.TrainingData`); exit on bad files."""
+    from segtool.train.trainset import BadPairs, check_data_arguments, load_training_data
 
     p = ctx.params
     options = run.options
@@ -387,9 +387,10 @@ def _read_data(ctx: typer.Context, run: _Settings):
 
 def _train(run: _Settings, training, files: dict[str, Path], err, *, resume: Path | None, quiet: bool, debug: bool):
     """Run the training loop with a progress bar and the epoch log; returns ``(result, stop_flag)``."""
-    from segtool.unet.interrupt import StopFlag
-    from segtool.unet.report import epoch_line, write_log
-    from segtool.unet.train import EpochReport, train_model
+    from segtool.train.interrupt import StopFlag
+    from segtool.train.report import epoch_line, write_log
+    from segtool.train.report import EpochReport
+    from segtool.train.loop import train_model
 
     options = run.options
     show_bar = not quiet and err.is_terminal
@@ -468,7 +469,7 @@ def _say_stopping() -> None:
 
 def _write_curve(path: Path, history, *, title: str, err, quiet: bool) -> None:
     """The training curve PNG, or a one-line note when matplotlib (the optional [plot] extra) is missing."""
-    from segtool.unet.report import plot_curve
+    from segtool.train.report import plot_curve
 
     if plotting_available():
         plot_curve(path, history, title=title)
@@ -479,8 +480,8 @@ def _write_curve(path: Path, history, *, title: str, err, quiet: bool) -> None:
 def _save_and_report(result, run: _Settings, training, files: dict[str, Path], err, *, command: str | None,
                      ctx: typer.Context) -> None:
     """Write the model file, then the summary on stderr and the model path (or --json) on stdout."""
-    from segtool.unet.modelfile import save_model
-    from segtool.unet.report import build_metadata
+    from segtool.model.modelfile import save_model
+    from segtool.train.report import build_metadata
 
     p = ctx.params
     extra = {

@@ -12,8 +12,8 @@ from typing import Annotated, Optional
 import typer
 
 from segtool.cli._common import Device, Precision
-from segtool.unet.config import FINETUNE_DEFAULTS
-from segtool.unet.intake import INPUT_TRANSFORMS
+from segtool.model.config import FINETUNE_DEFAULTS
+from segtool.intake import INPUT_TRANSFORMS
 
 __all__ = [
     "Channels",

@@ -12,9 +12,9 @@ the workers; only small tables reach the client.
 2. **Per block** a task segments the block's *window* (the block plus
    ``halo`` pixels on every side, clipped at the image border). It runs the
    in-memory path's pieces: the tiles of the *whole image's* tile grid that
-   touch the window (as :func:`segtool.unet.predict.predict_image` would lay
+   touch the window (as :func:`segtool.infer.predict.predict_image` would lay
    them out), blended in the same order, so the window's network maps are the
-   in-memory run's; then :func:`segtool.unet.instances.maps_to_labels` on the
+   in-memory run's; then :func:`segtool.infer.instances.maps_to_labels` on the
    window. It keeps the labels of its *core* (the block) and four thin *seam
    strips* across the core's edges; these results stay on the workers.
 3. **Merge.** For each pair of neighbouring blocks, a task compares their
@@ -31,7 +31,7 @@ the workers; only small tables reach the client.
    workers can write the result (``labels.to_zarr(...)``) without it passing
    through the client.
 
-Why matching rather than the ownership rule of :mod:`segtool.unet.bands`
+Why matching rather than the ownership rule of :mod:`segtool.infer.bands`
 (each object painted whole by the band holding its top row): in 2-D the
 anchor pixel of an object near an edge can fall on different sides in the two
 windows (the object is then painted twice or not at all), and ownership cuts
@@ -132,9 +132,9 @@ def _load_model(path: str, device: str, threads: int | None, precision: str = "f
 
     Torch modules are not shipped through the task graph (large to pickle,
     not always picklable): each worker loads the file itself, once for all its
-    blocks (:func:`segtool.unet.inference.load_for_inference_cached`).
+    blocks (:func:`segtool.infer.network.load_for_inference_cached`).
     """
-    from segtool.unet.inference import load_for_inference_cached
+    from segtool.infer.network import load_for_inference_cached
 
     return load_for_inference_cached(path, device=device, threads=threads, precision=precision)
 
@@ -146,7 +146,7 @@ class _BlockPlan:
     ``region`` (image coordinates) is what the block reads: every tile of the
     whole image's tile grid that touches its ``window``, whose start offsets
     per axis, relative to the region, are ``tiles``. ``pad`` is reflection
-    padding after the region, as :func:`segtool.unet.tiling.predict_tiled`
+    padding after the region, as :func:`segtool.pipeline.tiling.predict_tiled`
     adds to an image shorter than a tile. ``window`` (region coordinates) is
     the block plus its halo, post-processed together; ``core`` and ``seams``
     (window coordinates) are the block itself and the strips compared with
@@ -164,11 +164,11 @@ class _BlockPlan:
 def _blend_tiles(data: np.ndarray, predictor, plan: _BlockPlan, tile: tuple[int, int], *, batch_size: int, out_channels: int) -> np.ndarray:
     """Blended maps of ``plan.window`` from the plan's tiles of a (C, h, w) region.
 
-    The same sums as :func:`segtool.unet.tiling.predict_tiled_rows` makes on
+    The same sums as :func:`segtool.pipeline.tiling.predict_tiled_rows` makes on
     the whole image, tile by tile in the same row-major order, so each pixel's
     maps are the in-memory run's.
     """
-    from segtool.unet.tiling import blend_window
+    from segtool.pipeline.tiling import blend_window
 
     weight_tile = blend_window(tile)
     acc = np.zeros((out_channels,) + data.shape[1:], np.float32)
@@ -196,9 +196,9 @@ class _UNetSegmenter:
     precision: str = "fp32"
 
     def __call__(self, normalized: np.ndarray, plan: _BlockPlan) -> np.ndarray:
-        from segtool.unet.instances import maps_to_labels
-        from segtool.unet.inference import make_predictor
-        from segtool.unet.tiling import pad_reflect
+        from segtool.infer.instances import maps_to_labels
+        from segtool.infer.network import make_predictor
+        from segtool.pipeline.tiling import pad_reflect
 
         model = _load_model(self.model_path, self.device, self.threads, self.precision)
         config = model.config
@@ -251,7 +251,7 @@ def _relabel(result: _BlockLabels, lookup: np.ndarray) -> np.ndarray:
 
 def _axis_tiles(length: int, tile: int, overlap: float) -> list[int]:
     """Tile starts along one axis of the whole image's grid (as predict_image plans it)."""
-    from segtool.unet.tiling import plan_tiles
+    from segtool.pipeline.tiling import plan_tiles
 
     return [t[0].start for t in plan_tiles((max(length, tile),), (tile,), overlap)]
 
@@ -482,11 +482,11 @@ def predict_blocks(
         Context pixels read around each block; make it larger than the
         largest object (see the module docstring for what happens otherwise).
     tiling : TileOptions, optional
-        As in :func:`segtool.unet.predict.predict_image`, except that blocks
+        As in :func:`segtool.infer.predict.predict_image`, except that blocks
         always blend overlapping tiles: ``overlap`` defaults to 0.25 and
         ``batch_size`` to 4; ``tile_halo`` and ``scale`` are not used.
     objects : ObjectOptions, optional
-        As in :func:`segtool.unet.predict.predict_image`; ``min_size`` also
+        As in :func:`segtool.infer.predict.predict_image`; ``min_size`` also
         applies to objects assembled across blocks.
     device : str, optional
         Where the network runs on each worker (``"cpu"``, ``"cuda"``, ...).
@@ -495,7 +495,7 @@ def predict_blocks(
         cores; with several worker processes per machine, set it).
     precision : {"fp32", "bf16", "auto"}, optional
         Arithmetic of the network on each worker
-        (:func:`segtool.unet.precision.resolve_precision`).
+        (:func:`segtool.model.precision.resolve_precision`).
     transformed : bool, optional
         ``image`` already went through the model's input transform
         (``open_blocks(path, input_transform=...)`` applies it as blocks are
@@ -519,7 +519,7 @@ def predict_blocks(
     Examples
     --------
     >>> import dask, dask.array as da
-    >>> from segtool.unet.predict import find_packaged_model
+    >>> from segtool.infer.predict import find_packaged_model
     >>> image = da.zeros((300, 200), dtype=np.uint8, chunks=100)
     >>> with dask.config.set(scheduler="synchronous"):
     ...     result = predict_blocks(image, find_packaged_model(), block=128, halo=16)
@@ -528,9 +528,9 @@ def predict_blocks(
     """
     import dask.array as da
 
-    from segtool.unet.config import UNetConfig
-    from segtool.unet.instances import DEFAULT_MIN_SIZE, maps_to_labels
-    from segtool.unet.modelinfo import read_model_info
+    from segtool.model.config import UNetConfig
+    from segtool.infer.instances import DEFAULT_MIN_SIZE, maps_to_labels
+    from segtool.model.modelinfo import read_model_info
     from segtool.pipeline.options import check_common, resolve_tile
 
     if not isinstance(image, da.Array):

@@ -24,7 +24,7 @@ import numpy as np
 
 from segtool.calibration import normalise_unit, tiff_calibration
 from segtool.errors import InputError, first_line
-from segtool.unet.intake import apply_input_transform, reads_colour, samples_last_to_input
+from segtool.intake import apply_input_transform, reads_colour, samples_last_to_input
 from segtool.io import (
     PLANE_AXES,
     IMAGE_SUFFIXES,
@@ -93,7 +93,7 @@ def open_blocks(
         of the file's own tiles or strips, where those are smaller, so no
         tile is decoded twice for neighbouring blocks of a tiled image.
     input_transform : str, optional
-        A model's input transform (:mod:`segtool.unet.intake`), applied to
+        A model's input transform (:mod:`segtool.intake`), applied to
         each block as it is read (pixel by pixel, so the blocks make up the
         whole image's transform). ``hematoxylin`` reads R, G and B and takes
         no ``channel``; it refuses floating-point pixels, whose white level

@@ -38,7 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from segtool.errors import InputError
-from segtool.unet.config import TARGETS
+from segtool.model.config import TARGETS
 
 __all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_SEED_THRESHOLD", "maps_to_labels", "number_as_whole"]
 
@@ -74,7 +74,7 @@ def maps_to_labels(
     Parameters
     ----------
     maps : (C, H, W) ndarray
-        Output of :func:`segtool.unet.heads.activate` for one image: 3
+        Output of :func:`segtool.model.heads.activate` for one image: 3
         channels (background, interior, boundary) for ``"three_class"``,
         2 (foreground, normalised distance) for ``"distance"``, 4
         (background, interior, boundary, distance) for
@@ -183,7 +183,7 @@ def number_as_whole(labels: np.ndarray, maps: np.ndarray, *, target: str, prob_t
     :func:`maps_to_labels` numbers the objects grown from seeds in the raster
     order of their seeds' first pixels, then the foreground left without a
     seed in the raster order of its first pixels. Labels made band by band
-    (:func:`segtool.unet.bands.predict_label_bands`) hold the same objects,
+    (:func:`segtool.infer.bands.predict_label_bands`) hold the same objects,
     numbered band by band; this gives them the whole image's numbers, so the
     two paths write identical label images.
 

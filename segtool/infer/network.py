@@ -7,9 +7,9 @@
   memory layout on CPU/CUDA. Both measured faster on CPU (see
   BENCHMARKS.md); outputs agree with the plain network to ~1e-6. With
   ``precision="bf16"`` the network also runs under bfloat16 autocast
-  (:mod:`segtool.unet.precision`; maps differ by ~1e-2).
+  (:mod:`segtool.model.precision`; maps differ by ~1e-2).
 - :func:`make_predictor` wraps it as a NumPy batch -> activated maps
-  callable for :mod:`segtool.unet.tiling` and :mod:`segtool.pipeline.blend`,
+  callable for :mod:`segtool.pipeline.tiling` and :mod:`segtool.pipeline.blend`,
   optionally averaging the eight flips/rotations (test-time augmentation).
 - :func:`load_for_inference` (and its per-process cache) loads a model file
   and prepares its network.
@@ -71,13 +71,13 @@ def prepare_for_inference(net, *, channels_last: bool | None = None, precision: 
     Parameters
     ----------
     net : torch.nn.Module
-        Typically :class:`segtool.unet.model.UNet`; other modules get the
+        Typically :class:`segtool.model.model.UNet`; other modules get the
         generic steps only.
     channels_last : bool, optional
         Use the channels-last memory layout; default on for CPU and CUDA
         (faster for convolutions there), off for other devices.
     precision : {"fp32", "bf16", "auto"}, optional
-        Arithmetic of the forward pass (:func:`segtool.unet.precision.resolve_precision`).
+        Arithmetic of the forward pass (:func:`segtool.model.precision.resolve_precision`).
     copy : bool, optional
         False prepares ``net`` itself (no deep copy: faster start-up when the
         network was just loaded and has no other use).
@@ -92,8 +92,8 @@ def prepare_for_inference(net, *, channels_last: bool | None = None, precision: 
 
     Examples
     --------
-    >>> from segtool.unet.config import UNetConfig
-    >>> from segtool.unet.model import UNet
+    >>> from segtool.model.config import UNetConfig
+    >>> from segtool.model.model import UNet
     >>> torch = _torch()
     >>> net = UNet(UNetConfig(depth=2, base_channels=4)).eval()
     >>> fast = prepare_for_inference(net)
@@ -102,7 +102,7 @@ def prepare_for_inference(net, *, channels_last: bool | None = None, precision: 
     True
     """
     torch = _torch()
-    from segtool.unet.precision import resolve_precision
+    from segtool.model.precision import resolve_precision
 
     prepared = (_copy.deepcopy(net) if copy else net).eval()
     for parameter in prepared.parameters():
@@ -126,7 +126,7 @@ def make_predictor(net, target: str, *, tta: bool = False) -> Callable[[np.ndarr
     """Wrap a network as a ``(N, C_in, h, w)`` float32 -> ``(N, C_out, h, w)`` maps function.
 
     Runs under ``torch.inference_mode()`` on the network's device and applies
-    :func:`segtool.unet.heads.activate`.
+    :func:`segtool.model.heads.activate`.
 
     Parameters
     ----------
@@ -144,10 +144,10 @@ def make_predictor(net, target: str, *, tta: bool = False) -> Callable[[np.ndarr
     predictor : callable
     """
     if getattr(net, "segtool_backend", None) == "onnxruntime":
-        return net.predictor(tta=tta)  # segtool.unet.onnxbackend.OnnxNet: its graph ends with the activation
+        return net.predictor(tta=tta)  # segtool.infer.onnxbackend.OnnxNet: its graph ends with the activation
     torch = _torch()
-    from segtool.unet.heads import activate
-    from segtool.unet.precision import autocast
+    from segtool.model.heads import activate
+    from segtool.model.precision import autocast
 
     try:
         device = next(net.parameters()).device
@@ -234,7 +234,7 @@ def load_for_inference(path, *, device: str = "auto", threads: int | None = None
     """
     import torch
 
-    from segtool.unet.modelfile import load_model
+    from segtool.model.modelfile import load_model
 
     if threads:
         torch.set_num_threads(int(threads))

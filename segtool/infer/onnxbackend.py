@@ -12,7 +12,7 @@ written once, with torch, by the first ``predict`` that finds none
 The copy holds the float32 network with its output activation, the same
 network :mod:`segtool.interop.netexport` exports, minus the refusal of
 input transforms: segtool applies the model's input transform before the
-network (:func:`segtool.unet.intake.apply_input_transform`), as with torch.
+network (:func:`segtool.intake.apply_input_transform`), as with torch.
 Its maps equal torch's float32 ones to ~1e-6; bf16 torch differs from them
 by ~1e-2, and the labels of the dsb2018_fluo test split agree at object F1
 1.000 either way (BENCHMARKS.md).
@@ -141,7 +141,7 @@ def native_bf16_cpu() -> bool:
 class OnnxNet:
     """An onnxruntime session standing where a prepared torch network would (see :func:`make_predictor`).
 
-    :func:`segtool.unet.inference.make_predictor` recognises it by
+    :func:`segtool.infer.network.make_predictor` recognises it by
     ``segtool_backend`` and asks it for its predictor. ``large`` (a
     callable returning the torch predictor of the same model, loaded on
     first use) takes the tile batches of :data:`LARGE_BATCH_PIXELS` or more.
@@ -217,7 +217,7 @@ def _torch_for_large(path: Path, config, threads: int | None) -> Callable[[bool]
 
     def _load(tta: bool) -> Callable[[np.ndarray], np.ndarray]:
         if tta not in loaded:
-            from segtool.unet.inference import load_for_inference_cached, make_predictor
+            from segtool.infer.network import load_for_inference_cached, make_predictor
 
             model = load_for_inference_cached(path, device="cpu", threads=threads, precision="bf16")
             loaded[tta] = make_predictor(model.net, config.target, tta=tta)
@@ -243,7 +243,7 @@ def load_onnx_model(model_path: str | os.PathLike, *, threads: int | None = None
     Raises
     ------
     ModelError
-        If the model file is unreadable (as :func:`segtool.unet.modelinfo.read_model_info`).
+        If the model file is unreadable (as :func:`segtool.model.modelinfo.read_model_info`).
     """
     path = Path(model_path)
     if not onnxruntime_available() or not path.is_file():
@@ -251,7 +251,7 @@ def load_onnx_model(model_path: str | os.PathLike, *, threads: int | None = None
     copy = onnx_copy_path(path)
     if not copy.is_file():
         return None
-    from segtool.unet.modelinfo import parse_payload, read_model_header
+    from segtool.model.modelinfo import parse_payload, read_model_header
 
     payload = read_model_header(path)
     if payload is None:
@@ -284,7 +284,7 @@ def write_onnx_copy(model_path: str | os.PathLike) -> Path | None:
     import tempfile
     import warnings
 
-    from segtool.unet.modelinfo import read_model_header
+    from segtool.model.modelinfo import read_model_header
 
     path = Path(model_path)
     # a file load_onnx_model cannot read without torch (a bioimage.io package) would get a copy it never uses
@@ -295,7 +295,7 @@ def write_onnx_copy(model_path: str | os.PathLike) -> Path | None:
         import torch
 
         from segtool.interop.bioimageio_unet import SegtoolUNet
-        from segtool.unet.modelfile import load_model
+        from segtool.model.modelfile import load_model
 
         model = load_model(path, device="cpu")
         config = model.config

@@ -10,14 +10,14 @@ The stages, each a small function (see ARCHITECTURE.md for the other schedules):
    with a halo of the network's effective context, each keeping its core, so
    the maps equal whole-image inference within 1e-3; with an ``overlap``
    fixed-size tiles blended with a Gaussian window) and blends them
-   (:func:`segtool.unet.tiling.predict_tiled`);
-3. :func:`segtool.unet.instances.maps_to_labels` turns the maps into labels
+   (:func:`segtool.pipeline.tiling.predict_tiled`);
+3. :func:`segtool.infer.instances.maps_to_labels` turns the maps into labels
    with :class:`segtool.pipeline.options.ObjectOptions`.
 
 :func:`predict_image` runs the three. The network itself is prepared in
-:mod:`segtool.unet.inference`. Images too large for memory go through
-:mod:`segtool.unet.bands` (the same maps, post-processed band by band) and
-:mod:`segtool.unet.bigimage` (lazy reading, tiled BigTIFF writing).
+:mod:`segtool.infer.network`. Images too large for memory go through
+:mod:`segtool.infer.bands` (the same maps, post-processed band by band) and
+:mod:`segtool.infer.bands` (lazy reading, tiled BigTIFF writing).
 """
 
 from __future__ import annotations
@@ -31,55 +31,21 @@ import numpy as np
 
 from segtool.errors import InputError, ModelError
 from segtool.normalize import normalize_percentile
-from segtool.pipeline.options import (
-    MAX_TILE,
-    ObjectOptions,
-    TileOptions,
-    TilePlan,
-    check_common,
-    default_tile_halo,
-    plan_inference_tiles,
-    postprocess_options,
-    resolve_tile,
-)
-from segtool.unet.inference import (
-    load_for_inference,
-    load_for_inference_cached,
-    make_predictor,
-    network_device_type,
-    network_precision,
-    prepare_for_inference,
-    prepared_net,
-)
-from segtool.unet.intake import apply_input_transform
-from segtool.unet.instances import DEFAULT_MIN_SIZE, maps_to_labels
-from segtool.unet.sizing import SizeEstimate, SizeOptions, estimate_for_model, min_size_at_scale, resize_channels
-from segtool.unet.tiling import TileCallback, predict_tiled
+from segtool.pipeline.options import ObjectOptions, TileOptions, check_common
+from segtool.infer.network import make_predictor, network_device_type, network_precision, prepared_net
+from segtool.intake import apply_input_transform
+from segtool.infer.instances import DEFAULT_MIN_SIZE, maps_to_labels
+from segtool.infer.sizing import SizeEstimate, SizeOptions, estimate_for_model, min_size_at_scale, resize_channels
+from segtool.pipeline.tiling import TileCallback, predict_tiled
 
-# The planning and network-preparation names are re-exported: callers outside the pipeline import them from here.
 __all__ = [
-    "MAX_TILE",
-    "ObjectOptions",
     "PredictResult",
-    "TileOptions",
-    "TilePlan",
-    "check_common",
-    "default_tile_halo",
     "find_packaged_model",
     "fit_to_training_size",
-    "load_for_inference",
-    "load_for_inference_cached",
-    "make_predictor",
-    "network_device_type",
     "model_diameter",
     "normalize_for_model",
-    "plan_inference_tiles",
-    "postprocess_options",
     "predict_image",
     "predict_maps",
-    "prepare_for_inference",
-    "prepared_net",
-    "resolve_tile",
     "scale_for_diameter",
     "scaled_objects",
     "timed_predictor",
@@ -143,7 +109,7 @@ def scale_for_diameter(model, diameter: float) -> float:
     Examples
     --------
     >>> from types import SimpleNamespace
-    >>> from segtool.unet.config import UNetConfig
+    >>> from segtool.model.config import UNetConfig
     >>> m = SimpleNamespace(config=UNetConfig(postprocess={"median_diameter": 20.0}), metadata={})
     >>> scale_for_diameter(m, 40)
     0.5
@@ -182,7 +148,7 @@ def model_diameter(model) -> float | None:
     Examples
     --------
     >>> from types import SimpleNamespace
-    >>> from segtool.unet.config import UNetConfig
+    >>> from segtool.model.config import UNetConfig
     >>> model_diameter(SimpleNamespace(config=UNetConfig(), metadata={"median_diameter": 21.0}))
     21.0
     """
@@ -233,7 +199,7 @@ def predict_image(
         Any real dtype; normalised with the model's stored percentiles
         (``config.norm_low``, ``config.norm_high``), per channel. Not modified.
     model : LoadedModel
-        From :func:`segtool.unet.modelfile.load_model`. Its network is
+        From :func:`segtool.model.modelfile.load_model`. Its network is
         prepared with :func:`prepare_for_inference` unless it already is.
     tiling : TileOptions, optional
         Tiles, batch size, test-time augmentation, and ``scale``: resize the
@@ -244,7 +210,7 @@ def predict_image(
         (:func:`fit_to_training_size`).
     objects : ObjectOptions, optional
         Override the model's tuned post-processing values (see
-        :func:`segtool.unet.instances.maps_to_labels`).
+        :func:`segtool.infer.instances.maps_to_labels`).
     on_tile : callable, optional
         ``on_tile(done, total)`` progress callback.
 
@@ -262,9 +228,9 @@ def predict_image(
 
     Examples
     --------
-    >>> from segtool.unet.config import UNetConfig
-    >>> from segtool.unet.model import UNet
-    >>> from segtool.unet.modelfile import LoadedModel
+    >>> from segtool.model.config import UNetConfig
+    >>> from segtool.model.model import UNet
+    >>> from segtool.model.modelfile import LoadedModel
     >>> config = UNetConfig(depth=2, base_channels=4, patch_size=16)
     >>> model = LoadedModel(net=UNet(config).eval(), config=config)
     >>> result = predict_image(np.zeros((20, 30), np.uint8), model)
@@ -298,7 +264,7 @@ def scaled_objects(objects: ObjectOptions, config, scale: float) -> dict:
 
     Examples
     --------
-    >>> from segtool.unet.config import UNetConfig
+    >>> from segtool.model.config import UNetConfig
     >>> scaled_objects(ObjectOptions(), UNetConfig(postprocess={"min_size": 30}), 0.5)["min_size"]
     120
     >>> scaled_objects(ObjectOptions(min_size=30), UNetConfig(), 0.5)["min_size"]

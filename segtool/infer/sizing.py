@@ -446,10 +446,10 @@ def estimate_for_model(normalized: np.ndarray, model, *, objects: dict, trained_
     network as one batch (a 512² pass alone runs two to five times slower
     per pixel than a large image on a CPU), padded to a common size;
     their maps, cropped back, go through
-    :func:`segtool.unet.instances.maps_to_labels`.
+    :func:`segtool.infer.instances.maps_to_labels`.
     """
-    from segtool.unet.inference import make_predictor, prepared_net
-    from segtool.unet.instances import maps_to_labels
+    from segtool.infer.network import make_predictor, prepared_net
+    from segtool.infer.instances import maps_to_labels
 
     target = model.config.target
     predictor = make_predictor(prepared_net(model), target)

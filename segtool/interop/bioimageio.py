@@ -123,7 +123,7 @@ def prepare_test_image(image: np.ndarray, config, *, max_size: int = 256, keep_d
 
     Examples
     --------
-    >>> from segtool.unet.config import UNetConfig
+    >>> from segtool.model.config import UNetConfig
     >>> prepare_test_image(np.zeros((40, 70)), UNetConfig(depth=2), max_size=64).shape
     (1, 1, 40, 64)
     """
@@ -417,7 +417,7 @@ def build_package_files(model, sample: np.ndarray, *, options: PackageOptions = 
     import torch
 
     from segtool.interop.netexport import build_export_net, export_white_level, reference_output, torchscript_bytes
-    from segtool.unet.predict import predict_image
+    from segtool.infer.predict import predict_image
 
     config = model.config
     white = export_white_level(sample) if config.input == "hematoxylin" else 255.0

@@ -3,10 +3,10 @@
 This file travels inside bioimage.io packages written by ``segtool model
 export``, so it imports nothing but PyTorch: a consumer (bioimageio.core,
 ilastik, deepImageJ's converter) builds the network from it without segtool
-installed. Its parameter names are those of :class:`segtool.unet.model.UNet`,
+installed. Its parameter names are those of :class:`segtool.model.model.UNet`,
 so a segtool state dict loads into it unchanged, and it is written in the
 subset of Python that ``torch.jit.script`` compiles. Its building blocks
-(:class:`DoubleConv`, :class:`Up`) are the ones :class:`segtool.unet.model.UNet`
+(:class:`DoubleConv`, :class:`Up`) are the ones :class:`segtool.model.model.UNet`
 is made of: one source for both networks.
 
 Unlike segtool's own network, the output is activated: class probabilities
@@ -18,7 +18,7 @@ A model with an input transform (``segtool train --input inverted`` or
 (hematoxylin: R, G, B with white at ``white_level``), applies the transform
 and then the percentile normalisation, because the normalisation comes after
 the transform and a consumer could not put it in between. The arithmetic is
-that of ``segtool.unet.intake`` and ``segtool.normalize``: optical density
+that of ``segtool.intake`` and ``segtool.normalize``: optical density
 ``-log10(clip(rgb / white_level, 1/256, 1))``, its dot product with the
 hematoxylin column of the inverse stain matrix, negative amounts cut to 0,
 then each image's ``norm_low`` / ``norm_high`` percentiles (linear

@@ -73,7 +73,7 @@ def export_input_channels(config) -> int:
 
     Examples
     --------
-    >>> from segtool.unet.config import UNetConfig
+    >>> from segtool.model.config import UNetConfig
     >>> export_input_channels(UNetConfig(input="hematoxylin")), export_input_channels(UNetConfig())
     (3, 1)
     """
@@ -118,7 +118,7 @@ def build_export_net(model, *, white_level: float = 255.0):
     Parameters
     ----------
     model : LoadedModel
-        From :func:`segtool.unet.modelfile.load_model`.
+        From :func:`segtool.model.modelfile.load_model`.
     white_level : float, optional
         ``hematoxylin`` models: the raw value of white (see :func:`export_white_level`).
 
@@ -148,11 +148,11 @@ def transform_kwargs(config, *, white_level: float = 255.0) -> dict:
 
     Examples
     --------
-    >>> from segtool.unet.config import UNetConfig
+    >>> from segtool.model.config import UNetConfig
     >>> transform_kwargs(UNetConfig()), sorted(transform_kwargs(UNetConfig(input="inverted")))
     ({}, ['input_transform', 'norm_high', 'norm_low'])
     """
-    from segtool.unet.intake import STAIN_RGB
+    from segtool.intake import STAIN_RGB
 
     if config.input == "intensity":
         return {}
@@ -169,7 +169,7 @@ def example_input(config, *, batch: int = 1, height: int | None = None, width: i
 
     Examples
     --------
-    >>> from segtool.unet.config import UNetConfig
+    >>> from segtool.model.config import UNetConfig
     >>> example_input(UNetConfig(depth=2), height=8, width=12).shape
     (1, 1, 8, 12)
     """

@@ -64,11 +64,11 @@ def read_package(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any
     Returns
     -------
     config : dict
-        The :class:`~segtool.unet.config.UNetConfig` as a dict.
+        The :class:`~segtool.model.config.UNetConfig` as a dict.
     metadata : dict
         Training summary of the original model file.
     state_dict : dict of str to Tensor
-        Weights of :class:`~segtool.unet.model.UNet` (same parameter names).
+        Weights of :class:`~segtool.model.model.UNet` (same parameter names).
 
     Raises
     ------
@@ -78,7 +78,7 @@ def read_package(path: str | os.PathLike) -> tuple[dict[str, Any], dict[str, Any
     """
     import torch
 
-    from segtool.unet.modelcheck import (MAX_TEXT_BYTES, check_torch_archive, check_zip_names, read_entry,
+    from segtool.model.modelcheck import (MAX_TEXT_BYTES, check_torch_archive, check_zip_names, read_entry,
                                          weights_entry_limit)
 
     path = Path(path)

@@ -14,8 +14,8 @@ from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 from segtool.errors import InputError
-from segtool.unet.augment import AugmentOptions
-from segtool.unet.intake import INPUT_TRANSFORMS, reads_colour
+from segtool.train.augment import AugmentOptions
+from segtool.intake import INPUT_TRANSFORMS, reads_colour
 
 __all__ = ["CHANNEL_MODES", "FINETUNE_DEFAULTS", "TARGETS", "UNetConfig", "target_channels"]
 
@@ -257,7 +257,7 @@ class TrainOptions:
     precision : {"fp32", "bf16"}
         Arithmetic of the forward pass: float32, or bfloat16 autocast with a
         channels-last memory layout (about 2x faster where the hardware has
-        bfloat16; see :mod:`segtool.unet.precision`). Weights, optimiser
+        bfloat16; see :mod:`segtool.model.precision`). Weights, optimiser
         state and loss stay float32 either way. Checkpoints written before
         this option existed resume as ``fp32``.
     ema_decay : float
@@ -269,7 +269,7 @@ class TrainOptions:
         option existed resume with it off.
     workers : int
         Data worker processes that sample and augment patches while the
-        network trains (:mod:`segtool.unet.loader`); 0 makes them in the
+        network trains (:mod:`segtool.train.loader`); 0 makes them in the
         training process. Any count >= 1 gives the same patches; 0 draws
         other ones (the scheme of segtool before workers existed), so a
         resumed run keeps 0, or >= 1, as it started. Checkpoints written

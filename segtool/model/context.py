@@ -9,7 +9,7 @@ function of the distance to the nearest cut edge (edges that are also image
 edges do not count: whole-image inference pads there too).
 
 Tiled inference with a halo of at least that many pixels, keeping only the
-tile cores (:func:`segtool.unet.tiling.plan_halo_tiles`), reproduces
+tile cores (:func:`segtool.pipeline.tiling.plan_halo_tiles`), reproduces
 whole-image inference within the tolerance.
 """
 
@@ -75,7 +75,7 @@ def measure_context(
         of ``align`` and at least ``3 * tile``.
     predictor : callable
         ``(N, C, h, w)`` float32 -> ``(N, C_out, h, w)`` maps, as in
-        :mod:`segtool.unet.tiling`.
+        :mod:`segtool.pipeline.tiling`.
     tile : int, optional
         Side of the probe tiles (a multiple of ``align``); the measured
         context is at most ``tile // 2``.

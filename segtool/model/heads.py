@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from segtool.errors import InputError
-from segtool.unet.config import target_channels
+from segtool.model.config import target_channels
 
 __all__ = ["activate"]
 

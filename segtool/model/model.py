@@ -16,13 +16,13 @@ from segtool.errors import InputError
 # The blocks live in the stand-alone file that bioimage.io packages carry, so the exported
 # architecture and segtool's own network cannot drift apart.
 from segtool.interop.bioimageio_unet import DoubleConv, Up
-from segtool.unet.config import UNetConfig
+from segtool.model.config import UNetConfig
 
 __all__ = ["UNet", "resolve_device"]
 
 
 class UNet(nn.Module):
-    """U-Net built from a :class:`~segtool.unet.config.UNetConfig`.
+    """U-Net built from a :class:`~segtool.model.config.UNetConfig`.
 
     Parameters
     ----------
@@ -34,7 +34,7 @@ class UNet(nn.Module):
     -----
     Input is ``(N, in_channels, H, W)`` float32 with ``H`` and ``W`` multiples
     of ``2**depth``; output is logits ``(N, out_channels, H, W)``. Use
-    :func:`segtool.unet.heads.activate` to turn them into maps.
+    :func:`segtool.model.heads.activate` to turn them into maps.
 
     Examples
     --------

@@ -29,8 +29,8 @@ import numpy as np
 import torch
 
 from segtool.errors import ModelError
-from segtool.unet.config import TARGETS, UNetConfig
-from segtool.unet.model import UNet
+from segtool.model.config import TARGETS, UNetConfig
+from segtool.model.model import UNet
 
 __all__ = [
     "MAX_PARAMETERS",

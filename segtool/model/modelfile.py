@@ -11,7 +11,7 @@ package written by ``segtool model export`` loads the same way, see
 It is read back with ``torch.load(weights_only=True)``, which refuses to
 unpickle arbitrary objects, so a model file from a stranger cannot run code;
 before that its zip layout is checked, and after it its weights are checked
-against its config, before any network is built (:mod:`segtool.unet.modelcheck`).
+against its config, before any network is built (:mod:`segtool.model.modelcheck`).
 The config and metadata are JSON text, readable with any tool.
 """
 
@@ -27,20 +27,17 @@ import torch
 from torch import nn
 
 from segtool.errors import InputError, ModelError, SegtoolError, first_line
-from segtool.unet.config import TrainOptions, UNetConfig
-from segtool.unet.model import UNet, resolve_device
-# Reading a file's dict lives in modelinfo (torch-free for the shipped models' `model list`/`info`); re-exported here.
-from segtool.unet.modelinfo import FORMAT, FORMAT_VERSION, parse_payload, read_model_info, read_payload, torch_load
+from segtool.model.config import TrainOptions, UNetConfig
+from segtool.model.model import UNet, resolve_device
+# Reading a file's dict lives in modelinfo (torch-free for the shipped models' `model list`/`info`).
+from segtool.model.modelinfo import FORMAT, FORMAT_VERSION, parse_payload, read_payload, torch_load
 
 __all__ = [
     "CHECKPOINT_FORMAT",
-    "FORMAT",
-    "FORMAT_VERSION",
     "LoadedModel",
     "check_model_file",
     "load_checkpoint",
     "load_model",
-    "read_model_info",
     "save_checkpoint",
     "save_model",
 ]
@@ -104,7 +101,7 @@ def save_model(
     path : str or Path
         Destination, conventionally ``*.pt``.
     net : nn.Module
-        A :class:`~segtool.unet.model.UNet` built from ``config``.
+        A :class:`~segtool.model.model.UNet` built from ``config``.
     config : UNetConfig
     metadata : dict, optional
         JSON-safe training summary; NaN and infinities become ``null``.
@@ -161,7 +158,7 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Loade
         If the file is missing, truncated, forged, not a segtool model, from a
         newer format version, or its weights are not exactly those its config
         implies, or not finite (checked before the network is built, see
-        :mod:`segtool.unet.modelcheck`).
+        :mod:`segtool.model.modelcheck`).
     """
     path = Path(path)
     payload = read_payload(path)
@@ -184,7 +181,7 @@ def load_model(path: str | Path, *, device: str | torch.device = "cpu") -> Loade
 def check_model_file(path: str | Path) -> None:
     """Refuse a model file that :func:`load_model` would refuse, without building its network.
 
-    The file is read (bounded, see :mod:`segtool.unet.modelcheck`) and its
+    The file is read (bounded, see :mod:`segtool.model.modelcheck`) and its
     weights are checked against its config; nothing is allocated for a network.
 
     Raises
@@ -246,7 +243,7 @@ def check_resume(
 
     ``device`` may differ, and ``workers`` as long as both are 0 or both
     >= 1. ``train_data`` and ``val_data`` are the summaries of
-    :func:`segtool.unet.dataset.summarize_pairs`, compared by hash.
+    :func:`segtool.train.dataset.summarize_pairs`, compared by hash.
 
     Raises
     ------
@@ -286,7 +283,7 @@ def read_checkpoint_settings(path: str | Path) -> tuple[UNetConfig, TrainOptions
     Raises
     ------
     ModelError
-        As :func:`segtool.unet.modelfile.load_checkpoint`, or if damaged.
+        As :func:`segtool.model.modelfile.load_checkpoint`, or if damaged.
     """
     payload = load_checkpoint(path)
     try:

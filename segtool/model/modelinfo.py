@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from segtool.errors import ModelError, first_line
-from segtool.unet.config import UNetConfig
+from segtool.model.config import UNetConfig
 
 __all__ = [
     "FORMAT",
@@ -150,7 +150,7 @@ def read_payload(path: Path, *, weights: bool = True) -> dict[str, Any]:
     ``weights=False`` reads a model shipped in the package without torch:
     its tensors are then :class:`TensorInfo` (our own files; any other file
     is read, bounded, with torch and its weights checked, see
-    :mod:`segtool.unet.modelcheck`).
+    :mod:`segtool.model.modelcheck`).
 
     Raises
     ------
@@ -170,7 +170,7 @@ def read_payload(path: Path, *, weights: bool = True) -> dict[str, Any]:
     payload = None if weights or not path.is_file() or not is_shipped(path) else read_model_header(path)
     if payload is None:
         if path.is_file():
-            from segtool.unet.modelcheck import check_torch_archive
+            from segtool.model.modelcheck import check_torch_archive
 
             check_torch_archive(path, "model file")  # before torch.load reads anything it declares
         # mapped, not read: weights that do not fit the config are refused before any of them is in memory
@@ -199,7 +199,7 @@ def parse_payload(payload: dict[str, Any]) -> tuple[UNetConfig, dict[str, Any]]:
 
     Nothing is built: the weights' names, shapes, kinds and values are
     checked against the shapes the config implies
-    (:func:`segtool.unet.modelcheck.check_state_dict`); a shipped model's
+    (:func:`segtool.model.modelcheck.check_state_dict`); a shipped model's
     header (tensors as :class:`TensorInfo`) is not.
 
     Raises
@@ -220,7 +220,7 @@ def parse_payload(payload: dict[str, Any]) -> tuple[UNetConfig, dict[str, Any]]:
         raise ModelError("model file has invalid metadata: not a JSON object")
     state = payload["state_dict"]
     if not any(isinstance(t, TensorInfo) for t in state.values()):
-        from segtool.unet.modelcheck import check_state_dict
+        from segtool.model.modelcheck import check_state_dict
 
         check_state_dict(config, state)
     return config, metadata
@@ -246,7 +246,7 @@ def read_model_info(path: str | Path) -> dict[str, Any]:
     Raises
     ------
     ModelError
-        As :func:`segtool.unet.modelfile.load_model`.
+        As :func:`segtool.model.modelfile.load_model`.
     """
     path = Path(path)
     payload = read_payload(path, weights=False)

@@ -21,7 +21,7 @@ __all__ = ["METHODS", "POLARITIES", "PRECISIONS", "THRESHOLDS", "SegmentOptions"
 METHODS = ("U-Net", "baseline")
 THRESHOLDS = ("otsu", "li", "triangle", "yen")
 POLARITIES = ("bright", "dark", "auto")
-#: ``segtool predict --precision`` values (:data:`segtool.unet.precision.PRECISIONS`, kept here so that building
+#: ``segtool predict --precision`` values (:data:`segtool.model.precision.PRECISIONS`, kept here so that building
 #: the widget does not import torch; a test checks that they agree).
 PRECISIONS = ("auto", "fp32", "bf16")
 
@@ -154,8 +154,10 @@ def segment(image: np.ndarray, options: SegmentOptions = SegmentOptions(), *,
             on_progress(1, 1)
         return result.labels
     from segtool.baseline import empty_image_reason
-    from segtool.unet.predict import ObjectOptions, TileOptions, load_for_inference_cached, predict_image
-    from segtool.unet.shipped import resolve_model
+    from segtool.pipeline.options import ObjectOptions, TileOptions
+    from segtool.infer.network import load_for_inference_cached
+    from segtool.infer.predict import predict_image
+    from segtool.model.shipped import resolve_model
 
     # the model, device, precision and object size (estimated per image) as `segtool predict` picks them by
     # default, so both give the same labels
@@ -190,8 +192,8 @@ def check_model(options: SegmentOptions) -> None:
     if options.method != "U-Net" or options.model is None:
         return
     from segtool.errors import ModelError, first_line
-    from segtool.unet.modelfile import check_model_file
-    from segtool.unet.shipped import resolve_model
+    from segtool.model.modelfile import check_model_file
+    from segtool.model.shipped import resolve_model
 
     try:
         path = resolve_model(options.model)[0]

@@ -24,7 +24,7 @@ from segtool.napari.segment import (
     image_plane,
     segment,
 )
-from segtool.unet.shipped import DEFAULT_MODEL, SHIPPED_MODELS
+from segtool.model.shipped import DEFAULT_MODEL, SHIPPED_MODELS
 
 __all__ = ["MODEL_FILE", "SegmentWidget", "model_choices", "wrappable"]
 

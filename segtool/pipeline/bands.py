@@ -1,7 +1,7 @@
 """Post-processing an image too large for memory, band by band.
 
 :func:`predict_label_bands` takes the blended network maps as
-:func:`segtool.unet.tiling.predict_tiled_rows` streams them (the very same
+:func:`segtool.pipeline.tiling.predict_tiled_rows` streams them (the very same
 maps the in-memory path computes, since the tile grid is the whole image's)
 and turns them into labels in horizontal bands:
 
@@ -18,7 +18,7 @@ and turns them into labels in horizontal bands:
 
 Only a few bands' worth of maps and labels are in memory at any time. The
 file side (lazy reading, tiled BigTIFF writing) is in
-:mod:`segtool.unet.bigimage`.
+:mod:`segtool.infer.bands`.
 """
 
 from __future__ import annotations
@@ -32,11 +32,11 @@ import numpy as np
 
 from segtool.errors import InputError, ModelError
 from segtool.pipeline.stream import prefetch
-from segtool.unet.instances import maps_to_labels
+from segtool.infer.instances import maps_to_labels
 from segtool.pipeline.options import ObjectOptions, TileOptions, check_common
-from segtool.unet.inference import make_predictor, network_device_type, network_precision, prepared_net
-from segtool.unet.predict import timed_predictor
-from segtool.unet.tiling import (
+from segtool.infer.network import make_predictor, network_device_type, network_precision, prepared_net
+from segtool.infer.predict import timed_predictor
+from segtool.pipeline.tiling import (
     TileCallback,
     pad_mode,
     predict_tiled_rows,
@@ -98,7 +98,7 @@ def predict_label_bands(
 ) -> Iterator[LabelBand]:
     """Predict a large image in horizontal bands, yielding finished label rows.
 
-    The network maps come from :func:`segtool.unet.tiling.predict_tiled_rows`
+    The network maps come from :func:`segtool.pipeline.tiling.predict_tiled_rows`
     on the whole image's tile grid, so they are identical to the in-memory
     path's. Post-processing runs on each band of ``band_rows`` rows plus
     ``halo`` rows above and below; an object belongs to the band that holds
@@ -118,7 +118,7 @@ def predict_label_bands(
         Image size.
     model : LoadedModel
     tiling, objects : TileOptions, ObjectOptions, optional
-        As in :func:`segtool.unet.predict.predict_image` (``tiling.scale``
+        As in :func:`segtool.infer.predict.predict_image` (``tiling.scale``
         is not used).
     band_rows : int, optional
         Rows per band (the core, without the halo).
@@ -207,13 +207,13 @@ def label_by_tile_rows(
     whole image; here :func:`predict_label_bands` labels each finished tile
     row (bands of one tile row's core, ``halo`` rows of context) on this
     thread while the network computes the next one, and
-    :func:`segtool.unet.instances.number_as_whole` gives the objects the
+    :func:`segtool.infer.instances.number_as_whole` gives the objects the
     numbers the whole-image labelling would: the label image is the same.
 
     Parameters
     ----------
     normalized : (C, H, W) ndarray of float32
-        From :func:`segtool.unet.predict.normalize_for_model` (not rescaled).
+        From :func:`segtool.infer.predict.normalize_for_model` (not rescaled).
     model : LoadedModel
     tiling, objects : TileOptions, ObjectOptions, optional
     halo : int, optional
@@ -242,7 +242,7 @@ def label_by_tile_rows(
         core = max(1, int(plan.tile[0] * (1 - plan.overlap)))
     if height <= plan.tile[0] or core < 1:
         return None
-    from segtool.unet.instances import number_as_whole
+    from segtool.infer.instances import number_as_whole
 
     labels = np.zeros((height, width), np.uint32)
     maps = np.empty((config.out_channels, height, width), np.float32)

@@ -1,6 +1,6 @@
 """Images too large for memory: read rows lazily, predict in bands, write tiled BigTIFF.
 
-The file side of :func:`segtool.unet.predict.predict_label_bands`:
+The file side of :func:`segtool.infer.predict.predict_label_bands`:
 
 - :func:`open_lazy` opens a single-plane TIFF without decoding it and reads
   rows on demand: a memory map for uncompressed contiguous data, otherwise
@@ -32,13 +32,11 @@ from segtool.errors import InputError, OutputError, first_line
 from segtool.normalize import map_to_unit
 from segtool.pipeline.options import ObjectOptions, TileOptions
 from segtool.pipeline.percentiles import stream_percentiles
-from segtool.pipeline.read import LazyImage, open_lazy
+from segtool.pipeline.read import LazyImage
 from segtool.pipeline.write import OUTPUT_TILE, RowSpool, row_tiles, write_tiled_tiff
 
 __all__ = [
-    "LazyImage",
     "default_band_rows",
-    "open_lazy",
     "predict_file_in_bands",
 ]
 
@@ -91,13 +89,13 @@ def predict_file_in_bands(
         side is at most 4096 pixels.
     overwrite : bool, optional
     tiling, objects : TileOptions, ObjectOptions, optional
-        As in :func:`segtool.unet.predict.predict_image` (``tiling.scale``
+        As in :func:`segtool.infer.predict.predict_image` (``tiling.scale``
         is not used).
     band_rows : int, optional
         Rows per band; default from :func:`default_band_rows`.
     halo : int, optional
         Context rows above and below each band (see
-        :func:`segtool.unet.predict.predict_label_bands`).
+        :func:`segtool.infer.predict.predict_label_bands`).
     on_tile : callable, optional
         ``on_tile(done, total)``.
 
@@ -114,8 +112,8 @@ def predict_file_in_bands(
     InputError, ModelError, OutputError
     """
     from segtool.io import check_output_free
-    from segtool.unet.bands import predict_label_bands
-    from segtool.unet.inference import network_device_type, network_precision
+    from segtool.infer.bands import predict_label_bands
+    from segtool.infer.network import network_device_type, network_precision
 
     start_time = time.perf_counter()
     labels_path = Path(labels_path)

@@ -7,7 +7,7 @@ times the blending window, into running sums of maps and weights, in the
 order the tiles come. :class:`RowBlender` keeps those sums for a rolling
 band of rows, so a tall image is blended band by band.
 
-Used by :func:`segtool.unet.tiling.predict_tiled_rows` (whole images and
+Used by :func:`segtool.pipeline.tiling.predict_tiled_rows` (whole images and
 bands) and by the Dask block schedule
 (:mod:`segtool.distributed.big_predict`); the same tiles in the same order
 give the same sums, so every schedule gets the in-memory run's maps.
@@ -86,7 +86,7 @@ def add_weighted(acc: np.ndarray, weight: np.ndarray, maps: np.ndarray, places: 
     places : sequence of (slice, slice)
         Where each tile lies in ``acc``.
     window : (h, w) ndarray of float32
-        The blending weights (:func:`segtool.unet.tiling.blend_window`).
+        The blending weights (:func:`segtool.pipeline.tiling.blend_window`).
 
     Examples
     --------

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from segtool.errors import InputError
-from segtool.unet.tiling import halo_padded_shape, plan_halo_tiles, plan_tiles
+from segtool.pipeline.tiling import halo_padded_shape, plan_halo_tiles, plan_tiles
 
 __all__ = [
     "ACTIVATION_BYTES",
@@ -64,7 +64,7 @@ class TileOptions:
         Resize the image by this factor before the network (in-memory
         schedule only); None estimates the objects' size in each image and
         resizes them to the model's training size
-        (:mod:`segtool.unet.sizing`).
+        (:mod:`segtool.infer.sizing`).
 
     Examples
     --------
@@ -93,12 +93,12 @@ class TileOptions:
 class ObjectOptions:
     """Post-processing values that override the model's tuned ones; None keeps the model's.
 
-    See :func:`segtool.unet.instances.maps_to_labels`; ``split_height=0``
+    See :func:`segtool.infer.instances.maps_to_labels`; ``split_height=0``
     turns the model's shape splitting off.
 
     Examples
     --------
-    >>> from segtool.unet.config import UNetConfig
+    >>> from segtool.model.config import UNetConfig
     >>> ObjectOptions(min_size=5).resolve(UNetConfig(postprocess={"prob_threshold": 0.4}))
     {'prob_threshold': 0.4, 'min_size': 5}
     """
@@ -109,7 +109,7 @@ class ObjectOptions:
     split_height: float | None = None
 
     def resolve(self, config) -> dict[str, Any]:
-        """Keywords for :func:`segtool.unet.instances.maps_to_labels` (:func:`postprocess_options`)."""
+        """Keywords for :func:`segtool.infer.instances.maps_to_labels` (:func:`postprocess_options`)."""
         return postprocess_options(config, prob_threshold=self.prob_threshold, min_size=self.min_size,
                                    seed_threshold=self.seed_threshold, split_height=self.split_height)
 
@@ -141,7 +141,7 @@ def activation_bytes(config, precision: str = "fp32") -> float:
 
     Examples
     --------
-    >>> from segtool.unet.config import UNetConfig
+    >>> from segtool.model.config import UNetConfig
     >>> activation_bytes(UNetConfig(base_channels=16)), activation_bytes(UNetConfig(base_channels=32), "bf16")
     (520.0, 540.0)
     """
@@ -157,7 +157,7 @@ def budget_tile(config, *, device_type: str = "cpu", precision: str = "fp32") ->
 
     Examples
     --------
-    >>> from segtool.unet.config import UNetConfig
+    >>> from segtool.model.config import UNetConfig
     >>> budget_tile(UNetConfig(depth=4)), budget_tile(UNetConfig(depth=4), precision="bf16")
     (1136, 1568)
     >>> budget_tile(UNetConfig(depth=4), device_type="cuda")
@@ -188,7 +188,7 @@ def resolve_tile(config, shape: Sequence[int], tile: int | None = None) -> tuple
 
     Examples
     --------
-    >>> from segtool.unet.config import UNetConfig
+    >>> from segtool.model.config import UNetConfig
     >>> resolve_tile(UNetConfig(depth=4, patch_size=256), (100, 3000))
     (112, 256)
     """
@@ -214,7 +214,7 @@ def default_tile_halo(config) -> int:
 
     Examples
     --------
-    >>> from segtool.unet.config import UNetConfig
+    >>> from segtool.model.config import UNetConfig
     >>> default_tile_halo(UNetConfig(depth=4)), default_tile_halo(UNetConfig(depth=2))
     (104, 24)
     """
@@ -250,7 +250,7 @@ class TilePlan:
     n_tiles: int
 
     def tiling_options(self) -> dict[str, Any]:
-        """Keywords for :func:`segtool.unet.tiling.predict_tiled` and ``predict_tiled_rows``."""
+        """Keywords for :func:`segtool.pipeline.tiling.predict_tiled` and ``predict_tiled_rows``."""
         return {"tile": self.tile, "overlap": 0.0 if self.overlap is None else self.overlap, "tile_halo": self.tile_halo,
                 "align": self.align, "batch_size": self.batch_size}
 
@@ -283,7 +283,7 @@ def plan_inference_tiles(
 
     Examples
     --------
-    >>> from segtool.unet.config import UNetConfig
+    >>> from segtool.model.config import UNetConfig
     >>> plan = plan_inference_tiles(UNetConfig(depth=4), (4096, 4096), precision="bf16")
     >>> plan.tile_halo, plan.n_tiles, plan.batch_size
     (104, 9, 1)
@@ -328,7 +328,7 @@ def postprocess_options(
 
     Examples
     --------
-    >>> from segtool.unet.config import UNetConfig
+    >>> from segtool.model.config import UNetConfig
     >>> cfg = UNetConfig(postprocess={"prob_threshold": 0.4, "min_size": 30, "note": "x"})
     >>> postprocess_options(cfg, min_size=5)
     {'prob_threshold': 0.4, 'min_size': 5}

@@ -4,7 +4,7 @@
 :class:`LazyImage` it returns reads rows on demand, through a memory map for
 uncompressed contiguous data, otherwise by decoding only the strips or tiles
 that hold the requested rows. The band schedule
-(:func:`segtool.unet.bigimage.predict_file_in_bands`) reads through it; the
+(:func:`segtool.infer.bands.predict_file_in_bands`) reads through it; the
 Dask block schedule reads blocks through :mod:`segtool.distributed.blockio`,
 which opens the same files as a Dask array. Both apply the channel rules of
 :func:`segtool.io.read_image` and raise :class:`segtool.errors.InputError`
@@ -20,7 +20,7 @@ from typing import Any
 import numpy as np
 
 from segtool.errors import InputError, first_line
-from segtool.unet.intake import samples_last_to_input
+from segtool.intake import samples_last_to_input
 
 __all__ = ["LazyImage", "open_lazy"]
 
@@ -178,7 +178,7 @@ def open_lazy(path: str | os.PathLike, *, channel: int | None = None,
         Channel of a multi-sample image, with the rule of
         :func:`segtool.io.read_image` (RGB(A) is averaged without it).
     input_transform : str, optional
-        A model's input transform (:mod:`segtool.unet.intake`), applied to
+        A model's input transform (:mod:`segtool.intake`), applied to
         the rows as they are read. ``hematoxylin`` reads R, G and B, and
         takes no ``channel``; a floating-point file returns None with it
         (its white level is the whole image's maximum, which rows cannot tell).

@@ -12,7 +12,7 @@ Three small pieces:
 - :func:`plan_halo_tiles` is the other layout: as few large tiles as cover
   the image when each keeps only its *core*, the part at least ``halo``
   pixels from any cut edge. With ``halo`` at least the network's effective
-  context (:func:`segtool.unet.context.measure_context`) the cores are what
+  context (:func:`segtool.model.context.measure_context`) the cores are what
   whole-image inference would give, and large tiles recompute only the thin
   halos (about 1.1-1.25x the pixels instead of 1.78x for 25 % overlap).
 - :func:`predict_tiled` runs any ``predictor`` callable over the tiles in

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from segtool.errors import ModelError
-from segtool.unet.shipped import resolve_model
+from segtool.model.shipped import resolve_model
 
 __all__ = ["read_model_header", "trained_diameter", "describe_model"]
 

@@ -75,7 +75,7 @@ class PredictTask:
     def model(self):
         """The loaded, inference-prepared model (loaded on first use in each process)."""
         if self._model is None:
-            from segtool.unet.predict import load_for_inference_cached
+            from segtool.infer.network import load_for_inference_cached
 
             # Cached per process: worker processes get the task without the model,
             # once per image, and must not reload the file for every image.
@@ -123,8 +123,8 @@ class PredictTask:
         import time
 
         from segtool.io import read_image
-        from segtool.unet.bigimage import open_lazy
-        from segtool.unet.predict import normalize_for_model
+        from segtool.pipeline.read import open_lazy
+        from segtool.infer.predict import normalize_for_model
         from segtool.tasks.stack import is_z_stack
 
         start = time.perf_counter()
@@ -164,7 +164,7 @@ class PredictTask:
         stages["normalize"] = time.perf_counter() - start
         size = None
         if self.scale is None:
-            from segtool.unet.predict import fit_to_training_size
+            from segtool.infer.predict import fit_to_training_size
 
             start = time.perf_counter()
             normalized, size = fit_to_training_size(normalized, model, objects=self._objects())
@@ -176,8 +176,8 @@ class PredictTask:
     def infer(self, state: dict[str, Any]):
         """Stage 2: the network, tile by tile (a large image: all of it, band by band, on this thread)."""
         from segtool.pipeline.stream import Finished
-        from segtool.unet.bigimage import open_lazy
-        from segtool.unet.predict import predict_maps
+        from segtool.pipeline.read import open_lazy
+        from segtool.infer.predict import predict_maps
 
         if "stack_path" in state:
             from segtool.tasks.stack import predict_stack_task
@@ -187,7 +187,7 @@ class PredictTask:
             with open_lazy(state["lazy_path"], channel=self.channel, input_transform=self.model().config.input) as lazy:
                 return Finished(self._run_bands(lazy, self.model(), state["outputs"]))
         if "large_image" in state:
-            from segtool.unet.intake import apply_input_transform
+            from segtool.intake import apply_input_transform
 
             image = state["large_image"]
             # the transform of the whole image, as in memory; the bands then see one plane of the network's input
@@ -196,7 +196,7 @@ class PredictTask:
                                             calibration=(image.pixel_size, image.unit)))
         size = state.get("size")
         if (size.scale if size is not None else (1.0 if self.scale is None else self.scale)) == 1.0:
-            from segtool.unet.bands import label_by_tile_rows
+            from segtool.infer.bands import label_by_tile_rows
 
             # Several tile rows: each is labelled while the network computes the next (the same labels).
             done = label_by_tile_rows(state["normalized"], self.model(), tiling=self._tiling(),
@@ -222,8 +222,8 @@ class PredictTask:
         from segtool.baseline import empty_image_reason
         from segtool.io import write_float, write_labels, write_png
         from segtool.overlay import outline_overlay
-        from segtool.unet.instances import maps_to_labels
-        from segtool.unet.predict import scaled_objects
+        from segtool.infer.instances import maps_to_labels
+        from segtool.infer.predict import scaled_objects
 
         image, maps, outputs, stages = state["image"], state["maps"], state["outputs"], state["stages"]
         model = self.model()
@@ -269,7 +269,7 @@ class PredictTask:
         return {"diameter": None, "diameter_source": None, "scale": round(scale, 4)}
 
     def _run_bands(self, source, model, outputs: dict[str, Path], calibration=None) -> dict[str, Any]:
-        from segtool.unet.bigimage import predict_file_in_bands
+        from segtool.infer.bands import predict_file_in_bands
 
         if self.scale not in (None, 1.0):
             raise InputError("--scale/--diameter is not available for images predicted in bands (large images); add --no-bands")
@@ -302,6 +302,6 @@ def _warm_network(model, pixels: int) -> None:
 
 
 def _device_type(model) -> str:
-    from segtool.unet.predict import network_device_type
+    from segtool.infer.network import network_device_type
 
     return network_device_type(model.net)

@@ -17,10 +17,10 @@ import numpy as np
 
 from segtool.errors import InputError
 from segtool.normalize import normalize_percentile
-from segtool.unet.augment import AugmentOptions, augment_pair, context_margin
-from segtool.unet.config import UNetConfig
-from segtool.unet.intake import apply_input_transform
-from segtool.unet.targets import make_target, three_class_target
+from segtool.train.augment import AugmentOptions, augment_pair, context_margin
+from segtool.model.config import UNetConfig
+from segtool.intake import apply_input_transform
+from segtool.train.targets import make_target, three_class_target
 
 __all__ = [
     "PatchSampler",
@@ -43,7 +43,7 @@ class Sample:
     labels : (H, W) ndarray of uint16/uint32
         The instance labels (for the validation metric).
     target : (K, H, W) ndarray of float32
-        From :func:`segtool.unet.targets.make_target`.
+        From :func:`segtool.train.targets.make_target`.
     foreground : (F,) ndarray of int64
         Flat indices of the object pixels, to bias patch sampling.
     name : str
@@ -233,7 +233,7 @@ class PatchSampler:
     placed to contain a randomly chosen object pixel, otherwise uniformly.
     Images smaller than the patch are mirrored up to its size. When the
     augmentation rotates by any angle or zooms, the patch is cut with a
-    margin of surrounding image (:func:`segtool.unet.augment.context_margin`)
+    margin of surrounding image (:func:`segtool.train.augment.context_margin`)
     that the warp reads from.
 
     With zoom on and a target that has classes (``target`` is

@@ -18,9 +18,9 @@ import torch
 
 from segtool.errors import ModelError
 # FINETUNE_DEFAULTS lives with the configs so the CLI can show it without importing torch.
-from segtool.unet.config import CHANNEL_MODES, FINETUNE_DEFAULTS, UNetConfig
+from segtool.model.config import CHANNEL_MODES, UNetConfig
 
-__all__ = ["FINETUNE_DEFAULTS", "FIRST_CONV", "InitModel", "adapt_input_weights", "child_config", "load_init", "parent_record"]
+__all__ = ["FIRST_CONV", "InitModel", "adapt_input_weights", "child_config", "load_init", "parent_record"]
 
 #: State-dict key of the first convolution, the only weight whose shape depends on the input channels.
 FIRST_CONV = "encoders.0.0.weight"
@@ -79,7 +79,7 @@ def child_config(parent: UNetConfig, *, channels: str | None = None, input_trans
     size, tuned post-processing as the starting point), except the input
     ``channels`` mode (``"grey"`` or ``"rgb"``) when given, which sets
     ``in_channels`` to match, and the ``input_transform`` when given (see
-    :mod:`segtool.unet.intake`): the child keeps the transform chosen for
+    :mod:`segtool.intake`): the child keeps the transform chosen for
     it, which is what its weights will learn to read.
 
     Raises
@@ -179,8 +179,8 @@ def load_init(spec: str | Path) -> InitModel:
         Unknown name, missing or unreadable file, weights that do not fit
         the file's own config.
     """
-    from segtool.unet.modelfile import load_model
-    from segtool.unet.shipped import resolve_model
+    from segtool.model.modelfile import load_model
+    from segtool.model.shipped import resolve_model
 
     path, name = resolve_model(spec)
     loaded = load_model(path, device="cpu")

@@ -14,7 +14,7 @@ class StopFlag:
     """Set by the first Ctrl-C or SIGTERM; a second Ctrl-C stops at once.
 
     Use it as a context manager around the training loop and pass it as
-    ``stop_requested`` to :func:`segtool.unet.train.train_model`: calling it
+    ``stop_requested`` to :func:`segtool.train.loop.train_model`: calling it
     says whether a stop was asked for. The handlers are only installed on the
     main thread (elsewhere the flag stays unset) and are restored on exit.
 

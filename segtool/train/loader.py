@@ -3,7 +3,7 @@
 Patch sampling and augmentation (elastic deformation above all) run on the
 CPU, one core per process. With ``workers=0`` they run in the training
 process between optimiser steps; with ``workers >= 1`` that many worker
-processes make them into shared memory (:mod:`segtool.unet.ring`) while the
+processes make them into shared memory (:mod:`segtool.train.ring`) while the
 network trains on the batches already made.
 
 Reproducibility
@@ -33,8 +33,8 @@ import numpy as np
 import torch
 
 from segtool.errors import InputError
-from segtool.unet.dataset import PatchSampler
-from segtool.unet.ring import ring_batches
+from segtool.train.dataset import PatchSampler
+from segtool.train.ring import ring_batches
 
 __all__ = ["auto_workers", "batch_generator", "iterate_batches", "resume_workers"]
 
@@ -167,8 +167,8 @@ def iterate_batches(
 
     Examples
     --------
-    >>> from segtool.unet.config import UNetConfig
-    >>> from segtool.unet.dataset import prepare_sample
+    >>> from segtool.model.config import UNetConfig
+    >>> from segtool.train.dataset import prepare_sample
     >>> s = prepare_sample(np.eye(8) * 9, np.eye(8, dtype=int), UNetConfig(depth=1, patch_size=4))
     >>> sampler = PatchSampler([s], patch_size=4, rng=np.random.default_rng(0))
     >>> [tuple(x.shape) for x, y in iterate_batches(sampler, batch_size=3, seed=0, start=0, stop=2)]

@@ -14,7 +14,7 @@ every random draw comes from seeded :class:`numpy.random.Generator` s, the
 run's own (whose state is stored in the checkpoint with the optimiser state
 and the step count; the learning rate is a function of the step) or, with
 data worker processes, one per batch derived from the seed and the step
-(:mod:`segtool.unet.loader`).
+(:mod:`segtool.train.loader`).
 """
 
 from __future__ import annotations
@@ -33,32 +33,20 @@ import numpy as np
 import torch
 
 from segtool.errors import InputError, ModelError
-from segtool.unet.config import TrainOptions, UNetConfig
-from segtool.unet.dataset import PatchSampler, Sample, prepare_samples, summarize_pairs
-from segtool.unet.ema import update_average
-from segtool.unet.heads import activate
-from segtool.unet.loader import iterate_batches
-from segtool.unet.model import UNet, resolve_device
-from segtool.unet.modelfile import (
-    check_resume,
-    load_checkpoint,
-    read_checkpoint_settings,
-    save_checkpoint,
-    save_model,
-)
-from segtool.unet.precision import autocast
-from segtool.unet.report import EpochReport, StepReport, TrainResult, build_metadata
-from segtool.unet.targets import class_weights, target_loss
+from segtool.model.config import TrainOptions, UNetConfig
+from segtool.train.dataset import PatchSampler, Sample, prepare_samples, summarize_pairs
+from segtool.train.ema import update_average
+from segtool.model.heads import activate
+from segtool.train.loader import iterate_batches
+from segtool.model.model import UNet, resolve_device
+from segtool.model.modelfile import check_resume, load_checkpoint, save_checkpoint, save_model
+from segtool.model.precision import autocast
+from segtool.train.report import EpochReport, StepReport, TrainResult, build_metadata
+from segtool.train.targets import class_weights, target_loss
 
 __all__ = [
-    "EpochReport",
-    "StepReport",
-    "TrainOptions",
-    "TrainResult",
-    "build_metadata",
     "learning_rate_at",
-    "predict_maps",
-    "read_checkpoint_settings",
+    "whole_image_logits",
     "train_model",
 ]
 
@@ -95,7 +83,7 @@ def _pad_to_multiple(image: np.ndarray, multiple: int) -> np.ndarray:
     return np.pad(image, pads, mode="symmetric") if any(p[1] for p in pads) else image
 
 
-def predict_maps(net: UNet, image: np.ndarray, *, device: torch.device | str = "cpu") -> torch.Tensor:
+def whole_image_logits(net: UNet, image: np.ndarray, *, device: torch.device | str = "cpu") -> torch.Tensor:
     """Logits for one whole normalised image, padded to a multiple of ``2**depth``.
 
     Parameters
@@ -115,7 +103,7 @@ def predict_maps(net: UNet, image: np.ndarray, *, device: torch.device | str = "
 
 
 def _postprocess_kwargs(config: UNetConfig) -> dict[str, Any]:
-    from segtool.unet.instances import maps_to_labels
+    from segtool.infer.instances import maps_to_labels
 
     accepted = set(inspect.signature(maps_to_labels).parameters) - {"maps", "target"}
     return {k: v for k, v in config.postprocess.items() if k in accepted}
@@ -139,7 +127,7 @@ def _validate(
 ) -> tuple[float, float, float, float]:
     """Validation loss (pixel-weighted mean) and F1, AP at IoU 0.5, mean AP 0.5:0.95."""
     from segtool.metrics import match_labels
-    from segtool.unet.instances import maps_to_labels
+    from segtool.infer.instances import maps_to_labels
 
     kwargs = _postprocess_kwargs(config)
     net.eval()
@@ -150,7 +138,7 @@ def _validate(
         for index, sample in enumerate(samples, start=1):
             if stop_requested is not None and stop_requested():
                 raise _Interrupted
-            logits = predict_maps(net, sample.image, device=device)
+            logits = whole_image_logits(net, sample.image, device=device)
             target = torch.from_numpy(sample.target)[None].to(device)
             n = sample.labels.size
             loss_sum += float(target_loss(logits[None], target, config.target, weights=weights, dice_weight=dice_weight)) * n
@@ -261,7 +249,7 @@ def train_model(
         :func:`read_checkpoint_settings` as ``state["extra"]``.
     init_weights : dict of Tensor, optional
         Weights to start from instead of a random initialisation (a parent
-        model's, see :mod:`segtool.unet.finetune`); they must fit
+        model's, see :mod:`segtool.train.finetune`); they must fit
         ``config``. Ignored with ``resume_from``, whose weights continue.
 
     Returns

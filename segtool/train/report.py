@@ -1,6 +1,6 @@
 """The training report: per-step and per-epoch reports, the run's outcome, and what is written about it.
 
-:func:`segtool.unet.train.train_model` reports progress as :class:`StepReport`
+:func:`segtool.train.loop.train_model` reports progress as :class:`StepReport`
 and :class:`EpochReport` objects and returns a :class:`TrainResult`; this
 module turns them into the files written beside a model (the epoch log CSV,
 the training-curve PNG) and the summary stored in the model file
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from segtool.io import atomic_output
-from segtool.unet.config import TrainOptions, UNetConfig
-from segtool.unet.model import UNet
+from segtool.model.config import TrainOptions, UNetConfig
+from segtool.model.model import UNet
 
 __all__ = [
     "LOG_COLUMNS",
@@ -95,7 +95,7 @@ class EpochReport:
 
 @dataclass
 class TrainResult:
-    """The outcome of :func:`segtool.unet.train.train_model`.
+    """The outcome of :func:`segtool.train.loop.train_model`.
 
     Attributes
     ----------
@@ -111,9 +111,9 @@ class TrainResult:
         Resumable checkpoint (``last.pt``).
     best_checkpoint : Path or None
         Model file of the best epoch (``best.pt``), loadable by
-        :func:`segtool.unet.modelfile.load_model`.
+        :func:`segtool.model.modelfile.load_model`.
     train_data, val_data : dict
-        Counts and content hash (:func:`segtool.unet.dataset.summarize_pairs`).
+        Counts and content hash (:func:`segtool.train.dataset.summarize_pairs`).
     class_weights : list of float or None
     device : str
     """

@@ -1,6 +1,6 @@
 """What the network learns: targets derived from instance labels, and their losses.
 
-Three target types (see :data:`segtool.unet.config.TARGETS`):
+Three target types (see :data:`segtool.model.config.TARGETS`):
 
 ``three_class``
     One class per pixel: 0 background, 1 object interior, 2 object boundary.
@@ -31,7 +31,7 @@ import torch
 from scipy import ndimage as ndi
 
 from segtool.errors import InputError
-from segtool.unet.config import target_channels
+from segtool.model.config import target_channels
 
 __all__ = [
     "class_weights",

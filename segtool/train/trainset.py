@@ -1,7 +1,7 @@
 """Training data from files: pair images with masks, read them under the memory guard, hold out validation.
 
 Used by ``segtool train``; arrays come back in memory, ready for
-:func:`segtool.unet.train.train_model`.
+:func:`segtool.train.loop.train_model`.
 """
 
 from __future__ import annotations
@@ -169,7 +169,7 @@ def load_training_data(
     InputError
         Nothing to train on.
     """
-    from segtool.unet.dataset import split_validation
+    from segtool.train.dataset import split_validation
 
     pairs = find_pairs(data, recursive=recursive)
     arrays, names = load_pairs(pairs, channel=channel, colour=colour, memory_limit=memory_limit)

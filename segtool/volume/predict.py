@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from segtool.errors import InputError
-from segtool.unet.sizing import min_size_at_scale, resize_channels
+from segtool.infer.sizing import min_size_at_scale, resize_channels
 
 __all__ = ["STACK_MODES", "StackPredictOptions", "model_planes", "stack_percentiles", "predict_stack_maps", "maps_to_labels_3d",
            "predict_stack", "predict_stack_file"]
@@ -129,7 +129,7 @@ def stack_percentiles(planes: Iterable[np.ndarray], low: float, high: float, *, 
 
 
 def _predictor(model, tta: bool):
-    from segtool.unet.predict import make_predictor, prepare_for_inference
+    from segtool.infer.network import make_predictor, prepare_for_inference
 
     net = model.net
     if not getattr(net, "segtool_prepared", False):
@@ -159,14 +159,14 @@ def predict_stack_maps(
 
     Planes that fit in one tile are sent ``options.batch_size`` at a time in
     one network call; larger planes are tiled one by one
-    (:func:`segtool.unet.tiling.predict_tiled`).
+    (:func:`segtool.pipeline.tiling.predict_tiled`).
 
     Yields
     ------
     maps : (C, Y, X) ndarray of float32
     """
-    from segtool.unet.predict import resolve_tile
-    from segtool.unet.tiling import predict_tiled
+    from segtool.pipeline.options import resolve_tile
+    from segtool.pipeline.tiling import predict_tiled
 
     config = model.config
     predictor = _predictor(model, options.tta)
@@ -253,7 +253,7 @@ def model_planes(planes: Iterable[np.ndarray], config) -> Iterator[np.ndarray]:
     InputError
         For the ``hematoxylin`` transform.
     """
-    from segtool.unet.intake import apply_input_transform
+    from segtool.intake import apply_input_transform
 
     if config.input == "hematoxylin":
         raise InputError("3-D prediction reads grey planes; the model's input transform 'hematoxylin' needs R, G and B")
@@ -326,7 +326,7 @@ def maps_to_labels_3d(
     -------
     labels : (Z, Y, X) ndarray of uint16 (uint32 above 65535 objects)
     """
-    from segtool.unet.instances import maps_to_labels
+    from segtool.infer.instances import maps_to_labels
     from segtool.volume.stitch import PlaneStitcher
 
     post = plane_postprocess(config, options)
@@ -349,8 +349,9 @@ def maps_to_labels_3d(
 
 def plane_postprocess(config, options: StackPredictOptions) -> dict:
     """Per-plane post-processing keywords: the model's tuned values, ``options``' overrides, and the model's
-    minimum sizes following ``options.scale`` (:func:`segtool.unet.predict.scaled_objects`)."""
-    from segtool.unet.predict import ObjectOptions, scaled_objects
+    minimum sizes following ``options.scale`` (:func:`segtool.infer.predict.scaled_objects`)."""
+    from segtool.pipeline.options import ObjectOptions
+    from segtool.infer.predict import scaled_objects
 
     objects = ObjectOptions(prob_threshold=options.prob_threshold, min_size=options.min_size,
                             seed_threshold=options.seed_threshold, split_height=options.split_height)
@@ -361,11 +362,12 @@ def stack_scale(middle: np.ndarray, model, *, norm: tuple[float, float],
                 options: StackPredictOptions = StackPredictOptions()):
     """The size estimate of a stack, from one (Y, X) plane (the middle one) normalised with the stack's ``norm``.
 
-    Returns a :class:`segtool.unet.sizing.SizeEstimate`, or None when the
+    Returns a :class:`segtool.infer.sizing.SizeEstimate`, or None when the
     model does not record its training diameter.
     """
-    from segtool.unet.predict import model_diameter, postprocess_options
-    from segtool.unet.sizing import estimate_for_model
+    from segtool.infer.predict import model_diameter
+    from segtool.pipeline.options import postprocess_options
+    from segtool.infer.sizing import estimate_for_model
 
     trained = model_diameter(model)
     if trained is None:
@@ -419,7 +421,7 @@ def predict_stack_file(
         Unreadable stack, or an output that exists without ``overwrite``.
     """
     from segtool.io import check_output_free
-    from segtool.unet.instances import maps_to_labels
+    from segtool.infer.instances import maps_to_labels
     from segtool.volume.io import resolve_voxel_size, anisotropy, iter_planes, read_volume, write_label_volume
     from segtool.volume.stitch import PlaneStitcher
 

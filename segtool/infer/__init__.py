@@ -1,0 +1,1 @@
+"""Inference: from a normalised image to maps (prepared net, precision, backends) and maps to labels."""

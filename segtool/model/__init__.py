@@ -1,0 +1,1 @@
+"""The network, its config and its file: build, save, load, check, describe."""

@@ -1,0 +1,1 @@
+"""Training: targets, augmentation, sampling, batch workers, the loop and its report."""
