@@ -198,7 +198,10 @@ def worker_throughput(args) -> dict:
         extra = {}
     else:
         from segtool.model.modelfile import LoadedModel
-        from segtool.infer.predict import TileOptions, make_predictor, predict_image, prepare_for_inference
+        from segtool.pipeline.options import TileOptions
+        from segtool.infer.network import make_predictor
+        from segtool.infer.predict import predict_image
+        from segtool.infer.network import prepare_for_inference
         from segtool.pipeline.tiling import predict_tiled
 
         prepared = prepare_for_inference(net)
@@ -233,9 +236,10 @@ def worker_memory(args) -> dict:
     import torch
 
     from segtool.pipeline.read import open_lazy
-from segtool.infer.bands import predict_file_in_bands
+    from segtool.infer.bands import predict_file_in_bands
     from segtool.model.modelfile import load_model, save_model
-    from segtool.infer.predict import TileOptions, prepare_for_inference
+    from segtool.pipeline.options import TileOptions
+    from segtool.infer.network import prepare_for_inference
 
     torch.set_num_threads(args.threads)
     folder = Path(args.workdir)

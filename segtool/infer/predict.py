@@ -36,6 +36,7 @@ from segtool.infer.network import make_predictor, network_device_type, network_p
 from segtool.intake import apply_input_transform
 from segtool.infer.instances import DEFAULT_MIN_SIZE, maps_to_labels
 from segtool.infer.sizing import SizeEstimate, SizeOptions, estimate_for_model, min_size_at_scale, resize_channels
+from segtool.pipeline.blend import timed_predictor
 from segtool.pipeline.tiling import TileCallback, predict_tiled
 
 __all__ = [
@@ -48,7 +49,6 @@ __all__ = [
     "predict_maps",
     "scale_for_diameter",
     "scaled_objects",
-    "timed_predictor",
 ]
 
 #: Keys under which a model may record the median object diameter (pixels) of its training data.
@@ -325,19 +325,6 @@ class _timed:
     def __exit__(self, *exc) -> None:
         if self.stages is not None:
             self.stages[self.name] = self.stages.get(self.name, 0.0) + time.perf_counter() - self.start
-
-
-def timed_predictor(predictor: Callable[[np.ndarray], np.ndarray], stages: dict[str, float] | None,
-                    name: str = "network") -> Callable[[np.ndarray], np.ndarray]:
-    """``predictor``, adding the wall time of each call to ``stages[name]`` (no-op when ``stages`` is None)."""
-    if stages is None:
-        return predictor
-
-    def timed(batch: np.ndarray) -> np.ndarray:
-        with _timed(stages, name):
-            return predictor(batch)
-
-    return timed
 
 
 def normalize_for_model(image: np.ndarray, model, *, scale: float = 1.0) -> np.ndarray:

@@ -1,6 +1,6 @@
 """Post-processing an image too large for memory, band by band.
 
-:func:`predict_label_bands` takes the blended network maps as
+:func:`label_rows_in_bands` takes the blended network maps as
 :func:`segtool.pipeline.tiling.predict_tiled_rows` streams them (the very same
 maps the in-memory path computes, since the tile grid is the whole image's)
 and turns them into labels in horizontal bands:
@@ -17,8 +17,10 @@ and turns them into labels in horizontal bands:
   yielded as soon as no later band can paint them.
 
 Only a few bands' worth of maps and labels are in memory at any time. The
-file side (lazy reading, tiled BigTIFF writing) is in
-:mod:`segtool.infer.bands`.
+network is known here only as a :class:`BandNetwork`: a predictor callable, a
+labelling callable and the tile plan; :mod:`segtool.infer.bands` builds one
+from a model. The file side (lazy reading, tiled BigTIFF writing) is in
+:mod:`segtool.pipeline.bigimage`.
 """
 
 from __future__ import annotations
@@ -31,24 +33,39 @@ from dataclasses import dataclass
 import numpy as np
 
 from segtool.errors import InputError, ModelError
+from segtool.pipeline.blend import timed_predictor
+from segtool.pipeline.options import TilePlan
 from segtool.pipeline.stream import prefetch
-from segtool.infer.instances import maps_to_labels
-from segtool.pipeline.options import ObjectOptions, TileOptions, check_common
-from segtool.infer.network import make_predictor, network_device_type, network_precision, prepared_net
-from segtool.infer.predict import timed_predictor
-from segtool.pipeline.tiling import (
-    TileCallback,
-    pad_mode,
-    predict_tiled_rows,
-    reflect_rows,
-)
+from segtool.pipeline.tiling import TileCallback, pad_mode, predict_tiled_rows, reflect_rows
 
-__all__ = ["LabelBand", "label_by_tile_rows", "predict_label_bands"]
+__all__ = ["BandNetwork", "LabelBand", "label_rows_in_bands"]
+
+
+@dataclass(frozen=True)
+class BandNetwork:
+    """A network as the band schedule sees it: callables and sizes, no network code.
+
+    Attributes
+    ----------
+    predictor : callable
+        ``(N, in_channels, h, w)`` float32 tiles -> ``(N, out_channels, h, w)`` maps.
+    label : callable
+        ``(out_channels, rows, W)`` maps -> consecutive instance labels of those rows.
+    plan : TilePlan
+        The tile grid of the whole image (:meth:`segtool.pipeline.options.TileOptions.plan`).
+    in_channels, out_channels : int
+    """
+
+    predictor: Callable[[np.ndarray], np.ndarray]
+    label: Callable[[np.ndarray], np.ndarray]
+    plan: TilePlan
+    in_channels: int
+    out_channels: int
 
 
 @dataclass
 class LabelBand:
-    """Finished rows from :func:`predict_label_bands`.
+    """Finished rows from :func:`label_rows_in_bands`.
 
     Attributes
     ----------
@@ -83,13 +100,11 @@ def _find_objects(labels: np.ndarray):
     return ndimage.find_objects(labels)
 
 
-def predict_label_bands(
+def label_rows_in_bands(
     read_rows: Callable[[int, int], np.ndarray],
     shape: Sequence[int],
-    model,
+    network: BandNetwork,
     *,
-    tiling: TileOptions = TileOptions(),
-    objects: ObjectOptions = ObjectOptions(),
     band_rows: int = 1024,
     halo: int = 128,
     keep_maps: bool = False,
@@ -98,15 +113,9 @@ def predict_label_bands(
 ) -> Iterator[LabelBand]:
     """Predict a large image in horizontal bands, yielding finished label rows.
 
-    The network maps come from :func:`segtool.pipeline.tiling.predict_tiled_rows`
-    on the whole image's tile grid, so they are identical to the in-memory
-    path's. Post-processing runs on each band of ``band_rows`` rows plus
-    ``halo`` rows above and below; an object belongs to the band that holds
-    its top row and is painted whole (it may reach into the next band's rows),
-    so an object crossing a band edge stays one object. When an object reaches
-    the bottom of its band's window the window grows by ``halo`` rows, up to
-    three times, so objects up to ``4 * halo`` rows tall are never cut. Only
-    a few bands' worth of maps and labels are in memory at any time.
+    The maps come from :func:`segtool.pipeline.tiling.predict_tiled_rows` on
+    the whole image's tile grid (``network.plan``). See the module docstring
+    for the band rules.
 
     Parameters
     ----------
@@ -116,10 +125,7 @@ def predict_label_bands(
         ``(rows, W)`` for one channel).
     shape : (H, W)
         Image size.
-    model : LoadedModel
-    tiling, objects : TileOptions, ObjectOptions, optional
-        As in :func:`segtool.infer.predict.predict_image` (``tiling.scale``
-        is not used).
+    network : BandNetwork
     band_rows : int, optional
         Rows per band (the core, without the halo).
     halo : int, optional
@@ -130,7 +136,7 @@ def predict_label_bands(
     on_tile : callable, optional
         ``on_tile(done, total)`` progress callback.
     stages : dict, optional
-        Receives seconds per stage: ``network`` (the network calls),
+        Receives seconds per stage: ``network`` (the predictor calls),
         ``postprocess`` (labelling the bands); the network runs on a thread of
         its own, one tile row ahead of the post-processing, so the two add up
         to more than the wall time.
@@ -139,17 +145,19 @@ def predict_label_bands(
     ------
     LabelBand
         Consecutive bands covering all rows; ``labels`` are uint32.
+
+    Raises
+    ------
+    InputError
+        If ``band_rows`` < 1 or ``halo`` < 0.
+    ModelError
+        If the rows have another channel count than ``network.in_channels``.
     """
-    config = model.config
-    check_common(model, tiling.overlap, tiling.batch_size, 1.0)
     if int(band_rows) < 1 or int(halo) < 0:
         raise InputError(f"band_rows must be >= 1 and halo >= 0, got {band_rows} and {halo}")
     band_rows, halo = int(band_rows), int(halo)
     height, width = (int(n) for n in shape)
-    options = objects.resolve(config)
-    net = prepared_net(model)
-    plan = tiling.plan(config, (height, width), device_type=network_device_type(net),
-                       precision=network_precision(net))
+    plan = network.plan
     tile_hw = plan.tile
     # The grid the tiles cover: the image padded (by reflection, as the in-memory path pads) to the tile size,
     # or, for halo tiles, to a multiple of 2**depth.
@@ -158,33 +166,34 @@ def predict_label_bands(
     else:
         padded_h, padded_w = (plan.align * -(-n // plan.align) for n in (height, width))
     mode = pad_mode((height, width))
+    in_channels = network.in_channels
 
     def padded_rows(start: int, stop: int) -> np.ndarray:
         block = np.asarray(read_rows(start, stop), dtype=np.float32)
         if block.ndim == 2:
             block = block[np.newaxis]
-        if block.shape[0] != config.in_channels:
-            raise ModelError(f"model expects {config.in_channels} input channels, the image has {block.shape[0]}")
+        if block.shape[0] != in_channels:
+            raise ModelError(f"model expects {in_channels} input channels, the image has {block.shape[0]}")
         if padded_w > width:
             block = np.pad(block, [(0, 0), (0, 0), (0, padded_w - width)], mode=mode)
         return block
 
     source = reflect_rows(padded_rows, height, padded_h, mode=mode)
-    predictor = timed_predictor(make_predictor(net, config.target, tta=tiling.tta), stages)
+    predictor = timed_predictor(network.predictor, stages)
     stream = predict_tiled_rows(
         source,
         (padded_h, padded_w),
         predictor,
-        out_channels=config.out_channels,
+        out_channels=network.out_channels,
         on_tile=on_tile,
         **plan.tiling_options(),
     )
 
-    buffer = _RowBuffer(config.out_channels, width, capacity=band_rows + 2 * halo + tile_hw[0])
+    buffer = _RowBuffer(network.out_channels, width, capacity=band_rows + 2 * halo + tile_hw[0])
     max_extra = 3 * halo
     # The network fills the next rows while this thread labels the current band.
     for_rows = prefetch(stream, depth=1)
-    ahead = _LookAhead(lambda rows: maps_to_labels(rows, target=config.target, **options))
+    ahead = _LookAhead(network.label)
     try:
         yield from _label_bands(for_rows, buffer, ahead, height, width, band_rows, halo, max_extra, keep_maps, stages)
     finally:
@@ -192,75 +201,8 @@ def predict_label_bands(
         for_rows.close()
 
 
-def label_by_tile_rows(
-    normalized: np.ndarray,
-    model,
-    *,
-    tiling: TileOptions = TileOptions(),
-    objects: ObjectOptions = ObjectOptions(),
-    halo: int = 128,
-    stages: dict[str, float] | None = None,
-) -> tuple[np.ndarray, np.ndarray, int] | None:
-    """An image in memory labelled tile row by tile row while the network works on the next row.
-
-    The in-memory schedule runs the network over all tiles, then labels the
-    whole image; here :func:`predict_label_bands` labels each finished tile
-    row (bands of one tile row's core, ``halo`` rows of context) on this
-    thread while the network computes the next one, and
-    :func:`segtool.infer.instances.number_as_whole` gives the objects the
-    numbers the whole-image labelling would: the label image is the same.
-
-    Parameters
-    ----------
-    normalized : (C, H, W) ndarray of float32
-        From :func:`segtool.infer.predict.normalize_for_model` (not rescaled).
-    model : LoadedModel
-    tiling, objects : TileOptions, ObjectOptions, optional
-    halo : int, optional
-        Rows of context above and below each band (as :func:`predict_label_bands`).
-    stages : dict, optional
-        Seconds per stage, as :func:`predict_label_bands`.
-
-    Returns
-    -------
-    (labels, maps, n_tiles) or None
-        uint16 (uint32 above 65535 objects) labels, the (C_out, H, W) maps
-        and the tile count; None when the image fits in one tile row, or the
-        options split seeds by shape (``split_height``), where labelling the
-        whole image after the network is as fast or the only way.
-    """
-    config = model.config
-    options = objects.resolve(config)
-    if options.get("split_height") is not None:
-        return None
-    height, width = normalized.shape[1:]
-    net = prepared_net(model)
-    plan = tiling.plan(config, (height, width), device_type=network_device_type(net), precision=network_precision(net))
-    if plan.tile_halo is not None:
-        core = plan.tile[0] - 2 * plan.tile_halo
-    else:
-        core = max(1, int(plan.tile[0] * (1 - plan.overlap)))
-    if height <= plan.tile[0] or core < 1:
-        return None
-    from segtool.infer.instances import number_as_whole
-
-    labels = np.zeros((height, width), np.uint32)
-    maps = np.empty((config.out_channels, height, width), np.float32)
-    for band in predict_label_bands(lambda start, stop: normalized[:, start:stop], (height, width), model,
-                                    tiling=tiling, objects=objects, band_rows=core, halo=halo, keep_maps=True,
-                                    stages=stages):
-        rows = band.labels.shape[0]
-        labels[band.start : band.start + rows] = band.labels
-        maps[:, band.start : band.start + rows] = band.maps
-    started = time.perf_counter()
-    labels = number_as_whole(labels, maps, target=config.target, **options)
-    if stages is not None:
-        stages["postprocess"] = stages.get("postprocess", 0.0) + time.perf_counter() - started
-    return labels, maps, plan.n_tiles
-
-
 def _label_bands(for_rows, buffer, ahead, height, width, band_rows, halo, max_extra, keep_maps, stages):
-    """The band loop of :func:`predict_label_bands`: label, keep the owned objects, number and yield."""
+    """The band loop of :func:`label_rows_in_bands`: label, keep the owned objects, number and yield."""
     carry = np.zeros((0, width), np.uint32)  # labels already painted below the previous band
     next_label = 1
     core_start = 0

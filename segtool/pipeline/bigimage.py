@@ -1,13 +1,15 @@
 """Images too large for memory: read rows lazily, predict in bands, write tiled BigTIFF.
 
-The file side of :func:`segtool.infer.predict.predict_label_bands`:
+The file side of :func:`segtool.pipeline.bands.label_rows_in_bands`; the model is known here only as a
+:class:`BandModel` (sizes, percentiles and callables), which :func:`segtool.infer.bands.predict_file_in_bands`
+builds:
 
-- :func:`open_lazy` opens a single-plane TIFF without decoding it and reads
+- :func:`segtool.pipeline.read.open_lazy` opens a single-plane TIFF without decoding it and reads
   rows on demand: a memory map for uncompressed contiguous data, otherwise
   only the strips or tiles that hold the requested rows.
 - :func:`segtool.pipeline.percentiles.stream_percentiles` computes the
   normalisation percentiles with one pass over the rows.
-- :func:`predict_file_in_bands` runs the band predictor and streams finished
+- :func:`write_labels_in_bands` runs the band schedule and streams finished
   label rows (and, on request, probability rows) to temporary raw files next
   to the output, then writes them as tiled, zlib-compressed BigTIFF, tile by
   tile. Neither the full label image nor the full float maps are ever in
@@ -21,8 +23,9 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,14 +33,15 @@ import numpy as np
 
 from segtool.errors import InputError, OutputError, first_line
 from segtool.normalize import map_to_unit
-from segtool.pipeline.options import ObjectOptions, TileOptions
+from segtool.pipeline.bands import LabelBand
 from segtool.pipeline.percentiles import stream_percentiles
 from segtool.pipeline.read import LazyImage
 from segtool.pipeline.write import OUTPUT_TILE, RowSpool, row_tiles, write_tiled_tiff
 
 __all__ = [
+    "BandModel",
     "default_band_rows",
-    "predict_file_in_bands",
+    "write_labels_in_bands",
 ]
 
 #: Pixels per post-processing window (band plus halos) the default band height aims at.
@@ -58,16 +62,38 @@ def default_band_rows(width: int, *, halo: int = 128, window_pixels: int = WINDO
     return max(256, (rows // 256) * 256)
 
 
-def predict_file_in_bands(
+@dataclass(frozen=True)
+class BandModel:
+    """What :func:`write_labels_in_bands` needs of a model, with no network code.
+
+    Attributes
+    ----------
+    in_channels, out_channels : int
+        Channels the network reads and the maps it writes.
+    percentiles : (float, float)
+        The normalisation percentiles (the model's ``norm_low``, ``norm_high``).
+    count_tiles : callable
+        ``count_tiles((H, W))``: the network tiles of an image that size (reported in the figures).
+    label_bands : callable
+        ``label_bands(read_rows, (H, W), *, band_rows, halo, keep_maps, on_tile, stages)`` yields
+        :class:`segtool.pipeline.bands.LabelBand` (as :func:`segtool.pipeline.bands.label_rows_in_bands`).
+    """
+
+    in_channels: int
+    out_channels: int
+    percentiles: tuple[float, float]
+    count_tiles: Callable[[tuple[int, int]], int]
+    label_bands: Callable[..., Iterator[LabelBand]]
+
+
+def write_labels_in_bands(
     source,
-    model,
+    network: BandModel,
     labels_path: str | os.PathLike,
     *,
     prob_path: str | os.PathLike | None = None,
     overlay_path: str | os.PathLike | None = None,
     overwrite: bool = False,
-    tiling: TileOptions = TileOptions(),
-    objects: ObjectOptions = ObjectOptions(),
     band_rows: int | None = None,
     halo: int = 128,
     on_tile: Callable[[int, int], None] | None = None,
@@ -77,8 +103,8 @@ def predict_file_in_bands(
     Parameters
     ----------
     source : LazyImage or (H, W) ndarray
-        The image; a :class:`LazyImage` is read a band at a time.
-    model : LoadedModel
+        The image; a :class:`segtool.pipeline.read.LazyImage` is read a band at a time.
+    network : BandModel
     labels_path : path-like
         Where the labels go (uint16, or uint32 above 65535 objects; tiled
         512x512, zlib, BigTIFF).
@@ -88,14 +114,11 @@ def predict_file_in_bands(
         Also write outlines over the image as PNG, downsampled so its longer
         side is at most 4096 pixels.
     overwrite : bool, optional
-    tiling, objects : TileOptions, ObjectOptions, optional
-        As in :func:`segtool.infer.predict.predict_image` (``tiling.scale``
-        is not used).
     band_rows : int, optional
         Rows per band; default from :func:`default_band_rows`.
     halo : int, optional
         Context rows above and below each band (see
-        :func:`segtool.infer.predict.predict_label_bands`).
+        :func:`segtool.pipeline.bands.label_rows_in_bands`).
     on_tile : callable, optional
         ``on_tile(done, total)``.
 
@@ -112,8 +135,6 @@ def predict_file_in_bands(
     InputError, ModelError, OutputError
     """
     from segtool.io import check_output_free
-    from segtool.infer.bands import predict_label_bands
-    from segtool.infer.network import network_device_type, network_precision
 
     start_time = time.perf_counter()
     labels_path = Path(labels_path)
@@ -122,11 +143,10 @@ def predict_file_in_bands(
     for path in (labels_path, prob_path, overlay_path):
         if path is not None:
             check_output_free(path, overwrite=overwrite)
-    config = model.config
-    if config.in_channels != 1:
+    if network.in_channels != 1:
         from segtool.errors import ModelError
 
-        raise ModelError(f"model expects {config.in_channels} input channels, the image has 1")
+        raise ModelError(f"model expects {network.in_channels} input channels, the image has 1")
 
     if isinstance(source, LazyImage):
         height, width = source.shape
@@ -144,7 +164,7 @@ def predict_file_in_bands(
         dtype = array.dtype
         pixel_size, unit = None, None
     read_start = time.perf_counter()
-    low, high = stream_percentiles(raw_rows, (height, width), dtype, [config.norm_low, config.norm_high])
+    low, high = stream_percentiles(raw_rows, (height, width), dtype, list(network.percentiles))
     read_seconds = time.perf_counter() - read_start
 
     def normalized_rows(start: int, stop: int) -> np.ndarray:
@@ -155,8 +175,7 @@ def predict_file_in_bands(
 
     if band_rows is None:
         band_rows = default_band_rows(width, halo=halo)
-    n_tiles = tiling.plan(config, (height, width), device_type=network_device_type(model.net),
-                          precision=network_precision(model.net)).n_tiles
+    n_tiles = network.count_tiles((height, width))
     folder = labels_path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -177,12 +196,9 @@ def predict_file_in_bands(
         n_objects = 0
         stages: dict[str, float] = {"percentiles": read_seconds}
         try:
-            for band in predict_label_bands(
+            for band in network.label_bands(
                 normalized_rows,
                 (height, width),
-                model,
-                tiling=tiling,
-                objects=objects,
                 band_rows=band_rows,
                 halo=halo,
                 keep_maps=prob_spool is not None,
@@ -212,9 +228,9 @@ def predict_file_in_bands(
             "dtype": np.dtype(label_dtype).name,
         }
         if prob_spool is not None:
-            plane_tiles = (tile for channel in range(config.out_channels)
+            plane_tiles = (tile for channel in range(network.out_channels)
                            for tile in row_tiles(prob_spool.blocks(OUTPUT_TILE[0], plane=channel)))
-            write_tiled_tiff(prob_path, plane_tiles, (config.out_channels, height, width), np.float32,
+            write_tiled_tiff(prob_path, plane_tiles, (network.out_channels, height, width), np.float32,
                              pixel_size=pixel_size, unit=unit, overwrite=overwrite)
         if overlay_path is not None:
             figures["overlay_step"] = _write_overlay(overlay_path, raw_rows, label_spool, height, width, overwrite)

@@ -15,6 +15,7 @@ give the same sums, so every schedule gets the in-memory run's maps.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ import numpy as np
 
 from segtool.errors import InputError
 
-__all__ = ["RowBlender", "add_weighted", "predict_in_batches"]
+__all__ = ["RowBlender", "add_weighted", "predict_in_batches", "timed_predictor"]
 
 
 def predict_in_batches(
@@ -147,3 +148,27 @@ class RowBlender:
         self._weight[keep:] = 0
         self.base = final
         return blended
+
+
+def timed_predictor(predictor: Callable[[np.ndarray], np.ndarray], stages: dict[str, float] | None,
+                    name: str = "network") -> Callable[[np.ndarray], np.ndarray]:
+    """``predictor``, adding the wall time of each call to ``stages[name]`` (no-op when ``stages`` is None).
+
+    Examples
+    --------
+    >>> stages = {}
+    >>> double = timed_predictor(lambda batch: 2 * batch, stages)
+    >>> double(np.ones(2)).tolist(), sorted(stages)
+    ([2.0, 2.0], ['network'])
+    """
+    if stages is None:
+        return predictor
+
+    def timed(batch: np.ndarray) -> np.ndarray:
+        start = time.perf_counter()
+        try:
+            return predictor(batch)
+        finally:
+            stages[name] = stages.get(name, 0.0) + time.perf_counter() - start
+
+    return timed
