@@ -9,7 +9,7 @@ statistics, seeded; ``UNetConfig()`` defaults, whatever they are), the same tile
 blending in both, and produce the activated ``(3, H, W)`` maps:
 
 * ``segtool``: :func:`segtool.pipeline.tiling.predict_tiled` with
-  :func:`segtool.infer.predict.prepare_for_inference` (BatchNorm folded,
+  :func:`segtool.infer.network.prepare_for_inference` (BatchNorm folded,
   up-sampling reordered, channels-last) under ``torch.inference_mode()``.
 * ``monai``: ``monai.inferers.sliding_window_inference`` on the plain eval
   network under ``torch.no_grad()``, as in MONAI's tutorials.

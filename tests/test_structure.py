@@ -150,3 +150,100 @@ def test_the_cli_imports_no_torch_at_module_level():
                     todo.append(parent)
     assert len(seen) > 20  # the walk followed the CLI's imports
     assert not offenders, "torch imported at module level by: " + "; ".join(offenders)
+
+
+# --------------------------------------------------------------------------- layers and one path per name (issue #34)
+
+NETWORK_PACKAGES = ("segtool.model", "segtool.train", "segtool.infer", "segtool.unet")
+
+#: Modules that still re-export names of other segtool modules (in ``__all__`` or to importers). The list may only
+#: shrink: a module not on it that re-exports fails :func:`test_no_module_re_exports_another_modules_names`.
+KNOWN_REEXPORTS = {
+    "segtool.background",
+    "segtool.baseline",
+    "segtool.cli",  # ``app`` for the ``segtool`` entry point (``segtool.cli:app``)
+    "segtool.export",
+    "segtool.io",
+    "segtool.tasks",
+    "segtool.volume.io",
+}
+
+
+def _top_level_names(path: Path) -> tuple[set[str], set[str]]:
+    """(names a module defines, names it imports from other segtool modules), at module level."""
+    defined: set[str] = set()
+    imported: set[str] = set()
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    nodes = []
+    for node in tree.body:
+        nodes.append(node)
+        if isinstance(node, (ast.If, ast.Try)):  # `if TYPE_CHECKING:`, `try: import ...`
+            nodes += node.body + [n for handler in getattr(node, "handlers", []) for n in handler.body]
+    for node in nodes:
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+            defined.add(node.name)
+        elif isinstance(node, ast.Assign):
+            defined |= {n.id for target in node.targets for n in ast.walk(target) if isinstance(n, ast.Name)}
+        elif isinstance(node, ast.AnnAssign) and isinstance(node.target, ast.Name):
+            defined.add(node.target.id)
+        elif isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("segtool")):
+            imported |= {alias.asname or alias.name for alias in node.names}
+    return defined, imported - defined
+
+
+def _all_names(path: Path) -> list[str]:
+    for node in ast.parse(path.read_text(encoding="utf-8")).body:
+        if isinstance(node, ast.Assign) and any(isinstance(t, ast.Name) and t.id == "__all__" for t in node.targets):
+            return [elt.value for elt in node.value.elts if isinstance(elt, ast.Constant)]
+    return []
+
+
+def test_the_unet_package_is_gone():
+    """The network code lives in model/, train/, infer/ (split by job); nothing imports ``segtool.unet``."""
+    assert not (PACKAGE / "unet").exists()
+    stale = [f"{path.relative_to(PACKAGE.parent)}:{line}: {module}"
+             for name, path in _modules().items() for module, _, line in _imports(name, path)
+             if module == "segtool.unet" or module.startswith("segtool.unet.")]
+    assert not stale, "\n".join(stale)
+
+
+def test_pipeline_knows_the_network_only_as_callables():
+    """``pipeline`` (stages and schedules) imports nothing of the network packages, lazily or not."""
+    graph = _import_graph()
+    assert "segtool.pipeline.tiling" in graph["segtool.pipeline.options"]  # the walk sees pipeline's own imports
+    up = [f"{name} -> {target}" for name, targets in graph.items() if name.startswith("segtool.pipeline")
+          for target in targets if target.startswith(NETWORK_PACKAGES)]
+    assert not up, "\n".join(sorted(up))
+
+
+def test_no_module_re_exports_another_modules_names():
+    """Every public name has one import path: the module that defines it.
+
+    A module's ``__all__`` lists only names it defines, and ``from segtool.x import y`` takes ``y`` from the module
+    that defines it (or ``y`` is a submodule of the package ``x``), not from one that merely imported it.
+    """
+    modules = _modules()
+    found = []
+    for name, path in modules.items():
+        if name in KNOWN_REEXPORTS:
+            continue
+        defined, imported = _top_level_names(path)
+        found += [f"{name}: __all__ lists {n}, imported from another module" for n in _all_names(path)
+                  if n in imported]
+    homes = {name: _top_level_names(path) for name, path in modules.items()}
+    for name, path in modules.items():
+        for module, names, line in _imports(name, path):
+            if module not in homes or module in KNOWN_REEXPORTS:
+                continue
+            _, only_imported = homes[module]
+            found += [f"{path.relative_to(PACKAGE.parent)}:{line}: {n} is imported from {module}, which only "
+                      f"imports it" for n in names if n in only_imported and f"{module}.{n}" not in modules]
+    assert not found, "\n".join(found)
+
+
+def test_the_re_export_rule_sees_a_re_export(tmp_path):
+    module = tmp_path / "m.py"
+    module.write_text("from segtool.errors import InputError\n__all__ = ['InputError', 'f']\ndef f():\n    pass\n")
+    defined, imported = _top_level_names(module)
+    assert (defined, imported) == ({"__all__", "f"}, {"InputError"})
+    assert _all_names(module) == ["InputError", "f"]

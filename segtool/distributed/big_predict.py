@@ -31,7 +31,7 @@ the workers; only small tables reach the client.
    workers can write the result (``labels.to_zarr(...)``) without it passing
    through the client.
 
-Why matching rather than the ownership rule of :mod:`segtool.infer.bands`
+Why matching rather than the ownership rule of :mod:`segtool.pipeline.bands`
 (each object painted whole by the band holding its top row): in 2-D the
 anchor pixel of an object near an edge can fall on different sides in the two
 windows (the object is then painted twice or not at all), and ownership cuts

@@ -16,8 +16,8 @@ The stages, each a small function (see ARCHITECTURE.md for the other schedules):
 
 :func:`predict_image` runs the three. The network itself is prepared in
 :mod:`segtool.infer.network`. Images too large for memory go through
-:mod:`segtool.infer.bands` (the same maps, post-processed band by band) and
-:mod:`segtool.infer.bands` (lazy reading, tiled BigTIFF writing).
+:mod:`segtool.infer.bands` (the same maps, post-processed band by band by :mod:`segtool.pipeline.bands`) and
+:mod:`segtool.pipeline.bigimage` (lazy reading, tiled BigTIFF writing).
 """
 
 from __future__ import annotations

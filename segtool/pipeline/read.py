@@ -4,7 +4,7 @@
 :class:`LazyImage` it returns reads rows on demand, through a memory map for
 uncompressed contiguous data, otherwise by decoding only the strips or tiles
 that hold the requested rows. The band schedule
-(:func:`segtool.infer.bands.predict_file_in_bands`) reads through it; the
+(:func:`segtool.pipeline.bigimage.write_labels_in_bands`) reads through it; the
 Dask block schedule reads blocks through :mod:`segtool.distributed.blockio`,
 which opens the same files as a Dask array. Both apply the channel rules of
 :func:`segtool.io.read_image` and raise :class:`segtool.errors.InputError`

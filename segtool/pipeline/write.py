@@ -1,7 +1,7 @@
 """The write stage for images larger than memory: rows in, tiled BigTIFF out.
 
 Both large-image schedules produce label rows a few at a time (bands from
-:mod:`segtool.infer.bands`, rows of Dask blocks in
+:mod:`segtool.pipeline.bands`, rows of Dask blocks in
 :mod:`segtool.distributed.labelstore`) and write them with the same two
 pieces:
 
