@@ -275,7 +275,7 @@ for name in sorted(os.listdir(corpus)):
     }
     for command, args in commands.items():
         if name in good and command == "init":
-            continue  # training from a good parent is test_unet_finetune's job
+            continue  # training from a good parent is test_finetune's job
         result = runner.invoke(app, args)
         crash = None if result.exception is None or isinstance(result.exception, SystemExit) else repr(result.exception)
         print(json.dumps({"name": name, "command": command, "code": result.exit_code, "stdout": result.stdout,
