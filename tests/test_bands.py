@@ -1,0 +1,59 @@
+"""The band schedule (segtool.pipeline.bands) with a fake network: a predictor and a labeller, no torch."""
+
+import numpy as np
+import pytest
+from skimage.draw import disk
+from skimage.measure import label
+
+from segtool.errors import InputError, ModelError
+from segtool.model.config import UNetConfig
+from segtool.pipeline.bands import BandNetwork, label_rows_in_bands
+from segtool.pipeline.options import TileOptions
+
+
+def _disks(shape=(200, 90), seed=0):
+    rng = np.random.default_rng(seed)
+    image = np.zeros(shape, np.float32)
+    for _ in range(25):
+        centre = (int(rng.integers(0, shape[0])), int(rng.integers(0, shape[1])))
+        image[disk(centre, int(rng.integers(3, 9)), shape=shape)] = 1.0
+    return image
+
+
+def _network(image, tiling, calls=None):
+    def predictor(batch):
+        if calls is not None:
+            calls.append(batch.shape)
+        return batch.copy()  # the maps are the image: labelling them is labelling the image
+
+    plan = tiling.plan(UNetConfig(depth=2, base_channels=4, patch_size=32), image.shape)
+    return BandNetwork(predictor=predictor, label=lambda maps: label(maps[0] > 0.5).astype(np.uint32), plan=plan,
+                       in_channels=1, out_channels=1)
+
+
+@pytest.mark.parametrize("tiling", [TileOptions(tile=32, overlap=0.25), TileOptions(tile=64, tile_halo=8)])
+def test_bands_label_a_fake_networks_maps_as_the_whole_image(tiling):
+    image = _disks()
+    calls, stages = [], {}
+    network = _network(image, tiling, calls)
+    bands = list(label_rows_in_bands(lambda a, b: image[a:b], image.shape, network, band_rows=24, halo=20,
+                                     keep_maps=True, stages=stages))
+    labels = np.concatenate([band.labels for band in bands])
+    maps = np.concatenate([band.maps for band in bands], axis=1)
+    expected = label(image > 0.5)
+    np.testing.assert_array_equal(labels, expected)  # objects across band edges stay whole, numbered as one image
+    assert bands[-1].n_objects == expected.max()
+    assert [band.start for band in bands] == list(np.cumsum([0] + [b.labels.shape[0] for b in bands[:-1]]))
+    np.testing.assert_allclose(maps[0], image, atol=1e-5)  # blending an identity predictor gives the image back
+    assert calls and all(shape[1] == 1 for shape in calls)
+    assert set(stages) == {"network", "postprocess"}
+
+
+def test_bands_refuse_bad_sizes_and_channel_counts():
+    image = _disks((64, 64))
+    network = _network(image, TileOptions(tile=32, overlap=0.25))
+    with pytest.raises(InputError, match="band_rows"):
+        list(label_rows_in_bands(lambda a, b: image[a:b], image.shape, network, band_rows=0))
+    two = np.stack([image, image])
+    with pytest.raises(ModelError, match="1 input channels, the image has 2"):
+        list(label_rows_in_bands(lambda a, b: two[:, a:b], image.shape, network, band_rows=16, halo=8))
