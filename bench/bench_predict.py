@@ -199,9 +199,8 @@ def worker_throughput(args) -> dict:
     else:
         from segtool.model.modelfile import LoadedModel
         from segtool.pipeline.options import TileOptions
-        from segtool.infer.network import make_predictor
+        from segtool.infer.network import make_predictor, prepare_for_inference
         from segtool.infer.predict import predict_image
-        from segtool.infer.network import prepare_for_inference
         from segtool.pipeline.tiling import predict_tiled
 
         prepared = prepare_for_inference(net)
