@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from segtool.errors import InputError, first_line
-from segtool.io import MAX_IMAGE_BYTES, is_zarr_store, to_label_dtype
+from segtool.io import MAX_IMAGE_BYTES, is_zarr_store
+from segtool.labels import to_label_dtype
 # Re-exported: callers read and write stacks through this module.
 from segtool.volume.writers import write_float_volume, write_label_volume
 
