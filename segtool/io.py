@@ -1,5 +1,9 @@
-"""Reading and writing images: the only module (with :mod:`segtool.export` and
-the model-file code) that touches disk.
+"""Reading and writing whole 2-D images and label images.
+
+One of the modules that touch disk: the others are :mod:`segtool.export`, the
+model-file code, the lazy readers and writers of large images (bands, Dask
+blocks), the Z-stack readers and writers, and the training and report writers
+(ARCHITECTURE.md names them).
 
 Reading returns a 2-D (Y, X) array plus the calibration found in the file;
 stacks and multi-channel images are reduced to one plane on request and refused
