@@ -35,6 +35,7 @@ from segtool.background import (
 from segtool.checks import check_count, check_positive, check_sigma, check_threshold  # check_count: re-exported, callers import it from here
 from segtool.contrast import MIN_CONTRAST, object_contrast
 from segtool.errors import InputError
+from segtool.labels import label_dtype
 from segtool.objectsize import estimate_diameter, size_defaults
 from segtool.thresholds import THRESHOLD_METHODS
 
@@ -558,7 +559,7 @@ def _remove_small(labels: np.ndarray, foreground: np.ndarray, min_size: int) -> 
     keep = sizes >= max(min_size, 1)
     keep[0] = False
     n = int(keep.sum())
-    dtype = np.uint16 if n <= 0xFFFF else np.uint32
+    dtype = label_dtype(n)
     lut = np.cumsum(keep).astype(dtype)
     lut[~keep] = 0
     out = np.zeros(labels.shape, dtype=dtype)

@@ -1,5 +1,9 @@
-"""Reading and writing images: the only module (with :mod:`segtool.export` and
-the model-file code) that touches disk.
+"""Reading and writing whole 2-D images and label images.
+
+One of the modules that touch disk: the others are :mod:`segtool.export`, the
+model-file code, the lazy readers and writers of large images (bands, Dask
+blocks), the Z-stack readers and writers, and the training and report writers
+(ARCHITECTURE.md names them).
 
 Reading returns a 2-D (Y, X) array plus the calibration found in the file;
 stacks and multi-channel images are reduced to one plane on request and refused
@@ -23,6 +27,7 @@ import numpy as np
 
 from segtool.calibration import normalise_unit, tiff_calibration
 from segtool.errors import InputError, OutputError, OutputExistsError, first_line
+from segtool.labels import to_label_dtype
 from segtool.memory import MemoryBudget, check_memory
 from segtool.publish import publish_new
 from segtool.quiet import collect_records
@@ -35,7 +40,6 @@ __all__ = [
     "Image",
     "read_image",
     "read_labels",
-    "to_label_dtype",
     "write_labels",
     "write_float",
     "write_png",
@@ -169,37 +173,6 @@ def read_labels(
     """
     image = read_image(path, channel=channel, plane=plane, memory=memory)
     return Image(to_label_dtype(image.data), image.path, image.pixel_size, image.unit)
-
-
-def to_label_dtype(labels: np.ndarray) -> np.ndarray:
-    """Return ``labels`` as uint16, or uint32 above 65535, checking it is a label image.
-
-    Examples
-    --------
-    >>> to_label_dtype(np.array([[0, 70000]])).dtype
-    dtype('uint32')
-    >>> to_label_dtype(np.array([[0.0, 2.0]])).dtype
-    dtype('uint16')
-    """
-    labels = np.asarray(labels)
-    if labels.dtype == bool:
-        return labels.astype(np.uint16)
-    if labels.dtype.kind == "f":
-        if not np.isfinite(labels).all():
-            raise InputError("label image contains NaN or infinite values")
-        if not np.array_equal(labels, np.round(labels)):
-            raise InputError("label image has fractional values; expected integer object labels (is this an intensity image?)")
-    elif labels.dtype.kind not in "iu":
-        raise InputError(f"label image has dtype {labels.dtype}; expected integers")
-    if labels.size == 0:
-        raise InputError("label image is empty")
-    low, high = labels.min(), labels.max()
-    if low < 0:
-        raise InputError(f"label image has negative values (min {low}); labels must be 0 (background) or positive")
-    if high > np.iinfo(np.uint32).max:
-        raise InputError(f"label {high} does not fit in uint32")
-    dtype = np.uint16 if high <= np.iinfo(np.uint16).max else np.uint32
-    return labels.astype(dtype, copy=labels.dtype != dtype)
 
 
 #: Files that mark a folder as a Zarr store (v2 array / group, v3).

@@ -65,6 +65,7 @@ def publish_new(temp: str | os.PathLike, path: str | os.PathLike) -> None:
     segtool.errors.OutputExistsError: ...a.txt: output exists (written meanwhile by another process?); use --overwrite to replace it
     >>> (folder / "a.txt").read_text()
     'mine'
+    >>> import shutil; shutil.rmtree(folder)
     """
     temp, path = Path(temp), Path(path)
     try:

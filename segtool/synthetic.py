@@ -22,6 +22,7 @@ from scipy import ndimage as ndi
 
 from segtool.checks import check_count, check_nonnegative, check_shape
 from segtool.errors import InputError
+from segtool.labels import label_dtype
 
 __all__ = [
     "ILLUMINATIONS",
@@ -252,7 +253,7 @@ def _draw_nuclei(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Rasterise the ellipses: labels and the (unblurred) nucleus intensity, float32."""
     height, width = shape
-    dtype = np.uint16 if len(nuclei) <= 0xFFFF else np.uint32
+    dtype = label_dtype(len(nuclei))
     labels = np.zeros(shape, dtype=dtype)
     signal = np.zeros(shape, dtype=np.float32)
     # Normalised elliptic radius**2 of the nucleus owning each pixel (1 = outline).

@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import doctest
-
 import numpy as np
 import pytest
 from scipy import ndimage as ndi
 from skimage.draw import disk
 
-import segtool.appearance
 from segtool.appearance import (
     adjust_gamma,
     gaussian_blur,
@@ -41,11 +38,6 @@ CHANGES = {
     "saturate": lambda img, rng: saturate_objects(img, img > 300, rng, count=2, diameter=16),
     "jpeg": lambda img, rng: jpeg_artifacts(img, quality=60),
 }
-
-
-def test_doctests():
-    result = doctest.testmod(segtool.appearance, extraglobs={"np": np})
-    assert result.attempted >= 10 and result.failed == 0
 
 
 @pytest.mark.parametrize("name", sorted(CHANGES))

@@ -14,11 +14,11 @@ from segtool.io import (
     read_image,
     read_labels,
     staged_output,
-    to_label_dtype,
     write_float,
     write_labels,
     write_png,
 )
+from segtool.labels import to_label_dtype
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.int16, np.uint32, np.float32, np.float64])

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import doctest
-
 import numpy as np
 
-import segtool.legendre
 from segtool.legendre import correct_rows, evaluate_at, legendre_table, matmul_blocks
 
 
@@ -47,8 +44,3 @@ def test_correct_rows_thresholds_on_the_object_side():
     mask = np.zeros(image.shape, bool)
     correct_rows(coef, image, np.empty_like(image), np.empty_like(image), level=1.0, polarity="dark", foreground=mask)
     assert mask.tolist() == [[True, False, False]]
-
-
-def test_the_docstring_examples_hold():
-    result = doctest.testmod(segtool.legendre)
-    assert result.attempted >= 1 and result.failed == 0

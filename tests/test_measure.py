@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import doctest
-
 import numpy as np
 import pytest
 
-import segtool.measure
 from segtool.errors import InputError
 from segtool.measure import check_intensity, summary_row, unit_tag
 
@@ -48,8 +45,3 @@ def test_an_empty_table_summarises_to_zeros():
     table = {"label": np.zeros(0), "area": np.zeros(0), "mean_intensity": np.zeros(0)}
     row = summary_row(np.zeros((3, 3), np.uint8), table)
     assert row == {"objects": 0, "mean_area": 0.0, "median_area": 0.0, "coverage": 0.0, "mean_intensity": 0.0}
-
-
-def test_the_docstring_examples_hold():
-    result = doctest.testmod(segtool.measure)
-    assert result.attempted >= 3 and result.failed == 0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import doctest
 import json
 import subprocess
 import sys
@@ -11,14 +10,6 @@ import numpy as np
 import pytest
 from skimage.draw import disk
 
-import segtool.report.build
-import segtool.report.collect
-import segtool.report.flags
-import segtool.report.modelinfo
-import segtool.report.page
-import segtool.report.stats
-import segtool.report.svg
-import segtool.report.thumbs
 from segtool.errors import InputError, ModelError
 from segtool.report.collect import entries_from_manifest, read_manifest
 from segtool.report.flags import FlagOptions, flag_rows
@@ -26,14 +17,6 @@ from segtool.report.modelinfo import describe_model, read_model_header
 from segtool.report.stats import label_figures, robust_z, saturated_share
 from segtool.report.svg import histogram_svg
 from segtool.report.thumbs import thumbnail
-
-
-@pytest.mark.parametrize("module", [segtool.report.stats, segtool.report.flags, segtool.report.svg,
-                                    segtool.report.thumbs, segtool.report.page, segtool.report.collect,
-                                    segtool.report.modelinfo, segtool.report.build])
-def test_docstring_examples_run(module):
-    result = doctest.testmod(module, extraglobs={"np": np})
-    assert result.failed == 0 and result.attempted > 0
 
 
 def _disks(shape, centres, radius):

@@ -87,7 +87,7 @@ def test_prepare_sample_normalises_with_the_shared_function(pairs):
     "image, labels, match",
     [
         (np.zeros((8, 8)), np.zeros((8, 9), int), "differs from image shape"),
-        (np.zeros((8, 8)), np.zeros((8, 8), np.float32), "integer instance labels"),
+        (np.zeros((8, 8)), np.zeros((8, 8), np.float32), "x.tif: mask label image has dtype float32; expected integer labels"),
         (np.zeros((8, 8)), -np.ones((8, 8), int), "negative"),
         (np.zeros((2, 8, 8)), np.zeros((8, 8), int), "2-D image"),
     ],

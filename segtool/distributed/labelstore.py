@@ -29,7 +29,7 @@ import numpy as np
 from segtool.distributed.blockio import dask_array_module
 from segtool.errors import InputError, OutputError, OutputExistsError
 from segtool.io import check_output_free, is_zarr_store, staged_output
-from segtool.labels import check_labels
+from segtool.labels import check_labels, label_dtype
 from segtool.pipeline.write import row_tiles, write_tiled_tiff
 
 __all__ = ["write_labels_zarr", "write_labels_tiff"]
@@ -55,7 +55,7 @@ _LABEL_MAX = {np.dtype(np.uint16): int(np.iinfo(np.uint16).max), np.dtype(np.uin
 def _label_dtype(n_objects) -> np.dtype:
     if isinstance(n_objects, bool) or not isinstance(n_objects, (int, np.integer)) or not 0 <= n_objects <= _LABEL_MAX[np.dtype(np.uint32)]:
         raise InputError(f"n_objects must be an integer from 0 to {_LABEL_MAX[np.dtype(np.uint32)]}, got {n_objects!r}")
-    return np.dtype(np.uint16 if n_objects <= _LABEL_MAX[np.dtype(np.uint16)] else np.uint32)
+    return label_dtype(int(n_objects))
 
 
 def _checked_labels(block: np.ndarray, *, label_dtype: np.dtype, n_objects: int, block_info=None) -> np.ndarray:

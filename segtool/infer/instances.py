@@ -38,6 +38,7 @@ import numpy as np
 from scipy import ndimage
 
 from segtool.errors import InputError
+from segtool.labels import label_dtype
 from segtool.model.config import TARGETS
 
 __all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_SEED_THRESHOLD", "maps_to_labels", "number_as_whole"]
@@ -242,7 +243,7 @@ def number_as_whole(labels: np.ndarray, maps: np.ndarray, *, target: str, prob_t
     present[objects] = True
     present[0] = False
     order = np.flatnonzero(present)[np.argsort(key[present], kind="stable")]
-    dtype = np.uint16 if order.size <= np.iinfo(np.uint16).max else np.uint32
+    dtype = label_dtype(order.size)
     lookup = np.zeros(count + 1, dtype)
     lookup[order] = np.arange(1, order.size + 1, dtype=dtype)
     return lookup[np.asarray(labels)]
@@ -314,7 +315,7 @@ def _finish(labels: np.ndarray, min_size: int) -> np.ndarray:
     keep = sizes >= max(min_size, 1)
     keep[0] = False
     count = int(keep.sum())
-    dtype = np.uint16 if count <= np.iinfo(np.uint16).max else np.uint32
+    dtype = label_dtype(count)
     lookup = np.zeros(len(sizes), dtype)
     lookup[keep] = np.arange(1, count + 1, dtype=dtype)
     return lookup[labels]

@@ -67,11 +67,10 @@ def cache_dir() -> Path:
 
     Examples
     --------
-    >>> import os
-    >>> os.environ[CACHE_ENV] = "segtool-cache"
-    >>> str(cache_dir())
+    >>> from unittest import mock
+    >>> with mock.patch.dict(os.environ, {CACHE_ENV: "segtool-cache"}):  # the caller's setting is restored after
+    ...     str(cache_dir())
     'segtool-cache'
-    >>> del os.environ[CACHE_ENV]
     """
     if os.environ.get(CACHE_ENV):
         return Path(os.environ[CACHE_ENV])

@@ -13,9 +13,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from segtool.errors import InputError
+from segtool.labels import check_labels, label_dtype
 
 __all__ = ["WRITER_ENDINGS", "write_labels"]
 
@@ -67,12 +67,11 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         raise InputError(f"{target}: segtool writes {', '.join(WRITER_ENDINGS)}; not {ending or 'a file without ending'}")
     if isinstance(data, (list, tuple)):  # multiscale: the first level is full resolution
         data = data[0]
-    labels = np.asarray(data)
-    if labels.ndim != 2 or labels.dtype.kind not in "iub":
-        raise InputError(f"{target}: expected 2-D integer labels, got {labels.dtype} of shape {labels.shape}")
-    if labels.size and labels.min() < 0:
-        raise InputError(f"{target}: labels must not be negative")
-    labels = labels.astype(np.uint32 if labels.size and labels.max() > 65535 else np.uint16, copy=False)
+    try:
+        labels = check_labels(data, ndim=2)
+    except InputError as err:
+        raise InputError(f"{target}: {err}") from None
+    labels = labels.astype(label_dtype(labels.max() if labels.size else 0), copy=False)
     pixel_size, unit = _calibration(meta)
     if ending in (".tif", ".tiff"):
         write_label_tiff(target, labels, pixel_size=pixel_size, unit=unit, overwrite=True)

@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from segtool.errors import InputError, OutputError, first_line
+from segtool.labels import label_dtype as stored_label_dtype
 from segtool.normalize import map_to_unit
 from segtool.pipeline.bands import LabelBand
 from segtool.pipeline.percentiles import stream_percentiles
@@ -215,7 +216,7 @@ def write_labels_in_bands(
         except OSError as err:
             raise OutputError(f"{folder}: cannot write temporary files: {err.strerror or first_line(err)}") from err
 
-        label_dtype = np.uint16 if n_objects <= np.iinfo(np.uint16).max else np.uint32
+        label_dtype = stored_label_dtype(n_objects)
         write_start = time.perf_counter()
         label_tiles = (tile.astype(label_dtype, copy=False) for tile in row_tiles(label_spool.blocks(OUTPUT_TILE[0])))
         write_tiled_tiff(labels_path, label_tiles, (height, width), label_dtype, pixel_size=pixel_size, unit=unit,

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from segtool.errors import InputError
+from segtool.labels import check_labels, label_dtype
 from segtool.normalize import normalize_percentile
 from segtool.train.augment import AugmentOptions, augment_pair, context_margin
 from segtool.model.config import UNetConfig
@@ -70,18 +71,15 @@ def _as_channels(image: np.ndarray, in_channels: int, name: str) -> np.ndarray:
     return image
 
 
-def _check_labels(labels: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
-    labels = np.asarray(labels)
-    if not np.issubdtype(labels.dtype, np.integer):
-        raise InputError(f"{name}: mask must hold integer instance labels, got dtype {labels.dtype}")
-    if labels.shape != shape:
-        raise InputError(f"{name}: mask shape {labels.shape} differs from image shape {shape}")
-    if labels.size and labels.min() < 0:
-        raise InputError(f"{name}: mask has negative labels")
-    if labels.size and labels.max() > np.iinfo(np.uint32).max:
-        raise InputError(f"{name}: mask labels exceed uint32")
-    dtype = np.uint16 if not labels.size or labels.max() <= np.iinfo(np.uint16).max else np.uint32
-    return labels.astype(dtype, copy=False)
+def _checked_mask(labels: np.ndarray, shape: tuple[int, ...], name: str) -> np.ndarray:
+    """The mask as uint16/uint32 labels, by the one label check; errors name the file."""
+    try:
+        labels = check_labels(labels, role="mask")
+        if labels.shape != shape:
+            raise InputError(f"mask shape {labels.shape} differs from image shape {shape}")
+        return labels.astype(label_dtype(labels.max() if labels.size else 0), copy=False)
+    except InputError as err:
+        raise InputError(f"{name}: {err}") from None
 
 
 def prepare_sample(image: np.ndarray, labels: np.ndarray, config: UNetConfig, *, name: str = "") -> Sample:
@@ -120,7 +118,7 @@ def prepare_sample(image: np.ndarray, labels: np.ndarray, config: UNetConfig, *,
     except InputError as err:
         raise InputError(f"{name}: {err}") from None
     image = _as_channels(image, config.in_channels, name)
-    labels = _check_labels(labels, image.shape[1:], name)
+    labels = _checked_mask(labels, image.shape[1:], name)
     normalised = np.stack(
         [normalize_percentile(channel, config.norm_low, config.norm_high) for channel in image]
     )

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 from scipy import ndimage as ndi
 
-from segtool.errors import InputError
+from segtool.labels import check_labels
 from segtool.model.config import target_channels
 
 __all__ = [
@@ -40,17 +40,6 @@ __all__ = [
     "target_loss",
     "three_class_target",
 ]
-
-
-def _check_labels(labels: np.ndarray) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 2:
-        raise InputError(f"labels must be 2-D, got shape {labels.shape}")
-    if not np.issubdtype(labels.dtype, np.integer) and labels.dtype != bool:
-        raise InputError(f"labels must be an integer image, got dtype {labels.dtype}")
-    if labels.size and labels.min() < 0:
-        raise InputError("labels must not be negative")
-    return labels
 
 
 def three_class_target(labels: np.ndarray) -> np.ndarray:
@@ -79,7 +68,7 @@ def three_class_target(labels: np.ndarray) -> np.ndarray:
            [1, 1, 2, 2, 1, 1],
            [1, 1, 2, 2, 1, 1]], dtype=uint8)
     """
-    labels = _check_labels(labels)
+    labels = check_labels(labels, ndim=2)
     padded = np.pad(labels, 1, mode="edge")
     centre = padded[1:-1, 1:-1]
     differs = (
@@ -115,7 +104,7 @@ def distance_target(labels: np.ndarray) -> np.ndarray:
     >>> distance_target(lab)[1, 2]
     array([0. , 0.5, 1. , 0.5, 0. ], dtype=float32)
     """
-    labels = _check_labels(labels)
+    labels = check_labels(labels, ndim=2)
     out = np.zeros((2,) + labels.shape, dtype=np.float32)
     out[0] = labels > 0
     for index, box in enumerate(ndi.find_objects(labels), start=1):

@@ -19,6 +19,7 @@ from scipy import ndimage as ndi
 from segtool.checks import check_threshold
 from segtool.checks import check_count, check_nonnegative, check_positive
 from segtool.errors import InputError
+from segtool.labels import label_dtype
 from segtool.volume.background import BackgroundFit3D, fit_background_3d
 
 __all__ = ["BaselineResult3D", "segment_baseline_3d", "split_touching_3d", "relabel_sequential_3d"]
@@ -210,7 +211,7 @@ def relabel_sequential_3d(labels: np.ndarray, *, min_size: int = 0) -> np.ndarra
     keep = sizes >= max(int(min_size), 1)
     keep[0] = False
     n = int(keep.sum())
-    dtype = np.uint16 if n <= 0xFFFF else np.uint32
+    dtype = label_dtype(n)
     lut = np.cumsum(keep).astype(dtype)
     lut[~keep] = 0
     return lut[labels]

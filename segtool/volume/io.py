@@ -7,7 +7,8 @@ needs ``channel``. A stack whose axis is unknown (``Q``: a multi-page TIFF
 without metadata) is taken as Z only when a z spacing is given.
 
 The voxel size comes from the file (ImageJ ``spacing`` and resolution tags,
-OME ``PhysicalSizeX/Y/Z``, OME-Zarr ``scale``) or from ``z_spacing``. Writing
+OME ``PhysicalSizeX/Y/Z``, OME-Zarr ``scale``) or from ``z_spacing``; TIFF
+calibration and unit names follow :mod:`segtool.calibration`, as for 2-D images. Writing
 is in :mod:`segtool.volume.writers` (its two functions are re-exported here):
 label stacks as ImageJ hyperstacks (uint16; Fiji opens them as a Z stack
 with the voxel size set) or as OME-TIFF (uint32, which ImageJ has no type
@@ -20,15 +21,16 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from segtool.calibration import normalise_unit, tiff_calibration, tiff_z_spacing
 from segtool.errors import InputError, first_line
-from segtool.io import MAX_IMAGE_BYTES, is_zarr_store, to_label_dtype
+from segtool.io import MAX_IMAGE_BYTES, is_zarr_store
+from segtool.labels import to_label_dtype
 # Re-exported: callers read and write stacks through this module.
 from segtool.volume.writers import write_float_volume, write_label_volume
 
@@ -197,52 +199,11 @@ def _probe_tiff(path: Path):
                 return None
             series = tif.series[0]
             page = series.pages[0] if series.pages else tif.pages[0]
-            pixel, unit = _tiff_xy_calibration(tif, page)
-            z = _tiff_z_spacing(tif)
+            pixel, unit = tiff_calibration(tif, page)
+            z = tiff_z_spacing(tif)
             return series.shape, series.axes, series.dtype, _voxel(z, pixel), pixel, unit, "tiff"
     except Exception as err:  # tifffile raises many types on corrupt files
         raise InputError(f"cannot read TIFF: {first_line(err)}") from err
-
-
-def _tiff_xy_calibration(tif, page) -> tuple[tuple[float, float] | None, str | None]:
-    if tif.is_ome and tif.ome_metadata:
-        sizes = {ax: _ome_size(tif.ome_metadata, ax) for ax in "XY"}
-        if all(sizes.values()):
-            match = re.search(r'PhysicalSizeXUnit="([^"]+)"', tif.ome_metadata)
-            return (sizes["Y"], sizes["X"]), _unit(match.group(1) if match else "µm")
-    tags = page.tags if page is not None else {}
-    xres, yres = tags.get("XResolution"), tags.get("YResolution")
-    unit = tif.imagej_metadata.get("unit") if tif.is_imagej and tif.imagej_metadata else None
-    if xres is None or yres is None or unit is None:
-        return None, None
-    try:
-        xppu, yppu = xres.value[0] / xres.value[1], yres.value[0] / yres.value[1]
-    except (TypeError, ZeroDivisionError, IndexError):
-        return None, None
-    if not (xppu > 0 and yppu > 0):
-        return None, None
-    return (1.0 / yppu, 1.0 / xppu), _unit(unit)
-
-
-def _tiff_z_spacing(tif) -> float | None:
-    if tif.is_ome and tif.ome_metadata:
-        return _ome_size(tif.ome_metadata, "Z")
-    if tif.is_imagej and tif.imagej_metadata:
-        value = tif.imagej_metadata.get("spacing")
-        try:
-            value = float(value)
-        except (TypeError, ValueError):
-            return None
-        return value if value > 0 and math.isfinite(value) else None
-    return None
-
-
-def _ome_size(xml: str, axis: str) -> float | None:
-    match = re.search(rf'PhysicalSize{axis}="([0-9.eE+-]+)"', xml)
-    if not match:
-        return None
-    value = float(match.group(1))
-    return value if value > 0 and math.isfinite(value) else None
 
 
 def _probe_zarr(path: Path):
@@ -283,18 +244,13 @@ def _probe_zarr(path: Path):
         pixel = (scale[names.index("Y")], scale[names.index("X")])
         if "Z" in names:
             voxel = (scale[names.index("Z")], *pixel)
-    return shape, names, dtype, voxel, pixel, _unit(unit) if unit else None, "zarr"
+    return shape, names, dtype, voxel, pixel, normalise_unit(unit) if unit else None, "zarr"
 
 
 def _voxel(z: float | None, pixel: tuple[float, float] | None) -> tuple[float, float, float] | None:
     if z is None:
         return None
     return (z, *(pixel if pixel is not None else (1.0, 1.0)))
-
-
-def _unit(unit: str) -> str:
-    unit = unit.strip()
-    return "micron" if unit in ("um", "µm", "\\u00B5m", "micrometer", "micrometre", "microns", "micron") else unit
 
 
 # --------------------------------------------------------------------- reading

@@ -16,18 +16,10 @@ import numpy as np
 from scipy import ndimage as ndi
 
 from segtool.errors import InputError
+from segtool.labels import check_labels
 from segtool.measure import check_intensity, summary_row, unit_tag
 
 __all__ = ["object_table_3d", "summary_row_3d", "stack_rois"]
-
-
-def _check(labels: np.ndarray) -> np.ndarray:
-    labels = np.asarray(labels)
-    if labels.ndim != 3:
-        raise InputError(f"label stack must be 3-D (Z, Y, X), got shape {labels.shape}")
-    if labels.dtype.kind not in "iu":
-        raise InputError(f"label stack has dtype {labels.dtype}; expected integers")
-    return labels
 
 
 def object_table_3d(
@@ -72,7 +64,7 @@ def object_table_3d(
     >>> int(table["label"][0]), float(table["volume"][0]), float(table["volume_um3"][0]), float(table["centroid_z_um"][0])
     (9, 6.0, 3.0, 2.0)
     """
-    labels = _check(labels)
+    labels = check_labels(labels, ndim=3)
     flat = labels.reshape(-1)
     counts = np.bincount(flat.astype(np.intp, copy=False)) if flat.size else np.zeros(1, np.int64)
     present = np.flatnonzero(counts[1:]) + 1
@@ -152,7 +144,7 @@ def stack_rois(labels: np.ndarray) -> list:
     """
     from segtool.export import imagej_rois, label_polygons
 
-    labels = _check(labels)
+    labels = check_labels(labels, ndim=3)
     rois = []
     for z in range(labels.shape[0]):
         if not labels[z].any():

@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from segtool.errors import InputError
+from segtool.labels import label_dtype
 from segtool.infer.sizing import min_size_at_scale, resize_channels
 
 __all__ = ["STACK_MODES", "StackPredictOptions", "model_planes", "stack_percentiles", "predict_stack_maps", "maps_to_labels_3d",
@@ -333,7 +334,7 @@ def maps_to_labels_3d(
     if options.mode == "stitch":  # "auto" is resolved by the callers, who know the stack's size
         stitcher = PlaneStitcher(options.stitch_threshold)
         out = np.stack([stitcher.add(maps_to_labels(m, target=config.target, **post)) for m in maps])
-        return out.astype(np.uint16) if stitcher.n_labels <= 0xFFFF else out
+        return out.astype(label_dtype(stitcher.n_labels), copy=False)
     foreground, seed_map = [], []
     for m in maps:
         fg, seed = _fg_and_seed(m, config.target, post)
@@ -489,7 +490,7 @@ def predict_stack_file(
                     plane_shape = labels2d.shape
                     labels2d.astype(np.uint32, copy=False).tofile(handle)
                     del maps
-            dtype = np.uint16 if stitcher.n_labels <= 0xFFFF else np.uint32
+            dtype = label_dtype(stitcher.n_labels)
             plane_bytes = int(np.prod(plane_shape)) * 4
 
             def read_back() -> Iterator[np.ndarray]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from segtool.errors import InputError
+from segtool.labels import label_dtype
 from segtool.metrics import iou_pairs
 
 __all__ = ["PlaneStitcher", "stitch_planes"]
@@ -107,4 +108,4 @@ def stitch_planes(labels: np.ndarray, *, threshold: float = 0.25) -> np.ndarray:
         raise InputError(f"label stack must be 3-D (Z, Y, X), got shape {labels.shape}")
     stitcher = PlaneStitcher(threshold)
     out = np.stack([stitcher.add(plane) for plane in labels]) if labels.shape[0] else labels.astype(np.uint32)
-    return out.astype(np.uint16) if stitcher.n_labels <= 0xFFFF else out
+    return out.astype(label_dtype(stitcher.n_labels), copy=False)

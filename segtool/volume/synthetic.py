@@ -23,6 +23,7 @@ import numpy as np
 
 from segtool.checks import check_count, check_nonnegative, check_positive, check_shape
 from segtool.errors import InputError
+from segtool.labels import label_dtype
 from segtool.synthetic import (
     background_counts,
     camera_image,
@@ -219,7 +220,7 @@ def _place(extent: np.ndarray, count: int, radius_range, touching: float, rng: n
 
 def _draw(shape: tuple[int, int, int], z_spacing: float, nuclei: list[Nucleus]) -> tuple[np.ndarray, np.ndarray]:
     """Rasterise the ellipsoids at voxel centres: labels and unblurred intensity."""
-    labels = np.zeros(shape, dtype=np.uint16 if len(nuclei) <= 0xFFFF else np.uint32)
+    labels = np.zeros(shape, dtype=label_dtype(len(nuclei)))
     signal = np.zeros(shape, dtype=np.float32)
     nearest = np.full(shape, np.inf, dtype=np.float32)
     scale = np.array([z_spacing, 1.0, 1.0])

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from segtool.errors import InputError
-from segtool.io import atomic_output, to_label_dtype
+from segtool.io import atomic_output
+from segtool.labels import to_label_dtype
 
 __all__ = ["write_label_volume", "write_float_volume"]
 

@@ -1,0 +1,76 @@
+"""One set of calibration rules for 2-D images and Z stacks (segtool.calibration)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import tifffile
+
+from segtool.calibration import normalise_unit, tiff_z_spacing
+from segtool.io import read_image
+from segtool.volume.io import probe_stack, read_volume
+
+
+@pytest.mark.parametrize("spelling", ["um", "µm", "μm", "\\u00B5m", "micrometer", "micrometre", "microns", "micron", " µm "])
+def test_micrometres_in_any_spelling_are_micron(spelling):
+    assert normalise_unit(spelling) == "micron"
+
+
+def test_other_units_are_kept():
+    assert [normalise_unit(u) for u in ("nm", "cm", "inch", " mm")] == ["nm", "cm", "inch", "mm"]
+
+
+def test_a_stack_calibrated_by_resolution_tags_alone_reads_as_a_2d_image_does(tmp_path):
+    # Changed by the one reader: the 3-D reader used to ignore resolution tags without an ImageJ unit
+    # (pixel_size None, voxel size in pixel widths); it now reads them as read_image always has.
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint8), metadata={"axes": "ZYX"}, resolution=(2.0, 4.0),
+                     resolutionunit="CENTIMETER")
+    info = probe_stack(path, z_spacing=3.0)
+    assert (info.pixel_size, info.unit) == ((0.25, 0.5), "cm")
+    volume = read_volume(path, z_spacing=3.0)
+    assert (volume.voxel_size, volume.unit) == ((3.0, 0.25, 0.5), "cm")
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        tifffile.imwrite(tmp_path / "plane.tif", page.asarray(), resolution=(2.0, 4.0), resolutionunit="CENTIMETER")
+    plane = read_image(tmp_path / "plane.tif")
+    assert (plane.pixel_size, plane.unit) == (info.pixel_size, info.unit)
+
+
+def test_the_british_spelling_is_micron_in_2d_as_in_3d(tmp_path):
+    # Changed by the one reader: read_image used to report "micrometre" as written; the 3-D reader said "micron".
+    tifffile.imwrite(tmp_path / "plane.tif", np.zeros((8, 8), np.uint8), imagej=True, metadata={"unit": "micrometre"},
+                     resolution=(4.0, 4.0))
+    tifffile.imwrite(tmp_path / "stack.tif", np.zeros((3, 8, 8), np.uint8), imagej=True,
+                     metadata={"axes": "ZYX", "unit": "micrometre", "spacing": 2.5}, resolution=(4.0, 4.0))
+    plane = read_image(tmp_path / "plane.tif")
+    stack = read_volume(tmp_path / "stack.tif")
+    assert (plane.pixel_size, plane.unit) == ((0.25, 0.25), "micron")
+    assert (stack.voxel_size, stack.unit) == ((2.5, 0.25, 0.25), "micron")
+
+
+def test_default_screen_dpi_is_no_calibration_in_3d_either(tmp_path):
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.zeros((3, 8, 8), np.uint8), metadata={"axes": "ZYX"}, resolution=(72.0, 72.0),
+                     resolutionunit="INCH")
+    info = probe_stack(path)
+    assert (info.pixel_size, info.unit, info.voxel_size) == (None, None, None)
+
+
+@pytest.mark.parametrize(("spacing", "expected"), [(2.5, 2.5), (0.0, None), (float("nan"), None), ("x", None)])
+def test_imagej_z_spacing(tmp_path, spacing, expected):
+    path = tmp_path / "stack.tif"
+    tifffile.imwrite(path, np.zeros((3, 4, 4), np.uint8), imagej=True, metadata={"axes": "ZYX", "spacing": spacing})
+    with tifffile.TiffFile(path) as tif:
+        assert tiff_z_spacing(tif) == expected
+
+
+def test_ome_z_spacing_and_xy_size(tmp_path):
+    path = tmp_path / "stack.ome.tif"
+    tifffile.imwrite(path, np.zeros((5, 8, 8), np.uint8), ome=True,
+                     metadata={"axes": "ZYX", "PhysicalSizeZ": 2.0, "PhysicalSizeY": 0.5, "PhysicalSizeX": 0.25,
+                               "PhysicalSizeXUnit": "µm", "PhysicalSizeYUnit": "µm"})
+    with tifffile.TiffFile(path) as tif:
+        assert tiff_z_spacing(tif) == 2.0
+    volume = read_volume(path)
+    assert (volume.voxel_size, volume.unit) == ((2.0, 0.5, 0.25), "micron")
