@@ -1,4 +1,4 @@
-"""Tests for segtool.cli._common: the batch options are gathered once from the parsed command line."""
+"""Tests for segtool.cli.options: the batch options are gathered once from the parsed command line."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from segtool.cli._common import (
+from segtool.cli.options import (
     BatchOptions,
     Jobs,
     JsonOut,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from segtool.batch import run_batch
+from segtool.batch import RunOptions, run_batch
 from segtool.tasks import PredictTask
 from segtool.io import read_labels
 from segtool.unet.predict import find_packaged_model, load_for_inference
@@ -67,11 +67,11 @@ def test_streamed_outputs_are_byte_identical_to_sequential(tmp_path, folder, mod
 
 def test_streamed_stop_skip_existing_and_overwrite(tmp_path, folder, model):
     out = tmp_path / "out"
-    stopped = run_batch(folder, _task(model, out), on_error="stop")
+    stopped = run_batch(folder, _task(model, out), RunOptions(on_error="stop"))
     assert [r.status for r in stopped.results] == ["done", "done", "failed"]
     assert stopped.not_started == 1
     assert not list(out.glob("2_*"))  # nothing written for the input after the failure
-    resumed = run_batch(folder, _task(model, out), skip_existing=True)
+    resumed = run_batch(folder, _task(model, out), RunOptions(skip_existing=True))
     assert [r.status for r in resumed.results] == ["skipped", "skipped", "failed", "done"]
     refused = run_batch(folder[:2], _task(model, out))
     assert [r.status for r in refused.results] == ["failed", "failed"]

@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from segtool.cli._app import app
-from segtool.cli._common import (
+from segtool.cli.messages import fail
+from segtool.cli.options import (
     parse_diameter,
     BlockSize,
     Channel,
@@ -30,10 +31,9 @@ from segtool.cli._common import (
     SkipExisting,
     ZarrOut,
     batch_options,
-    fail,
     memory_budget,
-    run_files,
 )
+from segtool.cli.run import run_files
 from segtool.cli.zstack import ZSpacing
 from segtool.errors import InputError
 from segtool.tasks.baseline import BaselineTask

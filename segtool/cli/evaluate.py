@@ -14,8 +14,9 @@ from rich.table import Table
 
 from segtool.batch import EXIT_USAGE
 from segtool.cli._app import app
-from segtool.cli._common import Debug, MaxMemory, Overwrite, Quiet, Recursive, ShardOpt, fail, memory_budget, print_error, stderr
-from segtool.cli._common import shard_files
+from segtool.cli.messages import fail, print_error, stderr
+from segtool.cli.options import Debug, MaxMemory, Overwrite, Quiet, Recursive, ShardOpt, memory_budget
+from segtool.cli.specs import shard_files
 from segtool.errors import InputError, SegtoolError, first_line
 from segtool.inputs import expand_inputs
 from segtool.io import check_output_free

@@ -10,7 +10,8 @@ import typer
 
 from segtool.batch import EXIT_USAGE
 from segtool.cli._app import app
-from segtool.cli._common import (
+from segtool.cli.messages import fail, stderr
+from segtool.cli.options import (
     parse_diameter,
     BatchOptions,
     Device,
@@ -36,11 +37,9 @@ from segtool.cli._common import (
     SkipExisting,
     ZarrOut,
     batch_options,
-    fail,
     memory_budget,
-    run_files,
-    stderr,
 )
+from segtool.cli.run import run_files
 from segtool.cli.zstack import StitchThreshold, ZMode, ZSpacing
 from segtool.errors import SegtoolError, first_line
 from segtool.pipeline.options import ObjectOptions, TileOptions

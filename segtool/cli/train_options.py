@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from segtool.cli._common import Device, Precision
+from segtool.cli.options import Device, Precision
 from segtool.unet.config import FINETUNE_DEFAULTS
 from segtool.unet.intake import INPUT_TRANSFORMS
 
