@@ -24,9 +24,7 @@ def model():
 
 def _task(model, out: Path, **changes) -> PredictTask:
     options = dict(model_path=find_packaged_model(), device="cpu", threads=2, precision="fp32", output_dir=out,
-                   overwrite=False, tile=None, overlap=None, batch_size=None, tta=False, scale=1.0,
-                   prob_threshold=None, min_size=None, seed_threshold=None, split_height=None, save_prob=True,
-                   save_overlay=False, bands=None, band_rows=None, halo=128, channel=None, plane=None)
+                   overwrite=False, save_prob=True)
     options.update(changes)
     task = PredictTask(**options)
     task._model = model
