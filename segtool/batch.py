@@ -46,6 +46,7 @@ __all__ = [
     "ItemResult",
     "BatchSummary",
     "Runner",
+    "RunOptions",
     "run_batch",
     "run_item",
     "precheck_item",
@@ -139,6 +140,44 @@ class ItemResult:
         return record
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How :func:`run_batch` treats the inputs, passed whole to every schedule.
+
+    Attributes
+    ----------
+    on_error : {"skip", "stop"}
+        ``"skip"`` records a failed input and goes on; ``"stop"`` starts no new input after the first failure.
+    skip_existing : bool
+        Inputs whose planned outputs all exist are ``skipped`` (resume a run).
+    overwrite : bool
+        Replace existing outputs; otherwise an existing output fails the input before any work is done.
+    jobs : int
+        Worker processes; 1 runs in this process.
+    debug : bool
+        Let unexpected exceptions propagate with their traceback.
+
+    Examples
+    --------
+    >>> RunOptions(on_error="stop", jobs=2)
+    RunOptions(on_error='stop', skip_existing=False, overwrite=False, jobs=2, debug=False)
+    """
+
+    on_error: str = "skip"
+    skip_existing: bool = False
+    overwrite: bool = False
+    jobs: int = 1
+    debug: bool = False
+
+    def __post_init__(self) -> None:
+        if self.on_error not in ("skip", "stop"):
+            raise ValueError(f"on_error must be 'skip' or 'stop', got {self.on_error!r}")
+
+    @property
+    def stops(self) -> bool:  # the first failure stops the batch
+        return self.on_error == "stop"
+
+
 class Runner(Protocol):
     """A schedule that runs a task over inputs, reporting each result via ``record``.
 
@@ -150,8 +189,8 @@ class Runner(Protocol):
         The per-file work.
     record : callable
         Called with each :class:`ItemResult` as soon as it is known.
-    on_error, skip_existing, overwrite, debug
-        As in :func:`run_batch`.
+    options : RunOptions
+        As in :func:`run_batch` (``jobs`` is the runner's own business).
     """
 
     def __call__(
@@ -160,10 +199,7 @@ class Runner(Protocol):
         task: Task,
         *,
         record: Callable[[ItemResult], None],
-        on_error: str,
-        skip_existing: bool,
-        overwrite: bool,
-        debug: bool,
+        options: RunOptions,
     ) -> None: ...
 
 
@@ -284,13 +320,9 @@ def precheck_item(task: Task, path: Path, *, skip_existing: bool, overwrite: boo
 def run_batch(
     paths: Sequence[Path],
     task: Task,
+    options: RunOptions = RunOptions(),
     *,
-    on_error: str = "skip",
-    skip_existing: bool = False,
-    overwrite: bool = False,
-    jobs: int = 1,
     on_result: Callable[[ItemResult], None] | None = None,
-    debug: bool = False,
     runner: Runner | None = None,
     overlap_stages: bool = True,
 ) -> BatchSummary:
@@ -302,24 +334,14 @@ def run_batch(
         Input files, in the order results are preferred.
     task : Task
         The per-file work.
-    on_error : {"skip", "stop"}, optional
-        ``"skip"`` records a failed input and goes on; ``"stop"`` starts no
-        new input after the first failure.
-    skip_existing : bool, optional
-        Inputs whose planned outputs all exist are ``skipped`` (resume a run).
-    overwrite : bool, optional
-        Replace existing outputs; otherwise an existing output fails the input
-        before any work is done.
-    jobs : int, optional
-        Worker processes; 1 runs in this process.
+    options : RunOptions, optional
+        After a failure stop or go on; skip or replace existing outputs; worker processes; debugging.
     on_result : callable, optional
         Called with each :class:`ItemResult` as soon as it is known.
-    debug : bool, optional
-        Let unexpected exceptions propagate with their traceback.
     runner : Runner, optional
-        Run the inputs with this schedule instead of the built-in ones (``jobs``
-        and ``overlap_stages`` are then ignored), for example one that submits
-        each input to a cluster.
+        Run the inputs with this schedule instead of the built-in ones
+        (``options.jobs`` and ``overlap_stages`` are then ignored), for example
+        one that submits each input to a cluster.
     overlap_stages : bool, optional
         With ``jobs=1`` and a :class:`StagedTask`, overlap reading, the
         network and writing of consecutive inputs (same outputs, same order
@@ -332,8 +354,6 @@ def run_batch(
         work is cancelled, and the summary so far is attached to it as
         ``err.summary``.
     """
-    if on_error not in ("skip", "stop"):
-        raise ValueError(f"on_error must be 'skip' or 'stop', got {on_error!r}")
     summary = BatchSummary()
 
     def record(result: ItemResult) -> None:
@@ -341,18 +361,16 @@ def run_batch(
         if on_result is not None:
             on_result(result)
 
+    in_process = options.jobs <= 1 or len(paths) <= 1
     try:
         if runner is not None:
-            runner(
-                paths, task, record=record, on_error=on_error,
-                skip_existing=skip_existing, overwrite=overwrite, debug=debug,
-            )
-        elif (jobs <= 1 or len(paths) <= 1) and overlap_stages and len(paths) > 1 and _is_staged(task):
-            _run_streamed(paths, task, record, on_error, skip_existing, overwrite, debug)
-        elif jobs <= 1 or len(paths) <= 1:
-            _run_sequential(paths, task, summary, record, on_error, skip_existing, overwrite, debug)
+            runner(paths, task, record=record, options=options)
+        elif in_process and overlap_stages and len(paths) > 1 and _is_staged(task):
+            _run_streamed(paths, task, record, options)
+        elif in_process:
+            _run_sequential(paths, task, record, options)
         else:
-            _run_parallel(paths, task, summary, record, on_error, skip_existing, overwrite, debug, jobs)
+            _run_parallel(paths, task, record, options)
     except KeyboardInterrupt as err:
         summary.not_started = len(paths) - len(summary.results)
         err.summary = summary  # type: ignore[attr-defined]
@@ -361,13 +379,13 @@ def run_batch(
     return summary
 
 
-def _run_sequential(paths, task, summary, record, on_error, skip_existing, overwrite, debug):
+def _run_sequential(paths, task, record, options: RunOptions) -> None:
     for path in paths:
-        result = precheck_item(task, path, skip_existing=skip_existing, overwrite=overwrite) or run_item(
-            task, path, debug, skip_existing=skip_existing
+        result = precheck_item(task, path, skip_existing=options.skip_existing, overwrite=options.overwrite) or run_item(
+            task, path, options.debug, skip_existing=options.skip_existing
         )
         record(result)
-        if result.status == "failed" and on_error == "stop":
+        if result.status == "failed" and options.stops:
             break
 
 
@@ -375,14 +393,15 @@ def _is_staged(task: Task) -> bool:
     return all(callable(getattr(task, name, None)) for name in ("load", "infer", "finish"))
 
 
-def _run_streamed(paths, task, record, on_error, skip_existing, overwrite, debug):
+def _run_streamed(paths, task, record, options: RunOptions) -> None:
     """The sequential schedule with the stages of consecutive inputs overlapped (see :class:`StagedTask`)."""
     from segtool.pipeline.stream import Finished, run_staged
 
     failed = []
+    skip_existing = options.skip_existing
 
     def failure(path, err, start):
-        return _failure(path, err, start, debug, task=task, skip_existing=skip_existing)
+        return _failure(path, err, start, options.debug, task=task, skip_existing=skip_existing)
 
     def guarded(stage):
         def run(state):
@@ -399,7 +418,7 @@ def _run_streamed(paths, task, record, on_error, skip_existing, overwrite, debug
 
     def load(path):
         start = time.perf_counter()
-        early = precheck_item(task, path, skip_existing=skip_existing, overwrite=overwrite)
+        early = precheck_item(task, path, skip_existing=skip_existing, overwrite=options.overwrite)
         if early is not None:
             return Finished(early)
         return guarded("load")((path, start, path, item_task(task, path, skip_existing=skip_existing)))
@@ -422,14 +441,14 @@ def _run_streamed(paths, task, record, on_error, skip_existing, overwrite, debug
         infer=guarded("infer"),
         finish=finish,
         on_result=on_result,
-        should_stop=lambda: bool(failed) and on_error == "stop",
-        stops=lambda result: on_error == "stop" and result.status == "failed",
+        should_stop=lambda: bool(failed) and options.stops,
+        stops=lambda result: options.stops and result.status == "failed",
         finish_threads=max(1, int(getattr(task, "finish_threads", 1) or 1)),
     )
 
 
-def _run_parallel(paths, task, summary, record, on_error, skip_existing, overwrite, debug, jobs):
-    """Run the inputs on ``jobs`` worker processes, one input per worker at a time.
+def _run_parallel(paths, task, record, options: RunOptions) -> None:
+    """Run the inputs on ``options.jobs`` worker processes, one input per worker at a time.
 
     Each worker is a process of its own with its own pipe, so the parent knows
     which input every worker holds: a worker killed by the OS (the OOM killer's
@@ -443,14 +462,14 @@ def _run_parallel(paths, task, summary, record, on_error, skip_existing, overwri
     stop = False
     try:
         while (pending and not stop) or busy:
-            while pending and not stop and len(busy) < jobs:
+            while pending and not stop and len(busy) < options.jobs:
                 path = pending.pop(0)
-                early = precheck_item(task, path, skip_existing=skip_existing, overwrite=overwrite)
+                early = precheck_item(task, path, skip_existing=options.skip_existing, overwrite=options.overwrite)
                 if early is not None:
                     record(early)
-                    stop = stop or (early.status == "failed" and on_error == "stop")
+                    stop = stop or (early.status == "failed" and options.stops)
                     continue
-                worker = idle.pop() if idle else _Worker(task, debug, skip_existing)
+                worker = idle.pop() if idle else _Worker(task, options.debug, options.skip_existing)
                 worker.send(path)
                 busy[worker] = path
             if not busy:
@@ -461,7 +480,7 @@ def _run_parallel(paths, task, summary, record, on_error, skip_existing, overwri
                 if worker.alive:
                     idle.append(worker)
                 record(result)
-                stop = stop or (result.status == "failed" and on_error == "stop")
+                stop = stop or (result.status == "failed" and options.stops)
     except BaseException:
         # Ctrl-C reaches the workers too (same process group); SIGTERM only the
         # parent. Either way the workers get SIGINT, so each one removes its

@@ -461,3 +461,15 @@ def test_public_names():
     expected = {"fit_background", "subtract_background", "segment_baseline", "BackgroundFit", "BaselineResult"}
     assert set(baseline.__all__) >= expected
     assert all(hasattr(baseline, name) for name in baseline.__all__)
+
+
+def test_baseline_options_keep_the_fixed_size_for_stacks_and_blocks():
+    from segtool.tasks.baseline import BaselineOptions
+
+    options = BaselineOptions(degree=1, split=True, diameter=40.0)
+    assert options.keywords() == {"degree": 1, "robust": True, "polarity": "bright", "threshold": "otsu",
+                                  "min_size": None, "fill_holes": False, "smooth": 0.0, "split": True,
+                                  "diameter": 40.0}
+    fixed = options.fixed_size()
+    assert fixed["min_size"] == 20 and "diameter" not in fixed and fixed["split"] is True
+    assert BaselineOptions(min_size=7).fixed_size()["min_size"] == 7

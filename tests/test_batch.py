@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from segtool.batch import EXIT_FAILED, EXIT_OK, run_batch
+from segtool.batch import EXIT_FAILED, EXIT_OK, RunOptions, run_batch
 from segtool.errors import InputError
 
 
@@ -59,12 +59,12 @@ def test_unexpected_error_is_reported_as_bug_unless_debug(tmp_path):
     assert "internal error" in summary.results[0].error and "ZeroDivisionError" in summary.results[0].error
     assert summary.results[1].status == "done"
     with pytest.raises(ZeroDivisionError):
-        run_batch(paths, task, debug=True, overwrite=True)
+        run_batch(paths, task, RunOptions(debug=True, overwrite=True))
 
 
 def test_stop_on_first_error(tmp_path):
     paths, task = _inputs(tmp_path, ["ok", "bad", "fine"])
-    summary = run_batch(paths, task, on_error="stop")
+    summary = run_batch(paths, task, RunOptions(on_error="stop"))
     assert [r.status for r in summary.results] == ["done", "failed"]
     assert summary.not_started == 1
 
@@ -75,17 +75,17 @@ def test_existing_output_fails_without_overwrite_and_skip_existing_resumes(tmp_p
     summary = run_batch(paths, task)
     assert summary.results[0].status == "failed" and "--overwrite" in summary.results[0].error
     assert (task.out_dir / "in0.out").read_text() == "from an earlier run"
-    resumed = run_batch(paths, task, skip_existing=True)
+    resumed = run_batch(paths, task, RunOptions(skip_existing=True))
     assert [r.status for r in resumed.results] == ["skipped", "skipped"]
     assert resumed.exit_code == EXIT_OK
-    redone = run_batch(paths, task, overwrite=True)
+    redone = run_batch(paths, task, RunOptions(overwrite=True))
     assert [r.status for r in redone.results] == ["done", "done"]
     assert (task.out_dir / "in0.out").read_text() == "A"
 
 
 def test_jobs_give_the_same_outputs(tmp_path):
     paths, task = _inputs(tmp_path, ["one", "bad", "three", "four"])
-    summary = run_batch(paths, task, jobs=2)
+    summary = run_batch(paths, task, RunOptions(jobs=2))
     assert sorted(r.status for r in summary.results) == ["done", "done", "done", "failed"]
     assert sorted(p.name for p in task.out_dir.iterdir()) == ["in0.out", "in2.out", "in3.out"]
     assert (task.out_dir / "in3.out").read_text() == "FOUR"
@@ -116,7 +116,7 @@ def test_worker_killed_by_the_os_fails_only_its_input(tmp_path):
     paths, copy = _inputs(tmp_path, ["one", "kill", "three", "kill again", "five", "six"])
     task = KillingTask(copy.out_dir)
     seen = []
-    summary = run_batch(paths, task, jobs=2, on_result=seen.append)
+    summary = run_batch(paths, task, RunOptions(jobs=2), on_result=seen.append)
     by_input = {Path(r.input).name: r for r in summary.results}
     assert len(summary.results) == 6 and summary.not_started == 0
     for name in ("in1.txt", "in3.txt"):
@@ -128,7 +128,7 @@ def test_worker_killed_by_the_os_fails_only_its_input(tmp_path):
 
 def test_killed_worker_with_stop_starts_nothing_new(tmp_path):
     paths, copy = _inputs(tmp_path, ["kill", "b", "c", "d", "e", "f"])
-    summary = run_batch(paths, KillingTask(copy.out_dir), jobs=2, on_error="stop")
+    summary = run_batch(paths, KillingTask(copy.out_dir), RunOptions(jobs=2, on_error="stop"))
     names = [Path(r.input).name for r in summary.results]
     failed = [Path(r.input).name for r in summary.results if r.status == "failed"]
     assert failed == ["in0.txt"]
@@ -140,4 +140,9 @@ def test_killed_worker_with_stop_starts_nothing_new(tmp_path):
 def test_debug_with_jobs_raises_the_workers_error(tmp_path):
     paths, task = _inputs(tmp_path, ["ok", "bug", "fine"])
     with pytest.raises(ZeroDivisionError):
-        run_batch(paths, task, jobs=2, debug=True)
+        run_batch(paths, task, RunOptions(jobs=2, debug=True))
+
+
+def test_run_options_refuse_an_unknown_on_error():
+    with pytest.raises(ValueError, match="on_error"):
+        RunOptions(on_error="ignore")

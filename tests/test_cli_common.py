@@ -1,4 +1,4 @@
-"""Tests for segtool.cli._common: the batch options are gathered once from the parsed command line."""
+"""Tests for segtool.cli.options: the batch options are gathered once from the parsed command line."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import typer
 from typer.testing import CliRunner
 
-from segtool.cli._common import (
+from segtool.cli.options import (
     BatchOptions,
     Jobs,
     JsonOut,
@@ -53,3 +53,11 @@ def test_batch_options_are_frozen():
 
     with pytest.raises(dataclasses.FrozenInstanceError):
         BatchOptions().jobs = 2  # type: ignore[misc]
+
+
+def test_batch_options_give_the_runner_its_options():
+    from segtool.batch import RunOptions
+
+    batch = BatchOptions(on_error=OnError.stop, jobs=3, overwrite=True, skip_existing=True, debug=True, quiet=True)
+    assert batch.run == RunOptions(on_error="stop", skip_existing=True, overwrite=True, jobs=3, debug=True)
+    assert BatchOptions().run == RunOptions(on_error="skip", skip_existing=False, overwrite=False, jobs=1, debug=False)

@@ -276,3 +276,33 @@ def test_evaluate_plot_without_matplotlib_is_refused_before_any_work(tmp_path, m
     assert result.exit_code == 2
     assert result.stderr.strip() == "segtool: error: --plot needs matplotlib: pip install 'segtool[plot]' (matplotlib)"
     assert not csv_path.exists() and not (tmp_path / "p.png").exists()
+
+
+def test_evaluate_errors_name_the_file_they_are_about(tmp_path, monkeypatch):
+    """Unreadable predictions and ground truth each fail in one line naming that file; the rest is scored."""
+    gt_dir, pred_dir = tmp_path / "gt", tmp_path / "pred"
+    gt_dir.mkdir(), pred_dir.mkdir()
+    for name in ("a", "b", "c"):
+        tifffile.imwrite(gt_dir / f"{name}.tif", two_squares())
+        tifffile.imwrite(pred_dir / f"{name}_labels.tif", two_squares())
+    (pred_dir / "a_labels.tif").write_bytes(b"junk")
+    (gt_dir / "b.tif").write_bytes(b"junk")
+    result = invoke("evaluate", pred_dir, gt_dir, "--json")
+    assert result.exit_code == 1
+    errors = sorted(error_lines(result))
+    assert len(errors) == 2
+    assert errors[0].startswith(f"segtool: error: {gt_dir / 'b.tif'}: ") and str(pred_dir) not in errors[0]
+    assert errors[1].startswith(f"segtool: error: {pred_dir / 'a_labels.tif'}: ") and str(gt_dir) not in errors[1]
+    document = json.loads(result.stdout)
+    assert [image["name"] for image in document["images"]] == ["c"] and document["failed"] == 2
+
+    import segtool.tasks.evaluate as evaluate_task
+
+    def broken(pair, thresholds, memory=None):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(evaluate_task, "evaluate_pair", broken)
+    bug = invoke("evaluate", pred_dir / "c_labels.tif", gt_dir / "c.tif")
+    assert bug.exit_code == 1 and "Traceback" not in bug.stderr
+    line = error_lines(bug)[0]
+    assert line.startswith(f"segtool: error: {pred_dir / 'c_labels.tif'}: internal error (RuntimeError: boom)")

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from segtool.tasks import BaselineTask
+from segtool.tasks.baseline import BaselineOptions
 from segtool.errors import SegtoolError
 from segtool.io import read_labels
 
@@ -57,11 +58,7 @@ def sources() -> list[bytes]:
 def test_mutated_tiffs_fail_cleanly(tmp_path, sources):
     rng = np.random.default_rng(20261123)
     out = tmp_path / "out"
-    task = BaselineTask(
-        output_dir=out, overwrite=True, degree=2, robust=True, polarity="bright", threshold="otsu", min_size=20,
-        fill_holes=False, smooth=0.0, split=False, save_background=False, save_corrected=False, save_overlay=True,
-        channel=None, plane=None,
-    )
+    task = BaselineTask(output_dir=out, overwrite=True, options=BaselineOptions(min_size=20), save_overlay=True)
     outcomes = {"ok": 0, "error": 0}
     for i in range(N_MUTANTS):
         source = sources[i % len(sources)]

@@ -342,12 +342,13 @@ def test_cli_predicts_dask_blocks_with_a_hematoxylin_model(tmp_path):
 
 
 def test_z_stack_prediction_applies_an_inverted_transform_and_refuses_hematoxylin(tmp_path):
+    from segtool.pipeline.options import ObjectOptions
     from segtool.volume.predict import StackPredictOptions, predict_stack, predict_stack_file
 
     stack = np.stack([stained_tissue((40, 36), seed=k).mean(-1) for k in range(3)]).astype(np.uint8)
     inverted, plain = tiny_model("inverted", seed=3), tiny_model("intensity", seed=3)
     plain.net.load_state_dict(inverted.net.state_dict())
-    options = StackPredictOptions(prob_threshold=0.3, mode="stitch")
+    options = StackPredictOptions(objects=ObjectOptions(prob_threshold=0.3), mode="stitch")
     by_model = predict_stack(stack, inverted, options=options)
     by_hand = predict_stack(-stack.astype(np.float32), plain, options=options)
     np.testing.assert_array_equal(by_model, by_hand)

@@ -155,7 +155,7 @@ def test_fixed_working_memory_counts_unless_streamed():
 
 
 def test_predict_guard_has_its_fixed_part():
-    from segtool.cli._common import memory_budget
+    from segtool.cli.options import memory_budget
     from segtool.memory import FIXED_BYTES
 
     assert memory_budget("4G", "predict").fixed_bytes == FIXED_BYTES["predict"] > 0

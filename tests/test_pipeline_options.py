@@ -52,3 +52,22 @@ def test_an_explicit_tile_is_not_capped_by_the_budget():
     config = UNetConfig(depth=4, patch_size=128)
     # 2048 holds four cores of 1840 (2048 - 2 halos): the evened-out tiles of 8192 are 1808 > the budget's 1136
     assert plan_inference_tiles(config, (8192, 8192), device_type="cpu", tile=2048).tile == (1808, 1808)
+
+
+def test_blended_fills_only_what_was_not_given():
+    """Dask blocks and Z stacks tile on a blended grid: overlap 0.25 and 4 tiles per call unless given."""
+    assert TileOptions(tile=128, tta=True, tile_halo=8).blended() == TileOptions(
+        tile=128, overlap=0.25, tile_halo=8, batch_size=4, tta=True)
+    given = TileOptions(overlap=0.1, batch_size=2, scale=None)
+    assert given.blended() == given
+
+
+def test_stack_options_hold_the_shared_options_whole():
+    from segtool.volume.predict import StackPredictOptions
+
+    objects = ObjectOptions(min_size=3, seed_threshold=0.6)
+    options = StackPredictOptions(mode="stitch", tiling=TileOptions(tile=64, tta=True, scale=None), objects=objects)
+    assert options.objects is objects
+    assert options.tiling == TileOptions(tile=64, overlap=0.25, batch_size=4, tta=True, scale=None)
+    assert options.scale == 1.0 and options.at_scale(0.5).tiling.scale == 0.5 and options.at_scale(0.5).objects is objects
+    assert StackPredictOptions().tiling == TileOptions(overlap=0.25, batch_size=4)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from segtool.batch import run_batch
+from segtool.batch import RunOptions, run_batch
 from segtool.tasks import PredictTask
 from segtool.io import read_labels
 from segtool.infer.predict import find_packaged_model
@@ -25,9 +25,7 @@ def model():
 
 def _task(model, out: Path, **changes) -> PredictTask:
     options = dict(model_path=find_packaged_model(), device="cpu", threads=2, precision="fp32", output_dir=out,
-                   overwrite=False, tile=None, overlap=None, batch_size=None, tta=False, scale=1.0,
-                   prob_threshold=None, min_size=None, seed_threshold=None, split_height=None, save_prob=True,
-                   save_overlay=False, bands=None, band_rows=None, halo=128, channel=None, plane=None)
+                   overwrite=False, save_prob=True)
     options.update(changes)
     task = PredictTask(**options)
     task._model = model
@@ -68,11 +66,11 @@ def test_streamed_outputs_are_byte_identical_to_sequential(tmp_path, folder, mod
 
 def test_streamed_stop_skip_existing_and_overwrite(tmp_path, folder, model):
     out = tmp_path / "out"
-    stopped = run_batch(folder, _task(model, out), on_error="stop")
+    stopped = run_batch(folder, _task(model, out), RunOptions(on_error="stop"))
     assert [r.status for r in stopped.results] == ["done", "done", "failed"]
     assert stopped.not_started == 1
     assert not list(out.glob("2_*"))  # nothing written for the input after the failure
-    resumed = run_batch(folder, _task(model, out), skip_existing=True)
+    resumed = run_batch(folder, _task(model, out), RunOptions(skip_existing=True))
     assert [r.status for r in resumed.results] == ["skipped", "skipped", "failed", "done"]
     refused = run_batch(folder[:2], _task(model, out))
     assert [r.status for r in refused.results] == ["failed", "failed"]

@@ -234,6 +234,7 @@ def test_baseline_follows_the_size_of_large_nuclei():
 def test_z_stack_is_rescaled_once_from_its_middle_plane(shipped, tmp_path):
     import tifffile
 
+    from segtool.pipeline.options import TileOptions
     from segtool.volume.predict import StackPredictOptions, predict_stack_file
 
     image, truth = make_nuclei_image((96, 96), n_nuclei=6, seed=7, radius_range=(9, 11), touching=0.0,
@@ -241,7 +242,7 @@ def test_z_stack_is_rescaled_once_from_its_middle_plane(shipped, tmp_path):
     large = resize(image, (288, 288), order=1, preserve_range=True).astype(np.float32)  # nuclei ~60 px across
     tifffile.imwrite(tmp_path / "stack.tif", np.stack([large] * 5), imagej=True, metadata={"axes": "ZYX"})
     figures = predict_stack_file(tmp_path / "stack.tif", shipped, tmp_path / "auto.tif",
-                                 options=StackPredictOptions(mode="stitch", scale=None))
+                                 options=StackPredictOptions(mode="stitch", tiling=TileOptions(scale=None)))
     assert figures["diameter_source"] == "estimated"
     assert figures["scale"] == pytest.approx(21 / 60, rel=0.3)
     labels = tifffile.imread(tmp_path / "auto.tif")

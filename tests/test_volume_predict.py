@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 from segtool.cli import app
 from segtool.errors import InputError
 from segtool.metrics import match_labels
+from segtool.pipeline.options import TileOptions
 from segtool.model.modelfile import LoadedModel, save_model
 from segtool.volume.io import read_label_volume
 from segtool.volume.predict import StackPredictOptions, predict_stack, predict_stack_file, predict_stack_maps
@@ -70,13 +71,16 @@ def test_stitch_planes_chains_and_restarts():
 
 def test_batching_across_planes_gives_the_same_maps(dome_model, balls):
     image, _ = balls
-    one = list(predict_stack_maps(list(image), dome_model, norm=(0, 1000), options=StackPredictOptions(batch_size=1)))
-    many = list(predict_stack_maps(list(image), dome_model, norm=(0, 1000), options=StackPredictOptions(batch_size=5)))
+    one = list(predict_stack_maps(list(image), dome_model, norm=(0, 1000),
+                                  options=StackPredictOptions(tiling=TileOptions(batch_size=1))))
+    many = list(predict_stack_maps(list(image), dome_model, norm=(0, 1000),
+                                   options=StackPredictOptions(tiling=TileOptions(batch_size=5))))
     assert len(one) == len(many) == SHAPE[0]
     for a, b in zip(one, many):
         np.testing.assert_allclose(a, b, atol=1e-5)
     # Planes larger than a tile are tiled plane by plane: same maps as the batched path on a crop.
-    tiled = list(predict_stack_maps(list(image), dome_model, norm=(0, 1000), options=StackPredictOptions(tile=16)))
+    tiled = list(predict_stack_maps(list(image), dome_model, norm=(0, 1000),
+                                    options=StackPredictOptions(tiling=TileOptions(tile=16))))
     assert tiled[5].shape == one[5].shape
 
 

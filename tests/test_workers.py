@@ -16,7 +16,7 @@ import tifffile
 
 from helpers import invoke
 from segtool import publish
-from segtool.batch import EXIT_FAILED, EXIT_OK, WRITTEN_ELSEWHERE, run_batch
+from segtool.batch import EXIT_FAILED, EXIT_OK, WRITTEN_ELSEWHERE, RunOptions, run_batch
 from segtool.errors import OutputExistsError
 from segtool.io import atomic_output, read_labels, write_labels
 from segtool.shard import Shard, parse_shard, select_shard
@@ -95,7 +95,7 @@ def _raced(tmp_path, count=3):
 @pytest.mark.parametrize("jobs", [1, 2])
 def test_race_with_skip_existing_is_a_skip(tmp_path, jobs):
     paths, task = _raced(tmp_path)
-    summary = run_batch(paths, task, skip_existing=True, jobs=jobs)
+    summary = run_batch(paths, task, RunOptions(skip_existing=True, jobs=jobs))
     assert [r.status for r in summary.results] == ["skipped"] * 3
     assert {r.reason for r in summary.results} == {WRITTEN_ELSEWHERE}
     assert summary.exit_code == EXIT_OK
@@ -119,7 +119,7 @@ def test_race_without_skip_existing_fails_and_keeps_the_first_file(tmp_path):
 def test_an_earlier_skip_says_why(tmp_path):
     paths, task = _raced(tmp_path, count=1)
     task.planned_outputs(paths[0])["labels"].write_bytes(b"done before")
-    result = run_batch(paths, task, skip_existing=True).results[0]
+    result = run_batch(paths, task, RunOptions(skip_existing=True)).results[0]
     assert (result.status, result.reason) == ("skipped", "outputs exist")
 
 

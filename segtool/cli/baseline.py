@@ -7,7 +7,8 @@ from typing import Annotated, Optional
 import typer
 
 from segtool.cli._app import app
-from segtool.cli._common import (
+from segtool.cli.messages import fail
+from segtool.cli.options import (
     parse_diameter,
     BlockSize,
     Channel,
@@ -30,13 +31,12 @@ from segtool.cli._common import (
     SkipExisting,
     ZarrOut,
     batch_options,
-    fail,
     memory_budget,
-    run_files,
 )
+from segtool.cli.run import run_files
 from segtool.cli.zstack import ZSpacing
 from segtool.errors import InputError
-from segtool.tasks.baseline import BaselineTask
+from segtool.tasks.baseline import BaselineOptions, BaselineTask
 from segtool.thresholds import THRESHOLD_METHODS
 
 PANEL_METHOD = "Method"
@@ -141,17 +141,9 @@ def baseline(
         threshold_value = parse_threshold(threshold)
     except InputError as err:
         fail(str(err), code=2)
-    size = parse_diameter(diameter) or "auto"
-    method = {
-        "degree": degree,
-        "robust": robust,
-        "polarity": polarity,
-        "threshold": threshold_value,
-        "min_size": min_size,
-        "fill_holes": fill_holes,
-        "smooth": smooth,
-        "split": split,
-    }
+    options = BaselineOptions(degree=degree, robust=robust, polarity=polarity, threshold=threshold_value,
+                              min_size=min_size, fill_holes=fill_holes, smooth=smooth, split=split,
+                              diameter=parse_diameter(diameter) or "auto")
     batch = batch_options(ctx)
     if batch.big:
         extras = [name for name, on in (("--save-background", save_background), ("--save-corrected", save_corrected),
@@ -160,19 +152,16 @@ def baseline(
             fail(f"{', '.join(extras)}: not available in big-image mode (--block-size)", code=2)
         from segtool.tasks.big import BigBaselineTask
 
-        from segtool.baseline import MIN_SIZE
-
         # blocks keep the fixed defaults: a size estimate would need the whole image's foreground
-        fixed = {**method, "min_size": MIN_SIZE if min_size is None else min_size}
         task = BigBaselineTask(block_size=batch.block_size, zarr=batch.zarr, output_dir=batch.output,
-                               overwrite=batch.overwrite, options=fixed, channel=channel, plane=plane)
+                               overwrite=batch.overwrite, options=options, channel=channel, plane=plane)
     elif batch.zarr:
         fail("--zarr writes big-image mode's labels: add --block-size N", code=2)
     else:
         task = BaselineTask(
             output_dir=batch.output,
             overwrite=batch.overwrite,
-            **method,
+            options=options,
             save_background=save_background,
             save_corrected=save_corrected,
             save_overlay=save_overlay,
@@ -183,7 +172,6 @@ def baseline(
                 way_out="segment it in blocks with --block-size 4096 (needs segtool[distributed])",
             ),
             z_spacing=z_spacing,
-            diameter=size,
         )
     run_files(images, task, batch, kind="image", columns=_COLUMNS, verb="baseline")
 

@@ -1,6 +1,6 @@
 """The Dask cluster of one command: ``--cluster`` parsed and checked, then started or joined for the run.
 
-Used by :func:`segtool.cli._common.run_files` (imported there when a command runs, after both modules are loaded).
+Used by :func:`segtool.cli.run.run_files` (imported there when a command runs, after both modules are loaded).
 """
 
 from __future__ import annotations

@@ -9,21 +9,23 @@ from typing import Annotated, Any, Optional
 import numpy as np
 import typer
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from segtool.batch import EXIT_USAGE
+from segtool.batch import EXIT_USAGE, ItemResult, RunOptions, run_batch
 from segtool.cli._app import app
-from segtool.cli._common import Debug, MaxMemory, Overwrite, Quiet, Recursive, ShardOpt, fail, memory_budget, print_error, stderr
-from segtool.cli._common import shard_files
+from segtool.cli.messages import fail, print_error, stderr
+from segtool.cli.options import Debug, MaxMemory, Overwrite, Quiet, Recursive, ShardOpt, memory_budget
+from segtool.cli.reporter import Reporter, progress_bar
+from segtool.cli.specs import shard_files
 from segtool.errors import InputError, SegtoolError, first_line
 from segtool.inputs import expand_inputs
 from segtool.io import check_output_free
-from segtool.metrics import DEFAULT_THRESHOLDS, MatchCounts, match_labels, pixel_scores
+from segtool.metrics import DEFAULT_THRESHOLDS, MatchCounts
 from segtool.memory import MemoryBudget
 from segtool.pairing import LabelPair, pair_label_files
 from segtool.plotting import require_plotting
 from segtool.quiet import quiet_libraries
+from segtool.tasks.evaluate import EvaluateTask
 
 PANEL_OUT = "Outputs"
 PANEL_METRIC = "Metric"
@@ -56,24 +58,6 @@ def parse_thresholds(text: str | None) -> tuple[float, ...]:
     if not values or bad:
         raise InputError(f"--thresholds must lie in (0, 1], got {text!r}")
     return tuple(values)
-
-
-def _evaluate_pair(
-    pair: LabelPair, thresholds: tuple[float, ...], memory: MemoryBudget | None = None
-) -> tuple[MatchCounts, dict[str, Any]]:
-    from segtool.tasks.stack import read_labels_any  # 2-D images, or Z stacks matched by 3-D IoU
-
-    try:
-        pred = read_labels_any(pair.pred, memory=memory)[0]
-    except InputError as err:
-        raise InputError(f"{pair.pred}: {err}") from err
-    try:
-        gt = read_labels_any(pair.gt, memory=memory)[0]
-    except InputError as err:
-        raise InputError(f"{pair.gt}: {err}") from err
-    if pred.shape != gt.shape:
-        raise InputError(f"{pair.pred}: shape mismatch: prediction is {pred.shape}, ground truth {pair.gt} is {gt.shape}")
-    return match_labels(gt, pred, thresholds=thresholds), pixel_scores(gt, pred)
 
 
 def _pixel_totals(pixels: list[dict[str, Any]]) -> dict[str, float | int]:
@@ -203,100 +187,30 @@ def evaluate(
     TP / (TP + FP + FN) as in the 2018 Data Science Bowl and StarDist. Dataset totals come from counts summed
     over all images. Also reports foreground (pixel) Dice and IoU.
     """
-    from segtool import export as writers
-
     try:
         values = parse_thresholds(thresholds)
     except InputError as err:
         fail(str(err), code=EXIT_USAGE)
-    if plot is not None:
-        try:  # matplotlib is the optional [plot] extra: say so before any work
-            require_plotting("--plot")
-        except SegtoolError as err:
-            fail(first_line(err), code=EXIT_USAGE)
-    for target in (csv_path, plot):
-        if target is not None:
-            try:
-                check_output_free(target, overwrite=overwrite)
-            except SegtoolError as err:
-                fail(first_line(err))
+    _check_outputs(csv_path, plot, overwrite=overwrite)
     memory = memory_budget(max_memory, "evaluate", way_out="raise --max-memory if this machine has the memory")
-    failed = 0
-
-    def report(where: str | None, message: str) -> None:
-        nonlocal failed
-        failed += 1
-        print_error(where, message)
-
-    files = {}
-    for side, spec in (("pred", pred), ("gt", gt)):
-        if not spec.exists():
-            report(str(spec), "no such file or folder")
-            continue
-        expanded = expand_inputs([str(spec)], recursive=recursive, kind="labels")
-        for where, message in expanded.problems:
-            report(where, message)
-        files[side] = expanded.files
-    if len(files) < 2:
-        raise typer.Exit(1)
-    pairs, problems = pair_label_files(files["pred"], files["gt"])
-    found = len(pairs)
-    if shard is not None:  # split by prediction file; each shard's totals cover its own pairs only
-        kept = set(shard_files([p.pred for p in pairs], [str(pred)], shard))
-        pairs = [p for p in pairs if p.pred in kept]
-    for where, message in problems:
-        report(where, message)
+    pairs, found, failed = _find_pairs(pred, gt, recursive=recursive, shard=shard)
+    scored, unreadable = _score_pairs(pairs, values, memory, quiet=quiet, debug=debug)
+    failed += unreadable
 
     err_console = stderr()
-    images: list[dict[str, Any]] = []
-    counts_list: list[MatchCounts] = []
-    pixels_list: list[dict[str, Any]] = []
-    progress = Progress(
-        TextColumn("evaluate"), BarColumn(), MofNCompleteColumn(), console=err_console, transient=True,
-        disable=quiet or not err_console.is_terminal,
-    )  # fmt: skip
-    with progress, quiet_libraries(debug):
-        task_id = progress.add_task("evaluate", total=len(pairs))
-        for pair in pairs:
-            try:
-                counts, pixels = _evaluate_pair(pair, values, memory)
-            except SegtoolError as err:
-                report(None, first_line(err))
-            except Exception as err:
-                if debug:
-                    raise
-                report(str(pair.pred), f"internal error ({type(err).__name__}: {err}); this is a bug in segtool, rerun with --debug")
-            else:
-                counts_list.append(counts)
-                pixels_list.append(pixels)
-                images.append(_report(pair, counts, pixels))
-            progress.advance(task_id)
-
     note = f"shard {shard} ({len(pairs)} of {found} pairs): " if shard is not None else ""
-    if not images and shard is not None and found and not failed and not pairs:  # an empty shard: nothing to do
+    if not scored and shard is not None and found and not failed and not pairs:  # an empty shard: nothing to do
         if not quiet:
             err_console.print(f"segtool: {note}nothing to evaluate", markup=False, highlight=False)
         raise typer.Exit(0)
-    if not images:
+    if not scored:
         fail("nothing to evaluate: no prediction could be paired with its ground truth and read")
-    total_counts = sum(counts_list)
-    total = _report(None, total_counts, _pixel_totals(pixels_list))
+    images = [_report(pair, counts, pixels) for pair, counts, pixels in scored]
+    total_counts = sum(counts for _, counts, _ in scored)
+    total = _report(None, total_counts, _pixel_totals([pixels for _, _, pixels in scored]))
     total = {"n_images": len(images), **total, "mean_image_ap": float(np.mean([r["ap_mean"] for r in images]))}
-    outputs: dict[str, str] = {}
-    try:
-        if csv_path is not None:
-            outputs["csv"] = str(writers.write_csv(csv_path, _csv_rows(images, total), columns=CSV_COLUMNS, overwrite=overwrite))
-        if plot is not None:
-            curves = {
-                "AP": total_counts.ap,
-                "F1": total_counts.f1,
-                "precision": total_counts.precision,
-                "recall": total_counts.recall,
-            }
-            title = f"{len(images)} image(s), {total_counts.n_true} true objects"
-            outputs["plot"] = str(writers.write_score_plot(plot, total_counts.thresholds, curves, title=title, overwrite=overwrite))
-    except SegtoolError as err:
-        report(None, first_line(err))
+    outputs, unwritten = _write_outputs(csv_path, plot, images, total, total_counts, overwrite=overwrite)
+    failed += unwritten
 
     if json_out:
         document = {"thresholds": list(values), "total": total, "images": images, "failed": failed, "outputs": outputs}
@@ -313,3 +227,98 @@ def evaluate(
             f"segtool: {note}{len(images)} pair(s) evaluated, {failed} problem(s)", markup=False, highlight=False
         )
     raise typer.Exit(1 if failed else 0)
+
+
+def _check_outputs(csv_path: Path | None, plot: Path | None, *, overwrite: bool) -> None:
+    """Exit before any work when ``--plot`` lacks matplotlib (2) or an output exists without ``--overwrite`` (1)."""
+    if plot is not None:
+        try:  # matplotlib is the optional [plot] extra: say so before any work
+            require_plotting("--plot")
+        except SegtoolError as err:
+            fail(first_line(err), code=EXIT_USAGE)
+    for target in (csv_path, plot):
+        if target is not None:
+            try:
+                check_output_free(target, overwrite=overwrite)
+            except SegtoolError as err:
+                fail(first_line(err))
+
+
+def _find_pairs(pred: Path, gt: Path, *, recursive: bool, shard) -> tuple[list[LabelPair], int, int]:
+    """The pairs this process scores (its ``--shard``), how many pairs there are, and how many problems were reported.
+
+    Each file that cannot be paired gets its error line; exit 1 when ``pred``
+    or ``gt`` does not exist.
+    """
+    failed = 0
+    files = {}
+    for side, spec in (("pred", pred), ("gt", gt)):
+        if not spec.exists():
+            print_error(str(spec), "no such file or folder")
+            failed += 1
+            continue
+        expanded = expand_inputs([str(spec)], recursive=recursive, kind="labels")
+        for where, message in expanded.problems:
+            print_error(where, message)
+            failed += 1
+        files[side] = expanded.files
+    if len(files) < 2:
+        raise typer.Exit(1)
+    pairs, problems = pair_label_files(files["pred"], files["gt"])
+    found = len(pairs)
+    if shard is not None:  # split by prediction file; each shard's totals cover its own pairs only
+        kept = set(shard_files([p.pred for p in pairs], [str(pred)], shard))
+        pairs = [p for p in pairs if p.pred in kept]
+    for where, message in problems:
+        print_error(where, message)
+        failed += 1
+    return pairs, found, failed
+
+
+def _score_pairs(pairs: list[LabelPair], thresholds: tuple[float, ...], memory: MemoryBudget, *, quiet: bool,
+                 debug: bool) -> tuple[list[tuple[LabelPair, MatchCounts, dict[str, Any]]], int]:
+    """Score every pair with the shared batch runner; returns (pair, counts, pixel scores) of those read, and the
+    number that failed (each reported on stderr as it happens)."""
+    by_pred = {pair.pred: pair for pair in pairs}
+
+    def where(result: ItemResult) -> str | None:
+        # the task's messages start with their file (the prediction or its ground truth); the runner's own do not
+        pair = by_pred[Path(result.input)]
+        return None if (result.error or "").startswith((f"{pair.pred}: ", f"{pair.gt}: ")) else result.input
+
+    progress = progress_bar(stderr(), quiet=quiet)
+    emit = Reporter(progress, paths_out=False, where=where)
+    with progress, quiet_libraries(debug):
+        emit.task_id = progress.add_task("evaluate", total=len(pairs))
+        summary = run_batch(list(by_pred), EvaluateTask(by_pred, thresholds, memory), RunOptions(debug=debug),
+                            on_result=emit)
+    scored = [(by_pred[Path(r.input)], r.figures["counts"], r.figures["pixels"])
+              for r in summary.results if r.status == "done"]
+    return scored, summary.failed
+
+
+def _write_outputs(csv_path: Path | None, plot: Path | None, images: list[dict[str, Any]], total: dict[str, Any],
+                   total_counts: MatchCounts, *, overwrite: bool) -> tuple[dict[str, str], int]:
+    """Write ``--csv`` and ``--plot``; returns the files written, by kind, and 1 when one could not be (said on
+    stderr), else 0."""
+    from segtool import export as writers
+
+    outputs: dict[str, str] = {}
+    try:
+        if csv_path is not None:
+            outputs["csv"] = str(writers.write_csv(csv_path, _csv_rows(images, total), columns=CSV_COLUMNS,
+                                                   overwrite=overwrite))
+        if plot is not None:
+            curves = {
+                "AP": total_counts.ap,
+                "F1": total_counts.f1,
+                "precision": total_counts.precision,
+                "recall": total_counts.recall,
+            }
+            title = f"{len(images)} image(s), {total_counts.n_true} true objects"
+            outputs["plot"] = str(writers.write_score_plot(plot, total_counts.thresholds, curves, title=title,
+                                                           overwrite=overwrite))
+    except SegtoolError as err:
+        print_error(None, first_line(err))
+        return outputs, 1
+    return outputs, 0

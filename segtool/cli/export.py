@@ -9,9 +9,10 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from segtool.batch import EXIT_USAGE, ItemResult, run_batch
+from segtool.batch import EXIT_USAGE, ItemResult, RunOptions, run_batch
 from segtool.cli._app import app
-from segtool.cli._common import (
+from segtool.cli.messages import fail, print_error, stderr
+from segtool.cli.options import (
     Channel,
     ClusterOpt,
     Debug,
@@ -31,14 +32,10 @@ from segtool.cli._common import (
     SkipExisting,
     BatchOptions,
     batch_options,
-    expand_specs,
-    fail,
     memory_budget,
-    print_error,
-    run_files,
-    shard_files,
-    stderr,
 )
+from segtool.cli.run import run_files
+from segtool.cli.specs import expand_specs, shard_files
 from segtool.errors import InputError
 from segtool.quiet import quiet_libraries
 from segtool.tasks.export import FORMAT_SUFFIXES, ExportTask
@@ -246,8 +243,8 @@ def _summary_rows(specs, task: ExportTask, batch: BatchOptions) -> None:
         sys.stdout.flush()
 
     with quiet_libraries(batch.debug):
-        summary = run_batch(expanded.files, task, on_error=on_error.value, jobs=batch.jobs, on_result=emit,
-                            debug=batch.debug)
+        summary = run_batch(expanded.files, task, RunOptions(on_error=on_error.value, jobs=batch.jobs, debug=batch.debug),
+                            on_result=emit)
     if not batch.quiet:
         note = f"shard {batch.shard} ({len(expanded.files)} of {found} inputs): " if batch.shard else ""
         stderr().print(f"segtool: {note}{summary.done} done, {summary.failed + failed} failed", markup=False, highlight=False)

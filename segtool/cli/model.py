@@ -13,7 +13,8 @@ import typer
 
 from segtool.batch import EXIT_USAGE
 from segtool.cli._app import app
-from segtool.cli._common import Debug, exit_on_error, print_error
+from segtool.cli.messages import exit_on_error, print_error
+from segtool.cli.options import Debug
 from segtool.errors import SegtoolError, first_line
 from segtool.intake import INPUT_TRANSFORMS
 

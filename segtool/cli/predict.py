@@ -10,7 +10,8 @@ import typer
 
 from segtool.batch import EXIT_USAGE
 from segtool.cli._app import app
-from segtool.cli._common import (
+from segtool.cli.messages import fail, stderr
+from segtool.cli.options import (
     parse_diameter,
     BatchOptions,
     Device,
@@ -36,11 +37,9 @@ from segtool.cli._common import (
     SkipExisting,
     ZarrOut,
     batch_options,
-    fail,
     memory_budget,
-    run_files,
-    stderr,
 )
+from segtool.cli.run import run_files
 from segtool.cli.zstack import StitchThreshold, ZMode, ZSpacing
 from segtool.errors import SegtoolError, first_line
 from segtool.pipeline.options import ObjectOptions, TileOptions
@@ -243,58 +242,31 @@ def predict(
         model, device=device.value, threads=threads, precision=precision.value, scale=scale, diameter=given_diameter,
         onnx=onnx,
     )
+    tiling = TileOptions(tile=tile, overlap=overlap, tile_halo=tile_halo, batch_size=batch_size, tta=tta, scale=factor)
     if tile is not None or tile_halo is not None:
-        _check_tiles(loaded, tile=tile, tile_halo=tile_halo, overlap=overlap)
-    objects = {"prob_threshold": prob_threshold, "min_size": min_size, "seed_threshold": seed_threshold,
-               "split_height": split_height}
+        _check_tiles(loaded, tiling)
+    objects = ObjectOptions(prob_threshold=prob_threshold, min_size=min_size, seed_threshold=seed_threshold,
+                            split_height=split_height)
     if batch.big:
-        tile_side = tile if tile is not None else int(loaded.config.patch_size)
-        if batch.block_size < tile_side:
-            fail(f"--block-size ({batch.block_size}) must be at least the tile size ({tile_side}; see --tile)", code=EXIT_USAGE)
-        refused = [name for name, on in (("--save-prob", save_prob), ("--save-overlay", save_overlay),
-                                         ("--scale/--diameter", factor not in (None, 1.0)), ("--bands", bool(bands))) if on]
-        if refused:
-            fail(f"{', '.join(refused)}: not available in big-image mode (--block-size)", code=EXIT_USAGE)
+        _refuse_in_big_mode(batch, loaded, tiling, save_prob=save_prob, save_overlay=save_overlay, bands=bands)
         from segtool.tasks.big import BigPredictTask
 
         # Big-image mode plans its blocks on the blended tile grid.
-        options = {"tiling": TileOptions(tile=tile, overlap=0.25 if overlap is None else overlap,
-                                         batch_size=batch_size or 4, tta=tta),
-                   "objects": ObjectOptions(**objects)}
         task = BigPredictTask(model_path=model_path, block_size=batch.block_size, halo=halo, zarr=batch.zarr,
-                              output_dir=batch.output, overwrite=batch.overwrite, options=options, device=device.value,
-                              threads=threads, channel=channel, plane=plane, precision=precision.value,
-                              input_transform=loaded.config.input)
+                              output_dir=batch.output, overwrite=batch.overwrite,
+                              tiling=TileOptions(tile=tile, overlap=overlap, batch_size=batch_size, tta=tta).blended(),
+                              objects=objects,
+                              device=device.value, threads=threads, channel=channel, plane=plane,
+                              precision=precision.value, input_transform=loaded.config.input)
     elif batch.zarr:
         fail("--zarr writes big-image mode's labels: add --block-size N", code=EXIT_USAGE)
     else:
         task = PredictTask(
-            model_path=model_path,
-            device=device.value,
-            threads=threads,
-            precision=precision.value,
-            output_dir=batch.output,
-            overwrite=batch.overwrite,
-            tile=tile,
-            overlap=overlap,
-            tile_halo=tile_halo,
-            batch_size=batch_size,
-            tta=tta,
-            scale=factor,
-            diameter=given_diameter,
-            **objects,
-            save_prob=save_prob,
-            save_overlay=save_overlay,
-            bands=bands,
-            band_rows=band_rows,
-            halo=halo,
-            channel=channel,
-            plane=plane,
-            model_name=model_name,
-            memory=_memory_guard(batch, bands),
-            z_spacing=z_spacing,
-            z_mode=z_mode,
-            stitch_threshold=stitch_threshold,
+            model_path=model_path, device=device.value, threads=threads, precision=precision.value,
+            output_dir=batch.output, overwrite=batch.overwrite, tiling=tiling, objects=objects,
+            save_prob=save_prob, save_overlay=save_overlay, bands=bands, band_rows=band_rows, halo=halo,
+            channel=channel, plane=plane, memory=_memory_guard(batch, bands), model_name=model_name,
+            diameter=given_diameter, z_spacing=z_spacing, z_mode=z_mode, stitch_threshold=stitch_threshold,
         )
         task.use_model(loaded)
     try:
@@ -303,6 +275,19 @@ def predict(
         if onnx and not isinstance(loaded, OnnxModel):
             _write_onnx_copy(model_path, quiet=batch.quiet)
         raise
+
+
+def _refuse_in_big_mode(batch: BatchOptions, loaded, tiling: TileOptions, *, save_prob: bool, save_overlay: bool,
+                        bands: bool | None) -> None:
+    """Exit 2 when an option big-image mode (``--block-size``) cannot honour was given."""
+    tile_side = tiling.tile if tiling.tile is not None else int(loaded.config.patch_size)
+    if batch.block_size < tile_side:
+        fail(f"--block-size ({batch.block_size}) must be at least the tile size ({tile_side}; see --tile)", code=EXIT_USAGE)
+    refused = [name for name, on in (("--save-prob", save_prob), ("--save-overlay", save_overlay),
+                                     ("--scale/--diameter", tiling.scale not in (None, 1.0)), ("--bands", bool(bands)))
+               if on]
+    if refused:
+        fail(f"{', '.join(refused)}: not available in big-image mode (--block-size)", code=EXIT_USAGE)
 
 
 def _write_onnx_copy(model_path: Path, *, quiet: bool) -> None:
@@ -355,15 +340,13 @@ def _prepare_model(model: Path | None, *, device: str, threads: int | None, prec
     return model_path, model_name, loaded, factor
 
 
-def _check_tiles(loaded, *, tile: int | None, tile_halo: int | None, overlap: float | None) -> None:
+def _check_tiles(loaded, tiling: TileOptions) -> None:
     """Exit 2 when ``--tile``/``--tile-halo`` leave no core in a tile: a usage error, found before any image is read."""
     from segtool.infer.network import network_device_type
-    from segtool.pipeline.options import plan_inference_tiles
 
     try:
-        side = 4 * (tile or 2048)
-        plan_inference_tiles(loaded.config, (side, side), device_type=network_device_type(loaded.net), tile=tile,
-                             overlap=overlap, tile_halo=tile_halo)
+        side = 4 * (tiling.tile or 2048)
+        tiling.plan(loaded.config, (side, side), device_type=network_device_type(loaded.net))
     except SegtoolError as err:
         fail(first_line(err), code=EXIT_USAGE)
 

@@ -9,19 +9,9 @@ import typer
 
 from segtool.batch import EXIT_INTERRUPTED, EXIT_USAGE
 from segtool.cli._app import app
-from segtool.cli._common import (
-    PANEL_IO,
-    Debug,
-    Jobs,
-    Overwrite,
-    Quiet,
-    Recursive,
-    error_line,
-    expand_specs,
-    fail,
-    print_error,
-    stderr,
-)
+from segtool.cli.messages import error_line, fail, print_error, stderr
+from segtool.cli.options import PANEL_IO, Debug, Jobs, Overwrite, Quiet, Recursive
+from segtool.cli.specs import expand_specs
 from segtool.errors import SegtoolError, first_line
 from segtool.quiet import quiet_libraries
 

@@ -11,7 +11,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from segtool.cli._common import Device, Precision
+from segtool.cli.options import Device, Precision
 from segtool.model.config import FINETUNE_DEFAULTS
 from segtool.intake import INPUT_TRANSFORMS
 

@@ -39,7 +39,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from segtool.batch import ItemResult, Runner, Task, error_message, precheck_item, run_item
+from segtool.batch import ItemResult, Runner, RunOptions, Task, error_message, precheck_item, run_item
 from segtool.distributed.cluster import worker_count
 
 __all__ = ["cluster_runner", "run_on_cluster", "run_items", "with_absolute_paths"]
@@ -115,10 +115,7 @@ def run_on_cluster(
     task: Task,
     *,
     record: Callable[[ItemResult], None],
-    on_error: str = "skip",
-    skip_existing: bool = False,
-    overwrite: bool = False,
-    debug: bool = False,
+    options: RunOptions = RunOptions(),
 ) -> None:
     """Run ``task`` on every path on the cluster behind ``client``; report each result via ``record``.
 
@@ -132,8 +129,9 @@ def run_on_cluster(
         Picklable per-file work.
     record : callable
         Called with each :class:`ItemResult` as soon as it is known.
-    on_error, skip_existing, overwrite, debug
-        As in :func:`segtool.batch.run_batch`.
+    options : RunOptions, optional
+        As in :func:`segtool.batch.run_batch` (``jobs`` is not used: the
+        cluster's workers are).
 
     Notes
     -----
@@ -144,6 +142,7 @@ def run_on_cluster(
     """
     from distributed import as_completed
 
+    on_error, skip_existing, overwrite, debug = options.on_error, options.skip_existing, options.overwrite, options.debug
     remote_task = _retry_safe(with_absolute_paths(task), skip_existing=skip_existing)
     pending = list(paths)
     pending.reverse()  # pop() from the end keeps the input order

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from segtool.errors import InputError
@@ -26,6 +26,8 @@ from segtool.pipeline.tiling import halo_padded_shape, plan_halo_tiles, plan_til
 __all__ = [
     "ACTIVATION_BYTES",
     "BATCH_PIXELS",
+    "BLEND_BATCH_SIZE",
+    "BLEND_OVERLAP",
     "MAX_TILE",
     "TILE_MEMORY",
     "activation_bytes",
@@ -39,6 +41,12 @@ __all__ = [
     "postprocess_options",
     "resolve_tile",
 ]
+
+
+#: Overlap of blended tiles where a schedule needs a fixed tile grid and none was given (Dask blocks, Z stacks).
+BLEND_OVERLAP = 0.25
+#: Tiles per network call when tiles are blended and no batch size was given.
+BLEND_BATCH_SIZE = 4
 
 
 @dataclass(frozen=True)
@@ -78,6 +86,20 @@ class TileOptions:
     batch_size: int | None = None
     tta: bool = False
     scale: float | None = 1.0
+
+    def blended(self) -> TileOptions:
+        """These options on a fixed grid of blended tiles: ``overlap`` and ``batch_size`` default to
+        :data:`BLEND_OVERLAP` and :data:`BLEND_BATCH_SIZE` (the tiling of Dask blocks and of Z stacks).
+
+        Examples
+        --------
+        >>> TileOptions(tile=128).blended()
+        TileOptions(tile=128, overlap=0.25, tile_halo=None, batch_size=4, tta=False, scale=1.0)
+        >>> TileOptions(overlap=0.1, batch_size=2).blended() == TileOptions(overlap=0.1, batch_size=2)
+        True
+        """
+        return replace(self, overlap=BLEND_OVERLAP if self.overlap is None else self.overlap,
+                       batch_size=BLEND_BATCH_SIZE if self.batch_size is None else self.batch_size)
 
     def check(self) -> None:
         """Raise :class:`InputError` if a value is out of range (:func:`check_common`)."""
@@ -296,7 +318,8 @@ def plan_inference_tiles(
         tile_hw = resolve_tile(config, shape, tile)
         padded = tuple(max(n, t) for n, t in zip(shape, tile_hw))
         n_tiles = len(plan_tiles(padded, tile_hw, overlap))
-        return TilePlan(tile_hw, float(overlap), None, align, 4 if batch_size is None else int(batch_size), n_tiles)
+        return TilePlan(tile_hw, float(overlap), None, align, BLEND_BATCH_SIZE if batch_size is None else int(batch_size),
+                        n_tiles)
     halo = default_tile_halo(config) if tile_halo is None else int(tile_halo)
     if halo < 0:
         raise InputError(f"tile halo must be >= 0, got {halo}")

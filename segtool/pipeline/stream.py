@@ -195,6 +195,7 @@ def run_staged(
             if entry is _END:
                 break
             index, item, state = entry
+            del entry  # the loaded state is freed once ``infer`` has replaced it, not at the next item
             if isinstance(state, _Failed):
                 raise state.error
             if halted(index):

@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import quote
 
 from segtool import __version__
-from segtool.batch import ItemResult, run_batch
+from segtool.batch import ItemResult, RunOptions, run_batch
 from segtool.io import atomic_output, check_output_free
 from segtool.report.collect import Entry
 from segtool.report.flags import FLAG_ORDER, FlagOptions, flag_rows
@@ -204,7 +204,7 @@ def build_report(
         if on_result is not None:
             on_result(result)
 
-    run_batch([e.labels for e in readable], task, jobs=options.jobs, overwrite=True, on_result=keep, debug=debug)
+    run_batch([e.labels for e in readable], task, RunOptions(jobs=options.jobs, overwrite=True, debug=debug), on_result=keep)
     models = {spec: describe_model(spec) for spec in {str(e.record["model"]) for e in entries if e.record.get("model")}}
     rows = [_row(e, results.get(str(e.labels)) if e.labels is not None else None,
                  models.get(str(e.record.get("model"))) if e.record.get("model") else None, out_dir, options.size)

@@ -9,6 +9,7 @@ receive the same objects the CLI built.
 - :mod:`~segtool.tasks.baseline` — ``baseline`` (2-D, or 3-D for a Z stack);
 - :mod:`~segtool.tasks.predict` — ``predict`` (whole image, bands, Z stack);
 - :mod:`~segtool.tasks.export` — ``export`` and ``measure``;
+- :mod:`~segtool.tasks.evaluate` — ``evaluate`` (one prediction against its ground truth);
 - :mod:`~segtool.tasks.big` — big-image mode (``--block-size``) of baseline and predict on Dask blocks;
 - :mod:`~segtool.tasks.stack` — what a Z-stack input means for each command.
 """

@@ -10,7 +10,53 @@ from segtool.inputs import output_path
 from segtool.io import read_image, write_float, write_labels, write_png
 from segtool.memory import MemoryBudget
 
-__all__ = ["BaselineTask"]
+__all__ = ["BaselineOptions", "BaselineTask"]
+
+
+@dataclass(frozen=True)
+class BaselineOptions:
+    """How ``segtool baseline`` segments: the background fit, the threshold and the objects.
+
+    The defaults are those of :func:`segtool.baseline.segment_baseline`.
+    ``min_size`` None means the default :data:`segtool.baseline.MIN_SIZE`,
+    scaled with ``diameter`` in 2-D; Z stacks and blocks keep it fixed
+    (:meth:`fixed_size`).
+
+    Examples
+    --------
+    >>> BaselineOptions(split=True).fixed_size()["min_size"]
+    20
+    >>> BaselineOptions(min_size=5, diameter="auto").keywords()["diameter"]
+    'auto'
+    """
+
+    degree: int = 2
+    robust: bool = True
+    polarity: str = "bright"
+    threshold: str | float = "otsu"
+    min_size: int | None = None
+    fill_holes: bool = False
+    smooth: float = 0.0
+    split: bool = False
+    diameter: float | str | None = None  # 2-D: "auto" or pixels; the size-dependent defaults follow it
+
+    def keywords(self) -> dict[str, Any]:
+        """Keywords of :func:`segtool.baseline.segment_baseline` (2-D, with the size rule)."""
+        return {"degree": self.degree, "robust": self.robust, "polarity": self.polarity, "threshold": self.threshold,
+                "min_size": self.min_size, "fill_holes": self.fill_holes, "smooth": self.smooth, "split": self.split,
+                "diameter": self.diameter}
+
+    def fixed_size(self) -> dict[str, Any]:
+        """Keywords of :func:`segtool.volume.baseline.segment_baseline_3d` and ``segment_baseline_blocks``.
+
+        A size estimate would need the whole image's (or stack's) foreground:
+        ``min_size`` keeps its fixed default, and there is no ``diameter``.
+        """
+        from segtool.baseline import MIN_SIZE
+
+        keywords = self.keywords()
+        del keywords["diameter"]
+        return {**keywords, "min_size": MIN_SIZE if self.min_size is None else self.min_size}
 
 
 @dataclass(frozen=True)
@@ -19,41 +65,14 @@ class BaselineTask:
 
     output_dir: Path | None
     overwrite: bool
-    degree: int
-    robust: bool
-    polarity: str
-    threshold: str | float
-    min_size: int | None  # None: MIN_SIZE, scaled with the diameter (2-D)
-    fill_holes: bool
-    smooth: float
-    split: bool
-    save_background: bool
-    save_corrected: bool
-    save_overlay: bool
-    channel: int | None
-    plane: int | None
+    options: BaselineOptions
+    save_background: bool = False
+    save_corrected: bool = False
+    save_overlay: bool = False
+    channel: int | None = None
+    plane: int | None = None
     memory: MemoryBudget | None = None  # the memory guard (--max-memory)
     z_spacing: float | None = None  # Z stacks (no --plane) are segmented in 3-D
-    diameter: float | str | None = None  # 2-D: "auto" or pixels; the size-dependent defaults follow it
-
-    def method(self) -> dict[str, Any]:
-        """The segmentation options, as keywords of :func:`segtool.baseline.segment_baseline_3d` (Z stacks)."""
-        from segtool.baseline import MIN_SIZE
-
-        return {
-            "degree": self.degree,
-            "robust": self.robust,
-            "polarity": self.polarity,
-            "threshold": self.threshold,
-            "min_size": MIN_SIZE if self.min_size is None else self.min_size,
-            "fill_holes": self.fill_holes,
-            "smooth": self.smooth,
-            "split": self.split,
-        }
-
-    def method_2d(self) -> dict[str, Any]:
-        """Keywords of :func:`segtool.baseline.segment_baseline`: :meth:`method` with the size rule."""
-        return {**self.method(), "min_size": self.min_size, "diameter": self.diameter}
 
     def planned_outputs(self, path: Path) -> dict[str, Path]:
         outputs = {"labels": output_path(path, "_labels.tif", output_dir=self.output_dir)}
@@ -74,7 +93,7 @@ class BaselineTask:
         if figures is not None:
             return figures
         image = read_image(path, channel=self.channel, plane=self.plane, memory=self.memory)
-        result = segment_baseline(image.data, **self.method_2d())
+        result = segment_baseline(image.data, **self.options.keywords())
         outputs = self.planned_outputs(path)
         calibration = {"pixel_size": image.pixel_size, "unit": image.unit, "overwrite": self.overwrite}
         write_labels(outputs["labels"], result.labels, **calibration)

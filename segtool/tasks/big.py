@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import functools
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from segtool.errors import SegtoolError
 from segtool.inputs import output_path
+from segtool.pipeline.options import ObjectOptions, TileOptions
+from segtool.tasks.baseline import BaselineOptions
 
 __all__ = ["BigBaselineTask", "BigPredictTask", "labels_suffix"]
 
@@ -80,7 +82,7 @@ class BigBaselineTask(_BlockTask):
     zarr: bool
     output_dir: Path | None
     overwrite: bool
-    options: dict[str, Any] = field(default_factory=dict)
+    options: BaselineOptions = BaselineOptions()
     channel: int | None = None
     plane: int | None = None
 
@@ -90,7 +92,7 @@ class BigBaselineTask(_BlockTask):
 
         image = self.open(path)
         start = time.perf_counter()
-        result = segment_baseline_blocks(image.data, **self.options)
+        result = segment_baseline_blocks(image.data, **self.options.fixed_size())
         self.write(path, result, image)
         return {
             "objects": int(result.n_objects),
@@ -114,7 +116,8 @@ class BigPredictTask(_BlockTask):
     zarr: bool
     output_dir: Path | None
     overwrite: bool
-    options: dict[str, Any] = field(default_factory=dict)
+    tiling: TileOptions = TileOptions()  # blocks are planned on the blended tile grid (TileOptions.blended)
+    objects: ObjectOptions = ObjectOptions()
     device: str = "cpu"
     threads: int | None = None
     channel: int | None = None
@@ -139,7 +142,8 @@ class BigPredictTask(_BlockTask):
             device=self.device,
             threads=self.threads,
             precision=self.precision,
-            **self.options,
+            tiling=self.tiling,
+            objects=self.objects,
         )
         self.write(path, result, image)
         return {

@@ -16,7 +16,7 @@ from segtool.errors import InputError
 from segtool.inputs import output_path
 from segtool.pipeline.options import ObjectOptions, TileOptions
 
-__all__ = ["AUTO_WHOLE_PIXELS", "BAND_PIXELS", "PredictTask"]
+__all__ = ["AUTO_WHOLE_PIXELS", "BAND_PIXELS", "Loaded", "PredictTask", "Predicted"]
 
 #: Images with more pixels than this are predicted band by band unless --no-bands.
 BAND_PIXELS = 4096 * 4096
@@ -27,9 +27,49 @@ BAND_PIXELS = 4096 * 4096
 AUTO_WHOLE_PIXELS = 24 * 2**20
 
 
+@dataclass(frozen=True)
+class Loaded:
+    """What the read stage hands the network stage for one input (see :meth:`PredictTask.load`).
+
+    ``kind`` says how the network stage predicts it: ``"image"`` in memory
+    from ``normalized`` (rescaled by ``size`` when the size was estimated);
+    ``"large"`` band by band from the decoded ``image``; ``"lazy"`` band by
+    band from the file at ``path``, never read whole; ``"stack"`` the Z stack
+    at ``path`` plane by plane.
+    """
+
+    kind: str
+    path: Path
+    outputs: dict[str, Path]
+    image: Any = None  # segtool.io.Image: "image" and "large"
+    normalized: Any = None  # (C, h, w) float32: "image"
+    stages: dict[str, float] = field(default_factory=dict)  # seconds per stage so far
+    size: Any = None  # segtool.infer.sizing.SizeEstimate with --diameter auto, else None
+
+
+@dataclass(frozen=True)
+class Predicted:
+    """What the network stage hands the last stage: the maps at the image's size (and labels if already made)."""
+
+    image: Any  # segtool.io.Image
+    outputs: dict[str, Path]
+    stages: dict[str, float]
+    size: Any
+    maps: Any  # (C, H, W) float32
+    n_tiles: int
+    labels: Any = None  # labelled beside the network (segtool.infer.bands.label_by_tile_rows), else None
+
+
 @dataclass
 class PredictTask:
-    """Per-file work of ``segtool predict`` (picklable for ``--jobs``/``--cluster``: each process loads the model once)."""
+    """Per-file work of ``segtool predict`` (picklable for ``--jobs``/``--cluster``: each process loads the model once).
+
+    ``tiling.scale`` None estimates the objects' size in each image
+    (``--diameter auto``); ``objects`` override the model's tuned
+    post-processing. Z stacks (no ``plane``) are predicted per plane, then
+    3-D objects (:func:`segtool.tasks.stack.predict_stack_task`, with
+    ``z_spacing``, ``z_mode`` and ``stitch_threshold``).
+    """
 
     model_path: Path
     device: str
@@ -37,31 +77,22 @@ class PredictTask:
     precision: str
     output_dir: Path | None
     overwrite: bool
-    tile: int | None
-    overlap: float | None
-    batch_size: int | None
-    tta: bool
-    scale: float | None  # None: estimated per image (--diameter auto)
-    prob_threshold: float | None
-    min_size: int | None
-    seed_threshold: float | None
-    split_height: float | None
-    save_prob: bool
-    save_overlay: bool
-    bands: bool | None
-    band_rows: int | None
-    halo: int
-    channel: int | None
-    plane: int | None
-    tile_halo: int | None = None
+    tiling: TileOptions = TileOptions()
+    objects: ObjectOptions = ObjectOptions()
+    save_prob: bool = False
+    save_overlay: bool = False
+    bands: bool | None = None  # None: for images over BAND_PIXELS
+    band_rows: int | None = None
+    halo: int = 128
+    channel: int | None = None
+    plane: int | None = None
     memory: Any = None  # the memory guard (segtool.memory.MemoryBudget, --max-memory)
     model_name: str | None = None  # what -m named (a shipped model's name, or the file), recorded per image
-    diameter: float | None = None  # --diameter given by hand (recorded; it set ``scale``)
-    _model: Any = field(default=None, init=False, repr=False, compare=False)
-    # Z stacks (no --plane): predicted per plane, then 3-D objects (segtool.volume.predict).
+    diameter: float | None = None  # --diameter given by hand (recorded; it set ``tiling.scale``)
     z_spacing: float | None = None
     z_mode: str = "auto"
     stitch_threshold: float = 0.25
+    _model: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:
         state = dict(self.__dict__)
@@ -92,13 +123,14 @@ class PredictTask:
             outputs["overlay"] = output_path(path, "_overlay.png", output_dir=self.output_dir)
         return outputs
 
-    def _tiling(self) -> TileOptions:
-        return TileOptions(tile=self.tile, overlap=self.overlap, tile_halo=self.tile_halo, batch_size=self.batch_size,
-                           tta=self.tta, scale=1.0 if self.scale is None else self.scale)
+    @property
+    def scale(self) -> float:
+        """The resize factor given (1.0 when the size is estimated per image: see :meth:`_scale_of`)."""
+        return 1.0 if self.tiling.scale is None else float(self.tiling.scale)
 
-    def _objects(self) -> ObjectOptions:
-        return ObjectOptions(prob_threshold=self.prob_threshold, min_size=self.min_size,
-                             seed_threshold=self.seed_threshold, split_height=self.split_height)
+    def _scale_of(self, size) -> float:
+        """The resize factor used for an image whose size estimate is ``size`` (None: not estimated)."""
+        return size.scale if size is not None else self.scale
 
     @property
     def finish_threads(self) -> int:
@@ -119,7 +151,10 @@ class PredictTask:
         return state.value if isinstance(state, Finished) else self.finish(state)
 
     def load(self, path: Path):
-        """Stage 1: read and normalise (a large image is only looked at: the network stage predicts it in bands)."""
+        """Stage 1: read and normalise (a large image is only looked at: the network stage predicts it in bands).
+
+        Returns a :class:`Loaded`.
+        """
         import time
 
         from segtool.io import read_image
@@ -129,7 +164,7 @@ class PredictTask:
 
         start = time.perf_counter()
         if is_z_stack(path, plane=self.plane, z_spacing=self.z_spacing):
-            return {"stack_path": path}  # the network stage predicts it plane by plane
+            return Loaded("stack", path, {})  # the network stage predicts it plane by plane
         model = self.model()
         outputs = self.planned_outputs(path)
         colour = model.config.reads_colour
@@ -143,7 +178,7 @@ class PredictTask:
                 kind = "the hematoxylin input" if banded else "a colour (--channels rgb) model"
                 raise InputError(f"--channel picks one channel; {kind} reads R, G and B")
         # --diameter auto may bring a large image of large objects under the band threshold
-        estimate_whole = self.scale is None and not self.bands
+        estimate_whole = self.tiling.scale is None and not self.bands
         if self.bands is not False and self.plane is None and banded:
             lazy = open_lazy(path, channel=self.channel, input_transform=transform)
             if lazy is not None:
@@ -151,69 +186,68 @@ class PredictTask:
                     if self.bands or lazy.size > BAND_PIXELS:
                         if not (estimate_whole and lazy.size <= AUTO_WHOLE_PIXELS):
                             _warm_network(model, lazy.size)
-                            return {"lazy_path": path, "outputs": outputs}
+                            return Loaded("lazy", path, outputs)
         image = read_image(path, channel=self.channel, plane=self.plane, memory=self.memory, colour=colour)
         pixels = image.data.shape[-2] * image.data.shape[-1]
         _warm_network(model, pixels)
         large = banded and (self.bands or (self.bands is None and pixels > BAND_PIXELS))
         if large and not (estimate_whole and pixels <= AUTO_WHOLE_PIXELS):
-            return {"large_image": image, "outputs": outputs}
+            return Loaded("large", path, outputs, image=image)
         stages = {"read": time.perf_counter() - start}
         start = time.perf_counter()
-        normalized = normalize_for_model(image.data, model, scale=1.0 if self.scale is None else self.scale)
+        normalized = normalize_for_model(image.data, model, scale=self.scale)
         stages["normalize"] = time.perf_counter() - start
         size = None
-        if self.scale is None:
+        if self.tiling.scale is None:
             from segtool.infer.predict import fit_to_training_size
 
             start = time.perf_counter()
-            normalized, size = fit_to_training_size(normalized, model, objects=self._objects())
+            normalized, size = fit_to_training_size(normalized, model, objects=self.objects)
             stages["size"] = time.perf_counter() - start
             if large and (size is None or size.scale * size.scale * pixels > BAND_PIXELS):
-                return {"large_image": image, "outputs": outputs}  # objects not larger than the model's: bands
-        return {"image": image, "normalized": normalized, "outputs": outputs, "stages": stages, "size": size}
+                return Loaded("large", path, outputs, image=image)  # objects not larger than the model's: bands
+        return Loaded("image", path, outputs, image=image, normalized=normalized, stages=stages, size=size)
 
-    def infer(self, state: dict[str, Any]):
-        """Stage 2: the network, tile by tile (a large image: all of it, band by band, on this thread)."""
+    def infer(self, state: Loaded):
+        """Stage 2: the network, tile by tile (a large image: all of it, band by band, on this thread).
+
+        Returns a :class:`Predicted`, or the figures of a Z stack or of an image predicted in bands
+        (:class:`segtool.pipeline.stream.Finished`).
+        """
         from segtool.pipeline.stream import Finished
         from segtool.pipeline.read import open_lazy
         from segtool.infer.predict import predict_maps
 
-        if "stack_path" in state:
+        if state.kind == "stack":
             from segtool.tasks.stack import predict_stack_task
 
-            return Finished(predict_stack_task(self, state["stack_path"]))
-        if "lazy_path" in state:
-            with open_lazy(state["lazy_path"], channel=self.channel, input_transform=self.model().config.input) as lazy:
-                return Finished(self._run_bands(lazy, self.model(), state["outputs"]))
-        if "large_image" in state:
+            return Finished(predict_stack_task(self, state.path))
+        if state.kind == "lazy":
+            with open_lazy(state.path, channel=self.channel, input_transform=self.model().config.input) as lazy:
+                return Finished(self._run_bands(lazy, self.model(), state.outputs))
+        if state.kind == "large":
             from segtool.intake import apply_input_transform
 
-            image = state["large_image"]
+            image = state.image
             # the transform of the whole image, as in memory; the bands then see one plane of the network's input
             plane = apply_input_transform(image.data, self.model().config.input)
-            return Finished(self._run_bands(plane, self.model(), state["outputs"],
+            return Finished(self._run_bands(plane, self.model(), state.outputs,
                                             calibration=(image.pixel_size, image.unit)))
-        size = state.get("size")
-        if (size.scale if size is not None else (1.0 if self.scale is None else self.scale)) == 1.0:
+        keep = {"image": state.image, "outputs": state.outputs, "stages": state.stages, "size": state.size}
+        if self._scale_of(state.size) == 1.0:
             from segtool.infer.bands import label_by_tile_rows
 
             # Several tile rows: each is labelled while the network computes the next (the same labels).
-            done = label_by_tile_rows(state["normalized"], self.model(), tiling=self._tiling(),
-                                      objects=self._objects(), stages=state["stages"])
+            done = label_by_tile_rows(state.normalized, self.model(), tiling=self.tiling, objects=self.objects,
+                                      stages=state.stages)
             if done is not None:
-                del state["normalized"]
                 labels, maps, n_tiles = done
-                state.update(labels=labels, maps=maps, n_tiles=n_tiles)
-                return state
-        maps, n_tiles = predict_maps(
-            state.pop("normalized"), self.model(), state["image"].data.shape[-2:], tiling=self._tiling(),
-            stages=state["stages"],
-        )
-        state.update(maps=maps, n_tiles=n_tiles)
-        return state
+                return Predicted(**keep, maps=maps, n_tiles=n_tiles, labels=labels)
+        maps, n_tiles = predict_maps(state.normalized, self.model(), state.image.data.shape[-2:], tiling=self.tiling,
+                                     stages=state.stages)
+        return Predicted(**keep, maps=maps, n_tiles=n_tiles)
 
-    def finish(self, state: dict[str, Any]) -> dict[str, Any]:
+    def finish(self, state: Predicted) -> dict[str, Any]:
         """Stage 3: objects from the maps, then the outputs."""
         import time
 
@@ -225,13 +259,13 @@ class PredictTask:
         from segtool.infer.instances import maps_to_labels
         from segtool.infer.predict import scaled_objects
 
-        image, maps, outputs, stages = state["image"], state["maps"], state["outputs"], state["stages"]
+        image, maps, outputs, stages = state.image, state.maps, state.outputs, state.stages
         model = self.model()
         start = time.perf_counter()
-        size = state.get("size")
-        scale = size.scale if size is not None else (1.0 if self.scale is None else self.scale)
-        options = scaled_objects(self._objects(), model.config, scale)
-        labels = state["labels"] if "labels" in state else maps_to_labels(maps, target=model.config.target, **options)
+        scale = self._scale_of(state.size)
+        labels = state.labels
+        if labels is None:
+            labels = maps_to_labels(maps, target=model.config.target, **scaled_objects(self.objects, model.config, scale))
         # An empty well: percentile normalisation would stretch its uneven illumination into a bright blob.
         empty_reason = empty_image_reason(image.data if image.data.ndim == 2 else image.data.mean(axis=0, dtype=np.float32))
         if empty_reason is not None:
@@ -250,13 +284,13 @@ class PredictTask:
         return {
             "objects": n_objects,
             "empty_reason": empty_reason,
-            "tiles": state["n_tiles"],
+            "tiles": state.n_tiles,
             "predict_seconds": round(sum(stages.get(k, 0.0) for k in ("normalize", "size", "network", "tiles", "postprocess")), 3),
             "stage_seconds": {k: round(v, 3) for k, v in stages.items()},
             "shape": list(image.data.shape),
             "bands": 0,
             "model": self.model_name or str(self.model_path),
-            **self._size_record(size, scale),
+            **self._size_record(state.size, scale),
         }
 
     def _size_record(self, size, scale: float) -> dict[str, Any]:
@@ -271,7 +305,7 @@ class PredictTask:
     def _run_bands(self, source, model, outputs: dict[str, Path], calibration=None) -> dict[str, Any]:
         from segtool.infer.bands import predict_file_in_bands
 
-        if self.scale not in (None, 1.0):
+        if self.tiling.scale not in (None, 1.0):
             raise InputError("--scale/--diameter is not available for images predicted in bands (large images); add --no-bands")
         figures = predict_file_in_bands(
             source,
@@ -282,8 +316,8 @@ class PredictTask:
             overwrite=self.overwrite,
             band_rows=self.band_rows,
             halo=self.halo,
-            tiling=self._tiling(),
-            objects=self._objects(),
+            tiling=self.tiling,
+            objects=self.objects,
         )
         figures["predict_seconds"] = figures.pop("seconds")
         figures["model"] = self.model_name or str(self.model_path)

@@ -44,7 +44,7 @@ def baseline_stack(task: Any, path: Path) -> dict[str, Any] | None:
     if not is_z_stack(path, plane=task.plane, z_spacing=z_spacing):
         return None
     volume = read_volume(path, channel=task.channel, z_spacing=z_spacing)
-    result = segment_baseline_3d(volume.data, z_spacing=volume.z_spacing, **task.method())
+    result = segment_baseline_3d(volume.data, z_spacing=volume.z_spacing, **task.options.fixed_size())
     outputs = task.planned_outputs(path)
     keep = {"voxel_size": volume.voxel_size, "unit": volume.unit, "overwrite": task.overwrite}
     write_label_volume(outputs["labels"], result.labels, **keep)
@@ -74,27 +74,15 @@ def predict_stack_task(task: Any, path: Path) -> dict[str, Any] | None:
     """
     from segtool.volume.predict import StackPredictOptions, predict_stack_file
 
-    z_spacing = getattr(task, "z_spacing", None)
-    if not is_z_stack(path, plane=task.plane, z_spacing=z_spacing):
+    if not is_z_stack(path, plane=task.plane, z_spacing=task.z_spacing):
         return None
     if task.save_prob:
         raise InputError("--save-prob is not available for Z stacks (it writes 2-D maps); use --plane N for one plane")
-    options = StackPredictOptions(
-        mode=getattr(task, "z_mode", "auto"),
-        stitch_threshold=getattr(task, "stitch_threshold", 0.25),
-        tile=task.tile,
-        # Planes are tiled with blended overlap (2-D prediction's halo tiling is not used for stacks yet).
-        overlap=0.25 if task.overlap is None else task.overlap,
-        batch_size=4 if task.batch_size is None else task.batch_size,
-        tta=task.tta,
-        prob_threshold=task.prob_threshold,
-        min_size=task.min_size,
-        seed_threshold=task.seed_threshold,
-        split_height=task.split_height,
-        scale=task.scale,  # None: estimated once per stack, from its middle plane
-    )
+    # tiling.scale None: estimated once per stack, from its middle plane
+    options = StackPredictOptions(mode=task.z_mode, stitch_threshold=task.stitch_threshold, tiling=task.tiling,
+                                  objects=task.objects)
     outputs = task.planned_outputs(path)
-    figures = predict_stack_file(path, task.model(), outputs["labels"], channel=task.channel, z_spacing=z_spacing,
+    figures = predict_stack_file(path, task.model(), outputs["labels"], channel=task.channel, z_spacing=task.z_spacing,
                                  options=options, overwrite=task.overwrite, overlay_path=outputs.get("overlay"))
     figures["predict_seconds"] = figures.pop("seconds")
     if task.diameter is not None:

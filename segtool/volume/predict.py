@@ -32,6 +32,7 @@ import numpy as np
 
 from segtool.errors import InputError
 from segtool.labels import label_dtype
+from segtool.pipeline.options import ObjectOptions, TileOptions
 from segtool.infer.sizing import min_size_at_scale, resize_channels
 
 __all__ = ["STACK_MODES", "StackPredictOptions", "model_planes", "stack_percentiles", "predict_stack_maps", "maps_to_labels_3d",
@@ -57,7 +58,7 @@ WATERSHED_MIN_SIZE = 100
 
 @dataclass(frozen=True)
 class StackPredictOptions:
-    """How a Z stack is predicted.
+    """How a Z stack is predicted: the 3-D mode, and the 2-D tiling and object options of its planes.
 
     Attributes
     ----------
@@ -66,44 +67,52 @@ class StackPredictOptions:
         to :data:`WATERSHED_MAX_VOXELS` voxels, ``"stitch"`` above.
     stitch_threshold : float
         IoU needed to continue an object into the next plane (``"stitch"``).
-    tile, overlap, batch_size, tta
-        As for 2-D prediction; ``batch_size`` planes go through the network
-        together when a plane fits in one tile.
-    prob_threshold, min_size, seed_threshold, split_height
+    tiling : TileOptions
+        As for 2-D prediction, on blended tiles (:meth:`TileOptions.blended`
+        fills in the overlap and batch size); ``batch_size`` planes go through
+        the network together when a plane fits in one tile. ``scale`` resizes
+        each plane before the network (maps come back at the plane's size;
+        default ``min_size`` values follow the area); None estimates it once
+        per stack from the middle plane (:func:`stack_scale`).
+    objects : ObjectOptions
         Override the model's tuned post-processing (per plane for
         ``"stitch"``). ``"watershed"`` uses the model's ``prob_threshold``
         and its own defaults ``seed_threshold`` 0.3 and ``min_size`` 100
         voxels (see :data:`WATERSHED_SEED_THRESHOLD`).
-    scale : float or None
-        Resize each plane by this factor before the network (maps come back
-        at the plane's size; default ``min_size`` values follow the area);
-        None estimates it once per stack from the middle plane
-        (:func:`stack_scale`).
+
+    Examples
+    --------
+    >>> StackPredictOptions().tiling
+    TileOptions(tile=None, overlap=0.25, tile_halo=None, batch_size=4, tta=False, scale=1.0)
     """
 
     mode: str = "auto"
     stitch_threshold: float = 0.25
-    tile: int | None = None
-    overlap: float = 0.25
-    batch_size: int = 4
-    tta: bool = False
-    prob_threshold: float | None = None
-    min_size: int | None = None
-    seed_threshold: float | None = None
-    split_height: float | None = None
-    scale: float | None = 1.0
+    tiling: TileOptions = TileOptions()
+    objects: ObjectOptions = ObjectOptions()
 
     def __post_init__(self) -> None:
         if self.mode not in STACK_MODES:
             raise InputError(f"3-D mode must be one of {', '.join(STACK_MODES)}, got {self.mode!r}")
         if not 0 < float(self.stitch_threshold) <= 1:
             raise InputError(f"stitch threshold must be in (0, 1], got {self.stitch_threshold}")
+        # Planes are tiled with blended overlap (2-D prediction's halo tiling is not used for stacks yet).
+        object.__setattr__(self, "tiling", self.tiling.blended())
 
     def resolved(self, n_voxels: int) -> str:
         """The mode used for a stack of ``n_voxels`` (``"auto"`` decided by size)."""
         if self.mode != "auto":
             return self.mode
         return "watershed" if n_voxels <= WATERSHED_MAX_VOXELS else "stitch"
+
+    @property
+    def scale(self) -> float:
+        """The planes' resize factor (1.0 while it is still to be estimated)."""
+        return 1.0 if self.tiling.scale is None else float(self.tiling.scale)
+
+    def at_scale(self, scale: float) -> StackPredictOptions:
+        """These options with the planes resized by ``scale`` (once the estimate is made)."""
+        return replace(self, tiling=replace(self.tiling, scale=scale))
 
 
 def stack_percentiles(planes: Iterable[np.ndarray], low: float, high: float, *, max_samples: int = 1 << 22) -> tuple[float, float]:
@@ -158,7 +167,7 @@ def predict_stack_maps(
     ``planes`` and ``norm`` are those of the stack after the model's input
     transform (:func:`model_planes`).
 
-    Planes that fit in one tile are sent ``options.batch_size`` at a time in
+    Planes that fit in one tile are sent ``options.tiling.batch_size`` at a time in
     one network call; larger planes are tiled one by one
     (:func:`segtool.pipeline.tiling.predict_tiled`).
 
@@ -170,10 +179,10 @@ def predict_stack_maps(
     from segtool.pipeline.tiling import predict_tiled
 
     config = model.config
-    predictor = _predictor(model, options.tta)
+    predictor = _predictor(model, options.tiling.tta)
     lo, hi = norm
     scale = np.float32(1.0 / (hi - lo + 1e-20))
-    resize = 1.0 if options.scale is None else float(options.scale)
+    resize = options.scale
     batch: list[np.ndarray] = []
     tile_hw: tuple[int, int] | None = None
     plane_hw: tuple[int, int] | None = None
@@ -207,15 +216,15 @@ def predict_stack_maps(
         if resize != 1.0:
             normalized = resize_channels(normalized, (max(1, round(data.shape[0] * resize)),
                                                       max(1, round(data.shape[1] * resize))))
-        tile_hw = resolve_tile(config, normalized.shape[1:], options.tile)
+        tile_hw = resolve_tile(config, normalized.shape[1:], options.tiling.tile)
         if tile_hw[0] >= normalized.shape[1] and tile_hw[1] >= normalized.shape[2]:
             batch.append(normalized)
-            if len(batch) >= options.batch_size:
+            if len(batch) >= options.tiling.batch_size:
                 yield from flush()
             continue
         yield from flush()
-        maps = predict_tiled(normalized, predictor, tile=tile_hw, overlap=options.overlap,
-                             batch_size=options.batch_size, out_channels=config.out_channels)
+        maps = predict_tiled(normalized, predictor, tile=tile_hw, overlap=options.tiling.overlap,
+                             batch_size=options.tiling.batch_size, out_channels=config.out_channels)
         done += 1
         if on_plane is not None:
             on_plane(done)
@@ -297,9 +306,9 @@ def predict_stack(
     config = model.config
     planes = list(model_planes(data, config))
     norm = stack_percentiles(planes, config.norm_low, config.norm_high)
-    if options.scale is None:
+    if options.tiling.scale is None:
         size = stack_scale(planes[len(planes) // 2], model, norm=norm, options=options)
-        options = replace(options, scale=1.0 if size is None else size.scale)
+        options = options.at_scale(1.0 if size is None else size.scale)
     maps = predict_stack_maps(planes, model, norm=norm, options=options, on_plane=on_plane)
     options = replace(options, mode=options.resolved(data.size))
     return maps_to_labels_3d(maps, model.config, z_spacing=z_spacing, options=options)
@@ -340,10 +349,11 @@ def maps_to_labels_3d(
         fg, seed = _fg_and_seed(m, config.target, post)
         foreground.append(fg)
         seed_map.append(seed.astype(np.float32))
-    seed_threshold = WATERSHED_SEED_THRESHOLD if options.seed_threshold is None else options.seed_threshold
-    min_size = options.min_size
+    objects = options.objects
+    seed_threshold = WATERSHED_SEED_THRESHOLD if objects.seed_threshold is None else objects.seed_threshold
+    min_size = objects.min_size
     if min_size is None:
-        min_size = min_size_at_scale(WATERSHED_MIN_SIZE, 1.0 if options.scale is None else float(options.scale))
+        min_size = min_size_at_scale(WATERSHED_MIN_SIZE, options.scale)
     return _watershed_3d(np.stack(foreground), np.stack(seed_map), seed_threshold=seed_threshold,
                          min_size=int(min_size), z_spacing=z_spacing)
 
@@ -351,12 +361,9 @@ def maps_to_labels_3d(
 def plane_postprocess(config, options: StackPredictOptions) -> dict:
     """Per-plane post-processing keywords: the model's tuned values, ``options``' overrides, and the model's
     minimum sizes following ``options.scale`` (:func:`segtool.infer.predict.scaled_objects`)."""
-    from segtool.pipeline.options import ObjectOptions
     from segtool.infer.predict import scaled_objects
 
-    objects = ObjectOptions(prob_threshold=options.prob_threshold, min_size=options.min_size,
-                            seed_threshold=options.seed_threshold, split_height=options.split_height)
-    return scaled_objects(objects, config, 1.0 if options.scale is None else float(options.scale))
+    return scaled_objects(options.objects, config, options.scale)
 
 
 def stack_scale(middle: np.ndarray, model, *, norm: tuple[float, float],
@@ -367,7 +374,6 @@ def stack_scale(middle: np.ndarray, model, *, norm: tuple[float, float],
     model does not record its training diameter.
     """
     from segtool.infer.predict import model_diameter
-    from segtool.pipeline.options import postprocess_options
     from segtool.infer.sizing import estimate_for_model
 
     trained = model_diameter(model)
@@ -375,9 +381,7 @@ def stack_scale(middle: np.ndarray, model, *, norm: tuple[float, float],
         return None
     lo, hi = norm
     normalized = ((np.asarray(middle, dtype=np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo + 1e-20)))[np.newaxis]
-    post = postprocess_options(model.config, prob_threshold=options.prob_threshold, min_size=options.min_size,
-                               seed_threshold=options.seed_threshold, split_height=options.split_height)
-    return estimate_for_model(normalized, model, objects=post, trained_diameter=trained)
+    return estimate_for_model(normalized, model, objects=options.objects.resolve(model.config), trained_diameter=trained)
 
 
 def _fg_and_seed(maps: np.ndarray, target: str, post: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -437,11 +441,11 @@ def predict_stack_file(
     size = None
     if options.mode == "watershed":
         volume = read_volume(path, channel=channel, z_spacing=z_spacing)
-        if options.scale is None:
+        if options.tiling.scale is None:
             planes_in = list(model_planes(volume.data, model.config))
             size = stack_scale(planes_in[depth // 2], model, options=options,
                                norm=stack_percentiles(planes_in, model.config.norm_low, model.config.norm_high))
-            options = replace(options, scale=1.0 if size is None else size.scale)
+            options = options.at_scale(1.0 if size is None else size.scale)
             del planes_in
         progress = (lambda n: on_plane(n, depth)) if on_plane is not None else None
         labels = predict_stack(volume.data, model, z_spacing=volume.z_spacing, options=options, on_plane=progress)
@@ -457,13 +461,13 @@ def predict_stack_file(
         for z, p in enumerate(model_planes(planes, config)):
             if z % every == 0:
                 sample.append(p[::4, ::4].copy())
-            if z == depth // 2 and options.scale is None:
+            if z == depth // 2 and options.tiling.scale is None:
                 centre.append(np.array(p, copy=True))
         norm = stack_percentiles(sample, config.norm_low, config.norm_high)
         del sample
-        if options.scale is None:
+        if options.tiling.scale is None:
             size = stack_scale(centre[0], model, norm=norm, options=options)
-            options = replace(options, scale=1.0 if size is None else size.scale)
+            options = options.at_scale(1.0 if size is None else size.scale)
             del centre
         post = plane_postprocess(config, options)
         stitcher = PlaneStitcher(options.stitch_threshold)
@@ -518,7 +522,7 @@ def predict_stack_file(
         "voxel_size": [float(v) for v in voxel_size] if voxel_size is not None else None,
         "z_spacing": round(anisotropy(voxel_size), 6),
         "mode": options.mode,
-        "scale": round(float(options.scale), 4),
+        "scale": round(options.scale, 4),
         "diameter": None if size is None or size.diameter is None else round(size.diameter, 2),
         "diameter_source": None if size is None else "estimated",
         "seconds": round(time.perf_counter() - start, 3),
