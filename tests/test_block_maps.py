@@ -1,0 +1,98 @@
+"""Dask blocks get the in-memory run's maps: the same tile grid, blend and resize, whatever the block size.
+
+Each block's maps (:func:`segtool.distributed.block_plan.block_maps`, from
+only the pixels its region reads) are put together and compared with
+:func:`segtool.unet.predict.predict_image`'s maps of the whole image, with
+the shipped model: halo tiles (the default), blended tiles (``overlap``),
+and resized images (``scale`` below and above 1).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from segtool.distributed.block_plan import block_maps, plan_blocks, tile_grid
+from segtool.pipeline.options import TileOptions
+from segtool.synthetic import make_nuclei_image
+
+SAMPLE_IMAGES = Path(__file__).resolve().parents[1] / "sample_data" / "images"
+
+
+@pytest.fixture(scope="module")
+def model():
+    import torch
+
+    from segtool.unet.modelfile import load_model
+    from segtool.unet.predict import find_packaged_model
+
+    torch.set_num_threads(1)  # the machine is shared
+    return load_model(find_packaged_model())
+
+
+@pytest.fixture(scope="module")
+def sample_image() -> np.ndarray:
+    import tifffile
+
+    path = next(p for p in sorted(SAMPLE_IMAGES.glob("*.tif")) if "4ee5" in p.name)
+    return tifffile.imread(path)[:360, :520]
+
+
+@pytest.fixture(scope="module")
+def synthetic_image() -> np.ndarray:
+    image, _ = make_nuclei_image((300, 410), n_nuclei=40, seed=3, touching=0.3)
+    return image
+
+
+def _assembled(image: np.ndarray, model, tiling: TileOptions, block: int, halo: int, scale: float) -> np.ndarray:
+    """The maps of every block's core, put together: each block sees only ``normalized[plan.region]``."""
+    from segtool.unet.inference import make_predictor, prepared_net
+    from segtool.unet.predict import normalize_for_model
+
+    normalized = normalize_for_model(image, model)[0]
+    grid = tile_grid(model.config, image.shape, tiling, scale=scale)
+    plans, _ = plan_blocks(image.shape, block, halo, grid, seam_reach=3)
+    predictor = make_predictor(prepared_net(model), model.config.target)
+    out = np.full((model.config.out_channels,) + image.shape, np.nan, np.float32)
+    for row in plans:
+        for plan in row:
+            maps = block_maps(normalized[plan.region], plan, grid, predictor, out_channels=model.config.out_channels)
+            window = tuple(slice(r.start + w.start, r.start + w.stop) for r, w in zip(plan.region, plan.window))
+            assert maps.shape[1:] == tuple(w.stop - w.start for w in window)
+            core = tuple(slice(w.start + c.start, w.start + c.stop) for w, c in zip(window, plan.core))
+            out[(slice(None),) + core] = maps[(slice(None),) + plan.core]
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("which", "tiling", "block", "halo"),
+    [
+        ("sample", TileOptions(), 200, 32),  # defaults: one halo tile holds the image
+        ("sample", TileOptions(tile=256), 128, 32),  # several halo tiles, blocks smaller than a tile
+        ("sample", TileOptions(tile=256, tile_halo=48), 333, 0),
+        ("synthetic", TileOptions(tile=256), 96, 16),
+        ("synthetic", TileOptions(tile=128, overlap=0.25), 150, 20),  # blended tiles
+        ("sample", TileOptions(tile=256, scale=0.6), 128, 32),  # shrunk: blurred, then interpolated
+        ("synthetic", TileOptions(tile=256, scale=1.7), 100, 24),  # enlarged; the maps are shrunk back
+    ],
+)
+def test_block_maps_equal_the_in_memory_maps(model, sample_image, synthetic_image, which, tiling, block, halo):
+    from segtool.unet.predict import predict_image
+
+    image = sample_image if which == "sample" else synthetic_image
+    expected = predict_image(image, model, tiling=tiling).maps
+    got = _assembled(image, model, tiling, block, halo, tiling.scale)
+    assert not np.isnan(got).any()  # the cores cover the image
+    assert float(np.abs(got - expected).max()) <= 1e-3
+
+
+def test_blocks_read_only_what_their_tiles_need(model):
+    grid = tile_grid(model.config, (5000, 300), TileOptions(tile=512), scale=0.5)
+    plans, _ = plan_blocks((5000, 300), 1000, 64, grid, seam_reach=3)
+    middle = plans[2][0]  # rows 2000-3000 of the image
+    assert middle.region[0].start > 1500 and middle.region[0].stop < 3600
+    assert middle.region[1] == slice(0, 300)
+    assert middle.net.scaled[0].start >= 0 and middle.net.scaled[0].stop <= 2500
