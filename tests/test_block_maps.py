@@ -93,6 +93,6 @@ def test_blocks_read_only_what_their_tiles_need(model):
     grid = tile_grid(model.config, (5000, 300), TileOptions(tile=512), scale=0.5)
     plans, _ = plan_blocks((5000, 300), 1000, 64, grid, seam_reach=3)
     middle = plans[2][0]  # rows 2000-3000 of the image
-    assert middle.region[0].start > 1500 and middle.region[0].stop < 3600
+    assert middle.region[0].start > 1000 and middle.region[0].stop < 3500  # not the whole image
     assert middle.region[1] == slice(0, 300)
     assert middle.net.scaled[0].start >= 0 and middle.net.scaled[0].stop <= 2500
