@@ -248,22 +248,20 @@ def predict(
     objects = {"prob_threshold": prob_threshold, "min_size": min_size, "seed_threshold": seed_threshold,
                "split_height": split_height}
     if batch.big:
-        tile_side = tile if tile is not None else int(loaded.config.patch_size)
-        if batch.block_size < tile_side:
-            fail(f"--block-size ({batch.block_size}) must be at least the tile size ({tile_side}; see --tile)", code=EXIT_USAGE)
         refused = [name for name, on in (("--save-prob", save_prob), ("--save-overlay", save_overlay),
-                                         ("--scale/--diameter", factor not in (None, 1.0)), ("--bands", bool(bands))) if on]
+                                         ("--bands", bool(bands))) if on]
         if refused:
             fail(f"{', '.join(refused)}: not available in big-image mode (--block-size)", code=EXIT_USAGE)
         from segtool.tasks.big import BigPredictTask
 
-        # Big-image mode plans its blocks on the blended tile grid.
-        options = {"tiling": TileOptions(tile=tile, overlap=0.25 if overlap is None else overlap,
-                                         batch_size=batch_size or 4, tta=tta),
+        # Big-image mode runs the in-memory run's tile grid and scale (None: estimated once per image).
+        options = {"tiling": TileOptions(tile=tile, overlap=overlap, tile_halo=tile_halo, batch_size=batch_size,
+                                         tta=tta, scale=factor),
                    "objects": ObjectOptions(**objects)}
         task = BigPredictTask(model_path=model_path, block_size=batch.block_size, halo=halo, zarr=batch.zarr,
                               output_dir=batch.output, overwrite=batch.overwrite, options=options, device=device.value,
                               threads=threads, channel=channel, plane=plane, precision=precision.value,
+                              diameter=given_diameter,
                               input_transform=loaded.config.input)
     elif batch.zarr:
         fail("--zarr writes big-image mode's labels: add --block-size N", code=EXIT_USAGE)

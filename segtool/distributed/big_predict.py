@@ -475,12 +475,8 @@ def predict_blocks(
 
 def _network_kind(device: str, precision: str) -> tuple[str, str]:
     """Device type and resolved precision of the workers' network (they size the default halo tile)."""
-    import torch
-
+    from segtool.unet.model import resolve_device
     from segtool.unet.precision import resolve_precision
 
-    try:
-        where = torch.device(str(device))
-    except (RuntimeError, TypeError):
-        raise InputError(f"unknown device {device!r}") from None
+    where = resolve_device(str(device))  # the client's answer to "auto": the workers are assumed alike
     return where.type, resolve_precision(str(precision), where)
