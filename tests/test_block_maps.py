@@ -96,3 +96,49 @@ def test_blocks_read_only_what_their_tiles_need(model):
     assert middle.region[0].start > 1000 and middle.region[0].stop < 3500  # not the whole image
     assert middle.region[1] == slice(0, 300)
     assert middle.net.scaled[0].start >= 0 and middle.net.scaled[0].stop <= 2500
+
+
+# --------------------------------------------------------------------------- bands honour scale too
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("scale", [0.6, 1.7])
+def test_bands_equal_the_in_memory_run_at_a_scale(model, sample_image, scale):
+    from segtool.metrics import match_labels
+    from segtool.unet.bands import predict_label_bands
+    from segtool.unet.predict import normalize_for_model, predict_image
+
+    tiling = TileOptions(tile=256, scale=scale)
+    expected = predict_image(sample_image, model, tiling=tiling)
+    normalized = normalize_for_model(sample_image, model)
+    bands = list(predict_label_bands(lambda a, b: normalized[:, a:b], sample_image.shape, model, tiling=tiling,
+                                     band_rows=96, halo=40, keep_maps=True))
+    maps = np.concatenate([band.maps for band in bands], axis=1)
+    labels = np.concatenate([band.labels for band in bands])
+    assert maps.shape == expected.maps.shape and labels.shape == sample_image.shape  # back at the image's size
+    assert float(np.abs(maps - expected.maps).max()) <= 1e-3
+    assert match_labels(expected.labels, labels, thresholds=(0.5,)).f1[0] == 1.0
+
+
+@pytest.mark.slow
+def test_cli_bands_and_blocks_report_the_estimated_size(tmp_path, sample_image):
+    import json
+
+    import tifffile
+    from typer.testing import CliRunner
+
+    from segtool.cli import app
+
+    source = tmp_path / "big.tif"
+    tifffile.imwrite(source, sample_image, tile=(64, 64))
+    records = {}
+    for mode, extra in (("memory", []), ("bands", ["--bands", "--band-rows", "128"]),
+                        ("blocks", ["--block-size", "256", "--halo", "32", "--jobs", "1"])):
+        result = CliRunner().invoke(app, ["predict", str(source), "-o", str(tmp_path / mode), "--json", "--threads", "1",
+                                          *extra])
+        assert result.exit_code == 0, result.output
+        records[mode] = json.loads(result.stdout)
+    for mode in ("bands", "blocks"):  # the image is smaller than the sample: the same estimate as in memory
+        assert records[mode]["diameter_source"] == "estimated"
+        assert records[mode]["scale"] == pytest.approx(records["memory"]["scale"], rel=0.02)
+        assert records[mode]["diameter"] == pytest.approx(records["memory"]["diameter"], rel=0.05)

@@ -170,7 +170,7 @@ class PredictTask:
             normalized, size = fit_to_training_size(normalized, model, objects=self._objects())
             stages["size"] = time.perf_counter() - start
             if large and (size is None or size.scale * size.scale * pixels > BAND_PIXELS):
-                return {"large_image": image, "outputs": outputs}  # objects not larger than the model's: bands
+                return {"large_image": image, "outputs": outputs, "size": size}  # still large at its scale: bands
         return {"image": image, "normalized": normalized, "outputs": outputs, "stages": stages, "size": size}
 
     def infer(self, state: dict[str, Any]):
@@ -193,7 +193,7 @@ class PredictTask:
             # the transform of the whole image, as in memory; the bands then see one plane of the network's input
             plane = apply_input_transform(image.data, self.model().config.input)
             return Finished(self._run_bands(plane, self.model(), state["outputs"],
-                                            calibration=(image.pixel_size, image.unit)))
+                                            calibration=(image.pixel_size, image.unit), size=state.get("size")))
         size = state.get("size")
         if (size.scale if size is not None else (1.0 if self.scale is None else self.scale)) == 1.0:
             from segtool.unet.bands import label_by_tile_rows
@@ -268,11 +268,11 @@ class PredictTask:
             return {"diameter": self.diameter, "diameter_source": "given", "scale": round(scale, 4)}
         return {"diameter": None, "diameter_source": None, "scale": round(scale, 4)}
 
-    def _run_bands(self, source, model, outputs: dict[str, Path], calibration=None) -> dict[str, Any]:
+    def _run_bands(self, source, model, outputs: dict[str, Path], calibration=None, size=None) -> dict[str, Any]:
+        from dataclasses import replace
+
         from segtool.unet.bigimage import predict_file_in_bands
 
-        if self.scale not in (None, 1.0):
-            raise InputError("--scale/--diameter is not available for images predicted in bands (large images); add --no-bands")
         figures = predict_file_in_bands(
             source,
             model,
@@ -282,15 +282,15 @@ class PredictTask:
             overwrite=self.overwrite,
             band_rows=self.band_rows,
             halo=self.halo,
-            tiling=self._tiling(),
+            tiling=replace(self._tiling(), scale=self.scale),  # None: estimated once, from a sample
             objects=self._objects(),
+            size=size,
         )
         figures["predict_seconds"] = figures.pop("seconds")
         figures["model"] = self.model_name or str(self.model_path)
         # the same keys as in memory; the empty-image rule needs the whole image at once, so bands never apply it
         figures.setdefault("empty_reason", None)
-        # band mode predicts at the image's own size: the size estimate is not made there (yet)
-        figures.update(self._size_record(None, 1.0))
+        figures.update(self._size_record(figures.pop("size"), figures.pop("scale")))
         return figures
 
 

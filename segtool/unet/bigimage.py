@@ -21,6 +21,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from dataclasses import replace
 from collections.abc import Callable
 from contextlib import ExitStack
 from pathlib import Path
@@ -73,6 +74,7 @@ def predict_file_in_bands(
     band_rows: int | None = None,
     halo: int = 128,
     on_tile: Callable[[int, int], None] | None = None,
+    size=None,
 ) -> dict[str, Any]:
     """Segment a large image band by band and write its labels as a tiled BigTIFF.
 
@@ -91,8 +93,10 @@ def predict_file_in_bands(
         side is at most 4096 pixels.
     overwrite : bool, optional
     tiling, objects : TileOptions, ObjectOptions, optional
-        As in :func:`segtool.unet.predict.predict_image` (``tiling.scale``
-        is not used).
+        As in :func:`segtool.unet.predict.predict_image`: ``tiling.scale``
+        None estimates the objects' size once, from a sample of the image
+        (:func:`segtool.unet.predict.estimate_from_sample`), unless ``size``
+        is given.
     band_rows : int, optional
         Rows per band; default from :func:`default_band_rows`.
     halo : int, optional
@@ -100,11 +104,14 @@ def predict_file_in_bands(
         :func:`segtool.unet.predict.predict_label_bands`).
     on_tile : callable, optional
         ``on_tile(done, total)``.
+    size : SizeEstimate, optional
+        The object size, already estimated (its scale is used).
 
     Returns
     -------
     figures : dict
-        ``objects``, ``tiles``, ``bands``, ``shape``, ``dtype``,
+        ``objects``, ``tiles``, ``bands``, ``shape``, ``dtype``, ``scale``,
+        ``size`` (the SizeEstimate, or None when none was made),
         ``overlay_step`` (downsampling of the overlay, if written),
         ``seconds``, ``stage_seconds`` (``network``, ``postprocess``,
         ``write``; the network overlaps the other two).
@@ -155,9 +162,25 @@ def predict_file_in_bands(
             raise InputError("image contains NaN or infinite values")
         return map_to_unit(block, low, high)
 
+    if size is None and tiling.scale is None:
+        from segtool.unet.predict import estimate_from_sample
+
+        def sample(rows: slice, cols: slice, step: int) -> np.ndarray:
+            # a band of rows at a time, so a thumbnail of the whole image never holds more than a band
+            chunk = step * max(1, 4096 // step)
+            parts = [np.asarray(raw_rows(top, min(rows.stop, top + chunk)))[::step, cols][:, ::step]
+                     for top in range(rows.start, rows.stop, chunk)]
+            return np.concatenate(parts)
+
+        started = time.perf_counter()
+        size = estimate_from_sample(sample, (height, width), model, percentiles=(low, high), objects=objects)
+        read_seconds += time.perf_counter() - started
+    scale = size.scale if size is not None else (1.0 if tiling.scale is None else float(tiling.scale))
+    tiling = replace(tiling, scale=scale)
     if band_rows is None:
         band_rows = default_band_rows(width, halo=halo)
-    n_tiles = tiling.plan(config, (height, width), device_type=network_device_type(model.net),
+    network_shape = (height, width) if scale == 1.0 else (max(1, round(height * scale)), max(1, round(width * scale)))
+    n_tiles = tiling.plan(config, network_shape, device_type=network_device_type(model.net),
                           precision=network_precision(model.net)).n_tiles
     folder = labels_path.parent
     try:
@@ -212,6 +235,8 @@ def predict_file_in_bands(
             "bands": len(bands),
             "shape": [height, width],
             "dtype": np.dtype(label_dtype).name,
+            "scale": scale,
+            "size": size,
         }
         if prob_spool is not None:
             plane_tiles = (tile for channel in range(config.out_channels)
