@@ -11,11 +11,16 @@ the workers; only small tables reach the client.
    every block its own contrast, and so its own objects.
 2. **Per block** a task segments the block's *window* (the block plus
    ``halo`` pixels on every side, clipped at the image border). It runs the
-   in-memory path's pieces: the tiles of the *whole image's* tile grid that
-   touch the window (as :func:`segtool.unet.predict.predict_image` would lay
-   them out), blended in the same order, so the window's network maps are the
-   in-memory run's; then :func:`segtool.unet.instances.maps_to_labels` on the
-   window. It keeps the labels of its *core* (the block) and four thin *seam
+   in-memory path's pieces (:mod:`segtool.distributed.block_plan`): the
+   tiles of the *whole image's* tile grid at the image's scale (halo tiles
+   keeping their cores by default, blended tiles with ``overlap``) that give
+   the window's maps, from the image resized around them as the whole
+   resize would, and the maps resized back; so the window's network maps
+   are the in-memory run's (within 1e-3, for any block size). Then
+   :func:`segtool.unet.instances.maps_to_labels` on the window. With
+   ``scale=None`` the scale comes from one size estimate on a sample of the
+   image, made on the client before the blocks
+   (:func:`segtool.unet.predict.estimate_from_sample`). It keeps the labels of its *core* (the block) and four thin *seam
    strips* across the core's edges; these results stay on the workers.
 3. **Merge.** For each pair of neighbouring blocks, a task compares their
    labels on the strip both windows cover, ``halo // 2`` pixels on each side
