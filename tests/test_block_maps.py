@@ -73,7 +73,6 @@ def _assembled(image: np.ndarray, model, tiling: TileOptions, block: int, halo: 
         ("sample", TileOptions(), 200, 32),  # defaults: one halo tile holds the image
         ("sample", TileOptions(tile=256), 128, 32),  # several halo tiles, blocks smaller than a tile
         ("sample", TileOptions(tile=256, tile_halo=48), 333, 0),
-        ("synthetic", TileOptions(tile=256), 96, 16),
         ("synthetic", TileOptions(tile=128, overlap=0.25), 150, 20),  # blended tiles
         ("sample", TileOptions(tile=256, scale=0.6), 128, 32),  # shrunk: blurred, then interpolated
         ("synthetic", TileOptions(tile=256, scale=1.7), 100, 24),  # enlarged; the maps are shrunk back
