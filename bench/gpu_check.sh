@@ -83,7 +83,7 @@ if "$PY" -m segtool train --help 2>/dev/null | grep -q -- "--workers"; then work
     "${workers[@]}" > "$OUT/train.json"
 "$PY" - "$OUT/train.json" <<'PY'
 import json, sys
-from segtool.unet.modelfile import load_model
+from segtool.model.modelfile import load_model
 summary = json.loads(open(sys.argv[1]).read().splitlines()[-1])
 metadata = load_model(summary["model"], device="cpu").metadata
 seconds, epochs = float(metadata["training_seconds"]), int(summary["epochs_run"])

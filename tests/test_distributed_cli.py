@@ -98,16 +98,37 @@ def test_predict_block_mode_matches_in_memory(tmp_path, sample_images):
     from segtool.metrics import match_labels
 
     image = sample_images[0]
-    memory = _run(["predict", str(image), "-o", str(tmp_path / "memory"), "-q", "--threads", "1"])
+    memory = _run(["predict", str(image), "-o", str(tmp_path / "memory"), "--json", "--threads", "1"])
     blocks = _run(["predict", str(image), "-o", str(tmp_path / "blocks"), "--json", "--threads", "1",
                    "--block-size", "128", "--halo", "32", "--cluster", "local:2"])
     assert memory.returncode == blocks.returncode == 0, blocks.stderr
     record = json.loads(blocks.stdout)
     assert record["blocks"] >= 4
+    # --diameter auto: one estimate per image in both modes (this image is smaller than the sample: the same one)
+    in_memory = json.loads(memory.stdout)
+    assert record["diameter_source"] == in_memory["diameter_source"] == "estimated"
+    assert record["scale"] == in_memory["scale"] and record["diameter"] == pytest.approx(in_memory["diameter"], rel=0.05)
     a = read_labels(next((tmp_path / "memory").glob("*_labels.tif"))).data
     b = read_labels(next((tmp_path / "blocks").glob("*_labels.tif"))).data
     counts = match_labels(a, b, thresholds=(0.5,))
     assert counts.f1[0] >= 0.99 and record["objects"] == int(b.max())
+
+
+@pytest.mark.slow
+def test_predict_block_mode_honours_scale(tmp_path, sample_images):
+    from segtool.metrics import match_labels
+
+    image = sample_images[0]
+    memory = _run(["predict", str(image), "-o", str(tmp_path / "memory"), "--json", "--threads", "1", "--scale", "1.5"])
+    blocks = _run(["predict", str(image), "-o", str(tmp_path / "blocks"), "--json", "--threads", "1", "--scale", "1.5",
+                   "--block-size", "160", "--halo", "32", "--jobs", "1"])
+    assert memory.returncode == blocks.returncode == 0, blocks.stderr
+    record = json.loads(blocks.stdout)
+    assert (record["scale"], record["diameter_source"]) == (1.5, None)
+    a = read_labels(next((tmp_path / "memory").glob("*_labels.tif"))).data
+    b = read_labels(next((tmp_path / "blocks").glob("*_labels.tif"))).data
+    assert a.shape == b.shape  # labels at the image's own size
+    assert match_labels(a, b, thresholds=(0.5,)).f1[0] >= 0.99
 
 
 @pytest.mark.parametrize(
@@ -116,7 +137,7 @@ def test_predict_block_mode_matches_in_memory(tmp_path, sample_images):
         (["baseline", "--zarr"], "--zarr writes big-image mode's labels"),
         (["baseline", "--block-size", "256", "--save-overlay"], "--save-overlay: not available in big-image mode"),
         (["predict", "--block-size", "256", "--save-prob"], "--save-prob: not available in big-image mode"),
-        (["predict", "--block-size", "256", "--scale", "2"], "--scale/--diameter: not available in big-image mode"),
+        (["predict", "--block-size", "256", "--bands"], "--bands: not available in big-image mode"),
         (["baseline", "--block-size", "256", "--jobs", "2"], "--jobs runs local processes"),
     ],
 )

@@ -248,16 +248,15 @@ def predict(
     objects = ObjectOptions(prob_threshold=prob_threshold, min_size=min_size, seed_threshold=seed_threshold,
                             split_height=split_height)
     if batch.big:
-        _refuse_in_big_mode(batch, loaded, tiling, save_prob=save_prob, save_overlay=save_overlay, bands=bands)
+        _refuse_in_big_mode(save_prob=save_prob, save_overlay=save_overlay, bands=bands)
         from segtool.tasks.big import BigPredictTask
 
-        # Big-image mode plans its blocks on the blended tile grid.
+        # Big-image mode runs the in-memory run's tile grid and scale (None: estimated once per image).
         task = BigPredictTask(model_path=model_path, block_size=batch.block_size, halo=halo, zarr=batch.zarr,
-                              output_dir=batch.output, overwrite=batch.overwrite,
-                              tiling=TileOptions(tile=tile, overlap=overlap, batch_size=batch_size, tta=tta).blended(),
-                              objects=objects,
+                              output_dir=batch.output, overwrite=batch.overwrite, tiling=tiling, objects=objects,
                               device=device.value, threads=threads, channel=channel, plane=plane,
-                              precision=precision.value, input_transform=loaded.config.input)
+                              precision=precision.value, diameter=given_diameter,
+                              input_transform=loaded.config.input)
     elif batch.zarr:
         fail("--zarr writes big-image mode's labels: add --block-size N", code=EXIT_USAGE)
     else:
@@ -277,15 +276,10 @@ def predict(
         raise
 
 
-def _refuse_in_big_mode(batch: BatchOptions, loaded, tiling: TileOptions, *, save_prob: bool, save_overlay: bool,
-                        bands: bool | None) -> None:
+def _refuse_in_big_mode(*, save_prob: bool, save_overlay: bool, bands: bool | None) -> None:
     """Exit 2 when an option big-image mode (``--block-size``) cannot honour was given."""
-    tile_side = tiling.tile if tiling.tile is not None else int(loaded.config.patch_size)
-    if batch.block_size < tile_side:
-        fail(f"--block-size ({batch.block_size}) must be at least the tile size ({tile_side}; see --tile)", code=EXIT_USAGE)
     refused = [name for name, on in (("--save-prob", save_prob), ("--save-overlay", save_overlay),
-                                     ("--scale/--diameter", tiling.scale not in (None, 1.0)), ("--bands", bool(bands)))
-               if on]
+                                     ("--bands", bool(bands))) if on]
     if refused:
         fail(f"{', '.join(refused)}: not available in big-image mode (--block-size)", code=EXIT_USAGE)
 

@@ -11,11 +11,16 @@ the workers; only small tables reach the client.
    every block its own contrast, and so its own objects.
 2. **Per block** a task segments the block's *window* (the block plus
    ``halo`` pixels on every side, clipped at the image border). It runs the
-   in-memory path's pieces: the tiles of the *whole image's* tile grid that
-   touch the window (as :func:`segtool.infer.predict.predict_image` would lay
-   them out), blended in the same order, so the window's network maps are the
-   in-memory run's; then :func:`segtool.infer.instances.maps_to_labels` on the
-   window. It keeps the labels of its *core* (the block) and four thin *seam
+   in-memory path's pieces (:mod:`segtool.distributed.block_plan`): the
+   tiles of the *whole image's* tile grid at the image's scale (halo tiles
+   keeping their cores by default, blended tiles with ``overlap``) that give
+   the window's maps, from the image resized around them as the whole
+   resize would, and the maps resized back; so the window's network maps
+   are the in-memory run's (within 1e-3, for any block size). Then
+   :func:`segtool.infer.instances.maps_to_labels` on the window. With
+   ``scale=None`` the scale comes from one size estimate on a sample of the
+   image, made on the client before the blocks
+   (:func:`segtool.infer.predict.estimate_from_sample`). It keeps the labels of its *core* (the block) and four thin *seam
    strips* across the core's edges; these results stay on the workers.
 3. **Merge.** For each pair of neighbouring blocks, a task compares their
    labels on the strip both windows cover, ``halo // 2`` pixels on each side
@@ -31,7 +36,7 @@ the workers; only small tables reach the client.
    workers can write the result (``labels.to_zarr(...)``) without it passing
    through the client.
 
-Why matching rather than the ownership rule of :mod:`segtool.pipeline.bands`
+Why matching rather than the ownership rule of :mod:`segtool.infer.bands`
 (each object painted whole by the band holding its top row): in 2-D the
 anchor pixel of an object near an edge can fall on different sides in the two
 windows (the object is then painted twice or not at all), and ownership cuts
@@ -72,7 +77,7 @@ import numpy as np
 
 from segtool.errors import InputError, ModelError
 from segtool.normalize import map_to_unit
-from segtool.pipeline.blend import add_weighted, predict_in_batches
+from segtool.distributed.block_plan import BlockPlan, TileGrid, block_maps, plan_blocks, tile_grid
 from segtool.pipeline.options import ObjectOptions, TileOptions
 from segtool.pipeline.percentiles import dask_percentiles
 from segtool.pipeline.seams import join_pieces, number_objects, overlap_pairs
@@ -110,6 +115,10 @@ class BlockPrediction:
         Wall time of the merge: seam tables, union-find, lookup tables.
     seconds : float
         Wall time of the whole call (excludes computing ``labels``).
+    scale : float
+        The resize factor the network saw the image at.
+    size : SizeEstimate or None
+        The estimated object size (``tiling.scale=None``), from a sample of the image.
     """
 
     labels: Any
@@ -122,6 +131,8 @@ class BlockPrediction:
     seconds_predict: float
     seconds_merge: float
     seconds: float
+    scale: float = 1.0
+    size: Any = None
 
 
 # --------------------------------------------------------------------------- per-block segmentation
@@ -140,71 +151,25 @@ def _load_model(path: str, device: str, threads: int | None, precision: str = "f
 
 
 @dataclass(frozen=True)
-class _BlockPlan:
-    """Where one block reads, predicts and keeps pixels.
-
-    ``region`` (image coordinates) is what the block reads: every tile of the
-    whole image's tile grid that touches its ``window``, whose start offsets
-    per axis, relative to the region, are ``tiles``. ``pad`` is reflection
-    padding after the region, as :func:`segtool.pipeline.tiling.predict_tiled`
-    adds to an image shorter than a tile. ``window`` (region coordinates) is
-    the block plus its halo, post-processed together; ``core`` and ``seams``
-    (window coordinates) are the block itself and the strips compared with
-    the neighbours (keyed "top", "bottom", "left", "right").
-    """
-
-    region: tuple[slice, slice]
-    pad: tuple[tuple[int, int], tuple[int, int]]
-    tiles: tuple[tuple[int, ...], tuple[int, ...]]
-    window: tuple[slice, slice]
-    core: tuple[slice, slice]
-    seams: dict[str, tuple[slice, slice]] = field(hash=False)
-
-
-def _blend_tiles(data: np.ndarray, predictor, plan: _BlockPlan, tile: tuple[int, int], *, batch_size: int, out_channels: int) -> np.ndarray:
-    """Blended maps of ``plan.window`` from the plan's tiles of a (C, h, w) region.
-
-    The same sums as :func:`segtool.pipeline.tiling.predict_tiled_rows` makes on
-    the whole image, tile by tile in the same row-major order, so each pixel's
-    maps are the in-memory run's.
-    """
-    from segtool.pipeline.tiling import blend_window
-
-    weight_tile = blend_window(tile)
-    acc = np.zeros((out_channels,) + data.shape[1:], np.float32)
-    weight = np.zeros(data.shape[1:], np.float32)
-    corners = [(y, x) for y in plan.tiles[0] for x in plan.tiles[1]]
-    batches = predict_in_batches(corners, lambda c: data[:, c[0] : c[0] + tile[0], c[1] : c[1] + tile[1]], predictor,
-                                 batch_size=batch_size, out_channels=out_channels)
-    for batch, maps in batches:
-        places = [(slice(y, y + tile[0]), slice(x, x + tile[1])) for y, x in batch]
-        add_weighted(acc, weight, maps, places, weight_tile)
-    return acc[(slice(None),) + plan.window] / weight[plan.window]
-
-
-@dataclass(frozen=True)
 class _UNetSegmenter:
     """Picklable ``(normalised region, plan) -> window labels``: a model path and options, no torch objects."""
 
     model_path: str
     device: str
     threads: int | None
-    tile: tuple[int, int]
-    batch_size: int
+    grid: TileGrid
     tta: bool
     options: dict[str, Any] = field(hash=False)
     precision: str = "fp32"
 
-    def __call__(self, normalized: np.ndarray, plan: _BlockPlan) -> np.ndarray:
+    def __call__(self, normalized: np.ndarray, plan: BlockPlan) -> np.ndarray:
         from segtool.infer.instances import maps_to_labels
         from segtool.infer.network import make_predictor
-        from segtool.pipeline.tiling import pad_reflect
 
         model = _load_model(self.model_path, self.device, self.threads, self.precision)
         config = model.config
-        data = pad_reflect(normalized[np.newaxis], list(plan.pad))
         predictor = make_predictor(model.net, config.target, tta=self.tta)
-        maps = _blend_tiles(data, predictor, plan, self.tile, batch_size=self.batch_size, out_channels=config.out_channels)
+        maps = block_maps(normalized, plan, self.grid, predictor, out_channels=config.out_channels)
         return maps_to_labels(maps, target=config.target, **self.options)
 
 
@@ -216,7 +181,7 @@ class _BlockLabels:
     seams: dict[str, np.ndarray]
 
 
-def _segment_block(region: np.ndarray, segmenter, plan: _BlockPlan, low: float, high: float) -> _BlockLabels:
+def _segment_block(region: np.ndarray, segmenter, plan: BlockPlan, low: float, high: float) -> _BlockLabels:
     data = np.asarray(region)
     if data.dtype.kind == "f" and not np.isfinite(data).all():
         raise InputError("image contains NaN or infinite values")
@@ -247,90 +212,6 @@ def _relabel(result: _BlockLabels, lookup: np.ndarray) -> np.ndarray:
 
 
 # --------------------------------------------------------------------------- planning and merging
-
-
-def _axis_tiles(length: int, tile: int, overlap: float) -> list[int]:
-    """Tile starts along one axis of the whole image's grid (as predict_image plans it)."""
-    from segtool.pipeline.tiling import plan_tiles
-
-    return [t[0].start for t in plan_tiles((max(length, tile),), (tile,), overlap)]
-
-
-def _plan_blocks(shape: tuple[int, int], block: int, halo: int, tile: tuple[int, int], overlap: float):
-    """Plan every block (a grid of :class:`_BlockPlan`) and list the edges between neighbours.
-
-    An edge is ``(first, second, first_side, second_side, (near_first,
-    near_second))``: block indices (row-major), which seam strips to compare,
-    and the strip rows in each block's own core next to the edge.
-    """
-    height, width = shape
-    depth = min(max(1, halo // 2), block)  # strip rows on each side of an edge
-    axis_tiles = [_axis_tiles(n, t, overlap) for n, t in zip(shape, tile)]
-
-    def axis_plan(axis: int, start: int):
-        n, t = shape[axis], tile[axis]
-        stop = min(n, start + block)
-        w0, w1 = max(0, start - halo), min(n, stop + halo)
-        starts = [s for s in axis_tiles[axis] if s < w1 and s + t > w0]
-        r0, r1 = starts[0], starts[-1] + t
-        return {
-            "core": slice(start - w0, stop - w0),
-            "region": slice(r0, min(r1, n)),
-            "pad": (0, r1 - min(r1, n)),  # only when the image is shorter than a tile
-            "tiles": tuple(s - r0 for s in starts),
-            "window": slice(w0 - r0, w1 - r0),
-            "seams": seam_ranges(n, start, stop, w0),
-        }
-
-    def seam_ranges(n: int, start: int, stop: int, w0: int) -> dict[str, slice]:
-        ranges = {}
-        if start > 0:  # this block comes second across its leading edge
-            lo, hi = (start, start + 1) if halo == 0 else (start - depth, min(n, start + depth))
-            ranges["lead"] = slice(lo - w0, hi - w0)
-        if stop < n:  # and first across its trailing edge
-            lo, hi = (stop - 1, stop) if halo == 0 else (stop - depth, min(n, stop + depth))
-            ranges["trail"] = slice(lo - w0, hi - w0)
-        return ranges
-
-    plans = []
-    for y0 in range(0, height, block):
-        ya = axis_plan(0, y0)
-        row = []
-        for x0 in range(0, width, block):
-            xa = axis_plan(1, x0)
-            seams = {}
-            for side, key in (("top", "lead"), ("bottom", "trail")):
-                if key in ya["seams"]:
-                    seams[side] = (ya["seams"][key], xa["core"])
-            for side, key in (("left", "lead"), ("right", "trail")):
-                if key in xa["seams"]:
-                    seams[side] = (ya["core"], xa["seams"][key])
-            row.append(
-                _BlockPlan(
-                    region=(ya["region"], xa["region"]),
-                    pad=(ya["pad"], xa["pad"]),
-                    tiles=(ya["tiles"], xa["tiles"]),
-                    window=(ya["window"], xa["window"]),
-                    core=(ya["core"], xa["core"]),
-                    seams=seams,
-                )
-            )
-        plans.append(row)
-
-    if halo == 0:
-        near = (slice(None), slice(None))
-    else:
-        reach = min(SEAM_REACH, depth)
-        near = (slice(depth - reach, depth), slice(depth, depth + reach))
-    n_rows, n_cols = len(plans), len(plans[0])
-    edges = []
-    for i in range(n_rows):
-        for j in range(n_cols):
-            if i + 1 < n_rows:
-                edges.append((i * n_cols + j, (i + 1) * n_cols + j, "bottom", "top", near))
-            if j + 1 < n_cols:
-                edges.append((i * n_cols + j, i * n_cols + j + 1, "right", "left", near))
-    return plans, edges
 
 
 def _merge_tables(summaries, pairs, edges, min_size: int) -> tuple[list[np.ndarray], int, int]:
@@ -372,26 +253,27 @@ def _predict_with(
     *,
     block: int,
     halo: int,
-    tile: tuple[int, int],
-    overlap: float,
+    grid: TileGrid | None = None,
     norm: tuple[float, float],
     min_size: int,
+    percentiles: tuple[float, float] | None = None,
+    start_time: float | None = None,
 ) -> BlockPrediction:
     """Normalise, segment ``image`` block by block with ``segmenter``, merge (the engine of :func:`predict_blocks`).
 
     ``segmenter(normalised_region, plan)`` returns the labels (0 background)
     of ``plan.window``; it must be picklable to run on a distributed cluster.
-    ``tile`` and ``overlap`` lay out the tile grid that decides each block's
-    region; tests pass ``tile=(1, 1)`` (region = window) and simple
-    segmenters to check the merge exactly. ``norm`` holds the percentiles
-    mapped to 0 and 1.
+    ``grid``, the whole image's tile grid, decides each block's region;
+    tests pass none (region = window) and simple segmenters to check the
+    merge exactly. ``norm`` holds the percentiles mapped to 0 and 1
+    (``percentiles``: their values, when already known).
     """
     import dask
     import dask.array as da
 
-    start_time = time.perf_counter()
-    low, high = dask_percentiles(image, norm)
-    plans, edges = _plan_blocks(tuple(int(n) for n in image.shape), block, halo, tile, overlap)
+    start_time = time.perf_counter() if start_time is None else start_time
+    low, high = dask_percentiles(image, norm) if percentiles is None else percentiles
+    plans, edges = plan_blocks(tuple(int(n) for n in image.shape), block, halo, grid, seam_reach=SEAM_REACH)
     flat = [plan for row in plans for plan in row]
     tasks = [
         dask.delayed(_segment_block)(image[plan.region], segmenter, plan, low, high)
@@ -482,9 +364,12 @@ def predict_blocks(
         Context pixels read around each block; make it larger than the
         largest object (see the module docstring for what happens otherwise).
     tiling : TileOptions, optional
-        As in :func:`segtool.infer.predict.predict_image`, except that blocks
-        always blend overlapping tiles: ``overlap`` defaults to 0.25 and
-        ``batch_size`` to 4; ``tile_halo`` and ``scale`` are not used.
+        As in :func:`segtool.infer.predict.predict_image`: the whole image's
+        tile grid at ``scale`` (halo tiles, or blended tiles with
+        ``overlap``), each block running its share of it, so the maps are
+        the in-memory run's (within 1e-3) for any block size. ``scale=None``
+        estimates the objects' size once, on a sample of the image
+        (:func:`segtool.infer.predict.estimate_from_sample`).
     objects : ObjectOptions, optional
         As in :func:`segtool.infer.predict.predict_image`; ``min_size`` also
         applies to objects assembled across blocks.
@@ -511,7 +396,7 @@ def predict_blocks(
     Raises
     ------
     InputError
-        If the image is not 2-D or empty, ``block`` is smaller than the tile,
+        If the image is not 2-D or empty, ``block`` is not positive,
         ``halo`` is negative, or another option is out of range.
     ModelError
         If the model file is unusable or expects more than one channel.
@@ -531,7 +416,7 @@ def predict_blocks(
     from segtool.model.config import UNetConfig
     from segtool.infer.instances import DEFAULT_MIN_SIZE, maps_to_labels
     from segtool.model.modelinfo import read_model_info
-    from segtool.pipeline.options import check_common, resolve_tile
+    from segtool.infer.predict import estimate_from_sample, scaled_objects
 
     if not isinstance(image, da.Array):
         image = da.asarray(image)
@@ -541,6 +426,8 @@ def predict_blocks(
         raise InputError(f"unsupported pixel type {image.dtype}")
     block = _check_int(block, "block", 1)
     halo = _check_int(halo, "halo", 0)
+    threads = None if threads is None else _check_int(threads, "threads", 1)
+    tiling.check()
 
     model_path = Path(model_path)
     config = UNetConfig.from_dict(read_model_info(model_path)["config"])
@@ -549,34 +436,52 @@ def predict_blocks(
     if config.input != "intensity" and not transformed:  # blocks normalise the values they are given
         raise ModelError(f"{model_path.name}: Dask prediction needs the image after the input transform {config.input!r}: "
                          "open it with open_blocks(path, input_transform=...)")
-    overlap = 0.25 if tiling.overlap is None else tiling.overlap
-    batch_size = 4 if tiling.batch_size is None else tiling.batch_size
-    check_common(None, overlap, batch_size, 1.0)
-    # The whole image's tile grid, as predict_image would lay it out; every block runs its share of it.
-    tile_hw = resolve_tile(config, image.shape, tiling.tile)
-    if block < max(tile_hw):
-        raise InputError(f"block ({block}) must be at least the tile size ({max(tile_hw)})")
-    options = objects.resolve(config)
     # Check the post-processing values here, once, rather than in every block task on the workers.
-    maps_to_labels(np.zeros((config.out_channels, 1, 1), np.float32), target=config.target, **options)
+    maps_to_labels(np.zeros((config.out_channels, 1, 1), np.float32), target=config.target, **objects.resolve(config))
+    device_type, precision_used = _network_kind(device, precision)
+    shape = tuple(int(n) for n in image.shape)
+    tiling.plan(config, shape, device_type=device_type, precision=precision_used)  # tile options, before any work
+
+    start_time = time.perf_counter()
+    low, high = dask_percentiles(image, (config.norm_low, config.norm_high))
+    size = None
+    scale = tiling.scale
+    if scale is None:
+        model = _load_model(str(model_path.resolve()), str(device), threads, str(precision))
+        size = estimate_from_sample(lambda rows, cols, step: np.asarray(image[rows, cols][::step, ::step].compute()),
+                                    shape, model, percentiles=(low, high), objects=objects)
+        scale = 1.0 if size is None else size.scale
+    grid = tile_grid(config, shape, tiling, scale=float(scale), device_type=device_type, precision=precision_used)
+    options = scaled_objects(objects, config, float(scale))
 
     segmenter = _UNetSegmenter(
         model_path=str(model_path.resolve()),
         device=str(device),
-        threads=None if threads is None else _check_int(threads, "threads", 1),
-        tile=tile_hw,
-        batch_size=int(batch_size),
+        threads=threads,
+        grid=grid,
         tta=bool(tiling.tta),
         options=options,
         precision=str(precision),
     )
-    return _predict_with(
+    result = _predict_with(
         image,
         segmenter,
         block=block,
         halo=halo,
-        tile=tile_hw,
-        overlap=float(overlap),
+        grid=grid,
         norm=(config.norm_low, config.norm_high),
         min_size=int(options.get("min_size", DEFAULT_MIN_SIZE)),
+        percentiles=(low, high),
+        start_time=start_time,
     )
+    result.scale, result.size = float(scale), size
+    return result
+
+
+def _network_kind(device: str, precision: str) -> tuple[str, str]:
+    """Device type and resolved precision of the workers' network (they size the default halo tile)."""
+    from segtool.model.model import resolve_device
+    from segtool.model.precision import resolve_precision
+
+    where = resolve_device(str(device))  # the client's answer to "auto": the workers are assumed alike
+    return where.type, resolve_precision(str(precision), where)

@@ -16,11 +16,13 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
 
 from segtool.infer.instances import maps_to_labels, number_as_whole
+from segtool.infer.predict import estimate_from_sample, scaled_objects
 from segtool.infer.network import make_predictor, network_device_type, network_precision, prepared_net
 from segtool.pipeline.bands import BandNetwork, LabelBand, label_rows_in_bands
 from segtool.pipeline.bigimage import BandModel, write_labels_in_bands
@@ -66,8 +68,9 @@ def predict_label_bands(
         Image size.
     model : LoadedModel
     tiling, objects : TileOptions, ObjectOptions, optional
-        As in :func:`segtool.infer.predict.predict_image` (``tiling.scale``
-        is not used).
+        As in :func:`segtool.infer.predict.predict_image`; ``tiling.scale``
+        resizes the rows before the network and the maps back (the whole
+        image's resize, row by row), None counts as 1.
     band_rows : int, optional
         Rows per band (the core, without the halo).
     halo : int, optional
@@ -89,18 +92,21 @@ def predict_label_bands(
         Consecutive bands covering all rows; ``labels`` are uint32.
     """
     config = model.config
-    check_common(model, tiling.overlap, tiling.batch_size, 1.0)
+    scale = 1.0 if tiling.scale is None else float(tiling.scale)
+    check_common(model, tiling.overlap, tiling.batch_size, scale)
     height, width = (int(n) for n in shape)
-    options = objects.resolve(config)
+    options = scaled_objects(objects, config, scale)
     net = prepared_net(model)
-    plan = tiling.plan(config, (height, width), device_type=network_device_type(net),
-                       precision=network_precision(net))
+    # The tile grid of the image as the network sees it, resized by ``scale``.
+    size = (height, width) if scale == 1.0 else (max(1, round(height * scale)), max(1, round(width * scale)))
+    plan = tiling.plan(config, size, device_type=network_device_type(net), precision=network_precision(net))
     network = BandNetwork(
         predictor=make_predictor(net, config.target, tta=tiling.tta),
         label=lambda rows: maps_to_labels(rows, target=config.target, **options),
         plan=plan,
         in_channels=config.in_channels,
         out_channels=config.out_channels,
+        scale=scale,
     )
     yield from label_rows_in_bands(read_rows, (height, width), network, band_rows=band_rows, halo=halo,
                                    keep_maps=keep_maps, on_tile=on_tile, stages=stages)
@@ -184,6 +190,7 @@ def predict_file_in_bands(
     band_rows: int | None = None,
     halo: int = 128,
     on_tile: Callable[[int, int], None] | None = None,
+    size=None,
 ) -> dict[str, Any]:
     """Segment a large image band by band and write its labels as a tiled BigTIFF.
 
@@ -203,19 +210,24 @@ def predict_file_in_bands(
         :func:`segtool.pipeline.bigimage.write_labels_in_bands`).
     overwrite : bool, optional
     tiling, objects : TileOptions, ObjectOptions, optional
-        As in :func:`segtool.infer.predict.predict_image` (``tiling.scale``
-        is not used).
+        As in :func:`segtool.infer.predict.predict_image`: ``tiling.scale``
+        None estimates the objects' size once, from a sample of the image
+        (:func:`segtool.infer.predict.estimate_from_sample`), unless ``size``
+        is given.
     band_rows : int, optional
         Rows per band; default from :func:`segtool.pipeline.bigimage.default_band_rows`.
     halo : int, optional
         Context rows above and below each band (see :func:`predict_label_bands`).
     on_tile : callable, optional
         ``on_tile(done, total)``.
+    size : SizeEstimate, optional
+        The object size, already estimated (its scale is used).
 
     Returns
     -------
     figures : dict
-        As :func:`segtool.pipeline.bigimage.write_labels_in_bands`.
+        As :func:`segtool.pipeline.bigimage.write_labels_in_bands` (with
+        ``scale`` and ``size``).
 
     Raises
     ------
@@ -227,11 +239,20 @@ def predict_file_in_bands(
         return tiling.plan(config, shape, device_type=network_device_type(model.net),
                            precision=network_precision(model.net)).n_tiles
 
-    def label_bands(read_rows, shape, **kwargs) -> Iterator[LabelBand]:
-        return predict_label_bands(read_rows, shape, model, tiling=tiling, objects=objects, **kwargs)
+    def label_bands(read_rows, shape, *, scale: float, **kwargs) -> Iterator[LabelBand]:
+        return predict_label_bands(read_rows, shape, model, tiling=replace(tiling, scale=scale), objects=objects,
+                                   **kwargs)
+
+    def choose_scale(sample, shape, percentiles):
+        if size is not None:
+            return size.scale, size
+        if tiling.scale is not None:
+            return float(tiling.scale), None
+        estimate = estimate_from_sample(sample, shape, model, percentiles=percentiles, objects=objects)
+        return (estimate.scale if estimate is not None else 1.0), estimate
 
     network = BandModel(in_channels=config.in_channels, out_channels=config.out_channels,
                         percentiles=(config.norm_low, config.norm_high), count_tiles=count_tiles,
-                        label_bands=label_bands)
+                        label_bands=label_bands, choose_scale=choose_scale)
     return write_labels_in_bands(source, network, labels_path, prob_path=prob_path, overlay_path=overlay_path,
                                  overwrite=overwrite, band_rows=band_rows, halo=halo, on_tile=on_tile)

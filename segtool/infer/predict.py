@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -41,6 +41,7 @@ from segtool.pipeline.tiling import TileCallback, predict_tiled
 
 __all__ = [
     "PredictResult",
+    "estimate_from_sample",
     "find_packaged_model",
     "fit_to_training_size",
     "model_diameter",
@@ -311,6 +312,70 @@ def fit_to_training_size(normalized: np.ndarray, model, *, objects: ObjectOption
         height, width = normalized.shape[1:]
         normalized = resize_channels(normalized, (max(1, round(height * size.scale)), max(1, round(width * size.scale))))
     return normalized, size
+
+
+def estimate_from_sample(read: Callable[[slice, slice, int], np.ndarray], shape: Sequence[int], model, *,
+                         percentiles: tuple[float, float], objects: ObjectOptions = ObjectOptions(),
+                         options: SizeOptions = SizeOptions()) -> SizeEstimate | None:
+    """The object size of an image too large to read whole, from the part of it the estimate looks at.
+
+    One pass reads a thumbnail (``read(rows, cols, step)`` with
+    :func:`segtool.infer.sizing.thumbnail_step`) to find the densest
+    foreground; then only the ladder's widest window around it
+    (:func:`segtool.infer.sizing.sample_window`, 3072² by default) is read
+    and estimated as :func:`fit_to_training_size` would the whole image. An
+    image no larger than that window is read whole, so the estimate is the
+    whole image's.
+
+    Parameters
+    ----------
+    read : callable
+        ``read(rows, cols, step)`` returns ``image[rows, cols][::step, ::step]``
+        (one plane, after the model's input transform), e.g. from a Dask
+        array or a lazily read TIFF.
+    shape : (H, W)
+    model : LoadedModel
+        A one-channel model.
+    percentiles : (float, float)
+        The image values mapped to 0 and 1 (the whole image's).
+    objects, options : optional
+        As in :func:`fit_to_training_size`.
+
+    Returns
+    -------
+    SizeEstimate or None
+        None when the model does not record its training diameter.
+
+    Examples
+    --------
+    >>> from segtool.model.config import UNetConfig
+    >>> from segtool.model.model import UNet
+    >>> from segtool.model.modelfile import LoadedModel
+    >>> config = UNetConfig(depth=2, base_channels=4, patch_size=16, postprocess={"median_diameter": 20.0})
+    >>> model = LoadedModel(net=UNet(config).eval(), config=config)
+    >>> image = np.zeros((64, 80), np.uint8)
+    >>> size = estimate_from_sample(lambda r, c, k: image[r, c][::k, ::k], image.shape, model, percentiles=(0, 1))
+    >>> size == estimate_for_model(np.zeros((1, 64, 80), np.float32), model, objects={}, trained_diameter=20.0)
+    True
+    """
+    from segtool.normalize import map_to_unit
+    from segtool.infer.sizing import sample_window, thumbnail_step
+
+    trained = model_diameter(model)
+    if trained is None:
+        return None
+    height, width = (int(n) for n in shape)
+    full = (slice(0, height), slice(0, width))
+    rows, cols = full
+    if max(height, width) > math.ceil(options.window / min(options.scales)):  # else the whole image is the sample
+        step = thumbnail_step((height, width))
+        rows, cols = sample_window(read(*full, step), step, (height, width), options)
+    window = np.asarray(read(rows, cols, 1), dtype=np.float32)
+    if not np.isfinite(window).all():
+        raise InputError("image contains NaN or infinite values")
+    normalized = map_to_unit(window, *percentiles)[np.newaxis]
+    return estimate_for_model(normalized, model, objects=objects.resolve(model.config), trained_diameter=trained,
+                              options=options)
 
 
 class _timed:

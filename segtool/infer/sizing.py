@@ -43,7 +43,9 @@ __all__ = [
     "median_diameter",
     "min_size_at_scale",
     "resize_channels",
+    "sample_window",
     "scale_for_estimate",
+    "thumbnail_step",
 ]
 
 
@@ -203,6 +205,60 @@ def choose_window(image: np.ndarray, side: int) -> tuple[slice, slice]:
             - table[cells[0]:, : cols - cells[1] + 1] + table[: rows - cells[0] + 1, : cols - cells[1] + 1])
     top, left = np.unravel_index(int(np.argmax(sums)), sums.shape)
     centre = (int((top + cells[0] / 2) * step), int((left + cells[1] / 2) * step))
+    return _window_around(centre[0], side, height), _window_around(centre[1], side, width)
+
+
+def thumbnail_step(shape: tuple[int, int], longest: int = 2048) -> int:
+    """Stride of the thumbnail :func:`sample_window` looks at: its longer side at most ``longest`` pixels.
+
+    Examples
+    --------
+    >>> thumbnail_step((40000, 30000)), thumbnail_step((1000, 800))
+    (20, 1)
+    """
+    return max(1, math.ceil(max(int(n) for n in shape) / longest))
+
+
+def sample_window(thumbnail: np.ndarray, step: int, shape: tuple[int, int],
+                  options: SizeOptions = SizeOptions()) -> tuple[slice, slice]:
+    """The part of a large image the size estimate reads: all the ladder's windows, around its densest foreground.
+
+    The ladder's widest window is ``options.window / min(options.scales)``
+    image pixels (3072 by default); :func:`estimate_size` on that part sees
+    the same windows as on the whole image when the part is centred where
+    the whole image's foreground is densest. That centre is found on a
+    thumbnail (every ``step``-th pixel, read in one pass), with the same
+    rule as :func:`choose_window`.
+
+    Parameters
+    ----------
+    thumbnail : (h, w) ndarray
+        ``image[::step, ::step]``, normalised or not (only its ordering counts).
+    step : int
+    shape : (int, int)
+        The image's size.
+    options : SizeOptions, optional
+
+    Returns
+    -------
+    (slice, slice)
+        Rows and columns of the image to read (the whole image when it is
+        no larger than the widest window).
+
+    Examples
+    --------
+    >>> thumb = np.zeros((100, 100), np.float32); thumb[80:95, 10:30] = 1
+    >>> rows, cols = sample_window(thumb, 40, (4000, 4000))
+    >>> rows.start <= 3200 and rows.stop >= 3800 and cols.start <= 400 and cols.stop >= 1200, rows.stop - rows.start
+    (True, 3072)
+    """
+    side = int(math.ceil(options.window / min(options.scales)))
+    height, width = (int(n) for n in shape)
+    if side >= height and side >= width:
+        return slice(0, height), slice(0, width)
+    plane = np.asarray(thumbnail, dtype=np.float32)[np.newaxis]
+    rows, cols = choose_window(plane, max(1, math.ceil(side / step)))
+    centre = ((rows.start + rows.stop) // 2 * step, (cols.start + cols.stop) // 2 * step)
     return _window_around(centre[0], side, height), _window_around(centre[1], side, width)
 
 

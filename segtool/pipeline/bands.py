@@ -35,6 +35,7 @@ import numpy as np
 from segtool.errors import InputError, ModelError
 from segtool.pipeline.blend import timed_predictor
 from segtool.pipeline.options import TilePlan
+from segtool.pipeline.resize import resized_span, span_source
 from segtool.pipeline.stream import prefetch
 from segtool.pipeline.tiling import TileCallback, pad_mode, predict_tiled_rows, reflect_rows
 
@@ -54,6 +55,10 @@ class BandNetwork:
     plan : TilePlan
         The tile grid of the whole image (:meth:`segtool.pipeline.options.TileOptions.plan`).
     in_channels, out_channels : int
+    scale : float, optional
+        The network sees the image resized by this factor (``plan`` is the
+        tile grid of the resized image): rows are resized as they are read
+        and the maps back, as the whole image's resize would.
     """
 
     predictor: Callable[[np.ndarray], np.ndarray]
@@ -61,6 +66,7 @@ class BandNetwork:
     plan: TilePlan
     in_channels: int
     out_channels: int
+    scale: float = 1.0
 
 
 @dataclass
@@ -158,27 +164,36 @@ def label_rows_in_bands(
     band_rows, halo = int(band_rows), int(halo)
     height, width = (int(n) for n in shape)
     plan = network.plan
+    scale = float(network.scale)
+    # The network sees the image resized by ``scale`` (rows resized as they are read); its maps are resized back.
+    size_h, size_w = (max(1, round(n * scale)) for n in (height, width)) if scale != 1.0 else (height, width)
     tile_hw = plan.tile
     # The grid the tiles cover: the image padded (by reflection, as the in-memory path pads) to the tile size,
     # or, for halo tiles, to a multiple of 2**depth.
     if plan.tile_halo is None:
-        padded_h, padded_w = max(height, tile_hw[0]), max(width, tile_hw[1])
+        padded_h, padded_w = max(size_h, tile_hw[0]), max(size_w, tile_hw[1])
     else:
-        padded_h, padded_w = (plan.align * -(-n // plan.align) for n in (height, width))
-    mode = pad_mode((height, width))
+        padded_h, padded_w = (plan.align * -(-n // plan.align) for n in (size_h, size_w))
+    mode = pad_mode((size_h, size_w))
     in_channels = network.in_channels
 
-    def padded_rows(start: int, stop: int) -> np.ndarray:
+    def image_rows(start: int, stop: int) -> np.ndarray:
         block = np.asarray(read_rows(start, stop), dtype=np.float32)
         if block.ndim == 2:
             block = block[np.newaxis]
         if block.shape[0] != in_channels:
             raise ModelError(f"model expects {in_channels} input channels, the image has {block.shape[0]}")
-        if padded_w > width:
-            block = np.pad(block, [(0, 0), (0, 0), (0, padded_w - width)], mode=mode)
         return block
 
-    source = reflect_rows(padded_rows, height, padded_h, mode=mode)
+    network_rows = image_rows if scale == 1.0 else _resized_rows(image_rows, (height, width), (size_h, size_w))
+
+    def padded_rows(start: int, stop: int) -> np.ndarray:
+        block = network_rows(start, stop)
+        if padded_w > size_w:
+            block = np.pad(block, [(0, 0), (0, 0), (0, padded_w - size_w)], mode=mode)
+        return block
+
+    source = reflect_rows(padded_rows, size_h, padded_h, mode=mode)
     predictor = timed_predictor(network.predictor, stages)
     stream = predict_tiled_rows(
         source,
@@ -188,8 +203,10 @@ def label_rows_in_bands(
         on_tile=on_tile,
         **plan.tiling_options(),
     )
+    if scale != 1.0:
+        stream = _maps_at_image_size(stream, (size_h, size_w), (height, width))
 
-    buffer = _RowBuffer(network.out_channels, width, capacity=band_rows + 2 * halo + tile_hw[0])
+    buffer = _RowBuffer(network.out_channels, width, capacity=band_rows + 2 * halo + int(tile_hw[0] / scale) + 8)
     max_extra = 3 * halo
     # The network fills the next rows while this thread labels the current band.
     for_rows = prefetch(stream, depth=1)
@@ -269,6 +286,52 @@ def _label_bands(for_rows, buffer, ahead, height, width, band_rows, halo, max_ex
         if not ahead.started:  # (once labelling runs ahead, its windows are views of the buffer: keep them valid)
             buffer.drop_before(core_stop - halo)  # the next band's window starts there
         core_start = core_stop
+
+
+def _resized_rows(read_rows: Callable[[int, int], np.ndarray], shape: tuple[int, int], size: tuple[int, int]):
+    """Rows of the image resized from ``shape`` to ``size``, each computed from the image rows around it.
+
+    The values of the whole image's resize (:func:`segtool.pipeline.resize.resized_span`).
+    """
+    shrinking = size[0] < shape[0] or size[1] < shape[1]
+
+    def read(start: int, stop: int) -> np.ndarray:
+        first, last = span_source(shape[0], size[0], start, stop, shrinking=shrinking)
+        return resized_span(read_rows(first, last), (first, 0), shape, size, (start, 0), (stop, size[1]),
+                            shrinking=shrinking)
+
+    return read
+
+
+def _maps_at_image_size(stream, size: tuple[int, int], shape: tuple[int, int]):
+    """Map rows streamed at the network's ``size`` (``(start, (C, rows, w))``), resized back to the image's ``shape``.
+
+    An image row is yielded once every network row its resize reads has
+    arrived; network rows no later image row reads are dropped.
+    """
+    shrinking = shape[0] < size[0] or shape[1] < size[1]
+    held, held_start, done = None, 0, 0
+    for start, maps in stream:
+        rows = min(maps.shape[1], size[0] - start)  # rows past the image are the tiles' padding
+        if rows <= 0:
+            continue
+        maps = maps[:, :rows, : size[1]]
+        held = maps if held is None else np.concatenate([held, maps], axis=1)
+        available = start + rows
+        stop = done
+        if available >= size[0]:
+            stop = shape[0]
+        else:
+            while stop < shape[0] and span_source(size[0], shape[0], stop, stop + 1, shrinking=shrinking)[1] <= available:
+                stop += 1
+        if stop > done:
+            first, _ = span_source(size[0], shape[0], done, stop, shrinking=shrinking)
+            yield done, resized_span(held[:, first - held_start :], (first, 0), size, shape, (done, 0), (stop, shape[1]),
+                                     shrinking=shrinking)
+            done = stop
+            if done < shape[0]:
+                keep = span_source(size[0], shape[0], done, done + 1, shrinking=shrinking)[0]
+                held, held_start = held[:, keep - held_start :], keep
 
 
 class _LookAhead:

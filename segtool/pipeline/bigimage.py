@@ -74,10 +74,19 @@ class BandModel:
     percentiles : (float, float)
         The normalisation percentiles (the model's ``norm_low``, ``norm_high``).
     count_tiles : callable
-        ``count_tiles((H, W))``: the network tiles of an image that size (reported in the figures).
+        ``count_tiles((H, W))``: the network tiles of an image that size, as
+        the network sees it (reported in the figures).
     label_bands : callable
-        ``label_bands(read_rows, (H, W), *, band_rows, halo, keep_maps, on_tile, stages)`` yields
-        :class:`segtool.pipeline.bands.LabelBand` (as :func:`segtool.pipeline.bands.label_rows_in_bands`).
+        ``label_bands(read_rows, (H, W), *, scale, band_rows, halo, keep_maps, on_tile, stages)`` yields
+        :class:`segtool.pipeline.bands.LabelBand` (as :func:`segtool.pipeline.bands.label_rows_in_bands`),
+        the network seeing the image resized by ``scale``.
+    choose_scale : callable
+        ``choose_scale(sample, (H, W), (low, high))`` -> ``(scale, size)``:
+        the factor the image is resized by before the network, and the size
+        estimate it came from (or None when the scale was given).
+        ``sample(rows, cols, step)`` reads the raw image's ``rows, cols``
+        slices every ``step`` pixels; ``low, high`` are its normalisation
+        percentiles.
     """
 
     in_channels: int
@@ -85,6 +94,7 @@ class BandModel:
     percentiles: tuple[float, float]
     count_tiles: Callable[[tuple[int, int]], int]
     label_bands: Callable[..., Iterator[LabelBand]]
+    choose_scale: Callable[..., tuple[float, Any]]
 
 
 def write_labels_in_bands(
@@ -126,7 +136,8 @@ def write_labels_in_bands(
     Returns
     -------
     figures : dict
-        ``objects``, ``tiles``, ``bands``, ``shape``, ``dtype``,
+        ``objects``, ``tiles``, ``bands``, ``shape``, ``dtype``, ``scale``,
+        ``size`` (the size estimate, or None when none was made),
         ``overlay_step`` (downsampling of the overlay, if written),
         ``seconds``, ``stage_seconds`` (``network``, ``postprocess``,
         ``write``; the network overlaps the other two).
@@ -174,9 +185,20 @@ def write_labels_in_bands(
             raise InputError("image contains NaN or infinite values")
         return map_to_unit(block, low, high)
 
+    def sample(rows: slice, cols: slice, step: int) -> np.ndarray:
+        # a band of rows at a time, so a thumbnail of the whole image never holds more than a band
+        chunk = step * max(1, 4096 // step)
+        parts = [np.asarray(raw_rows(top, min(rows.stop, top + chunk)))[::step, cols][:, ::step]
+                 for top in range(rows.start, rows.stop, chunk)]
+        return np.concatenate(parts)
+
+    started = time.perf_counter()
+    scale, size = network.choose_scale(sample, (height, width), (low, high))
+    read_seconds += time.perf_counter() - started
     if band_rows is None:
         band_rows = default_band_rows(width, halo=halo)
-    n_tiles = network.count_tiles((height, width))
+    network_shape = (height, width) if scale == 1.0 else (max(1, round(height * scale)), max(1, round(width * scale)))
+    n_tiles = network.count_tiles(network_shape)
     folder = labels_path.parent
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -200,6 +222,7 @@ def write_labels_in_bands(
             for band in network.label_bands(
                 normalized_rows,
                 (height, width),
+                scale=scale,
                 band_rows=band_rows,
                 halo=halo,
                 keep_maps=prob_spool is not None,
@@ -227,6 +250,8 @@ def write_labels_in_bands(
             "bands": len(bands),
             "shape": [height, width],
             "dtype": np.dtype(label_dtype).name,
+            "scale": scale,
+            "size": size,
         }
         if prob_spool is not None:
             plane_tiles = (tile for channel in range(network.out_channels)

@@ -25,7 +25,7 @@ from segtool.inputs import output_path
 from segtool.pipeline.options import ObjectOptions, TileOptions
 from segtool.tasks.baseline import BaselineOptions
 
-__all__ = ["BigBaselineTask", "BigPredictTask", "labels_suffix"]
+__all__ = ["BigBaselineTask", "BigPredictTask", "labels_suffix", "size_record"]
 
 
 def labels_suffix(zarr: bool) -> str:
@@ -116,7 +116,7 @@ class BigPredictTask(_BlockTask):
     zarr: bool
     output_dir: Path | None
     overwrite: bool
-    tiling: TileOptions = TileOptions()  # blocks are planned on the blended tile grid (TileOptions.blended)
+    tiling: TileOptions = TileOptions()  # the in-memory run's tile grid and scale (scale None: estimated per image)
     objects: ObjectOptions = ObjectOptions()
     device: str = "cpu"
     threads: int | None = None
@@ -125,6 +125,8 @@ class BigPredictTask(_BlockTask):
     precision: str = "fp32"
     #: the model's input transform (``UNetConfig.input``), known to the caller that loaded the model
     input_transform: str = "intensity"
+    #: the object diameter given with --diameter (it set the scale), for the record
+    diameter: float | None = None
 
     @_one_line_when_a_worker_dies
     def run(self, path: Path) -> dict[str, Any]:
@@ -152,4 +154,21 @@ class BigPredictTask(_BlockTask):
             "blocks": int(result.blocks),
             "shape": list(image.data.shape),
             "predict_seconds": round(time.perf_counter() - start, 3),
+            **size_record(result.size, result.scale, self.diameter),
         }
+
+
+def size_record(size, scale: float, diameter: float | None = None) -> dict[str, Any]:
+    """``diameter`` (estimated, or given with --diameter; None when unknown), ``diameter_source`` and ``scale``.
+
+    Examples
+    --------
+    >>> size_record(None, 0.5, 42.0)
+    {'diameter': 42.0, 'diameter_source': 'given', 'scale': 0.5}
+    """
+    if size is not None:
+        estimated = None if size.diameter is None else round(size.diameter, 2)
+        return {"diameter": estimated, "diameter_source": "estimated", "scale": round(scale, 4)}
+    if diameter is not None:
+        return {"diameter": diameter, "diameter_source": "given", "scale": round(scale, 4)}
+    return {"diameter": None, "diameter_source": None, "scale": round(scale, 4)}

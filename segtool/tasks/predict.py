@@ -205,7 +205,7 @@ class PredictTask:
             normalized, size = fit_to_training_size(normalized, model, objects=self.objects)
             stages["size"] = time.perf_counter() - start
             if large and (size is None or size.scale * size.scale * pixels > BAND_PIXELS):
-                return Loaded("large", path, outputs, image=image)  # objects not larger than the model's: bands
+                return Loaded("large", path, outputs, image=image, size=size)  # still large at its scale: bands
         return Loaded("image", path, outputs, image=image, normalized=normalized, stages=stages, size=size)
 
     def infer(self, state: Loaded):
@@ -232,7 +232,7 @@ class PredictTask:
             # the transform of the whole image, as in memory; the bands then see one plane of the network's input
             plane = apply_input_transform(image.data, self.model().config.input)
             return Finished(self._run_bands(plane, self.model(), state.outputs,
-                                            calibration=(image.pixel_size, image.unit)))
+                                            calibration=(image.pixel_size, image.unit), size=state.size))
         keep = {"image": state.image, "outputs": state.outputs, "stages": state.stages, "size": state.size}
         if self._scale_of(state.size) == 1.0:
             from segtool.infer.bands import label_by_tile_rows
@@ -302,11 +302,9 @@ class PredictTask:
             return {"diameter": self.diameter, "diameter_source": "given", "scale": round(scale, 4)}
         return {"diameter": None, "diameter_source": None, "scale": round(scale, 4)}
 
-    def _run_bands(self, source, model, outputs: dict[str, Path], calibration=None) -> dict[str, Any]:
+    def _run_bands(self, source, model, outputs: dict[str, Path], calibration=None, size=None) -> dict[str, Any]:
         from segtool.infer.bands import predict_file_in_bands
 
-        if self.tiling.scale not in (None, 1.0):
-            raise InputError("--scale/--diameter is not available for images predicted in bands (large images); add --no-bands")
         figures = predict_file_in_bands(
             source,
             model,
@@ -316,15 +314,15 @@ class PredictTask:
             overwrite=self.overwrite,
             band_rows=self.band_rows,
             halo=self.halo,
-            tiling=self.tiling,
+            tiling=self.tiling,  # scale None: estimated once, from a sample
             objects=self.objects,
+            size=size,
         )
         figures["predict_seconds"] = figures.pop("seconds")
         figures["model"] = self.model_name or str(self.model_path)
         # the same keys as in memory; the empty-image rule needs the whole image at once, so bands never apply it
         figures.setdefault("empty_reason", None)
-        # band mode predicts at the image's own size: the size estimate is not made there (yet)
-        figures.update(self._size_record(None, 1.0))
+        figures.update(self._size_record(figures.pop("size"), figures.pop("scale")))
         return figures
 
 

@@ -23,7 +23,6 @@ from __future__ import annotations
 import math
 import os
 import time
-import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -32,7 +31,10 @@ import numpy as np
 
 from segtool.errors import InputError
 from segtool.labels import label_dtype
+from segtool.normalize import map_to_unit
 from segtool.pipeline.options import ObjectOptions, TileOptions
+from segtool.pipeline.percentiles import sample_percentiles
+from segtool.pipeline.write import RowSpool
 from segtool.infer.sizing import min_size_at_scale, resize_channels
 
 __all__ = ["STACK_MODES", "StackPredictOptions", "model_planes", "stack_percentiles", "predict_stack_maps", "maps_to_labels_3d",
@@ -131,20 +133,14 @@ def stack_percentiles(planes: Iterable[np.ndarray], low: float, high: float, *, 
     for plane in planes:
         step = max(1, math.isqrt(max(1, plane.size // per_plane)))
         samples.append(np.asarray(plane[::step, ::step], dtype=np.float32).reshape(-1))
-    values = np.concatenate(samples)
-    if not np.isfinite(values).all():
-        raise InputError("image contains NaN or infinite values")
-    lo, hi = np.percentile(values, [low, high])
+    lo, hi = sample_percentiles(np.concatenate(samples), [low, high])  # the shared rule (and NaN check)
     return float(lo), float(hi)
 
 
 def _predictor(model, tta: bool):
-    from segtool.infer.network import make_predictor, prepare_for_inference
+    from segtool.infer.network import make_predictor, prepared_net
 
-    net = model.net
-    if not getattr(net, "segtool_prepared", False):
-        net = prepare_for_inference(net)
-    return make_predictor(net, model.config.target, tta=tta)
+    return make_predictor(prepared_net(model), model.config.target, tta=tta)
 
 
 def _pad_to(plane: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
@@ -181,8 +177,7 @@ def predict_stack_maps(
     config = model.config
     predictor = _predictor(model, options.tiling.tta)
     lo, hi = norm
-    scale = np.float32(1.0 / (hi - lo + 1e-20))
-    resize = options.scale
+    resize = 1.0 if options.scale is None else float(options.scale)
     batch: list[np.ndarray] = []
     tile_hw: tuple[int, int] | None = None
     plane_hw: tuple[int, int] | None = None
@@ -211,7 +206,7 @@ def predict_stack_maps(
             raise InputError(f"plane must be 2-D, got shape {data.shape}")
         if config.in_channels != 1:
             raise InputError(f"3-D prediction needs a single-channel model; this one takes {config.in_channels} channels")
-        normalized = ((data.astype(np.float32) - np.float32(lo)) * scale)[np.newaxis]
+        normalized = map_to_unit(data, lo, hi)[np.newaxis]  # the stack's percentiles, as every schedule maps them
         plane_hw = data.shape
         if resize != 1.0:
             normalized = resize_channels(normalized, (max(1, round(data.shape[0] * resize)),
@@ -379,9 +374,17 @@ def stack_scale(middle: np.ndarray, model, *, norm: tuple[float, float],
     trained = model_diameter(model)
     if trained is None:
         return None
-    lo, hi = norm
-    normalized = ((np.asarray(middle, dtype=np.float32) - np.float32(lo)) * np.float32(1.0 / (hi - lo + 1e-20)))[np.newaxis]
+    normalized = map_to_unit(middle, *norm)[np.newaxis]
     return estimate_for_model(normalized, model, objects=options.objects.resolve(model.config), trained_diameter=trained)
+
+
+def _open_spool(folder: Path, width: int) -> RowSpool:
+    from segtool.errors import OutputError
+
+    try:
+        return RowSpool(folder, width, np.uint32)
+    except OSError as err:
+        raise OutputError(f"{folder}: cannot write temporary files: {err.strerror or err}") from err
 
 
 def _fg_and_seed(maps: np.ndarray, target: str, post: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -411,7 +414,7 @@ def predict_stack_file(
 
     With ``mode="stitch"`` memory stays at a few planes whatever the stack's
     depth: planes are read one at a time, stitched labels go to a hidden
-    scratch file beside ``out_path`` (uint32), and the final TIFF is written
+    spool file beside ``out_path`` (uint32, :class:`segtool.pipeline.write.RowSpool`), and the final TIFF is written
     from it plane by plane, as uint16 when the labels fit. ``"watershed"``
     loads the stack. ``overlay_path`` gets a PNG of the middle plane's outlines.
 
@@ -472,7 +475,7 @@ def predict_stack_file(
         post = plane_postprocess(config, options)
         stitcher = PlaneStitcher(options.stitch_threshold)
         out_path.parent.mkdir(parents=True, exist_ok=True)
-        scratch = out_path.with_name(f".{out_path.name}.{uuid.uuid4().hex[:8]}.planes")
+        spool: RowSpool | None = None  # the stitched planes, one after another (uint32), until the TIFF is written
         try:
             plane_shape = None
             middle_image: list[np.ndarray] = []
@@ -483,32 +486,30 @@ def predict_stack_file(
                         middle_image.append(plane)
                     yield plane
 
-            with open(scratch, "wb") as handle:
-                _, planes = iter_planes(path, channel=channel, z_spacing=z_spacing)
-                progress = (lambda n: on_plane(n, depth)) if on_plane is not None else None
-                for z, maps in enumerate(predict_stack_maps(model_planes(keep_middle(planes), config), model, norm=norm,
-                                                            options=options, on_plane=progress)):
-                    labels2d = stitcher.add(maps_to_labels(maps, target=config.target, **post))
-                    if z == depth // 2:
-                        middle = (middle_image[0], labels2d)
-                    plane_shape = labels2d.shape
-                    labels2d.astype(np.uint32, copy=False).tofile(handle)
-                    del maps
+            _, planes = iter_planes(path, channel=channel, z_spacing=z_spacing)
+            progress = (lambda n: on_plane(n, depth)) if on_plane is not None else None
+            for z, maps in enumerate(predict_stack_maps(model_planes(keep_middle(planes), config), model, norm=norm,
+                                                        options=options, on_plane=progress)):
+                labels2d = stitcher.add(maps_to_labels(maps, target=config.target, **post))
+                if z == depth // 2:
+                    middle = (middle_image[0], labels2d)
+                plane_shape = labels2d.shape
+                if spool is None:
+                    spool = _open_spool(out_path.parent, plane_shape[1])
+                spool.append(labels2d)
+                del maps
             dtype = label_dtype(stitcher.n_labels)
-            plane_bytes = int(np.prod(plane_shape)) * 4
+            rows = plane_shape[0]
 
             def read_back() -> Iterator[np.ndarray]:
-                with open(scratch, "rb") as source:
-                    for _ in range(depth):
-                        yield np.fromfile(source, dtype=np.uint32, count=plane_bytes // 4).reshape(plane_shape).astype(dtype)
+                for z in range(depth):
+                    yield spool.read(z * rows, (z + 1) * rows).astype(dtype)
 
             write_label_volume(out_path, read_back(), shape=(depth, *plane_shape), dtype=dtype,
                                voxel_size=voxel_size, unit=unit, overwrite=overwrite)
         finally:
-            try:
-                scratch.unlink()
-            except OSError:
-                pass
+            if spool is not None:
+                spool.close()
         shape, n_objects = (depth, *plane_shape), stitcher.n_labels
     if overlay_path is not None:
         from segtool.io import write_png
