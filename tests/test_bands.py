@@ -57,3 +57,32 @@ def test_bands_refuse_bad_sizes_and_channel_counts():
     two = np.stack([image, image])
     with pytest.raises(ModelError, match="1 input channels, the image has 2"):
         list(label_rows_in_bands(lambda a, b: two[:, a:b], image.shape, network, band_rows=16, halo=8))
+
+
+def test_bands_keep_only_the_channels_the_labelling_reads_unless_maps_are_kept():
+    image = _disks()
+    tiling = TileOptions(tile=64, tile_halo=8)
+    plan = tiling.plan(UNetConfig(depth=2, base_channels=4, patch_size=32), image.shape)
+    seen = []
+
+    def predictor(batch):  # four channels; only channel 2 holds the objects
+        out = np.full((batch.shape[0], 4) + batch.shape[2:], 0.7, np.float32)
+        out[:, 2] = batch[:, 0]
+        return out
+
+    def labeller(maps, label_channels_only=False):
+        seen.append((maps.shape[0], label_channels_only))
+        objects = maps[0] if label_channels_only else maps[2]
+        return label(objects > 0.5).astype(np.uint32)
+
+    network = BandNetwork(predictor=predictor, label=labeller, plan=plan, in_channels=1, out_channels=4,
+                          label_channels=(2,))
+    kept = list(label_rows_in_bands(lambda a, b: image[a:b], image.shape, network, band_rows=24, halo=20,
+                                    keep_maps=True))
+    assert seen and set(seen) == {(4, False)} and kept[0].maps.shape[0] == 4
+    seen.clear()
+    lean = list(label_rows_in_bands(lambda a, b: image[a:b], image.shape, network, band_rows=24, halo=20))
+    assert seen and set(seen) == {(1, True)} and lean[0].maps is None
+    expected = label(image > 0.5)
+    for bands in (kept, lean):
+        np.testing.assert_array_equal(np.concatenate([band.labels for band in bands]), expected)

@@ -235,3 +235,24 @@ def test_number_as_whole_puts_unseeded_objects_last():
     assert whole[2, 2] == 2 and whole[6, 11] == 1
     swapped = np.where(whole > 0, 3 - whole.astype(np.int64), 0)
     np.testing.assert_array_equal(number_as_whole(swapped, maps, target="distance", min_size=1), whole)
+
+
+@pytest.mark.parametrize(
+    "target, make, used",
+    [("three_class", _three_class_maps, (0, 1)), ("distance", _distance_maps, (0, 1)),
+     ("three_class_distance", _three_class_distance_maps, (0, 3))],
+)
+def test_the_label_channels_alone_give_the_same_labels(target, make, used):
+    from segtool.infer.instances import LABEL_CHANNELS
+
+    maps = make(_disks())
+    for unread in set(range(maps.shape[0])) - set(used):
+        maps[unread] = 0.123  # any values: the labelling never reads them
+    assert LABEL_CHANNELS[target] == used
+    whole = maps_to_labels(maps, target=target, min_size=10)
+    alone = maps_to_labels(maps[list(used)], target=target, min_size=10, label_channels_only=True)
+    np.testing.assert_array_equal(alone, whole)
+    assert whole.max() == 5
+    if maps.shape[0] > 2:  # all the channels, where only two are expected
+        with pytest.raises(InputError, match=r"needs maps of shape \(2, H, W\)"):
+            maps_to_labels(maps, target=target, label_channels_only=True)

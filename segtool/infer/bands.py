@@ -21,12 +21,12 @@ from typing import Any
 
 import numpy as np
 
-from segtool.infer.instances import maps_to_labels, number_as_whole
 from segtool.infer.predict import estimate_from_sample, scaled_objects
+from segtool.infer.instances import LABEL_CHANNELS, maps_to_labels, number_as_whole
 from segtool.infer.network import make_predictor, network_device_type, network_precision, prepared_net
 from segtool.pipeline.bands import BandNetwork, LabelBand, label_rows_in_bands
 from segtool.pipeline.bigimage import BandModel, write_labels_in_bands
-from segtool.pipeline.options import ObjectOptions, TileOptions, check_common
+from segtool.pipeline.options import BAND_TILE_MEMORY, ObjectOptions, TileOptions, check_common
 from segtool.pipeline.tiling import TileCallback
 
 __all__ = ["label_by_tile_rows", "predict_file_in_bands", "predict_label_bands"]
@@ -44,6 +44,7 @@ def predict_label_bands(
     keep_maps: bool = False,
     on_tile: TileCallback | None = None,
     stages: dict[str, float] | None = None,
+    memory: int | None = None,
 ) -> Iterator[LabelBand]:
     """Predict a large image in horizontal bands, yielding finished label rows.
 
@@ -85,6 +86,10 @@ def predict_label_bands(
         ``postprocess`` (labelling the bands); the network runs on a thread of
         its own, one tile row ahead of the post-processing, so the two add up
         to more than the wall time.
+    memory : int, optional
+        Network tile budget in bytes instead of the device's default
+        (:func:`segtool.pipeline.options.budget_tile`); ``predict_file_in_bands``
+        passes :data:`segtool.pipeline.options.BAND_TILE_MEMORY`.
 
     Yields
     ------
@@ -99,14 +104,17 @@ def predict_label_bands(
     net = prepared_net(model)
     # The tile grid of the image as the network sees it, resized by ``scale``.
     size = (height, width) if scale == 1.0 else (max(1, round(height * scale)), max(1, round(width * scale)))
-    plan = tiling.plan(config, size, device_type=network_device_type(net), precision=network_precision(net))
+    plan = tiling.plan(config, size, device_type=network_device_type(net), precision=network_precision(net),
+                       memory=memory)
     network = BandNetwork(
         predictor=make_predictor(net, config.target, tta=tiling.tta),
-        label=lambda rows: maps_to_labels(rows, target=config.target, **options),
+        label=lambda rows, label_channels_only=False: maps_to_labels(
+            rows, target=config.target, label_channels_only=label_channels_only, **options),
         plan=plan,
         in_channels=config.in_channels,
         out_channels=config.out_channels,
         scale=scale,
+        label_channels=LABEL_CHANNELS[config.target],
     )
     yield from label_rows_in_bands(read_rows, (height, width), network, band_rows=band_rows, halo=halo,
                                    keep_maps=keep_maps, on_tile=on_tile, stages=stages)
@@ -236,12 +244,12 @@ def predict_file_in_bands(
     config = model.config
 
     def count_tiles(shape: tuple[int, int]) -> int:
-        return tiling.plan(config, shape, device_type=network_device_type(model.net),
+        return tiling.plan(config, shape, device_type=network_device_type(model.net), memory=BAND_TILE_MEMORY,
                            precision=network_precision(model.net)).n_tiles
 
     def label_bands(read_rows, shape, *, scale: float, **kwargs) -> Iterator[LabelBand]:
         return predict_label_bands(read_rows, shape, model, tiling=replace(tiling, scale=scale), objects=objects,
-                                   **kwargs)
+                                   memory=BAND_TILE_MEMORY, **kwargs)
 
     def choose_scale(sample, shape, percentiles):
         if size is not None:

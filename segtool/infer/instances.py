@@ -41,10 +41,15 @@ from segtool.errors import InputError
 from segtool.labels import label_dtype
 from segtool.model.config import TARGETS
 
-__all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_SEED_THRESHOLD", "maps_to_labels", "number_as_whole"]
+__all__ = ["DEFAULT_MIN_SIZE", "DEFAULT_SEED_THRESHOLD", "LABEL_CHANNELS", "maps_to_labels", "number_as_whole"]
 
 #: Default seed threshold per target type.
 DEFAULT_SEED_THRESHOLD = {"three_class": 0.5, "distance": 0.4, "three_class_distance": 0.4}
+
+#: The map channels the labelling reads, per target: (foreground or background, seeds). The others are only
+#: saved (``--save-prob``), so a schedule that keeps maps only for labelling can keep these two and halve its
+#: buffers (``maps_to_labels(..., label_channels_only=True)``).
+LABEL_CHANNELS = {"three_class": (0, 1), "distance": (0, 1), "three_class_distance": (0, 3)}
 
 #: Default smallest object kept, in pixels.
 DEFAULT_MIN_SIZE = 16
@@ -69,6 +74,7 @@ def maps_to_labels(
     seed_threshold: float | None = None,
     min_seed_size: int | None = None,
     split_height: float | None = None,
+    label_channels_only: bool = False,
 ) -> np.ndarray:
     """Turn activated network maps into instance labels.
 
@@ -99,6 +105,10 @@ def maps_to_labels(
         to the seed region's edge that stand at least this many pixels above
         their surroundings (h-maxima). ``None`` (default) keeps each seed
         region whole.
+    label_channels_only : bool, optional
+        ``maps`` holds only the two channels :data:`LABEL_CHANNELS` names for
+        ``target``, in that order (the labels are the same as from all of
+        them).
 
     Returns
     -------
@@ -123,9 +133,10 @@ def maps_to_labels(
     if target not in TARGETS:
         raise InputError(f"unknown target {target!r}; choose one of {', '.join(TARGETS)}")
     data = np.asarray(maps)
-    channels = TARGETS[target]
+    channels = len(LABEL_CHANNELS[target]) if label_channels_only else TARGETS[target]
     if data.ndim != 3 or data.shape[0] != channels:
         raise InputError(f"target {target!r} needs maps of shape ({channels}, H, W), got {data.shape}")
+    first, second = (data[0], data[1]) if label_channels_only else (data[c] for c in LABEL_CHANNELS[target])
     prob_threshold = _check_fraction("prob_threshold", prob_threshold)
     if seed_threshold is None:
         seed_threshold = DEFAULT_SEED_THRESHOLD[target]
@@ -139,18 +150,16 @@ def maps_to_labels(
     if split_height is not None:
         split_height = _check_positive("split_height", split_height)
 
+    seed_map = second
     if target == "three_class":
-        foreground = data[0] < np.float32(1.0 - prob_threshold)
-        seed_map = data[1]
-        elevation = np.float32(1.0) - data[1].astype(np.float32, copy=False)
+        foreground = first < np.float32(1.0 - prob_threshold)
+        elevation = np.float32(1.0) - second.astype(np.float32, copy=False)
     elif target == "three_class_distance":
-        foreground = data[0] < np.float32(1.0 - prob_threshold)
-        seed_map = data[3]
-        elevation = -data[3].astype(np.float32, copy=False)
+        foreground = first < np.float32(1.0 - prob_threshold)
+        elevation = -second.astype(np.float32, copy=False)
     else:
-        foreground = data[0] > np.float32(prob_threshold)
-        seed_map = data[1]
-        elevation = -data[1].astype(np.float32, copy=False)
+        foreground = first > np.float32(prob_threshold)
+        elevation = -second.astype(np.float32, copy=False)
 
     markers = _markers(foreground, seed_map, seed_threshold, min_seed_size, split_height)
     labels = _watershed(elevation, markers, foreground)

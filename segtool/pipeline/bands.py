@@ -29,6 +29,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 
 import numpy as np
 
@@ -51,7 +52,9 @@ class BandNetwork:
     predictor : callable
         ``(N, in_channels, h, w)`` float32 tiles -> ``(N, out_channels, h, w)`` maps.
     label : callable
-        ``(out_channels, rows, W)`` maps -> consecutive instance labels of those rows.
+        ``(out_channels, rows, W)`` maps -> consecutive instance labels of those rows;
+        ``label(maps, label_channels_only=True)`` takes only the channels
+        ``label_channels`` names, in that order.
     plan : TilePlan
         The tile grid of the whole image (:meth:`segtool.pipeline.options.TileOptions.plan`).
     in_channels, out_channels : int
@@ -59,14 +62,19 @@ class BandNetwork:
         The network sees the image resized by this factor (``plan`` is the
         tile grid of the resized image): rows are resized as they are read
         and the maps back, as the whole image's resize would.
+    label_channels : tuple of int, optional
+        The map channels ``label`` reads. When given, and the maps are not
+        kept, the schedule keeps only these (half the buffers' memory for a
+        four-channel network).
     """
 
     predictor: Callable[[np.ndarray], np.ndarray]
-    label: Callable[[np.ndarray], np.ndarray]
+    label: Callable[..., np.ndarray]
     plan: TilePlan
     in_channels: int
     out_channels: int
     scale: float = 1.0
+    label_channels: tuple[int, ...] | None = None
 
 
 @dataclass
@@ -195,22 +203,30 @@ def label_rows_in_bands(
 
     source = reflect_rows(padded_rows, size_h, padded_h, mode=mode)
     predictor = timed_predictor(network.predictor, stages)
+    label, channels = network.label, network.out_channels
+    if network.label_channels and not keep_maps:
+        # Only the channels the labelling reads are kept, from the network's output on: the blended tile rows, the
+        # queue between the threads and the row buffer then hold half as much for a four-channel network.
+        used = list(network.label_channels)
+        predictor = _selecting(predictor, used)
+        label = partial(network.label, label_channels_only=True)
+        channels = len(used)
     stream = predict_tiled_rows(
         source,
         (padded_h, padded_w),
         predictor,
-        out_channels=network.out_channels,
+        out_channels=channels,
         on_tile=on_tile,
         **plan.tiling_options(),
     )
     if scale != 1.0:
         stream = _maps_at_image_size(stream, (size_h, size_w), (height, width))
 
-    buffer = _RowBuffer(network.out_channels, width, capacity=band_rows + 2 * halo + int(tile_hw[0] / scale) + 8)
+    buffer = _RowBuffer(channels, width, capacity=band_rows + 2 * halo + int(tile_hw[0] / scale) + 8)
     max_extra = 3 * halo
     # The network fills the next rows while this thread labels the current band.
     for_rows = prefetch(stream, depth=1)
-    ahead = _LookAhead(network.label)
+    ahead = _LookAhead(label)
     try:
         yield from _label_bands(for_rows, buffer, ahead, height, width, band_rows, halo, max_extra, keep_maps, stages)
     finally:
@@ -332,6 +348,15 @@ def _maps_at_image_size(stream, size: tuple[int, int], shape: tuple[int, int]):
             if done < shape[0]:
                 keep = span_source(size[0], shape[0], done, done + 1, shrinking=shrinking)[0]
                 held, held_start = held[:, keep - held_start :], keep
+
+
+def _selecting(predictor: Callable[[np.ndarray], np.ndarray], channels: list[int]):
+    """``predictor`` keeping only ``channels`` of its maps."""
+
+    def predict(batch: np.ndarray) -> np.ndarray:
+        return predictor(batch)[:, channels]
+
+    return predict
 
 
 class _LookAhead:

@@ -45,8 +45,10 @@ __all__ = [
     "write_labels_in_bands",
 ]
 
-#: Pixels per post-processing window (band plus halos) the default band height aims at.
-WINDOW_PIXELS = 16 * 2**20
+#: Pixels per post-processing window (band plus halos) the default band height aims at. The labelling of a
+#: window (the watershed's float64 copies; two windows at once at the end) and the row buffer grow with it:
+#: 16 Mpixel windows held about 0.45 GiB more of the 8192^2 peak RSS than 4 Mpixel ones (BENCHMARKS.md, "Memory").
+WINDOW_PIXELS = 4 * 2**20
 #: Longest side of the overlay PNG written for a banded image (it is downsampled to fit).
 OVERLAY_MAX_SIDE = 4096
 
@@ -57,7 +59,7 @@ def default_band_rows(width: int, *, halo: int = 128, window_pixels: int = WINDO
     Examples
     --------
     >>> default_band_rows(20000), default_band_rows(4096)
-    (512, 3840)
+    (256, 768)
     """
     rows = window_pixels // max(int(width), 1) - 2 * int(halo)
     return max(256, (rows // 256) * 256)

@@ -25,6 +25,7 @@ from segtool.pipeline.tiling import halo_padded_shape, plan_halo_tiles, plan_til
 
 __all__ = [
     "ACTIVATION_BYTES",
+    "BAND_TILE_MEMORY",
     "BATCH_PIXELS",
     "BLEND_BATCH_SIZE",
     "BLEND_OVERLAP",
@@ -105,10 +106,12 @@ class TileOptions:
         """Raise :class:`InputError` if a value is out of range (:func:`check_common`)."""
         check_common(None, self.overlap, self.batch_size, 1.0 if self.scale is None else self.scale)
 
-    def plan(self, config, shape: Sequence[int], *, device_type: str = "cpu", precision: str = "fp32") -> TilePlan:
+    def plan(self, config, shape: Sequence[int], *, device_type: str = "cpu", precision: str = "fp32",
+             memory: int | None = None) -> TilePlan:
         """The tile plan for an image of ``shape`` (:func:`plan_inference_tiles`)."""
         return plan_inference_tiles(config, shape, device_type=device_type, tile=self.tile, overlap=self.overlap,
-                                    tile_halo=self.tile_halo, batch_size=self.batch_size, precision=precision)
+                                    tile_halo=self.tile_halo, batch_size=self.batch_size, precision=precision,
+                                    memory=memory)
 
 
 @dataclass(frozen=True)
@@ -151,9 +154,14 @@ BATCH_PIXELS = {"cpu": 2048 * 2048, "cuda": 4096 * 4096, "mps": 2048 * 2048}
 ACTIVATION_BYTES = {"fp32": 520.0, "bf16": 270.0}
 
 #: Memory budget of one network call (activations of the tile batch) by default, per device type; None = no
-#: budget (a GPU's memory is not the host's; MAX_TILE alone applies). On CPU it keeps ``segtool predict`` of an
-#: 8192^2 image at about 1.3 GiB peak RSS (BENCHMARKS.md): tiles of up to 1568^2 in bfloat16, 1136^2 in float32.
+#: budget (a GPU's memory is not the host's; MAX_TILE alone applies). On CPU: tiles of up to 1568^2 in bfloat16,
+#: 1136^2 in float32, about 0.9 GiB peak RSS for the network call alone (BENCHMARKS.md, "Memory").
 TILE_MEMORY = {"cpu": 640 * 2**20, "cuda": None, "mps": None}
+
+#: The same budget for the band schedule (images too large for memory) on CPU: there the buffers of the band
+#: rows come on top of the network call, and 8192^2 stays under 1.5 GiB peak RSS only with smaller tiles
+#: (1216^2 in bfloat16, at about 9 % more network work for their halos; BENCHMARKS.md, "Memory").
+BAND_TILE_MEMORY = 384 * 2**20
 
 #: Keys of ``UNetConfig.postprocess`` that :func:`maps_to_labels` understands.
 _POSTPROCESS_KEYS = ("prob_threshold", "min_size", "seed_threshold", "min_seed_size", "split_height")
@@ -171,8 +179,10 @@ def activation_bytes(config, precision: str = "fp32") -> float:
     return per_pixel * int(config.base_channels) / 16
 
 
-def budget_tile(config, *, device_type: str = "cpu", precision: str = "fp32") -> int:
+def budget_tile(config, *, device_type: str = "cpu", precision: str = "fp32", memory: int | None = None) -> int:
     """The largest halo tile side (a multiple of ``2**depth``) whose network call fits :data:`TILE_MEMORY`.
+
+    ``memory`` (bytes) replaces the device's budget where it has one (a GPU keeps none).
 
     At most :data:`MAX_TILE` for the device, and at least 512 (or 4 halos plus one block of ``2**depth``,
     whichever is larger), so a tile always keeps a core.
@@ -184,12 +194,15 @@ def budget_tile(config, *, device_type: str = "cpu", precision: str = "fp32") ->
     (1136, 1568)
     >>> budget_tile(UNetConfig(depth=4), device_type="cuda")
     4096
+    >>> budget_tile(UNetConfig(depth=4), precision="bf16", memory=BAND_TILE_MEMORY)
+    1216
     """
     device_type = device_type if device_type in MAX_TILE else "cpu"
     largest = MAX_TILE[device_type]
     budget = TILE_MEMORY.get(device_type)
     if budget is None:
         return largest
+    budget = budget if memory is None else int(memory)
     align = int(config.size_multiple)
     side = int(math.sqrt(budget / activation_bytes(config, precision))) // align * align
     floor = max(512, 4 * default_tile_halo(config) + align) // align * align
@@ -287,6 +300,7 @@ def plan_inference_tiles(
     tile_halo: int | None = None,
     batch_size: int | None = None,
     precision: str = "fp32",
+    memory: int | None = None,
 ) -> TilePlan:
     """Choose the tiling for an image of ``shape`` (after any rescaling).
 
@@ -295,7 +309,8 @@ def plan_inference_tiles(
     ``precision``: :data:`MAX_TILE` capped by :data:`TILE_MEMORY`) and a halo of
     ``tile_halo`` (default :func:`default_tile_halo`); an image that fits
     in one tile runs whole. With ``overlap``: tiles of ``tile`` (default the
-    model's patch size) overlapping by that fraction, blended.
+    model's patch size) overlapping by that fraction, blended. ``memory``
+    replaces the device's :data:`TILE_MEMORY` budget (:func:`budget_tile`).
 
     Raises
     ------
@@ -323,7 +338,8 @@ def plan_inference_tiles(
     halo = default_tile_halo(config) if tile_halo is None else int(tile_halo)
     if halo < 0:
         raise InputError(f"tile halo must be >= 0, got {halo}")
-    largest = budget_tile(config, device_type=device_type, precision=precision) if tile is None else int(tile)
+    largest = (budget_tile(config, device_type=device_type, precision=precision, memory=memory) if tile is None
+               else int(tile))
     if largest < align or largest % align:
         raise InputError(f"tile must be a positive multiple of {align} for this model (2**depth), got {largest}")
     padded = halo_padded_shape(shape, align)
