@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from segtool.batch import EXIT_USAGE
-from segtool.cli._app import app
+from segtool.cli.application import app
 from segtool.cli.messages import fail, stderr
 from segtool.cli.options import (
     parse_diameter,

@@ -21,7 +21,7 @@ from rich.progress import (
 )
 
 from segtool.batch import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE
-from segtool.cli._app import app
+from segtool.cli.application import app
 from segtool.cli.messages import error_line, exit_on_error, fail, stderr
 from segtool.cli.options import Device, Channel, Debug, MaxMemory, Overwrite, Precision, Quiet, Recursive
 from segtool.cli.train_options import (

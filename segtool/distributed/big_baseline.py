@@ -28,23 +28,21 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import ndimage as ndi
 
-from segtool.background import check_choice, check_degree, check_layout, evaluate_at, fit_steps, fitting_grid
+from segtool.background import POLARITIES, BackgroundFit, check_degree, check_layout, fit_steps, fitting_grid
 from segtool.baseline import (
     MIN_SIZE,
     OBJECT_STRUCTURE,
     THRESHOLD_PIXELS,
-    POLARITIES,
-    BackgroundFit,
     apply_method,
-    check_count,
     fit_polarity,
     grid_threshold,
     is_flat,
     threshold_grid,
     segment_baseline,
 )
-from segtool.checks import check_sigma, check_threshold
+from segtool.checks import check_choice, check_count, check_sigma, check_threshold
 from segtool.errors import InputError
+from segtool.legendre import evaluate_at
 from segtool.pipeline.seams import join_pieces, number_objects, touching_pairs
 
 __all__ = ["BlockBaselineResult", "segment_baseline_blocks"]

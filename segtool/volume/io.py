@@ -31,8 +31,6 @@ from segtool.calibration import normalise_unit, tiff_calibration, tiff_z_spacing
 from segtool.errors import InputError, first_line
 from segtool.io import MAX_IMAGE_BYTES, is_zarr_store
 from segtool.labels import to_label_dtype
-# Re-exported: callers read and write stacks through this module.
-from segtool.volume.writers import write_float_volume, write_label_volume
 
 __all__ = [
     "StackInfo",
@@ -41,8 +39,6 @@ __all__ = [
     "read_volume",
     "read_label_volume",
     "iter_planes",
-    "write_label_volume",
-    "write_float_volume",
     "anisotropy",
     "resolve_voxel_size",
 ]

@@ -430,7 +430,8 @@ def predict_stack_file(
     """
     from segtool.io import check_output_free
     from segtool.infer.instances import maps_to_labels
-    from segtool.volume.io import resolve_voxel_size, anisotropy, iter_planes, read_volume, write_label_volume
+    from segtool.volume.io import resolve_voxel_size, anisotropy, iter_planes, read_volume
+    from segtool.volume.writers import write_label_volume
     from segtool.volume.stitch import PlaneStitcher
 
     start = time.perf_counter()
