@@ -205,6 +205,36 @@ def test_pipeline_knows_the_network_only_as_callables():
     assert not up, "\n".join(sorted(up))
 
 
+def _reachable(graph: dict[str, set[str]], package: str) -> dict[str, str]:
+    """Every module the modules of ``package`` import, directly or through others: {module: one importer}."""
+    seen: dict[str, str] = {}
+    todo = [name for name in graph if name == package or name.startswith(package + ".")]
+    while todo:
+        name = todo.pop()
+        for target in graph[name]:
+            if target not in seen:
+                seen[target] = name
+                todo.append(target)
+    return seen
+
+
+#: Layers point down (ARCHITECTURE.md, "Packages"): each package and what it may not reach, even through others.
+LAYERS = {
+    "segtool.model": ("segtool.train", "segtool.infer", "segtool.pipeline"),
+    "segtool.infer": ("segtool.train",),
+}
+
+
+def test_network_layers_point_down():
+    """``model`` (the network and its file) reaches nothing of train/infer/pipeline; ``infer`` nothing of train."""
+    graph = _import_graph()
+    assert "segtool.model.config" in _reachable(graph, "segtool.train")  # the walk follows imports
+    up = [f"{package} -> {target} (imported by {importer})"
+          for package, above in LAYERS.items() for target, importer in _reachable(graph, package).items()
+          if target.startswith(above)]
+    assert not up, "\n".join(sorted(up))
+
+
 def test_no_module_re_exports_another_modules_names():
     """Every public name has one import path: the module that defines it.
 
