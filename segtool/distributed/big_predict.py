@@ -78,7 +78,7 @@ import numpy as np
 from segtool.errors import InputError, ModelError
 from segtool.normalize import map_to_unit
 from segtool.distributed.block_plan import BlockPlan, TileGrid, block_maps, plan_blocks, tile_grid
-from segtool.pipeline.options import ObjectOptions, TileOptions
+from segtool.pipeline.options import SEAM_HALO, ObjectOptions, TileOptions
 from segtool.pipeline.percentiles import dask_percentiles
 from segtool.pipeline.seams import join_pieces, number_objects, overlap_pairs
 
@@ -336,7 +336,7 @@ def predict_blocks(
     model_path: Path,
     *,
     block: int = 2048,
-    halo: int = 128,
+    halo: int = SEAM_HALO,
     tiling: TileOptions = TileOptions(),
     objects: ObjectOptions = ObjectOptions(),
     device: str = "cpu",

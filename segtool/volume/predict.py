@@ -36,6 +36,7 @@ from segtool.pipeline.options import ObjectOptions, TileOptions
 from segtool.pipeline.percentiles import sample_percentiles
 from segtool.pipeline.write import RowSpool
 from segtool.infer.sizing import min_size_at_scale, resize_channels
+from segtool.volume.stitch import STITCH_THRESHOLD
 
 __all__ = ["STACK_MODES", "StackPredictOptions", "model_planes", "stack_percentiles", "predict_stack_maps", "maps_to_labels_3d",
            "predict_stack", "predict_stack_file"]
@@ -89,7 +90,7 @@ class StackPredictOptions:
     """
 
     mode: str = "auto"
-    stitch_threshold: float = 0.25
+    stitch_threshold: float = STITCH_THRESHOLD
     tiling: TileOptions = TileOptions()
     objects: ObjectOptions = ObjectOptions()
 
