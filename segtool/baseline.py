@@ -267,6 +267,26 @@ def segment_baseline(
         diameter = estimate_diameter(foreground)
     smallest, split_height = size_defaults(diameter, min_size=MIN_SIZE, split_height=_SPLIT_H)
     min_size = smallest if min_size is None else min_size
+    labels = _label_objects(foreground, min_size=min_size, fill_holes=fill_holes,
+                            split_height=split_height if split else None)
+    return BaselineResult(
+        labels=labels,
+        background=background,
+        corrected=corrected,
+        threshold=float(level),
+        polarity=polarity,
+        fit=fit,
+        diameter=diameter,
+        min_size=min_size,
+    )
+
+
+
+def _label_objects(foreground: np.ndarray, *, min_size: int, fill_holes: bool,
+                   split_height: float | None) -> np.ndarray:
+    """Objects of a foreground mask: 8-connected pieces, holes filled (``fill_holes``), touching objects split
+    (``split_height`` not None), those under ``min_size`` pixels removed. Fills ``foreground``'s holes in place."""
+    split = split_height is not None
     labels, count = ndi.label(foreground, structure=OBJECT_STRUCTURE)
     if (fill_holes or split) and count:
         holes = _owned_holes(foreground, labels)
@@ -281,18 +301,7 @@ def segment_baseline(
             filled = holes > 0
             labels[filled] = holes[filled]
             foreground |= filled
-    labels = _remove_small(labels, foreground, min_size)
-    return BaselineResult(
-        labels=labels,
-        background=background,
-        corrected=corrected,
-        threshold=float(level),
-        polarity=polarity,
-        fit=fit,
-        diameter=diameter,
-        min_size=min_size,
-    )
-
+    return _remove_small(labels, foreground, min_size)
 
 
 def contrast_hint(labels: np.ndarray, polarity: str) -> str | None:
