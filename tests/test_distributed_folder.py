@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from segtool.cli import app
+from segtool.cli.application import app
 from segtool.distributed.cluster import ClusterSpec, connect, parse_cluster, worker_count
 from segtool.errors import InputError
 from segtool.io import write_labels
