@@ -27,7 +27,8 @@ import time
 import numpy as np
 from scipy import ndimage as ndi
 
-from segtool.baseline import fit_background, segment_baseline
+from segtool.background import fit_background
+from segtool.baseline import segment_baseline
 
 
 def make_image(size: int, seed: int = 0) -> np.ndarray:

@@ -11,7 +11,8 @@ import time
 
 import numpy as np
 
-from segtool.export import geojson_features, imagej_rois, label_polygons, object_table
+from segtool.export import geojson_features, imagej_rois, label_polygons
+from segtool.measure import object_table
 from segtool.metrics import match_labels, pixel_scores
 
 

@@ -52,7 +52,7 @@ def measure_one(command: str, image: Path, labels: Path, out: Path) -> float:
     from typer.testing import CliRunner
 
     import segtool.cli  # noqa: F401  (imports counted before the measurement)
-    from segtool.cli import app
+    from segtool.cli.application import app
     from segtool.io import read_image
 
     args = {

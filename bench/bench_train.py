@@ -60,7 +60,7 @@ from segtool.train.loader import iterate_batches
 from segtool.model.model import UNet
 from segtool.model.precision import autocast
 from segtool.train.targets import target_loss
-from segtool.model.config import TrainOptions
+from segtool.train.options import TrainOptions
 from segtool.train.loop import train_model
 
 DATA = Path("/work/shared/data/dsb2018_fluo/train")

@@ -24,7 +24,6 @@ import numpy as np
 
 from segtool.checks import check_choice, check_shape
 from segtool.errors import InputError
-# correct_rows and evaluate_at are re-exported: baseline and big-image mode take them from here.
 from segtool.legendre import correct_rows, evaluate_at, legendre_table, matmul_blocks
 
 __all__ = [
@@ -32,11 +31,8 @@ __all__ = [
     "BackgroundFit",
     "fit_background",
     "subtract_background",
-    "check_choice",
     "check_degree",
     "check_image",
-    "correct_rows",
-    "evaluate_at",
     "finite_range",
     "fit_grid",
     "fit_steps",

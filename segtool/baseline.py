@@ -15,45 +15,33 @@ from typing import Any
 import numpy as np
 from scipy import ndimage as ndi
 
-# The fit lives in segtool.background; its public names stay importable from here.
 from segtool.background import (
     POLARITIES,
     BackgroundFit,
-    check_choice,
     check_degree,
     check_image,
-    correct_rows,
-    evaluate_at,
     finite_range,
     fit_grid,
     fit_steps,
     fitting_grid,
     grid_residuals,
-    fit_background,
-    subtract_background,
 )
-from segtool.checks import check_count, check_positive, check_sigma, check_threshold  # check_count: re-exported, callers import it from here
+from segtool.checks import check_choice, check_count, check_positive, check_sigma, check_threshold
 from segtool.contrast import MIN_CONTRAST, object_contrast
 from segtool.errors import InputError
 from segtool.labels import label_dtype
+from segtool.legendre import correct_rows, evaluate_at
 from segtool.objectsize import estimate_diameter, size_defaults
-from segtool.thresholds import THRESHOLD_METHODS
 
 __all__ = [
     "contrast_hint",
-    "POLARITIES",
-    "THRESHOLD_METHODS",
-    "BackgroundFit",
     "BaselineResult",
     "empty_image_reason",
-    "fit_background",
     "segment_baseline",
-    "subtract_background",
     "MIN_SIZE",
     "OBJECT_STRUCTURE",
     "THRESHOLD_PIXELS",
     "apply_method",
-    "check_count",
     "fit_polarity",
     "grid_threshold",
     "is_flat",
@@ -143,9 +131,9 @@ def segment_baseline(
     image : (H, W) array_like
         Grayscale image of any real dtype.
     degree : int, optional
-        Degree of the background polynomial (see :func:`fit_background`).
+        Degree of the background polynomial (see :func:`segtool.background.fit_background`).
     robust : bool, optional
-        Fit the background without the objects (see :func:`fit_background`).
+        Fit the background without the objects (see :func:`segtool.background.fit_background`).
     polarity : {"bright", "dark", "auto"}, optional
         Objects brighter (fluorescence) or darker than the background.
         ``"auto"`` fits with outliers on both sides left out, then picks
@@ -191,7 +179,7 @@ def segment_baseline(
     Raises
     ------
     InputError
-        For the cases listed under :func:`fit_background` (NaN or infinite
+        For the cases listed under :func:`segtool.background.fit_background` (NaN or infinite
         pixels included), an unknown ``threshold`` or a negative
         ``min_size`` or ``smooth``.
 
@@ -279,6 +267,26 @@ def segment_baseline(
         diameter = estimate_diameter(foreground)
     smallest, split_height = size_defaults(diameter, min_size=MIN_SIZE, split_height=_SPLIT_H)
     min_size = smallest if min_size is None else min_size
+    labels = _label_objects(foreground, min_size=min_size, fill_holes=fill_holes,
+                            split_height=split_height if split else None)
+    return BaselineResult(
+        labels=labels,
+        background=background,
+        corrected=corrected,
+        threshold=float(level),
+        polarity=polarity,
+        fit=fit,
+        diameter=diameter,
+        min_size=min_size,
+    )
+
+
+
+def _label_objects(foreground: np.ndarray, *, min_size: int, fill_holes: bool,
+                   split_height: float | None) -> np.ndarray:
+    """Objects of a foreground mask: 8-connected pieces, holes filled (``fill_holes``), touching objects split
+    (``split_height`` not None), those under ``min_size`` pixels removed. Fills ``foreground``'s holes in place."""
+    split = split_height is not None
     labels, count = ndi.label(foreground, structure=OBJECT_STRUCTURE)
     if (fill_holes or split) and count:
         holes = _owned_holes(foreground, labels)
@@ -293,18 +301,7 @@ def segment_baseline(
             filled = holes > 0
             labels[filled] = holes[filled]
             foreground |= filled
-    labels = _remove_small(labels, foreground, min_size)
-    return BaselineResult(
-        labels=labels,
-        background=background,
-        corrected=corrected,
-        threshold=float(level),
-        polarity=polarity,
-        fit=fit,
-        diameter=diameter,
-        min_size=min_size,
-    )
-
+    return _remove_small(labels, foreground, min_size)
 
 
 def contrast_hint(labels: np.ndarray, polarity: str) -> str | None:
@@ -474,7 +471,7 @@ def apply_method(sample: np.ndarray, method: str, polarity: str) -> float:
     sample : ndarray
         Corrected intensities (a subsample of the image).
     method : str
-        One of ``THRESHOLD_METHODS``.
+        One of :data:`segtool.thresholds.THRESHOLD_METHODS`.
     polarity : str
         "bright" or "dark" objects.
 

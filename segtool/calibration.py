@@ -1,7 +1,8 @@
 """Physical pixel size read from image metadata, for every reader (whole images, rows, Dask blocks, Z stacks).
 
 One set of rules: :func:`tiff_calibration` gives the x-y pixel size and unit,
-:func:`tiff_z_spacing` the distance between planes of a stack, and
+:func:`tiff_z_spacing` the distance between planes of a stack,
+:func:`ngff_calibration` both for an OME-Zarr (OME-NGFF) image, and
 :func:`normalise_unit` the name every reader reports for a unit.
 """
 
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-__all__ = ["normalise_unit", "tiff_calibration", "tiff_z_spacing"]
+__all__ = ["ngff_calibration", "normalise_unit", "tiff_calibration", "tiff_z_spacing"]
 
 # Micrometres as files spell them: micro sign (U+00B5) or Greek mu (U+03BC), ImageJ's escaped form, words.
 _MICRON_SPELLINGS = ("um", "µm", "μm", "\\u00B5m", "micrometer", "micrometre", "microns", "micron")
@@ -91,6 +94,87 @@ def tiff_z_spacing(tif) -> float | None:
             return None
         return value if value > 0 and math.isfinite(value) else None
     return None
+
+
+def ngff_calibration(
+    multiscale: Mapping[str, Any], dataset: Mapping[str, Any], axes: str
+) -> tuple[tuple[float, float] | None, float | None, str | None]:
+    """Pixel size (y, x), z spacing and unit of one level of an OME-Zarr (OME-NGFF) image.
+
+    The scale of each axis is the product of the level's ``scale``
+    transformations and the multiscale's own (NGFF 0.4/0.5); a transformation
+    whose length is not the number of axes is ignored, and a level without a
+    usable one has no calibration (NGFF requires one). Translations do not
+    change sizes.
+
+    Parameters
+    ----------
+    multiscale : mapping
+        One entry of the ``multiscales`` metadata (its ``axes`` give the units).
+    dataset : mapping
+        The level read, an entry of ``multiscale["datasets"]``.
+    axes : str
+        One letter per array axis (``"ZYX"``, ``"TCZYX"``, ...); its Y and X,
+        and Z when present, are the axes measured.
+
+    Returns
+    -------
+    pixel_size : (float, float) or None
+        None without a ``scale``, without exactly one Y and one X axis, for
+        a size that is not a positive finite number, and for scale 1 with no
+        unit (no calibration was written).
+    z_spacing : float or None
+        The Z axis's scale, when ``axes`` has one Z and the value is
+        positive and finite.
+    unit : str or None
+        The unit the y and x axes share (:func:`normalise_unit`); None when
+        they have none or differ.
+
+    Examples
+    --------
+    >>> zyx = {"axes": [{"name": n, "unit": "micrometer"} for n in "zyx"],
+    ...        "coordinateTransformations": [{"type": "scale", "scale": [1.0, 2.0, 2.0]}]}
+    >>> ngff_calibration(zyx, {"coordinateTransformations": [{"type": "scale", "scale": [3.0, 0.25, 0.25]}]}, "ZYX")
+    ((0.5, 0.5), 3.0, 'micron')
+    >>> ngff_calibration({"axes": ["y", "x"]}, {"coordinateTransformations": [{"type": "scale", "scale": [1, 1]}]}, "YX")
+    (None, None, None)
+    """
+    scale = _ngff_scale([dataset, multiscale], len(axes))
+    if scale is None or axes.count("Y") != 1 or axes.count("X") != 1:
+        return None, None, None
+    iy, ix = axes.index("Y"), axes.index("X")
+    z_spacing = None
+    if axes.count("Z") == 1 and _positive(scale[axes.index("Z")]):
+        z_spacing = scale[axes.index("Z")]
+    size = (scale[iy], scale[ix])
+    if not all(_positive(v) for v in size):
+        return None, z_spacing, None
+    meta = multiscale.get("axes")
+    meta = meta if isinstance(meta, Sequence) and len(meta) == len(axes) else []
+    units = {a.get("unit") for i, a in enumerate(meta) if i in (iy, ix) and isinstance(a, Mapping)}
+    unit = units.pop() if len(units) == 1 else None
+    if unit is None and size == (1.0, 1.0):
+        return None, z_spacing, None
+    return size, z_spacing, normalise_unit(unit) if unit else None
+
+
+def _ngff_scale(holders: Sequence[Mapping[str, Any]], n_axes: int) -> list[float] | None:
+    """Per-axis product of the ``scale`` transformations of ``holders``; None when there is none."""
+    scale, found = [1.0] * n_axes, False
+    for holder in holders:
+        for transform in holder.get("coordinateTransformations") or []:
+            values = transform.get("scale") if isinstance(transform, Mapping) and transform.get("type") == "scale" else None
+            if isinstance(values, Sequence) and not isinstance(values, str) and len(values) == n_axes:
+                try:
+                    scale = [s * float(v) for s, v in zip(scale, values)]
+                except (TypeError, ValueError):
+                    continue
+                found = True
+    return scale if found else None
+
+
+def _positive(value: float) -> bool:
+    return math.isfinite(value) and value > 0
 
 
 def _ome_size(xml: str, axis: str) -> float | None:

@@ -1,7 +1,7 @@
 """Exports of label images for other tools: outlines, object tables, pictures.
 
 The pure helpers turn a label image into polygons (:func:`label_polygons`), a
-per-object table (:func:`object_table`), QuPath GeoJSON (:func:`geojson_features`)
+per-object table (:func:`segtool.measure.object_table`), QuPath GeoJSON (:func:`geojson_features`)
 and ImageJ ROIs (:func:`imagej_rois`). The ``write_*`` functions put them on
 disk, each through :func:`segtool.io.atomic_output`.
 
@@ -28,13 +28,10 @@ import numpy as np
 from segtool.errors import InputError
 from segtool.io import write_tiff, atomic_output  # write_tiff: binary masks share the labels' TIFF layout
 from segtool.labels import check_labels
-from segtool.measure import object_table, summary_row  # re-exported: measurement tables live in segtool.measure
 
 __all__ = [
     "label_polygons",
     "rasterize_polygons",
-    "object_table",
-    "summary_row",
     "geojson_features",
     "imagej_rois",
     "write_roi_zip",
@@ -263,7 +260,7 @@ def geojson_features(
     polygons : dict of int to list of (outer, holes)
         From :func:`label_polygons`.
     table : dict, optional
-        From :func:`object_table`; each object's numeric columns become its
+        From :func:`segtool.measure.object_table`; each object's numeric columns become its
         ``properties.measurements`` (non-finite values left out).
 
     Returns
@@ -403,7 +400,7 @@ def write_csv(
     """Write a table as comma-separated values with a header line.
 
     ``table`` is either a dict of equal-length columns (as from
-    :func:`object_table`) or a list of row dicts; ``columns`` fixes the column
+    :func:`segtool.measure.object_table`) or a list of row dicts; ``columns`` fixes the column
     order (needed for an empty list of rows). Whole numbers are written without
     a decimal point, other floats at full precision.
     """

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segtool.calibration import normalise_unit, tiff_calibration
+from segtool.calibration import tiff_calibration
 from segtool.errors import InputError, OutputError, OutputExistsError, first_line
 from segtool.labels import to_label_dtype
 from segtool.memory import MemoryBudget, check_memory
@@ -48,9 +48,7 @@ __all__ = [
     "check_output_free",
     "PLANE_AXES",
     "check_readable_file",
-    "normalise_unit",
     "reduce_to_2d",
-    "tiff_calibration",
     "write_tiff",
 ]
 

@@ -15,7 +15,7 @@ from skimage.draw import disk
 from torch import nn
 from typer.testing import CliRunner
 
-from segtool.cli import app
+from segtool.cli.application import app
 from segtool.model.config import UNetConfig
 from segtool.model.model import UNet
 from segtool.model.modelfile import LoadedModel

@@ -126,7 +126,7 @@ def test_cli_bands_and_blocks_report_the_estimated_size(tmp_path, sample_image):
     import tifffile
     from typer.testing import CliRunner
 
-    from segtool.cli import app
+    from segtool.cli.application import app
 
     source = tmp_path / "big.tif"
     tifffile.imwrite(source, sample_image, tile=(64, 64))

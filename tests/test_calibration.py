@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from segtool.calibration import normalise_unit, tiff_z_spacing
+from segtool.calibration import ngff_calibration, normalise_unit, tiff_z_spacing
 from segtool.io import read_image
 from segtool.volume.io import probe_stack, read_volume
 
@@ -74,3 +74,65 @@ def test_ome_z_spacing_and_xy_size(tmp_path):
         assert tiff_z_spacing(tif) == 2.0
     volume = read_volume(path)
     assert (volume.voxel_size, volume.unit) == ((2.0, 0.5, 0.25), "micron")
+
+
+# --------------------------------------------------------------------------- OME-Zarr (OME-NGFF): one reader
+
+
+def _axes(units):
+    return [{"name": n, "type": "space", **({"unit": u} if u else {})} for n, u in zip("zyx", units)]
+
+
+def _scale(*values):
+    return {"coordinateTransformations": [{"type": "scale", "scale": list(values)}]}
+
+
+def test_ngff_scale_is_the_level_times_the_multiscale():
+    multiscale = {"axes": _axes(["micrometer"] * 3), **_scale(2.0, 4.0, 4.0)}
+    assert ngff_calibration(multiscale, _scale(1.5, 0.125, 0.25), "ZYX") == ((0.5, 1.0), 3.0, "micron")
+
+
+@pytest.mark.parametrize(
+    ("units", "dataset", "expected"),
+    [
+        ([None, None, None], _scale(2.0, 1.0, 1.0), (None, 2.0, None)),  # identity x-y scale without a unit
+        ([None, "nanometer", "nanometer"], _scale(1.0, 1.0, 1.0), ((1.0, 1.0), 1.0, "nanometer")),  # a unit: kept
+        (["micrometer", "micrometer", "nanometer"], _scale(1.0, 0.5, 0.5), ((0.5, 0.5), 1.0, None)),  # y, x differ
+        (["micrometer"] * 3, _scale(1.0, 0.5), (None, None, None)),  # wrong length: no scale found
+        (["micrometer"] * 3, _scale(1.0, 0.0, 0.5), (None, 1.0, None)),  # not a positive size
+        (["micrometer"] * 3, _scale(float("nan"), 0.5, 0.5), ((0.5, 0.5), None, "micron")),
+    ],
+)
+def test_ngff_calibration_rules(units, dataset, expected):
+    assert ngff_calibration({"axes": _axes(units)}, dataset, "ZYX") == expected
+
+
+def test_ngff_without_one_y_and_one_x_axis_has_no_calibration():
+    assert ngff_calibration({}, _scale(1.0, 0.5, 0.5), "ZQQ") == (None, None, None)
+
+
+@pytest.mark.parametrize(
+    ("multiscale_scale", "units"),
+    [
+        (None, ["micrometer"] * 3),
+        ([1.0, 2.0, 2.0], ["micrometer"] * 3),  # a multiscale-level scale: the Z-stack reader used to ignore it
+        (None, [None, None, "micrometer"]),  # a unit on x alone: the Z-stack reader used to report it
+    ],
+)
+def test_a_zarr_stack_is_calibrated_as_its_dask_blocks_are(tmp_path, multiscale_scale, units):
+    import zarr
+    from segtool.distributed.blockio import open_blocks
+
+    root = tmp_path / "s.ome.zarr"
+    group = zarr.open_group(str(root), mode="w", zarr_format=2)
+    group.create_array("0", data=np.zeros((3, 8, 8), np.uint8), chunks=(1, 8, 8))
+    multiscale = {"version": "0.4", "axes": _axes(units), "datasets": [{"path": "0", **_scale(2.0, 0.5, 0.25)}]}
+    if multiscale_scale:
+        multiscale.update(_scale(*multiscale_scale))
+    group.attrs["multiscales"] = [multiscale]
+    info = probe_stack(root)
+    plane = open_blocks(root, plane=1)
+    assert (info.pixel_size, info.unit) == (plane.pixel_size, plane.unit)
+    factor = 1.0 if multiscale_scale is None else 2.0
+    assert info.pixel_size == (0.5 * factor, 0.25 * factor)
+    assert info.unit == ("micron" if units[1] else None)

@@ -13,7 +13,7 @@ import tifffile
 from skimage.draw import disk
 from typer.testing import CliRunner
 
-from segtool.cli import app
+from segtool.cli.application import app
 
 runner = CliRunner()
 EXTERNAL = re.compile(rb"(?i)(?:https?|ftp|wss?)://|(?:src|href)\s*=\s*[\"']?//|@import|url\(")

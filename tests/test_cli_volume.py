@@ -14,7 +14,8 @@ import tifffile
 from roifile import ImagejRoi
 
 from segtool.io import read_labels
-from segtool.volume.io import read_label_volume, write_label_volume
+from segtool.volume.io import read_label_volume
+from segtool.volume.writers import write_label_volume
 from segtool.volume.synthetic import make_nuclei_stack
 
 from helpers import invoke

@@ -17,7 +17,7 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from segtool.cli import app
+from segtool.cli.application import app
 from segtool.io import read_labels
 from segtool.synthetic import make_nuclei_image
 

@@ -20,8 +20,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from segtool.cli import app
-from segtool.distributed.cluster import ClusterSpec, connect, parse_cluster
+from segtool.cli.application import app
+from segtool.distributed.cluster import ClusterSpec, connect, parse_cluster, worker_count
 from segtool.errors import InputError
 from segtool.io import write_labels
 from segtool.synthetic import make_nuclei_image
@@ -341,3 +341,11 @@ def test_real_scheduler_survives_a_killed_worker(tmp_path, sample_images):
         p.unlink()
     assert len(_same_files(tmp_path / "alone", out)) == 40
     assert not [p for p in out.iterdir() if not p.name.endswith("_labels.tif")]  # results only
+
+
+def test_a_local_cluster_leaves_the_environment_as_it_found_it():
+    """Dask sets worker variables (OMP_NUM_THREADS=1, MALLOC_TRIM_THRESHOLD_...) in the starting process; they go."""
+    before = dict(os.environ)
+    with connect(parse_cluster("local:1")) as client:
+        assert worker_count(client) == 1
+    assert dict(os.environ) == before

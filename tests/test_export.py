@@ -17,9 +17,7 @@ from segtool.export import (
     geojson_features,
     imagej_rois,
     label_polygons,
-    object_table,
     rasterize_polygons,
-    summary_row,
     write_binary_tiff,
     write_csv,
     write_geojson,
@@ -27,6 +25,7 @@ from segtool.export import (
     write_score_plot,
 )
 from segtool.io import read_labels
+from segtool.measure import object_table, summary_row
 
 
 def shoelace(ring) -> float:

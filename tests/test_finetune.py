@@ -12,10 +12,12 @@ import torch
 from skimage.draw import disk
 
 from segtool.errors import ModelError
-from segtool.model.config import TrainOptions, UNetConfig
+from segtool.model.config import UNetConfig
 from segtool.train.finetune import FIRST_CONV, adapt_input_weights, child_config, load_init
 from segtool.model.model import UNet
-from segtool.model.modelfile import load_model, read_checkpoint_settings
+from segtool.model.modelfile import load_model
+from segtool.train.options import TrainOptions
+from segtool.train.resume import read_checkpoint_settings
 from segtool.train.loop import train_model
 
 from helpers import invoke
@@ -224,7 +226,7 @@ def test_cli_init_records_lineage_and_model_info_shows_it(parent_file, tmp_path)
     assert loaded.metadata["parent"]["sha256"] == sha256(parent_file)
     assert loaded.metadata["options"]["freeze_encoder_epochs"] == 1
     # fine-tuning defaults apply when --lr is not given
-    from segtool.model.config import FINETUNE_DEFAULTS
+    from segtool.train.options import FINETUNE_DEFAULTS
 
     assert loaded.metadata["options"]["learning_rate"] == FINETUNE_DEFAULTS["lr"]
     # the encoder was frozen for the only epoch: its convolutions are exactly the parent's

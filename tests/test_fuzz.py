@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from segtool.tasks import BaselineTask
+from segtool.tasks.baseline import BaselineTask
 from segtool.tasks.baseline import BaselineOptions
 from segtool.errors import SegtoolError
 from segtool.io import read_labels

@@ -11,7 +11,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from segtool.cli import app
+from segtool.cli.application import app
 from segtool.errors import ModelError
 from segtool.interop.bioimageio_unet import SegtoolUNet
 from segtool.interop.netexport import EXPORT_TOLERANCE, export_checked, export_onnx

@@ -12,7 +12,7 @@ import tifffile
 from typer.testing import CliRunner
 
 from segtool import memory
-from segtool.cli import app
+from segtool.cli.application import app
 from segtool.errors import InputError
 from segtool.io import read_image
 from segtool.memory import MemoryBudget, check_memory, default_memory_limit, parse_memory_limit

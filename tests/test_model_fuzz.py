@@ -259,7 +259,7 @@ def _good_models(folder: Path) -> list[str]:
 _DRIVER = r"""
 import json, os, resource, sys
 from typer.testing import CliRunner
-from segtool.cli import app
+from segtool.cli.application import app
 
 corpus, image, data, out_root = sys.argv[1:5]
 good = set(sys.argv[5:])

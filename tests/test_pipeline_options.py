@@ -71,3 +71,36 @@ def test_stack_options_hold_the_shared_options_whole():
     assert options.tiling == TileOptions(tile=64, overlap=0.25, batch_size=4, tta=True, scale=None)
     assert options.scale == 1.0 and options.at_scale(0.5).tiling.scale == 0.5 and options.at_scale(0.5).objects is objects
     assert StackPredictOptions().tiling == TileOptions(overlap=0.25, batch_size=4)
+
+
+def test_each_default_is_written_once_and_used_everywhere():
+    """The stitch threshold, band/block halo and blended tiling defaults: one constant each (README values),
+    the same in the CLI, the tasks, the stack options and the compute functions."""
+    import inspect
+
+    import typer
+
+    from segtool.cli.application import app
+    from segtool.distributed.big_predict import predict_blocks
+    from segtool.pipeline.options import SEAM_HALO
+    from segtool.pipeline.tiling import BLEND_BATCH_SIZE, BLEND_OVERLAP, plan_tiles, predict_tiled, predict_tiled_rows
+    from segtool.tasks.predict import PredictTask
+    from segtool.volume.predict import StackPredictOptions
+    from segtool.volume.stitch import STITCH_THRESHOLD, PlaneStitcher, stitch_planes
+
+    assert (STITCH_THRESHOLD, SEAM_HALO, BLEND_OVERLAP, BLEND_BATCH_SIZE) == (0.25, 128, 0.25, 4)
+    predict = typer.main.get_command(app).commands["predict"]
+    cli = {param.name: param.default for param in predict.params}
+    assert (cli["stitch_threshold"], cli["halo"]) == (STITCH_THRESHOLD, SEAM_HALO)
+    task = {field.name: field.default for field in dataclasses.fields(PredictTask)}
+    assert (task["stitch_threshold"], task["halo"]) == (STITCH_THRESHOLD, SEAM_HALO)
+    assert StackPredictOptions().stitch_threshold == STITCH_THRESHOLD
+    assert PlaneStitcher().threshold == STITCH_THRESHOLD
+    assert inspect.signature(stitch_planes).parameters["threshold"].default == STITCH_THRESHOLD
+    assert inspect.signature(predict_blocks).parameters["halo"].default == SEAM_HALO
+    assert StackPredictOptions().tiling.overlap == BLEND_OVERLAP
+    assert StackPredictOptions().tiling.batch_size == BLEND_BATCH_SIZE
+    for function in (plan_tiles, predict_tiled, predict_tiled_rows):
+        assert inspect.signature(function).parameters["overlap"].default == BLEND_OVERLAP
+    for function in (predict_tiled, predict_tiled_rows):
+        assert inspect.signature(function).parameters["batch_size"].default == BLEND_BATCH_SIZE

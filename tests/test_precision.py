@@ -74,7 +74,7 @@ def test_predict_cli_precision_option(tmp_path, sample_images):
 
     from typer.testing import CliRunner
 
-    from segtool.cli import app
+    from segtool.cli.application import app
 
     runner = CliRunner()
     result = runner.invoke(app, ["predict", str(sample_images[0]), "-o", str(tmp_path), "--json", "--precision", "bf16"])

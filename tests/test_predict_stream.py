@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from segtool.batch import RunOptions, run_batch
-from segtool.tasks import PredictTask
+from segtool.tasks.predict import PredictTask
 from segtool.io import read_labels
 from segtool.infer.predict import find_packaged_model
 from segtool.infer.network import load_for_inference
@@ -124,7 +124,7 @@ def test_streamed_band_prediction_matches_sequential(tmp_path, sample_images, mo
 def test_cli_tile_halo_option(tmp_path, sample_images):
     from typer.testing import CliRunner
 
-    from segtool.cli import app
+    from segtool.cli.application import app
 
     runner = CliRunner()
     image = str(sample_images[0])

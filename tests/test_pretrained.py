@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from segtool.cli import app
+from segtool.cli.application import app
 from segtool.io import read_image, read_labels
 from segtool.metrics import match_labels
 from segtool.model.modelfile import load_model

@@ -156,17 +156,6 @@ def test_the_cli_imports_no_torch_at_module_level():
 
 NETWORK_PACKAGES = ("segtool.model", "segtool.train", "segtool.infer", "segtool.unet")
 
-#: Modules that still re-export names of other segtool modules (in ``__all__`` or to importers). The list may only
-#: shrink: a module not on it that re-exports fails :func:`test_no_module_re_exports_another_modules_names`.
-KNOWN_REEXPORTS = {
-    "segtool.background",
-    "segtool.baseline",
-    "segtool.cli",  # ``app`` for the ``segtool`` entry point (``segtool.cli:app``)
-    "segtool.export",
-    "segtool.io",
-    "segtool.tasks",
-    "segtool.volume.io",
-}
 
 
 def _top_level_names(path: Path) -> tuple[set[str], set[str]]:
@@ -216,24 +205,56 @@ def test_pipeline_knows_the_network_only_as_callables():
     assert not up, "\n".join(sorted(up))
 
 
+def _reachable(graph: dict[str, set[str]], package: str) -> dict[str, str]:
+    """Every module the modules of ``package`` import, directly or through others: {module: one importer}."""
+    seen: dict[str, str] = {}
+    todo = [name for name in graph if name == package or name.startswith(package + ".")]
+    while todo:
+        name = todo.pop()
+        for target in graph[name]:
+            if target not in seen:
+                seen[target] = name
+                todo.append(target)
+    return seen
+
+
+#: Layers point down (ARCHITECTURE.md, "Packages"): each package and what it may not reach, even through others.
+LAYERS = {
+    "segtool.model": ("segtool.train", "segtool.infer", "segtool.pipeline"),
+    "segtool.infer": ("segtool.train",),
+}
+
+
+def test_network_layers_point_down():
+    """``model`` (the network and its file) reaches nothing of train/infer/pipeline; ``infer`` nothing of train."""
+    graph = _import_graph()
+    assert "segtool.model.config" in _reachable(graph, "segtool.train")  # the walk follows imports
+    up = [f"{package} -> {target} (imported by {importer})"
+          for package, above in LAYERS.items() for target, importer in _reachable(graph, package).items()
+          if target.startswith(above)]
+    assert not up, "\n".join(sorted(up))
+
+
 def test_no_module_re_exports_another_modules_names():
     """Every public name has one import path: the module that defines it.
 
     A module's ``__all__`` lists only names it defines, and ``from segtool.x import y`` takes ``y`` from the module
-    that defines it (or ``y`` is a submodule of the package ``x``), not from one that merely imported it.
+    that defines it (or ``y`` is a submodule of the package ``x``), not from one that merely imported it: in the
+    package, and in the tests and benchmarks that import it.
     """
     modules = _modules()
     found = []
     for name, path in modules.items():
-        if name in KNOWN_REEXPORTS:
-            continue
         defined, imported = _top_level_names(path)
         found += [f"{name}: __all__ lists {n}, imported from another module" for n in _all_names(path)
                   if n in imported]
     homes = {name: _top_level_names(path) for name, path in modules.items()}
-    for name, path in modules.items():
+    importers = dict(modules)
+    for folder in ("tests", "bench"):
+        importers |= {f"{folder}.{p.stem}": p for p in sorted((PACKAGE.parent / folder).rglob("*.py"))}
+    for name, path in importers.items():
         for module, names, line in _imports(name, path):
-            if module not in homes or module in KNOWN_REEXPORTS:
+            if module not in homes:
                 continue
             _, only_imported = homes[module]
             found += [f"{path.relative_to(PACKAGE.parent)}:{line}: {n} is imported from {module}, which only "

@@ -64,7 +64,7 @@ def test_background_matches_image_without_nuclei():
 
 
 def test_gradient_is_a_degree_2_polynomial():
-    from segtool.baseline import fit_background
+    from segtool.background import fit_background
 
     background = make_background((90, 70), seed=8, illumination="gradient")
     fit = fit_background(background, degree=2, robust=False)

@@ -19,9 +19,9 @@ from segtool.train.dataset import (
 )
 from segtool.model.heads import activate
 from segtool.model.modelfile import load_checkpoint, load_model
-from segtool.model.config import TrainOptions
+from segtool.train.options import TrainOptions
 from segtool.train.loop import learning_rate_at, train_model, whole_image_logits
-from segtool.model.modelfile import read_checkpoint_settings
+from segtool.train.resume import read_checkpoint_settings
 
 
 def synthetic_pair(rng: np.random.Generator, size: int = 64):

@@ -10,7 +10,8 @@ import tifffile
 
 from segtool.errors import InputError, OutputError
 from segtool.io import read_image
-from segtool.volume.io import iter_planes, probe_stack, read_label_volume, read_volume, write_label_volume
+from segtool.volume.io import iter_planes, probe_stack, read_label_volume, read_volume
+from segtool.volume.writers import write_label_volume
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 import tifffile
 from typer.testing import CliRunner
 
-from segtool.cli import app
+from segtool.cli.application import app
 from segtool.errors import InputError
 from segtool.metrics import match_labels
 from segtool.pipeline.options import TileOptions

@@ -1,6 +1,7 @@
 """Command-line interface: a thin layer that parses options, calls the library and reports.
 
-Each command lives in its own module and registers itself on :data:`app`.
+Each command lives in its own module and registers itself on :data:`segtool.cli.application.app`;
+:func:`main` (the ``segtool`` console script) runs it.
 """
 
 from __future__ import annotations
@@ -10,12 +11,12 @@ import signal
 import sys
 
 from segtool.batch import EXIT_TERMINATED
-from segtool.cli._app import app
+from segtool.cli.application import app
 
 # Importing the command modules registers their commands on ``app``; the order here is the order in --help.
 from segtool.cli import baseline, predict, train, export, evaluate, report, model  # noqa: E402,F401  isort:skip
 
-__all__ = ["app", "main"]
+__all__ = ["main"]
 
 
 class Terminated(KeyboardInterrupt):

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from segtool.cli._app import app
+from segtool.cli.application import app
 from segtool.cli.messages import fail
 from segtool.cli.options import (
     parse_diameter,

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.table import Table
 
 from segtool.batch import EXIT_USAGE, ItemResult, RunOptions, run_batch
-from segtool.cli._app import app
+from segtool.cli.application import app
 from segtool.cli.messages import fail, print_error, stderr
 from segtool.cli.options import Debug, MaxMemory, Overwrite, Quiet, Recursive, ShardOpt, memory_budget
 from segtool.cli.reporter import Reporter, progress_bar

@@ -10,7 +10,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from segtool.batch import EXIT_USAGE, ItemResult, RunOptions, run_batch
-from segtool.cli._app import app
+from segtool.cli.application import app
 from segtool.cli.messages import fail, print_error, stderr
 from segtool.cli.options import (
     Channel,

@@ -12,7 +12,7 @@ from typing import Annotated, Any, Optional
 import typer
 
 from segtool.batch import EXIT_USAGE
-from segtool.cli._app import app
+from segtool.cli.application import app
 from segtool.cli.messages import exit_on_error, print_error
 from segtool.cli.options import Debug
 from segtool.errors import SegtoolError, first_line

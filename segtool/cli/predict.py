@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from segtool.batch import EXIT_USAGE
-from segtool.cli._app import app
+from segtool.cli.application import app
 from segtool.cli.messages import fail, stderr
 from segtool.cli.options import (
     parse_diameter,
@@ -42,8 +42,9 @@ from segtool.cli.options import (
 from segtool.cli.run import run_files
 from segtool.cli.zstack import StitchThreshold, ZMode, ZSpacing
 from segtool.errors import SegtoolError, first_line
-from segtool.pipeline.options import ObjectOptions, TileOptions
+from segtool.pipeline.options import MAX_TILE, SEAM_HALO, ObjectOptions, TileOptions
 from segtool.tasks.predict import BAND_PIXELS, PredictTask
+from segtool.volume.stitch import STITCH_THRESHOLD
 from segtool.infer.onnxbackend import (
     OnnxModel,
     load_onnx_model,
@@ -203,12 +204,12 @@ def predict(
     save_overlay: SaveOverlay = False,
     bands: BandsOpt = None,
     band_rows: BandRowsOpt = None,
-    halo: HaloOpt = 128,
+    halo: HaloOpt = SEAM_HALO,
     channel: Channel = None,
     plane: Plane = None,
     z_spacing: ZSpacing = None,
     z_mode: ZMode = "auto",
-    stitch_threshold: StitchThreshold = 0.25,
+    stitch_threshold: StitchThreshold = STITCH_THRESHOLD,
     recursive: Recursive = False,
     overwrite: Overwrite = False,
     skip_existing: SkipExisting = False,
@@ -339,7 +340,7 @@ def _check_tiles(loaded, tiling: TileOptions) -> None:
     from segtool.infer.network import network_device_type
 
     try:
-        side = 4 * (tiling.tile or 2048)
+        side = 4 * (tiling.tile or MAX_TILE["cpu"])
         tiling.plan(loaded.config, (side, side), device_type=network_device_type(loaded.net))
     except SegtoolError as err:
         fail(first_line(err), code=EXIT_USAGE)

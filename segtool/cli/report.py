@@ -8,7 +8,7 @@ from typing import Annotated, Optional
 import typer
 
 from segtool.batch import EXIT_INTERRUPTED, EXIT_USAGE
-from segtool.cli._app import app
+from segtool.cli.application import app
 from segtool.cli.messages import error_line, fail, print_error, stderr
 from segtool.cli.options import PANEL_IO, Debug, Jobs, Overwrite, Quiet, Recursive
 from segtool.cli.specs import expand_specs

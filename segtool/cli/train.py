@@ -21,7 +21,7 @@ from rich.progress import (
 )
 
 from segtool.batch import EXIT_INTERRUPTED, EXIT_TERMINATED, EXIT_USAGE
-from segtool.cli._app import app
+from segtool.cli.application import app
 from segtool.cli.messages import error_line, exit_on_error, fail, stderr
 from segtool.cli.options import Device, Channel, Debug, MaxMemory, Overwrite, Precision, Quiet, Recursive
 from segtool.cli.train_options import (
@@ -70,7 +70,7 @@ from segtool.cli.train_options import (
 )
 from segtool.errors import SegtoolError, first_line
 from segtool.memory import parse_memory_limit
-from segtool.model.config import FINETUNE_DEFAULTS
+from segtool.train.options import FINETUNE_DEFAULTS
 from segtool.plotting import PLOT_HINT, plotting_available
 
 # Options that a checkpoint fixes: given together with --resume they are ignored (and we say so).
@@ -206,7 +206,7 @@ def _settings(ctx: typer.Context, err) -> _Settings:
 
     p = ctx.params
     if p["resume"] is not None:
-        from segtool.model.modelfile import read_checkpoint_settings
+        from segtool.train.resume import read_checkpoint_settings
 
         with exit_on_error(p["debug"], where=str(p["resume"])):
             config, options, resume_state = read_checkpoint_settings(p["resume"])
@@ -240,7 +240,7 @@ def _new_run(ctx: typer.Context, err) -> _Settings:
     """Settings of a run that starts from scratch or from a parent model (--init)."""
     from segtool.train.augment import AugmentOptions
     from segtool.model.config import CHANNEL_MODES, UNetConfig
-    from segtool.model.config import TrainOptions
+    from segtool.train.options import TrainOptions
 
     p = ctx.params
     init_weights = parent = None

@@ -12,7 +12,7 @@ from typing import Annotated, Optional
 import typer
 
 from segtool.cli.options import Device, Precision
-from segtool.model.config import FINETUNE_DEFAULTS
+from segtool.train.options import FINETUNE_DEFAULTS
 from segtool.intake import INPUT_TRANSFORMS
 
 __all__ = [

@@ -28,23 +28,21 @@ from typing import Any, NamedTuple
 import numpy as np
 from scipy import ndimage as ndi
 
-from segtool.background import check_choice, check_degree, check_layout, evaluate_at, fit_steps, fitting_grid
+from segtool.background import POLARITIES, BackgroundFit, check_degree, check_layout, fit_steps, fitting_grid
 from segtool.baseline import (
     MIN_SIZE,
     OBJECT_STRUCTURE,
     THRESHOLD_PIXELS,
-    POLARITIES,
-    BackgroundFit,
     apply_method,
-    check_count,
     fit_polarity,
     grid_threshold,
     is_flat,
     threshold_grid,
     segment_baseline,
 )
-from segtool.checks import check_sigma, check_threshold
+from segtool.checks import check_choice, check_count, check_sigma, check_threshold
 from segtool.errors import InputError
+from segtool.legendre import evaluate_at
 from segtool.pipeline.seams import join_pieces, number_objects, touching_pairs
 
 __all__ = ["BlockBaselineResult", "segment_baseline_blocks"]
@@ -180,19 +178,8 @@ def segment_baseline_blocks(
     options = {"degree": degree, "robust": robust, "polarity": polarity, "threshold": method, "min_size": min_size}
     if data.size <= THRESHOLD_PIXELS:
         return _in_memory(data, smooth=smooth, fill_holes=fill_holes, **options)
-    import dask
-
     shape = data.shape
-    # One pass over the image for everything small: the fitting and threshold
-    # grids, and the range (for the NaN and constant-image checks).
-    grid, raw, lo, hi = dask.compute(
-        fitting_grid(data, fit_steps(*shape)), threshold_grid(data), data.min(), data.max()
-    )
-    lo, hi = float(lo), float(hi)
-    if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise InputError("image contains NaN or infinite values")
-    fit, polarity = fit_polarity(grid, shape, degree, robust=bool(robust), polarity=polarity)
-
+    raw, lo, hi, fit, polarity = _survey(data, degree, robust=robust, polarity=polarity)
     meta = np.empty((0, 0), dtype=np.float32)
     background = data.map_blocks(_background_block, coef=fit.coefficients, shape=shape, meta=meta)
     corrected = data.map_blocks(_corrected_block, coef=fit.coefficients, shape=shape, meta=meta)
@@ -206,23 +193,10 @@ def segment_baseline_blocks(
     if lo == hi:
         return empty("image is constant")
     values = corrected if smooth == 0 else _smoothed(corrected, smooth)
-    scale = max(abs(lo), abs(hi))
-    if not isinstance(method, str):
-        level = method
-    elif smooth == 0:
-        # The threshold grid of the image, corrected on the client, holds the
-        # values the corrected image has there (as in segment_baseline).
-        level = grid_threshold(raw, fit, method, polarity)
-        if level is None:
-            _refuse_whole_image_threshold(values, method, scale)
-            return empty("image is only smooth background")
-    else:
-        sample = np.asarray(threshold_grid(values).compute())
-        if is_flat(sample, scale):
-            _refuse_whole_image_threshold(values, method, scale)
-            return empty("image is only smooth background")
-        level = apply_method(sample, method, polarity)
-
+    level = _block_threshold(values, method, raw=raw, fit=fit, polarity=polarity, smoothed=smooth != 0,
+                             scale=max(abs(lo), abs(hi)))
+    if level is None:
+        return empty("image is only smooth background")
     foreground = values.map_blocks(
         _foreground_block, level=float(level), bright=polarity == "bright", meta=np.empty((0, 0), dtype=bool)
     )
@@ -241,6 +215,48 @@ def segment_baseline_blocks(
 
 
 # ----------------------------------------------------------------- preparation
+
+
+def _survey(data: Any, degree: int, *, robust: bool, polarity: str) -> tuple[np.ndarray, float, float, BackgroundFit, str]:
+    """One pass over the image for everything small, and the fit.
+
+    Returns the threshold grid of the raw image, the image's minimum and
+    maximum (checked finite; they also tell a constant image), the
+    background fit and the polarity (``"auto"`` resolved).
+    """
+    import dask
+
+    grid, raw, lo, hi = dask.compute(
+        fitting_grid(data, fit_steps(*data.shape)), threshold_grid(data), data.min(), data.max()
+    )
+    lo, hi = float(lo), float(hi)
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise InputError("image contains NaN or infinite values")
+    fit, polarity = fit_polarity(grid, data.shape, degree, robust=bool(robust), polarity=polarity)
+    return raw, lo, hi, fit, polarity
+
+
+def _block_threshold(values: Any, method: str | float, *, raw: np.ndarray, fit: BackgroundFit, polarity: str,
+                     smoothed: bool, scale: float) -> float | None:
+    """The threshold in corrected-image units; None when the image is only smooth background.
+
+    ``values`` is the corrected (and maybe smoothed) image whose foreground
+    the threshold selects; ``scale`` the image's largest absolute value.
+    """
+    if not isinstance(method, str):
+        return method
+    if not smoothed:
+        # The threshold grid of the image, corrected on the client, holds the
+        # values the corrected image has there (as in segment_baseline).
+        level = grid_threshold(raw, fit, method, polarity)
+        if level is None:
+            _refuse_whole_image_threshold(values, method, scale)
+        return level
+    sample = np.asarray(threshold_grid(values).compute())
+    if is_flat(sample, scale):
+        _refuse_whole_image_threshold(values, method, scale)
+        return None
+    return apply_method(sample, method, polarity)
 
 
 def _check_blocks(image: Any) -> Any:

@@ -78,7 +78,7 @@ import numpy as np
 from segtool.errors import InputError, ModelError
 from segtool.normalize import map_to_unit
 from segtool.distributed.block_plan import BlockPlan, TileGrid, block_maps, plan_blocks, tile_grid
-from segtool.pipeline.options import ObjectOptions, TileOptions
+from segtool.pipeline.options import SEAM_HALO, ObjectOptions, TileOptions
 from segtool.pipeline.percentiles import dask_percentiles
 from segtool.pipeline.seams import join_pieces, number_objects, overlap_pairs
 
@@ -336,7 +336,7 @@ def predict_blocks(
     model_path: Path,
     *,
     block: int = 2048,
-    halo: int = 128,
+    halo: int = SEAM_HALO,
     tiling: TileOptions = TileOptions(),
     objects: ObjectOptions = ObjectOptions(),
     device: str = "cpu",
@@ -411,33 +411,17 @@ def predict_blocks(
     >>> result.blocks, result.n_objects, result.labels.chunks
     (6, 0, ((128, 128, 44), (128, 72)))
     """
-    import dask.array as da
-
-    from segtool.model.config import UNetConfig
-    from segtool.infer.instances import DEFAULT_MIN_SIZE, maps_to_labels
-    from segtool.model.modelinfo import read_model_info
+    from segtool.infer.instances import DEFAULT_MIN_SIZE
     from segtool.infer.predict import estimate_from_sample, scaled_objects
 
-    if not isinstance(image, da.Array):
-        image = da.asarray(image)
-    if image.ndim != 2 or 0 in image.shape:
-        raise InputError(f"image must be 2-D (Y, X) and not empty, got shape {tuple(image.shape)}")
-    if np.dtype(image.dtype).kind not in "uifb":
-        raise InputError(f"unsupported pixel type {image.dtype}")
+    image = _check_image(image)
     block = _check_int(block, "block", 1)
     halo = _check_int(halo, "halo", 0)
     threads = None if threads is None else _check_int(threads, "threads", 1)
     tiling.check()
 
     model_path = Path(model_path)
-    config = UNetConfig.from_dict(read_model_info(model_path)["config"])
-    if config.in_channels != 1:
-        raise ModelError(f"model expects {config.in_channels} input channels, the image has 1")
-    if config.input != "intensity" and not transformed:  # blocks normalise the values they are given
-        raise ModelError(f"{model_path.name}: Dask prediction needs the image after the input transform {config.input!r}: "
-                         "open it with open_blocks(path, input_transform=...)")
-    # Check the post-processing values here, once, rather than in every block task on the workers.
-    maps_to_labels(np.zeros((config.out_channels, 1, 1), np.float32), target=config.target, **objects.resolve(config))
+    config = _block_config(model_path, objects, transformed=transformed)
     device_type, precision_used = _network_kind(device, precision)
     shape = tuple(int(n) for n in image.shape)
     tiling.plan(config, shape, device_type=device_type, precision=precision_used)  # tile options, before any work
@@ -446,7 +430,7 @@ def predict_blocks(
     low, high = dask_percentiles(image, (config.norm_low, config.norm_high))
     size = None
     scale = tiling.scale
-    if scale is None:
+    if scale is None:  # estimated once, on the client, from a sample of the image
         model = _load_model(str(model_path.resolve()), str(device), threads, str(precision))
         size = estimate_from_sample(lambda rows, cols, step: np.asarray(image[rows, cols][::step, ::step].compute()),
                                     shape, model, percentiles=(low, high), objects=objects)
@@ -476,6 +460,39 @@ def predict_blocks(
     )
     result.scale, result.size = float(scale), size
     return result
+
+
+def _check_image(image: Any) -> Any:
+    """``image`` as a Dask array, refused unless 2-D, not empty and of real (or bool) pixels."""
+    import dask.array as da
+
+    if not isinstance(image, da.Array):
+        image = da.asarray(image)
+    if image.ndim != 2 or 0 in image.shape:
+        raise InputError(f"image must be 2-D (Y, X) and not empty, got shape {tuple(image.shape)}")
+    if np.dtype(image.dtype).kind not in "uifb":
+        raise InputError(f"unsupported pixel type {image.dtype}")
+    return image
+
+
+def _block_config(model_path: Path, objects: ObjectOptions, *, transformed: bool):
+    """The model's config (read without torch), refused where blocks cannot use it; ``objects`` checked.
+
+    The post-processing values are checked here, once, rather than in every
+    block task on the workers.
+    """
+    from segtool.infer.instances import maps_to_labels
+    from segtool.model.config import UNetConfig
+    from segtool.model.modelinfo import read_model_info
+
+    config = UNetConfig.from_dict(read_model_info(model_path)["config"])
+    if config.in_channels != 1:
+        raise ModelError(f"model expects {config.in_channels} input channels, the image has 1")
+    if config.input != "intensity" and not transformed:  # blocks normalise the values they are given
+        raise ModelError(f"{model_path.name}: Dask prediction needs the image after the input transform {config.input!r}: "
+                         "open it with open_blocks(path, input_transform=...)")
+    maps_to_labels(np.zeros((config.out_channels, 1, 1), np.float32), target=config.target, **objects.resolve(config))
+    return config
 
 
 def _network_kind(device: str, precision: str) -> tuple[str, str]:

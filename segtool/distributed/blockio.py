@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from segtool.calibration import normalise_unit, tiff_calibration
+from segtool.calibration import ngff_calibration, tiff_calibration
 from segtool.errors import InputError, first_line
 from segtool.intake import apply_input_transform, reads_colour, samples_last_to_input
 from segtool.io import (
@@ -410,10 +410,10 @@ def _zarr_image(zarr, node, component: str = ""):
         kinds = [a.get("type") if isinstance(a, dict) else None for a in axes_meta]
         axes = "".join(_axis_letter(n, k) for n, k in zip(names, kinds))
     elif axes_meta is None and array.ndim == 5:  # NGFF 0.1/0.2: always (t, c, z, y, x)
-        axes_meta, axes = None, "TCZYX"
+        axes = "TCZYX"
     else:
-        axes_meta, axes = None, _named_axes(None, array.ndim)
-    pixel_size, unit = _ngff_calibration(multiscale, dataset, axes, axes_meta)
+        axes = _named_axes(None, array.ndim)
+    pixel_size, _, unit = ngff_calibration(multiscale, dataset, axes)
     return _join(component, dataset["path"]), array, axes, pixel_size, unit
 
 
@@ -442,23 +442,3 @@ def _named_axes(names, ndim: int) -> str:
         if axes.count("Y") == 1 and axes.count("X") == 1:
             return axes
     return "Q" * (ndim - 2) + "YX"
-
-
-def _ngff_calibration(multiscale: dict, dataset: dict, axes: str, axes_meta) -> tuple[tuple[float, float] | None, str | None]:
-    """Pixel size (y, x) from the scale transformations, and the unit of the y and x axes."""
-    if axes.count("Y") != 1 or axes.count("X") != 1:
-        return None, None
-    iy, ix = axes.index("Y"), axes.index("X")
-    scale = np.ones(len(axes))
-    for transform in list(dataset.get("coordinateTransformations") or []) + list(multiscale.get("coordinateTransformations") or []):
-        values = transform.get("scale") if isinstance(transform, dict) and transform.get("type") == "scale" else None
-        if isinstance(values, list) and len(values) == len(axes):
-            scale *= np.asarray(values, dtype=np.float64)
-    size = (float(scale[iy]), float(scale[ix]))
-    if not all(np.isfinite(v) and v > 0 for v in size):
-        return None, None
-    units = {a.get("unit") for i, a in enumerate(axes_meta or []) if i in (iy, ix) and isinstance(a, dict)}
-    unit = units.pop() if len(units) == 1 else None
-    if unit is None and size == (1.0, 1.0):
-        return None, None
-    return size, normalise_unit(unit) if unit else None

@@ -157,6 +157,10 @@ def connect(spec: ClusterSpec, *, timeout: float = 30.0) -> Iterator[Any]:
     require_distributed()
     from distributed import Client, LocalCluster
 
+    # Starting a local cluster sets variables in this process's environment for its worker processes (one BLAS
+    # thread, a malloc trim threshold, ...); they are put back on exit, or every later subprocess and torch run of
+    # the caller (the napari plugin, a test session) would inherit them.
+    saved = dict(os.environ)
     cluster = client = None
     try:
         if spec.kind == "local":
@@ -183,6 +187,7 @@ def connect(spec: ClusterSpec, *, timeout: float = 30.0) -> Iterator[Any]:
             raise InputError(f"no Dask worker joined the {spec.describe()} within {timeout:g} s") from None
     except BaseException as err:  # Ctrl-C included: never leave a half-started cluster behind
         _close(client, cluster)
+        _restore_environment(saved)
         if isinstance(err, (KeyboardInterrupt, SystemExit, InputError)):
             raise
         raise InputError(f"cannot reach the Dask scheduler ({spec.describe()}): {first_line(err) or type(err).__name__}") from None
@@ -190,6 +195,16 @@ def connect(spec: ClusterSpec, *, timeout: float = 30.0) -> Iterator[Any]:
         yield client
     finally:
         _close(client, cluster)
+        _restore_environment(saved)
+
+
+def _restore_environment(saved: dict[str, str]) -> None:
+    """Put ``os.environ`` back to ``saved``: variables added since removed, changed ones restored."""
+    for key in set(os.environ) - set(saved):
+        del os.environ[key]
+    for key, value in saved.items():
+        if os.environ.get(key) != value:
+            os.environ[key] = value
 
 
 def _close(client: Any, cluster: Any) -> None:

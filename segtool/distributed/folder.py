@@ -142,84 +142,95 @@ def run_on_cluster(
     """
     from distributed import as_completed
 
-    on_error, skip_existing, overwrite, debug = options.on_error, options.skip_existing, options.overwrite, options.debug
-    remote_task = _retry_safe(with_absolute_paths(task), skip_existing=skip_existing)
-    pending = list(paths)
-    pending.reverse()  # pop() from the end keeps the input order
-    running: dict[Any, list[Path]] = {}
-    completed = as_completed()
-    stop = False
-    window = 0
-    resized = float("-inf")
+    run = _ClusterRun(client, task, record, options, completed=as_completed(), pending=list(reversed(paths)))
+    try:
+        run.submit_more()
+        while run.running:
+            run.collect(next(run.completed))
+    except KeyboardInterrupt:
+        _wind_down(client, list(run.running))
+        raise
 
-    def current_window() -> int:
-        nonlocal window, resized
-        if time.monotonic() - resized > _RESIZE_EVERY:
+
+class _ClusterRun:
+    """The state of one :func:`run_on_cluster`: inputs not yet submitted, futures running, the stop flag."""
+
+    def __init__(self, client: Any, task: Task, record: Callable[[ItemResult], None], options: RunOptions, *,
+                 completed: Any, pending: list[Path]) -> None:
+        self.client, self.task, self.record, self.options = client, task, record, options
+        self.remote_task = _retry_safe(with_absolute_paths(task), skip_existing=options.skip_existing)
+        self.pending = pending  # in reverse: pop() from the end keeps the input order
+        self.running: dict[Any, list[Path]] = {}
+        self.completed = completed  # distributed.as_completed over the running futures
+        self.stop = False
+        self.window = 0
+        self.resized = float("-inf")
+
+    def current_window(self) -> int:
+        if time.monotonic() - self.resized > _RESIZE_EVERY:
             # With on_error="stop" nothing waits in a worker's queue, so at most one
             # input per worker thread is started after the first failure.
-            window = worker_count(client) * (1 if on_error == "stop" else IN_FLIGHT_PER_THREAD)
-            resized = time.monotonic()
-        return window
+            self.window = worker_count(self.client) * (1 if self.options.on_error == "stop" else IN_FLIGHT_PER_THREAD)
+            self.resized = time.monotonic()
+        return self.window
 
-    def group_size() -> int:
+    def group_size(self) -> int:
         # Enough groups for every slot in flight, twice over, so the load stays
         # balanced; single images when stopping at the first failure.
-        if on_error == "stop":
+        if self.options.on_error == "stop":
             return 1
-        return max(1, min(MAX_IMAGES_PER_TASK, len(pending) // (2 * max(1, window))))
+        return max(1, min(MAX_IMAGES_PER_TASK, len(self.pending) // (2 * max(1, self.window))))
 
-    def submit_more() -> None:
-        nonlocal stop
-        while pending and not stop and len(running) < current_window():
+    def report(self, result: ItemResult) -> None:
+        self.record(result)
+        self.stop = self.stop or (result.status == "failed" and self.options.on_error == "stop")
+
+    def submit(self, group: list[Path]) -> None:
+        # pure=False: re-running a path must run it again, never reuse a cached result.
+        future = self.client.submit(run_items, self.remote_task, [p.absolute() for p in group], self.options.debug,
+                                    self.options.skip_existing, pure=False)
+        self.running[future] = group
+        self.completed.add(future)
+
+    def submit_more(self) -> None:
+        """Submit groups of inputs (pre-checked here, on the client) while the window has room."""
+        options = self.options
+        while self.pending and not self.stop and len(self.running) < self.current_window():
             group: list[Path] = []
-            size = group_size()
-            while pending and not stop and len(group) < size:
-                path = pending.pop()
-                early = precheck_item(task, path, skip_existing=skip_existing, overwrite=overwrite)
+            size = self.group_size()
+            while self.pending and not self.stop and len(group) < size:
+                path = self.pending.pop()
+                early = precheck_item(self.task, path, skip_existing=options.skip_existing, overwrite=options.overwrite)
                 if early is None:
                     group.append(path)
                     continue
-                record(early)
-                stop = stop or (early.status == "failed" and on_error == "stop")
+                self.report(early)
             if group:
-                # pure=False: re-running a path must run it again, never reuse a cached result.
-                future = client.submit(run_items, remote_task, [p.absolute() for p in group], debug, skip_existing,
-                                       pure=False)
-                running[future] = group
-                completed.add(future)
+                self.submit(group)
 
-    try:
-        submit_more()
-        while running:
-            future = next(completed)
-            group = running.pop(future)
-            try:
-                results = future.result()
-                for path, result in zip(group, results):
-                    result.input = str(path)  # as the user typed it
-            except Exception as err:  # KilledWorker: the task took down every worker it ran on
-                if debug:
-                    raise
-                if len(group) > 1:
-                    # One image of the group may be the culprit: give each its own task,
-                    # so only that one is reported as failed.
-                    for path in group:
-                        single = client.submit(run_items, remote_task, [path.absolute()], debug, skip_existing,
-                                               pure=False)
-                        running[single] = [path]
-                        completed.add(single)
-                    future.release()
-                    continue
-                reason = f"worker process failed: {error_message(err)}"
-                results = [ItemResult(str(path), "failed", error=reason) for path in group]
-            future.release()
-            for result in results:
-                record(result)
-                stop = stop or (result.status == "failed" and on_error == "stop")
-            submit_more()
-    except KeyboardInterrupt:
-        _wind_down(client, list(running))
-        raise
+    def collect(self, future: Any) -> None:
+        """Report the results of a finished future, then submit more."""
+        group = self.running.pop(future)
+        try:
+            results = future.result()
+            for path, result in zip(group, results):
+                result.input = str(path)  # as the user typed it
+        except Exception as err:  # KilledWorker: the task took down every worker it ran on
+            if self.options.debug:
+                raise
+            if len(group) > 1:
+                # One image of the group may be the culprit: give each its own task,
+                # so only that one is reported as failed.
+                for path in group:
+                    self.submit([path])
+                future.release()
+                return
+            reason = f"worker process failed: {error_message(err)}"
+            results = [ItemResult(str(path), "failed", error=reason) for path in group]
+        future.release()
+        for result in results:
+            self.report(result)
+        self.submit_more()
 
 
 def run_items(task: Task, paths: Sequence[Path], debug: bool = False, skip_existing: bool = False) -> list[ItemResult]:

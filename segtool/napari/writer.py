@@ -59,6 +59,7 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
         not a 2-D integer image.
     """
     from segtool import export
+    from segtool.measure import object_table
     from segtool.io import write_labels as write_label_tiff
 
     target = Path(path)
@@ -78,7 +79,7 @@ def write_labels(path: str, data: Any, meta: dict[str, Any]) -> list[str]:
     elif ending == ".zip":
         export.write_roi_zip(target, export.imagej_rois(export.label_polygons(labels)), overwrite=True)
     else:
-        table = export.object_table(labels, pixel_size=pixel_size, unit=unit)
+        table = object_table(labels, pixel_size=pixel_size, unit=unit)
         if ending == ".geojson":
             export.write_geojson(target, export.geojson_features(export.label_polygons(labels), table=table),
                                  overwrite=True)

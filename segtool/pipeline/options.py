@@ -21,15 +21,14 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 from segtool.errors import InputError
-from segtool.pipeline.tiling import halo_padded_shape, plan_halo_tiles, plan_tiles
+from segtool.pipeline.tiling import BLEND_BATCH_SIZE, BLEND_OVERLAP, halo_padded_shape, plan_halo_tiles, plan_tiles
 
 __all__ = [
     "ACTIVATION_BYTES",
     "BAND_TILE_MEMORY",
     "BATCH_PIXELS",
-    "BLEND_BATCH_SIZE",
-    "BLEND_OVERLAP",
     "MAX_TILE",
+    "SEAM_HALO",
     "TILE_MEMORY",
     "activation_bytes",
     "budget_tile",
@@ -44,10 +43,9 @@ __all__ = [
 ]
 
 
-#: Overlap of blended tiles where a schedule needs a fixed tile grid and none was given (Dask blocks, Z stacks).
-BLEND_OVERLAP = 0.25
-#: Tiles per network call when tiles are blended and no batch size was given.
-BLEND_BATCH_SIZE = 4
+#: Context around each band (rows) or Dask block (pixels) when none is given (``--halo``): band mode never cuts
+#: objects up to 4x this tall, block mode none under half of it.
+SEAM_HALO = 128
 
 
 @dataclass(frozen=True)
@@ -90,7 +88,8 @@ class TileOptions:
 
     def blended(self) -> TileOptions:
         """These options on a fixed grid of blended tiles: ``overlap`` and ``batch_size`` default to
-        :data:`BLEND_OVERLAP` and :data:`BLEND_BATCH_SIZE` (the tiling of Dask blocks and of Z stacks).
+        :data:`segtool.pipeline.tiling.BLEND_OVERLAP` and :data:`segtool.pipeline.tiling.BLEND_BATCH_SIZE` (the
+        tiling of Dask blocks and of Z stacks).
 
         Examples
         --------

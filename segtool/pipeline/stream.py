@@ -145,48 +145,21 @@ def run_staged(
         completed (so no output is left half-written) and reported.
     """
     stop = threading.Event()
-    halt_lock = threading.Lock()
-    halt_after = [float("inf")]  # index of the first item whose result asked for no further items
-
-    def halt(index: int) -> None:
-        with halt_lock:
-            halt_after[0] = min(halt_after[0], index)
-
-    def halted(index: int) -> bool:
-        return index > halt_after[0]
-
+    halt = _Halt()
     loaded: queue.Queue = queue.Queue(maxsize=max(1, int(read_ahead)))
     finish_threads = max(1, int(finish_threads))
 
-    def loader() -> None:
-        try:
-            for index, item in enumerate(items):
-                if stop.is_set() or halted(index) or should_stop():
-                    break
-                if not _put(loaded, (index, item, load(item)), stop):
-                    return
-        except BaseException as err:
-            _put(loaded, (None, None, _Failed(err)), stop)
-            return
-        _put(loaded, _END, stop)
-
     def finish_one(index: int, state: Any) -> Any:
-        if stop.is_set() or halted(index) or should_stop():
+        if stop.is_set() or halt.passed(index) or should_stop():
             return _SKIPPED
         result = finish(state)
-        if stops(result.value if isinstance(result, Finished) else result):
-            halt(index)
+        if stops(_value(result)):
+            halt.at(index)
         return result
 
     pending: deque[tuple[Any, Future | Finished]] = deque()
-
-    def emit_oldest() -> None:
-        item, outcome = pending.popleft()
-        result = outcome.value if isinstance(outcome, Finished) else outcome.result()
-        if result is not _SKIPPED:
-            on_result(item, result.value if isinstance(result, Finished) else result)
-
-    thread = threading.Thread(target=loader, name="segtool-loader", daemon=True)
+    thread = threading.Thread(target=_load_items, args=(items, load, loaded, stop, halt, should_stop),
+                              name="segtool-loader", daemon=True)
     pool = ThreadPoolExecutor(max_workers=finish_threads, thread_name_prefix="segtool-finish")
     thread.start()
     try:
@@ -198,7 +171,7 @@ def run_staged(
             del entry  # the loaded state is freed once ``infer`` has replaced it, not at the next item
             if isinstance(state, _Failed):
                 raise state.error
-            if halted(index):
+            if halt.passed(index):
                 break
             if not isinstance(state, Finished):
                 if should_stop():
@@ -206,30 +179,79 @@ def run_staged(
                 state = infer(state)
             if isinstance(state, Finished):
                 if stops(state.value):
-                    halt(index)
+                    halt.at(index)
                 pending.append((item, state))
             else:
                 pending.append((item, pool.submit(finish_one, index, state)))
             # In-order reporting; at most finish_threads + 1 items wait in the pool.
             while pending and (isinstance(pending[0][1], Finished) or pending[0][1].done()
                                or len(pending) > finish_threads):
-                emit_oldest()
+                _emit_oldest(pending, on_result)
         while pending:
-            emit_oldest()
+            _emit_oldest(pending, on_result)
     except BaseException:
         stop.set()
         pool.shutdown(wait=True, cancel_futures=True)
-        while pending:  # report what was completed before the interruption
-            item, outcome = pending.popleft()
-            if isinstance(outcome, Finished):
-                on_result(item, outcome.value)
-            elif outcome.done() and not outcome.cancelled() and outcome.exception() is None:
-                result = outcome.result()
-                if result is not _SKIPPED:
-                    on_result(item, result.value if isinstance(result, Finished) else result)
+        _report_completed(pending, on_result)
         raise
     finally:
         stop.set()
         pool.shutdown(wait=True)
         thread.join()
+
+
+class _Halt:
+    """The index of the first item whose result asked for no further items, shared by the threads."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._after = float("inf")
+
+    def at(self, index: int) -> None:
+        with self._lock:
+            self._after = min(self._after, index)
+
+    def passed(self, index: int) -> bool:
+        """True for an item after the halting one: it does not start its next stage."""
+        return index > self._after
+
+
+def _load_items(items: Iterable[Any], load: Callable[[Any], Any], loaded: queue.Queue, stop: threading.Event,
+                halt: _Halt, should_stop: Callable[[], bool]) -> None:
+    """The loader thread: ``(index, item, load(item))`` into ``loaded``, then ``_END`` (or the error)."""
+    try:
+        for index, item in enumerate(items):
+            if stop.is_set() or halt.passed(index) or should_stop():
+                break
+            if not _put(loaded, (index, item, load(item)), stop):
+                return
+    except BaseException as err:
+        _put(loaded, (None, None, _Failed(err)), stop)
+        return
+    _put(loaded, _END, stop)
+
+
+def _value(result: Any) -> Any:
+    """A stage's result, unwrapped from :class:`Finished`."""
+    return result.value if isinstance(result, Finished) else result
+
+
+def _emit_oldest(pending: deque, on_result: Callable[[Any, Any], None]) -> None:
+    """Report the oldest pending item, waiting for its finish if need be (a skipped finish is not reported)."""
+    item, outcome = pending.popleft()
+    result = outcome.value if isinstance(outcome, Finished) else outcome.result()
+    if result is not _SKIPPED:
+        on_result(item, _value(result))
+
+
+def _report_completed(pending: deque, on_result: Callable[[Any, Any], None]) -> None:
+    """After an interruption (the pool shut down): report, in order, the pending items that did complete."""
+    while pending:
+        item, outcome = pending.popleft()
+        if isinstance(outcome, Finished):
+            on_result(item, outcome.value)
+        elif outcome.done() and not outcome.cancelled() and outcome.exception() is None:
+            result = outcome.result()
+            if result is not _SKIPPED:
+                on_result(item, _value(result))
 

@@ -37,6 +37,8 @@ from segtool.errors import InputError
 from segtool.pipeline.blend import RowBlender, predict_in_batches
 
 __all__ = [
+    "BLEND_BATCH_SIZE",
+    "BLEND_OVERLAP",
     "blend_window",
     "halo_padded_shape",
     "pad_mode",
@@ -48,6 +50,12 @@ __all__ = [
     "tile_shape",
     "pad_reflect",
 ]
+
+#: Overlap of blended tiles when none is given (the default here, and where a schedule needs a fixed tile grid:
+#: Dask blocks, Z stacks, ``TileOptions.blended``).
+BLEND_OVERLAP = 0.25
+#: Tiles per network call when tiles are blended and no batch size was given.
+BLEND_BATCH_SIZE = 4
 
 Predictor = Callable[[np.ndarray], np.ndarray]
 TileCallback = Callable[[int, int], None]
@@ -102,7 +110,7 @@ def tile_shape(shape: Sequence[int], tile: int | Sequence[int]) -> tuple[int, ..
 def plan_tiles(
     shape: Sequence[int],
     tile: int | Sequence[int],
-    overlap: float = 0.25,
+    overlap: float = BLEND_OVERLAP,
 ) -> list[tuple[slice, ...]]:
     """Place overlapping tiles of a fixed size over an image.
 
@@ -362,8 +370,8 @@ def predict_tiled_rows(
     predictor: Predictor,
     *,
     tile: int | Sequence[int],
-    overlap: float = 0.25,
-    batch_size: int = 4,
+    overlap: float = BLEND_OVERLAP,
+    batch_size: int = BLEND_BATCH_SIZE,
     out_channels: int,
     on_tile: TileCallback | None = None,
     tile_halo: int | None = None,
@@ -501,8 +509,8 @@ def predict_tiled(
     predictor: Predictor,
     *,
     tile: int | Sequence[int],
-    overlap: float = 0.25,
-    batch_size: int = 4,
+    overlap: float = BLEND_OVERLAP,
+    batch_size: int = BLEND_BATCH_SIZE,
     out_channels: int,
     on_tile: TileCallback | None = None,
     tile_halo: int | None = None,

@@ -12,23 +12,6 @@ receive the same objects the CLI built.
 - :mod:`~segtool.tasks.evaluate` — ``evaluate`` (one prediction against its ground truth);
 - :mod:`~segtool.tasks.big` — big-image mode (``--block-size``) of baseline and predict on Dask blocks;
 - :mod:`~segtool.tasks.stack` — what a Z-stack input means for each command.
+
+Each name is imported from the module that defines it (``from segtool.tasks.predict import PredictTask``).
 """
-
-from __future__ import annotations
-
-from segtool.tasks.baseline import BaselineTask
-from segtool.tasks.big import BigBaselineTask, BigPredictTask, labels_suffix
-from segtool.tasks.export import FORMAT_SUFFIXES, OVERLAY_SUFFIX, ExportTask
-from segtool.tasks.predict import BAND_PIXELS, PredictTask
-
-__all__ = [
-    "BAND_PIXELS",
-    "FORMAT_SUFFIXES",
-    "OVERLAY_SUFFIX",
-    "BaselineTask",
-    "BigBaselineTask",
-    "BigPredictTask",
-    "ExportTask",
-    "PredictTask",
-    "labels_suffix",
-]

@@ -69,6 +69,7 @@ class ExportTask:
     def run(self, path: Path) -> dict[str, Any]:
         from segtool import export
         from segtool.io import write_labels, write_png
+        from segtool.measure import object_table, summary_row
         from segtool.overlay import color_labels, outline_overlay
         from segtool.tasks.stack import export_stack
 
@@ -83,10 +84,10 @@ class ExportTask:
             pixel_size, unit = image.pixel_size, image.unit
         table = None
         if self.summary or {"csv", "geojson"} & set(self.formats):
-            table = export.object_table(data, image=None if image is None else image.data, pixel_size=pixel_size, unit=unit)
+            table = object_table(data, image=None if image is None else image.data, pixel_size=pixel_size, unit=unit)
         figures: dict[str, Any] = {"objects": int(len(table["label"])) if table is not None else int(len(_labels_present(data)))}
         if self.summary:
-            figures.update(export.summary_row(data, table))
+            figures.update(summary_row(data, table))
             figures["objects"] = int(figures["objects"])
             return figures
 

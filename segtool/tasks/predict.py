@@ -14,7 +14,8 @@ from typing import Any
 
 from segtool.errors import InputError
 from segtool.inputs import output_path
-from segtool.pipeline.options import ObjectOptions, TileOptions
+from segtool.pipeline.options import SEAM_HALO, ObjectOptions, TileOptions
+from segtool.volume.stitch import STITCH_THRESHOLD
 
 __all__ = ["AUTO_WHOLE_PIXELS", "BAND_PIXELS", "Loaded", "PredictTask", "Predicted"]
 
@@ -83,7 +84,7 @@ class PredictTask:
     save_overlay: bool = False
     bands: bool | None = None  # None: for images over BAND_PIXELS
     band_rows: int | None = None
-    halo: int = 128
+    halo: int = SEAM_HALO
     channel: int | None = None
     plane: int | None = None
     memory: Any = None  # the memory guard (segtool.memory.MemoryBudget, --max-memory)
@@ -91,7 +92,7 @@ class PredictTask:
     diameter: float | None = None  # --diameter given by hand (recorded; it set ``tiling.scale``)
     z_spacing: float | None = None
     z_mode: str = "auto"
-    stitch_threshold: float = 0.25
+    stitch_threshold: float = STITCH_THRESHOLD
     _model: Any = field(default=None, init=False, repr=False, compare=False)
 
     def __getstate__(self) -> dict[str, Any]:

@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 
 from segtool.errors import InputError
-from segtool.volume.io import probe_stack, read_label_volume, read_volume, write_float_volume, write_label_volume
+from segtool.volume.io import probe_stack, read_label_volume, read_volume
+from segtool.volume.writers import write_float_volume, write_label_volume
 
 __all__ = ["is_z_stack", "baseline_stack", "predict_stack_task", "read_labels_any", "export_stack"]
 

@@ -17,7 +17,6 @@ from typing import Any
 import torch
 
 from segtool.errors import ModelError
-# FINETUNE_DEFAULTS lives with the configs so the CLI can show it without importing torch.
 from segtool.model.config import CHANNEL_MODES, UNetConfig
 
 __all__ = ["FIRST_CONV", "InitModel", "adapt_input_weights", "child_config", "load_init", "parent_record"]

@@ -33,15 +33,17 @@ import numpy as np
 import torch
 
 from segtool.errors import InputError, ModelError
-from segtool.model.config import TrainOptions, UNetConfig
+from segtool.model.config import UNetConfig
 from segtool.train.dataset import PatchSampler, Sample, prepare_samples, summarize_pairs
 from segtool.train.ema import update_average
 from segtool.model.heads import activate
 from segtool.train.loader import iterate_batches
 from segtool.model.model import UNet, resolve_device
-from segtool.model.modelfile import check_resume, load_checkpoint, save_checkpoint, save_model
+from segtool.model.modelfile import load_checkpoint, save_checkpoint, save_model
 from segtool.model.precision import autocast
+from segtool.train.options import TrainOptions
 from segtool.train.report import EpochReport, StepReport, TrainResult, build_metadata
+from segtool.train.resume import check_resume
 from segtool.train.targets import class_weights, target_loss
 
 __all__ = [
@@ -246,7 +248,7 @@ def train_model(
     checkpoint_extra : dict, optional
         JSON-safe values stored in ``last.pt`` for the caller (e.g. how the
         validation images were chosen); read back with
-        :func:`read_checkpoint_settings` as ``state["extra"]``.
+        :func:`segtool.train.resume.read_checkpoint_settings` as ``state["extra"]``.
     init_weights : dict of Tensor, optional
         Weights to start from instead of a random initialisation (a parent
         model's, see :mod:`segtool.train.finetune`); they must fit

@@ -20,8 +20,9 @@ import numpy as np
 import torch
 
 from segtool.io import atomic_output
-from segtool.model.config import TrainOptions, UNetConfig
+from segtool.model.config import UNetConfig
 from segtool.model.model import UNet
+from segtool.train.options import TrainOptions
 
 __all__ = [
     "LOG_COLUMNS",

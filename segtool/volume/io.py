@@ -7,9 +7,9 @@ needs ``channel``. A stack whose axis is unknown (``Q``: a multi-page TIFF
 without metadata) is taken as Z only when a z spacing is given.
 
 The voxel size comes from the file (ImageJ ``spacing`` and resolution tags,
-OME ``PhysicalSizeX/Y/Z``, OME-Zarr ``scale``) or from ``z_spacing``; TIFF
-calibration and unit names follow :mod:`segtool.calibration`, as for 2-D images. Writing
-is in :mod:`segtool.volume.writers` (its two functions are re-exported here):
+OME ``PhysicalSizeX/Y/Z``, OME-Zarr ``scale``) or from ``z_spacing``; TIFF and
+OME-Zarr calibration and unit names follow :mod:`segtool.calibration`, as for 2-D images
+and Dask blocks. Writing is in :mod:`segtool.volume.writers`:
 label stacks as ImageJ hyperstacks (uint16; Fiji opens them as a Z stack
 with the voxel size set) or as OME-TIFF (uint32, which ImageJ has no type
 for; Fiji opens it through Bio-Formats), always through
@@ -27,12 +27,10 @@ from pathlib import Path
 
 import numpy as np
 
-from segtool.calibration import normalise_unit, tiff_calibration, tiff_z_spacing
+from segtool.calibration import ngff_calibration, tiff_calibration, tiff_z_spacing
 from segtool.errors import InputError, first_line
 from segtool.io import MAX_IMAGE_BYTES, is_zarr_store
 from segtool.labels import to_label_dtype
-# Re-exported: callers read and write stacks through this module.
-from segtool.volume.writers import write_float_volume, write_label_volume
 
 __all__ = [
     "StackInfo",
@@ -41,8 +39,6 @@ __all__ = [
     "read_volume",
     "read_label_volume",
     "iter_planes",
-    "write_label_volume",
-    "write_float_volume",
     "anisotropy",
     "resolve_voxel_size",
 ]
@@ -223,10 +219,6 @@ def _probe_zarr(path: Path):
     first = multiscales[0]
     names = "".join(str(a.get("name", "?") if isinstance(a, dict) else a)[0].upper() for a in first.get("axes", []))
     dataset = first["datasets"][0]
-    scale = None
-    for transform in dataset.get("coordinateTransformations", []):
-        if transform.get("type") == "scale":
-            scale = [float(v) for v in transform["scale"]]
     array_meta = {}
     for name in ("zarr.json", ".zarray"):
         candidate = path / dataset["path"] / name
@@ -237,14 +229,8 @@ def _probe_zarr(path: Path):
     dtype = array_meta.get("data_type") or array_meta.get("dtype")
     if len(shape) != len(names) or dtype is None:
         return None
-    units = [a.get("unit") for a in first.get("axes", []) if isinstance(a, dict)]
-    unit = next((u for u, n in zip(units, names) if n == "X" and u), None)
-    pixel = voxel = None
-    if scale and "Y" in names and "X" in names:
-        pixel = (scale[names.index("Y")], scale[names.index("X")])
-        if "Z" in names:
-            voxel = (scale[names.index("Z")], *pixel)
-    return shape, names, dtype, voxel, pixel, normalise_unit(unit) if unit else None, "zarr"
+    pixel, z, unit = ngff_calibration(first, dataset, names)
+    return shape, names, dtype, _voxel(z, pixel), pixel, unit, "zarr"
 
 
 def _voxel(z: float | None, pixel: tuple[float, float] | None) -> tuple[float, float, float] | None:

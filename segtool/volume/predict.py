@@ -20,6 +20,7 @@ are not stretched into false objects.
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 import time
@@ -36,6 +37,7 @@ from segtool.pipeline.options import ObjectOptions, TileOptions
 from segtool.pipeline.percentiles import sample_percentiles
 from segtool.pipeline.write import RowSpool
 from segtool.infer.sizing import min_size_at_scale, resize_channels
+from segtool.volume.stitch import STITCH_THRESHOLD
 
 __all__ = ["STACK_MODES", "StackPredictOptions", "model_planes", "stack_percentiles", "predict_stack_maps", "maps_to_labels_3d",
            "predict_stack", "predict_stack_file"]
@@ -89,7 +91,7 @@ class StackPredictOptions:
     """
 
     mode: str = "auto"
-    stitch_threshold: float = 0.25
+    stitch_threshold: float = STITCH_THRESHOLD
     tiling: TileOptions = TileOptions()
     objects: ObjectOptions = ObjectOptions()
 
@@ -429,9 +431,8 @@ def predict_stack_file(
         Unreadable stack, or an output that exists without ``overwrite``.
     """
     from segtool.io import check_output_free
-    from segtool.infer.instances import maps_to_labels
-    from segtool.volume.io import resolve_voxel_size, anisotropy, iter_planes, read_volume, write_label_volume
-    from segtool.volume.stitch import PlaneStitcher
+    from segtool.volume.io import resolve_voxel_size, anisotropy, iter_planes
+    from segtool.volume.writers import write_label_volume
 
     start = time.perf_counter()
     out_path = Path(out_path)
@@ -441,85 +442,21 @@ def predict_stack_file(
     depth = info.n_planes
     plane_pixels = info.shape[info.axes.index("Y")] * info.shape[info.axes.index("X")]
     options = replace(options, mode=options.resolved(depth * plane_pixels))
-    size = None
-    if options.mode == "watershed":
-        volume = read_volume(path, channel=channel, z_spacing=z_spacing)
-        if options.tiling.scale is None:
-            planes_in = list(model_planes(volume.data, model.config))
-            size = stack_scale(planes_in[depth // 2], model, options=options,
-                               norm=stack_percentiles(planes_in, model.config.norm_low, model.config.norm_high))
-            options = options.at_scale(1.0 if size is None else size.scale)
-            del planes_in
-        progress = (lambda n: on_plane(n, depth)) if on_plane is not None else None
-        labels = predict_stack(volume.data, model, z_spacing=volume.z_spacing, options=options, on_plane=progress)
-        write_label_volume(out_path, labels, voxel_size=voxel_size, unit=unit, overwrite=overwrite)
-        shape, n_objects = labels.shape, int(labels.max())
-        middle = (volume.data[depth // 2], labels[depth // 2])
-    else:
-        config = model.config
-        # One pass over a subsample of the planes for the stack's normalisation.
-        every = max(1, depth // 16)
-        _, planes = iter_planes(path, channel=channel, z_spacing=z_spacing)
-        sample, centre = [], []
-        for z, p in enumerate(model_planes(planes, config)):
-            if z % every == 0:
-                sample.append(p[::4, ::4].copy())
-            if z == depth // 2 and options.tiling.scale is None:
-                centre.append(np.array(p, copy=True))
-        norm = stack_percentiles(sample, config.norm_low, config.norm_high)
-        del sample
-        if options.tiling.scale is None:
-            size = stack_scale(centre[0], model, norm=norm, options=options)
-            options = options.at_scale(1.0 if size is None else size.scale)
-            del centre
-        post = plane_postprocess(config, options)
-        stitcher = PlaneStitcher(options.stitch_threshold)
-        out_path.parent.mkdir(parents=True, exist_ok=True)
-        spool: RowSpool | None = None  # the stitched planes, one after another (uint32), until the TIFF is written
-        try:
-            plane_shape = None
-            middle_image: list[np.ndarray] = []
-
-            def keep_middle(planes: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-                for z, plane in enumerate(planes):
-                    if z == depth // 2:
-                        middle_image.append(plane)
-                    yield plane
-
-            _, planes = iter_planes(path, channel=channel, z_spacing=z_spacing)
-            progress = (lambda n: on_plane(n, depth)) if on_plane is not None else None
-            for z, maps in enumerate(predict_stack_maps(model_planes(keep_middle(planes), config), model, norm=norm,
-                                                        options=options, on_plane=progress)):
-                labels2d = stitcher.add(maps_to_labels(maps, target=config.target, **post))
-                if z == depth // 2:
-                    middle = (middle_image[0], labels2d)
-                plane_shape = labels2d.shape
-                if spool is None:
-                    spool = _open_spool(out_path.parent, plane_shape[1])
-                spool.append(labels2d)
-                del maps
-            dtype = label_dtype(stitcher.n_labels)
-            rows = plane_shape[0]
-
-            def read_back() -> Iterator[np.ndarray]:
-                for z in range(depth):
-                    yield spool.read(z * rows, (z + 1) * rows).astype(dtype)
-
-            write_label_volume(out_path, read_back(), shape=(depth, *plane_shape), dtype=dtype,
-                               voxel_size=voxel_size, unit=unit, overwrite=overwrite)
-        finally:
-            if spool is not None:
-                spool.close()
-        shape, n_objects = (depth, *plane_shape), stitcher.n_labels
+    progress = (lambda n: on_plane(n, depth)) if on_plane is not None else None
+    write = functools.partial(write_label_volume, out_path, voxel_size=voxel_size, unit=unit, overwrite=overwrite)
+    segment = _segment_whole_stack if options.mode == "watershed" else _segment_plane_by_plane
+    run = segment(path, model, depth=depth, channel=channel, z_spacing=z_spacing, options=options, progress=progress,
+                  write=write, folder=out_path.parent)
+    options, size = run.options, run.size  # at the scale used; the size estimate, if any
     if overlay_path is not None:
         from segtool.io import write_png
         from segtool.overlay import outline_overlay
 
-        write_png(overlay_path, outline_overlay(*middle), overwrite=overwrite)
+        write_png(overlay_path, outline_overlay(*run.middle), overwrite=overwrite)
     return {
-        "objects": int(n_objects),
+        "objects": int(run.n_objects),
         "planes": int(depth),
-        "shape": [int(v) for v in shape],
+        "shape": [int(v) for v in run.shape],
         "voxel_size": [float(v) for v in voxel_size] if voxel_size is not None else None,
         "z_spacing": round(anisotropy(voxel_size), 6),
         "mode": options.mode,
@@ -528,3 +465,102 @@ def predict_stack_file(
         "diameter_source": None if size is None else "estimated",
         "seconds": round(time.perf_counter() - start, 3),
     }
+
+
+@dataclass(frozen=True)
+class _Segmented:
+    """What :func:`predict_stack_file` reports of a stack segmented and written by one of the two modes."""
+
+    shape: tuple[int, ...]
+    n_objects: int
+    middle: tuple[np.ndarray, np.ndarray]  # the middle plane and its labels (for the overlay)
+    options: StackPredictOptions  # at the scale used
+    size: object = None  # the size estimate, when the scale was estimated
+
+
+def _segment_whole_stack(path, model, *, depth: int, channel, z_spacing, options: StackPredictOptions, progress,
+                         write: Callable[..., object], folder: Path) -> _Segmented:
+    """``"watershed"``: the stack read whole, 3-D objects from the maps of all planes, written by ``write``."""
+    from segtool.volume.io import read_volume
+
+    volume = read_volume(path, channel=channel, z_spacing=z_spacing)
+    size = None
+    if options.tiling.scale is None:
+        planes_in = list(model_planes(volume.data, model.config))
+        size = stack_scale(planes_in[depth // 2], model, options=options,
+                           norm=stack_percentiles(planes_in, model.config.norm_low, model.config.norm_high))
+        options = options.at_scale(1.0 if size is None else size.scale)
+        del planes_in
+    labels = predict_stack(volume.data, model, z_spacing=volume.z_spacing, options=options, on_plane=progress)
+    write(labels)
+    return _Segmented(labels.shape, int(labels.max()), (volume.data[depth // 2], labels[depth // 2]), options, size)
+
+
+def _stack_sample(path, config, *, depth: int, channel, z_spacing, centre: bool) -> tuple[tuple[float, float], np.ndarray | None]:
+    """One pass over a subsample of the planes: the stack's normalisation, and the middle plane if ``centre``."""
+    from segtool.volume.io import iter_planes
+
+    every = max(1, depth // 16)
+    _, planes = iter_planes(path, channel=channel, z_spacing=z_spacing)
+    sample, middle = [], None
+    for z, p in enumerate(model_planes(planes, config)):
+        if z % every == 0:
+            sample.append(p[::4, ::4].copy())
+        if z == depth // 2 and centre:
+            middle = np.array(p, copy=True)
+    return stack_percentiles(sample, config.norm_low, config.norm_high), middle
+
+
+def _segment_plane_by_plane(path, model, *, depth: int, channel, z_spacing, options: StackPredictOptions, progress,
+                            write: Callable[..., object], folder: Path) -> _Segmented:
+    """``"stitch"``: planes streamed from the file, labelled and stitched one at a time, spooled (uint32) in
+    ``folder``, and written by ``write`` from the spool plane by plane."""
+    from segtool.infer.instances import maps_to_labels
+    from segtool.volume.io import iter_planes
+    from segtool.volume.stitch import PlaneStitcher
+
+    config = model.config
+    norm, centre = _stack_sample(path, config, depth=depth, channel=channel, z_spacing=z_spacing,
+                                 centre=options.tiling.scale is None)
+    size = None
+    if options.tiling.scale is None:
+        size = stack_scale(centre, model, norm=norm, options=options)
+        options = options.at_scale(1.0 if size is None else size.scale)
+        del centre
+    post = plane_postprocess(config, options)
+    stitcher = PlaneStitcher(options.stitch_threshold)
+    folder.mkdir(parents=True, exist_ok=True)
+    spool: RowSpool | None = None  # the stitched planes, one after another (uint32), until the TIFF is written
+    try:
+        plane_shape = None
+        middle_image: list[np.ndarray] = []
+
+        def keep_middle(planes: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+            for z, plane in enumerate(planes):
+                if z == depth // 2:
+                    middle_image.append(plane)
+                yield plane
+
+        _, planes = iter_planes(path, channel=channel, z_spacing=z_spacing)
+        for z, maps in enumerate(predict_stack_maps(model_planes(keep_middle(planes), config), model, norm=norm,
+                                                    options=options, on_plane=progress)):
+            labels2d = stitcher.add(maps_to_labels(maps, target=config.target, **post))
+            if z == depth // 2:
+                middle = (middle_image[0], labels2d)
+            plane_shape = labels2d.shape
+            if spool is None:
+                spool = _open_spool(folder, plane_shape[1])
+            spool.append(labels2d)
+            del maps
+        dtype = label_dtype(stitcher.n_labels)
+        rows = plane_shape[0]
+
+        def read_back() -> Iterator[np.ndarray]:
+            for z in range(depth):
+                yield spool.read(z * rows, (z + 1) * rows).astype(dtype)
+
+        write(read_back(), shape=(depth, *plane_shape), dtype=dtype)
+    finally:
+        if spool is not None:
+            spool.close()
+    return _Segmented((depth, *plane_shape), stitcher.n_labels, middle, options, size)

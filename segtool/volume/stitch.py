@@ -16,7 +16,11 @@ from segtool.errors import InputError
 from segtool.labels import label_dtype
 from segtool.metrics import iou_pairs
 
-__all__ = ["PlaneStitcher", "stitch_planes"]
+__all__ = ["STITCH_THRESHOLD", "PlaneStitcher", "stitch_planes"]
+
+#: Smallest IoU with which an object continues one of the previous plane, when none is given (the default of
+#: ``--stitch-threshold``, :class:`segtool.volume.predict.StackPredictOptions` and the predict task).
+STITCH_THRESHOLD = 0.25
 
 
 class PlaneStitcher:
@@ -40,7 +44,7 @@ class PlaneStitcher:
     ([[1, 1, 0, 2]], [[0, 3, 3, 0]])
     """
 
-    def __init__(self, threshold: float = 0.25) -> None:
+    def __init__(self, threshold: float = STITCH_THRESHOLD) -> None:
         threshold = float(threshold)
         if not 0 < threshold <= 1:
             raise InputError(f"stitch threshold must be in (0, 1], got {threshold}")
@@ -83,7 +87,7 @@ class PlaneStitcher:
         return out
 
 
-def stitch_planes(labels: np.ndarray, *, threshold: float = 0.25) -> np.ndarray:
+def stitch_planes(labels: np.ndarray, *, threshold: float = STITCH_THRESHOLD) -> np.ndarray:
     """Stitch a stack of independent 2-D label planes into 3-D objects.
 
     Parameters

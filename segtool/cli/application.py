@@ -1,4 +1,9 @@
-"""The Typer application every command module registers with."""
+"""The Typer application every command module registers with.
+
+Importing this module imports the package :mod:`segtool.cli` first, and so every command module: ``app`` has all
+its commands registered (``from segtool.cli.application import app`` is what tests and benchmarks invoke). The
+``segtool`` console script is :func:`segtool.cli.main`.
+"""
 
 from __future__ import annotations
 
