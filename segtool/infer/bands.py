@@ -26,7 +26,7 @@ from segtool.infer.instances import LABEL_CHANNELS, maps_to_labels, number_as_wh
 from segtool.infer.network import make_predictor, network_device_type, network_precision, prepared_net
 from segtool.pipeline.bands import BandNetwork, LabelBand, label_rows_in_bands
 from segtool.pipeline.bigimage import BandModel, write_labels_in_bands
-from segtool.pipeline.options import BAND_TILE_MEMORY, ObjectOptions, TileOptions, check_common
+from segtool.pipeline.options import BAND_TILE_MEMORY, SEAM_HALO, ObjectOptions, TileOptions, check_common
 from segtool.pipeline.tiling import TileCallback
 
 __all__ = ["label_by_tile_rows", "predict_file_in_bands", "predict_label_bands"]
@@ -40,7 +40,7 @@ def predict_label_bands(
     tiling: TileOptions = TileOptions(),
     objects: ObjectOptions = ObjectOptions(),
     band_rows: int = 1024,
-    halo: int = 128,
+    halo: int = SEAM_HALO,
     keep_maps: bool = False,
     on_tile: TileCallback | None = None,
     stages: dict[str, float] | None = None,
@@ -126,7 +126,7 @@ def label_by_tile_rows(
     *,
     tiling: TileOptions = TileOptions(),
     objects: ObjectOptions = ObjectOptions(),
-    halo: int = 128,
+    halo: int = SEAM_HALO,
     stages: dict[str, float] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int] | None:
     """An image in memory labelled tile row by tile row while the network works on the next row.
@@ -196,7 +196,7 @@ def predict_file_in_bands(
     tiling: TileOptions = TileOptions(),
     objects: ObjectOptions = ObjectOptions(),
     band_rows: int | None = None,
-    halo: int = 128,
+    halo: int = SEAM_HALO,
     on_tile: Callable[[int, int], None] | None = None,
     size=None,
 ) -> dict[str, Any]:

@@ -35,7 +35,7 @@ import numpy as np
 
 from segtool.errors import InputError, ModelError
 from segtool.pipeline.blend import timed_predictor
-from segtool.pipeline.options import TilePlan
+from segtool.pipeline.options import SEAM_HALO, TilePlan
 from segtool.pipeline.resize import resized_span, span_source
 from segtool.pipeline.stream import prefetch
 from segtool.pipeline.tiling import TileCallback, pad_mode, predict_tiled_rows, reflect_rows
@@ -120,7 +120,7 @@ def label_rows_in_bands(
     network: BandNetwork,
     *,
     band_rows: int = 1024,
-    halo: int = 128,
+    halo: int = SEAM_HALO,
     keep_maps: bool = False,
     on_tile: TileCallback | None = None,
     stages: dict[str, float] | None = None,

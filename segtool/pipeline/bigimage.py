@@ -35,6 +35,7 @@ from segtool.errors import InputError, OutputError, first_line
 from segtool.labels import label_dtype as stored_label_dtype
 from segtool.normalize import map_to_unit
 from segtool.pipeline.bands import LabelBand
+from segtool.pipeline.options import SEAM_HALO
 from segtool.pipeline.percentiles import stream_percentiles
 from segtool.pipeline.read import LazyImage
 from segtool.pipeline.write import OUTPUT_TILE, RowSpool, row_tiles, write_tiled_tiff
@@ -53,7 +54,7 @@ WINDOW_PIXELS = 4 * 2**20
 OVERLAY_MAX_SIDE = 4096
 
 
-def default_band_rows(width: int, *, halo: int = 128, window_pixels: int = WINDOW_PIXELS) -> int:
+def default_band_rows(width: int, *, halo: int = SEAM_HALO, window_pixels: int = WINDOW_PIXELS) -> int:
     """Band height (a multiple of 256 rows, at least 256) so a band plus halos holds ~``window_pixels``.
 
     Examples
@@ -108,7 +109,7 @@ def write_labels_in_bands(
     overlay_path: str | os.PathLike | None = None,
     overwrite: bool = False,
     band_rows: int | None = None,
-    halo: int = 128,
+    halo: int = SEAM_HALO,
     on_tile: Callable[[int, int], None] | None = None,
 ) -> dict[str, Any]:
     """Segment a large image band by band and write its labels as a tiled BigTIFF.
