@@ -160,3 +160,37 @@ def test_predict_guard_has_its_fixed_part():
 
     assert memory_budget("4G", "predict").fixed_bytes == FIXED_BYTES["predict"] > 0
     assert memory_budget("4G", "baseline").fixed_bytes == 0
+
+
+_FRAGMENTED_HEAP = r"""
+import sys
+import numpy as np
+from segtool.memory import return_freed_memory_promptly
+
+def rss_mib():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) / 1024 for line in status if line.startswith("VmRSS"))
+
+if sys.argv[1] == "set":
+    assert return_freed_memory_promptly()
+block = np.ones(16 << 20, np.uint8)
+del block  # glibc now serves blocks below 16 MiB from the heap, unless the threshold was fixed
+blocks = [np.ones(8 << 20, np.uint8) for _ in range(20)]
+before = rss_mib()
+del blocks[::2]  # 80 MiB freed between live blocks
+print(round(before - rss_mib()))
+"""
+
+
+def test_freed_large_blocks_go_back_to_the_os_once_the_threshold_is_fixed():
+    """On Linux with glibc (CI's platform)."""
+    import subprocess
+    import sys
+
+    def returned(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", _FRAGMENTED_HEAP, mode], capture_output=True, text=True,
+                              check=True)
+        return int(done.stdout.strip())
+
+    assert returned("unset") < 20  # what predict of a large image met: freed memory kept by the heap
+    assert returned("set") >= 70
