@@ -264,16 +264,19 @@ def check_memory(shape: tuple[int, ...], dtype: np.dtype | str, plane_pixels: in
     )
 
 
-def return_freed_memory_promptly(threshold: int = 2**20) -> bool:
+def return_freed_memory_promptly(threshold: int = 16 * 2**20) -> bool:
     """Have glibc serve allocations of ``threshold`` bytes or more from their own mappings (Linux only).
 
     glibc raises its mmap threshold each time a large block is freed (up to
-    32 MiB), so the next tile buffers come from the heap, where a freed block
-    between live ones is never given back: a long ``segtool predict`` of a
-    large image then holds 0.2-0.3 GiB it no longer uses (8192^2 in bands:
-    1.62 GiB peak RSS against 1.38 GiB with a fixed 1 MiB threshold;
-    BENCHMARKS.md, "Memory"). Setting the threshold fixes it for the process.
-    Call it once at a command's start; it changes no result.
+    32 MiB), so the next buffers come from the heap, where a freed block
+    between live ones is never given back: band mode on a large image then
+    holds 0.15-0.25 GiB it no longer uses. A fixed threshold returns those
+    blocks at each free, at the price of mapping them again (page faults):
+    8192^2 in bands, 1.60 GiB peak RSS in 26.9 s without, 1.44 GiB in 30.5 s
+    at 16 MiB, 1.38 GiB in 32.4 s at 1 MiB (BENCHMARKS.md, "Memory"). So
+    the band schedule sets it (where memory is what it is for), not the
+    in-memory one (3000^2: 22 % slower at 1 MiB). It lasts for the process
+    and changes no result.
 
     Returns
     -------

@@ -42,7 +42,6 @@ from segtool.cli.options import (
 from segtool.cli.run import run_files
 from segtool.cli.zstack import StitchThreshold, ZMode, ZSpacing
 from segtool.errors import SegtoolError, first_line
-from segtool.memory import return_freed_memory_promptly
 from segtool.pipeline.options import MAX_TILE, SEAM_HALO, ObjectOptions, TileOptions
 from segtool.tasks.predict import BAND_PIXELS, PredictTask
 from segtool.volume.stitch import STITCH_THRESHOLD
@@ -233,7 +232,6 @@ def predict(
     A Z stack (without --plane) is predicted plane by plane and its objects linked in 3-D (--z-mode).
     """
     batch = batch_options(ctx)
-    return_freed_memory_promptly()  # large images: freed tile buffers go back to the OS (segtool.memory)
     given_diameter = parse_diameter(diameter)
     if scale is not None and given_diameter is not None:
         fail("give --scale or --diameter, not both", code=EXIT_USAGE)

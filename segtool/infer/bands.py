@@ -24,6 +24,7 @@ import numpy as np
 from segtool.infer.predict import estimate_from_sample, scaled_objects
 from segtool.infer.instances import LABEL_CHANNELS, maps_to_labels, number_as_whole
 from segtool.infer.network import make_predictor, network_device_type, network_precision, prepared_net
+from segtool.memory import return_freed_memory_promptly
 from segtool.pipeline.bands import BandNetwork, LabelBand, label_rows_in_bands
 from segtool.pipeline.bigimage import BandModel, write_labels_in_bands
 from segtool.pipeline.options import BAND_TILE_MEMORY, SEAM_HALO, ObjectOptions, TileOptions, check_common
@@ -242,6 +243,9 @@ def predict_file_in_bands(
     InputError, ModelError, OutputError
     """
     config = model.config
+    # Bounded memory is this schedule's purpose: freed tile and band buffers go back to the OS at once (a
+    # process-wide malloc setting; see its docstring for the cost).
+    return_freed_memory_promptly()
 
     def count_tiles(shape: tuple[int, int]) -> int:
         return tiling.plan(config, shape, device_type=network_device_type(model.net), memory=BAND_TILE_MEMORY,
