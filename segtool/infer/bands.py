@@ -51,7 +51,7 @@ def predict_label_bands(
 
     The network maps come from :func:`segtool.pipeline.tiling.predict_tiled_rows`
     on the whole image's tile grid, so they are identical to the in-memory
-    path's. Post-processing runs on each band of ``band_rows`` rows plus
+    path's (with ``memory`` None: the same tile plan). Post-processing runs on each band of ``band_rows`` rows plus
     ``halo`` rows above and below; an object belongs to the band that holds
     its top row and is painted whole (it may reach into the next band's rows),
     so an object crossing a band edge stays one object. When an object reaches
@@ -204,7 +204,12 @@ def predict_file_in_bands(
     """Segment a large image band by band and write its labels as a tiled BigTIFF.
 
     :func:`segtool.pipeline.bigimage.write_labels_in_bands` with this model's
-    sizes, percentiles and :func:`predict_label_bands`.
+    sizes, percentiles and :func:`predict_label_bands`. Unless ``tiling``
+    names a tile, the halo tiles are planned under
+    :data:`segtool.pipeline.options.BAND_TILE_MEMORY` (smaller than in
+    memory, so 8192^2 stays under 1.5 GiB): their cores still match
+    whole-image inference, so the labels equal the in-memory run's up to
+    rounding (BENCHMARKS.md, "Memory").
 
     Parameters
     ----------

@@ -1,8 +1,9 @@
 """Post-processing an image too large for memory, band by band.
 
 :func:`label_rows_in_bands` takes the blended network maps as
-:func:`segtool.pipeline.tiling.predict_tiled_rows` streams them (the very same
-maps the in-memory path computes, since the tile grid is the whole image's)
+:func:`segtool.pipeline.tiling.predict_tiled_rows` streams them (on the whole
+image's tile grid, so with the same tile plan they are the very maps the
+in-memory path computes)
 and turns them into labels in horizontal bands:
 
 - each band of ``band_rows`` rows is post-processed together with ``halo``
