@@ -21,6 +21,10 @@ Conditions (every random draw seeded by the condition and the image's index):
 - ``scale0.5``, ``scale2``: image resized by 0.5 (anti-aliased) or 2 (linear), masks by nearest
   neighbour, predicted with ``--scale 2`` or ``--scale 0.5`` (back to the training size)
 
+A model with an input transform (``nuclei-he``: ``hematoxylin``) is scored on the transformed channel: the
+conditions change that grey channel, and the model runs on it as on an intensity image (the same network input
+as ``segtool predict`` gives it, untouched). Both models of a comparison are scored the same way.
+
 Usage::
 
     python bench/validation_conditions.py segtool/models/nuclei.pt runs/candidate.pt \\
@@ -32,6 +36,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -39,6 +44,7 @@ import torch
 from skimage.transform import rescale
 
 from segtool import appearance as look
+from segtool.intake import apply_input_transform
 from segtool.metrics import match_labels
 from segtool.pipeline.options import TileOptions
 from segtool.infer.predict import predict_image
@@ -101,6 +107,9 @@ def main() -> None:
         model, names, images, truths = load_validation(path, args.data)
         if model.config.in_channels != 1:
             raise SystemExit(f"{path}: a grey (one-channel) model is needed")
+        if model.config.input != "intensity":  # score on the channel the network reads (see the module docstring)
+            images = [apply_input_transform(image, model.config.input) for image in images]
+            model = replace(model, config=replace(model.config, input="intensity"))
         if first_names is None:
             first_names = names
         elif sorted(names) != sorted(first_names):
