@@ -21,8 +21,6 @@ The module prints nothing: reporting belongs to the caller.
 from __future__ import annotations
 
 import contextlib
-import copy
-import dataclasses
 import multiprocessing
 import os
 import signal
@@ -34,6 +32,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from segtool.errors import OutputExistsError, SegtoolError
+from segtool.outputs import allowing_overwrite
 
 __all__ = [
     "EXIT_OK",
@@ -249,7 +248,7 @@ def item_task(task: Task, path: Path, *, skip_existing: bool) -> Task:
     whole; outputs that appear later, written by another process, still turn
     the input into a skip (:func:`run_item`) when none existed at the start.
     """
-    if not skip_existing or getattr(task, "overwrite", True) or not dataclasses.is_dataclass(task):
+    if not skip_existing:
         return task
     try:
         planned, existing = _existing_outputs(task, path)
@@ -257,9 +256,7 @@ def item_task(task: Task, path: Path, *, skip_existing: bool) -> Task:
         return task  # run() reports it
     if not existing or len(existing) == len(planned):
         return task
-    clone = copy.copy(task)  # keeps what the task caches (a loaded model), unlike dataclasses.replace
-    object.__setattr__(clone, "overwrite", True)  # frozen dataclasses too
-    return clone
+    return allowing_overwrite(task)  # a shallow copy: keeps what the task caches, unlike dataclasses.replace
 
 
 def _done(task: Task, path: Path, figures: dict[str, Any], start: float) -> ItemResult:

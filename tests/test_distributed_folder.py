@@ -24,6 +24,7 @@ from segtool.cli.application import app
 from segtool.distributed.cluster import ClusterSpec, connect, parse_cluster, worker_count
 from segtool.errors import InputError
 from segtool.io import write_labels
+from segtool.outputs import OutputOptions
 from segtool.synthetic import make_nuclei_image
 
 SEGTOOL = [sys.executable, "-m", "segtool"]
@@ -126,21 +127,20 @@ def test_bad_cluster_options_exit_2(tmp_path, sample_images, extra, message):
 class _DiesOnce:
     """Writes <stem>.out per input (refusing to replace one, like segtool's tasks); ``bomb`` kills its worker once."""
 
-    output_dir: Path
+    output: OutputOptions
     marker: Path
-    overwrite: bool = False
 
     def planned_outputs(self, path: Path) -> dict[str, Path]:
-        return {"out": self.output_dir / f"{path.stem}.out"}
+        return {"out": self.output.path(path, ".out")}
 
     def run(self, path: Path) -> dict:
         out = self.planned_outputs(path)["out"]
-        if out.exists() and not self.overwrite:
+        if out.exists() and not self.output.overwrite:
             raise InputError(f"output exists: {out}")
         if path.stem == "bomb" and not self.marker.exists():
             self.marker.touch()
             os._exit(1)  # the worker process dies mid-task, as on a segfault or the OOM killer
-        self.output_dir.mkdir(exist_ok=True)
+        out.parent.mkdir(exist_ok=True)
         out.write_text(path.read_text())
         return {}
 
@@ -158,7 +158,7 @@ def test_a_worker_dying_mid_task_loses_nothing_even_on_one_worker(tmp_path):
     for name in names:
         (tmp_path / f"{name}.txt").write_text(name)
         inputs.append(tmp_path / f"{name}.txt")
-    task = _DiesOnce(tmp_path / "out", tmp_path / "died")
+    task = _DiesOnce(OutputOptions(tmp_path / "out"), tmp_path / "died")
     # One worker, restarted by its nanny: the replacement must get the task again.
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None,
                       host="127.0.0.1") as cluster, Client(cluster) as client:

@@ -18,6 +18,7 @@ from segtool.tasks.baseline import BaselineTask
 from segtool.tasks.baseline import BaselineOptions
 from segtool.errors import SegtoolError
 from segtool.io import read_labels
+from segtool.outputs import OutputOptions
 
 N_MUTANTS = 240
 
@@ -58,7 +59,7 @@ def sources() -> list[bytes]:
 def test_mutated_tiffs_fail_cleanly(tmp_path, sources):
     rng = np.random.default_rng(20261123)
     out = tmp_path / "out"
-    task = BaselineTask(output_dir=out, overwrite=True, options=BaselineOptions(min_size=20), save_overlay=True)
+    task = BaselineTask(output=OutputOptions(out, overwrite=True), options=BaselineOptions(min_size=20), save_overlay=True)
     outcomes = {"ok": 0, "error": 0}
     for i in range(N_MUTANTS):
         source = sources[i % len(sources)]

@@ -14,6 +14,7 @@ import pytest
 from segtool.batch import RunOptions, run_batch
 from segtool.tasks.predict import PredictTask
 from segtool.io import read_labels
+from segtool.outputs import OutputOptions
 from segtool.infer.predict import find_packaged_model
 from segtool.infer.network import load_for_inference
 
@@ -24,8 +25,8 @@ def model():
 
 
 def _task(model, out: Path, **changes) -> PredictTask:
-    options = dict(model_path=find_packaged_model(), device="cpu", threads=2, precision="fp32", output_dir=out,
-                   overwrite=False, save_prob=True)
+    options = dict(model_path=find_packaged_model(), device="cpu", threads=2, precision="fp32",
+                   output=OutputOptions(out), save_prob=True)
     options.update(changes)
     task = PredictTask(**options)
     task._model = model

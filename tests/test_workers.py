@@ -19,6 +19,7 @@ from segtool import publish
 from segtool.batch import EXIT_FAILED, EXIT_OK, WRITTEN_ELSEWHERE, RunOptions, run_batch
 from segtool.errors import OutputExistsError
 from segtool.io import atomic_output, read_labels, write_labels
+from segtool.outputs import OutputOptions
 from segtool.shard import Shard, parse_shard, select_shard
 
 SEGTOOL = [sys.executable, "-m", "segtool"]
@@ -66,17 +67,20 @@ def test_overwrite_still_replaces(tmp_path):
 class RacedTask:
     """Writes <stem>_labels.tif; while it writes, 'another process' publishes the same output first."""
 
-    out_dir: Path
-    overwrite: bool = False
+    output: OutputOptions
+
+    @property
+    def out_dir(self) -> Path:
+        return self.output.folder
 
     def planned_outputs(self, path):
-        return {"labels": self.out_dir / f"{path.stem}_labels.tif"}
+        return {"labels": self.output.path(path, "_labels.tif")}
 
     def run(self, path):
         target = self.planned_outputs(path)["labels"]
         labels = np.zeros((8, 8), np.uint16)
         labels[2:5, 2:5] = 1
-        with atomic_output(target, overwrite=self.overwrite) as temp:
+        with atomic_output(target, overwrite=self.output.overwrite) as temp:
             tifffile.imwrite(temp, labels)
             target.write_bytes(b"the other process's result")
         return {"objects": 1}
@@ -89,7 +93,7 @@ def _raced(tmp_path, count=3):
         paths[-1].write_text("x")
     out = tmp_path / "out"
     out.mkdir()
-    return paths, RacedTask(out)
+    return paths, RacedTask(OutputOptions(out))
 
 
 @pytest.mark.parametrize("jobs", [1, 2])

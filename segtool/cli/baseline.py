@@ -153,14 +153,13 @@ def baseline(
         from segtool.tasks.big import BigBaselineTask
 
         # blocks keep the fixed defaults: a size estimate would need the whole image's foreground
-        task = BigBaselineTask(block_size=batch.block_size, zarr=batch.zarr, output_dir=batch.output,
-                               overwrite=batch.overwrite, options=options, channel=channel, plane=plane)
+        task = BigBaselineTask(block_size=batch.block_size, zarr=batch.zarr, output=batch.outputs, options=options,
+                               channel=channel, plane=plane)
     elif batch.zarr:
         fail("--zarr writes big-image mode's labels: add --block-size N", code=2)
     else:
         task = BaselineTask(
-            output_dir=batch.output,
-            overwrite=batch.overwrite,
+            output=batch.outputs,
             options=options,
             save_background=save_background,
             save_corrected=save_corrected,

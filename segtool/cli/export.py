@@ -130,7 +130,7 @@ def export(
     except InputError as err:
         fail(str(err), code=EXIT_USAGE)
     batch = batch_options(ctx)
-    task = ExportTask(formats=chosen, output_dir=batch.output, overwrite=batch.overwrite, image=_checked_image(image),
+    task = ExportTask(formats=chosen, output=batch.outputs, image=_checked_image(image),
                       channel=channel, plane=plane, memory=_memory_guard(batch, "export"))
     _run_label_files(labels, task, batch, verb="export")
 
@@ -197,7 +197,7 @@ def measure(
     batch = batch_options(ctx)
     memory = _memory_guard(batch, "measure")
     if not summary:
-        task = ExportTask(formats=("csv",), output_dir=batch.output, overwrite=batch.overwrite, image=image,
+        task = ExportTask(formats=("csv",), output=batch.outputs, image=image,
                           channel=channel, plane=plane, memory=memory)
         _run_label_files(labels, task, batch, verb="measure")
     if batch.cluster is not None:

@@ -21,6 +21,7 @@ from segtool.batch import EXIT_USAGE, RunOptions
 from segtool.cli.messages import fail
 from segtool.errors import SegtoolError, first_line
 from segtool.memory import FIXED_BYTES, WORKING_BYTES, MemoryBudget, parse_memory_limit
+from segtool.outputs import OutputOptions
 from segtool.shard import Shard, parse_shard
 
 __all__ = [
@@ -265,6 +266,11 @@ class BatchOptions:
         """What :func:`segtool.batch.run_batch` needs of these options."""
         return RunOptions(on_error=OnError(self.on_error).value, skip_existing=self.skip_existing,
                           overwrite=self.overwrite, jobs=self.jobs, debug=self.debug)
+
+    @property
+    def outputs(self) -> OutputOptions:
+        """Where every task writes and whether it replaces (``-o``, ``--overwrite``), held whole by the task."""
+        return OutputOptions(folder=self.output, overwrite=self.overwrite)
 
 
 def batch_options(ctx: typer.Context) -> BatchOptions:

@@ -254,7 +254,7 @@ def predict(
 
         # Big-image mode runs the in-memory run's tile grid and scale (None: estimated once per image).
         task = BigPredictTask(model_path=model_path, block_size=batch.block_size, halo=halo, zarr=batch.zarr,
-                              output_dir=batch.output, overwrite=batch.overwrite, tiling=tiling, objects=objects,
+                              output=batch.outputs, tiling=tiling, objects=objects,
                               device=device.value, threads=threads, channel=channel, plane=plane,
                               precision=precision.value, diameter=given_diameter,
                               input_transform=loaded.config.input)
@@ -263,7 +263,7 @@ def predict(
     else:
         task = PredictTask(
             model_path=model_path, device=device.value, threads=threads, precision=precision.value,
-            output_dir=batch.output, overwrite=batch.overwrite, tiling=tiling, objects=objects,
+            output=batch.outputs, tiling=tiling, objects=objects,
             save_prob=save_prob, save_overlay=save_overlay, bands=bands, band_rows=band_rows, halo=halo,
             channel=channel, plane=plane, memory=_memory_guard(batch, bands), model_name=model_name,
             diameter=given_diameter, z_spacing=z_spacing, z_mode=z_mode, stitch_threshold=stitch_threshold,

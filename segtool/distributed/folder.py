@@ -41,6 +41,7 @@ from typing import Any
 
 from segtool.batch import ItemResult, Runner, RunOptions, Task, error_message, precheck_item, run_item
 from segtool.distributed.cluster import worker_count
+from segtool.outputs import OutputOptions, allowing_overwrite
 
 __all__ = ["cluster_runner", "run_on_cluster", "run_items", "with_absolute_paths"]
 
@@ -55,7 +56,7 @@ _GRACE_SECONDS = 10.0
 
 
 def with_absolute_paths(task: Task) -> Task:
-    """A copy of a dataclass task with every relative ``Path`` field made absolute.
+    """A copy of a dataclass task with every relative ``Path`` field (and its :class:`OutputOptions` folder) made absolute.
 
     Examples
     --------
@@ -64,13 +65,16 @@ def with_absolute_paths(task: Task) -> Task:
     ...     output_dir: Path | None
     >>> with_absolute_paths(Example(Path("out"))).output_dir.is_absolute()
     True
+    >>> with_absolute_paths(Example(OutputOptions(Path("out")))).output_dir.folder.is_absolute()
+    True
     """
     if not dataclasses.is_dataclass(task):
         return task
+    values = {f.name: getattr(task, f.name) for f in dataclasses.fields(task) if f.init}
     changes = {
-        f.name: getattr(task, f.name).absolute()
-        for f in dataclasses.fields(task)
-        if f.init and isinstance(getattr(task, f.name), Path) and not getattr(task, f.name).is_absolute()
+        name: value.absolute()
+        for name, value in values.items()
+        if isinstance(value, (Path, OutputOptions)) and value.absolute() != value
     }
     return dataclasses.replace(task, **changes) if changes else task
 
@@ -88,9 +92,7 @@ def _retry_safe(task: Task, *, skip_existing: bool = False) -> Task:
     """
     if skip_existing:
         return task
-    if dataclasses.is_dataclass(task) and any(f.name == "overwrite" and f.init for f in dataclasses.fields(task)):
-        return dataclasses.replace(task, overwrite=True)
-    return task
+    return allowing_overwrite(task)
 
 
 def cluster_runner(client: Any) -> Runner:

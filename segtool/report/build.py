@@ -19,6 +19,7 @@ from urllib.parse import quote
 from segtool import __version__
 from segtool.batch import ItemResult, RunOptions, run_batch
 from segtool.io import atomic_output, check_output_free
+from segtool.outputs import OutputOptions
 from segtool.report.collect import Entry
 from segtool.report.flags import FLAG_ORDER, FlagOptions, flag_rows
 from segtool.report.modelinfo import describe_model
@@ -192,7 +193,7 @@ def build_report(
     check_output_free(index, overwrite=overwrite)
     readable = [e for e in entries if e.status != "failed" and e.labels is not None]
     task = ReportTask(
-        output_dir=out_dir,
+        output=OutputOptions(out_dir, overwrite=True),  # thumbnails are always replaced; index.html follows --overwrite
         names={str(e.labels): f"{i:06d}" for i, e in enumerate(readable)},
         images={str(e.labels): str(e.image) for e in readable if e.image is not None},
         image_spec=image_spec, size=options.size, quality=options.quality,

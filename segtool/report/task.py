@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from segtool.errors import InputError, OutputError
+from segtool.outputs import OutputOptions
 
 __all__ = ["ReportTask", "THUMBS_DIR"]
 
@@ -26,8 +27,9 @@ class ReportTask:
 
     Attributes
     ----------
-    output_dir : Path
-        The report's folder; thumbnails go to its ``thumbs/``.
+    output : OutputOptions
+        ``folder``: the report's folder (thumbnails go to its ``thumbs/``);
+        ``overwrite``: replace thumbnails already there (a report rebuilt).
     names : dict of str to str
         Label path -> thumbnail name (unique within the report).
     images : dict of str to str
@@ -38,7 +40,7 @@ class ReportTask:
         Thumbnail side (px) and JPEG quality.
     """
 
-    output_dir: Path
+    output: OutputOptions
     names: dict[str, str] = field(default_factory=dict)
     images: dict[str, str] = field(default_factory=dict)
     image_spec: Path | None = None
@@ -46,7 +48,7 @@ class ReportTask:
     quality: int = 80
 
     def _thumb(self, path: Path, suffix: str = "") -> Path:
-        return self.output_dir / THUMBS_DIR / f"{self.names.get(str(path), path.stem)}{suffix}.jpg"
+        return self.output.folder / THUMBS_DIR / f"{self.names.get(str(path), path.stem)}{suffix}.jpg"
 
     def planned_outputs(self, path: Path) -> dict[str, Path]:
         return {"thumb": self._thumb(path)}
@@ -100,7 +102,7 @@ class ReportTask:
 
         data = encode_jpeg(rgb, quality=self.quality)
         try:
-            with atomic_output(target, overwrite=True) as temp:
+            with atomic_output(target, overwrite=self.output.overwrite) as temp:
                 temp.write_bytes(data)
         except OSError as err:
             raise OutputError(f"{target}: cannot write the thumbnail ({err.strerror or err})") from None

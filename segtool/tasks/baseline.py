@@ -6,9 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from segtool.inputs import output_path
 from segtool.io import read_image, write_float, write_labels, write_png
 from segtool.memory import MemoryBudget
+from segtool.outputs import OutputOptions
 
 __all__ = ["BaselineOptions", "BaselineTask"]
 
@@ -63,8 +63,7 @@ class BaselineOptions:
 class BaselineTask:
     """Per-file work of ``segtool baseline`` (picklable for ``--jobs``)."""
 
-    output_dir: Path | None
-    overwrite: bool
+    output: OutputOptions
     options: BaselineOptions
     save_background: bool = False
     save_corrected: bool = False
@@ -75,13 +74,13 @@ class BaselineTask:
     z_spacing: float | None = None  # Z stacks (no --plane) are segmented in 3-D
 
     def planned_outputs(self, path: Path) -> dict[str, Path]:
-        outputs = {"labels": output_path(path, "_labels.tif", output_dir=self.output_dir)}
+        outputs = {"labels": self.output.path(path, "_labels.tif")}
         if self.save_background:
-            outputs["background"] = output_path(path, "_background.tif", output_dir=self.output_dir)
+            outputs["background"] = self.output.path(path, "_background.tif")
         if self.save_corrected:
-            outputs["corrected"] = output_path(path, "_corrected.tif", output_dir=self.output_dir)
+            outputs["corrected"] = self.output.path(path, "_corrected.tif")
         if self.save_overlay:
-            outputs["overlay"] = output_path(path, "_overlay.png", output_dir=self.output_dir)
+            outputs["overlay"] = self.output.path(path, "_overlay.png")
         return outputs
 
     def run(self, path: Path) -> dict[str, Any]:
@@ -95,14 +94,14 @@ class BaselineTask:
         image = read_image(path, channel=self.channel, plane=self.plane, memory=self.memory)
         result = segment_baseline(image.data, **self.options.keywords())
         outputs = self.planned_outputs(path)
-        calibration = {"pixel_size": image.pixel_size, "unit": image.unit, "overwrite": self.overwrite}
+        calibration = {"pixel_size": image.pixel_size, "unit": image.unit, "overwrite": self.output.overwrite}
         write_labels(outputs["labels"], result.labels, **calibration)
         if self.save_background:
             write_float(outputs["background"], result.background, **calibration)
         if self.save_corrected:
             write_float(outputs["corrected"], result.corrected, **calibration)
         if self.save_overlay:
-            write_png(outputs["overlay"], outline_overlay(image.data, result.labels), overwrite=self.overwrite)
+            write_png(outputs["overlay"], outline_overlay(image.data, result.labels), overwrite=self.output.overwrite)
         hint = contrast_hint(result.labels, result.polarity)
         return {
             "objects": int(result.labels.max()),

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from segtool.errors import SegtoolError
-from segtool.inputs import output_path
+from segtool.outputs import OutputOptions
 from segtool.pipeline.options import ObjectOptions, TileOptions
 from segtool.tasks.baseline import BaselineOptions
 
@@ -56,7 +56,7 @@ class _BlockTask:
     """What both block tasks share: one labels output, the input opened in blocks, the labels written."""
 
     def planned_outputs(self, path: Path) -> dict[str, Path]:
-        return {"labels": output_path(path, labels_suffix(self.zarr), output_dir=self.output_dir)}
+        return {"labels": self.output.path(path, labels_suffix(self.zarr))}
 
     def open(self, path: Path, input_transform: str = "intensity"):
         """``path`` read lazily as a Dask array of ``block_size`` blocks (:func:`~segtool.distributed.blockio.open_blocks`)."""
@@ -71,7 +71,7 @@ class _BlockTask:
 
         writer = write_labels_zarr if self.zarr else write_labels_tiff
         writer(self.planned_outputs(path)["labels"], result.labels, n_objects=result.n_objects,
-               pixel_size=image.pixel_size, unit=image.unit, overwrite=self.overwrite)
+               pixel_size=image.pixel_size, unit=image.unit, overwrite=self.output.overwrite)
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,7 @@ class BigBaselineTask(_BlockTask):
 
     block_size: int
     zarr: bool
-    output_dir: Path | None
-    overwrite: bool
+    output: OutputOptions
     options: BaselineOptions = BaselineOptions()
     channel: int | None = None
     plane: int | None = None
@@ -114,8 +113,7 @@ class BigPredictTask(_BlockTask):
     block_size: int
     halo: int
     zarr: bool
-    output_dir: Path | None
-    overwrite: bool
+    output: OutputOptions
     tiling: TileOptions = TileOptions()  # the in-memory run's tile grid and scale (scale None: estimated per image)
     objects: ObjectOptions = ObjectOptions()
     device: str = "cpu"

@@ -9,6 +9,7 @@ from typing import Any
 from segtool.errors import InputError
 from segtool.io import Image, read_image, read_labels
 from segtool.memory import MemoryBudget
+from segtool.outputs import OutputOptions
 from segtool.pairing import find_image, mask_stem
 
 __all__ = ["FORMAT_SUFFIXES", "OVERLAY_SUFFIX", "ExportTask"]
@@ -31,8 +32,7 @@ class ExportTask:
     """Per-file work of ``segtool export`` / ``segtool measure`` (picklable for ``--jobs``)."""
 
     formats: tuple[str, ...]
-    output_dir: Path | None = None
-    overwrite: bool = False
+    output: OutputOptions = OutputOptions()
     image: Path | None = None
     channel: int | None = None
     plane: int | None = None
@@ -42,7 +42,7 @@ class ExportTask:
     def planned_outputs(self, path: Path) -> dict[str, Path]:
         if self.summary:
             return {}
-        folder = self.output_dir if self.output_dir is not None else path.parent
+        folder = self.output.folder if self.output.folder is not None else path.parent
         stem = mask_stem(path)
         outputs = {}
         for name in self.formats:
@@ -93,7 +93,7 @@ class ExportTask:
 
         outputs = self.planned_outputs(path)
         polygons = export.label_polygons(data) if {"imagej-roi", "geojson"} & set(self.formats) else None
-        keep = {"overwrite": self.overwrite}
+        keep = {"overwrite": self.output.overwrite}
         for name, target in outputs.items():
             if name == "labels":
                 write_labels(target, data, pixel_size=pixel_size, unit=unit, **keep)

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from segtool.errors import InputError
-from segtool.inputs import output_path
+from segtool.outputs import OutputOptions
 from segtool.pipeline.options import SEAM_HALO, ObjectOptions, TileOptions
 from segtool.volume.stitch import STITCH_THRESHOLD
 
@@ -76,8 +76,7 @@ class PredictTask:
     device: str
     threads: int | None
     precision: str
-    output_dir: Path | None
-    overwrite: bool
+    output: OutputOptions
     tiling: TileOptions = TileOptions()
     objects: ObjectOptions = ObjectOptions()
     save_prob: bool = False
@@ -117,11 +116,11 @@ class PredictTask:
         return self._model
 
     def planned_outputs(self, path: Path) -> dict[str, Path]:
-        outputs = {"labels": output_path(path, "_labels.tif", output_dir=self.output_dir)}
+        outputs = {"labels": self.output.path(path, "_labels.tif")}
         if self.save_prob:
-            outputs["prob"] = output_path(path, "_prob.tif", output_dir=self.output_dir)
+            outputs["prob"] = self.output.path(path, "_prob.tif")
         if self.save_overlay:
-            outputs["overlay"] = output_path(path, "_overlay.png", output_dir=self.output_dir)
+            outputs["overlay"] = self.output.path(path, "_overlay.png")
         return outputs
 
     @property
@@ -274,12 +273,12 @@ class PredictTask:
         # (labelled beside the network: the bands' labelling is already counted)
         stages["postprocess"] = stages.get("postprocess", 0.0) + time.perf_counter() - start
         start = time.perf_counter()
-        calibration = {"pixel_size": image.pixel_size, "unit": image.unit, "overwrite": self.overwrite}
+        calibration = {"pixel_size": image.pixel_size, "unit": image.unit, "overwrite": self.output.overwrite}
         write_labels(outputs["labels"], labels, **calibration)
         if self.save_prob:
             write_float(outputs["prob"], maps, **calibration)
         if self.save_overlay:
-            write_png(outputs["overlay"], outline_overlay(image.data, labels), overwrite=self.overwrite)
+            write_png(outputs["overlay"], outline_overlay(image.data, labels), overwrite=self.output.overwrite)
         stages["write"] = time.perf_counter() - start
         n_objects = int(labels.max()) if labels.size else 0
         return {
@@ -312,7 +311,7 @@ class PredictTask:
             outputs["labels"],
             prob_path=outputs.get("prob"),
             overlay_path=outputs.get("overlay"),
-            overwrite=self.overwrite,
+            overwrite=self.output.overwrite,
             band_rows=self.band_rows,
             halo=self.halo,
             tiling=self.tiling,  # scale None: estimated once, from a sample

@@ -47,14 +47,14 @@ def baseline_stack(task: Any, path: Path) -> dict[str, Any] | None:
     volume = read_volume(path, channel=task.channel, z_spacing=z_spacing)
     result = segment_baseline_3d(volume.data, z_spacing=volume.z_spacing, **task.options.fixed_size())
     outputs = task.planned_outputs(path)
-    keep = {"voxel_size": volume.voxel_size, "unit": volume.unit, "overwrite": task.overwrite}
+    keep = {"voxel_size": volume.voxel_size, "unit": volume.unit, "overwrite": task.output.overwrite}
     write_label_volume(outputs["labels"], result.labels, **keep)
     if "background" in outputs:
         write_float_volume(outputs["background"], result.fit.evaluate(), **keep)
     if "corrected" in outputs:
         write_float_volume(outputs["corrected"], result.corrected, **keep)
     if "overlay" in outputs:
-        write_png(outputs["overlay"], _middle_overlay(volume.data, result.labels), overwrite=task.overwrite)
+        write_png(outputs["overlay"], _middle_overlay(volume.data, result.labels), overwrite=task.output.overwrite)
     return {
         "objects": int(result.labels.max()),
         "threshold": round(float(result.threshold), 6),
@@ -84,7 +84,7 @@ def predict_stack_task(task: Any, path: Path) -> dict[str, Any] | None:
                                   objects=task.objects)
     outputs = task.planned_outputs(path)
     figures = predict_stack_file(path, task.model(), outputs["labels"], channel=task.channel, z_spacing=task.z_spacing,
-                                 options=options, overwrite=task.overwrite, overlay_path=outputs.get("overlay"))
+                                 options=options, overwrite=task.output.overwrite, overlay_path=outputs.get("overlay"))
     figures["predict_seconds"] = figures.pop("seconds")
     if task.diameter is not None:
         figures.update(diameter=task.diameter, diameter_source="given")
@@ -147,7 +147,7 @@ def export_stack(task: Any, path: Path) -> dict[str, Any] | None:
     if task.summary:
         return summary_row_3d(data, table, voxel_size=voxel_size, unit=unit)
     outputs = task.planned_outputs(path)
-    keep = {"overwrite": task.overwrite}
+    keep = {"overwrite": task.output.overwrite}
     for name, target in outputs.items():
         if name == "labels":
             write_label_volume(target, data, voxel_size=voxel_size, unit=unit, **keep)
