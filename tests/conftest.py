@@ -53,6 +53,17 @@ def one_torch_thread():
 
 
 @pytest.fixture(autouse=True)
+def _environment_as_found():
+    """Each test leaves ``os.environ`` as it found it: a Dask LocalCluster started by a test sets worker variables
+    (OMP_NUM_THREADS=1, MALLOC_TRIM_THRESHOLD_...) in this process, and later tests' subprocesses inherited them."""
+    before = dict(os.environ)
+    yield
+    for key in set(os.environ) - set(before):
+        del os.environ[key]
+    os.environ.update(before)
+
+
+@pytest.fixture(autouse=True)
 def _predict_on_torch(monkeypatch):
     """Tests run predict on torch, writing no ONNX copy to the user's cache (tests/test_onnx_backend.py covers that)."""
     monkeypatch.setenv("SEGTOOL_BACKEND", "torch")
