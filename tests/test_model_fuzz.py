@@ -19,7 +19,6 @@ import io
 import json
 import os
 import pickle
-import resource
 import struct
 import subprocess
 import sys
@@ -280,22 +279,39 @@ for name in sorted(os.listdir(corpus)):
         crash = None if result.exception is None or isinstance(result.exception, SystemExit) else repr(result.exception)
         print(json.dumps({"name": name, "command": command, "code": result.exit_code, "stdout": result.stdout,
                           "stderr": result.stderr, "crash": crash}), flush=True)
-print(json.dumps({"peak": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}), flush=True)
+print(json.dumps({"peak": _peak_kib() * 1024}), flush=True)
+"""
+
+
+#: Prepended to the code a capped child runs: its peak RSS since exec, in KiB.
+_PEAK_KIB = """
+def _peak_kib():
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
 """
 
 
 def run_capped(args: list[str], cwd: Path, env: dict[str, str], *, limit: int = GIB) -> tuple[int, str, str, int]:
-    """Run ``python ARGS`` with its data segment capped at ``limit``; (exit code, stdout, stderr, peak RSS)."""
+    """Run ``python ARGS`` with its data segment capped at ``limit``; (exit code, stdout, stderr, peak RSS).
+
+    ``ARGS`` is ``-c CODE ...`` or ``-m MODULE ...``.
+    """
     out, err = cwd.parent / f".{cwd.name}.stdout", cwd.parent / f".{cwd.name}.stderr"
-
-    def cap():
-        resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
-
+    if args[0] == "-m":  # python -m MODULE ARGS, as code that runs the module
+        args = ["-c", f"import runpy\nrunpy.run_module({args[1]!r}, run_name='__main__', alter_sys=True)", *args[2:]]
+    if args[0] != "-c":
+        raise ValueError("run_capped runs `python -c CODE ...` or `python -m MODULE ...`")
+    # The child caps itself and reports its own peak (VmHWM of its memory after exec): the rusage peak of a child
+    # starts at this process's size at the fork (Linux keeps it across exec), over 1 GiB late in the test suite.
+    hwm = cwd.parent / f".{cwd.name}.peak"
+    capped = (f"import atexit, resource\nresource.setrlimit(resource.RLIMIT_DATA, ({limit}, {limit}))\n"
+              f"atexit.register(lambda: open({str(hwm)!r}, 'w').write(str(_peak_kib())))\n{_PEAK_KIB}\n" + args[1])
     with open(out, "w") as fout, open(err, "w") as ferr:
-        proc = subprocess.Popen([sys.executable, *args], cwd=cwd, stdout=fout, stderr=ferr, stdin=subprocess.DEVNULL,
-                                preexec_fn=cap, env=env)
-        _, status, usage = os.wait4(proc.pid, 0)
-    return os.waitstatus_to_exitcode(status), out.read_text(), err.read_text(), usage.ru_maxrss * 1024
+        proc = subprocess.Popen([sys.executable, "-c", capped, *args[2:]], cwd=cwd, stdout=fout, stderr=ferr,
+                                stdin=subprocess.DEVNULL, env=env)
+        _, status, _ = os.wait4(proc.pid, 0)
+    peak = int(hwm.read_text()) * 1024 if hwm.exists() else 0
+    return os.waitstatus_to_exitcode(status), out.read_text(), err.read_text(), peak
 
 
 @pytest.fixture(scope="module")
