@@ -189,11 +189,7 @@ def write_labels_in_bands(
         return map_to_unit(block, low, high)
 
     def sample(rows: slice, cols: slice, step: int) -> np.ndarray:
-        # a band of rows at a time, so a thumbnail of the whole image never holds more than a band
-        chunk = step * max(1, 4096 // step)
-        parts = [np.asarray(raw_rows(top, min(rows.stop, top + chunk)))[::step, cols][:, ::step]
-                 for top in range(rows.start, rows.stop, chunk)]
-        return np.concatenate(parts)
+        return _read_strided(raw_rows, rows, cols, step)
 
     started = time.perf_counter()
     scale, size = network.choose_scale(sample, (height, width), (low, high))
@@ -275,11 +271,16 @@ def _write_overlay(path: Path, raw_rows, spool: RowSpool, height: int, width: in
     from segtool.overlay import outline_overlay
 
     step = max(1, math.ceil(max(height, width) / OVERLAY_MAX_SIDE))
-    chunk = max(step, (4096 // step) * step)
-    image_parts, label_parts = [], []
-    for top in range(0, height, chunk):
-        stop = min(height, top + chunk)
-        image_parts.append(np.asarray(raw_rows(top, stop))[::step, ::step].astype(np.float32))
-        label_parts.append(spool.read(top, stop)[::step, ::step].copy())
-    write_png(path, outline_overlay(np.concatenate(image_parts), np.concatenate(label_parts)), overwrite=overwrite)
+    whole = (slice(0, height), slice(0, width))
+    image = _read_strided(raw_rows, *whole, step).astype(np.float32)
+    labels = _read_strided(spool.read, *whole, step)
+    write_png(path, outline_overlay(image, labels), overwrite=overwrite)
     return step
+
+
+def _read_strided(read_rows: Callable[[int, int], np.ndarray], rows: slice, cols: slice, step: int) -> np.ndarray:
+    """Every ``step``-th row and column of ``rows, cols``, read a band of rows at a time (never the whole image)."""
+    chunk = step * max(1, 4096 // step)
+    parts = [np.asarray(read_rows(top, min(rows.stop, top + chunk)))[::step, cols][:, ::step]
+             for top in range(rows.start, rows.stop, chunk)]
+    return np.concatenate(parts)
