@@ -13,7 +13,7 @@ import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["ngff_calibration", "normalise_unit", "tiff_calibration", "tiff_z_spacing"]
+__all__ = ["ngff_axes", "ngff_calibration", "normalise_unit", "tiff_calibration", "tiff_z_spacing"]
 
 # Micrometres as files spell them: micro sign (U+00B5) or Greek mu (U+03BC), ImageJ's escaped form, words.
 _MICRON_SPELLINGS = ("um", "µm", "μm", "\\u00B5m", "micrometer", "micrometre", "microns", "micron")
@@ -94,6 +94,43 @@ def tiff_z_spacing(tif) -> float | None:
             return None
         return value if value > 0 and math.isfinite(value) else None
     return None
+
+
+def ngff_axes(axes: Sequence[Any] | None) -> str:
+    """One letter per axis of OME-Zarr ``multiscales`` axes (or Zarr dimension names); ``Q`` for an unknown one.
+
+    An axis named ``x``, ``y``, ``z``, ``t``, ``c`` (any case), ``time`` or
+    ``channel`` is that axis; otherwise its NGFF ``type`` decides for
+    ``channel`` and ``time`` (a ``space`` axis of another name is not
+    guessed: it could be any of the three). The Zarr stack reader and the Dask
+    block reader both read axes with this, so a file means the same in both.
+
+    Parameters
+    ----------
+    axes : sequence of dict or str, or None
+        NGFF 0.4/0.5 axis entries (``{"name": ..., "type": ...}``), or plain names.
+
+    Returns
+    -------
+    str
+        Empty when ``axes`` is None.
+
+    Examples
+    --------
+    >>> ngff_axes([{"name": "t", "type": "time"}, {"name": "ch", "type": "channel"}, {"name": "Z"}, "y", "x"])
+    'TCZYX'
+    >>> ngff_axes(["time", "depth", "y", "x"])
+    'TQYX'
+    """
+    letters = []
+    for axis in axes or ():
+        name, kind = (axis.get("name"), axis.get("type")) if isinstance(axis, Mapping) else (axis, None)
+        name = str(name or "").lower()
+        if name in ("x", "y", "z", "t", "c"):
+            letters.append(name.upper())
+        else:
+            letters.append({"time": "T", "channel": "C"}.get(name) or {"channel": "C", "time": "T"}.get(kind, "Q"))
+    return "".join(letters)
 
 
 def ngff_calibration(

@@ -136,3 +136,32 @@ def test_a_zarr_stack_is_calibrated_as_its_dask_blocks_are(tmp_path, multiscale_
     factor = 1.0 if multiscale_scale is None else 2.0
     assert info.pixel_size == (0.5 * factor, 0.25 * factor)
     assert info.unit == ("micron" if units[1] else None)
+
+
+@pytest.mark.parametrize(
+    "axes, expected_stack",
+    [
+        ([{"name": "z", "type": "space"}, {"name": "y"}, {"name": "x"}], True),
+        # "zz" used to read as Z in the stack reader (first letter) but as unknown in the Dask block reader
+        ([{"name": "zz", "type": "space"}, {"name": "y"}, {"name": "x"}], False),
+        # "time" used to read as T in the stack reader and as unknown in the block reader
+        ([{"name": "time"}, {"name": "y"}, {"name": "x"}], False),
+    ],
+)
+def test_zarr_axes_read_alike_as_a_stack_and_as_dask_blocks(tmp_path, axes, expected_stack):
+    import zarr
+    from segtool.calibration import ngff_axes
+    from segtool.distributed.blockio import open_blocks
+
+    root = tmp_path / "s.ome.zarr"
+    group = zarr.open_group(str(root), mode="w", zarr_format=2)
+    group.create_array("0", data=np.zeros((3, 8, 8), np.uint8), chunks=(1, 8, 8))
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": axes, "datasets": [{"path": "0", **_scale(1.0, 1.0, 1.0)}]}]
+    info = probe_stack(root)
+    assert (info is not None) == expected_stack
+    if expected_stack:
+        assert info.axes == "ZYX" and open_blocks(root, plane=1).data.shape == (8, 8)
+    else:
+        # not a Z stack: the block reader refuses the unknown or time axis without --plane, and reads a plane with it
+        assert ngff_axes(axes)[0] in "QT"
+        assert open_blocks(root, plane=2).data.shape == (8, 8)

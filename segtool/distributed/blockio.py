@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from segtool.calibration import ngff_calibration, tiff_calibration
+from segtool.calibration import ngff_axes, ngff_calibration, tiff_calibration
 from segtool.errors import InputError, first_line
 from segtool.intake import apply_input_transform, reads_colour, samples_last_to_input
 from segtool.io import (
@@ -406,9 +406,7 @@ def _zarr_image(zarr, node, component: str = ""):
         raise InputError(f"OME-Zarr dataset {dataset['path']!r} is not an array")
     axes_meta = multiscale.get("axes")
     if isinstance(axes_meta, list) and len(axes_meta) == array.ndim:
-        names = [a.get("name") if isinstance(a, dict) else a for a in axes_meta]
-        kinds = [a.get("type") if isinstance(a, dict) else None for a in axes_meta]
-        axes = "".join(_axis_letter(n, k) for n, k in zip(names, kinds))
+        axes = ngff_axes(axes_meta)
     elif axes_meta is None and array.ndim == 5:  # NGFF 0.1/0.2: always (t, c, z, y, x)
         axes = "TCZYX"
     else:
@@ -428,17 +426,10 @@ def _dimension_names(array) -> list | None:
     return list(names) if names is not None else None
 
 
-def _axis_letter(name, kind) -> str:
-    name = str(name or "").lower()
-    if name in ("x", "y", "z", "t", "c"):
-        return name.upper()
-    return {"channel": "C", "time": "T", "space": "Z"}.get(kind, "Q")
-
-
 def _named_axes(names, ndim: int) -> str:
     """Axis letters from dimension names; without y and x names, the last two axes are (Y, X)."""
     if names is not None and len(names) == ndim:
-        axes = "".join(_axis_letter(n, None) for n in names)
+        axes = ngff_axes(names)
         if axes.count("Y") == 1 and axes.count("X") == 1:
             return axes
     return "Q" * (ndim - 2) + "YX"

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from segtool.calibration import ngff_calibration, tiff_calibration, tiff_z_spacing
+from segtool.calibration import ngff_axes, ngff_calibration, tiff_calibration, tiff_z_spacing
 from segtool.errors import InputError, first_line
 from segtool.io import MAX_IMAGE_BYTES, is_zarr_store
 from segtool.labels import to_label_dtype
@@ -217,7 +217,7 @@ def _probe_zarr(path: Path):
     if not multiscales:
         return None
     first = multiscales[0]
-    names = "".join(str(a.get("name", "?") if isinstance(a, dict) else a)[0].upper() for a in first.get("axes", []))
+    names = ngff_axes(first.get("axes", []))
     dataset = first["datasets"][0]
     array_meta = {}
     for name in ("zarr.json", ".zarray"):
