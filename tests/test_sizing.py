@@ -55,7 +55,8 @@ def _stand_in(best_diameter: float):
 # ----------------------------------------------------------------------------- the ladder, with a stand-in network
 
 
-@pytest.mark.parametrize("radius, expected_scale", [(5, 2.0), (10, 1.0), (20, 0.5), (40, 0.25)])
+# small discs are enlarged only to the kept band's lower edge (20 / 1.3 px), large ones shrunk to 20 px
+@pytest.mark.parametrize("radius, expected_scale", [(5, 2.0 / 1.3), (10, 1.0), (20, 0.5), (40, 0.25)])
 def test_ladder_picks_the_scale_that_brings_discs_to_the_training_size(radius, expected_scale):
     image = _discs(8 * radius * 4, 4 * radius, radius)[None]
     est = estimate_size(image, _stand_in(20.0), target="three_class_distance", trained_diameter=20.0)
@@ -94,6 +95,22 @@ def test_keep_within_leaves_near_sizes_alone():
         SizeOptions(keep_within=0.5)
     with pytest.raises(InputError):
         SizeOptions(keep_within=1.5, keep_always=2.0)
+
+
+def test_small_objects_are_enlarged_only_to_the_edge_of_the_kept_band():
+    # 10 px objects, training diameter 20, band 1.3x: enlarged to 20 / 1.3 px, not to 20 px
+    assert scale_for_estimate(10.0, 20.0) == pytest.approx(2.0 / 1.3)
+    assert 10.0 * scale_for_estimate(10.0, 20.0) == pytest.approx(20.0 / SizeOptions().keep_always)
+    assert scale_for_estimate(10.0, 20.0, SizeOptions(enlarge_to_edge=False)) == pytest.approx(2.0)
+    # just below the band: a resize of a few per cent, never a shrink
+    assert 1.0 < scale_for_estimate(15.0, 20.0) < 1.03
+    # large objects still go to the training diameter, unless shrink_to_edge asks for the upper edge
+    assert scale_for_estimate(40.0, 20.0) == pytest.approx(0.5)
+    assert scale_for_estimate(40.0, 20.0, SizeOptions(shrink_to_edge=True)) == pytest.approx(0.5 * 1.3)
+    assert scale_for_estimate(2.0, 20.0) == SizeOptions().max_scale  # bounded as before
+    # the wider confidence band: a confidence test that fails enlarges to its always-kept edge
+    wide = SizeOptions(keep_within=3.0)
+    assert scale_for_estimate(10.0, 20.0, wide, own_confidence=0.8, best_confidence=0.9) == pytest.approx(2.0 / 1.3)
 
 
 def test_map_confidence_reads_foreground_only():
