@@ -290,3 +290,33 @@ def test_a_large_image_of_large_objects_is_shrunk_in_memory_instead_of_banded(tm
     assert records["large.tif"]["objects"] == int(truth.max())
     assert records["small.tif"]["bands"] > 0 and records["small.tif"]["scale"] == 1.0
     assert records["huge.tif"]["bands"] > 0
+
+
+def test_onnxruntime_gets_each_rung_alone_padded_only_to_the_network_grid():
+    # onnxruntime runs a small window as fast per pixel alone as in a batch: padding a 32² rung to the 384² one's
+    # size made the estimate of a 256² image cost three times what its windows need
+    from types import SimpleNamespace
+
+    from segtool.infer.sizing import estimate_for_model
+    from segtool.model.config import UNetConfig
+    from segtool.pipeline.options import ObjectOptions
+
+    config = UNetConfig(depth=2)
+    shapes = []
+
+    def predictor(tta=False):
+        def run(batch):
+            shapes.append(batch.shape)
+            fg = (batch[:, :1] > 0.5).astype(np.float32)
+            return np.concatenate([1 - fg, fg, np.zeros_like(fg), fg], axis=1)[:, : config.out_channels]
+        return run
+
+    net = SimpleNamespace(segtool_backend="onnxruntime", segtool_prepared=True, predictor=predictor)
+    model = SimpleNamespace(config=config, net=net)
+    image = _discs(256, 32, 8)[None]
+    estimate_for_model(image, model, objects=ObjectOptions().resolve(config), trained_diameter=16.0)
+    multiple = config.size_multiple
+    assert len(shapes) >= 3 and all(shape[0] == 1 for shape in shapes)
+    assert all(shape[2] % multiple == 0 and shape[3] % multiple == 0 for shape in shapes)
+    assert len({shape[2:] for shape in shapes}) == len(shapes)  # each at its own size, none padded to the largest
+    assert min(shape[2] for shape in shapes) <= 64
