@@ -320,3 +320,70 @@ def test_onnxruntime_gets_each_rung_alone_padded_only_to_the_network_grid():
     assert all(shape[2] % multiple == 0 and shape[3] % multiple == 0 for shape in shapes)
     assert len({shape[2:] for shape in shapes}) == len(shapes)  # each at its own size, none padded to the largest
     assert min(shape[2] for shape in shapes) <= 64
+
+
+
+def test_spots_inside_nuclei_are_not_taken_for_nuclei():
+    # the issue's mouse fibroblasts: chromocentres found at the fine rungs agree with each other and win on
+    # confidence; the nuclei that hold them, found whole at the coarse rungs, must win instead
+    from segtool.infer.sizing import RungView, choose_diameter, median_diameter as diameter_of
+
+    whole = slice(0, 640)
+    nuclei = label(_discs(640, 160, 50) > 0)  # 100 px nuclei, at the image's own size
+    spots = np.zeros_like(nuclei)
+    for cy in range(80, 640, 160):
+        for cx in range(80, 640, 160):
+            for dy, dx in ((-20, -20), (-20, 20), (20, -20), (20, 20), (0, 0)):
+                spots[cy + dy - 4 : cy + dy + 4, cx + dx - 4 : cx + dx + 4] = 1
+    spots = label(spots)
+    views, ladder = {}, []
+    for scale, labels, confidence in ((0.125, nuclei[::8, ::8], 0.8), (0.25, nuclei[::4, ::4], 0.8),
+                                      (1.0, spots, 0.95), (2.0, np.kron(spots, np.ones((2, 2), spots.dtype)), 0.95)):
+        views[scale] = RungView(scale, whole, whole, labels)
+        d, n = diameter_of(labels)
+        ladder.append((scale, n, d, confidence))
+    assert choose_diameter(ladder) == pytest.approx(9.0, rel=0.1)  # the spots, on confidence alone
+    assert choose_diameter(ladder, views=views) == pytest.approx(100.0, rel=0.1)
+
+def test_packed_small_nuclei_are_not_taken_for_parts_of_blobs():
+    # small nuclei that a coarse rung blurs into blobs cover most of each blob: they stay the objects
+    from segtool.infer.sizing import RungView, are_parts_of
+
+    whole = slice(0, 256)
+    blobs = np.zeros((64, 64), np.int32)
+    blobs[4:60, 4:60] = 1
+    packed = label(_discs(256, 16, 7.5) > 0)
+    assert not are_parts_of(RungView(1.0, whole, whole, packed), RungView(0.25, whole, whole, blobs))
+    spots = label(_discs(256, 48, 4) > 0)
+    assert are_parts_of(RungView(1.0, whole, whole, spots), RungView(0.25, whole, whole, blobs))
+
+
+def _nuclei_with_chromocentres(radius: float, seed: int):
+    """Synthetic nuclei (1024², 40 asked) with 6-12 blurred bright spots each, 3.5x the nucleoplasm: mouse nuclei."""
+    from scipy import ndimage as ndi
+
+    rng = np.random.default_rng(seed)
+    image, truth = make_nuclei_image((1024, 1024), n_nuclei=40, seed=seed, radius_range=(radius * 0.85, radius * 1.15),
+                                     touching=0.2, illumination="none")
+    image = image.astype(np.float32)
+    spots = np.zeros_like(image)
+    for k in range(1, int(truth.max()) + 1):
+        ys, xs = np.nonzero(truth == k)
+        picks = rng.integers(len(ys), size=int(rng.integers(6, 12)))
+        spots[ys[picks], xs[picks]] = 1.0
+    sigma = radius / 10
+    spots = ndi.gaussian_filter(spots, sigma) * (2 * np.pi * sigma**2)
+    image = ndi.gaussian_filter(image + spots * 2.5 * float(np.median(image[truth > 0])), 1.0)
+    return image, truth
+
+
+@pytest.mark.slow
+def test_nuclei_with_chromocentres_are_counted_as_nuclei(shipped):
+    from segtool.pipeline.options import TileOptions
+    from segtool.infer.predict import predict_image
+
+    image, truth = _nuclei_with_chromocentres(30.0, seed=23)
+    result = predict_image(image, shipped, tiling=TileOptions(scale=None))
+    n_true = int(truth.max())
+    assert result.size.diameter == pytest.approx(60.0, rel=0.3)
+    assert abs(result.n_objects - n_true) <= 0.25 * n_true  # not one object per chromocentre (6-12 each)

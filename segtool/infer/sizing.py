@@ -34,8 +34,14 @@ import numpy as np
 from segtool.errors import InputError
 
 __all__ = [
+    "PARTS_COVER",
+    "PARTS_INSIDE",
+    "PARTS_SIZE_RATIO",
+    "RungView",
     "SizeEstimate",
     "SizeOptions",
+    "are_parts_of",
+    "part_shares",
     "choose_diameter",
     "choose_window",
     "estimate_for_model",
@@ -345,7 +351,7 @@ def estimate_size(
         raise InputError(f"image must be (C, H, W), got shape {normalized.shape}")
     if not (math.isfinite(trained_diameter) and trained_diameter > 0):
         raise InputError(f"training diameter must be positive, got {trained_diameter!r}")
-    rungs, windows = [], []
+    rungs, windows, places = [], [], []
     for scale in sorted(options.scales):
         side = int(math.ceil(options.window / scale))
         rows, cols = choose_window(normalized, side)
@@ -355,16 +361,20 @@ def estimate_size(
             continue  # too few pixels for the network to see anything
         rungs.append(float(scale))
         windows.append(_shrink_or_resize(window, scale, size))
+        places.append((rows, cols))
     # The rungs up to the image's own size go through the network together; enlarging (the costliest rung) only
     # when the image's own size does not already show objects of about the training size.
     first = [k for k, scale in enumerate(rungs) if scale <= 1.0]
-    ladder = _measure([rungs[k] for k in first], segment([windows[k] for k in first]), target)
+    views: dict[float, RungView] = {}
+    ladder = _measure([rungs[k] for k in first], segment([windows[k] for k in first]), target,
+                      [places[k] for k in first], views)
     own = [step for step in ladder if step[0] == 1.0]
     enlarge = not own or own[0][1] < options.min_objects or own[0][2] < trained_diameter / options.agreement
     rest = [k for k, scale in enumerate(rungs) if scale > 1.0] if enlarge else []
     if rest:
-        ladder += _measure([rungs[k] for k in rest], segment([windows[k] for k in rest]), target)
-    vote = _vote(ladder, options)
+        ladder += _measure([rungs[k] for k in rest], segment([windows[k] for k in rest]), target,
+                           [places[k] for k in rest], views)
+    vote = _vote(ladder, options, views)
     if vote is None:
         return SizeEstimate(diameter=None, scale=1.0, ladder=tuple(ladder))
     confidence, diameter = vote
@@ -374,7 +384,107 @@ def estimate_size(
     return SizeEstimate(diameter=diameter, scale=scale, ladder=tuple(ladder))
 
 
-def choose_diameter(ladder, options: SizeOptions = SizeOptions()) -> float | None:
+#: A coarser agreeing pair overrides a finer one only when its objects are at least this many times as wide.
+PARTS_SIZE_RATIO = 2.0
+#: Fine objects are parts of coarse ones when at least this share of their centres lies inside coarse objects ...
+PARTS_INSIDE = 0.7
+#: ... and they cover at most this share of the coarse objects' area (packed small nuclei, which a coarse rung
+#: blurs into one blob, cover most of it; chromocentres or nucleoli a small part).
+PARTS_COVER = 0.6
+
+
+@dataclass(frozen=True)
+class RungView:
+    """What one rung of the ladder saw: its scale, its window in the image, and its labels (at the rung's scale)."""
+
+    scale: float
+    rows: slice
+    cols: slice
+    labels: np.ndarray
+
+
+def are_parts_of(fine: RungView, coarse: RungView, *, min_objects: int = 3) -> bool:
+    """Whether the objects ``fine`` found are parts of the objects ``coarse`` found, where their windows overlap.
+
+    Parts: at least :data:`PARTS_INSIDE` of the fine objects' centres fall
+    inside coarse objects, and the fine objects cover at most
+    :data:`PARTS_COVER` of the coarse objects' area. Bright spots inside
+    nuclei pass; small nuclei packed into what a coarse rung sees as one blob
+    cover most of it and do not.
+
+    Examples
+    --------
+    >>> big = np.zeros((40, 40), np.int32); big[4:36, 4:36] = 1          # one nucleus, at scale 0.25
+    >>> spots = np.zeros((160, 160), np.int32)                             # its chromocentres, at scale 1
+    >>> for k, (y, x) in enumerate([(40, 40), (40, 100), (100, 60), (110, 110)], start=1):
+    ...     spots[y - 4:y + 4, x - 4:x + 4] = k
+    >>> whole = slice(0, 160)
+    >>> are_parts_of(RungView(1.0, whole, whole, spots), RungView(0.25, whole, whole, big))
+    True
+    >>> packed = np.zeros((160, 160), np.int32)                            # small nuclei filling the blob
+    >>> for k in range(16):
+    ...     y, x = 32 + 32 * (k // 4), 32 + 32 * (k % 4)
+    ...     packed[y - 14:y + 14, x - 14:x + 14] = k + 1
+    >>> are_parts_of(RungView(1.0, whole, whole, packed), RungView(0.25, whole, whole, big))
+    False
+    """
+    shares = part_shares(fine, coarse, min_objects=min_objects)
+    return shares is not None and shares[0] >= PARTS_INSIDE and shares[1] <= PARTS_COVER
+
+
+def part_shares(fine: RungView, coarse: RungView, *, min_objects: int = 3) -> tuple[float, float] | None:
+    """(share of fine objects' centres inside coarse objects, share of the coarse objects' area fine objects cover).
+
+    Over the overlap of the two windows (see :func:`are_parts_of`); None
+    when they do not overlap, or it holds no coarse object or fewer than
+    ``min_objects`` fine ones.
+
+    Examples
+    --------
+    >>> coarse = np.zeros((10, 10), np.int32); coarse[2:8, 2:8] = 1
+    >>> fine = np.zeros((20, 20), np.int32); fine[5:7, 5:7] = 1; fine[10:12, 10:12] = 2; fine[13:15, 5:7] = 3
+    >>> whole = slice(0, 20)
+    >>> [round(v, 2) for v in part_shares(RungView(1.0, whole, whole, fine), RungView(0.5, whole, whole, coarse))]
+    [1.0, 0.08]
+    """
+    from scipy import ndimage as ndi
+
+    top, bottom = max(fine.rows.start, coarse.rows.start), min(fine.rows.stop, coarse.rows.stop)
+    left, right = max(fine.cols.start, coarse.cols.start), min(fine.cols.stop, coarse.cols.stop)
+    if bottom <= top or right <= left or not fine.labels.any() or not coarse.labels.any():
+        return None
+    # fine objects' centres, in image pixels, those inside the overlap
+    index = np.arange(1, int(fine.labels.max()) + 1)
+    present = index[np.bincount(fine.labels.ravel(), minlength=index.size + 1)[1:] > 0]
+    centres = np.asarray(ndi.center_of_mass(fine.labels > 0, fine.labels, present), dtype=np.float64).reshape(-1, 2)
+    ys = (centres[:, 0] + 0.5) / fine.scale + fine.rows.start
+    xs = (centres[:, 1] + 0.5) / fine.scale + fine.cols.start
+    keep = (ys >= top) & (ys < bottom) & (xs >= left) & (xs < right)
+    if int(keep.sum()) < min_objects:
+        return None
+    inside = coarse.labels[_to_grid(ys[keep], coarse.rows.start, coarse.scale, coarse.labels.shape[0]),
+                           _to_grid(xs[keep], coarse.cols.start, coarse.scale, coarse.labels.shape[1])] > 0
+    # the coarse objects' pixels in the overlap, looked up on the fine grid
+    rows = np.arange(_to_grid(top, coarse.rows.start, coarse.scale, coarse.labels.shape[0]),
+                     _to_grid(bottom - 1, coarse.rows.start, coarse.scale, coarse.labels.shape[0]) + 1)
+    cols = np.arange(_to_grid(left, coarse.cols.start, coarse.scale, coarse.labels.shape[1]),
+                     _to_grid(right - 1, coarse.cols.start, coarse.scale, coarse.labels.shape[1]) + 1)
+    region = coarse.labels[np.ix_(rows, cols)] > 0
+    if not region.any():
+        return None
+    fine_rows = _to_grid((rows + 0.5) / coarse.scale + coarse.rows.start, fine.rows.start, fine.scale, fine.labels.shape[0])
+    fine_cols = _to_grid((cols + 0.5) / coarse.scale + coarse.cols.start, fine.cols.start, fine.scale, fine.labels.shape[1])
+    covered = (fine.labels[np.ix_(fine_rows, fine_cols)] > 0)[region]
+    return float(inside.mean()), float(covered.mean())
+
+
+def _to_grid(position, start: int, scale: float, length: int):
+    """Image coordinate(s) -> index on a rung's grid whose window starts at ``start``, clipped to it."""
+    index = np.floor((np.asarray(position, dtype=np.float64) - start) * scale).astype(np.int64)
+    return np.clip(index, 0, length - 1)
+
+
+def choose_diameter(ladder, options: SizeOptions = SizeOptions(), views: dict | None = None) -> float | None:
     """The diameter the ladder's passes agree on (see :func:`estimate_size`); None when no pass found objects.
 
     Two neighbouring rungs *agree* when the diameters they measured, in the
@@ -388,9 +498,17 @@ def choose_diameter(ladder, options: SizeOptions = SizeOptions()) -> float | Non
     :attr:`SizeOptions.min_objects` objects take part only when no rung has
     that many.
 
+    With ``views`` (each rung's :class:`RungView`, by scale), whole objects
+    win over their parts: when a finer agreeing pair wins on confidence but
+    its objects are parts of the objects of a coarser pair at least
+    :data:`PARTS_SIZE_RATIO` times as wide (:func:`are_parts_of`: bright
+    chromocentres inside mouse nuclei), the coarser pair's diameter is taken.
+
     Parameters
     ----------
     ladder : sequence of (scale, objects, median diameter in network pixels, confidence)
+    options : SizeOptions, optional
+    views : dict of float to RungView, optional
 
     Examples
     --------
@@ -399,12 +517,13 @@ def choose_diameter(ladder, options: SizeOptions = SizeOptions()) -> float | Non
     >>> choose_diameter([(0.125, 9, 10.0, 0.9), (0.25, 9, 20.0, 0.93), (0.5, 40, 18.0, 0.8), (1.0, 90, 16.0, 0.7)])
     80.0
     """
-    vote = _vote(ladder, options)
+    vote = _vote(ladder, options, views)
     return None if vote is None else vote[1]
 
 
-def _vote(ladder, options: SizeOptions) -> tuple[float, float] | None:
-    """(confidence, diameter) of the winner of :func:`choose_diameter`."""
+def _vote(ladder, options: SizeOptions, views=None) -> tuple[float, float] | None:
+    """(confidence, diameter) of the winner of :func:`choose_diameter`; with the rungs' ``views``, whole objects
+    win over their parts (:func:`are_parts_of`)."""
     voters = [step for step in ladder if step[1] >= options.min_objects] or [step for step in ladder if step[1] > 0]
     if not voters:
         return None
@@ -414,9 +533,16 @@ def _vote(ladder, options: SizeOptions) -> tuple[float, float] | None:
             continue  # not neighbours: a rung between them found too few objects
         d_coarse, d_fine = coarser[2] / coarser[0], finer[2] / finer[0]
         if d_coarse > 0 and d_fine > 0 and max(d_coarse, d_fine) <= options.agreement * min(d_coarse, d_fine):
-            pairs.append(((coarser[3] + finer[3]) / 2.0, math.sqrt(d_coarse * d_fine)))
+            pairs.append(((coarser[3] + finer[3]) / 2.0, math.sqrt(d_coarse * d_fine), coarser[0], finer[0]))
     if pairs:
-        confidence, diameter = max(pairs)
+        confidence, diameter, fine_rung, _ = max(pairs)
+        if views:
+            # Bright spots inside large nuclei (chromocentres) are objects of their own size at the fine rungs, often
+            # found more confidently than the nuclei: a coarser agreeing pair whose objects hold them wins.
+            for other in sorted(pairs, reverse=True):
+                if other[1] >= PARTS_SIZE_RATIO * diameter and are_parts_of(views[fine_rung], views[other[3]]):
+                    confidence, diameter = other[0], other[1]
+                    break
         return float(confidence), float(diameter)
     best = max(voters, key=lambda step: step[3])
     return float(best[3]), float(best[2] / best[0])
@@ -468,11 +594,13 @@ def scale_for_estimate(diameter: float, trained_diameter: float, options: SizeOp
     return float(min(options.max_scale, max(options.min_scale, factor)))
 
 
-def _measure(scales, results, target: str) -> list[tuple[float, int, float, float]]:
+def _measure(scales, results, target: str, places=None, views=None) -> list[tuple[float, int, float, float]]:
     steps = []
-    for scale, (maps, labels) in zip(scales, results):
+    for k, (scale, (maps, labels)) in enumerate(zip(scales, results)):
         diameter, count = median_diameter(labels)
         steps.append((scale, count, diameter, map_confidence(maps, target) if count else 0.0))
+        if views is not None:
+            views[scale] = RungView(scale, places[k][0], places[k][1], labels)
     return steps
 
 
