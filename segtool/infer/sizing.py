@@ -402,6 +402,16 @@ class RungView:
     cols: slice
     labels: np.ndarray
 
+    def grid(self, position, axis: int) -> np.ndarray:
+        """Image coordinates along ``axis`` (0 rows, 1 columns) -> indices on this rung's grid, clipped to it."""
+        start = (self.rows, self.cols)[axis].start
+        index = np.floor((np.asarray(position, dtype=np.float64) - start) * self.scale).astype(np.int64)
+        return np.clip(index, 0, self.labels.shape[axis] - 1)
+
+    def image(self, index, axis: int) -> np.ndarray:
+        """Indices on this rung's grid along ``axis`` -> image coordinates of the pixels' centres."""
+        return (np.asarray(index, dtype=np.float64) + 0.5) / self.scale + (self.rows, self.cols)[axis].start
+
 
 def are_parts_of(fine: RungView, coarse: RungView, *, min_objects: int = 3) -> bool:
     """Whether the objects ``fine`` found are parts of the objects ``coarse`` found, where their windows overlap.
@@ -457,31 +467,20 @@ def part_shares(fine: RungView, coarse: RungView, *, min_objects: int = 3) -> tu
     index = np.arange(1, int(fine.labels.max()) + 1)
     present = index[np.bincount(fine.labels.ravel(), minlength=index.size + 1)[1:] > 0]
     centres = np.asarray(ndi.center_of_mass(fine.labels > 0, fine.labels, present), dtype=np.float64).reshape(-1, 2)
-    ys = (centres[:, 0] + 0.5) / fine.scale + fine.rows.start
-    xs = (centres[:, 1] + 0.5) / fine.scale + fine.cols.start
+    ys, xs = fine.image(centres[:, 0], 0), fine.image(centres[:, 1], 1)
     keep = (ys >= top) & (ys < bottom) & (xs >= left) & (xs < right)
     if int(keep.sum()) < min_objects:
         return None
-    inside = coarse.labels[_to_grid(ys[keep], coarse.rows.start, coarse.scale, coarse.labels.shape[0]),
-                           _to_grid(xs[keep], coarse.cols.start, coarse.scale, coarse.labels.shape[1])] > 0
+    inside = coarse.labels[coarse.grid(ys[keep], 0), coarse.grid(xs[keep], 1)] > 0
     # the coarse objects' pixels in the overlap, looked up on the fine grid
-    rows = np.arange(_to_grid(top, coarse.rows.start, coarse.scale, coarse.labels.shape[0]),
-                     _to_grid(bottom - 1, coarse.rows.start, coarse.scale, coarse.labels.shape[0]) + 1)
-    cols = np.arange(_to_grid(left, coarse.cols.start, coarse.scale, coarse.labels.shape[1]),
-                     _to_grid(right - 1, coarse.cols.start, coarse.scale, coarse.labels.shape[1]) + 1)
+    rows = np.arange(coarse.grid(top, 0), coarse.grid(bottom - 1, 0) + 1)
+    cols = np.arange(coarse.grid(left, 1), coarse.grid(right - 1, 1) + 1)
     region = coarse.labels[np.ix_(rows, cols)] > 0
     if not region.any():
         return None
-    fine_rows = _to_grid((rows + 0.5) / coarse.scale + coarse.rows.start, fine.rows.start, fine.scale, fine.labels.shape[0])
-    fine_cols = _to_grid((cols + 0.5) / coarse.scale + coarse.cols.start, fine.cols.start, fine.scale, fine.labels.shape[1])
-    covered = (fine.labels[np.ix_(fine_rows, fine_cols)] > 0)[region]
+    on_fine = fine.labels[np.ix_(fine.grid(coarse.image(rows, 0), 0), fine.grid(coarse.image(cols, 1), 1))]
+    covered = (on_fine > 0)[region]
     return float(inside.mean()), float(covered.mean())
-
-
-def _to_grid(position, start: int, scale: float, length: int):
-    """Image coordinate(s) -> index on a rung's grid whose window starts at ``start``, clipped to it."""
-    index = np.floor((np.asarray(position, dtype=np.float64) - start) * scale).astype(np.int64)
-    return np.clip(index, 0, length - 1)
 
 
 def choose_diameter(ladder, options: SizeOptions = SizeOptions(), views: dict | None = None) -> float | None:
