@@ -326,7 +326,8 @@ def test_onnxruntime_gets_each_rung_alone_padded_only_to_the_network_grid():
 def test_spots_inside_nuclei_are_not_taken_for_nuclei():
     # the mouse fibroblasts: chromocentres found at the fine rungs agree with each other and win on
     # confidence; the nuclei that hold them, found whole at the coarse rungs, must win instead
-    from segtool.infer.sizing import RungView, choose_diameter, median_diameter as diameter_of
+    from segtool.infer.parts import RungView
+    from segtool.infer.sizing import choose_diameter, median_diameter as diameter_of
 
     whole = slice(0, 640)
     nuclei = label(_discs(640, 160, 50) > 0)  # 100 px nuclei, at the image's own size
@@ -347,7 +348,7 @@ def test_spots_inside_nuclei_are_not_taken_for_nuclei():
 
 def test_packed_small_nuclei_are_not_taken_for_parts_of_blobs():
     # small nuclei that a coarse rung blurs into blobs cover most of each blob: they stay the objects
-    from segtool.infer.sizing import RungView, are_parts_of
+    from segtool.infer.parts import RungView, are_parts_of
 
     whole = slice(0, 256)
     blobs = np.zeros((64, 64), np.int32)
