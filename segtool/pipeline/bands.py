@@ -252,6 +252,7 @@ def _label_bands(for_rows, buffer, ahead, height, width, band_rows, halo, max_ex
                 rows_in_image = max(0, min(maps.shape[1], height - start))
                 if rows_in_image:
                     buffer.append(start, maps[:, :rows_in_image, :width])
+                del maps  # copied: not held while the network computes the next rows
             if buffer.stop == height and not ahead.started:
                 # The network has finished, so the cores it used are free: what is left is labelled on two
                 # threads (the labelling releases the GIL), in two bands of equal height when this band has not
