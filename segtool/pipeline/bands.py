@@ -337,12 +337,10 @@ def _maps_at_image_size(stream, size: tuple[int, int], shape: tuple[int, int]):
         if rows <= 0:
             continue
         maps = maps[:, :rows, : size[1]]
-        if tail is None:
-            tail, tail_start = maps[:, :0], start
 
         def held(first: int, a: int = 0, b: int = size[1]) -> np.ndarray:
             """Network rows ``first:`` of the tail and this tile row, columns ``a:b``."""
-            if first >= start:
+            if tail is None or first >= start:
                 return maps[:, first - start :, a:b]
             return np.concatenate([tail[:, first - tail_start :, a:b], maps[:, :, a:b]], axis=1)
 
