@@ -225,8 +225,8 @@ def label_rows_in_bands(
 
     max_extra = 3 * halo
     # Room for a band's window grown to its largest plus one tile row of maps arriving: growing the buffer would hold
-    # the old and the new array at once (0.3 GiB at 20000 wide). Rows never written are never resident, so the room
-    # costs no memory until a band needs it.
+    # the old and the new array at once. Rows never written are never resident, so the room costs no memory until a
+    # band needs it.
     buffer = _RowBuffer(channels, width, capacity=band_rows + 2 * halo + max_extra + int(tile_hw[0] / scale) + 8)
     # The network fills the next rows while this thread labels the current band.
     for_rows = prefetch(stream, depth=1)
