@@ -9,6 +9,7 @@ from segtool.errors import InputError, ModelError
 from segtool.model.config import UNetConfig
 from segtool.pipeline.bands import BandNetwork, label_rows_in_bands
 from segtool.pipeline.options import TileOptions
+from segtool.pipeline.resize import RESIZE_COLUMNS, resized_rows, resized_span, span_source
 
 
 def _disks(shape=(200, 90), seed=0):
@@ -86,3 +87,35 @@ def test_bands_keep_only_the_channels_the_labelling_reads_unless_maps_are_kept()
     expected = label(image > 0.5)
     for bands in (kept, lean):
         np.testing.assert_array_equal(np.concatenate([band.labels for band in bands]), expected)
+
+
+@pytest.mark.parametrize("scale", [0.55, 1.8])
+def test_bands_at_a_scale_give_the_whole_images_resize_there_and_back(scale):
+    from segtool.infer.sizing import resize_channels
+
+    # Wider than one block of the resize (RESIZE_COLUMNS) at the network's scale, so the blocks meet inside.
+    image = np.random.default_rng(1).random((70, 1300)).astype(np.float32)
+    size = tuple(round(n * scale) for n in image.shape)
+    plan = TileOptions(tile=64, tile_halo=8).plan(UNetConfig(depth=2, base_channels=4, patch_size=32), size)
+    network = BandNetwork(predictor=lambda batch: batch.copy(), label=lambda maps: label(maps[0] > 0.5).astype(np.uint32),
+                          plan=plan, in_channels=1, out_channels=1, scale=scale)
+    bands = list(label_rows_in_bands(lambda a, b: image[a:b], image.shape, network, band_rows=16, halo=8,
+                                     keep_maps=True))
+    maps = np.concatenate([band.maps for band in bands], axis=1)
+    expected = resize_channels(resize_channels(image[np.newaxis], size), image.shape)
+    assert maps.shape == expected.shape
+    assert float(np.abs(maps - expected).max()) < 1e-5
+
+
+@pytest.mark.parametrize("size", [(33, 2100), (150, 2900)])
+def test_resized_rows_equal_one_resize_of_the_whole_width(size):
+    # Block by block of columns gives the very values of one call on the whole width (the labels of an enlarged
+    # image do not change with the blocks).
+    image = np.random.default_rng(2).random((2, 90, 2500)).astype(np.float32)
+    shrinking = size[0] < 90 or size[1] < 2500
+    a, b = span_source(90, size[0], 7, 25, shrinking=shrinking)
+    whole = resized_span(image[:, a:b], (a, 0), (90, 2500), size, (7, 0), (25, size[1]), shrinking=shrinking)
+    for columns in (1000, 333, RESIZE_COLUMNS):
+        blocks = resized_rows(lambda c0, c1: image[:, a:b, c0:c1], a, (90, 2500), size, (7, 25), shrinking=shrinking,
+                              columns=columns)
+        assert np.array_equal(blocks, whole)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import gc
 import threading
 import time
+import weakref
 
 import pytest
 
@@ -137,3 +139,30 @@ def test_prefetch_keeps_order_and_reraises():
         for x in prefetch(broken()):
             got.append(x)
     assert got == [1]
+
+
+
+def test_prefetch_lets_go_of_an_item_while_the_next_is_computed():
+    # The band schedule streams tile rows of maps (100+ MB each) through prefetch: an item the consumer has
+    # dropped must not stay alive on either side of the queue while the next one is computed.
+    class Item:
+        pass
+
+    refs, released = [], []
+
+    def items():
+        for _ in range(3):
+            if refs:  # computing the next item: the consumer drops the last one and waits
+                deadline = time.monotonic() + 5
+                while refs[-1]() is not None and time.monotonic() < deadline:
+                    gc.collect()
+                    time.sleep(0.01)
+                released.append(refs[-1]() is None)
+            item = Item()
+            refs.append(weakref.ref(item))
+            yield item
+            del item
+
+    for item in prefetch(items(), depth=1):
+        del item
+    assert released == [True, True]

@@ -37,7 +37,7 @@ import numpy as np
 from segtool.errors import InputError, ModelError
 from segtool.pipeline.blend import timed_predictor
 from segtool.pipeline.options import SEAM_HALO, TilePlan
-from segtool.pipeline.resize import resized_span, span_source
+from segtool.pipeline.resize import resized_rows, span_source
 from segtool.pipeline.stream import prefetch
 from segtool.pipeline.tiling import TileCallback, pad_mode, predict_tiled_rows, reflect_rows
 
@@ -223,8 +223,11 @@ def label_rows_in_bands(
     if scale != 1.0:
         stream = _maps_at_image_size(stream, (size_h, size_w), (height, width))
 
-    buffer = _RowBuffer(channels, width, capacity=band_rows + 2 * halo + int(tile_hw[0] / scale) + 8)
     max_extra = 3 * halo
+    # Room for a band's window grown to its largest plus one tile row of maps arriving: growing the buffer would hold
+    # the old and the new array at once. Rows never written are never resident, so the room costs no memory until a
+    # band needs it.
+    buffer = _RowBuffer(channels, width, capacity=band_rows + 2 * halo + max_extra + int(tile_hw[0] / scale) + 8)
     # The network fills the next rows while this thread labels the current band.
     for_rows = prefetch(stream, depth=1)
     ahead = _LookAhead(label)
@@ -252,6 +255,7 @@ def _label_bands(for_rows, buffer, ahead, height, width, band_rows, halo, max_ex
                 rows_in_image = max(0, min(maps.shape[1], height - start))
                 if rows_in_image:
                     buffer.append(start, maps[:, :rows_in_image, :width])
+                del maps  # copied: not held while the network computes the next rows
             if buffer.stop == height and not ahead.started:
                 # The network has finished, so the cores it used are free: what is left is labelled on two
                 # threads (the labelling releases the GIL), in two bands of equal height when this band has not
@@ -308,14 +312,14 @@ def _label_bands(for_rows, buffer, ahead, height, width, band_rows, halo, max_ex
 def _resized_rows(read_rows: Callable[[int, int], np.ndarray], shape: tuple[int, int], size: tuple[int, int]):
     """Rows of the image resized from ``shape`` to ``size``, each computed from the image rows around it.
 
-    The values of the whole image's resize (:func:`segtool.pipeline.resize.resized_span`).
+    The values of the whole image's resize (:func:`segtool.pipeline.resize.resized_rows`, a block of columns at a time).
     """
     shrinking = size[0] < shape[0] or size[1] < shape[1]
 
     def read(start: int, stop: int) -> np.ndarray:
         first, last = span_source(shape[0], size[0], start, stop, shrinking=shrinking)
-        return resized_span(read_rows(first, last), (first, 0), shape, size, (start, 0), (stop, size[1]),
-                            shrinking=shrinking)
+        piece = read_rows(first, last)
+        return resized_rows(lambda a, b: piece[:, :, a:b], first, shape, size, (start, stop), shrinking=shrinking)
 
     return read
 
@@ -324,16 +328,25 @@ def _maps_at_image_size(stream, size: tuple[int, int], shape: tuple[int, int]):
     """Map rows streamed at the network's ``size`` (``(start, (C, rows, w))``), resized back to the image's ``shape``.
 
     An image row is yielded once every network row its resize reads has
-    arrived; network rows no later image row reads are dropped.
+    arrived. Only the network rows later image rows still read are kept (a
+    copy of a few rows): neither the network's tile row nor a joined copy of
+    it outlives its resize, which runs a block of columns at a time, so the
+    network-scale buffers here stay one tile row while the next is computed.
     """
     shrinking = shape[0] < size[0] or shape[1] < size[1]
-    held, held_start, done = None, 0, 0
+    tail, tail_start, done = None, 0, 0  # network rows tail_start.. not yet consumed (a copy), before this tile row
     for start, maps in stream:
         rows = min(maps.shape[1], size[0] - start)  # rows past the image are the tiles' padding
         if rows <= 0:
             continue
         maps = maps[:, :rows, : size[1]]
-        held = maps if held is None else np.concatenate([held, maps], axis=1)
+
+        def held(first: int, a: int = 0, b: int = size[1]) -> np.ndarray:
+            """Network rows ``first:`` of the tail and this tile row, columns ``a:b``."""
+            if tail is None or first >= start:
+                return maps[:, first - start :, a:b]
+            return np.concatenate([tail[:, first - tail_start :, a:b], maps[:, :, a:b]], axis=1)
+
         available = start + rows
         stop = done
         if available >= size[0]:
@@ -341,14 +354,17 @@ def _maps_at_image_size(stream, size: tuple[int, int], shape: tuple[int, int]):
         else:
             while stop < shape[0] and span_source(size[0], shape[0], stop, stop + 1, shrinking=shrinking)[1] <= available:
                 stop += 1
+        resized = None
         if stop > done:
             first, _ = span_source(size[0], shape[0], done, stop, shrinking=shrinking)
-            yield done, resized_span(held[:, first - held_start :], (first, 0), size, shape, (done, 0), (stop, shape[1]),
-                                     shrinking=shrinking)
+            resized = resized_rows(partial(held, first), first, size, shape, (done, stop), shrinking=shrinking)
+        keep = span_source(size[0], shape[0], stop, stop + 1, shrinking=shrinking)[0] if stop < shape[0] else available
+        tail, tail_start = held(min(keep, available)).copy(), min(keep, available)
+        del maps, held  # the tile row (and its views) is not kept while the network computes the next one
+        if resized is not None:
+            yield done, resized
+            del resized
             done = stop
-            if done < shape[0]:
-                keep = span_source(size[0], shape[0], done, done + 1, shrinking=shrinking)[0]
-                held, held_start = held[:, keep - held_start :], keep
 
 
 def _selecting(predictor: Callable[[np.ndarray], np.ndarray], channels: list[int]):

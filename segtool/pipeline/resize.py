@@ -19,7 +19,12 @@ import math
 
 import numpy as np
 
-__all__ = ["blur_radius", "resized_span", "span_source"]
+__all__ = ["RESIZE_COLUMNS", "blur_radius", "resized_rows", "resized_span", "span_source"]
+
+#: Output columns :func:`resized_rows` computes at a time. Resizing a whole tile row of a wide image at once made
+#: temporaries several times its size (the blur's and both interpolation passes' copies): at 8192^2 enlarged
+#: 1.79x, about 0.5 GiB on top of the network's buffers (BENCHMARKS.md, "Band mode in bounded memory").
+RESIZE_COLUMNS = 1024
 
 
 def _sigma(n_in: int, n_out: int) -> float:
@@ -138,3 +143,65 @@ def resized_span(
         data = first * (1 - frac) + second * frac
     return np.ascontiguousarray(data, dtype=np.float32)
 
+
+
+def resized_rows(
+    read_columns,
+    piece_row: int,
+    full_in: tuple[int, int],
+    full_out: tuple[int, int],
+    out_rows: tuple[int, int],
+    *,
+    shrinking: bool,
+    columns: int = RESIZE_COLUMNS,
+) -> np.ndarray:
+    """Output rows ``out_rows`` of resizing a whole ``(C, *full_in)`` image to ``full_out``, all columns.
+
+    :func:`resized_span` over blocks of ``columns`` output columns, each
+    from the input columns it needs (:func:`span_source`), written into one
+    output array: the same values as one call on the whole width (every
+    output pixel is computed from the same input pixels by the same
+    arithmetic), while the temporaries stay the size of one block.
+
+    Parameters
+    ----------
+    read_columns : callable
+        ``read_columns(a, b)`` returns input columns ``a:b`` of the input rows
+        from ``piece_row`` on, as ``(C, h, b - a)``; the rows must cover
+        :func:`span_source` of ``out_rows``.
+    piece_row : int
+        The first input row ``read_columns`` returns.
+    full_in, full_out : (int, int)
+        Sizes of the whole input and of the whole output.
+    out_rows : (int, int)
+        The output rows wanted.
+    shrinking : bool
+        As :func:`resized_span`.
+    columns : int, optional
+        Output columns per block.
+
+    Returns
+    -------
+    (C, out_rows[1] - out_rows[0], full_out[1]) ndarray of float32
+
+    Examples
+    --------
+    >>> image = np.random.default_rng(0).random((2, 60, 50)).astype(np.float32)
+    >>> a, b = span_source(60, 33, 5, 20, shrinking=True)
+    >>> whole = resized_span(image[:, a:b], (a, 0), (60, 50), (33, 21), (5, 0), (20, 21), shrinking=True)
+    >>> blocks = resized_rows(lambda c0, c1: image[:, a:b, c0:c1], a, (60, 50), (33, 21), (5, 20), shrinking=True,
+    ...                       columns=4)
+    >>> blocks.shape, bool(np.array_equal(blocks, whole))
+    ((2, 15, 21), True)
+    """
+    start, stop = (int(n) for n in out_rows)
+    out = None
+    for first in range(0, int(full_out[1]), max(1, int(columns))):
+        last = min(int(full_out[1]), first + max(1, int(columns)))
+        a, b = span_source(full_in[1], full_out[1], first, last, shrinking=shrinking)
+        block = resized_span(read_columns(a, b), (piece_row, a), full_in, full_out, (start, first), (stop, last),
+                             shrinking=shrinking)
+        if out is None:
+            out = np.empty((block.shape[0], stop - start, int(full_out[1])), np.float32)
+        out[:, :, first:last] = block
+    return out

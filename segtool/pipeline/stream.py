@@ -76,6 +76,7 @@ def prefetch(iterable: Iterable[Any], *, depth: int = 1) -> Iterator[Any]:
             for item in iterable:
                 if not _put(q, item, stop):
                     return
+                del item  # not held while the next item is computed (a large array, say)
         except BaseException as err:  # handed to the consumer, which raises it
             _put(q, _Failed(err), stop)
             return
@@ -91,6 +92,7 @@ def prefetch(iterable: Iterable[Any], *, depth: int = 1) -> Iterator[Any]:
             if isinstance(item, _Failed):
                 raise item.error
             yield item
+            del item  # nor while waiting for the next one
     finally:
         stop.set()
         thread.join()

@@ -502,6 +502,7 @@ def _predict_cropped_rows(read_rows, shape, predictor, tiles, batch_size, out_ch
                 on_tile(done, total)
         del block
         yield core_y.start, band
+        del band  # the consumer has it (or has copied it): not held while the next row is read
 
 
 def predict_tiled(
