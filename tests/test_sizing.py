@@ -292,36 +292,6 @@ def test_a_large_image_of_large_objects_is_shrunk_in_memory_instead_of_banded(tm
     assert records["huge.tif"]["bands"] > 0
 
 
-def test_onnxruntime_gets_each_rung_alone_padded_only_to_the_network_grid():
-    # onnxruntime runs a small window as fast per pixel alone as in a batch: padding a 32² rung to the 384² one's
-    # size made the estimate of a 256² image cost three times what its windows need
-    from types import SimpleNamespace
-
-    from segtool.infer.sizing import estimate_for_model
-    from segtool.model.config import UNetConfig
-    from segtool.pipeline.options import ObjectOptions
-
-    config = UNetConfig(depth=2)
-    shapes = []
-
-    def predictor(tta=False):
-        def run(batch):
-            shapes.append(batch.shape)
-            fg = (batch[:, :1] > 0.5).astype(np.float32)
-            return np.concatenate([1 - fg, fg, np.zeros_like(fg), fg], axis=1)[:, : config.out_channels]
-        return run
-
-    net = SimpleNamespace(segtool_backend="onnxruntime", segtool_prepared=True, predictor=predictor)
-    model = SimpleNamespace(config=config, net=net)
-    image = _discs(256, 32, 8)[None]
-    estimate_for_model(image, model, objects=ObjectOptions().resolve(config), trained_diameter=16.0)
-    multiple = config.size_multiple
-    assert len(shapes) >= 3 and all(shape[0] == 1 for shape in shapes)
-    assert all(shape[2] % multiple == 0 and shape[3] % multiple == 0 for shape in shapes)
-    assert len({shape[2:] for shape in shapes}) == len(shapes)  # each at its own size, none padded to the largest
-    assert min(shape[2] for shape in shapes) <= 64
-
-
 
 def test_spots_inside_nuclei_are_not_taken_for_nuclei():
     # the mouse fibroblasts: chromocentres found at the fine rungs agree with each other and win on
@@ -388,3 +358,20 @@ def test_nuclei_with_chromocentres_are_counted_as_nuclei(shipped):
     n_true = int(truth.max())
     assert result.size.diameter == pytest.approx(60.0, rel=0.3)
     assert abs(result.n_objects - n_true) <= 0.25 * n_true  # not one object per chromocentre (6-12 each)
+
+
+@pytest.mark.parametrize("transform, expected", [("intensity", True), ("hematoxylin", False)])
+def test_whole_over_parts_is_off_for_stained_tissue(monkeypatch, transform, expected):
+    # in H&E a coarse rung finds tissue whole, holding nuclei: not a nucleus and its chromocentres
+    from types import SimpleNamespace
+
+    import segtool.infer.sizing as sizing
+    from segtool.model.config import UNetConfig
+
+    seen = []
+    monkeypatch.setattr(sizing, "estimate_size", lambda *args, options, **kwargs: seen.append(options))
+    config = UNetConfig(depth=2, input=transform, channels="grey")
+    net = SimpleNamespace(segtool_backend="onnxruntime", segtool_prepared=True, predictor=lambda tta=False: None)
+    sizing.estimate_for_model(np.zeros((1, 64, 64), np.float32), SimpleNamespace(config=config, net=net), objects={},
+                              trained_diameter=20.0)
+    assert seen[0].whole_over_parts is expected
