@@ -273,7 +273,8 @@ def return_freed_memory_promptly(threshold: int = 16 * 2**20) -> bool:
     holds 0.15-0.25 GiB it no longer uses. A fixed threshold returns those
     blocks at each free, at the price of mapping them again (page faults):
     8192^2 in bands, 1.60 GiB peak RSS in 26.9 s without, 1.44 GiB in 30.5 s
-    at 16 MiB, 1.38 GiB in 32.4 s at 1 MiB (BENCHMARKS.md, "Memory"). So
+    at 16 MiB, 1.38 GiB in 32.4 s at 1 MiB (BENCHMARKS.md, "Memory"); and
+    it limits glibc to two arenas, whose freed blocks the threads then share. So
     the band schedule sets it (where memory is what it is for), not the
     in-memory one (3000^2: 22 % slower at 1 MiB). It lasts for the process
     and changes no result.
@@ -298,5 +299,8 @@ def return_freed_memory_promptly(threshold: int = 16 * 2**20) -> bool:
         mallopt = libc.mallopt
     except (OSError, AttributeError):  # not glibc (musl, ...)
         return False
-    m_mmap_threshold = -3  # <malloc.h>
+    m_mmap_threshold, m_arena_max = -3, -8  # <malloc.h>
+    # Each thread that allocates (the network's, the labelling's, the reader's) otherwise gets an arena of its own,
+    # and each keeps its own freed blocks: two arenas cut the 8192^2 peak from 1.45-1.52 GiB to 1.40-1.42 GiB.
+    mallopt(m_arena_max, 2)
     return bool(mallopt(m_mmap_threshold, int(threshold)))

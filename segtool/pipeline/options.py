@@ -159,8 +159,9 @@ TILE_MEMORY = {"cpu": 640 * 2**20, "cuda": None, "mps": None}
 
 #: The same budget for the band schedule (images too large for memory) on CPU: there the buffers of the band
 #: rows come on top of the network call, and 8192^2 stays under 1.5 GiB peak RSS only with smaller tiles
-#: (1216^2 in bfloat16, at about 9 % more network work for their halos; BENCHMARKS.md, "Memory").
-BAND_TILE_MEMORY = 384 * 2**20
+#: (1168^2 in bfloat16; at 384 MiB, 1216^2 tiles, the peak of an 8192^2 mosaic the estimate enlarges 1.375x
+#: ranged 1.44-1.53 GiB over five runs; BENCHMARKS.md, "Memory").
+BAND_TILE_MEMORY = 352 * 2**20
 
 #: Keys of ``UNetConfig.postprocess`` that :func:`maps_to_labels` understands.
 _POSTPROCESS_KEYS = ("prob_threshold", "min_size", "seed_threshold", "min_seed_size", "split_height")
@@ -194,7 +195,7 @@ def budget_tile(config, *, device_type: str = "cpu", precision: str = "fp32", me
     >>> budget_tile(UNetConfig(depth=4), device_type="cuda")
     4096
     >>> budget_tile(UNetConfig(depth=4), precision="bf16", memory=BAND_TILE_MEMORY)
-    1216
+    1168
     """
     device_type = device_type if device_type in MAX_TILE else "cpu"
     largest = MAX_TILE[device_type]
