@@ -122,14 +122,12 @@ def ngff_axes(axes: Sequence[Any] | None) -> str:
     >>> ngff_axes(["time", "depth", "y", "x"])
     'TQYX'
     """
+    words = {"time": "T", "channel": "C"}  # full names, and the NGFF types that name an axis alone
     letters = []
     for axis in axes or ():
         name, kind = (axis.get("name"), axis.get("type")) if isinstance(axis, Mapping) else (axis, None)
         name = str(name or "").lower()
-        if name in ("x", "y", "z", "t", "c"):
-            letters.append(name.upper())
-        else:
-            letters.append({"time": "T", "channel": "C"}.get(name) or {"channel": "C", "time": "T"}.get(kind, "Q"))
+        letters.append(name.upper() if name in ("x", "y", "z", "t", "c") else words.get(name) or words.get(kind, "Q"))
     return "".join(letters)
 
 

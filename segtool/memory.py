@@ -301,6 +301,7 @@ def return_freed_memory_promptly(threshold: int = 16 * 2**20) -> bool:
         return False
     m_mmap_threshold, m_arena_max = -3, -8  # <malloc.h>
     # Each thread that allocates (the network's, the labelling's, the reader's) otherwise gets an arena of its own,
-    # and each keeps its own freed blocks: two arenas cut the 8192^2 peak from 1.45-1.52 GiB to 1.40-1.42 GiB.
+    # and each keeps its own freed blocks: with two, 8192^2 enlarged 1.375x peaked 1.41-1.49 GiB in three runs
+    # against 1.45-1.52 GiB in two without (BENCHMARKS.md, "Band mode in bounded memory").
     mallopt(m_arena_max, 2)
     return bool(mallopt(m_mmap_threshold, int(threshold)))

@@ -31,9 +31,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from segtool.infer.parts import PARTS_SIZE_RATIO, RungView, are_parts_of
-
 from segtool.errors import InputError
+from segtool.infer.parts import PARTS_SIZE_RATIO, RungView, are_parts_of
 
 __all__ = [
     "SizeEstimate",
@@ -366,16 +365,20 @@ def estimate_size(
         places.append((rows, cols))
     # The rungs up to the image's own size go through the network together; enlarging (the costliest rung) only
     # when the image's own size does not already show objects of about the training size.
-    first = [k for k, scale in enumerate(rungs) if scale <= 1.0]
-    views: dict[float, RungView] = {}
-    ladder = _measure([rungs[k] for k in first], segment([windows[k] for k in first]), target,
-                      [places[k] for k in first], views)
+    views: dict[float, RungView] = {}  # what each rung saw, for the whole-over-parts test
+
+    def run(ks: list[int]) -> list[tuple[float, int, float, float]]:
+        results = segment([windows[k] for k in ks])
+        for k, (_, labels) in zip(ks, results):
+            views[rungs[k]] = RungView(rungs[k], *places[k], labels)
+        return _measure([rungs[k] for k in ks], results, target)
+
+    ladder = run([k for k, scale in enumerate(rungs) if scale <= 1.0])
     own = [step for step in ladder if step[0] == 1.0]
     enlarge = not own or own[0][1] < options.min_objects or own[0][2] < trained_diameter / options.agreement
     rest = [k for k, scale in enumerate(rungs) if scale > 1.0] if enlarge else []
     if rest:
-        ladder += _measure([rungs[k] for k in rest], segment([windows[k] for k in rest]), target,
-                           [places[k] for k in rest], views)
+        ladder += run(rest)
     vote = _vote(ladder, options, views if options.whole_over_parts else None)
     if vote is None:
         return SizeEstimate(diameter=None, scale=1.0, ladder=tuple(ladder))
@@ -437,13 +440,15 @@ def _vote(ladder, options: SizeOptions, views=None) -> tuple[float, float] | Non
         if d_coarse > 0 and d_fine > 0 and max(d_coarse, d_fine) <= options.agreement * min(d_coarse, d_fine):
             pairs.append(((coarser[3] + finer[3]) / 2.0, math.sqrt(d_coarse * d_fine), coarser[0], finer[0]))
     if pairs:
-        confidence, diameter, fine_rung, _ = max(pairs)
+        confidence, diameter, winner_coarser_rung, _ = max(pairs)
         if views:
             # Bright spots inside large nuclei (chromocentres) are objects of their own size at the fine rungs, often
-            # found more confidently than the nuclei: a coarser agreeing pair whose objects hold them wins.
-            for other in sorted(pairs, reverse=True):
-                if other[1] >= PARTS_SIZE_RATIO * diameter and are_parts_of(views[fine_rung], views[other[3]]):
-                    confidence, diameter = other[0], other[1]
+            # found more confidently than the nuclei: a pair of objects at least twice as wide, seen at its finer
+            # rung, whose objects hold the winner's (seen at the winner's coarser rung) wins instead.
+            for other_confidence, other_diameter, _, other_finer_rung in sorted(pairs, reverse=True):
+                if other_diameter >= PARTS_SIZE_RATIO * diameter and are_parts_of(views[winner_coarser_rung],
+                                                                                  views[other_finer_rung]):
+                    confidence, diameter = other_confidence, other_diameter
                     break
         return float(confidence), float(diameter)
     best = max(voters, key=lambda step: step[3])
@@ -496,13 +501,11 @@ def scale_for_estimate(diameter: float, trained_diameter: float, options: SizeOp
     return float(min(options.max_scale, max(options.min_scale, factor)))
 
 
-def _measure(scales, results, target: str, places=None, views=None) -> list[tuple[float, int, float, float]]:
+def _measure(scales, results, target: str) -> list[tuple[float, int, float, float]]:
     steps = []
-    for k, (scale, (maps, labels)) in enumerate(zip(scales, results)):
+    for scale, (maps, labels) in zip(scales, results):
         diameter, count = median_diameter(labels)
         steps.append((scale, count, diameter, map_confidence(maps, target) if count else 0.0))
-        if views is not None:
-            views[scale] = RungView(scale, places[k][0], places[k][1], labels)
     return steps
 
 

@@ -144,7 +144,6 @@ def resized_span(
     return np.ascontiguousarray(data, dtype=np.float32)
 
 
-
 def resized_rows(
     read_columns,
     piece_row: int,
