@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pytest
 import tifffile
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
@@ -72,3 +73,10 @@ def test_integers_keeps_the_image_type_and_default_writes_float(tmp_path):
     assert as_int.dtype == np.uint8 and as_int.shape == (128, 128, 3)
     assert as_float.dtype == np.float32 and new_labels.dtype == labels.dtype
     assert np.abs(as_float - as_int).max() <= 0.5 + 1e-4
+
+
+def test_a_source_without_masks_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    (tmp_path / "src" / "images").mkdir(parents=True)
+    with pytest.raises(SystemExit, match="needs images/ and masks/"):
+        run(monkeypatch, str(tmp_path / "src"), str(tmp_path / "out"), "--diameter", "21")
+    assert not (tmp_path / "out").exists()
